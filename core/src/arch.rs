@@ -1,0 +1,60 @@
+//! The architecture-adapter plugin trait (DESIGN §4; the reference's `Params`, digest §4.1).
+//!
+//! An adapter describes a network to the tch-free stages: its ReLU layers with their true
+//! shapes at a given input size, and the candidate patch sizes of each layer (the distortion
+//! parameters). The tch side of an architecture (building and running the network) lives in
+//! `knapsec-nn`, keyed by the same name.
+
+use crate::block::BlockSize;
+use crate::candidates;
+use crate::error::Result;
+use crate::layer::{LayerTable, ReluLayer};
+use serde::{Deserialize, Serialize};
+
+/// Options shared by architectures; each adapter documents which it honours and refuses the
+/// others with a clear error. `None` means the adapter's default (the reference's setting).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ArchOptions {
+    /// Input channels (3 for RGB, 1 for greyscale data sets).
+    pub input_channels: Option<u32>,
+    /// Input height and width in pixels.
+    pub input_height: Option<u32>,
+    pub input_width: Option<u32>,
+    /// Number of output classes.
+    pub classes: Option<u32>,
+    /// Base width (channels of the first stage), for architectures that scale.
+    pub base_width: Option<u32>,
+    /// Architecture-specific variant, e.g. `"avgpool-stem"` or `"relu6"`.
+    pub variant: Option<String>,
+}
+
+impl ArchOptions {
+    /// Input size `(C, H, W)` with the given defaults.
+    pub fn input_or(&self, c: u32, h: u32, w: u32) -> (u32, u32, u32) {
+        (self.input_channels.unwrap_or(c), self.input_height.unwrap_or(h), self.input_width.unwrap_or(w))
+    }
+}
+
+/// Describes one architecture to the tch-free stages.
+pub trait ArchAdapter: Send + Sync {
+    /// Registry name, e.g. `"resnet18-cifar"`.
+    fn name(&self) -> &str;
+
+    /// One line for `knapsec arch list`.
+    fn description(&self) -> &str;
+
+    /// The ReLU layers in network order at the input size and options given.
+    fn layer_table(&self, options: &ArchOptions) -> Result<LayerTable>;
+
+    /// Candidate patch sizes of a layer. The default generates every patch up to the map
+    /// size, capped at 16 per side, plus identity ([`candidates::generate`]).
+    fn candidates(&self, layer: &ReluLayer) -> Vec<BlockSize> {
+        candidates::generate(layer.height, layer.width, 16)
+    }
+
+    /// DReLU cost of a choice on one channel of `layer`; the default is `ceil(H/h)·ceil(W/w)`.
+    fn cost(&self, block: BlockSize, layer: &ReluLayer) -> u64 {
+        block.drelu_cost(layer.height, layer.width)
+    }
+}

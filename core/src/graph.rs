@@ -1,0 +1,347 @@
+//! The secure-model graph (DESIGN §3): what `export` writes and every secure backend runs.
+//!
+//! A secure model is a folder with two files:
+//! * `model.ron`, the **public part** ([`SecureModel`]): architecture, fixed-point precision,
+//!   input shape, the graph of ops with every output shape, and the block spec baked into its
+//!   activation nodes. Client, server and helper all hold it; its hash
+//!   ([`SecureModel::public_hash`]) is compared in the parties' handshake.
+//! * `weights.safetensors`, the **private part** ([`ModelWeights`]): the server's weights,
+//!   BatchNorm already folded into the preceding convolution (digest §6.6), stored as i64
+//!   fixed point with `frac_bits` fractional bits (weights and biases alike).
+//!
+//! Tensors are single images in `C × H × W` layout; batch size is 1.
+
+use crate::block::BlockSize;
+use crate::error::{CoreError, Result};
+use crate::fsutil;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::path::Path;
+
+/// The secure-model format version this build reads and writes.
+pub const MODEL_FORMAT: u32 = 1;
+/// File name of the public part inside a model folder.
+pub const PUBLIC_FILE: &str = "model.ron";
+/// File name of the private part inside a model folder.
+pub const WEIGHTS_FILE: &str = "weights.safetensors";
+
+/// Shape of one activation: channels, height, width.
+pub type Shape = [u32; 3];
+
+/// What the client gets at the end.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum OutputKind {
+    /// `[classes, 1, 1]` logits; the label is their argmax.
+    Classification,
+    /// `[classes, H, W]` logits; the label map is the per-pixel argmax.
+    Segmentation,
+}
+
+/// One operation of the graph. Weight tensors are named, and live in [`ModelWeights`].
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum Op {
+    /// The client's input image.
+    Input,
+    /// 2-D convolution with folded BatchNorm; weight `[out, in/groups, kh, kw]`, bias `[out]`.
+    Conv2d {
+        weight: String,
+        bias: Option<String>,
+        kernel: [u32; 2],
+        stride: [u32; 2],
+        padding: [u32; 2],
+        dilation: [u32; 2],
+        groups: u32,
+    },
+    /// Fully connected layer on a `[C, 1, 1]` input; weight `[out, in]`, bias `[out]`.
+    Linear { weight: String, bias: Option<String> },
+    /// ReLU layer `layer` with one block size per channel (`(1,1)` = ReLU, identity, zero).
+    BlockRelu { layer: String, blocks: Vec<BlockSize> },
+    /// `min(max(x, 0), 6)` per pixel (MobileNetV2 with ReLU6); `layer` names its slot.
+    Relu6 { layer: String },
+    /// Average pooling; `count_include_pad` as in PyTorch.
+    AvgPool { kernel: [u32; 2], stride: [u32; 2], padding: [u32; 2], count_include_pad: bool },
+    /// Max pooling (padding counts as −∞).
+    MaxPool { kernel: [u32; 2], stride: [u32; 2], padding: [u32; 2] },
+    /// Mean over H·W per channel, giving `[C, 1, 1]`.
+    GlobalAvgPool,
+    /// Element-wise sum of the inputs.
+    Add,
+    /// Concatenation of the inputs along channels.
+    Concat,
+    /// Repeats a `[C, 1, 1]` input to `[C, H, W]` (the ASPP image-pooling broadcast).
+    Broadcast { height: u32, width: u32 },
+}
+
+/// A node: an op, the nodes it reads, and the shape it produces.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Node {
+    /// Human-readable name (e.g. the PyTorch module path).
+    pub name: String,
+    pub op: Op,
+    /// Indices of earlier nodes.
+    pub inputs: Vec<usize>,
+    pub shape: Shape,
+}
+
+/// The public part of a secure model.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SecureModel {
+    pub format: u32,
+    pub arch: String,
+    /// Fractional bits of the fixed-point encoding.
+    pub frac_bits: u32,
+    pub output_kind: OutputKind,
+    /// Nodes in topological order; node 0 is the input; the last node is the output.
+    pub nodes: Vec<Node>,
+}
+
+impl SecureModel {
+    pub fn input_shape(&self) -> Shape {
+        self.nodes.first().map(|n| n.shape).unwrap_or([0; 3])
+    }
+
+    pub fn output_shape(&self) -> Shape {
+        self.nodes.last().map(|n| n.shape).unwrap_or([0; 3])
+    }
+
+    /// Checks the graph's structure: one input first, inputs refer to earlier nodes, arity
+    /// of each op, block lists the size of their channel count.
+    pub fn validate(&self) -> Result<()> {
+        if self.format != MODEL_FORMAT {
+            return Err(CoreError::Graph(format!(
+                "format version {} is not supported (this build reads {MODEL_FORMAT})",
+                self.format
+            )));
+        }
+        let Some(first) = self.nodes.first() else {
+            return Err(CoreError::Graph("the graph has no nodes".into()));
+        };
+        if first.op != Op::Input {
+            return Err(CoreError::Graph(format!("node 0 ({}) must be the input", first.name)));
+        }
+        for (i, node) in self.nodes.iter().enumerate() {
+            let bad = |why: String| CoreError::Graph(format!("node {i} ({}): {why}", node.name));
+            if let Some(&j) = node.inputs.iter().find(|&&j| j >= i) {
+                return Err(bad(format!("input {j} is not an earlier node")));
+            }
+            let arity_ok = match &node.op {
+                Op::Input => i == 0 && node.inputs.is_empty(),
+                Op::Add | Op::Concat => node.inputs.len() >= 2,
+                _ => node.inputs.len() == 1,
+            };
+            if !arity_ok {
+                return Err(bad(format!("wrong number of inputs ({})", node.inputs.len())));
+            }
+            if let Op::BlockRelu { blocks, .. } = &node.op
+                && blocks.len() != node.shape[0] as usize
+            {
+                return Err(bad(format!("{} block sizes for {} channels", blocks.len(), node.shape[0])));
+            }
+        }
+        Ok(())
+    }
+
+    /// Canonical bytes of the public part (compact RON), the input of [`Self::public_hash`].
+    pub fn canonical_bytes(&self) -> Vec<u8> {
+        ron::to_string(self).expect("a secure model always serialises").into_bytes()
+    }
+
+    /// BLAKE3 hash of the canonical public part, hex-encoded.
+    pub fn public_hash(&self) -> String {
+        blake3::hash(&self.canonical_bytes()).to_hex().to_string()
+    }
+
+    /// Total DReLUs of the activation nodes.
+    pub fn drelus(&self) -> u64 {
+        self.nodes
+            .iter()
+            .map(|n| match &n.op {
+                Op::BlockRelu { blocks, .. } => blocks.iter().map(|b| b.drelu_cost(n.shape[1], n.shape[2])).sum(),
+                _ => 0,
+            })
+            .sum()
+    }
+
+    /// Reads `dir/model.ron` and validates it.
+    pub fn load(dir: &Path) -> Result<Self> {
+        let path = dir.join(PUBLIC_FILE);
+        let text = fsutil::read_to_string(&path)?;
+        let model: SecureModel = ron::from_str(&text).map_err(|e| CoreError::parse(&path, e))?;
+        model.validate().map_err(|e| CoreError::parse(&path, e))?;
+        Ok(model)
+    }
+
+    /// Writes `dir/model.ron` atomically.
+    pub fn save(&self, dir: &Path) -> Result<()> {
+        let config = ron::ser::PrettyConfig::new().depth_limit(3);
+        let text = ron::ser::to_string_pretty(self, config).map_err(|e| CoreError::Graph(e.to_string()))?;
+        fsutil::write_atomic(&dir.join(PUBLIC_FILE), text.as_bytes())
+    }
+}
+
+/// One fixed-point weight tensor.
+#[derive(Clone, Debug, PartialEq)]
+pub struct FixedTensor {
+    pub shape: Vec<usize>,
+    pub data: Vec<i64>,
+}
+
+/// The private part of a secure model: named fixed-point tensors (server only).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct ModelWeights {
+    pub tensors: BTreeMap<String, FixedTensor>,
+}
+
+impl ModelWeights {
+    /// The tensor `name`, or an error naming it.
+    pub fn get(&self, name: &str) -> Result<&FixedTensor> {
+        self.tensors.get(name).ok_or_else(|| CoreError::Graph(format!("weight tensor {name:?} is missing")))
+    }
+
+    /// Checks that every tensor the graph names exists with the element count its op needs.
+    pub fn check_against(&self, model: &SecureModel) -> Result<()> {
+        for (i, node) in model.nodes.iter().enumerate() {
+            let input = node.inputs.first().map(|&j| model.nodes[j].shape).unwrap_or([0; 3]);
+            let (weight, bias, expect) = match &node.op {
+                Op::Conv2d { weight, bias, kernel, groups, .. } => (
+                    weight,
+                    bias,
+                    node.shape[0] as usize * (input[0] / groups.max(&1)) as usize * (kernel[0] * kernel[1]) as usize,
+                ),
+                Op::Linear { weight, bias } => (weight, bias, node.shape[0] as usize * input[0] as usize),
+                _ => continue,
+            };
+            let w = self.get(weight)?;
+            if w.data.len() != expect {
+                return Err(CoreError::Graph(format!(
+                    "node {i} ({}): weight {weight:?} has {} elements, expected {expect}",
+                    node.name,
+                    w.data.len()
+                )));
+            }
+            if let Some(b) = bias
+                && self.get(b)?.data.len() != node.shape[0] as usize
+            {
+                return Err(CoreError::Graph(format!("node {i} ({}): bias {b:?} has the wrong size", node.name)));
+            }
+        }
+        Ok(())
+    }
+
+    /// Reads `dir/weights.safetensors` (i64 little-endian tensors).
+    pub fn load(dir: &Path) -> Result<Self> {
+        let path = dir.join(WEIGHTS_FILE);
+        let bytes = fsutil::read(&path)?;
+        let st = safetensors::SafeTensors::deserialize(&bytes).map_err(|e| CoreError::parse(&path, e))?;
+        let mut tensors = BTreeMap::new();
+        for (name, view) in st.tensors() {
+            if view.dtype() != safetensors::Dtype::I64 {
+                return Err(CoreError::parse(&path, format!("tensor {name:?} is {:?}, expected I64", view.dtype())));
+            }
+            let data = view.data().chunks_exact(8).map(|c| i64::from_le_bytes(c.try_into().unwrap())).collect();
+            tensors.insert(name, FixedTensor { shape: view.shape().to_vec(), data });
+        }
+        Ok(ModelWeights { tensors })
+    }
+
+    /// Writes `dir/weights.safetensors` atomically.
+    pub fn save(&self, dir: &Path) -> Result<()> {
+        let path = dir.join(WEIGHTS_FILE);
+        let bytes: Vec<(String, Vec<u8>, Vec<usize>)> = self
+            .tensors
+            .iter()
+            .map(|(n, t)| (n.clone(), t.data.iter().flat_map(|v| v.to_le_bytes()).collect(), t.shape.clone()))
+            .collect();
+        let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = bytes
+            .iter()
+            .map(|(n, b, s)| {
+                safetensors::tensor::TensorView::new(safetensors::Dtype::I64, s.clone(), b)
+                    .map(|v| (n.clone(), v))
+                    .map_err(|e| CoreError::Graph(format!("weight {n:?}: {e}")))
+            })
+            .collect::<Result<_>>()?;
+        let out = safetensors::serialize(views, None).map_err(|e| CoreError::Graph(e.to_string()))?;
+        fsutil::write_atomic(&path, &out)
+    }
+}
+
+/// Encodes a real number as fixed point with `frac_bits` fractional bits (round to nearest).
+pub fn encode_fixed(x: f64, frac_bits: u32) -> i64 {
+    (x * (1u64 << frac_bits) as f64).round() as i64
+}
+
+/// Decodes a fixed-point value with `frac_bits` fractional bits.
+pub fn decode_fixed(v: i64, frac_bits: u32) -> f64 {
+    v as f64 / (1u64 << frac_bits) as f64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tiny() -> (SecureModel, ModelWeights) {
+        let nodes = vec![
+            Node { name: "input".into(), op: Op::Input, inputs: vec![], shape: [1, 4, 4] },
+            Node {
+                name: "conv".into(),
+                op: Op::Conv2d {
+                    weight: "conv.w".into(),
+                    bias: Some("conv.b".into()),
+                    kernel: [3, 3],
+                    stride: [1, 1],
+                    padding: [1, 1],
+                    dilation: [1, 1],
+                    groups: 1,
+                },
+                inputs: vec![0],
+                shape: [2, 4, 4],
+            },
+            Node {
+                name: "relu".into(),
+                op: Op::BlockRelu { layer: "relu".into(), blocks: vec![BlockSize::RELU, BlockSize::Identity] },
+                inputs: vec![1],
+                shape: [2, 4, 4],
+            },
+        ];
+        let model =
+            SecureModel { format: MODEL_FORMAT, arch: "toy".into(), frac_bits: 12, output_kind: OutputKind::Segmentation, nodes };
+        let mut w = ModelWeights::default();
+        w.tensors.insert("conv.w".into(), FixedTensor { shape: vec![2, 1, 3, 3], data: (0..18).collect() });
+        w.tensors.insert("conv.b".into(), FixedTensor { shape: vec![2], data: vec![-5, 7] });
+        (model, w)
+    }
+
+    #[test]
+    fn round_trip_and_hash() {
+        let (m, w) = tiny();
+        m.validate().unwrap();
+        w.check_against(&m).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        m.save(dir.path()).unwrap();
+        w.save(dir.path()).unwrap();
+        let m2 = SecureModel::load(dir.path()).unwrap();
+        assert_eq!(m2, m);
+        assert_eq!(m2.public_hash(), m.public_hash());
+        assert_eq!(ModelWeights::load(dir.path()).unwrap(), w);
+        assert_eq!(m.drelus(), 16);
+        let mut other = m.clone();
+        other.frac_bits = 13;
+        assert_ne!(other.public_hash(), m.public_hash());
+    }
+
+    #[test]
+    fn structural_errors_name_the_node() {
+        let (mut m, mut w) = tiny();
+        m.nodes[2].inputs = vec![2];
+        assert!(m.validate().unwrap_err().to_string().contains("node 2 (relu)"));
+        let (m, _) = tiny();
+        w.tensors.get_mut("conv.w").unwrap().data.pop();
+        assert!(w.check_against(&m).unwrap_err().to_string().contains("conv.w"));
+    }
+
+    #[test]
+    fn fixed_point() {
+        assert_eq!(encode_fixed(1.5, 12), 6144);
+        assert_eq!(decode_fixed(-6144, 12), -1.5);
+    }
+}

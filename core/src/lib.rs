@@ -1,0 +1,38 @@
+//! knapsec-core: the data model and plugin traits every other knapsec crate builds on.
+//!
+//! * [`block`]: patch sizes ([`BlockSize`]) and their DReLU cost (digest §1.3, with true H and W).
+//! * [`candidates`]: candidate patch sets, generated or the reference's presets (digest §1.4).
+//! * [`layer`]: the ordered ReLU layer table of an architecture.
+//! * [`spec`]: block specs (one patch size per channel), RON/JSON, validation.
+//! * [`graph`]: the secure-model graph exported for secure inference (DESIGN §3).
+//! * [`arch`], [`knapsack`], [`backend`], [`transport`]: plugin traits (DESIGN §4, §5).
+//! * [`registry`]: built-in plugins collected with `inventory`, plus dynamically loaded ones.
+//!
+//! This crate depends on neither tch nor tokio.
+
+pub mod arch;
+pub mod backend;
+pub mod block;
+pub mod candidates;
+pub mod error;
+pub mod fsutil;
+pub mod graph;
+pub mod knapsack;
+pub mod layer;
+pub mod registry;
+pub mod spec;
+pub mod spec_pickle;
+pub mod transport;
+
+pub use arch::{ArchAdapter, ArchOptions};
+pub use backend::SecureBackend;
+pub use block::BlockSize;
+pub use error::{CoreError, Result};
+pub use knapsack::{KnapsackStrategy, McKpProblem, McKpSolution};
+pub use layer::{LayerTable, ReluLayer};
+pub use registry::Registry;
+pub use spec::BlockSpec;
+pub use transport::{Role, Transport};
+
+/// Re-exported so that plugin crates can register without naming `inventory` themselves.
+pub use inventory;
