@@ -1,0 +1,41 @@
+//! knapsec-builtin: the facade that names every built-in plugin crate (DESIGN §4).
+//!
+//! Built-in plugins register themselves with `inventory::submit!` in their own crate. A crate
+//! that nothing names is not linked, and its registrations vanish (toolchain notes §4), so
+//! this crate names each one with `use x as _;`, each behind a cargo feature:
+//!
+//! | feature    | crates |
+//! |------------|--------|
+//! | `knapsack` | `knapsec-knapsack` (knapsack strategies) |
+//! | `plain`    | `knapsec-plain` (cleartext fixed-point backend) |
+//! | `securenn` | `knapsec-securenn` (3PC backend) |
+//! | `archs`    | `knapsec-arch-resnet`, `knapsec-arch-mobilenet`, `knapsec-arch-deeplab` (tch-free descriptions) |
+//! | `torch`    | the tch networks of those crates and `knapsec-nn` (needs libtorch) |
+//!
+//! Binaries and tests depend on this crate and call [`registry`] (or
+//! [`knapsec_core::Registry::builtin_filtered`]) to see every built-in that was linked in.
+//! Adding a built-in crate: add it as an optional dependency, to a feature, and one
+//! `use` line below.
+
+use knapsec_core::{CoreError, Registry};
+
+/// The names of the features this build was compiled with, in table order (for `--version`
+/// style reports and tests that check what should be registered).
+pub const ENABLED_FEATURES: &[&str] = &[
+    #[cfg(feature = "knapsack")]
+    "knapsack",
+    #[cfg(feature = "plain")]
+    "plain",
+    #[cfg(feature = "securenn")]
+    "securenn",
+    #[cfg(feature = "archs")]
+    "archs",
+    #[cfg(feature = "torch")]
+    "torch",
+];
+
+/// Every built-in plugin linked into this binary, sorted by name. Two built-ins of the same
+/// kind and name are refused with an error naming both crates.
+pub fn registry() -> Result<Registry, CoreError> {
+    Registry::builtin()
+}
