@@ -1,0 +1,190 @@
+//! The serialised requests and answers that travel through [`crate::ffi::CallFn`], as JSON.
+//!
+//! Architecture descriptions answer [`Request::Describe`], [`Request::LayerTable`] and
+//! [`Request::Candidates`]; knapsack strategies answer [`Request::Describe`] and
+//! [`Request::Solve`]. A refusal is a [`WireError`] with status
+//! [`crate::ffi::STATUS_ERROR`].
+
+use knapsec_core::arch::ArchOptions;
+use knapsec_core::block::BlockSize;
+use knapsec_core::knapsack::{KnapsackError, McKpProblem, SolveLimits};
+use knapsec_core::layer::{LayerTable, ReluLayer};
+use serde::{Deserialize, Serialize};
+use std::time::Duration;
+
+/// One request to a plugin.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum Request {
+    /// Any plugin: answers a [`Description`].
+    Describe,
+    /// Architecture: answers a [`LayerTableAnswer`].
+    LayerTable { options: ArchOptions },
+    /// Architecture: answers `Vec<BlockSize>`.
+    Candidates { layer: ReluLayer },
+    /// Knapsack strategy: answers a `McKpSolution`.
+    Solve {
+        problem: McKpProblem,
+        limits: WireLimits,
+    },
+}
+
+/// The answer to [`Request::Describe`].
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Description {
+    /// `"architecture"` or `"knapsack-strategy"`.
+    pub kind: String,
+    pub name: String,
+    pub version: String,
+    pub description: String,
+}
+
+/// The answer to [`Request::LayerTable`]: the table and, for each of its layers in order, the
+/// candidate patch sizes, so that a host needs one call per table and every failure surfaces
+/// where it can be reported.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct LayerTableAnswer {
+    pub table: LayerTable,
+    pub candidates: Vec<Vec<BlockSize>>,
+}
+
+/// [`SolveLimits`] on the wire (a duration in milliseconds).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct WireLimits {
+    pub time_ms: Option<u64>,
+    pub relative_gap: f64,
+}
+
+impl From<&SolveLimits> for WireLimits {
+    fn from(l: &SolveLimits) -> Self {
+        WireLimits {
+            time_ms: l
+                .time
+                .map(|d| d.as_millis().min(u128::from(u64::MAX)) as u64),
+            relative_gap: l.relative_gap,
+        }
+    }
+}
+
+impl From<&WireLimits> for SolveLimits {
+    fn from(l: &WireLimits) -> Self {
+        SolveLimits {
+            time: l.time_ms.map(Duration::from_millis),
+            relative_gap: l.relative_gap,
+        }
+    }
+}
+
+/// A plugin's refusal of a request.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct WireError {
+    /// One line saying why.
+    pub message: String,
+    /// For knapsack strategies: the typed error, when it is one the host knows.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub knapsack: Option<WireKnapsackError>,
+}
+
+/// The typed knapsack errors of `knapsec_core::knapsack::KnapsackError`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WireKnapsackError {
+    Infeasible { min_cost: u64, budget: u64 },
+    EmptyClass { class: usize },
+}
+
+impl WireError {
+    /// A refusal with a message only.
+    pub fn new(message: impl Into<String>) -> Self {
+        WireError {
+            message: message.into(),
+            knapsack: None,
+        }
+    }
+
+    /// The wire form of a knapsack error.
+    pub fn from_knapsack(e: &KnapsackError) -> Self {
+        let knapsack = match *e {
+            KnapsackError::Infeasible { min_cost, budget } => {
+                Some(WireKnapsackError::Infeasible { min_cost, budget })
+            }
+            KnapsackError::EmptyClass { class } => Some(WireKnapsackError::EmptyClass { class }),
+            KnapsackError::Strategy { .. } => None,
+        };
+        WireError {
+            message: e.to_string(),
+            knapsack,
+        }
+    }
+
+    /// Back to a knapsack error of strategy `strategy`.
+    pub fn into_knapsack(self, strategy: &str) -> KnapsackError {
+        match self.knapsack {
+            Some(WireKnapsackError::Infeasible { min_cost, budget }) => {
+                KnapsackError::Infeasible { min_cost, budget }
+            }
+            Some(WireKnapsackError::EmptyClass { class }) => KnapsackError::EmptyClass { class },
+            None => KnapsackError::Strategy {
+                strategy: strategy.to_string(),
+                message: self.message,
+            },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_are_tagged_json() {
+        let r = Request::Candidates {
+            layer: ReluLayer::new("a", 2, 3, 4),
+        };
+        let text = serde_json::to_string(&r).unwrap();
+        assert_eq!(
+            text,
+            r#"{"op":"candidates","layer":{"name":"a","channels":2,"height":3,"width":4}}"#
+        );
+        assert_eq!(serde_json::from_str::<Request>(&text).unwrap(), r);
+        assert_eq!(
+            serde_json::to_string(&Request::Describe).unwrap(),
+            r#"{"op":"describe"}"#
+        );
+    }
+
+    #[test]
+    fn knapsack_errors_keep_their_type() {
+        let e = KnapsackError::Infeasible {
+            min_cost: 10,
+            budget: 3,
+        };
+        let back = WireError::from_knapsack(&e).into_knapsack("s");
+        assert!(matches!(
+            back,
+            KnapsackError::Infeasible {
+                min_cost: 10,
+                budget: 3
+            }
+        ));
+        let e = KnapsackError::Strategy {
+            strategy: "s".into(),
+            message: "no".into(),
+        };
+        assert!(matches!(
+            WireError::from_knapsack(&e).into_knapsack("s"),
+            KnapsackError::Strategy { .. }
+        ));
+    }
+
+    #[test]
+    fn limits_round_trip() {
+        let l = SolveLimits {
+            time: Some(Duration::from_millis(1500)),
+            relative_gap: 0.01,
+        };
+        let back = SolveLimits::from(&WireLimits::from(&l));
+        assert_eq!(back.time, l.time);
+        assert_eq!(back.relative_gap, l.relative_gap);
+    }
+}
