@@ -12,12 +12,13 @@
 //! | `archs`    | `knapsec-arch-resnet`, `knapsec-arch-mobilenet`, `knapsec-arch-deeplab` (tch-free descriptions) |
 //! | `torch`    | the tch networks of those crates and `knapsec-nn` (needs libtorch) |
 //!
-//! Binaries and tests depend on this crate and call [`registry`] (or
-//! [`knapsec_core::Registry::builtin_filtered`]) to see every built-in that was linked in.
+//! Binaries and tests depend on this crate and call [`registry`] (every built-in linked in)
+//! or [`registry_with`] (a [`PluginSet`]: filtered built-ins plus dynamic libraries).
 //! Adding a built-in crate: add it as an optional dependency, to a feature, and one
 //! `use` line below.
 
 use knapsec_core::{CoreError, Registry};
+pub use knapsec_plugin_abi::{AbiError, PluginSet};
 
 /// The names of the features this build was compiled with, in table order (for `--version`
 /// style reports and tests that check what should be registered).
@@ -38,4 +39,10 @@ pub const ENABLED_FEATURES: &[&str] = &[
 /// kind and name are refused with an error naming both crates.
 pub fn registry() -> Result<Registry, CoreError> {
     Registry::builtin()
+}
+
+/// The registry of a plugin set: the built-ins linked into this binary that the set keeps,
+/// plus the plugins of the dynamic libraries it names (see [`PluginSet`]).
+pub fn registry_with(set: &PluginSet) -> Result<Registry, AbiError> {
+    set.registry()
 }

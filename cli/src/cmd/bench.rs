@@ -1,0 +1,82 @@
+//! `knapsec bench …`: measurements printed as JSON (DESIGN §6, "Benchmarks"). Each area adds
+//! one variant to [`BenchCommand`] and one arm to [`run`]: `bench knapsack`, `bench secure`,
+//! `bench distortion`, `bench net`.
+
+use crate::args::ArchOptionArgs;
+use crate::context::Context;
+use clap::Subcommand;
+use serde::Serialize;
+use std::time::Instant;
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    #[command(subcommand)]
+    command: BenchCommand,
+}
+
+#[derive(Debug, Subcommand)]
+enum BenchCommand {
+    /// Time to set up the plugins of this run and to build each architecture's layer table.
+    Plugins {
+        /// Repetitions of each layer-table build.
+        #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..))]
+        repeat: u32,
+        #[command(flatten)]
+        options: ArchOptionArgs,
+    },
+}
+
+pub fn run(args: Args, ctx: &Context) -> anyhow::Result<()> {
+    match args.command {
+        BenchCommand::Plugins { repeat, options } => plugins(ctx, repeat, &options),
+    }
+}
+
+#[derive(Serialize)]
+struct PluginsReport {
+    bench: &'static str,
+    plugins: usize,
+    registry_ms: f64,
+    repeat: u32,
+    layer_tables: Vec<TableTime>,
+}
+
+#[derive(Serialize)]
+struct TableTime {
+    arch: String,
+    layers: usize,
+    drelus: u64,
+    /// Mean time of one `layer_table` call.
+    mean_us: f64,
+}
+
+fn plugins(ctx: &Context, repeat: u32, options: &ArchOptionArgs) -> anyhow::Result<()> {
+    let start = Instant::now();
+    let registry = ctx.registry()?;
+    let registry_ms = start.elapsed().as_secs_f64() * 1e3;
+    let opts = options.to_options()?;
+    let mut layer_tables = Vec::new();
+    for name in registry.arch_names() {
+        let arch = registry.arch(&name)?;
+        let start = Instant::now();
+        let mut table = None;
+        for _ in 0..repeat {
+            table = Some(arch.layer_table(&opts)?);
+        }
+        let mean_us = start.elapsed().as_secs_f64() * 1e6 / f64::from(repeat);
+        let table = table.expect("repeat is at least 1");
+        layer_tables.push(TableTime {
+            arch: name,
+            layers: table.layers.len(),
+            drelus: table.drelus(),
+            mean_us,
+        });
+    }
+    ctx.print_json(&PluginsReport {
+        bench: "plugins",
+        plugins: registry.list().len(),
+        registry_ms,
+        repeat,
+        layer_tables,
+    })
+}

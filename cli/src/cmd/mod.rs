@@ -1,0 +1,7 @@
+//! One module per area of the CLI; each has its `Args` (with subcommands where the area has
+//! several) and a `run(args, ctx)`.
+
+pub mod arch;
+pub mod bench;
+pub mod plugins;
+pub mod spec;

@@ -1,0 +1,71 @@
+//! `knapsec`: the command-line driver (DESIGN §1). Every stage of the pipeline is a
+//! subcommand; each lives in its own module under [`cmd`] with its own `Args` and `run`.
+//!
+//! Adding a command is three lines: `pub mod NAME;` in `cmd/mod.rs`, one variant in
+//! [`Command`], and one arm in [`Command::run`]. Adding a benchmark is one variant in
+//! `cmd/bench.rs`.
+//!
+//! Errors are printed as one line, `error: cause: cause…`, with exit status 1; usage errors
+//! (clap) exit with status 2. Output to a closed pipe (`knapsec … | head`) ends quietly.
+
+mod args;
+mod cmd;
+mod context;
+mod ui;
+
+use clap::{Parser, Subcommand};
+use context::{Context, GlobalArgs};
+use std::process::ExitCode;
+
+/// Private CNN inference under a DReLU budget: distortion, knapsack, fine-tuning, export and
+/// three-party secure inference.
+#[derive(Debug, Parser)]
+#[command(
+    name = "knapsec",
+    version,
+    propagate_version = true,
+    max_term_width = 100
+)]
+struct Cli {
+    #[command(flatten)]
+    global: GlobalArgs,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// List the plugins this run sees (built-in and dynamic).
+    Plugins(cmd::plugins::Args),
+    /// List architectures and show their ReLU layer tables.
+    Arch(cmd::arch::Args),
+    /// Check and convert block specs (RON, JSON, reference pickles).
+    Spec(cmd::spec::Args),
+    /// Measurements, printed as JSON.
+    Bench(cmd::bench::Args),
+}
+
+impl Command {
+    fn run(self, ctx: &Context) -> anyhow::Result<()> {
+        match self {
+            Command::Plugins(args) => cmd::plugins::run(args, ctx),
+            Command::Arch(args) => cmd::arch::run(args, ctx),
+            Command::Spec(args) => cmd::spec::run(args, ctx),
+            Command::Bench(args) => cmd::bench::run(args, ctx),
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    ui::init_logging(&cli.global);
+    let ctx = Context::new(cli.global);
+    match cli.command.run(&ctx) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) if ui::is_broken_pipe(&e) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {}", ui::one_line(&e));
+            ExitCode::FAILURE
+        }
+    }
+}
