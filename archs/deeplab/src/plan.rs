@@ -1,0 +1,668 @@
+//! The tch-free description of the two DeepLabV3 networks (digest §4.4, §4.5, §5): options,
+//! backbone geometry, layer table, block names and the secure-model graph.
+//!
+//! Both are OpenMMLab (mmseg 0.x) models with the reference's settings, output stride 8:
+//!
+//! * `deeplabv3-mobilenetv2` (ADE20K, 150 classes): mmseg `MobileNetV2` widen 1.0, strides
+//!   `(1,2,2,1,1,1,1)`, dilations `(1,1,1,2,2,4,4)`; ReLU6 (`variant: "relu6"`, default, as in
+//!   the mmseg checkpoint) or ReLU (`"relu"`, the reference's fine-tuned configs). The ASPP head
+//!   always uses ReLU.
+//! * `deeplabv3-resnet50` (Pascal VOC, 21 classes): mmseg `ResNetV1c`-50 — deep stem of three
+//!   3×3 conv-BN-ReLU (32, 32, 64 channels, the first with stride 2), then
+//!   `AvgPool2d(3, 2, 1)` (the reference's `AvgPoolResNetSeg`; `variant: "avgpool-stem"`,
+//!   default) or `MaxPool2d(3, 2, 1)` (`"maxpool-stem"`, mmseg's original); bottlenecks in the
+//!   "pytorch" style (stride on the 3×3), strides `(1,2,1,1)`, dilations `(1,1,2,4)` with
+//!   `contract_dilation` (the first block of a dilated stage uses half the dilation).
+//!   Unlike the reference's `MyBottleneck` (digest §10.2) `relu_1` runs once, after
+//!   conv1/bn1, and `relu_2` after conv2/bn2, so every `layerR_B_2` entry of a spec is live.
+//!
+//! The decode head is mmseg's `ASPPHead` (in 320 or 2048 channels, 512 channels, dilations
+//! 1/12/24/36): an image-pooling branch (global average pool → 1×1 conv → BN → ReLU →
+//! broadcast to H×W; the reference's `SecureASPPHead` repeats the 1×1 map, which equals
+//! mmseg's bilinear resize of a 1×1 map), four ASPP branches (1×1, then 3×3 with dilation and
+//! padding 12, 24, 36; conv-BN-ReLU), concatenation in that order (2560 channels), the 3×3
+//! `bottleneck` conv-BN-ReLU, and `conv_seg` (1×1 with bias, dropout 0.1 before it in
+//! training). The output is the segmentation logits at 1/8 of the input resolution.
+//!
+//! Layer names (the reference's, §4.4/§4.5): `conv1`, `layerR_B_K` (MobileNetV2; see
+//! `knapsec_arch_mobilenet`) or `stem_2`, `stem_5`, `stem_8`, `layerR_B_K` (ResNet, `K` = 1,
+//! 2, 3 for the activations after conv1, conv2 and the residual addition); `decode_0` (image
+//! pooling), `decode_1`…`decode_4` (ASPP branches), `decode_5` (bottleneck).
+//!
+//! Blocks (where distortion runs from): the backbone's (`conv1`, `layerR_B` for MobileNetV2;
+//! `stem`, `layerR_B` for the ResNet) and `decode` (the head).
+
+use knapsec_arch_mobilenet::geometry::{
+    self, MobileNetV2Geometry, Naming, activation_node, window_out,
+};
+use knapsec_core::graph::{OutputKind, SecureModel};
+use knapsec_core::graph_build::{ConvSpec, GraphBuilder, NodeId, ParamSource};
+use knapsec_core::{ArchOptions, BlockSpec, CoreError, LayerTable, ReluLayer, Result};
+
+/// Registry name of DeepLabV3 with the MobileNetV2 backbone (ADE20K).
+pub const DEEPLABV3_MOBILENETV2: &str = "deeplabv3-mobilenetv2";
+/// Registry name of DeepLabV3 with the ResNet-50 (V1c) backbone (Pascal VOC).
+pub const DEEPLABV3_RESNET50: &str = "deeplabv3-resnet50";
+
+/// Channels of the ASPP head's branches and bottleneck.
+pub const ASPP_CHANNELS: u32 = 512;
+/// Dilations of the four ASPP branches (the first is a 1×1 convolution).
+pub const ASPP_DILATIONS: [u32; 4] = [1, 12, 24, 36];
+
+/// The ResNet stem's pooling.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StemPool {
+    /// `AvgPool2d(3, 2, 1)`, padding counted (the reference's `AvgPoolResNetSeg`).
+    Avg,
+    /// `MaxPool2d(3, 2, 1)` (mmseg's `ResNetV1c`).
+    Max,
+}
+
+/// One bottleneck of the dilated ResNet-50.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Bottleneck {
+    /// Block name, `layer{R}_{B}`.
+    pub name: String,
+    /// `state_dict` prefix, `backbone.layer{R}.{B}`.
+    pub module: String,
+    pub in_channels: u32,
+    pub planes: u32,
+    pub out_channels: u32,
+    /// Stride of the 3×3 convolution (and of the projection shortcut).
+    pub stride: u32,
+    /// Dilation (= padding) of the 3×3 convolution.
+    pub dilation: u32,
+    pub in_hw: (u32, u32),
+    pub out_hw: (u32, u32),
+    /// A 1×1 projection shortcut (`downsample.0` conv + `downsample.1` BN).
+    pub downsample: bool,
+}
+
+/// The backbone of a DeepLabV3.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Backbone {
+    MobileNetV2 {
+        geometry: MobileNetV2Geometry,
+        relu6: bool,
+    },
+    ResNet50 {
+        pool: StemPool,
+        stem_hw: (u32, u32),
+        units: Vec<Bottleneck>,
+    },
+}
+
+/// Everything needed to build one DeepLabV3 at one set of options.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DeepLabPlan {
+    pub arch: &'static str,
+    /// Input `(C, H, W)`.
+    pub input: (u32, u32, u32),
+    pub classes: u32,
+    pub backbone: Backbone,
+    /// Channels entering the head (320 or 2048).
+    pub head_in: u32,
+    /// Map size of the backbone's output and of the logits.
+    pub out_hw: (u32, u32),
+}
+
+fn bad(arch: &str, option: &str, why: impl std::fmt::Display) -> CoreError {
+    CoreError::Invalid(format!("architecture {arch:?}: option {option} {why}"))
+}
+
+fn positive(arch: &str, option: &str, v: Option<u32>, default: u32) -> Result<u32> {
+    match v {
+        Some(0) => Err(bad(arch, option, "must be at least 1")),
+        Some(v) => Ok(v),
+        None => Ok(default),
+    }
+}
+
+fn out_hw(arch: &str, hw: (u32, u32), k: u32, s: u32, p: u32, d: u32) -> Result<(u32, u32)> {
+    match (window_out(hw.0, k, s, p, d), window_out(hw.1, k, s, p, d)) {
+        (Some(h), Some(w)) => Ok((h, w)),
+        _ => Err(bad(
+            arch,
+            "input_height/input_width",
+            format!("{}x{} is too small for this network", hw.0, hw.1),
+        )),
+    }
+}
+
+/// The dilated ResNet-50's bottlenecks and the map size after its stem (conv stride 2 + pool).
+fn resnet50_units(arch: &str, input_hw: (u32, u32)) -> Result<((u32, u32), Vec<Bottleneck>)> {
+    let stem_hw = out_hw(arch, input_hw, 3, 2, 1, 1)?;
+    let mut hw = out_hw(arch, stem_hw, 3, 2, 1, 1)?;
+    let depths = [3u32, 4, 6, 3];
+    let strides = [1u32, 2, 1, 1];
+    let dilations = [1u32, 1, 2, 4];
+    let mut in_channels = 64;
+    let mut units = Vec::new();
+    for r in 0..4 {
+        let planes = 64u32 << r;
+        for b in 0..depths[r] {
+            let stride = if b == 0 { strides[r] } else { 1 };
+            // contract_dilation: the first block of a dilated stage uses half the dilation.
+            let dilation = if b == 0 && dilations[r] > 1 {
+                dilations[r] / 2
+            } else {
+                dilations[r]
+            };
+            let next = out_hw(arch, hw, 3, stride, dilation, dilation)?;
+            let out_channels = planes * 4;
+            units.push(Bottleneck {
+                name: format!("layer{}_{b}", r + 1),
+                module: format!("backbone.layer{}.{b}", r + 1),
+                in_channels,
+                planes,
+                out_channels,
+                stride,
+                dilation,
+                in_hw: hw,
+                out_hw: next,
+                downsample: stride != 1 || in_channels != out_channels,
+            });
+            in_channels = out_channels;
+            hw = next;
+        }
+    }
+    Ok((stem_hw, units))
+}
+
+impl DeepLabPlan {
+    /// The plan of `arch` (one of the two names above) at `options`. Defaults: 3×512×512
+    /// input, 150 (MobileNetV2) or 21 (ResNet-50) classes; `base_width` is refused.
+    pub fn new(arch: &str, options: &ArchOptions) -> Result<Self> {
+        let arch: &'static str = match arch {
+            DEEPLABV3_MOBILENETV2 => DEEPLABV3_MOBILENETV2,
+            DEEPLABV3_RESNET50 => DEEPLABV3_RESNET50,
+            other => {
+                return Err(CoreError::Invalid(format!(
+                    "{other:?} is not a DeepLabV3 of this crate"
+                )));
+            }
+        };
+        if options.base_width.is_some() {
+            return Err(bad(
+                arch,
+                "base_width",
+                "is not supported (the widths are the reference's)",
+            ));
+        }
+        let c = positive(arch, "input_channels", options.input_channels, 3)?;
+        let h = positive(arch, "input_height", options.input_height, 512)?;
+        let w = positive(arch, "input_width", options.input_width, 512)?;
+        let (backbone, head_in, out_hw, default_classes) = if arch == DEEPLABV3_MOBILENETV2 {
+            let relu6 = match options.variant.as_deref() {
+                None | Some("relu6") => true,
+                Some("relu") => false,
+                Some(v) => {
+                    return Err(bad(
+                        arch,
+                        "variant",
+                        format!("{v:?} is unknown (expected \"relu6\" or \"relu\")"),
+                    ));
+                }
+            };
+            let geometry = MobileNetV2Geometry::segmentation_d8(c);
+            let out = geometry.output_size(arch, h, w)?;
+            (Backbone::MobileNetV2 { geometry, relu6 }, 320, out, 150)
+        } else {
+            let pool = match options.variant.as_deref() {
+                None | Some("avgpool-stem") => StemPool::Avg,
+                Some("maxpool-stem") => StemPool::Max,
+                Some(v) => {
+                    return Err(bad(
+                        arch,
+                        "variant",
+                        format!("{v:?} is unknown (expected \"avgpool-stem\" or \"maxpool-stem\")"),
+                    ));
+                }
+            };
+            let (stem_hw, units) = resnet50_units(arch, (h, w))?;
+            let out = units.last().expect("ResNet-50 has units").out_hw;
+            (
+                Backbone::ResNet50 {
+                    pool,
+                    stem_hw,
+                    units,
+                },
+                2048,
+                out,
+                21,
+            )
+        };
+        let classes = positive(arch, "classes", options.classes, default_classes)?;
+        Ok(DeepLabPlan {
+            arch,
+            input: (c, h, w),
+            classes,
+            backbone,
+            head_in,
+            out_hw,
+        })
+    }
+
+    /// Block names in execution order (the backbone's, then `decode`).
+    pub fn block_names(&self) -> Vec<String> {
+        let mut names = match &self.backbone {
+            Backbone::MobileNetV2 { geometry, .. } => std::iter::once("conv1".to_string())
+                .chain(
+                    geometry
+                        .blocks
+                        .iter()
+                        .map(|b| format!("layer{}_{}", b.stage, b.index)),
+                )
+                .collect(),
+            Backbone::ResNet50 { units, .. } => std::iter::once("stem".to_string())
+                .chain(units.iter().map(|u| u.name.clone()))
+                .collect::<Vec<_>>(),
+        };
+        names.push("decode".into());
+        names
+    }
+
+    /// The ReLU layers of bottleneck `u` (`_1` after conv1, `_2` after conv2, `_3` after the
+    /// addition).
+    pub fn unit_layers(u: &Bottleneck) -> [ReluLayer; 3] {
+        let (ih, iw) = u.in_hw;
+        let (oh, ow) = u.out_hw;
+        [
+            ReluLayer::new(format!("{}_1", u.name), u.planes, ih, iw),
+            ReluLayer::new(format!("{}_2", u.name), u.planes, oh, ow),
+            ReluLayer::new(format!("{}_3", u.name), u.out_channels, oh, ow),
+        ]
+    }
+
+    /// The ResNet stem's layers `stem_2`, `stem_5`, `stem_8` (empty for MobileNetV2).
+    pub fn stem_layers(&self) -> Vec<ReluLayer> {
+        match &self.backbone {
+            Backbone::ResNet50 {
+                stem_hw: (h, w), ..
+            } => vec![
+                ReluLayer::new("stem_2", 32, *h, *w),
+                ReluLayer::new("stem_5", 32, *h, *w),
+                ReluLayer::new("stem_8", 64, *h, *w),
+            ],
+            Backbone::MobileNetV2 { .. } => vec![],
+        }
+    }
+
+    /// The decode head's layers `decode_0` (1×1 map) … `decode_5`.
+    pub fn decode_layers(&self) -> Vec<ReluLayer> {
+        let (h, w) = self.out_hw;
+        std::iter::once(ReluLayer::new("decode_0", ASPP_CHANNELS, 1, 1))
+            .chain((1..=5).map(|i| ReluLayer::new(format!("decode_{i}"), ASPP_CHANNELS, h, w)))
+            .collect()
+    }
+
+    /// The backbone's layers in network order.
+    pub fn backbone_layers(&self) -> Result<Vec<ReluLayer>> {
+        Ok(match &self.backbone {
+            Backbone::MobileNetV2 { geometry, .. } => geometry
+                .relu_layers(self.arch, self.input.1, self.input.2)?
+                .into_iter()
+                .map(|(n, c, h, w)| ReluLayer::new(n, c, h, w))
+                .collect(),
+            Backbone::ResNet50 { units, .. } => {
+                let mut layers = self.stem_layers();
+                for u in units {
+                    layers.extend(Self::unit_layers(u));
+                }
+                layers
+            }
+        })
+    }
+
+    /// All ReLU layers in network order.
+    pub fn layers(&self) -> Result<Vec<ReluLayer>> {
+        let mut layers = self.backbone_layers()?;
+        layers.extend(self.decode_layers());
+        Ok(layers)
+    }
+
+    /// The layer table.
+    pub fn layer_table(&self) -> Result<LayerTable> {
+        LayerTable::new(self.arch, self.layers()?)
+    }
+
+    /// The secure-model graph with OpenMMLab module names: layers named by `spec` get its
+    /// block sizes, the others the network's activation (ReLU6 in a ReLU6 MobileNetV2
+    /// backbone, else ReLU). The output node is `decode_head.conv_seg`, `[classes, H/8, W/8]`.
+    pub fn secure_graph(
+        &self,
+        spec: Option<&BlockSpec>,
+        frac_bits: u32,
+    ) -> Result<(SecureModel, Vec<ParamSource>)> {
+        let layers = self.layers()?;
+        geometry::check_spec_layers(self.arch, &layers, spec)?;
+        let (c, h, w) = self.input;
+        let mut g = GraphBuilder::new(self.arch, frac_bits, [c, h, w]);
+        let backbone = self.backbone_layers()?;
+        let x = match &self.backbone {
+            Backbone::MobileNetV2 { geometry, relu6 } => {
+                geometry.add_to_graph(&mut g, Naming::OpenMmlab, &backbone, spec, *relu6)?
+            }
+            Backbone::ResNet50 { pool, units, .. } => {
+                self.resnet_graph(&mut g, *pool, units, &backbone, spec)?
+            }
+        };
+        self.head_graph(&mut g, x, spec)?;
+        g.finish(OutputKind::Segmentation)
+    }
+
+    fn resnet_graph(
+        &self,
+        g: &mut GraphBuilder,
+        pool: StemPool,
+        units: &[Bottleneck],
+        layers: &[ReluLayer],
+        spec: Option<&BlockSpec>,
+    ) -> Result<NodeId> {
+        let mut x = g.input();
+        for (i, (out, stride)) in [(32u32, 2u32), (32, 1), (64, 1)].into_iter().enumerate() {
+            let conv = format!("backbone.stem.{}", 3 * i);
+            let bn = format!("backbone.stem.{}", 3 * i + 1);
+            x = g.conv(&conv, x, ConvSpec::square(out, 3, stride, 1), Some(&bn))?;
+            x = activation_node(g, &layers[i], x, spec, false)?;
+        }
+        x = match pool {
+            StemPool::Avg => g.avg_pool("backbone.maxpool", x, [3, 3], [2, 2], [1, 1], true)?,
+            StemPool::Max => g.max_pool("backbone.maxpool", x, [3, 3], [2, 2], [1, 1])?,
+        };
+        for (k, u) in units.iter().enumerate() {
+            let l = &layers[3 + 3 * k..6 + 3 * k];
+            let m = &u.module;
+            let shortcut = if u.downsample {
+                let s = ConvSpec::square(u.out_channels, 1, u.stride, 0);
+                g.conv(
+                    &format!("{m}.downsample.0"),
+                    x,
+                    s,
+                    Some(&format!("{m}.downsample.1")),
+                )?
+            } else {
+                x
+            };
+            let mut y = g.conv(
+                &format!("{m}.conv1"),
+                x,
+                ConvSpec::square(u.planes, 1, 1, 0),
+                Some(&format!("{m}.bn1")),
+            )?;
+            y = activation_node(g, &l[0], y, spec, false)?;
+            let conv2 = ConvSpec {
+                padding: [u.dilation, u.dilation],
+                dilation: [u.dilation, u.dilation],
+                ..ConvSpec::square(u.planes, 3, u.stride, u.dilation)
+            };
+            y = g.conv(&format!("{m}.conv2"), y, conv2, Some(&format!("{m}.bn2")))?;
+            y = activation_node(g, &l[1], y, spec, false)?;
+            y = g.conv(
+                &format!("{m}.conv3"),
+                y,
+                ConvSpec::square(u.out_channels, 1, 1, 0),
+                Some(&format!("{m}.bn3")),
+            )?;
+            y = g.add(&format!("{m}.add"), &[y, shortcut])?;
+            x = activation_node(g, &l[2], y, spec, false)?;
+        }
+        Ok(x)
+    }
+
+    fn head_graph(
+        &self,
+        g: &mut GraphBuilder,
+        x: NodeId,
+        spec: Option<&BlockSpec>,
+    ) -> Result<NodeId> {
+        let layers = self.decode_layers();
+        let (h, w) = self.out_hw;
+        let pooled = g.global_avg_pool("decode_head.image_pool.0", x)?;
+        let mut ip = g.conv(
+            "decode_head.image_pool.1.conv",
+            pooled,
+            ConvSpec::square(ASPP_CHANNELS, 1, 1, 0),
+            Some("decode_head.image_pool.1.bn"),
+        )?;
+        ip = activation_node(g, &layers[0], ip, spec, false)?;
+        let mut branches = vec![g.broadcast("decode_head.image_pool.broadcast", ip, h, w)?];
+        for (i, &d) in ASPP_DILATIONS.iter().enumerate() {
+            let m = format!("decode_head.aspp_modules.{i}");
+            let s = if d == 1 {
+                ConvSpec::square(ASPP_CHANNELS, 1, 1, 0)
+            } else {
+                ConvSpec {
+                    dilation: [d, d],
+                    ..ConvSpec::square(ASPP_CHANNELS, 3, 1, d)
+                }
+            };
+            let y = g.conv(&format!("{m}.conv"), x, s, Some(&format!("{m}.bn")))?;
+            branches.push(activation_node(g, &layers[i + 1], y, spec, false)?);
+        }
+        let cat = g.concat("decode_head.concat", &branches)?;
+        let mut y = g.conv(
+            "decode_head.bottleneck.conv",
+            cat,
+            ConvSpec::square(ASPP_CHANNELS, 3, 1, 1),
+            Some("decode_head.bottleneck.bn"),
+        )?;
+        y = activation_node(g, &layers[5], y, spec, false)?;
+        let seg = ConvSpec {
+            bias: true,
+            ..ConvSpec::square(self.classes, 1, 1, 0)
+        };
+        g.conv("decode_head.conv_seg", y, seg, None)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use knapsec_core::BlockSize;
+    use knapsec_core::graph::Op;
+
+    fn activations(model: &SecureModel) -> Vec<(String, [u32; 3])> {
+        model
+            .nodes
+            .iter()
+            .filter_map(|n| match &n.op {
+                Op::BlockRelu { layer, .. } | Op::Relu6 { layer } => Some((layer.clone(), n.shape)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn mobilenetv2_table_at_512() {
+        let plan = DeepLabPlan::new(DEEPLABV3_MOBILENETV2, &ArchOptions::default()).unwrap();
+        let t = plan.layer_table().unwrap();
+        assert_eq!(t.layers.len(), 40);
+        assert_eq!(t.channels(), 17_344);
+        assert_eq!(t.drelus(), 85_262_848);
+        assert_eq!(t.layers[0], ReluLayer::new("conv1", 32, 256, 256));
+        assert_eq!(
+            t.get("layer2_0_1").unwrap(),
+            &ReluLayer::new("layer2_0_1", 96, 128, 128)
+        );
+        assert_eq!(
+            t.get("layer3_0_1").unwrap(),
+            &ReluLayer::new("layer3_0_1", 144, 64, 64)
+        );
+        assert_eq!(
+            t.get("layer7_0_1").unwrap(),
+            &ReluLayer::new("layer7_0_1", 960, 64, 64)
+        );
+        assert_eq!(
+            t.get("decode_0").unwrap(),
+            &ReluLayer::new("decode_0", 512, 1, 1)
+        );
+        assert_eq!(t.layers[39], ReluLayer::new("decode_5", 512, 64, 64));
+        assert_eq!(plan.block_names().len(), 1 + 17 + 1);
+    }
+
+    #[test]
+    fn resnet50_table_at_512() {
+        let plan = DeepLabPlan::new(DEEPLABV3_RESNET50, &ArchOptions::default()).unwrap();
+        let t = plan.layer_table().unwrap();
+        assert_eq!(t.layers.len(), 57);
+        assert_eq!(t.channels(), 25_856);
+        assert_eq!(t.drelus(), 127_402_496);
+        assert_eq!(t.layers[2], ReluLayer::new("stem_8", 64, 256, 256));
+        assert_eq!(
+            t.get("layer1_0_1").unwrap(),
+            &ReluLayer::new("layer1_0_1", 64, 128, 128)
+        );
+        assert_eq!(
+            t.get("layer2_0_1").unwrap(),
+            &ReluLayer::new("layer2_0_1", 128, 128, 128)
+        );
+        assert_eq!(
+            t.get("layer2_0_2").unwrap(),
+            &ReluLayer::new("layer2_0_2", 128, 64, 64)
+        );
+        assert_eq!(
+            t.get("layer4_2_3").unwrap(),
+            &ReluLayer::new("layer4_2_3", 2048, 64, 64)
+        );
+        assert_eq!(plan.block_names().len(), 1 + 16 + 1);
+        let Backbone::ResNet50 { units, .. } = &plan.backbone else {
+            panic!()
+        };
+        let dil: Vec<u32> = units.iter().map(|u| u.dilation).collect();
+        // layer1 and layer2 undilated; layer3 (2) and layer4 (4) start at half their dilation.
+        assert_eq!(dil, [1, 1, 1, 1, 1, 1, 1, 1, 2, 2, 2, 2, 2, 2, 4, 4]);
+    }
+
+    #[test]
+    fn graphs_match_the_tables_at_65() {
+        for (arch, first_conv, relu6_nodes) in [
+            (DEEPLABV3_MOBILENETV2, "backbone.conv1.conv", 34),
+            (DEEPLABV3_RESNET50, "backbone.stem.0", 0),
+        ] {
+            let opts = ArchOptions {
+                input_height: Some(65),
+                input_width: Some(65),
+                ..Default::default()
+            };
+            let plan = DeepLabPlan::new(arch, &opts).unwrap();
+            assert_eq!(plan.out_hw, (9, 9), "{arch}");
+            let table = plan.layer_table().unwrap();
+            let mut spec = BlockSpec::new(arch);
+            spec.layers.insert(
+                "decode_3".into(),
+                vec![BlockSize::Patch { h: 3, w: 3 }; 512],
+            );
+            let (model, params) = plan.secure_graph(Some(&spec), 12).unwrap();
+            let expected: Vec<(String, [u32; 3])> = table
+                .layers
+                .iter()
+                .map(|l| (l.name.clone(), [l.channels, l.height, l.width]))
+                .collect();
+            assert_eq!(activations(&model), expected, "{arch}");
+            assert_eq!(model.output_shape(), [plan.classes, 9, 9]);
+            assert_eq!(model.output_kind, OutputKind::Segmentation);
+            assert_eq!(model.nodes[1].name, first_conv);
+            let relu6 = model
+                .nodes
+                .iter()
+                .filter(|n| matches!(n.op, Op::Relu6 { .. }))
+                .count();
+            assert_eq!(relu6, relu6_nodes, "{arch}");
+            let bcast = model
+                .nodes
+                .iter()
+                .position(|n| {
+                    matches!(
+                        n.op,
+                        Op::Broadcast {
+                            height: 9,
+                            width: 9
+                        }
+                    )
+                })
+                .unwrap();
+            let concat = model.nodes.iter().find(|n| n.op == Op::Concat).unwrap();
+            assert_eq!(
+                concat.inputs[0], bcast,
+                "the image-pooling branch comes first"
+            );
+            assert_eq!(concat.shape, [2560, 9, 9]);
+            assert!(
+                params
+                    .iter()
+                    .any(|p| p.module == "decode_head.conv_seg" && p.module_bias && p.bn.is_none())
+            );
+            let last = params
+                .iter()
+                .filter(|p| p.module.starts_with("decode_head"))
+                .count();
+            assert_eq!(last, 7);
+        }
+    }
+
+    #[test]
+    fn resnet_relu_2_follows_conv2() {
+        let plan = DeepLabPlan::new(DEEPLABV3_RESNET50, &ArchOptions::default()).unwrap();
+        let (model, _) = plan.secure_graph(None, 12).unwrap();
+        let pos = |name: &str| model.nodes.iter().position(|n| n.name == name).unwrap();
+        let relu2 = &model.nodes[pos("layer3_0_2")];
+        assert_eq!(model.nodes[relu2.inputs[0]].name, "backbone.layer3.0.conv2");
+        let relu1 = &model.nodes[pos("layer3_0_1")];
+        assert_eq!(model.nodes[relu1.inputs[0]].name, "backbone.layer3.0.conv1");
+        let conv2 = &model.nodes[pos("backbone.layer3.0.conv2")];
+        assert_eq!(conv2.inputs[0], pos("layer3_0_1"));
+        let Op::Conv2d {
+            dilation, padding, ..
+        } = &conv2.op
+        else {
+            panic!()
+        };
+        assert_eq!(
+            (*dilation, *padding),
+            ([1, 1], [1, 1]),
+            "contract_dilation halves the first block's dilation"
+        );
+        let Op::Conv2d { dilation, .. } = &model.nodes[pos("backbone.layer4.1.conv2")].op else {
+            panic!()
+        };
+        assert_eq!(*dilation, [4, 4]);
+        assert_eq!(model.drelus(), plan.layer_table().unwrap().drelus());
+    }
+
+    #[test]
+    fn options_are_checked() {
+        let o = |v: &str| ArchOptions {
+            variant: Some(v.into()),
+            ..Default::default()
+        };
+        assert!(DeepLabPlan::new(DEEPLABV3_MOBILENETV2, &o("relu")).is_ok());
+        assert!(DeepLabPlan::new(DEEPLABV3_MOBILENETV2, &o("maxpool-stem")).is_err());
+        let max = DeepLabPlan::new(DEEPLABV3_RESNET50, &o("maxpool-stem")).unwrap();
+        assert!(
+            max.secure_graph(None, 12)
+                .unwrap()
+                .0
+                .nodes
+                .iter()
+                .any(|n| matches!(n.op, Op::MaxPool { .. }))
+        );
+        assert!(
+            DeepLabPlan::new(DEEPLABV3_RESNET50, &o("relu6"))
+                .unwrap_err()
+                .to_string()
+                .contains("relu6")
+        );
+        let width = ArchOptions {
+            base_width: Some(8),
+            ..Default::default()
+        };
+        assert!(DeepLabPlan::new(DEEPLABV3_RESNET50, &width).is_err());
+        let classes = ArchOptions {
+            classes: Some(0),
+            ..Default::default()
+        };
+        assert!(DeepLabPlan::new(DEEPLABV3_RESNET50, &classes).is_err());
+        assert!(DeepLabPlan::new("deeplabv3-vgg", &ArchOptions::default()).is_err());
+    }
+}
