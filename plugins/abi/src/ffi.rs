@@ -6,7 +6,7 @@
 //! the library unless it equals [`ABI_VERSION`], before touching anything else.
 //!
 //! Each plugin of the library is described by a [`PluginHeader`]: kind, name, version,
-//! description and a `call` entry point that takes a serialised request (JSON bytes, see
+//! description and a `call` entry point that takes a serialised request (RON text, see
 //! [`crate::wire`]) and writes a serialised answer into an [`OutBuffer`] owned by the
 //! plugin, which the host hands back to the plugin's `free`. Only bytes, lengths, integers and
 //! function pointers cross: no Rust types, so host and plugin may come from different
@@ -26,9 +26,9 @@ pub const KIND_ARCHITECTURE: u32 = 1;
 /// [`PluginHeader::kind`] of a knapsack strategy.
 pub const KIND_KNAPSACK_STRATEGY: u32 = 2;
 
-/// `call` succeeded: the buffer holds the JSON answer.
+/// `call` succeeded: the buffer holds the answer (RON text).
 pub const STATUS_OK: i32 = 0;
-/// The plugin refused the request: the buffer holds a JSON [`crate::wire::WireError`].
+/// The plugin refused the request: the buffer holds a [`crate::wire::WireError`] (RON text).
 pub const STATUS_ERROR: i32 = 1;
 /// The plugin panicked: the buffer holds the panic message (UTF-8 text).
 pub const STATUS_PANIC: i32 = 2;

@@ -7,7 +7,7 @@
 //! unwind across `extern "C"`: since Rust 1.81 that aborts the process).
 
 use crate::ffi::{self, OutBuffer, PluginHeader, PluginLibrary, StrRef};
-use crate::wire::{Description, LayerTableAnswer, Request, WireError, WireLimits};
+use crate::wire::{self, Description, LayerTableAnswer, Request, WireError, WireLimits};
 use knapsec_core::arch::ArchAdapter;
 use knapsec_core::knapsack::{KnapsackStrategy, SolveLimits};
 use std::ffi::c_void;
@@ -164,15 +164,15 @@ pub fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
     }
 }
 
-fn to_json<T: serde::Serialize>(v: &T) -> Result<Vec<u8>, WireError> {
-    serde_json::to_vec(v).map_err(|e| WireError::new(format!("cannot serialise the answer: {e}")))
+fn to_wire<T: serde::Serialize>(v: &T) -> Result<Vec<u8>, WireError> {
+    wire::encode(v).map_err(|e| WireError::new(format!("cannot serialise the answer: {e}")))
 }
 
 fn serve(slot: &Slot, request: &[u8]) -> Result<Vec<u8>, WireError> {
-    let request: Request = serde_json::from_slice(request)
-        .map_err(|e| WireError::new(format!("malformed request: {e}")))?;
+    let request: Request =
+        wire::decode(request).map_err(|e| WireError::new(format!("malformed request: {e}")))?;
     match (&slot.plugin, request) {
-        (plugin, Request::Describe) => to_json(&Description {
+        (plugin, Request::Describe) => to_wire(&Description {
             kind: plugin.kind().1.to_string(),
             name: slot.name.clone(),
             version: slot.version.clone(),
@@ -183,23 +183,20 @@ fn serve(slot: &Slot, request: &[u8]) -> Result<Vec<u8>, WireError> {
                 .layer_table(&options)
                 .map_err(|e| WireError::new(e.to_string()))?;
             let candidates = table.layers.iter().map(|l| a.candidates(l)).collect();
-            to_json(&LayerTableAnswer { table, candidates })
+            to_wire(&LayerTableAnswer { table, candidates })
         }
-        (GuestPlugin::Arch(a), Request::Candidates { layer }) => to_json(&a.candidates(&layer)),
+        (GuestPlugin::Arch(a), Request::Candidates { layer }) => to_wire(&a.candidates(&layer)),
         (GuestPlugin::Strategy(s), Request::Solve { problem, limits }) => {
             let limits: SolveLimits = SolveLimits::from(&limits as &WireLimits);
             let solution = s
                 .solve(&problem, &limits)
                 .map_err(|e| WireError::from_knapsack(&e))?;
-            to_json(&solution)
+            to_wire(&solution)
         }
         (plugin, other) => Err(WireError::new(format!(
-            "a {} plugin does not answer {:?} requests",
+            "a {} plugin does not answer `{}` requests",
             plugin.kind().1,
-            serde_json::to_value(&other)
-                .ok()
-                .and_then(|v| v.get("op").cloned())
-                .unwrap_or_default()
+            other.op()
         ))),
     }
 }
@@ -235,8 +232,7 @@ unsafe extern "C" fn guest_call(
         Ok(Ok(answer)) => (ffi::STATUS_OK, answer),
         Ok(Err(refusal)) => (
             ffi::STATUS_ERROR,
-            serde_json::to_vec(&refusal)
-                .unwrap_or_else(|_| b"{\"message\":\"(unprintable)\"}".to_vec()),
+            wire::encode(&refusal).unwrap_or_else(|_| b"(message: \"(unprintable)\")".to_vec()),
         ),
         Err(payload) => (ffi::STATUS_PANIC, panic_message(&*payload).into_bytes()),
     };

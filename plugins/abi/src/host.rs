@@ -12,7 +12,7 @@
 
 use crate::error::AbiError;
 use crate::ffi::{self, EntryFn, OutBuffer, PluginHeader, PluginLibrary};
-use crate::wire::{Description, LayerTableAnswer, Request, WireError, WireLimits};
+use crate::wire::{self, Description, LayerTableAnswer, Request, WireError, WireLimits};
 use knapsec_core::arch::{ArchAdapter, ArchOptions};
 use knapsec_core::block::BlockSize;
 use knapsec_core::knapsack::{
@@ -60,7 +60,7 @@ impl Handle {
         &self,
         request: &Request,
     ) -> Result<Result<T, WireError>, AbiError> {
-        let bytes = serde_json::to_vec(request)
+        let bytes = wire::encode(request)
             .map_err(|e| self.malformed(format!("cannot serialise request: {e}")))?;
         let mut out = OutBuffer::EMPTY;
         // SAFETY: `ctx`, `call` come from the library's header; `bytes` outlives the call;
@@ -76,10 +76,8 @@ impl Handle {
             copy
         };
         match status {
-            ffi::STATUS_OK => serde_json::from_slice(&answer)
-                .map(Ok)
-                .map_err(|e| self.malformed(e)),
-            ffi::STATUS_ERROR => serde_json::from_slice::<WireError>(&answer)
+            ffi::STATUS_OK => wire::decode(&answer).map(Ok).map_err(|e| self.malformed(e)),
+            ffi::STATUS_ERROR => wire::decode::<WireError>(&answer)
                 .map(Err)
                 .map_err(|e| self.malformed(format!("unreadable error report: {e}"))),
             ffi::STATUS_PANIC => Err(AbiError::Panic {

@@ -2,7 +2,7 @@
 //!
 //! * [`ffi`]: the `#[repr(C)]` header a library exports through one symbol,
 //!   `knapsec_plugins`, with its ABI version first.
-//! * [`wire`]: the JSON requests and answers (`describe`, `layer_table`, `candidates`,
+//! * [`wire`]: the requests and answers (RON text) (`describe`, `layer_table`, `candidates`,
 //!   `solve`).
 //! * [`guest`] and [`declare_plugin!`]: the plugin side. An author implements the core
 //!   traits (`ArchAdapter`, `KnapsackStrategy`) and names the values in `declare_plugin!`;

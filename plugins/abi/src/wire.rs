@@ -1,4 +1,6 @@
-//! The serialised requests and answers that travel through [`crate::ffi::CallFn`], as JSON.
+//! The serialised requests and answers that travel through [`crate::ffi::CallFn`], as RON
+//! text (UTF-8): [`encode`] and [`decode`]. RON rather than JSON because knapsack values use
+//! `+inf` for forbidden options, which JSON cannot carry.
 //!
 //! Architecture descriptions answer [`Request::Describe`], [`Request::LayerTable`] and
 //! [`Request::Candidates`]; knapsack strategies answer [`Request::Describe`] and
@@ -14,7 +16,7 @@ use std::time::Duration;
 
 /// One request to a plugin.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "op", rename_all = "snake_case")]
+#[serde(rename_all = "snake_case")]
 pub enum Request {
     /// Any plugin: answers a [`Description`].
     Describe,
@@ -27,6 +29,31 @@ pub enum Request {
         problem: McKpProblem,
         limits: WireLimits,
     },
+}
+
+impl Request {
+    /// The request's name: `describe`, `layer_table`, `candidates` or `solve`.
+    pub fn op(&self) -> &'static str {
+        match self {
+            Request::Describe => "describe",
+            Request::LayerTable { .. } => "layer_table",
+            Request::Candidates { .. } => "candidates",
+            Request::Solve { .. } => "solve",
+        }
+    }
+}
+
+/// Serialises a request, answer or refusal for the wire.
+pub fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, String> {
+    ron::to_string(value)
+        .map(String::into_bytes)
+        .map_err(|e| e.to_string())
+}
+
+/// Reads a request, answer or refusal from the wire.
+pub fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, String> {
+    let text = std::str::from_utf8(bytes).map_err(|e| format!("not UTF-8 text: {e}"))?;
+    ron::from_str(text).map_err(|e| e.to_string())
 }
 
 /// The answer to [`Request::Describe`].
@@ -104,12 +131,13 @@ impl WireError {
 
     /// The wire form of a knapsack error.
     pub fn from_knapsack(e: &KnapsackError) -> Self {
-        let knapsack = match *e {
-            KnapsackError::Infeasible { min_cost, budget } => {
-                Some(WireKnapsackError::Infeasible { min_cost, budget })
-            }
-            KnapsackError::EmptyClass { class } => Some(WireKnapsackError::EmptyClass { class }),
-            KnapsackError::Strategy { .. } => None,
+        // Other errors travel as their message.
+        let knapsack = if let KnapsackError::Infeasible { min_cost, budget } = *e {
+            Some(WireKnapsackError::Infeasible { min_cost, budget })
+        } else if let KnapsackError::EmptyClass { class } = *e {
+            Some(WireKnapsackError::EmptyClass { class })
+        } else {
+            None
         };
         WireError {
             message: e.to_string(),
@@ -137,19 +165,39 @@ mod tests {
     use super::*;
 
     #[test]
-    fn requests_are_tagged_json() {
+    fn requests_round_trip_as_ron_with_infinite_values() {
         let r = Request::Candidates {
             layer: ReluLayer::new("a", 2, 3, 4),
         };
-        let text = serde_json::to_string(&r).unwrap();
+        let bytes = encode(&r).unwrap();
         assert_eq!(
-            text,
-            r#"{"op":"candidates","layer":{"name":"a","channels":2,"height":3,"width":4}}"#
+            String::from_utf8(bytes.clone()).unwrap(),
+            r#"candidates(layer:(name:"a",channels:2,height:3,width:4))"#
         );
-        assert_eq!(serde_json::from_str::<Request>(&text).unwrap(), r);
+        assert_eq!(decode::<Request>(&bytes).unwrap(), r);
+        assert_eq!(encode(&Request::Describe).unwrap(), b"describe");
+        let problem = McKpProblem::from_classes(&[vec![(u64::MAX, f64::INFINITY), (0, -0.5)]], 7);
+        let r = Request::Solve {
+            problem,
+            limits: WireLimits {
+                time_ms: None,
+                relative_gap: 0.0,
+            },
+        };
+        assert_eq!(decode::<Request>(&encode(&r).unwrap()).unwrap(), r);
+        let answer = LayerTableAnswer {
+            table: LayerTable::new("t", vec![ReluLayer::new("a", 1, 2, 2)]).unwrap(),
+            candidates: vec![vec![BlockSize::RELU, BlockSize::Identity, BlockSize::Zero]],
+        };
         assert_eq!(
-            serde_json::to_string(&Request::Describe).unwrap(),
-            r#"{"op":"describe"}"#
+            decode::<LayerTableAnswer>(&encode(&answer).unwrap()).unwrap(),
+            answer
+        );
+        assert!(decode::<Request>(b"this is not RON").is_err());
+        assert!(
+            decode::<Request>(&[0xff, 0xfe])
+                .unwrap_err()
+                .contains("UTF-8")
         );
     }
 

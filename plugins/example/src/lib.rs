@@ -4,8 +4,8 @@
 //! core traits a built-in does, here [`knapsec_core::KnapsackStrategy`] ([`RatioGreedy`]) and
 //! [`knapsec_core::ArchAdapter`] ([`TinyNet`]), and names its plugin values once in
 //! [`knapsec_plugin_abi::declare_plugin!`] at the bottom of this file. The macro exports the
-//! C entry point `knapsec_plugins`; requests and answers cross the library boundary as JSON
-//! bytes, so the plugin and knapsec may be built by different compilers. Panics inside the
+//! C entry point `knapsec_plugins`; requests and answers cross the library boundary as RON
+//! text, so the plugin and knapsec may be built by different compilers. Panics inside the
 //! trait methods are caught and reported to knapsec as errors.
 //!
 //! Build and use:

@@ -1,0 +1,358 @@
+//! The knapsack-strategy kit ([`knapsec_core::KnapsackStrategy`], digest §3).
+//!
+//! Rules checked by [`check`] on small problems whose optimum is found by enumeration:
+//! 1. a usable name and a non-empty description;
+//! 2. an answer picks one valid option per class, reports its true cost and objective, stays
+//!    within the budget and never picks a `+inf` option;
+//! 3. the reported bound is a lower bound of the optimum, the objective is not below it, and
+//!    an answer marked `optimal` is optimal; with [`Expect::Exact`] every answer is optimal;
+//! 4. an infeasible problem is refused with `Infeasible { min_cost, budget }` carrying the
+//!    right numbers; a class without a finite option is refused (with `EmptyClass` naming it,
+//!    if that is the error given), never answered.
+
+use super::{KitResult, check_name, ensure};
+use knapsec_core::knapsack::{
+    KnapsackError, KnapsackStrategy, McKpProblem, McKpSolution, SolveLimits,
+};
+
+/// What a strategy promises.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Expect {
+    /// Every answer is optimal.
+    Exact,
+    /// Answers are feasible, bounds are valid; optimality only where claimed.
+    Heuristic,
+}
+
+const TOL: f64 = 1e-9;
+
+/// Small pseudo-random problems (a fixed xorshift stream, so failures reproduce), with a
+/// few hand-made corner cases first.
+pub fn problems() -> Vec<McKpProblem> {
+    let mut out = vec![
+        // Budget exactly the cheapest choice.
+        McKpProblem::from_classes(&[vec![(4, 1.0), (2, 5.0)], vec![(3, 0.0), (1, 2.0)]], 3),
+        // Room for everything: the best option of every class.
+        McKpProblem::from_classes(
+            &[vec![(4, 1.0), (2, 5.0), (0, 9.0)], vec![(3, 0.0), (1, 2.0)]],
+            100,
+        ),
+        // A forbidden option (+inf) that would otherwise be the best.
+        McKpProblem::from_classes(
+            &[vec![(1, f64::INFINITY), (2, 3.0), (0, 4.0)], vec![(0, 1.0)]],
+            5,
+        ),
+        // Non-convex class: the middle option is dominated by a mix of the others.
+        McKpProblem::from_classes(
+            &[
+                vec![(0, 10.0), (5, 9.0), (10, 0.0)],
+                vec![(0, 3.0), (2, 1.0)],
+            ],
+            10,
+        ),
+        // Ties in cost and negative values.
+        McKpProblem::from_classes(
+            &[
+                vec![(2, -1.0), (2, -3.0), (0, 0.0)],
+                vec![(1, -0.5), (0, 0.0)],
+            ],
+            2,
+        ),
+    ];
+    let mut state: u64 = 0x9E37_79B9_7F4A_7C15;
+    let mut next = move |n: u64| {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state % n
+    };
+    for _ in 0..60 {
+        let classes: Vec<Vec<(u64, f64)>> = (0..1 + next(5))
+            .map(|_| {
+                (0..1 + next(4))
+                    .map(|_| (next(12), next(1000) as f64 / 100.0))
+                    .collect()
+            })
+            .collect();
+        let budget = next(35);
+        out.push(McKpProblem::from_classes(&classes, budget));
+    }
+    out
+}
+
+/// The optimum by enumeration (`None`: infeasible). Only for tiny problems.
+pub fn optimum(p: &McKpProblem) -> Option<f64> {
+    let n = p.classes();
+    let mut best: Option<f64> = None;
+    let mut choice = vec![0usize; n];
+    loop {
+        let (cost, value) = p.evaluate(&choice);
+        if cost <= p.budget && value.is_finite() {
+            best = Some(best.map_or(value, |b| b.min(value)));
+        }
+        let mut i = 0;
+        loop {
+            if i == n {
+                return best;
+            }
+            choice[i] += 1;
+            if choice[i] < p.class(i).0.len() {
+                break;
+            }
+            choice[i] = 0;
+            i += 1;
+        }
+    }
+}
+
+/// Rules 2 and 3 for one answer.
+pub fn check_answer(
+    name: &str,
+    p: &McKpProblem,
+    s: &McKpSolution,
+    opt: f64,
+    expect: Expect,
+) -> KitResult {
+    let at = || {
+        format!(
+            "strategy {name:?} on budget {} with {} classes",
+            p.budget,
+            p.classes()
+        )
+    };
+    ensure(s.choice.len() == p.classes(), || {
+        format!(
+            "{}: {} choices for {} classes",
+            at(),
+            s.choice.len(),
+            p.classes()
+        )
+    })?;
+    for (i, &k) in s.choice.iter().enumerate() {
+        let (costs, values) = p.class(i);
+        ensure(k < costs.len(), || {
+            format!("{}: class {i}: option {k} of {}", at(), costs.len())
+        })?;
+        ensure(values[k].is_finite(), || {
+            format!("{}: class {i}: chose the forbidden option {k}", at())
+        })?;
+    }
+    let (cost, value) = p.evaluate(&s.choice);
+    ensure(cost == s.cost, || {
+        format!(
+            "{}: reported cost {} but the choice costs {cost}",
+            at(),
+            s.cost
+        )
+    })?;
+    ensure(cost <= p.budget, || {
+        format!("{}: the choice costs {cost}, over the budget", at())
+    })?;
+    ensure(
+        (value - s.objective).abs() <= TOL * value.abs().max(1.0),
+        || {
+            format!(
+                "{}: reported objective {} but the choice is worth {value}",
+                at(),
+                s.objective
+            )
+        },
+    )?;
+    ensure(s.bound <= opt + TOL * opt.abs().max(1.0), || {
+        format!("{}: bound {} above the optimum {opt}", at(), s.bound)
+    })?;
+    let is_optimal = (s.objective - opt).abs() <= TOL * opt.abs().max(1.0);
+    ensure(!s.optimal || is_optimal, || {
+        format!(
+            "{}: claims optimal at {} but the optimum is {opt}",
+            at(),
+            s.objective
+        )
+    })?;
+    ensure(expect == Expect::Heuristic || is_optimal, || {
+        format!(
+            "{}: objective {} but the optimum is {opt} (an exact strategy)",
+            at(),
+            s.objective
+        )
+    })
+}
+
+/// Runs every rule of this kit.
+pub fn check(strategy: &dyn KnapsackStrategy, expect: Expect) -> KitResult {
+    let name = strategy.name();
+    check_name("knapsack-strategy", name)?;
+    ensure(!strategy.description().trim().is_empty(), || {
+        format!("strategy {name:?}: empty description")
+    })?;
+    let limits = SolveLimits::default();
+    for p in problems() {
+        match (strategy.solve(&p, &limits), optimum(&p)) {
+            (Ok(s), Some(opt)) => check_answer(name, &p, &s, opt, expect)?,
+            (Ok(_), None) => {
+                return Err(format!("strategy {name:?}: answered an infeasible problem"));
+            }
+            (Err(KnapsackError::Infeasible { min_cost, budget }), None) => {
+                let true_min: u64 = (0..p.classes())
+                    .map(|i| {
+                        let (c, v) = p.class(i);
+                        (0..c.len())
+                            .filter(|&k| v[k].is_finite())
+                            .map(|k| c[k])
+                            .min()
+                            .unwrap_or(0)
+                    })
+                    .sum();
+                ensure(min_cost == true_min && budget == p.budget, || {
+                    format!(
+                        "strategy {name:?}: Infeasible {{ min_cost: {min_cost}, budget: {budget} }}, expected {true_min} and {}",
+                        p.budget
+                    )
+                })?;
+            }
+            (Err(e), Some(opt)) => {
+                return Err(format!(
+                    "strategy {name:?}: refused a feasible problem (optimum {opt}): {e}"
+                ));
+            }
+            (Err(_), None) => {}
+        }
+    }
+    // A class without any finite option.
+    let p = McKpProblem::from_classes(
+        &[vec![(0, 1.0)], vec![(0, f64::INFINITY), (1, f64::INFINITY)]],
+        10,
+    );
+    match strategy.solve(&p, &limits) {
+        Ok(_) => Err(format!(
+            "strategy {name:?}: answered a problem whose class 1 has no finite option"
+        )),
+        Err(KnapsackError::EmptyClass { class }) if class != 1 => Err(format!(
+            "strategy {name:?}: EmptyClass names class {class}, expected 1"
+        )),
+        Err(_) => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Exact by enumeration (fine on the kit's tiny problems), with ways to break it.
+    #[derive(Default)]
+    struct Enumerate {
+        overspend: bool,
+        lie_about_optimality: bool,
+    }
+
+    impl KnapsackStrategy for Enumerate {
+        fn name(&self) -> &str {
+            "enumerate"
+        }
+        fn description(&self) -> &str {
+            "tries every choice"
+        }
+        fn solve(&self, p: &McKpProblem, _: &SolveLimits) -> Result<McKpSolution, KnapsackError> {
+            let n = p.classes();
+            for i in 0..n {
+                if !p.class(i).1.iter().any(|v| v.is_finite()) {
+                    return Err(KnapsackError::EmptyClass { class: i });
+                }
+            }
+            let mut best: Option<(f64, Vec<usize>)> = None;
+            let mut choice = vec![0usize; n];
+            'all: loop {
+                let (cost, value) = p.evaluate(&choice);
+                if (cost <= p.budget || self.overspend)
+                    && value.is_finite()
+                    && best.as_ref().is_none_or(|b| value < b.0)
+                {
+                    best = Some((value, choice.clone()));
+                }
+                let mut i = 0;
+                loop {
+                    if i == n {
+                        break 'all;
+                    }
+                    choice[i] += 1;
+                    if choice[i] < p.class(i).0.len() {
+                        break;
+                    }
+                    choice[i] = 0;
+                    i += 1;
+                }
+            }
+            let Some((value, choice)) = best else {
+                let min_cost = (0..n)
+                    .map(|i| {
+                        let (c, v) = p.class(i);
+                        (0..c.len())
+                            .filter(|&k| v[k].is_finite())
+                            .map(|k| c[k])
+                            .min()
+                            .unwrap_or(0)
+                    })
+                    .sum();
+                return Err(KnapsackError::Infeasible {
+                    min_cost,
+                    budget: p.budget,
+                });
+            };
+            let cost = p.evaluate(&choice).0;
+            if self.lie_about_optimality {
+                // Report the worst feasible first option as optimal.
+                let first = vec![0; n];
+                let (c, v) = p.evaluate(&first);
+                if c <= p.budget && v.is_finite() && v > value {
+                    return Ok(McKpSolution {
+                        choice: first,
+                        objective: v,
+                        cost: c,
+                        bound: v,
+                        optimal: true,
+                    });
+                }
+            }
+            Ok(McKpSolution {
+                choice,
+                objective: value,
+                cost,
+                bound: value,
+                optimal: true,
+            })
+        }
+    }
+
+    #[test]
+    fn an_exact_strategy_passes() {
+        check(&Enumerate::default(), Expect::Exact).unwrap();
+    }
+
+    #[test]
+    fn broken_strategies_fail() {
+        let e = check(
+            &Enumerate {
+                overspend: true,
+                ..Default::default()
+            },
+            Expect::Heuristic,
+        )
+        .unwrap_err();
+        assert!(
+            e.contains("over the budget") || e.contains("infeasible"),
+            "{e}"
+        );
+        let e = check(
+            &Enumerate {
+                lie_about_optimality: true,
+                ..Default::default()
+            },
+            Expect::Heuristic,
+        )
+        .unwrap_err();
+        assert!(
+            e.contains("above the optimum") || e.contains("claims optimal"),
+            "{e}"
+        );
+    }
+}
