@@ -1,6 +1,7 @@
 //! The deployment config `deploy.ron`: where the parties are, their keys, the model, the
 //! backend and the timeouts (digest §10.13: the reference edits addresses in source code).
 //!
+//! Optional fields may be written bare (`listen: "0.0.0.0:7102"`) or as `Some(…)`.
 //! One file can serve all three hosts: `{role}` in `private_key` is replaced by the role
 //! a party runs as, and relative paths are relative to the file's folder.
 //!
@@ -9,10 +10,10 @@
 //!     format: 1,
 //!     client: (public_key: "keys/client.pub"),
 //!     server: (address: "10.0.0.2:7101", public_key: "keys/server.pub"),
-//!     helper: (address: "10.0.0.3:7102", public_key: "keys/helper.pub", listen: Some("0.0.0.0:7102")),
+//!     helper: (address: "10.0.0.3:7102", public_key: "keys/helper.pub", listen: "0.0.0.0:7102"),
 //!     private_key: "keys/{role}.key",
 //!     model: "model",            // folder with model.ron (all parties)
-//!     weights: None,             // folder with weights.safetensors (server; default: `model`)
+//!     weights: "model",          // folder with weights.safetensors (server; default: `model`)
 //!     backend: "securenn",
 //!     options: "()",             // the backend's options, RON text
 //!     timeouts: (connect_s: 30, handshake_s: 10, recv_s: 60, linger_s: 5),
@@ -144,9 +145,15 @@ impl Deployment {
     /// [`NetError::Config`] for a missing, unparsable or inconsistent file (missing address,
     /// own private key not matching the listed public key, …); [`NetError::Key`] for key files.
     pub fn load(path: &Path, role: Role) -> Result<Self> {
-        let bad = |message: String| NetError::Config { path: path.to_path_buf(), message };
+        let bad = |message: String| NetError::Config {
+            path: path.to_path_buf(),
+            message,
+        };
         let text = std::fs::read_to_string(path).map_err(|e| bad(e.to_string()))?;
-        let cfg: DeployConfig = ron::from_str(&text).map_err(|e| bad(e.to_string()))?;
+        let cfg: DeployConfig = ron::Options::default()
+            .with_default_extension(ron::extensions::Extensions::IMPLICIT_SOME)
+            .from_str(&text)
+            .map_err(|e| bad(e.to_string()))?;
         let base = path.parent().unwrap_or(Path::new("."));
         Self::from_config(cfg, base, role).map_err(|e| match e {
             NetError::Config { message, .. } => bad(message),
@@ -159,21 +166,34 @@ impl Deployment {
     /// # Errors
     /// As [`Deployment::load`].
     pub fn from_config(cfg: DeployConfig, base: &Path, role: Role) -> Result<Self> {
-        let bad = |message: String| NetError::Config { path: base.to_path_buf(), message };
+        let bad = |message: String| NetError::Config {
+            path: base.to_path_buf(),
+            message,
+        };
         if cfg.format != DEPLOY_FORMAT {
-            return Err(bad(format!("format {} is not supported (this build reads {DEPLOY_FORMAT})", cfg.format)));
+            return Err(bad(format!(
+                "format {} is not supported (this build reads {DEPLOY_FORMAT})",
+                cfg.format
+            )));
         }
         let resolve = |p: &str| {
             let p = PathBuf::from(p.replace("{role}", &role.to_string()));
             if p.is_absolute() { p } else { base.join(p) }
         };
         let address = |e: &PartyEntry, r: Role| {
-            e.address.clone().filter(|a| !a.is_empty()).ok_or_else(|| bad(format!("the {r} needs an `address`")))
+            e.address
+                .clone()
+                .filter(|a| !a.is_empty())
+                .ok_or_else(|| bad(format!("the {r} needs an `address`")))
         };
         let server_address = address(&cfg.server, Role::Server)?;
         let helper_address = address(&cfg.helper, Role::Helper)?;
         let mut peers = PeerKeys::default();
-        for (r, entry) in [(Role::Client, &cfg.client), (Role::Server, &cfg.server), (Role::Helper, &cfg.helper)] {
+        for (r, entry) in [
+            (Role::Client, &cfg.client),
+            (Role::Server, &cfg.server),
+            (Role::Helper, &cfg.helper),
+        ] {
             peers.keys[r.index()] = Some(keys::load_public(&resolve(&entry.public_key), r)?);
         }
         let key_path = resolve(&cfg.private_key);
@@ -189,18 +209,35 @@ impl Deployment {
         }
         let listen = match role {
             Role::Client => None,
-            Role::Server => Some(cfg.server.listen.clone().unwrap_or_else(|| server_address.clone())),
-            Role::Helper => Some(cfg.helper.listen.clone().unwrap_or_else(|| helper_address.clone())),
+            Role::Server => Some(
+                cfg.server
+                    .listen
+                    .clone()
+                    .unwrap_or_else(|| server_address.clone()),
+            ),
+            Role::Helper => Some(
+                cfg.helper
+                    .listen
+                    .clone()
+                    .unwrap_or_else(|| helper_address.clone()),
+            ),
         };
         if cfg.max_frame_mib == 0 || cfg.max_frame_mib > 4095 {
-            return Err(bad(format!("max_frame_mib must be between 1 and 4095, not {}", cfg.max_frame_mib)));
+            return Err(bad(format!(
+                "max_frame_mib must be between 1 and 4095, not {}",
+                cfg.max_frame_mib
+            )));
         }
         let t = &cfg.timeouts;
         if t.connect_s == 0 || t.handshake_s == 0 || t.recv_s == 0 {
             return Err(bad("timeouts must be at least 1 s".into()));
         }
         let model_dir = resolve(&cfg.model);
-        let weights_dir = cfg.weights.as_deref().map(resolve).unwrap_or_else(|| model_dir.clone());
+        let weights_dir = cfg
+            .weights
+            .as_deref()
+            .map(resolve)
+            .unwrap_or_else(|| model_dir.clone());
         Ok(Deployment {
             role,
             keypair,
@@ -245,7 +282,10 @@ mod tests {
 
     fn setup(dir: &Path) {
         for r in Role::ALL {
-            KeyPair::generate().unwrap().save(&dir.join("keys"), r, false).unwrap();
+            KeyPair::generate()
+                .unwrap()
+                .save(&dir.join("keys"), r, false)
+                .unwrap();
         }
     }
 
@@ -253,7 +293,7 @@ mod tests {
         format: 1,
         client: (public_key: "keys/client.pub"),
         server: (address: "127.0.0.1:7101", public_key: "keys/server.pub"),
-        helper: (address: "127.0.0.1:7102", public_key: "keys/helper.pub", listen: Some("0.0.0.0:7102")),
+        helper: (address: "127.0.0.1:7102", public_key: "keys/helper.pub", listen: "0.0.0.0:7102"),
         private_key: "keys/{role}.key",
         model: "model",
         backend: "securenn",
@@ -272,8 +312,19 @@ mod tests {
         assert_eq!(d.weights_dir, d.model_dir);
         assert_eq!(d.timeouts.recv_s, 5);
         assert_eq!(d.timeouts.connect_s, 30);
-        assert_eq!(Deployment::load(&path, Role::Server).unwrap().listen.as_deref(), Some("127.0.0.1:7101"));
-        assert!(Deployment::load(&path, Role::Client).unwrap().listen.is_none());
+        assert_eq!(
+            Deployment::load(&path, Role::Server)
+                .unwrap()
+                .listen
+                .as_deref(),
+            Some("127.0.0.1:7101")
+        );
+        assert!(
+            Deployment::load(&path, Role::Client)
+                .unwrap()
+                .listen
+                .is_none()
+        );
     }
 
     #[test]
@@ -281,19 +332,45 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         setup(dir.path());
         let path = dir.path().join("deploy.ron");
-        std::fs::write(&path, CONFIG.replace("private_key: \"keys/{role}.key\"", "private_key: \"keys/client.key\""))
-            .unwrap();
-        let e = Deployment::load(&path, Role::Server).unwrap_err().to_string();
-        assert!(e.contains("is the client key, expected the server key"), "{e}");
+        std::fs::write(
+            &path,
+            CONFIG.replace(
+                "private_key: \"keys/{role}.key\"",
+                "private_key: \"keys/client.key\"",
+            ),
+        )
+        .unwrap();
+        let e = Deployment::load(&path, Role::Server)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("is the client key, expected the server key"),
+            "{e}"
+        );
         // A key pair regenerated after the public key was handed out.
-        KeyPair::generate().unwrap().save(&dir.path().join("other"), Role::Server, false).unwrap();
+        KeyPair::generate()
+            .unwrap()
+            .save(&dir.path().join("other"), Role::Server, false)
+            .unwrap();
         std::fs::write(&path, CONFIG.replace("keys/{role}.key", "other/{role}.key")).unwrap();
-        let e = Deployment::load(&path, Role::Server).unwrap_err().to_string();
+        let e = Deployment::load(&path, Role::Server)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("does not match the server public key"), "{e}");
         std::fs::write(&path, CONFIG.replace("format: 1", "format: 9")).unwrap();
-        assert!(Deployment::load(&path, Role::Server).unwrap_err().to_string().contains("format 9"));
+        assert!(
+            Deployment::load(&path, Role::Server)
+                .unwrap_err()
+                .to_string()
+                .contains("format 9")
+        );
         std::fs::write(&path, CONFIG.replace("address: \"127.0.0.1:7101\", ", "")).unwrap();
-        assert!(Deployment::load(&path, Role::Client).unwrap_err().to_string().contains("needs an `address`"));
+        assert!(
+            Deployment::load(&path, Role::Client)
+                .unwrap_err()
+                .to_string()
+                .contains("needs an `address`")
+        );
         std::fs::write(&path, CONFIG.replace("backend", "bakend")).unwrap();
         assert!(Deployment::load(&path, Role::Client).is_err());
     }

@@ -53,9 +53,17 @@ pub struct Frame {
 ///
 /// # Errors
 /// [`NetError::FrameTooLarge`] if `payload` exceeds `max` (or `u32::MAX`).
-pub fn encode_frame(kind: FrameKind, payload: &[u8], max: usize, out: &mut Vec<u8>) -> Result<(), NetError> {
+pub fn encode_frame(
+    kind: FrameKind,
+    payload: &[u8],
+    max: usize,
+    out: &mut Vec<u8>,
+) -> Result<(), NetError> {
     if payload.len() > max || payload.len() > u32::MAX as usize {
-        return Err(NetError::FrameTooLarge { size: payload.len(), max: max.min(u32::MAX as usize) });
+        return Err(NetError::FrameTooLarge {
+            size: payload.len(),
+            max: max.min(u32::MAX as usize),
+        });
     }
     out.reserve(HEADER_LEN + payload.len());
     out.push(kind as u8);
@@ -73,8 +81,15 @@ pub fn frame_header(kind: FrameKind, len: usize) -> [u8; HEADER_LEN] {
 }
 
 enum State {
-    Header { buf: [u8; HEADER_LEN], have: usize },
-    Payload { kind: FrameKind, len: usize, buf: Vec<u8> },
+    Header {
+        buf: [u8; HEADER_LEN],
+        have: usize,
+    },
+    Payload {
+        kind: FrameKind,
+        len: usize,
+        buf: Vec<u8>,
+    },
 }
 
 /// Incremental frame decoder with a maximum payload size.
@@ -87,14 +102,24 @@ pub struct FrameDecoder {
 
 impl std::fmt::Debug for FrameDecoder {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("FrameDecoder").field("max", &self.max).field("poisoned", &self.poisoned).finish()
+        f.debug_struct("FrameDecoder")
+            .field("max", &self.max)
+            .field("poisoned", &self.poisoned)
+            .finish()
     }
 }
 
 impl FrameDecoder {
     /// A decoder refusing payloads larger than `max` bytes.
     pub fn new(max: usize) -> Self {
-        FrameDecoder { max, state: State::Header { buf: [0; HEADER_LEN], have: 0 }, poisoned: false }
+        FrameDecoder {
+            max,
+            state: State::Header {
+                buf: [0; HEADER_LEN],
+                have: 0,
+            },
+            poisoned: false,
+        }
     }
 
     /// True if no partial frame is buffered (a clean place for the stream to end).
@@ -128,15 +153,26 @@ impl FrameDecoder {
                     let len = u32::from_le_bytes(buf[1..].try_into().expect("4 bytes")) as usize;
                     if len > self.max {
                         self.poisoned = true;
-                        return Err(NetError::FrameTooLarge { size: len, max: self.max });
+                        return Err(NetError::FrameTooLarge {
+                            size: len,
+                            max: self.max,
+                        });
                     }
                     if kind == FrameKind::Goodbye && len != 0 {
                         self.poisoned = true;
-                        return Err(NetError::MalformedFrame("a goodbye frame carries no payload".into()));
+                        return Err(NetError::MalformedFrame(
+                            "a goodbye frame carries no payload".into(),
+                        ));
                     }
                     if len == 0 {
-                        self.state = State::Header { buf: [0; HEADER_LEN], have: 0 };
-                        emit(Frame { kind, payload: Vec::new() });
+                        self.state = State::Header {
+                            buf: [0; HEADER_LEN],
+                            have: 0,
+                        };
+                        emit(Frame {
+                            kind,
+                            payload: Vec::new(),
+                        });
                     } else {
                         let buf = Vec::with_capacity(len.min(RESERVE_STEP));
                         self.state = State::Payload { kind, len, buf };
@@ -149,7 +185,10 @@ impl FrameDecoder {
                     if buf.len() == *len {
                         let kind = *kind;
                         let payload = std::mem::take(buf);
-                        self.state = State::Header { buf: [0; HEADER_LEN], have: 0 };
+                        self.state = State::Header {
+                            buf: [0; HEADER_LEN],
+                            have: 0,
+                        };
                         emit(Frame { kind, payload });
                     }
                 }
@@ -180,25 +219,41 @@ mod tests {
     fn rejects_oversized_and_unknown_kinds() {
         let mut s = Vec::new();
         encode_frame(FrameKind::Data, &[7; 100], 1000, &mut s).unwrap();
-        assert!(matches!(decode_all(99, &s, &[]), Err(NetError::FrameTooLarge { size: 100, max: 99 })));
+        assert!(matches!(
+            decode_all(99, &s, &[]),
+            Err(NetError::FrameTooLarge { size: 100, max: 99 })
+        ));
         assert!(matches!(
             encode_frame(FrameKind::Data, &[0; 10], 9, &mut Vec::new()),
             Err(NetError::FrameTooLarge { size: 10, max: 9 })
         ));
         let mut dec = FrameDecoder::new(10);
-        assert!(matches!(dec.feed(&[9, 0, 0, 0, 0], |_| ()), Err(NetError::UnknownFrameKind(9))));
-        assert!(matches!(dec.feed(&[0], |_| ()), Err(NetError::DecoderPoisoned)));
+        assert!(matches!(
+            dec.feed(&[9, 0, 0, 0, 0], |_| ()),
+            Err(NetError::UnknownFrameKind(9))
+        ));
+        assert!(matches!(
+            dec.feed(&[0], |_| ()),
+            Err(NetError::DecoderPoisoned)
+        ));
         assert!(decode_all(10, &[2, 1, 0, 0, 0, 5], &[]).is_err());
     }
 
     #[test]
     fn partial_frame_is_not_idle() {
         let mut dec = FrameDecoder::new(10);
-        dec.feed(&[0, 3, 0, 0, 0, 1], |_| panic!("incomplete")).unwrap();
+        dec.feed(&[0, 3, 0, 0, 0, 1], |_| panic!("incomplete"))
+            .unwrap();
         assert!(!dec.is_idle());
         let mut got = Vec::new();
         dec.feed(&[2, 3], |f| got.push(f)).unwrap();
-        assert_eq!(got, vec![Frame { kind: FrameKind::Data, payload: vec![1, 2, 3] }]);
+        assert_eq!(
+            got,
+            vec![Frame {
+                kind: FrameKind::Data,
+                payload: vec![1, 2, 3]
+            }]
+        );
         assert!(dec.is_idle());
     }
 
@@ -230,7 +285,8 @@ mod tests {
                 prop_assert!(f.payload.len() <= max);
             }
             if let Err(e) = res {
-                prop_assert!(matches!(e, NetError::FrameTooLarge { .. } | NetError::UnknownFrameKind(_) | NetError::MalformedFrame(_)));
+                let known = matches!(e, NetError::FrameTooLarge { .. } | NetError::UnknownFrameKind(_) | NetError::MalformedFrame(_));
+                prop_assert!(known, "unexpected error {}", e);
             }
         }
     }

@@ -68,12 +68,19 @@ pub struct Party {
 
 impl std::fmt::Debug for Party {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Party").field("role", &self.dep.role).field("backend", &self.backend.name()).finish()
+        f.debug_struct("Party")
+            .field("role", &self.dep.role)
+            .field("backend", &self.backend.name())
+            .finish()
     }
 }
 
 fn timeout_err(peer: Role, phase: &'static str, d: Duration) -> NetError {
-    NetError::Timeout { peer, phase, seconds: d.as_secs() }
+    NetError::Timeout {
+        peer,
+        phase,
+        seconds: d.as_secs(),
+    }
 }
 
 async fn within<T>(
@@ -82,7 +89,9 @@ async fn within<T>(
     phase: &'static str,
     f: impl Future<Output = Result<T>>,
 ) -> Result<T> {
-    tokio::time::timeout(d, f).await.map_err(|_| timeout_err(peer, phase, d))?
+    tokio::time::timeout(d, f)
+        .await
+        .map_err(|_| timeout_err(peer, phase, d))?
 }
 
 /// Connects to `address`, retrying every 100 ms until `deadline` has passed.
@@ -90,16 +99,28 @@ async fn connect_retry(peer: Role, address: &str, deadline: Duration) -> Result<
     let start = Instant::now();
     loop {
         let left = deadline.saturating_sub(start.elapsed());
-        let attempt = tokio::time::timeout(left.max(Duration::from_millis(1)), TcpStream::connect(address)).await;
+        let attempt = tokio::time::timeout(
+            left.max(Duration::from_millis(1)),
+            TcpStream::connect(address),
+        )
+        .await;
         let last = match attempt {
             Ok(Ok(s)) => return Ok(s),
             Ok(Err(e)) => e.to_string(),
             Err(_) => "no answer".to_string(),
         };
         if start.elapsed() >= deadline {
-            return Err(NetError::Connect { peer, address: address.to_string(), seconds: deadline.as_secs(), last });
+            return Err(NetError::Connect {
+                peer,
+                address: address.to_string(),
+                seconds: deadline.as_secs(),
+                last,
+            });
         }
-        tokio::time::sleep(Duration::from_millis(100).min(deadline.saturating_sub(start.elapsed()))).await;
+        tokio::time::sleep(
+            Duration::from_millis(100).min(deadline.saturating_sub(start.elapsed())),
+        )
+        .await;
     }
 }
 
@@ -109,14 +130,24 @@ async fn recv_hello(ch: &mut SecureChannel) -> Result<Hello> {
     let f = ch.recv_frame().await?;
     match f.kind {
         FrameKind::Data => Hello::from_bytes(&f.payload, peer),
-        FrameKind::Abort => Err(NetError::Aborted { peer, reason: String::from_utf8_lossy(&f.payload).into_owned() }),
-        FrameKind::Goodbye => Err(NetError::Protocol { peer, message: "it closed before its hello".into() }),
+        FrameKind::Abort => Err(NetError::Aborted {
+            peer,
+            reason: String::from_utf8_lossy(&f.payload).into_owned(),
+        }),
+        FrameKind::Goodbye => Err(NetError::Protocol {
+            peer,
+            message: "it closed before its hello".into(),
+        }),
     }
 }
 
 /// Best effort: tells the peer of `ch` why this party gives up.
 async fn abort_channel(ch: &mut SecureChannel, reason: &str) {
-    let _ = tokio::time::timeout(Duration::from_secs(2), ch.send_frame(FrameKind::Abort, reason.as_bytes())).await;
+    let _ = tokio::time::timeout(
+        Duration::from_secs(2),
+        ch.send_frame(FrameKind::Abort, reason.as_bytes()),
+    )
+    .await;
 }
 
 impl Party {
@@ -126,10 +157,13 @@ impl Party {
     /// # Errors
     /// Unreadable model or weights, weights that do not fit the model, invalid options.
     pub fn new(dep: Deployment, backend: Arc<dyn SecureBackend>) -> Result<Self> {
-        let model = SecureModel::load(&dep.model_dir).map_err(|e| NetError::Invalid(e.to_string()))?;
+        let model =
+            SecureModel::load(&dep.model_dir).map_err(|e| NetError::Invalid(e.to_string()))?;
         let weights = if dep.role == Role::Server {
-            let w = ModelWeights::load(&dep.weights_dir).map_err(|e| NetError::Invalid(e.to_string()))?;
-            w.check_against(&model).map_err(|e| NetError::Invalid(e.to_string()))?;
+            let w = ModelWeights::load(&dep.weights_dir)
+                .map_err(|e| NetError::Invalid(e.to_string()))?;
+            w.check_against(&model)
+                .map_err(|e| NetError::Invalid(e.to_string()))?;
             Some(w)
         } else {
             None
@@ -144,7 +178,15 @@ impl Party {
             .build()
             .map_err(|e| NetError::Invalid(format!("cannot start the network runtime: {e}")))?;
         let model_hash = model.public_hash();
-        Ok(Party { dep, backend, model, weights, options, model_hash, rt })
+        Ok(Party {
+            dep,
+            backend,
+            model,
+            weights,
+            options,
+            model_hash,
+            rt,
+        })
     }
 
     /// This party's role.
@@ -158,55 +200,105 @@ impl Party {
     }
 
     fn hello(&self, session: [u8; 16]) -> Result<Hello> {
-        Hello::new(self.dep.role, session, self.backend.name(), &self.options, &self.model_hash)
+        Hello::new(
+            self.dep.role,
+            session,
+            self.backend.name(),
+            &self.options,
+            &self.model_hash,
+        )
     }
 
     /// Initiator side of one connection: connect, authenticate, send our hello, check theirs.
     async fn initiate(&self, peer: Role, session: [u8; 16]) -> Result<Established> {
         let me = self.dep.role;
-        let stream = connect_retry(peer, self.dep.address(peer), self.dep.connect_timeout()).await?;
-        let remote = *self.dep.peers.get(peer).ok_or_else(|| NetError::Invalid(format!("no key for the {peer}")))?;
+        let stream =
+            connect_retry(peer, self.dep.address(peer), self.dep.connect_timeout()).await?;
+        let remote = *self
+            .dep
+            .peers
+            .get(peer)
+            .ok_or_else(|| NetError::Invalid(format!("no key for the {peer}")))?;
         within(self.dep.handshake_timeout(), peer, "the handshake", async {
-            let mut channel =
-                SecureChannel::initiate(me, peer, stream, &self.dep.keypair, &remote, self.dep.max_frame).await?;
+            let mut channel = SecureChannel::initiate(
+                me,
+                peer,
+                stream,
+                &self.dep.keypair,
+                &remote,
+                self.dep.max_frame,
+            )
+            .await?;
             let mine = self.hello(session)?;
-            channel.send_frame(FrameKind::Data, &mine.to_bytes()).await?;
+            channel
+                .send_frame(FrameKind::Data, &mine.to_bytes())
+                .await?;
             let theirs = recv_hello(&mut channel).await?;
             if let Err(e) = mine.check(&theirs, peer) {
                 abort_channel(&mut channel, &e.to_string()).await;
                 return Err(e);
             }
             let pair_key = handshake::pair_key(me, peer, channel.handshake_hash(), &mine, &theirs);
-            Ok(Established { channel, peer_hello: theirs, pair_key })
+            Ok(Established {
+                channel,
+                peer_hello: theirs,
+                pair_key,
+            })
         })
         .await
     }
 
     /// Responder side: authenticate an accepted stream, read the hello, answer with ours
     /// (for `session`, or the initiator's session if `None`), check.
-    async fn respond(&self, stream: TcpStream, allowed: &[Role], session: Option<[u8; 16]>) -> Result<Established> {
+    async fn respond(
+        &self,
+        stream: TcpStream,
+        allowed: &[Role],
+        session: Option<[u8; 16]>,
+    ) -> Result<Established> {
         let me = self.dep.role;
         let guess = allowed[0];
-        within(self.dep.handshake_timeout(), guess, "the handshake", async {
-            let mut channel =
-                SecureChannel::respond(me, stream, &self.dep.keypair, &self.dep.peers, allowed, self.dep.max_frame)
+        within(
+            self.dep.handshake_timeout(),
+            guess,
+            "the handshake",
+            async {
+                let mut channel = SecureChannel::respond(
+                    me,
+                    stream,
+                    &self.dep.keypair,
+                    &self.dep.peers,
+                    allowed,
+                    self.dep.max_frame,
+                )
+                .await?;
+                let peer = channel.peer();
+                let theirs = recv_hello(&mut channel).await?;
+                let mine = self.hello(session.unwrap_or(theirs.session))?;
+                channel
+                    .send_frame(FrameKind::Data, &mine.to_bytes())
                     .await?;
-            let peer = channel.peer();
-            let theirs = recv_hello(&mut channel).await?;
-            let mine = self.hello(session.unwrap_or(theirs.session))?;
-            channel.send_frame(FrameKind::Data, &mine.to_bytes()).await?;
-            if let Err(e) = mine.check(&theirs, peer) {
-                abort_channel(&mut channel, &e.to_string()).await;
-                return Err(e);
-            }
-            let pair_key = handshake::pair_key(peer, me, channel.handshake_hash(), &theirs, &mine);
-            Ok(Established { channel, peer_hello: theirs, pair_key })
-        })
+                if let Err(e) = mine.check(&theirs, peer) {
+                    abort_channel(&mut channel, &e.to_string()).await;
+                    return Err(e);
+                }
+                let pair_key =
+                    handshake::pair_key(peer, me, channel.handshake_hash(), &theirs, &mine);
+                Ok(Established {
+                    channel,
+                    peer_hello: theirs,
+                    pair_key,
+                })
+            },
+        )
         .await
     }
 
     fn transport(&self, links: Vec<Established>) -> Result<(TcpTransport, Vec<(Role, [u8; 32])>)> {
-        let pairs = links.iter().map(|l| (l.channel.peer(), l.pair_key)).collect();
+        let pairs = links
+            .iter()
+            .map(|l| (l.channel.peer(), l.pair_key))
+            .collect();
         let channels = links.into_iter().map(|l| l.channel).collect();
         let t = TcpTransport::new(
             self.dep.role,
@@ -236,7 +328,9 @@ impl Party {
             keys: &keys,
             transport,
         };
-        self.backend.run(job).map_err(|source| NetError::Backend { index, source })
+        self.backend
+            .run(job)
+            .map_err(|source| NetError::Backend { index, source })
     }
 
     /// Runs a client session: one inference per input, in order; `on_output` gets each
@@ -250,11 +344,17 @@ impl Party {
         mut on_output: impl FnMut(usize, PartyOutput, &InferenceStats) -> Result<()>,
     ) -> Result<Vec<InferenceStats>> {
         if self.dep.role != Role::Client {
-            return Err(NetError::Invalid(format!("run_client needs the client role, not the {}", self.dep.role)));
+            return Err(NetError::Invalid(format!(
+                "run_client needs the client role, not the {}",
+                self.dep.role
+            )));
         }
         let session: [u8; 16] = handshake::random_bytes()?;
         let (s, h) = self.rt.block_on(async {
-            let (s, h) = tokio::join!(self.initiate(Role::Server, session), self.initiate(Role::Helper, session));
+            let (s, h) = tokio::join!(
+                self.initiate(Role::Server, session),
+                self.initiate(Role::Helper, session)
+            );
             match (s, h) {
                 (Ok(s), Ok(h)) => Ok((s, h)),
                 (Err(e), Ok(mut other)) | (Ok(mut other), Err(e)) => {
@@ -280,8 +380,14 @@ impl Party {
                 let st = InferenceStats {
                     index,
                     seconds: start.elapsed().as_secs_f64(),
-                    bytes_sent: [after[0].sent - before[0].sent, after[1].sent - before[1].sent],
-                    bytes_received: [after[0].received - before[0].received, after[1].received - before[1].received],
+                    bytes_sent: [
+                        after[0].sent - before[0].sent,
+                        after[1].sent - before[1].sent,
+                    ],
+                    bytes_received: [
+                        after[0].received - before[0].received,
+                        after[1].received - before[1].received,
+                    ],
                 };
                 on_output(i, out, &st)?;
                 stats.push(st);
@@ -310,13 +416,22 @@ impl Party {
     pub fn serve(&self, opts: ServeOptions) -> Result<u64> {
         let me = self.dep.role;
         if me == Role::Client {
-            return Err(NetError::Invalid("the client does not serve; use run_client".into()));
+            return Err(NetError::Invalid(
+                "the client does not serve; use run_client".into(),
+            ));
         }
-        let address = self.dep.listen.clone().unwrap_or_else(|| self.dep.address(me).to_string());
+        let address = self
+            .dep
+            .listen
+            .clone()
+            .unwrap_or_else(|| self.dep.address(me).to_string());
         let listener = self
             .rt
             .block_on(TcpListener::bind(&address))
-            .map_err(|source| NetError::Listen { address: address.clone(), source })?;
+            .map_err(|source| NetError::Listen {
+                address: address.clone(),
+                source,
+            })?;
         tracing::info!(role = %me, %address, model = %self.model_hash, "listening");
         let mut done = 0u64;
         while opts.sessions.is_none_or(|n| done < n) {
@@ -340,13 +455,17 @@ impl Party {
         session: Option<[u8; 16]>,
     ) -> Result<Established> {
         loop {
-            let (stream, from) = listener
-                .accept()
-                .await
-                .map_err(|source| NetError::Listen { address: format!("{:?}", listener.local_addr()), source })?;
+            let (stream, from) = listener.accept().await.map_err(|source| NetError::Listen {
+                address: format!("{:?}", listener.local_addr()),
+                source,
+            })?;
             match self.respond(stream, allowed, session).await {
                 Ok(est) => return Ok(est),
-                Err(e @ (NetError::Mismatch { .. } | NetError::Aborted { .. } | NetError::Protocol { .. })) => {
+                Err(
+                    e @ (NetError::Mismatch { .. }
+                    | NetError::Aborted { .. }
+                    | NetError::Protocol { .. }),
+                ) => {
                     return Err(e);
                 }
                 Err(e) => tracing::warn!(%from, "refused a connection: {e}"),
@@ -375,10 +494,11 @@ impl Party {
                     let other = if first.channel.peer() == Role::Client { Role::Server } else { Role::Client };
                     let session = first.peer_hello.session;
                     let wait = self.dep.connect_timeout() + self.dep.handshake_timeout();
+                    let allowed = [other];
                     // While waiting for the other party, watch the first one: it may abort
                     // (e.g. the client found a mismatch with the server).
                     let second = tokio::select! {
-                        r = tokio::time::timeout(wait, self.accept_authenticated(listener, &[other], Some(session))) => {
+                        r = tokio::time::timeout(wait, self.accept_authenticated(listener, &allowed, Some(session))) => {
                             r.map_err(|_| timeout_err(other, "the start of the session", wait)).and_then(|r| r)
                         }
                         f = recv_hello(&mut first.channel) => Err(match f {

@@ -72,7 +72,10 @@ pub struct TcpTransport {
 
 impl std::fmt::Debug for TcpTransport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("TcpTransport").field("role", &self.role).field("scope", &self.scope).finish_non_exhaustive()
+        f.debug_struct("TcpTransport")
+            .field("role", &self.role)
+            .field("scope", &self.scope)
+            .finish_non_exhaustive()
     }
 }
 
@@ -92,9 +95,12 @@ impl TcpTransport {
         let mut peers: Vec<Role> = channels.iter().map(|c| c.peer()).collect();
         peers.sort();
         if peers != role.others() {
-            return Err(NetError::Invalid(format!("the {role} needs one channel to each other party, got {peers:?}")));
+            return Err(NetError::Invalid(format!(
+                "the {role} needs one channel to each other party, got {peers:?}"
+            )));
         }
-        let (in_tx, in_rx): (Vec<_>, Vec<_>) = channels.iter().map(|_| mpsc::channel::<Inbound>()).unzip();
+        let (in_tx, in_rx): (Vec<_>, Vec<_>) =
+            channels.iter().map(|_| mpsc::channel::<Inbound>()).unzip();
         let mut links = Vec::new();
         for ((i, ch), rx) in channels.into_iter().enumerate().zip(in_rx) {
             let peer = ch.peer();
@@ -104,7 +110,14 @@ impl TcpTransport {
             let other = in_tx[1 - i].clone();
             let reader = handle.spawn(read_loop(peer, reader, own, other));
             let writer = handle.spawn(write_loop(writer, out_rx));
-            links.push(Link { peer, tx, rx, writer, reader, bytes_sent: 0 });
+            links.push(Link {
+                peer,
+                tx,
+                rx,
+                writer,
+                reader,
+                bytes_sent: 0,
+            });
         }
         Ok(TcpTransport {
             role,
@@ -120,11 +133,18 @@ impl TcpTransport {
 
     fn link(&mut self, peer: Role) -> std::result::Result<&mut Link, TransportError> {
         let me = self.role;
-        self.links.iter_mut().find(|l| l.peer == peer).ok_or(TransportError::SelfMessage { peer: me })
+        self.links
+            .iter_mut()
+            .find(|l| l.peer == peer)
+            .ok_or(TransportError::SelfMessage { peer: me })
     }
 
     fn context(&self) -> String {
-        if self.scope.is_empty() { String::new() } else { format!(" at {}", self.scope) }
+        if self.scope.is_empty() {
+            String::new()
+        } else {
+            format!(" at {}", self.scope)
+        }
     }
 
     fn fault_error(&self, culprit: Role, what: &str, waiting_for: Option<Role>) -> TransportError {
@@ -132,13 +152,20 @@ impl TcpTransport {
             Some(p) if p != culprit => format!(" while the {} waited for the {p}", self.role),
             _ => String::new(),
         };
-        TransportError::Disconnected { peer: culprit, context: format!(" ({what}){}{waiting}", self.context()) }
+        TransportError::Disconnected {
+            peer: culprit,
+            context: format!(" ({what}){}{waiting}", self.context()),
+        }
     }
 
     /// Payload bytes sent to and received from `peer` so far.
     pub fn stats(&self, peer: Role) -> LinkStats {
         LinkStats {
-            sent: self.links.iter().find(|l| l.peer == peer).map_or(0, |l| l.bytes_sent),
+            sent: self
+                .links
+                .iter()
+                .find(|l| l.peer == peer)
+                .map_or(0, |l| l.bytes_sent),
             received: self.bytes_received[peer.index()],
         }
     }
@@ -155,9 +182,9 @@ impl TcpTransport {
         self.finish(Outbound::Abort(reason.to_string()), linger);
     }
 
-    fn finish(self, last: Outbound, linger: Duration) {
+    fn finish(mut self, last: Outbound, linger: Duration) {
         let mut tasks = Vec::new();
-        for link in self.links {
+        for link in std::mem::take(&mut self.links) {
             let msg = match &last {
                 Outbound::Goodbye => Outbound::Goodbye,
                 Outbound::Abort(r) => Outbound::Abort(r.clone()),
@@ -185,7 +212,21 @@ impl TcpTransport {
     }
 }
 
-async fn write_loop(mut w: ChannelWriter, mut rx: tmpsc::UnboundedReceiver<Outbound>) -> Result<()> {
+impl Drop for TcpTransport {
+    /// Dropped without [`TcpTransport::close`] (e.g. on a panic): the connections go down
+    /// without a goodbye, which the peers report as this party's failure.
+    fn drop(&mut self) {
+        for link in self.links.drain(..) {
+            link.writer.abort();
+            link.reader.abort();
+        }
+    }
+}
+
+async fn write_loop(
+    mut w: ChannelWriter,
+    mut rx: tmpsc::UnboundedReceiver<Outbound>,
+) -> Result<()> {
     while let Some(msg) = rx.recv().await {
         let mut next = Some(msg);
         // Coalesce everything already queued into as few socket writes as possible.
@@ -210,7 +251,12 @@ async fn write_loop(mut w: ChannelWriter, mut rx: tmpsc::UnboundedReceiver<Outbo
     Ok(())
 }
 
-async fn read_loop(peer: Role, mut r: ChannelReader, own: mpsc::Sender<Inbound>, other: mpsc::Sender<Inbound>) {
+async fn read_loop(
+    peer: Role,
+    mut r: ChannelReader,
+    own: mpsc::Sender<Inbound>,
+    other: mpsc::Sender<Inbound>,
+) {
     let mut said_goodbye = false;
     loop {
         match r.next_frame().await {
@@ -239,7 +285,9 @@ async fn read_loop(peer: Role, mut r: ChannelReader, own: mpsc::Sender<Inbound>,
             },
             Ok(None) => {
                 if !said_goodbye {
-                    let why = "the connection closed without a goodbye: the party stopped or crashed".to_string();
+                    let why =
+                        "the connection closed without a goodbye: the party stopped or crashed"
+                            .to_string();
                     let _ = own.send(Inbound::Failed(peer, why.clone()));
                     let _ = other.send(Inbound::Failed(peer, why));
                 }
@@ -268,7 +316,11 @@ impl Transport for TcpTransport {
 
     fn send(&mut self, to: Role, msg: Vec<u8>) -> std::result::Result<(), TransportError> {
         if msg.len() > self.max_frame {
-            return Err(TransportError::FrameTooLarge { peer: to, size: msg.len(), max: self.max_frame });
+            return Err(TransportError::FrameTooLarge {
+                peer: to,
+                size: msg.len(),
+                max: self.max_frame,
+            });
         }
         if let Some((culprit, what)) = self.fault.clone() {
             return Err(self.fault_error(culprit, &what, None));
@@ -304,7 +356,10 @@ impl Transport for TcpTransport {
             }
             Ok(Inbound::Aborted(p, reason)) => {
                 self.fault = Some((p, format!("it aborted: {reason}")));
-                Err(TransportError::Io { peer: p, message: format!("aborted the session{}: {reason}", self.context()) })
+                Err(TransportError::Io {
+                    peer: p,
+                    message: format!("aborted the session{}: {reason}", self.context()),
+                })
             }
             Ok(Inbound::Failed(p, what)) => {
                 self.fault = Some((p, what.clone()));
@@ -322,6 +377,10 @@ impl Transport for TcpTransport {
     }
 
     fn set_scope(&mut self, layer: &str, op: &str) {
-        self.scope = if op.is_empty() { format!("layer {layer}") } else { format!("layer {layer} ({op})") };
+        self.scope = if op.is_empty() {
+            format!("layer {layer}")
+        } else {
+            format!("layer {layer} ({op})")
+        };
     }
 }

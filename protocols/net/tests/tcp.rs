@@ -1,0 +1,257 @@
+//! The TCP transport over real loopback sockets: ordering, large and pipelined messages,
+//! authentication failures, and fault propagation (a dead, aborting, silent or misbehaving
+//! party ends the others' waits with an error naming it).
+
+use knapsec_core::Role;
+use knapsec_core::transport::{Transport, TransportError};
+use knapsec_net::NetError;
+use knapsec_net::keys::KeyPair;
+use knapsec_net::secure_channel::{PeerKeys, SecureChannel};
+use knapsec_net::tcp::TcpTransport;
+use std::time::{Duration, Instant};
+use tokio::net::{TcpListener, TcpStream};
+
+struct Mesh {
+    rt: tokio::runtime::Runtime,
+    keys: Vec<KeyPair>,
+    peers: PeerKeys,
+}
+
+impl Mesh {
+    fn new() -> Self {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        let keys: Vec<KeyPair> = Role::ALL
+            .iter()
+            .map(|_| KeyPair::generate().unwrap())
+            .collect();
+        let mut peers = PeerKeys::default();
+        for r in Role::ALL {
+            peers.keys[r.index()] = Some(keys[r.index()].public);
+        }
+        Mesh { rt, keys, peers }
+    }
+
+    /// One authenticated pair of channels over loopback: (initiator's, responder's).
+    fn pair(
+        &self,
+        a: Role,
+        b: Role,
+        a_key: &KeyPair,
+        max: [usize; 2],
+    ) -> Result<(SecureChannel, SecureChannel), NetError> {
+        self.rt.block_on(async {
+            let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let addr = listener.local_addr().unwrap();
+            let (ra, rb) = tokio::join!(
+                async {
+                    let s = TcpStream::connect(addr).await.unwrap();
+                    SecureChannel::initiate(a, b, s, a_key, &self.keys[b.index()].public, max[0])
+                        .await
+                },
+                async {
+                    let (s, _) = listener.accept().await.unwrap();
+                    SecureChannel::respond(b, s, &self.keys[b.index()], &self.peers, &[a], max[1])
+                        .await
+                }
+            );
+            Ok((ra?, rb?))
+        })
+    }
+
+    /// Three transports (client, server, helper) with `recv_timeout` and per-party maxima.
+    fn transports(&self, recv_timeout: Duration, max: [usize; 3]) -> [TcpTransport; 3] {
+        let (c, s, h) = (Role::Client, Role::Server, Role::Helper);
+        let (cs, sc) = self.pair(c, s, &self.keys[0], [max[0], max[1]]).unwrap();
+        let (ch, hc) = self.pair(c, h, &self.keys[0], [max[0], max[2]]).unwrap();
+        let (sh, hs) = self.pair(s, h, &self.keys[1], [max[1], max[2]]).unwrap();
+        let mk = |r: Role, chans, m| {
+            TcpTransport::new(r, chans, self.rt.handle().clone(), recv_timeout, m).unwrap()
+        };
+        [
+            mk(c, vec![cs, ch], max[0]),
+            mk(s, vec![sc, sh], max[1]),
+            mk(h, vec![hc, hs], max[2]),
+        ]
+    }
+}
+
+const BIG: usize = 1 << 24;
+
+#[test]
+fn ordered_pipelined_and_large_messages() {
+    let mesh = Mesh::new();
+    let [mut c, mut s, mut h] = mesh.transports(Duration::from_secs(10), [BIG; 3]);
+    let large: Vec<u8> = (0..5_000_000u32).map(|i| (i * 7 + 3) as u8).collect();
+    // Many small messages without waiting (pipelined), then a large one crossing many records.
+    for i in 0..1000u32 {
+        c.send(Role::Server, i.to_le_bytes().to_vec()).unwrap();
+    }
+    c.send(Role::Server, large.clone()).unwrap();
+    c.send(Role::Helper, vec![]).unwrap();
+    h.send(Role::Server, b"from helper".to_vec()).unwrap();
+    for i in 0..1000u32 {
+        assert_eq!(s.recv(Role::Client).unwrap(), i.to_le_bytes());
+    }
+    assert_eq!(s.recv(Role::Client).unwrap(), large);
+    assert_eq!(s.recv(Role::Helper).unwrap(), b"from helper");
+    assert_eq!(h.recv(Role::Client).unwrap(), Vec::<u8>::new());
+    s.send(Role::Client, large.clone()).unwrap();
+    assert_eq!(c.recv(Role::Server).unwrap(), large);
+    assert_eq!(s.stats(Role::Client).received, 4000 + large.len() as u64);
+    assert!(matches!(
+        c.send(Role::Client, vec![1]),
+        Err(TransportError::SelfMessage { .. })
+    ));
+    // A clean close is not a fault for the peers' reads already done, and ends with goodbye.
+    let linger = Duration::from_secs(1);
+    let t = std::thread::spawn(move || h.close(linger));
+    let e = s.recv(Role::Helper).unwrap_err().to_string();
+    assert!(
+        e.contains("helper disconnected (it closed the session)"),
+        "{e}"
+    );
+    t.join().unwrap();
+}
+
+#[test]
+fn wrong_key_is_refused_at_connection_time() {
+    let mesh = Mesh::new();
+    let impostor = KeyPair::generate().unwrap();
+    let err = mesh
+        .pair(Role::Client, Role::Server, &impostor, [BIG; 2])
+        .unwrap_err()
+        .to_string();
+    // The responder's error is returned first by `pair` only if the initiator succeeded;
+    // either way the message must say it is about authentication.
+    assert!(
+        err.contains("authentication failed") || err.contains("does not authenticate"),
+        "{err}"
+    );
+    // A client that holds the wrong public key for the server is refused too.
+    let mut wrong = mesh.peers.clone();
+    wrong.keys[0] = Some(impostor.public);
+    let err = mesh
+        .rt
+        .block_on(async {
+            let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let addr = listener.local_addr().unwrap();
+            let (ra, rb) = tokio::join!(
+                async {
+                    let s = TcpStream::connect(addr).await.unwrap();
+                    SecureChannel::initiate(
+                        Role::Client,
+                        Role::Server,
+                        s,
+                        &mesh.keys[0],
+                        &mesh.keys[1].public,
+                        BIG,
+                    )
+                    .await
+                },
+                async {
+                    let (s, _) = listener.accept().await.unwrap();
+                    SecureChannel::respond(
+                        Role::Server,
+                        s,
+                        &mesh.keys[1],
+                        &wrong,
+                        &[Role::Client],
+                        BIG,
+                    )
+                    .await
+                }
+            );
+            assert!(rb.is_err());
+            ra
+        })
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            NetError::Refused {
+                peer: Role::Server,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    assert!(err.to_string().contains("authentication failed"), "{err}");
+    // A helper's key cannot pose as the client.
+    let err = mesh
+        .pair(Role::Client, Role::Server, &mesh.keys[2], [BIG; 2])
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("authentication"), "{err}");
+}
+
+#[test]
+fn a_dead_party_ends_the_others_waits_at_once() {
+    let mesh = Mesh::new();
+    let [mut c, mut s, h] = mesh.transports(Duration::from_secs(30), [BIG; 3]);
+    s.set_scope("layer3_1", "drelu");
+    c.set_scope("layer3_1", "drelu");
+    let start = Instant::now();
+    drop(h); // the helper "crashes": its connections close without a goodbye
+    // The server waits for the client, not for the helper; it still learns of the helper's death.
+    let e = s.recv(Role::Client).unwrap_err().to_string();
+    assert!(e.contains("helper disconnected"), "{e}");
+    assert!(e.contains("layer layer3_1 (drelu)"), "{e}");
+    assert!(e.contains("while the server waited for the client"), "{e}");
+    let e = c.recv(Role::Helper).unwrap_err().to_string();
+    assert!(
+        e.contains("helper disconnected") && e.contains("without a goodbye"),
+        "{e}"
+    );
+    assert!(start.elapsed() < Duration::from_secs(5));
+    // Later calls keep failing the same way instead of hanging.
+    assert!(s.recv(Role::Client).is_err());
+    assert!(s.send(Role::Client, vec![1]).is_err());
+}
+
+#[test]
+fn abort_reason_reaches_both_peers() {
+    let mesh = Mesh::new();
+    let [mut c, s, mut h] = mesh.transports(Duration::from_secs(30), [BIG; 3]);
+    let t = std::thread::spawn(move || s.abort("the model hash differs", Duration::from_secs(2)));
+    let e = c.recv(Role::Helper).unwrap_err().to_string();
+    assert!(
+        e.contains("server: aborted the session") && e.contains("the model hash differs"),
+        "{e}"
+    );
+    let e = h.recv(Role::Server).unwrap_err().to_string();
+    assert!(e.contains("the model hash differs"), "{e}");
+    t.join().unwrap();
+}
+
+#[test]
+fn silent_party_times_out_and_oversized_frames_are_rejected() {
+    let mesh = Mesh::new();
+    // The helper accepts at most 1000 bytes per message; the others up to BIG.
+    let [mut c, mut s, mut h] = mesh.transports(Duration::from_millis(300), [BIG, BIG, 1000]);
+    let start = Instant::now();
+    let e = s.recv(Role::Client).unwrap_err();
+    assert!(
+        matches!(
+            e,
+            TransportError::Timeout {
+                peer: Role::Client,
+                ..
+            }
+        ),
+        "{e}"
+    );
+    assert!(start.elapsed() < Duration::from_secs(3));
+    // The sender's own limit is checked before anything is sent.
+    assert!(matches!(
+        h.send(Role::Client, vec![0; 1001]),
+        Err(TransportError::FrameTooLarge { size: 1001, .. })
+    ));
+    // A peer with a larger limit sends 2000 bytes: the helper rejects the frame and the link.
+    c.send(Role::Helper, vec![0; 2000]).unwrap();
+    let e = h.recv(Role::Client).unwrap_err().to_string();
+    assert!(e.contains("2000 bytes exceeds the maximum of 1000"), "{e}");
+}
