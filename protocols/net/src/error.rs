@@ -35,15 +35,26 @@ pub enum NetError {
     Config { path: PathBuf, message: String },
     /// Reading or writing a file.
     #[error("{path}: {source}")]
-    File { path: PathBuf, source: std::io::Error },
+    File {
+        path: PathBuf,
+        source: std::io::Error,
+    },
 
     // === connections ===
     /// Could not reach a party before the connect deadline.
     #[error("cannot connect to the {peer} at {address} within {seconds} s: {last}")]
-    Connect { peer: Role, address: String, seconds: u64, last: String },
+    Connect {
+        peer: Role,
+        address: String,
+        seconds: u64,
+        last: String,
+    },
     /// Could not listen on an address.
     #[error("cannot listen on {address}: {source}")]
-    Listen { address: String, source: std::io::Error },
+    Listen {
+        address: String,
+        source: std::io::Error,
+    },
     /// A socket error on the connection with a party.
     #[error("connection with the {peer}: {source}")]
     Io { peer: Role, source: std::io::Error },
@@ -55,12 +66,22 @@ pub enum NetError {
     Refused { peer: Role, reason: String },
     /// A phase did not finish in time.
     #[error("timed out after {seconds} s waiting for the {peer} during {phase}")]
-    Timeout { peer: Role, phase: &'static str, seconds: u64 },
+    Timeout {
+        peer: Role,
+        phase: &'static str,
+        seconds: u64,
+    },
 
     // === session handshake ===
     /// A party's protocol version, backend, options or model differ from ours.
     #[error("{peer}'s {what} {theirs} differs from {me}'s {ours}")]
-    Mismatch { what: &'static str, peer: Role, theirs: String, me: Role, ours: String },
+    Mismatch {
+        what: &'static str,
+        peer: Role,
+        theirs: String,
+        me: Role,
+        ours: String,
+    },
     /// The peer aborted the session and said why.
     #[error("the {peer} aborted the session: {reason}")]
     Aborted { peer: Role, reason: String },

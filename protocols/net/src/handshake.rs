@@ -49,7 +49,13 @@ impl Hello {
     ///
     /// # Errors
     /// If the OS RNG fails.
-    pub fn new(role: Role, session: [u8; 16], backend: &str, options: &str, model_hash: &str) -> Result<Self> {
+    pub fn new(
+        role: Role,
+        session: [u8; 16],
+        backend: &str,
+        options: &str,
+        model_hash: &str,
+    ) -> Result<Self> {
         Ok(Hello {
             protocol: PROTOCOL_VERSION,
             software: env!("CARGO_PKG_VERSION").to_string(),
@@ -74,7 +80,9 @@ impl Hello {
     pub fn from_bytes(bytes: &[u8], peer: Role) -> Result<Self> {
         postcard::from_bytes(bytes).map_err(|e| NetError::Protocol {
             peer,
-            message: format!("its hello cannot be read ({e}); is it running another knapsec version?"),
+            message: format!(
+                "its hello cannot be read ({e}); is it running another knapsec version?"
+            ),
         })
     }
 
@@ -88,11 +96,20 @@ impl Hello {
         if theirs.role != peer {
             return Err(NetError::Protocol {
                 peer,
-                message: format!("it authenticated as the {peer} but says it is the {}", theirs.role),
+                message: format!(
+                    "it authenticated as the {peer} but says it is the {}",
+                    theirs.role
+                ),
             });
         }
         let me = self.role;
-        let mismatch = |what, theirs: String, ours: String| NetError::Mismatch { what, peer, theirs, me, ours };
+        let mismatch = |what, theirs: String, ours: String| NetError::Mismatch {
+            what,
+            peer,
+            theirs,
+            me,
+            ours,
+        };
         if theirs.protocol != self.protocol {
             return Err(mismatch(
                 "protocol version",
@@ -101,16 +118,32 @@ impl Hello {
             ));
         }
         if theirs.backend != self.backend {
-            return Err(mismatch("backend", format!("{:?}", theirs.backend), format!("{:?}", self.backend)));
+            return Err(mismatch(
+                "backend",
+                format!("{:?}", theirs.backend),
+                format!("{:?}", self.backend),
+            ));
         }
         if theirs.options != self.options {
-            return Err(mismatch("backend options", theirs.options.clone(), self.options.clone()));
+            return Err(mismatch(
+                "backend options",
+                theirs.options.clone(),
+                self.options.clone(),
+            ));
         }
         if theirs.model_hash != self.model_hash {
-            return Err(mismatch("model hash", theirs.model_hash.clone(), self.model_hash.clone()));
+            return Err(mismatch(
+                "model hash",
+                theirs.model_hash.clone(),
+                self.model_hash.clone(),
+            ));
         }
         if theirs.session != self.session {
-            return Err(mismatch("session id", hex(&theirs.session), hex(&self.session)));
+            return Err(mismatch(
+                "session id",
+                hex(&theirs.session),
+                hex(&self.session),
+            ));
         }
         Ok(())
     }
@@ -136,8 +169,10 @@ impl Control {
     /// # Errors
     /// [`NetError::Protocol`] if the bytes are not a control message.
     pub fn from_bytes(bytes: &[u8], peer: Role) -> Result<Self> {
-        postcard::from_bytes(bytes)
-            .map_err(|e| NetError::Protocol { peer, message: format!("expected a control message ({e})") })
+        postcard::from_bytes(bytes).map_err(|e| NetError::Protocol {
+            peer,
+            message: format!("expected a control message ({e})"),
+        })
     }
 }
 
@@ -147,13 +182,21 @@ impl Control {
 /// If the OS RNG fails.
 pub fn random_bytes<const N: usize>() -> Result<[u8; N]> {
     let mut out = [0u8; N];
-    rand::rngs::OsRng.try_fill_bytes(&mut out).map_err(|e| NetError::Invalid(format!("OS random generator: {e}")))?;
+    rand::rngs::OsRng
+        .try_fill_bytes(&mut out)
+        .map_err(|e| NetError::Invalid(format!("OS random generator: {e}")))?;
     Ok(out)
 }
 
 /// The key a pair shares for a whole session, from its connection's handshake hash and both
 /// hellos (the initiator's first).
-pub fn pair_key(a: Role, b: Role, handshake_hash: &[u8; 32], initiator: &Hello, responder: &Hello) -> [u8; 32] {
+pub fn pair_key(
+    a: Role,
+    b: Role,
+    handshake_hash: &[u8; 32],
+    initiator: &Hello,
+    responder: &Hello,
+) -> [u8; 32] {
     let (lo, hi) = (a.min(b), a.max(b));
     let context = format!("knapsec-net {PROTOCOL_VERSION} session pair key {lo}-{hi}");
     let mut material = Vec::with_capacity(32 * 3 + 16);
@@ -169,7 +212,10 @@ pub fn pair_key(a: Role, b: Role, handshake_hash: &[u8; 32], initiator: &Hello, 
 /// # Errors
 /// If the OS RNG fails (private seed).
 pub fn inference_keys(me: Role, pairs: &[(Role, [u8; 32])], index: u64) -> Result<SessionKeys> {
-    let mut keys = SessionKeys { private: random_bytes()?, ..SessionKeys::default() };
+    let mut keys = SessionKeys {
+        private: random_bytes()?,
+        ..SessionKeys::default()
+    };
     for &(peer, base) in pairs {
         let mut h = blake3::Hasher::new_keyed(&base);
         h.update(b"inference");
@@ -179,7 +225,11 @@ pub fn inference_keys(me: Role, pairs: &[(Role, [u8; 32])], index: u64) -> Resul
             (Role::Client, Role::Server) => keys.client_server = Some(k),
             (Role::Client, Role::Helper) => keys.client_helper = Some(k),
             (Role::Server, Role::Helper) => keys.server_helper = Some(k),
-            _ => return Err(NetError::Invalid(format!("no pair key between the {me} and the {peer}"))),
+            _ => {
+                return Err(NetError::Invalid(format!(
+                    "no pair key between the {me} and the {peer}"
+                )));
+            }
         }
     }
     Ok(keys)
@@ -203,12 +253,33 @@ mod tests {
         assert_eq!(e, "server's model hash def differs from client's abc");
         let mut server = hello(Role::Server);
         server.options = "(drelu: Approx)".into();
-        assert!(client.check(&server, Role::Server).unwrap_err().to_string().contains("backend options"));
+        assert!(
+            client
+                .check(&server, Role::Server)
+                .unwrap_err()
+                .to_string()
+                .contains("backend options")
+        );
         let mut server = hello(Role::Server);
         server.protocol += 1;
-        assert!(client.check(&server, Role::Server).unwrap_err().to_string().contains("protocol version 2"));
-        assert!(client.check(&hello(Role::Helper), Role::Server).unwrap_err().to_string().contains("says it is"));
-        assert_eq!(Hello::from_bytes(&client.to_bytes(), Role::Client).unwrap(), client);
+        assert!(
+            client
+                .check(&server, Role::Server)
+                .unwrap_err()
+                .to_string()
+                .contains("protocol version 2")
+        );
+        assert!(
+            client
+                .check(&hello(Role::Helper), Role::Server)
+                .unwrap_err()
+                .to_string()
+                .contains("says it is")
+        );
+        assert_eq!(
+            Hello::from_bytes(&client.to_bytes(), Role::Client).unwrap(),
+            client
+        );
         assert!(Hello::from_bytes(&[1, 2, 3], Role::Client).is_err());
     }
 
@@ -220,7 +291,10 @@ mod tests {
         assert_eq!(k_cs, pair_key(Role::Server, Role::Client, &hh, &c, &s));
         assert_ne!(k_cs, pair_key(Role::Client, Role::Helper, &hh, &c, &s));
         assert_ne!(k_cs, pair_key(Role::Client, Role::Server, &[2; 32], &c, &s));
-        assert_ne!(k_cs, pair_key(Role::Client, Role::Server, &hh, &c, &hello(Role::Server)));
+        assert_ne!(
+            k_cs,
+            pair_key(Role::Client, Role::Server, &hh, &c, &hello(Role::Server))
+        );
         let kc = inference_keys(Role::Client, &[(Role::Server, k_cs)], 0).unwrap();
         let ks = inference_keys(Role::Server, &[(Role::Client, k_cs)], 0).unwrap();
         assert_eq!(kc.client_server, ks.client_server);

@@ -74,7 +74,9 @@ impl KeyPair {
     /// # Errors
     /// If the Noise crypto resolver cannot generate a key.
     pub fn generate() -> Result<Self> {
-        let params = NOISE_PARAMS.parse().map_err(|e| NetError::Invalid(format!("noise parameters: {e}")))?;
+        let params = NOISE_PARAMS
+            .parse()
+            .map_err(|e| NetError::Invalid(format!("noise parameters: {e}")))?;
         let kp = snow::Builder::new(params)
             .generate_keypair()
             .map_err(|e| NetError::Invalid(format!("generating a key pair: {e}")))?;
@@ -82,7 +84,10 @@ impl KeyPair {
         let mut private = [0u8; 32];
         public.copy_from_slice(&kp.public);
         private.copy_from_slice(&kp.private);
-        Ok(KeyPair { public: PublicKey(public), private })
+        Ok(KeyPair {
+            public: PublicKey(public),
+            private,
+        })
     }
 
     /// Writes `dir/ROLE.key` (private, mode 0600, refused if it exists unless `force`) and
@@ -96,10 +101,14 @@ impl KeyPair {
         if !force && private.exists() {
             return Err(NetError::Key {
                 path: private,
-                message: "already exists (pass --force to replace it; the old key stops working)".into(),
+                message: "already exists (pass --force to replace it; the old key stops working)"
+                    .into(),
             });
         }
-        std::fs::create_dir_all(dir).map_err(|source| NetError::File { path: dir.to_path_buf(), source })?;
+        std::fs::create_dir_all(dir).map_err(|source| NetError::File {
+            path: dir.to_path_buf(),
+            source,
+        })?;
         write_key(&private, role, KeyKind::Private, &self.private)?;
         write_key(&public, role, KeyKind::Public, &self.public.0)?;
         Ok((private, public))
@@ -111,7 +120,10 @@ impl KeyPair {
     /// If the file is missing, malformed, or made for another role.
     pub fn load(path: &Path, role: Role) -> Result<Self> {
         let private = read_key(path, role, KeyKind::Private)?;
-        Ok(KeyPair { public: PublicKey(x25519_public(&private)), private })
+        Ok(KeyPair {
+            public: PublicKey(x25519_public(&private)),
+            private,
+        })
     }
 }
 
@@ -137,7 +149,11 @@ fn x25519_public(private: &[u8; 32]) -> [u8; 32] {
 }
 
 fn write_key(path: &Path, role: Role, kind: KeyKind, key: &[u8; 32]) -> Result<()> {
-    let text = format!("{MAGIC} x25519 {} role={role}\n{}\n", kind.as_str(), hex(key));
+    let text = format!(
+        "{MAGIC} x25519 {} role={role}\n{}\n",
+        kind.as_str(),
+        hex(key)
+    );
     let tmp = path.with_extension(format!("tmp-{}", std::process::id()));
     let result = (|| {
         use std::io::Write;
@@ -155,24 +171,38 @@ fn write_key(path: &Path, role: Role, kind: KeyKind, key: &[u8; 32]) -> Result<(
     })();
     result.map_err(|source| {
         let _ = std::fs::remove_file(&tmp);
-        NetError::File { path: path.to_path_buf(), source }
+        NetError::File {
+            path: path.to_path_buf(),
+            source,
+        }
     })
 }
 
 fn read_key(path: &Path, role: Role, kind: KeyKind) -> Result<[u8; 32]> {
-    let bad = |message: String| NetError::Key { path: path.to_path_buf(), message };
+    let bad = |message: String| NetError::Key {
+        path: path.to_path_buf(),
+        message,
+    };
     let text = std::fs::read_to_string(path).map_err(|e| bad(e.to_string()))?;
     let mut lines = text.lines();
     let header: Vec<&str> = lines.next().unwrap_or("").split_whitespace().collect();
     if header.len() != 4 || header[0] != MAGIC || header[1] != "x25519" {
-        return Err(bad(format!("not a knapsec key file (expected a first line `{MAGIC} x25519 …`)")));
+        return Err(bad(format!(
+            "not a knapsec key file (expected a first line `{MAGIC} x25519 …`)"
+        )));
     }
     if header[2] != kind.as_str() {
-        return Err(bad(format!("holds a {} key, expected a {} key", header[2], kind.as_str())));
+        return Err(bad(format!(
+            "holds a {} key, expected a {} key",
+            header[2],
+            kind.as_str()
+        )));
     }
     let file_role = header[3].strip_prefix("role=").unwrap_or("");
     if file_role != role.to_string() {
-        return Err(bad(format!("is the {file_role} key, expected the {role} key")));
+        return Err(bad(format!(
+            "is the {file_role} key, expected the {role} key"
+        )));
     }
     let body = lines.next().unwrap_or("").trim();
     unhex(body).ok_or_else(|| bad("the second line must be 64 hex digits".into()))
@@ -210,15 +240,38 @@ mod tests {
         assert_eq!(back.private, kp.private);
         assert_eq!(load_public(&public, Role::Server).unwrap(), kp.public);
         // Wrong role, wrong kind, refusal to overwrite.
-        assert!(load_public(&public, Role::Helper).unwrap_err().to_string().contains("is the server key"));
-        assert!(load_public(&private, Role::Server).unwrap_err().to_string().contains("private key"));
-        assert!(kp.save(dir.path(), Role::Server, false).unwrap_err().to_string().contains("already exists"));
+        assert!(
+            load_public(&public, Role::Helper)
+                .unwrap_err()
+                .to_string()
+                .contains("is the server key")
+        );
+        assert!(
+            load_public(&private, Role::Server)
+                .unwrap_err()
+                .to_string()
+                .contains("private key")
+        );
+        assert!(
+            kp.save(dir.path(), Role::Server, false)
+                .unwrap_err()
+                .to_string()
+                .contains("already exists")
+        );
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
-            assert_eq!(std::fs::metadata(&private).unwrap().permissions().mode() & 0o777, 0o600);
+            assert_eq!(
+                std::fs::metadata(&private).unwrap().permissions().mode() & 0o777,
+                0o600
+            );
         }
         std::fs::write(&public, "knapsec-key-v1 x25519 public role=server\nzz\n").unwrap();
-        assert!(load_public(&public, Role::Server).unwrap_err().to_string().contains("64 hex digits"));
+        assert!(
+            load_public(&public, Role::Server)
+                .unwrap_err()
+                .to_string()
+                .contains("64 hex digits")
+        );
     }
 }

@@ -21,9 +21,9 @@ pub mod party;
 pub mod secure_channel;
 pub mod tcp;
 
-pub use memory::{MemoryTransport, memory_network};
 pub use deploy::Deployment;
 pub use error::NetError;
+pub use memory::{MemoryTransport, memory_network};
 pub use metered::{CommReport, Counts, Metered, RoundTracker};
 pub use party::{Party, ServeOptions};
 pub use tcp::TcpTransport;

@@ -60,8 +60,14 @@ fn preamble(initiator: Role, responder: Role) -> [u8; PREAMBLE_LEN] {
     p
 }
 
-fn builder<'a>(local: &'a KeyPair, remote: &'a PublicKey, prologue: &'a [u8]) -> Result<snow::Builder<'a>> {
-    let params = NOISE_PARAMS.parse().map_err(|e| NetError::Invalid(format!("noise parameters: {e}")))?;
+fn builder<'a>(
+    local: &'a KeyPair,
+    remote: &'a PublicKey,
+    prologue: &'a [u8],
+) -> Result<snow::Builder<'a>> {
+    let params = NOISE_PARAMS
+        .parse()
+        .map_err(|e| NetError::Invalid(format!("noise parameters: {e}")))?;
     let noise = |e: snow::Error| NetError::Invalid(format!("noise setup: {e}"));
     snow::Builder::new(params)
         .local_private_key(&local.private)
@@ -113,7 +119,9 @@ pub struct SecureChannel {
 
 impl std::fmt::Debug for SecureChannel {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SecureChannel").field("peer", &self.peer).finish_non_exhaustive()
+        f.debug_struct("SecureChannel")
+            .field("peer", &self.peer)
+            .finish_non_exhaustive()
     }
 }
 
@@ -135,16 +143,30 @@ impl SecureChannel {
         let io = |source| NetError::Io { peer, source };
         let pre = preamble(me, peer);
         stream.write_all(&pre).await.map_err(io)?;
-        let mut hs = builder(local, remote, &pre)?.build_initiator().map_err(|e| NetError::Invalid(e.to_string()))?;
+        let mut hs = builder(local, remote, &pre)?
+            .build_initiator()
+            .map_err(|e| NetError::Invalid(e.to_string()))?;
         let mut msg = vec![0u8; MAX_RECORD];
-        let n = hs.write_message(&[], &mut msg).map_err(|e| NetError::Handshake { peer, message: e.to_string() })?;
+        let n = hs
+            .write_message(&[], &mut msg)
+            .map_err(|e| NetError::Handshake {
+                peer,
+                message: e.to_string(),
+            })?;
         write_record(&mut stream, &msg[..n]).await.map_err(io)?;
         let mut rec = Vec::new();
-        read_record(&mut stream, &mut rec).await.map_err(|e| closed_during_handshake(peer, e))?;
+        read_record(&mut stream, &mut rec)
+            .await
+            .map_err(|e| closed_during_handshake(peer, e))?;
         if rec.is_empty() {
             let mut reason = Vec::new();
-            read_record(&mut stream, &mut reason).await.map_err(|e| closed_during_handshake(peer, e))?;
-            return Err(NetError::Refused { peer, reason: String::from_utf8_lossy(&reason).into_owned() });
+            read_record(&mut stream, &mut reason)
+                .await
+                .map_err(|e| closed_during_handshake(peer, e))?;
+            return Err(NetError::Refused {
+                peer,
+                reason: String::from_utf8_lossy(&reason).into_owned(),
+            });
         }
         let mut payload = vec![0u8; MAX_RECORD];
         hs.read_message(&rec, &mut payload).map_err(|_| NetError::Handshake {
@@ -175,23 +197,38 @@ impl SecureChannel {
         let mut pre = [0u8; PREAMBLE_LEN];
         // Until the preamble names it, report the peer as the first allowed role.
         let guess = allowed.first().copied().unwrap_or(Role::Client);
-        stream.read_exact(&mut pre).await.map_err(|e| closed_during_handshake(guess, e))?;
+        stream
+            .read_exact(&mut pre)
+            .await
+            .map_err(|e| closed_during_handshake(guess, e))?;
         if &pre[..8] != MAGIC {
             return Err(NetError::Handshake {
                 peer: guess,
-                message: "the connection does not start with the knapsec preamble (not a knapsec party)".into(),
+                message:
+                    "the connection does not start with the knapsec preamble (not a knapsec party)"
+                        .into(),
             });
         }
         let version = u16::from_le_bytes([pre[8], pre[9]]);
-        let (Some(initiator), Some(responder)) = (role_from_byte(pre[10]), role_from_byte(pre[11])) else {
-            return Err(NetError::Handshake { peer: guess, message: "the preamble names an unknown role".into() });
+        let (Some(initiator), Some(responder)) = (role_from_byte(pre[10]), role_from_byte(pre[11]))
+        else {
+            return Err(NetError::Handshake {
+                peer: guess,
+                message: "the preamble names an unknown role".into(),
+            });
         };
         let reason = if version != WIRE_VERSION {
-            Some(format!("the {initiator} speaks wire version {version}, the {me} speaks {WIRE_VERSION}"))
+            Some(format!(
+                "the {initiator} speaks wire version {version}, the {me} speaks {WIRE_VERSION}"
+            ))
         } else if responder != me {
-            Some(format!("the {initiator} wants the {responder}, but this address serves the {me}"))
+            Some(format!(
+                "the {initiator} wants the {responder}, but this address serves the {me}"
+            ))
         } else if !allowed.contains(&initiator) {
-            Some(format!("the {me} does not accept connections from the {initiator} here"))
+            Some(format!(
+                "the {me} does not accept connections from the {initiator} here"
+            ))
         } else if keys.get(initiator).is_none() {
             Some(format!("the {me} has no public key for the {initiator}"))
         } else {
@@ -199,12 +236,19 @@ impl SecureChannel {
         };
         if let Some(reason) = reason {
             refuse(&mut stream, &reason).await;
-            return Err(NetError::Handshake { peer: initiator, message: reason });
+            return Err(NetError::Handshake {
+                peer: initiator,
+                message: reason,
+            });
         }
         let remote = *keys.get(initiator).expect("checked above");
-        let mut hs = builder(local, &remote, &pre)?.build_responder().map_err(|e| NetError::Invalid(e.to_string()))?;
+        let mut hs = builder(local, &remote, &pre)?
+            .build_responder()
+            .map_err(|e| NetError::Invalid(e.to_string()))?;
         let mut rec = Vec::new();
-        read_record(&mut stream, &mut rec).await.map_err(|e| closed_during_handshake(initiator, e))?;
+        read_record(&mut stream, &mut rec)
+            .await
+            .map_err(|e| closed_during_handshake(initiator, e))?;
         let mut payload = vec![0u8; MAX_RECORD];
         if hs.read_message(&rec, &mut payload).is_err() {
             let reason = format!(
@@ -213,19 +257,41 @@ impl SecureChannel {
                 remote.fingerprint()
             );
             refuse(&mut stream, &reason).await;
-            return Err(NetError::Handshake { peer: initiator, message: reason });
+            return Err(NetError::Handshake {
+                peer: initiator,
+                message: reason,
+            });
         }
         let mut msg = vec![0u8; MAX_RECORD];
-        let n =
-            hs.write_message(&[], &mut msg).map_err(|e| NetError::Handshake { peer: initiator, message: e.to_string() })?;
-        write_record(&mut stream, &msg[..n]).await.map_err(|source| NetError::Io { peer: initiator, source })?;
+        let n = hs
+            .write_message(&[], &mut msg)
+            .map_err(|e| NetError::Handshake {
+                peer: initiator,
+                message: e.to_string(),
+            })?;
+        write_record(&mut stream, &msg[..n])
+            .await
+            .map_err(|source| NetError::Io {
+                peer: initiator,
+                source,
+            })?;
         Self::finish(initiator, stream, hs, max_frame)
     }
 
-    fn finish(peer: Role, stream: TcpStream, hs: snow::HandshakeState, max_frame: usize) -> Result<Self> {
+    fn finish(
+        peer: Role,
+        stream: TcpStream,
+        hs: snow::HandshakeState,
+        max_frame: usize,
+    ) -> Result<Self> {
         let mut handshake_hash = [0u8; 32];
         handshake_hash.copy_from_slice(&hs.get_handshake_hash()[..32]);
-        let noise = hs.into_stateless_transport_mode().map_err(|e| NetError::Handshake { peer, message: e.to_string() })?;
+        let noise = hs
+            .into_stateless_transport_mode()
+            .map_err(|e| NetError::Handshake {
+                peer,
+                message: e.to_string(),
+            })?;
         let _ = stream.set_nodelay(true);
         Ok(SecureChannel {
             peer,
@@ -259,8 +325,20 @@ impl SecureChannel {
         let mut plain = Vec::new();
         frame::encode_frame(kind, payload, self.max_frame, &mut plain)?;
         let mut out = Vec::new();
-        seal_records(&self.noise, &mut self.send_nonce, &plain, &mut out, self.peer)?;
-        self.stream.write_all(&out).await.map_err(|source| NetError::Io { peer: self.peer, source })
+        seal_records(
+            &self.noise,
+            &mut self.send_nonce,
+            &plain,
+            &mut out,
+            self.peer,
+        )?;
+        self.stream
+            .write_all(&out)
+            .await
+            .map_err(|source| NetError::Io {
+                peer: self.peer,
+                source,
+            })
     }
 
     /// Receives the next frame.
@@ -274,8 +352,16 @@ impl SecureChannel {
             if let Some(f) = self.pending.pop_front() {
                 return Ok(f);
             }
-            read_record(&mut self.stream, &mut rec).await.map_err(|e| closed_during_handshake(self.peer, e))?;
-            let n = open_record(&self.noise, &mut self.recv_nonce, &rec, &mut plain, self.peer)?;
+            read_record(&mut self.stream, &mut rec)
+                .await
+                .map_err(|e| closed_during_handshake(self.peer, e))?;
+            let n = open_record(
+                &self.noise,
+                &mut self.recv_nonce,
+                &rec,
+                &mut plain,
+                self.peer,
+            )?;
             let pending = &mut self.pending;
             self.decoder.feed(&plain[..n], |f| pending.push_back(f))?;
         }
@@ -309,7 +395,10 @@ impl SecureChannel {
 
 fn closed_during_handshake(peer: Role, e: std::io::Error) -> NetError {
     if e.kind() == std::io::ErrorKind::UnexpectedEof {
-        NetError::Io { peer, source: std::io::Error::new(e.kind(), "the connection was closed") }
+        NetError::Io {
+            peer,
+            source: std::io::Error::new(e.kind(), "the connection was closed"),
+        }
     } else {
         NetError::Io { peer, source: e }
     }
@@ -328,7 +417,10 @@ fn seal_records(
         out.resize(start + 2 + chunk.len() + TAG_LEN, 0);
         let n = noise
             .write_message(*nonce, chunk, &mut out[start + 2..])
-            .map_err(|e| NetError::Handshake { peer, message: format!("encryption failed: {e}") })?;
+            .map_err(|e| NetError::Handshake {
+                peer,
+                message: format!("encryption failed: {e}"),
+            })?;
         *nonce += 1;
         out[start..start + 2].copy_from_slice(&(n as u16).to_be_bytes());
         out.truncate(start + 2 + n);
@@ -345,7 +437,9 @@ fn open_record(
     peer: Role,
 ) -> Result<usize> {
     let n = noise.read_message(*nonce, rec, plain).map_err(|_| {
-        NetError::MalformedFrame(format!("a record from the {peer} failed authentication (corrupted or forged data)"))
+        NetError::MalformedFrame(format!(
+            "a record from the {peer} failed authentication (corrupted or forged data)"
+        ))
     })?;
     *nonce += 1;
     Ok(n)
@@ -365,7 +459,9 @@ pub struct ChannelReader {
 
 impl std::fmt::Debug for ChannelReader {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ChannelReader").field("peer", &self.peer).finish_non_exhaustive()
+        f.debug_struct("ChannelReader")
+            .field("peer", &self.peer)
+            .finish_non_exhaustive()
     }
 }
 
@@ -383,14 +479,36 @@ impl ChannelReader {
             let mut len = [0u8; 2];
             match self.inner.read_exact(&mut len).await {
                 Ok(_) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof && self.decoder.is_idle() => return Ok(None),
-                Err(source) => return Err(NetError::Io { peer: self.peer, source }),
+                Err(e)
+                    if e.kind() == std::io::ErrorKind::UnexpectedEof && self.decoder.is_idle() =>
+                {
+                    return Ok(None);
+                }
+                Err(source) => {
+                    return Err(NetError::Io {
+                        peer: self.peer,
+                        source,
+                    });
+                }
             }
             self.rec.resize(u16::from_be_bytes(len) as usize, 0);
-            self.inner.read_exact(&mut self.rec).await.map_err(|source| NetError::Io { peer: self.peer, source })?;
-            let n = open_record(&self.noise, &mut self.nonce, &self.rec, &mut self.plain, self.peer)?;
+            self.inner
+                .read_exact(&mut self.rec)
+                .await
+                .map_err(|source| NetError::Io {
+                    peer: self.peer,
+                    source,
+                })?;
+            let n = open_record(
+                &self.noise,
+                &mut self.nonce,
+                &self.rec,
+                &mut self.plain,
+                self.peer,
+            )?;
             let pending = &mut self.pending;
-            self.decoder.feed(&self.plain[..n], |f| pending.push_back(f))?;
+            self.decoder
+                .feed(&self.plain[..n], |f| pending.push_back(f))?;
         }
     }
 }
@@ -409,7 +527,9 @@ pub struct ChannelWriter {
 
 impl std::fmt::Debug for ChannelWriter {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ChannelWriter").field("peer", &self.peer).finish_non_exhaustive()
+        f.debug_struct("ChannelWriter")
+            .field("peer", &self.peer)
+            .finish_non_exhaustive()
     }
 }
 
@@ -420,7 +540,10 @@ impl ChannelWriter {
     /// If the frame exceeds the maximum or the socket fails.
     pub async fn write_frame(&mut self, kind: FrameKind, payload: &[u8]) -> Result<()> {
         if payload.len() > self.max_frame || payload.len() > u32::MAX as usize {
-            return Err(NetError::FrameTooLarge { size: payload.len(), max: self.max_frame });
+            return Err(NetError::FrameTooLarge {
+                size: payload.len(),
+                max: self.max_frame,
+            });
         }
         self.push(&frame::frame_header(kind, payload.len())).await?;
         self.push(payload).await
@@ -443,14 +566,26 @@ impl ChannelWriter {
 
     fn seal(&mut self) -> Result<()> {
         if !self.plain.is_empty() {
-            seal_records(&self.noise, &mut self.nonce, &self.plain, &mut self.out, self.peer)?;
+            seal_records(
+                &self.noise,
+                &mut self.nonce,
+                &self.plain,
+                &mut self.out,
+                self.peer,
+            )?;
             self.plain.clear();
         }
         Ok(())
     }
 
     async fn write_out(&mut self) -> Result<()> {
-        self.inner.write_all(&self.out).await.map_err(|source| NetError::Io { peer: self.peer, source })?;
+        self.inner
+            .write_all(&self.out)
+            .await
+            .map_err(|source| NetError::Io {
+                peer: self.peer,
+                source,
+            })?;
         self.out.clear();
         Ok(())
     }
@@ -470,6 +605,9 @@ impl ChannelWriter {
     /// If the socket fails.
     pub async fn shutdown(&mut self) -> Result<()> {
         self.flush().await?;
-        self.inner.shutdown().await.map_err(|source| NetError::Io { peer: self.peer, source })
+        self.inner.shutdown().await.map_err(|source| NetError::Io {
+            peer: self.peer,
+            source,
+        })
     }
 }
