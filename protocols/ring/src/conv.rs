@@ -1,0 +1,632 @@
+//! 2-D convolution and matrix products over Z_2^64 (digest §6.5, §6.16).
+//!
+//! Convolutions are PyTorch's `conv2d` on one `[C, H, W]` image with weights
+//! `[O, C/groups, kh, kw]`, zero padding, stride, dilation and groups, with every product and
+//! sum wrapping modulo 2^64 (no truncation: products of two fixed-point operands carry `2f`
+//! fractional bits and the caller truncates).
+//!
+//! * [`conv2d`] runs `im2col` + the packed GEMM of [`crate::gemm`] per group; depthwise-style
+//!   convolutions (one input channel per group) use a direct, vectorised kernel instead.
+//! * [`conv2d_sum`] computes `Σ_t conv(x_t, w_t)` in one product by stacking the terms along
+//!   the reduction dimension: the Beaver linear layer `conv(X0, F) + conv(E, W0)` of §6.5
+//!   costs one GEMM of depth `2K`.
+//! * [`conv2d_batch`] applies the same weights to several inputs in one product (the inputs'
+//!   columns side by side).
+//! * [`conv2d_reference`] is the direct seven-loop definition the fast paths are tested
+//!   against.
+
+use crate::error::{Result, RingError};
+use crate::gemm;
+use crate::tensor::RingTensor;
+use rayon::prelude::*;
+
+/// Geometry of a convolution (or a pooling window): kernel, stride, zero padding, dilation,
+/// groups, each `[height, width]`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Conv2dParams {
+    pub kernel: [usize; 2],
+    pub stride: [usize; 2],
+    pub padding: [usize; 2],
+    pub dilation: [usize; 2],
+    pub groups: usize,
+}
+
+impl Conv2dParams {
+    /// A `kh × kw` kernel with stride 1, no padding, dilation 1, one group.
+    pub fn new(kernel: [usize; 2]) -> Self {
+        Conv2dParams {
+            kernel,
+            stride: [1, 1],
+            padding: [0, 0],
+            dilation: [1, 1],
+            groups: 1,
+        }
+    }
+
+    /// Sets the stride.
+    pub fn stride(mut self, stride: [usize; 2]) -> Self {
+        self.stride = stride;
+        self
+    }
+
+    /// Sets the zero padding.
+    pub fn padding(mut self, padding: [usize; 2]) -> Self {
+        self.padding = padding;
+        self
+    }
+
+    /// Sets the dilation.
+    pub fn dilation(mut self, dilation: [usize; 2]) -> Self {
+        self.dilation = dilation;
+        self
+    }
+
+    /// Sets the number of groups.
+    pub fn groups(mut self, groups: usize) -> Self {
+        self.groups = groups;
+        self
+    }
+
+    /// From the `u32` fields of [`knapsec_core::graph::Op::Conv2d`].
+    pub fn from_graph(
+        kernel: [u32; 2],
+        stride: [u32; 2],
+        padding: [u32; 2],
+        dilation: [u32; 2],
+        groups: u32,
+    ) -> Self {
+        let u = |a: [u32; 2]| [a[0] as usize, a[1] as usize];
+        Conv2dParams {
+            kernel: u(kernel),
+            stride: u(stride),
+            padding: u(padding),
+            dilation: u(dilation),
+            groups: groups as usize,
+        }
+    }
+
+    /// Output height and width on an `h × w` input, or an error if the window does not fit.
+    pub fn output_hw(&self, h: usize, w: usize) -> Result<(usize, usize)> {
+        let op = "conv2d";
+        if self.stride.contains(&0) || self.dilation.contains(&0) || self.kernel.contains(&0) {
+            return Err(RingError::invalid(
+                op,
+                format!("kernel, stride and dilation must be ≥ 1 ({self:?})"),
+            ));
+        }
+        let dim = |n: usize, i: usize| -> Result<usize> {
+            let span = self.dilation[i] * (self.kernel[i] - 1) + 1;
+            let padded = n + 2 * self.padding[i];
+            if span > padded {
+                return Err(RingError::invalid(
+                    op,
+                    format!("kernel span {span} exceeds the padded input size {padded} ({self:?})"),
+                ));
+            }
+            Ok((padded - span) / self.stride[i] + 1)
+        };
+        Ok((dim(h, 0)?, dim(w, 1)?))
+    }
+}
+
+/// Checked geometry of one convolution.
+#[derive(Clone, Copy, Debug)]
+struct Geom {
+    h: usize,
+    w: usize,
+    o: usize,
+    ho: usize,
+    wo: usize,
+    /// Input channels per group.
+    cg: usize,
+    /// Output channels per group.
+    og: usize,
+    p: Conv2dParams,
+}
+
+impl Geom {
+    fn k(&self) -> usize {
+        self.cg * self.p.kernel[0] * self.p.kernel[1]
+    }
+    fn pixels(&self) -> usize {
+        self.ho * self.wo
+    }
+}
+
+fn geometry(x: &RingTensor, w: &RingTensor, p: &Conv2dParams) -> Result<Geom> {
+    let (c, h, wd) = x.chw()?;
+    let [o, cg, kh, kw] = w.dims()[..] else {
+        return Err(RingError::WrongRank {
+            op: "conv2d weight",
+            expected: 4,
+            shape: w.dims().to_vec(),
+        });
+    };
+    let g = p.groups;
+    if g == 0 || c % g != 0 || o % g != 0 {
+        return Err(RingError::invalid(
+            "conv2d",
+            format!("groups {g} must divide the input channels {c} and the output channels {o}"),
+        ));
+    }
+    if cg != c / g || [kh, kw] != p.kernel {
+        return Err(RingError::invalid(
+            "conv2d",
+            format!(
+                "weight shape {:?} does not fit input channels {c}, groups {g}, kernel {:?}",
+                w.dims(),
+                p.kernel
+            ),
+        ));
+    }
+    let (ho, wo) = p.output_hw(h, wd)?;
+    Ok(Geom {
+        h,
+        w: wd,
+        o,
+        ho,
+        wo,
+        cg,
+        og: o / g,
+        p: *p,
+    })
+}
+
+/// Direct definition (reference): `y[o, i, j] = Σ x[c, i·s − p + ky·d, j·s − p + kx·d] · w[o, c', ky, kx]`.
+pub fn conv2d_reference(x: &RingTensor, w: &RingTensor, p: &Conv2dParams) -> Result<RingTensor> {
+    let g = geometry(x, w, p)?;
+    let (xd, wdat) = (x.data(), w.data());
+    let [kh, kw] = p.kernel;
+    let mut out = vec![0u64; g.o * g.pixels()];
+    for o in 0..g.o {
+        let grp = o / g.og;
+        for oy in 0..g.ho {
+            for ox in 0..g.wo {
+                let mut s = 0u64;
+                for ci in 0..g.cg {
+                    let c = grp * g.cg + ci;
+                    for ky in 0..kh {
+                        let iy = (oy * p.stride[0] + ky * p.dilation[0]) as isize
+                            - p.padding[0] as isize;
+                        if iy < 0 || iy >= g.h as isize {
+                            continue;
+                        }
+                        for kx in 0..kw {
+                            let ix = (ox * p.stride[1] + kx * p.dilation[1]) as isize
+                                - p.padding[1] as isize;
+                            if ix < 0 || ix >= g.w as isize {
+                                continue;
+                            }
+                            let xv = xd[(c * g.h + iy as usize) * g.w + ix as usize];
+                            let wv = wdat[((o * g.cg + ci) * kh + ky) * kw + kx];
+                            s = s.wrapping_add(xv.wrapping_mul(wv));
+                        }
+                    }
+                }
+                out[(o * g.ho + oy) * g.wo + ox] = s;
+            }
+        }
+    }
+    RingTensor::from_vec(&[g.o, g.ho, g.wo], out)
+}
+
+/// Range of output positions `o` whose input index `o·s + off − pad` lies in `0..n`.
+fn valid_range(n: usize, n_out: usize, stride: usize, off: usize, pad: usize) -> (usize, usize) {
+    // o·s + off ≥ pad  and  o·s + off − pad ≤ n − 1
+    let lo = if off >= pad {
+        0
+    } else {
+        (pad - off).div_ceil(stride)
+    };
+    let hi = if n + pad < off + 1 {
+        0
+    } else {
+        ((n + pad - off - 1) / stride + 1).min(n_out)
+    };
+    (lo.min(hi), hi)
+}
+
+/// Writes the `im2col` rows of input channels `c0 .. c0 + g.cg` of `x` into `dst`, row `r`
+/// at `dst[r · ld + col .. + pixels]`; rows are `(channel, ky, kx)`, columns `(oy, ox)`.
+fn im2col_into(x: &[u64], g: &Geom, c0: usize, dst: &mut [u64], ld: usize, col: usize) {
+    let [kh, kw] = g.p.kernel;
+    let (s, d, pad) = (g.p.stride, g.p.dilation, g.p.padding);
+    let (h, w, ho, wo) = (g.h, g.w, g.ho, g.wo);
+    let rows = g.cg * kh * kw;
+    dst[..rows * ld]
+        .par_chunks_mut(ld)
+        .enumerate()
+        .for_each(|(r, row)| {
+            let ci = r / (kh * kw);
+            let (ky, kx) = ((r / kw) % kh, r % kw);
+            let plane = &x[(c0 + ci) * h * w..(c0 + ci + 1) * h * w];
+            let out = &mut row[col..col + ho * wo];
+            let (xlo, xhi) = valid_range(w, wo, s[1], kx * d[1], pad[1]);
+            for oy in 0..ho {
+                let orow = &mut out[oy * wo..(oy + 1) * wo];
+                let iy = (oy * s[0] + ky * d[0]) as isize - pad[0] as isize;
+                if iy < 0 || iy >= h as isize {
+                    orow.fill(0);
+                    continue;
+                }
+                let xrow = &plane[iy as usize * w..(iy as usize + 1) * w];
+                orow[..xlo].fill(0);
+                orow[xhi..].fill(0);
+                if xlo < xhi {
+                    let base = xlo * s[1] + kx * d[1] - pad[1];
+                    if s[1] == 1 {
+                        orow[xlo..xhi].copy_from_slice(&xrow[base..base + (xhi - xlo)]);
+                    } else {
+                        for (k, v) in orow[xlo..xhi].iter_mut().enumerate() {
+                            *v = xrow[base + k * s[1]];
+                        }
+                    }
+                }
+            }
+        });
+}
+
+/// Direct kernel for one input channel per group (depthwise and its channel multipliers):
+/// `out[o] = Σ_t conv(x_t[o / og], w_t[o])`.
+fn conv_depthwise(terms: &[(&RingTensor, &RingTensor)], g: &Geom) -> Vec<u64> {
+    let [kh, kw] = g.p.kernel;
+    let (s, d, pad) = (g.p.stride, g.p.dilation, g.p.padding);
+    let (h, w, ho, wo) = (g.h, g.w, g.ho, g.wo);
+    let mut out = vec![0u64; g.o * ho * wo];
+    out.par_chunks_mut(ho * wo)
+        .enumerate()
+        .for_each(|(o, oplane)| {
+            let c = o / g.og;
+            for (x, wt) in terms {
+                let plane = &x.data()[c * h * w..(c + 1) * h * w];
+                let wk = &wt.data()[o * kh * kw..(o + 1) * kh * kw];
+                for ky in 0..kh {
+                    let (ylo, yhi) = valid_range(h, ho, s[0], ky * d[0], pad[0]);
+                    for kx in 0..kw {
+                        let wv = wk[ky * kw + kx];
+                        let (xlo, xhi) = valid_range(w, wo, s[1], kx * d[1], pad[1]);
+                        if xlo >= xhi {
+                            continue;
+                        }
+                        for oy in ylo..yhi {
+                            let iy = oy * s[0] + ky * d[0] - pad[0];
+                            let xrow = &plane[iy * w..(iy + 1) * w];
+                            let orow = &mut oplane[oy * wo + xlo..oy * wo + xhi];
+                            let base = xlo * s[1] + kx * d[1] - pad[1];
+                            if s[1] == 1 {
+                                for (ov, &xv) in
+                                    orow.iter_mut().zip(&xrow[base..base + (xhi - xlo)])
+                                {
+                                    *ov = ov.wrapping_add(wv.wrapping_mul(xv));
+                                }
+                            } else {
+                                for (k, ov) in orow.iter_mut().enumerate() {
+                                    *ov = ov.wrapping_add(wv.wrapping_mul(xrow[base + k * s[1]]));
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        });
+    out
+}
+
+/// Checks that every term has the geometry of the first and returns it.
+fn terms_geometry(terms: &[(&RingTensor, &RingTensor)], p: &Conv2dParams) -> Result<Geom> {
+    let Some((x0, w0)) = terms.first() else {
+        return Err(RingError::invalid("conv2d_sum", "no terms"));
+    };
+    let g = geometry(x0, w0, p)?;
+    for (x, w) in &terms[1..] {
+        if x.dims() != x0.dims() {
+            return Err(RingError::ShapeMismatch {
+                op: "conv2d_sum",
+                left: x0.dims().to_vec(),
+                right: x.dims().to_vec(),
+            });
+        }
+        if w.dims() != w0.dims() {
+            return Err(RingError::ShapeMismatch {
+                op: "conv2d_sum",
+                left: w0.dims().to_vec(),
+                right: w.dims().to_vec(),
+            });
+        }
+    }
+    Ok(g)
+}
+
+/// `Σ_t conv2d(x_t, w_t)` in one pass; all inputs share one shape, all weights another.
+pub fn conv2d_sum(terms: &[(&RingTensor, &RingTensor)], p: &Conv2dParams) -> Result<RingTensor> {
+    let g = terms_geometry(terms, p)?;
+    let groups = p.groups;
+    if g.cg == 1 && groups > 1 {
+        return RingTensor::from_vec(&[g.o, g.ho, g.wo], conv_depthwise(terms, &g));
+    }
+    let (k, n, t) = (g.k(), g.pixels(), terms.len());
+    let mut out = vec![0u64; g.o * n];
+    let direct = p.kernel == [1, 1] && p.stride == [1, 1] && p.padding == [0, 0] && t == 1;
+    let mut a = vec![0u64; if t == 1 { 0 } else { g.og * t * k }];
+    let mut b = vec![0u64; if direct { 0 } else { t * k * n }];
+    for grp in 0..groups {
+        // A: [og, t·k], row o = [w_1[o] | w_2[o] | ...]; B: [t·k, n] = im2col rows stacked.
+        let c0 = grp * g.cg;
+        let (a_ref, b_ref): (&[u64], &[u64]) = {
+            if t > 1 {
+                for o in 0..g.og {
+                    for (ti, (_, w)) in terms.iter().enumerate() {
+                        let src = &w.data()[(grp * g.og + o) * k..(grp * g.og + o + 1) * k];
+                        a[(o * t + ti) * k..(o * t + ti + 1) * k].copy_from_slice(src);
+                    }
+                }
+            }
+            if !direct {
+                for (ti, (x, _)) in terms.iter().enumerate() {
+                    im2col_into(x.data(), &g, c0, &mut b[ti * k * n..(ti + 1) * k * n], n, 0);
+                }
+            }
+            let a_ref: &[u64] = if t == 1 {
+                &terms[0].1.data()[grp * g.og * k..(grp + 1) * g.og * k]
+            } else {
+                &a
+            };
+            let b_ref: &[u64] = if direct {
+                &terms[0].0.data()[c0 * n..(c0 + g.cg) * n]
+            } else {
+                &b
+            };
+            (a_ref, b_ref)
+        };
+        gemm::gemm(
+            g.og,
+            t * k,
+            n,
+            a_ref,
+            b_ref,
+            &mut out[grp * g.og * n..(grp + 1) * g.og * n],
+        );
+    }
+    RingTensor::from_vec(&[g.o, g.ho, g.wo], out)
+}
+
+/// `conv2d(x, w)` (fast path).
+pub fn conv2d(x: &RingTensor, w: &RingTensor, p: &Conv2dParams) -> Result<RingTensor> {
+    conv2d_sum(&[(x, w)], p)
+}
+
+/// `conv2d(x_i, w)` for every input, sharing one product (inputs of one shape).
+pub fn conv2d_batch(
+    inputs: &[&RingTensor],
+    w: &RingTensor,
+    p: &Conv2dParams,
+) -> Result<Vec<RingTensor>> {
+    let Some(x0) = inputs.first() else {
+        return Ok(Vec::new());
+    };
+    let g = geometry(x0, w, p)?;
+    for x in &inputs[1..] {
+        if x.dims() != x0.dims() {
+            return Err(RingError::ShapeMismatch {
+                op: "conv2d_batch",
+                left: x0.dims().to_vec(),
+                right: x.dims().to_vec(),
+            });
+        }
+    }
+    if inputs.len() == 1 || (g.cg == 1 && p.groups > 1) {
+        return inputs.iter().map(|x| conv2d(x, w, p)).collect();
+    }
+    let (k, n, t) = (g.k(), g.pixels(), inputs.len());
+    let mut outs = vec![vec![0u64; g.o * n]; t];
+    let mut b = vec![0u64; k * t * n];
+    let mut c = vec![0u64; g.og * t * n];
+    for grp in 0..p.groups {
+        for (ti, x) in inputs.iter().enumerate() {
+            im2col_into(x.data(), &g, grp * g.cg, &mut b, t * n, ti * n);
+        }
+        c.fill(0);
+        let a = &w.data()[grp * g.og * k..(grp + 1) * g.og * k];
+        gemm::gemm(g.og, k, t * n, a, &b, &mut c);
+        for (ti, out) in outs.iter_mut().enumerate() {
+            for o in 0..g.og {
+                out[(grp * g.og + o) * n..(grp * g.og + o + 1) * n]
+                    .copy_from_slice(&c[o * t * n + ti * n..o * t * n + (ti + 1) * n]);
+            }
+        }
+    }
+    outs.into_iter()
+        .map(|d| RingTensor::from_vec(&[g.o, g.ho, g.wo], d))
+        .collect()
+}
+
+impl RingTensor {
+    /// Matrix product `self [m, k] · other [k, n]` over Z_2^64.
+    pub fn matmul(&self, other: &RingTensor) -> Result<RingTensor> {
+        let ([m, k], [k2, n]) = (self.dims(), other.dims()) else {
+            return Err(RingError::invalid(
+                "matmul",
+                format!(
+                    "expected two matrices, got {:?} and {:?}",
+                    self.dims(),
+                    other.dims()
+                ),
+            ));
+        };
+        if k != k2 {
+            return Err(RingError::ShapeMismatch {
+                op: "matmul",
+                left: self.dims().to_vec(),
+                right: other.dims().to_vec(),
+            });
+        }
+        let mut c = vec![0u64; m * n];
+        gemm::gemm(*m, *k, *n, self.data(), other.data(), &mut c);
+        RingTensor::from_vec(&[*m, *n], c)
+    }
+}
+
+/// A fully connected layer `y = W · x` with `W: [out, in]` and `x` any tensor of `in` elements
+/// (e.g. `[C, 1, 1]`); returns `[out, 1, 1]`.
+pub fn linear(x: &RingTensor, w: &RingTensor) -> Result<RingTensor> {
+    let [o, i] = w.dims()[..] else {
+        return Err(RingError::WrongRank {
+            op: "linear weight",
+            expected: 2,
+            shape: w.dims().to_vec(),
+        });
+    };
+    if x.len() != i {
+        return Err(RingError::invalid(
+            "linear",
+            format!(
+                "input has {} elements, weight {:?} needs {i}",
+                x.len(),
+                w.dims()
+            ),
+        ));
+    }
+    let mut y = vec![0u64; o];
+    gemm::gemm(o, i, 1, w.data(), x.data(), &mut y);
+    RingTensor::from_vec(&[o, 1, 1], y)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn rand_tensor(dims: &[usize], seed: u64) -> RingTensor {
+        let mut s = seed | 1;
+        let n: usize = dims.iter().product();
+        let data = (0..n)
+            .map(|_| {
+                s = s
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                s ^ (s >> 31)
+            })
+            .collect();
+        RingTensor::from_vec(dims, data).unwrap()
+    }
+
+    #[test]
+    fn hand_computed_3x3() {
+        // 1 channel 3×3 input 1..9, a 2×2 kernel of ones, padding 0: window sums.
+        let x = RingTensor::from_vec(&[1, 3, 3], (1..=9).collect()).unwrap();
+        let w = RingTensor::filled(&[1, 1, 2, 2], 1);
+        let y = conv2d(&x, &w, &Conv2dParams::new([2, 2])).unwrap();
+        assert_eq!(y.dims(), &[1, 2, 2]);
+        assert_eq!(y.data(), &[12, 16, 24, 28]);
+        // Negative weights wrap: −1 · sums.
+        let y = conv2d(
+            &x,
+            &w.neg(),
+            &Conv2dParams::new([2, 2]).padding([1, 1]).stride([2, 2]),
+        )
+        .unwrap();
+        assert_eq!(y.dims(), &[1, 2, 2]);
+        assert_eq!(y.to_i64(), vec![-1, -5, -11, -28]);
+    }
+
+    #[test]
+    fn bad_geometry_is_an_error() {
+        let x = RingTensor::zeros(&[4, 5, 5]);
+        let w = RingTensor::zeros(&[8, 2, 3, 3]);
+        assert!(conv2d(&x, &w, &Conv2dParams::new([3, 3])).is_err()); // groups 1 needs [8, 4, 3, 3]
+        assert!(conv2d(&x, &w, &Conv2dParams::new([3, 3]).groups(2)).is_ok());
+        assert!(conv2d(&x, &w, &Conv2dParams::new([3, 3]).groups(3)).is_err());
+        assert!(conv2d(&x, &w, &Conv2dParams::new([3, 3]).groups(2).stride([0, 1])).is_err());
+        let big = RingTensor::zeros(&[8, 2, 7, 7]);
+        assert!(conv2d(&x, &big, &Conv2dParams::new([7, 7]).groups(2)).is_err());
+        assert!(conv2d(&RingTensor::zeros(&[4, 5]), &w, &Conv2dParams::new([3, 3])).is_err());
+    }
+
+    #[test]
+    fn linear_and_matmul() {
+        let w = RingTensor::from_i64(&[2, 3], &[1, -2, 3, 0, 1, -1]).unwrap();
+        let x = RingTensor::from_i64(&[3, 1, 1], &[4, 5, 6]).unwrap();
+        assert_eq!(linear(&x, &w).unwrap().to_i64(), vec![12, -1]);
+        let m = w.matmul(&x.clone().reshape(&[3, 1]).unwrap()).unwrap();
+        assert_eq!(m.to_i64(), vec![12, -1]);
+        assert!(w.matmul(&w).is_err());
+        assert!(linear(&RingTensor::zeros(&[2, 1, 1]), &w).is_err());
+    }
+
+    #[test]
+    fn resnet_like_layer_matches_reference() {
+        let x = rand_tensor(&[16, 12, 12], 1);
+        let w = rand_tensor(&[32, 16, 3, 3], 2);
+        let p = Conv2dParams::new([3, 3]).padding([1, 1]);
+        assert_eq!(
+            conv2d(&x, &w, &p).unwrap(),
+            conv2d_reference(&x, &w, &p).unwrap()
+        );
+        let p = p.stride([2, 2]);
+        assert_eq!(
+            conv2d(&x, &w, &p).unwrap(),
+            conv2d_reference(&x, &w, &p).unwrap()
+        );
+    }
+
+    fn arb_case() -> impl Strategy<Value = (usize, usize, usize, usize, usize, Conv2dParams, u64)> {
+        (
+            1usize..4,  // groups
+            1usize..4,  // input channels per group
+            1usize..4,  // output channels per group
+            1usize..10, // h
+            1usize..10, // w
+            (
+                1usize..4,
+                1usize..4,
+                1usize..3,
+                1usize..3,
+                0usize..3,
+                0usize..3,
+                1usize..3,
+                1usize..3,
+            ),
+            any::<u64>(),
+        )
+            .prop_map(
+                |(g, cg, og, h, w, (kh, kw, sh, sw, ph, pw, dh, dw), seed)| {
+                    let p = Conv2dParams::new([kh, kw])
+                        .stride([sh, sw])
+                        .padding([ph, pw])
+                        .dilation([dh, dw])
+                        .groups(g);
+                    (g, cg, og, h, w, p, seed)
+                },
+            )
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(150))]
+        #[test]
+        fn fast_matches_reference((g, cg, og, h, w, p, seed) in arb_case()) {
+            let x = rand_tensor(&[g * cg, h, w], seed);
+            let wt = rand_tensor(&[g * og, cg, p.kernel[0], p.kernel[1]], seed ^ 1);
+            let want = conv2d_reference(&x, &wt, &p);
+            prop_assert_eq!(conv2d(&x, &wt, &p), want.clone());
+            if let Ok(want) = want {
+                let x2 = rand_tensor(&[g * cg, h, w], seed ^ 2);
+                let w2 = rand_tensor(&[g * og, cg, p.kernel[0], p.kernel[1]], seed ^ 3);
+                let want2 = conv2d_reference(&x2, &w2, &p).unwrap();
+                let sum = conv2d_sum(&[(&x, &wt), (&x2, &w2)], &p).unwrap();
+                prop_assert_eq!(sum, want.add(&want2).unwrap());
+                let both = conv2d_batch(&[&x, &x2], &wt, &p).unwrap();
+                prop_assert_eq!(&both[0], &want);
+                prop_assert_eq!(both[1].clone(), conv2d_reference(&x2, &wt, &p).unwrap());
+            }
+        }
+
+        #[test]
+        fn depthwise_matches_reference(c in 1usize..6, mult in 1usize..3, h in 1usize..12, w in 1usize..12,
+                                       s in 1usize..3, d in 1usize..3, pad in 0usize..3, seed in any::<u64>()) {
+            let p = Conv2dParams::new([3, 3]).stride([s, s]).dilation([d, d]).padding([pad, pad]).groups(c);
+            let x = rand_tensor(&[c, h, w], seed);
+            let wt = rand_tensor(&[c * mult, 1, 3, 3], seed ^ 5);
+            prop_assert_eq!(conv2d(&x, &wt, &p), conv2d_reference(&x, &wt, &p));
+        }
+    }
+}
