@@ -10,9 +10,11 @@ use crate::ffi::{self, OutBuffer, PluginHeader, PluginLibrary, StrRef};
 use crate::wire::{self, Description, LayerTableAnswer, Request, WireError, WireLimits};
 use knapsec_core::arch::ArchAdapter;
 use knapsec_core::knapsack::{KnapsackStrategy, SolveLimits};
+use std::cell::{Cell, RefCell};
 use std::ffi::c_void;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
+use std::sync::Once;
 
 /// One plugin value of a library.
 pub enum GuestPlugin {
@@ -104,14 +106,11 @@ impl GuestLibrary {
                 })
                 .collect()
         };
-        let (slots, error) = match catch_unwind(AssertUnwindSafe(build_slots)) {
+        let (slots, error) = match catch_panic(build_slots) {
             Ok(s) => (s, String::new()),
-            Err(payload) => (
+            Err(message) => (
                 Vec::new(),
-                format!(
-                    "a plugin constructor panicked: {}",
-                    panic_message(&*payload)
-                ),
+                format!("a plugin constructor panicked: {message}"),
             ),
         };
         let headers = slots
@@ -151,6 +150,49 @@ impl GuestLibrary {
         debug_assert_eq!(self.slots.len(), self.headers.len());
         &self.ffi
     }
+}
+
+thread_local! {
+    /// How many [`catch_panic`] calls are active on this thread.
+    static CAPTURING: Cell<u32> = const { Cell::new(0) };
+    /// The message and location of the last panic captured on this thread.
+    static CAPTURED: RefCell<Option<String>> = const { RefCell::new(None) };
+}
+
+/// Installs (once) a panic hook that, inside [`catch_panic`], records the panic instead of
+/// printing it, and otherwise defers to the hook that was there before.
+fn install_capturing_hook() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            if CAPTURING.with(Cell::get) > 0 {
+                let location = info
+                    .location()
+                    .map(|l| format!(" (at {}:{})", l.file(), l.line()))
+                    .unwrap_or_default();
+                let text = format!("{}{location}", panic_message(info.payload()));
+                CAPTURED.with(|c| *c.borrow_mut() = Some(text));
+            } else {
+                previous(info);
+            }
+        }));
+    });
+}
+
+/// Runs `f`, catching a panic: `Err` holds the panic's message and location. The panic is
+/// not printed (knapsec reports it as a one-line error). Every function a plugin exports
+/// must run its work inside this (or `catch_unwind`): a panic may not unwind into the host.
+pub fn catch_panic<T>(f: impl FnOnce() -> T) -> Result<T, String> {
+    install_capturing_hook();
+    CAPTURING.with(|c| c.set(c.get() + 1));
+    let result = catch_unwind(AssertUnwindSafe(f));
+    CAPTURING.with(|c| c.set(c.get() - 1));
+    result.map_err(|payload| {
+        CAPTURED
+            .with(|c| c.borrow_mut().take())
+            .unwrap_or_else(|| panic_message(&*payload))
+    })
 }
 
 /// Best-effort text of a panic payload.
@@ -217,7 +259,7 @@ unsafe extern "C" fn guest_call(
     request_len: usize,
     out: *mut OutBuffer,
 ) -> i32 {
-    let result = catch_unwind(AssertUnwindSafe(|| {
+    let result = catch_panic(|| {
         // SAFETY: `ctx` is the `Slot` this header was built with (see `build_with_abi`), and the
         // host passes `request_len` readable bytes at `request`.
         let slot = unsafe { &*ctx.cast::<Slot>() };
@@ -227,14 +269,14 @@ unsafe extern "C" fn guest_call(
             unsafe { std::slice::from_raw_parts(request, request_len) }
         };
         serve(slot, request)
-    }));
+    });
     let (status, bytes) = match result {
         Ok(Ok(answer)) => (ffi::STATUS_OK, answer),
         Ok(Err(refusal)) => (
             ffi::STATUS_ERROR,
             wire::encode(&refusal).unwrap_or_else(|_| b"(message: \"(unprintable)\")".to_vec()),
         ),
-        Err(payload) => (ffi::STATUS_PANIC, panic_message(&*payload).into_bytes()),
+        Err(message) => (ffi::STATUS_PANIC, message.into_bytes()),
     };
     if out.is_null() {
         return ffi::STATUS_ERROR;
@@ -294,4 +336,38 @@ macro_rules! declare_plugin {
                 .as_ffi()
         }
     };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn panics_are_caught_with_message_and_location_and_not_printed() {
+        assert_eq!(catch_panic(|| 7), Ok(7));
+        let e = catch_panic(|| -> u32 { panic!("boom {}", 42) }).unwrap_err();
+        assert!(
+            e.starts_with("boom 42 (at ") && e.contains("guest.rs"),
+            "{e}"
+        );
+        // Nested: the inner panic is reported by the inner call; the outer one goes on.
+        let outer = catch_panic(|| catch_panic(|| panic!("inner")).unwrap_err());
+        assert!(outer.unwrap().starts_with("inner"));
+    }
+
+    #[test]
+    fn a_panicking_constructor_becomes_the_library_error() {
+        let lib: &'static GuestLibrary = Box::leak(Box::new(GuestLibrary::build("1", || {
+            panic!("no plugins today")
+        })));
+        // SAFETY: `as_ffi` points into `lib`, leaked above.
+        let ffi = unsafe { &*lib.as_ffi() };
+        assert_eq!((ffi.abi_version, ffi.count), (crate::ffi::ABI_VERSION, 0));
+        // SAFETY: the error string lives in `lib`.
+        let error = String::from_utf8(unsafe { ffi.error.as_bytes() }.to_vec()).unwrap();
+        assert!(
+            error.starts_with("a plugin constructor panicked: no plugins today"),
+            "{error}"
+        );
+    }
 }

@@ -1,0 +1,443 @@
+//! End-to-end tests of the `knapsec` binary: plugin sets, `arch`, `spec`, and error hygiene
+//! (one-line `error: …` on stderr, exit status 1, no panic, no half-written output).
+
+use knapsec_core::spec::BlockSpec;
+use knapsec_tests::fixtures::{fixture, plugin_libraries};
+use serde_json::Value;
+use std::path::Path;
+use std::process::{Command, Output};
+
+fn knapsec(args: &[&str]) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_knapsec"));
+    c.args(args)
+        .env_remove("KNAPSEC_PLUGIN_PATH")
+        .env_remove("KNAPSEC_LOG");
+    c
+}
+
+fn example() -> &'static str {
+    plugin_libraries().example.to_str().expect("UTF-8 path")
+}
+
+fn run_ok(c: &mut Command) -> String {
+    let out = c.output().expect("knapsec runs");
+    assert!(
+        out.status.success(),
+        "{c:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).expect("UTF-8 output")
+}
+
+/// Runs a command that must fail cleanly; returns its one-line error.
+fn run_err(c: &mut Command) -> String {
+    let out: Output = c.output().expect("knapsec runs");
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{c:?}: status {:?}, stderr {stderr}",
+        out.status
+    );
+    assert!(stderr.starts_with("error: "), "{c:?}: {stderr}");
+    assert_eq!(
+        stderr.trim_end().lines().count(),
+        1,
+        "{c:?}: not one line: {stderr}"
+    );
+    assert!(!stderr.contains("panicked at"), "knapsec itself panicked: {stderr}");
+    stderr
+}
+
+fn json(text: &str) -> Value {
+    serde_json::from_str(text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"))
+}
+
+#[test]
+fn plugins_list_shows_the_example_beside_the_builtins_sorted_with_kinds() {
+    let builtins = json(&run_ok(&mut knapsec(&["plugins", "list", "--json"])));
+    let all = json(&run_ok(&mut knapsec(&[
+        "plugins",
+        "list",
+        "--json",
+        "--plugin",
+        example(),
+    ])));
+    let (builtins, all) = (builtins.as_array().unwrap(), all.as_array().unwrap());
+    assert_eq!(all.len(), builtins.len() + 2);
+    for b in builtins {
+        assert!(all.contains(b), "{b} missing");
+        assert_eq!(b["source"]["type"], "builtin");
+    }
+    let find = |name: &str| {
+        all.iter()
+            .find(|p| p["name"] == name)
+            .unwrap_or_else(|| panic!("{name} missing"))
+    };
+    assert_eq!(find("example-tinynet")["kind"], "architecture");
+    assert_eq!(find("example-ratio-greedy")["kind"], "knapsack-strategy");
+    for name in ["example-tinynet", "example-ratio-greedy"] {
+        assert_eq!(
+            find(name)["source"],
+            serde_json::json!({"type": "dynamic", "from": example()})
+        );
+        assert!(
+            find(name)["description"]
+                .as_str()
+                .unwrap()
+                .starts_with("example plugin:")
+        );
+    }
+    let keys: Vec<(String, String)> = all
+        .iter()
+        .map(|p| {
+            (
+                p["name"].as_str().unwrap().to_string(),
+                p["kind"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    let mut sorted = keys.clone();
+    sorted.sort();
+    assert_eq!(keys, sorted);
+
+    let table = run_ok(&mut knapsec(&["plugins", "list", "--plugin", example()]));
+    assert!(table.starts_with("KIND"), "{table}");
+    assert!(
+        table
+            .lines()
+            .any(|l| l.starts_with("architecture") && l.contains("example-tinynet")),
+        "{table}"
+    );
+}
+
+#[test]
+fn arch_info_prints_the_layer_table_as_documented_json() {
+    let info = json(&run_ok(&mut knapsec(&[
+        "arch",
+        "info",
+        "example-tinynet",
+        "--json",
+        "--input-size",
+        "9",
+        "5",
+        "--base-width",
+        "2",
+        "--plugin",
+        example(),
+    ])));
+    assert_eq!(info["arch"], "example-tinynet");
+    assert_eq!(info["layers"], 3);
+    assert_eq!(info["channels"], 2 + 4 + 8);
+    assert_eq!(info["drelus"], 2 * 45 + 4 * 15 + 8);
+    assert_eq!(
+        info["input"],
+        serde_json::json!({"channels": null, "height": 9, "width": 5})
+    );
+    let per_layer = info["per_layer"].as_array().unwrap();
+    assert_eq!(
+        per_layer[1],
+        serde_json::json!({"name": "conv2", "channels": 4, "height": 5, "width": 3, "drelus": 60})
+    );
+    let list = run_ok(&mut knapsec(&["arch", "list", "--plugin", example()]));
+    assert!(
+        list.lines().any(|l| l.starts_with("example-tinynet")),
+        "{list}"
+    );
+    let text = run_ok(&mut knapsec(&[
+        "arch",
+        "info",
+        "example-tinynet",
+        "--plugin",
+        example(),
+    ]));
+    assert!(
+        text.starts_with("example-tinynet: 3 ReLU layers, 56 channels,"),
+        "{text}"
+    );
+}
+
+#[test]
+fn a_reference_pickle_converts_to_ron_and_json_without_loss() {
+    let dir = tempfile::tempdir().unwrap();
+    let pickle = fixture("reference_specs/tinynet_mixed.pickle");
+    let expected = BlockSpec::load(&pickle, Some("example-tinynet")).unwrap();
+    // Every kind of row is in the fixture.
+    let all: Vec<_> = expected.layers.values().flatten().collect();
+    for b in ["1x1", "identity", "zero", "2x3", "4x4"] {
+        assert!(all.iter().any(|x| x.to_string() == b), "fixture lacks {b}");
+    }
+    assert_eq!(
+        BlockSpec::load(
+            &fixture("reference_specs/tinynet_protocol2.pickle"),
+            Some("example-tinynet")
+        )
+        .unwrap(),
+        expected
+    );
+
+    let ron = dir.path().join("spec.ron");
+    let json_path = dir.path().join("spec.json");
+    let back = dir.path().join("back.pickle");
+    let p = |x: &Path| x.to_str().unwrap().to_string();
+    run_ok(&mut knapsec(&[
+        "spec",
+        "convert",
+        &p(&pickle),
+        &p(&ron),
+        "--arch",
+        "example-tinynet",
+    ]));
+    run_ok(&mut knapsec(&["spec", "convert", &p(&ron), &p(&json_path)]));
+    run_ok(&mut knapsec(&[
+        "spec",
+        "convert",
+        &p(&json_path),
+        &p(&back),
+    ]));
+    assert_eq!(BlockSpec::load(&ron, None).unwrap(), expected);
+    let j = json(&std::fs::read_to_string(&json_path).unwrap());
+    assert_eq!(j["arch"], "example-tinynet");
+    assert_eq!(j["format"], 1);
+    assert_eq!(j["layers"]["conv1"][0], serde_json::json!([1, 1]));
+    assert_eq!(j["layers"]["conv1"][2], "Identity");
+    assert_eq!(j["layers"]["conv1"][3], "Zero");
+    assert_eq!(BlockSpec::load(&json_path, None).unwrap(), expected);
+    assert_eq!(
+        BlockSpec::load(&back, Some("example-tinynet")).unwrap(),
+        expected
+    );
+
+    // The RON names its architecture; another --arch is refused.
+    let e = run_err(&mut knapsec(&[
+        "spec",
+        "convert",
+        &p(&ron),
+        &p(&dir.path().join("x.json")),
+        "--arch",
+        "other",
+    ]));
+    assert!(e.contains("example-tinynet") && e.contains("other"), "{e}");
+    assert!(!dir.path().join("x.json").exists());
+}
+
+#[test]
+fn validation_names_the_first_mismatching_layer() {
+    let ok = run_ok(&mut knapsec(&[
+        "spec",
+        "validate",
+        "--arch",
+        "example-tinynet",
+        "--plugin",
+        example(),
+        fixture("reference_specs/tinynet_mixed.pickle")
+            .to_str()
+            .unwrap(),
+    ]));
+    assert!(
+        ok.starts_with("ok: ") && ok.contains("example-tinynet"),
+        "{ok}"
+    );
+
+    // A spec of another network: its first layer, "stem", is unknown here.
+    let e = run_err(&mut knapsec(&[
+        "spec",
+        "validate",
+        "--arch",
+        "example-tinynet",
+        "--plugin",
+        example(),
+        fixture("reference_specs/resnet_like.pickle")
+            .to_str()
+            .unwrap(),
+    ]));
+    assert!(
+        e.contains("\"stem\"") && e.contains("resnet_like.pickle"),
+        "{e}"
+    );
+
+    // The right layers at another width: the first layer's channel count is named.
+    let e = run_err(&mut knapsec(&[
+        "spec",
+        "validate",
+        "--arch",
+        "example-tinynet",
+        "--base-width",
+        "4",
+        "--plugin",
+        example(),
+        fixture("reference_specs/tinynet_mixed.pickle")
+            .to_str()
+            .unwrap(),
+    ]));
+    assert!(
+        e.contains("\"conv1\"") && e.contains("8 channels") && e.contains('4'),
+        "{e}"
+    );
+
+    // A RON spec that names another architecture.
+    let dir = tempfile::tempdir().unwrap();
+    let ron = dir.path().join("other.ron");
+    std::fs::write(
+        &ron,
+        r#"(format: 1, arch: "resnet18-cifar", layers: {"stem": [(1, 1)]})"#,
+    )
+    .unwrap();
+    let e = run_err(&mut knapsec(&[
+        "spec",
+        "validate",
+        "--arch",
+        "example-tinynet",
+        "--plugin",
+        example(),
+        ron.to_str().unwrap(),
+    ]));
+    assert!(
+        e.contains("resnet18-cifar") && e.contains("\"stem\""),
+        "{e}"
+    );
+}
+
+#[test]
+fn plugin_set_files_and_the_plugin_path() {
+    let dir = tempfile::tempdir().unwrap();
+    let libs = dir.path().join("libs");
+    std::fs::create_dir(&libs).unwrap();
+    std::fs::copy(example(), libs.join("libmine.so")).unwrap();
+    let set = dir.path().join("set.ron");
+    std::fs::write(&set, r#"(load: ["libs/libmine.so"])"#).unwrap();
+    let names = |out: String| -> Vec<String> {
+        json(&out)
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p["name"].as_str().unwrap().to_string())
+            .collect()
+    };
+    let listed = names(run_ok(&mut knapsec(&[
+        "plugins",
+        "list",
+        "--json",
+        "--plugins",
+        set.to_str().unwrap(),
+    ])));
+    assert!(
+        listed.contains(&"example-tinynet".to_string()),
+        "{listed:?}"
+    );
+
+    let listed = names(run_ok(
+        knapsec(&["plugins", "list", "--json"]).env("KNAPSEC_PLUGIN_PATH", &libs),
+    ));
+    assert!(
+        listed.contains(&"example-ratio-greedy".to_string()),
+        "{listed:?}"
+    );
+    let listed = names(run_ok(
+        knapsec(&["plugins", "list", "--json", "--no-plugin-path"])
+            .env("KNAPSEC_PLUGIN_PATH", &libs),
+    ));
+    assert!(
+        !listed.contains(&"example-ratio-greedy".to_string()),
+        "{listed:?}"
+    );
+
+    std::fs::write(&set, r#"(builtins: (exclude: ["no-such-plugin"]))"#).unwrap();
+    let e = run_err(&mut knapsec(&[
+        "plugins",
+        "list",
+        "--plugins",
+        set.to_str().unwrap(),
+    ]));
+    assert!(
+        e.contains("no-such-plugin") && e.contains("not a built-in"),
+        "{e}"
+    );
+    std::fs::write(&set, r#"(load: ["libs/libmine.so"], typo: 1)"#).unwrap();
+    let e = run_err(&mut knapsec(&[
+        "plugins",
+        "list",
+        "--plugins",
+        set.to_str().unwrap(),
+    ]));
+    assert!(e.contains("set.ron") && e.contains("typo"), "{e}");
+}
+
+#[test]
+fn bad_input_fails_with_one_line_and_status_1() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out.ron");
+    let o = out.to_str().unwrap();
+    let e = run_err(&mut knapsec(&["arch", "info", "no-such-arch"]));
+    assert!(e.contains("no-such-arch"), "{e}");
+    let e = run_err(&mut knapsec(&[
+        "--plugin",
+        "no/such/lib.so",
+        "plugins",
+        "list",
+    ]));
+    assert!(
+        e.contains("no/such/lib.so") && e.contains("no such file"),
+        "{e}"
+    );
+    let text = dir.path().join("libtext.so");
+    std::fs::write(&text, "not a library").unwrap();
+    let e = run_err(&mut knapsec(&[
+        "plugins",
+        "list",
+        "--plugin",
+        text.to_str().unwrap(),
+    ]));
+    assert!(e.contains("not a loadable shared library"), "{e}");
+    let e = run_err(&mut knapsec(&[
+        "plugins",
+        "list",
+        "--plugin",
+        plugin_libraries().future_abi.to_str().unwrap(),
+    ]));
+    assert!(e.contains("version 99") && e.contains("version 1"), "{e}");
+    let e = run_err(&mut knapsec(&[
+        "arch",
+        "info",
+        "faulty-panics",
+        "--plugin",
+        plugin_libraries().faulty.to_str().unwrap(),
+    ]));
+    assert!(
+        e.contains("panicked") && e.contains("exploded on purpose"),
+        "{e}"
+    );
+
+    let pickle = fixture("reference_specs/tinynet_mixed.pickle");
+    let e = run_err(&mut knapsec(&[
+        "spec",
+        "convert",
+        pickle.to_str().unwrap(),
+        o,
+    ]));
+    assert!(e.contains("--arch"), "{e}");
+    let e = run_err(&mut knapsec(&[
+        "spec",
+        "convert",
+        pickle.to_str().unwrap(),
+        "out.yaml",
+        "--arch",
+        "x",
+    ]));
+    assert!(e.contains("out.yaml") && e.contains("extension"), "{e}");
+    let garbage = dir.path().join("garbage.pickle");
+    std::fs::write(&garbage, b"\x80\x04garbage").unwrap();
+    let e = run_err(&mut knapsec(&[
+        "spec",
+        "convert",
+        garbage.to_str().unwrap(),
+        o,
+        "--arch",
+        "x",
+    ]));
+    assert!(e.contains("garbage.pickle"), "{e}");
+    assert!(!out.exists(), "a failed conversion left {o}");
+    // Usage errors are clap's (status 2).
+    let status = knapsec(&["arch", "info"]).output().unwrap().status;
+    assert_eq!(status.code(), Some(2));
+}
