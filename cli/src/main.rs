@@ -43,6 +43,10 @@ enum Command {
     Spec(cmd::spec::Args),
     /// Measurements, printed as JSON.
     Bench(cmd::bench::Args),
+    /// Make and inspect the key pairs that authenticate the parties of a deployment.
+    Keys(cmd::keys::Args),
+    /// Run one party (client, server or helper) of a deployment over TCP.
+    Party(cmd::party::Args),
 }
 
 impl Command {
@@ -52,6 +56,8 @@ impl Command {
             Command::Arch(args) => cmd::arch::run(args, ctx),
             Command::Spec(args) => cmd::spec::run(args, ctx),
             Command::Bench(args) => cmd::bench::run(args, ctx),
+            Command::Keys(args) => cmd::keys::run(args, ctx),
+            Command::Party(args) => cmd::party::run(args, ctx),
         }
     }
 }

@@ -3,5 +3,7 @@
 
 pub mod arch;
 pub mod bench;
+pub mod keys;
+pub mod party;
 pub mod plugins;
 pub mod spec;
