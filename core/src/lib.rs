@@ -2,6 +2,7 @@
 //!
 //! * [`block`]: patch sizes ([`BlockSize`]) and their DReLU cost (digest §1.3, with true H and W).
 //! * [`candidates`]: candidate patch sets, generated or the reference's presets (digest §1.4).
+//! * [`distortion`]: distortion tables (safetensors), the distortion → knapsack artefact.
 //! * [`layer`]: the ordered ReLU layer table of an architecture.
 //! * [`spec`]: block specs (one patch size per channel), RON/JSON, validation.
 //! * [`graph`]: the secure-model graph exported for secure inference (DESIGN §3).
@@ -14,6 +15,7 @@ pub mod arch;
 pub mod backend;
 pub mod block;
 pub mod candidates;
+pub mod distortion;
 pub mod error;
 pub mod fsutil;
 pub mod graph;
@@ -28,7 +30,7 @@ pub use arch::{ArchAdapter, ArchOptions};
 pub use backend::SecureBackend;
 pub use block::BlockSize;
 pub use error::{CoreError, Result};
-pub use knapsack::{KnapsackStrategy, McKpProblem, McKpSolution};
+pub use knapsack::{KnapsackStrategy, McKpProblem, McKpSolution, Reduction};
 pub use layer::{LayerTable, ReluLayer};
 pub use registry::Registry;
 pub use spec::BlockSpec;

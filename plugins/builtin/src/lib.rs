@@ -17,6 +17,9 @@
 //! Adding a built-in crate: add it as an optional dependency, to a feature, and one
 //! `use` line below.
 
+#[cfg(feature = "knapsack")]
+use knapsec_knapsack as _;
+
 use knapsec_core::{CoreError, Registry};
 pub use knapsec_plugin_abi::{AbiError, PluginSet};
 
