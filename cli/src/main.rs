@@ -43,6 +43,8 @@ enum Command {
     Spec(cmd::spec::Args),
     /// Measurements, printed as JSON.
     Bench(cmd::bench::Args),
+    /// Choose one patch size per channel under a DReLU budget (multiple-choice knapsack).
+    Knapsack(cmd::knapsack::Args),
     /// Make and inspect the key pairs that authenticate the parties of a deployment.
     Keys(cmd::keys::Args),
     /// Run one party (client, server or helper) of a deployment over TCP.
@@ -56,6 +58,7 @@ impl Command {
             Command::Arch(args) => cmd::arch::run(args, ctx),
             Command::Spec(args) => cmd::spec::run(args, ctx),
             Command::Bench(args) => cmd::bench::run(args, ctx),
+            Command::Knapsack(args) => cmd::knapsack::run(args, ctx),
             Command::Keys(args) => cmd::keys::run(args, ctx),
             Command::Party(args) => cmd::party::run(args, ctx),
         }

@@ -24,11 +24,30 @@ enum BenchCommand {
         #[command(flatten)]
         options: ArchOptionArgs,
     },
+    /// Knapsack strategies on synthetic instances shaped like the reference networks, at
+    /// several budgets: seconds, peak memory, objective, bound, gap per case.
+    Knapsack(crate::cmd::knapsack::BenchArgs),
+    /// One case of `bench knapsack` (run in a fresh process by it).
+    #[command(hide = true)]
+    KnapsackCase {
+        network: String,
+        percent: f64,
+        strategy: String,
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+    },
 }
 
 pub fn run(args: Args, ctx: &Context) -> anyhow::Result<()> {
     match args.command {
         BenchCommand::Plugins { repeat, options } => plugins(ctx, repeat, &options),
+        BenchCommand::Knapsack(a) => crate::cmd::knapsack::bench(ctx, a),
+        BenchCommand::KnapsackCase {
+            network,
+            percent,
+            strategy,
+            seed,
+        } => crate::cmd::knapsack::bench_case(ctx, &network, percent, &strategy, seed),
     }
 }
 

@@ -4,6 +4,7 @@
 pub mod arch;
 pub mod bench;
 pub mod keys;
+pub mod knapsack;
 pub mod party;
 pub mod plugins;
 pub mod spec;
