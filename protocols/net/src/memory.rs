@@ -32,9 +32,16 @@ impl std::fmt::Debug for MemoryTransport {
 /// Creates the three connected endpoints, in [`Role::ALL`] order (client, server, helper).
 pub fn memory_network() -> [MemoryTransport; 3] {
     // chan[from][to]
-    let mut senders: Vec<Vec<Option<Sender<Vec<u8>>>>> = vec![vec![None, None, None], vec![None, None, None], vec![None, None, None]];
-    let mut receivers: Vec<Vec<Option<Receiver<Vec<u8>>>>> =
-        vec![vec![None, None, None], vec![None, None, None], vec![None, None, None]];
+    let mut senders: Vec<Vec<Option<Sender<Vec<u8>>>>> = vec![
+        vec![None, None, None],
+        vec![None, None, None],
+        vec![None, None, None],
+    ];
+    let mut receivers: Vec<Vec<Option<Receiver<Vec<u8>>>>> = vec![
+        vec![None, None, None],
+        vec![None, None, None],
+        vec![None, None, None],
+    ];
     for from in Role::ALL {
         for to in from.others() {
             let (tx, rx) = mpsc::channel();
@@ -47,8 +54,14 @@ pub fn memory_network() -> [MemoryTransport; 3] {
         let i = role.index();
         MemoryTransport {
             role,
-            tx: [senders[i][a.index()].take().unwrap(), senders[i][b.index()].take().unwrap()],
-            rx: [receivers[i][a.index()].take().unwrap(), receivers[i][b.index()].take().unwrap()],
+            tx: [
+                senders[i][a.index()].take().unwrap(),
+                senders[i][b.index()].take().unwrap(),
+            ],
+            rx: [
+                receivers[i][a.index()].take().unwrap(),
+                receivers[i][b.index()].take().unwrap(),
+            ],
             timeout: None,
             scope: String::new(),
         }
@@ -68,11 +81,19 @@ impl MemoryTransport {
     }
 
     fn slot(&self, peer: Role) -> Result<usize, TransportError> {
-        self.role.others().iter().position(|&r| r == peer).ok_or(TransportError::SelfMessage { peer })
+        self.role
+            .others()
+            .iter()
+            .position(|&r| r == peer)
+            .ok_or(TransportError::SelfMessage { peer })
     }
 
     fn context(&self) -> String {
-        if self.scope.is_empty() { String::new() } else { format!(" during {}", self.scope) }
+        if self.scope.is_empty() {
+            String::new()
+        } else {
+            format!(" during {}", self.scope)
+        }
     }
 }
 
@@ -83,16 +104,30 @@ impl Transport for MemoryTransport {
 
     fn send(&mut self, to: Role, msg: Vec<u8>) -> Result<(), TransportError> {
         let i = self.slot(to)?;
-        self.tx[i].send(msg).map_err(|_| TransportError::Disconnected { peer: to, context: self.context() })
+        self.tx[i]
+            .send(msg)
+            .map_err(|_| TransportError::Disconnected {
+                peer: to,
+                context: self.context(),
+            })
     }
 
     fn recv(&mut self, from: Role) -> Result<Vec<u8>, TransportError> {
         let i = self.slot(from)?;
         match self.timeout {
-            None => self.rx[i].recv().map_err(|_| TransportError::Disconnected { peer: from, context: self.context() }),
+            None => self.rx[i].recv().map_err(|_| TransportError::Disconnected {
+                peer: from,
+                context: self.context(),
+            }),
             Some(t) => self.rx[i].recv_timeout(t).map_err(|e| match e {
-                RecvTimeoutError::Timeout => TransportError::Timeout { peer: from, context: self.context() },
-                RecvTimeoutError::Disconnected => TransportError::Disconnected { peer: from, context: self.context() },
+                RecvTimeoutError::Timeout => TransportError::Timeout {
+                    peer: from,
+                    context: self.context(),
+                },
+                RecvTimeoutError::Disconnected => TransportError::Disconnected {
+                    peer: from,
+                    context: self.context(),
+                },
             }),
         }
     }
@@ -117,7 +152,10 @@ mod tests {
         assert_eq!(s.recv(Role::Client).unwrap(), vec![2, 3]);
         s.send(Role::Client, vec![]).unwrap();
         assert_eq!(c.recv(Role::Server).unwrap(), Vec::<u8>::new());
-        assert!(matches!(c.send(Role::Client, vec![]), Err(TransportError::SelfMessage { .. })));
+        assert!(matches!(
+            c.send(Role::Client, vec![]),
+            Err(TransportError::SelfMessage { .. })
+        ));
         drop(h);
     }
 
@@ -128,9 +166,27 @@ mod tests {
         drop(s);
         c.set_scope("layer1_0_1", "drelu");
         let err = c.recv(Role::Server).unwrap_err();
-        assert!(matches!(err, TransportError::Disconnected { peer: Role::Server, .. }), "{err}");
-        assert!(err.to_string().contains("server") && err.to_string().contains("layer1_0_1"), "{err}");
-        assert!(matches!(c.send(Role::Server, vec![2]), Err(TransportError::Disconnected { peer: Role::Server, .. })));
+        assert!(
+            matches!(
+                err,
+                TransportError::Disconnected {
+                    peer: Role::Server,
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        assert!(
+            err.to_string().contains("server") && err.to_string().contains("layer1_0_1"),
+            "{err}"
+        );
+        assert!(matches!(
+            c.send(Role::Server, vec![2]),
+            Err(TransportError::Disconnected {
+                peer: Role::Server,
+                ..
+            })
+        ));
         // A message sent before the drop is still delivered.
         let [c2, mut s2, _h2] = memory_network();
         let mut c2 = c2;
@@ -146,6 +202,15 @@ mod tests {
         let [mut c, _s, _h] = memory_network();
         c.set_timeout(Some(Duration::from_millis(20)));
         let err = c.recv(Role::Helper).unwrap_err();
-        assert!(matches!(err, TransportError::Timeout { peer: Role::Helper, .. }), "{err}");
+        assert!(
+            matches!(
+                err,
+                TransportError::Timeout {
+                    peer: Role::Helper,
+                    ..
+                }
+            ),
+            "{err}"
+        );
     }
 }

@@ -98,12 +98,19 @@ impl CommReport {
 
     /// The traffic of one layer (zero if absent).
     pub fn layer(&self, layer: &str) -> Counts {
-        self.layers.iter().find(|l| l.layer == layer).map(|l| l.counts).unwrap_or_default()
+        self.layers
+            .iter()
+            .find(|l| l.layer == layer)
+            .map(|l| l.counts)
+            .unwrap_or_default()
     }
 
     /// The traffic from `from` to `to` (zero if absent).
     pub fn pair(&self, from: Role, to: Role) -> Counts {
-        self.pairs.get(&pair_key(from, to)).copied().unwrap_or_default()
+        self.pairs
+            .get(&pair_key(from, to))
+            .copied()
+            .unwrap_or_default()
     }
 }
 
@@ -158,7 +165,9 @@ impl RoundTracker {
         if depth > s.max {
             let extra = depth - s.max;
             s.max = depth;
-            *s.charged.entry((layer.to_string(), op.to_string())).or_default() += extra;
+            *s.charged
+                .entry((layer.to_string(), op.to_string()))
+                .or_default() += extra;
         }
     }
 
@@ -189,7 +198,12 @@ pub struct Metered<T: Transport> {
 
 impl<T: Transport> std::fmt::Debug for Metered<T> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Metered({}, {} bytes sent)", self.inner.role(), self.report.bytes)
+        write!(
+            f,
+            "Metered({}, {} bytes sent)",
+            self.inner.role(),
+            self.report.bytes
+        )
     }
 }
 
@@ -210,7 +224,10 @@ impl<T: Transport> Metered<T> {
 
     /// Meters `inner` and records causal depth in `tracker` (shared by all three parties).
     pub fn with_tracker(inner: T, tracker: RoundTracker) -> Self {
-        Metered { tracker: Some(tracker), ..Self::new(inner) }
+        Metered {
+            tracker: Some(tracker),
+            ..Self::new(inner)
+        }
     }
 
     /// The wrapped transport.
@@ -222,7 +239,8 @@ impl<T: Transport> Metered<T> {
     /// causal rounds (the same in every party's report).
     pub fn report(&self) -> CommReport {
         let mut r = self.report.clone();
-        r.flights.insert(self.inner.role().to_string(), self.flights);
+        r.flights
+            .insert(self.inner.role().to_string(), self.flights);
         match &self.tracker {
             Some(t) => {
                 r.rounds = t.rounds();
@@ -243,7 +261,10 @@ impl<T: Transport> Metered<T> {
                         let l = match r.layers.iter().position(|x| x.layer == layer) {
                             Some(i) => &mut r.layers[i],
                             None => {
-                                r.layers.push(LayerCounts { layer: layer.clone(), ..Default::default() });
+                                r.layers.push(LayerCounts {
+                                    layer: layer.clone(),
+                                    ..Default::default()
+                                });
                                 r.layers.last_mut().unwrap()
                             }
                         };
@@ -285,7 +306,11 @@ impl<T: Transport> Transport for Metered<T> {
         }
         self.sent_any = true;
         self.received_since_send = false;
-        let one = Counts { bytes: n, messages: 1, rounds: 0 };
+        let one = Counts {
+            bytes: n,
+            messages: 1,
+            rounds: 0,
+        };
         let r = &mut self.report;
         r.bytes += n;
         r.messages += 1;
@@ -296,7 +321,10 @@ impl<T: Transport> Transport for Metered<T> {
             _ => match r.layers.iter().position(|x| x.layer == self.layer) {
                 Some(i) => &mut r.layers[i],
                 None => {
-                    r.layers.push(LayerCounts { layer: self.layer.clone(), ..Default::default() });
+                    r.layers.push(LayerCounts {
+                        layer: self.layer.clone(),
+                        ..Default::default()
+                    });
                     r.layers.last_mut().unwrap()
                 }
             },
@@ -351,9 +379,22 @@ mod tests {
         assert_eq!(r.op("drelu").bytes, 5);
         r.merge(&s.report());
         assert_eq!(r.bytes, 25);
-        assert_eq!(r.layer("relu1"), Counts { bytes: 12, messages: 2, rounds: 0 });
+        assert_eq!(
+            r.layer("relu1"),
+            Counts {
+                bytes: 12,
+                messages: 2,
+                rounds: 0
+            }
+        );
         assert_eq!(r.pair(Role::Server, Role::Client).messages, 1);
-        assert_eq!(r.layers.iter().map(|l| l.layer.as_str()).collect::<Vec<_>>(), ["conv1", "relu1"]);
+        assert_eq!(
+            r.layers
+                .iter()
+                .map(|l| l.layer.as_str())
+                .collect::<Vec<_>>(),
+            ["conv1", "relu1"]
+        );
     }
 
     #[test]
@@ -377,8 +418,11 @@ mod tests {
         // client -> helper message in round 1 adds none.
         let t = RoundTracker::new();
         let [c, s, h] = memory_network();
-        let (mut c, mut s, mut h) =
-            (Metered::with_tracker(c, t.clone()), Metered::with_tracker(s, t.clone()), Metered::with_tracker(h, t.clone()));
+        let (mut c, mut s, mut h) = (
+            Metered::with_tracker(c, t.clone()),
+            Metered::with_tracker(s, t.clone()),
+            Metered::with_tracker(h, t.clone()),
+        );
         c.set_scope("l", "a");
         c.send(Role::Server, vec![1]).unwrap();
         c.send(Role::Helper, vec![1]).unwrap();

@@ -1,0 +1,195 @@
+//! Secure linear layers (convolution with folded BatchNorm, fully connected) without sending
+//! the weights on every inference (digest §6.5, fixing §10.14).
+//!
+//! The server holds `W`; activations are shared `X = X₀ + X₁` (client, server).
+//!
+//! * **Setup, once per session.** Client and server draw a weight mask `B` from their common
+//!   *session* PRG; the server sends `F = W − B` to the helper (`8·|W|` bytes, once). The
+//!   helper sees a uniformly random tensor; the client knows `B` but never sees `F`.
+//! * **Offline, per inference.** Client and helper draw a fresh `A` (activation-sized,
+//!   client–helper PRG); server and helper draw a fresh `R` (output-sized, server–helper PRG).
+//!   The helper sends the client `conv(A, F) + R` (`8·|Y|` bytes); the client's output share
+//!   is `Y₀ = conv(A, B) + conv(A, F) + R = conv(A, W) + R`, known before the input exists.
+//! * **Online.** The client sends `E = X₀ − A` (`8·|X|` bytes, one message, uniform to the
+//!   server); the server's share is `Y₁ = conv(X₁ + E, W) − R`. Then
+//!   `Y₀ + Y₁ = conv(A, W) + conv(X − A, W) = conv(X, W)`.
+//!
+//! Security: `B` is fixed per session but `F` is revealed once and only to the helper; `A`
+//! and `R` are fresh per inference, so `E` and `conv(A, F) + R` are uniform to their
+//! receivers. One convolution runs online (server), two offline (client and helper).
+//!
+//! **Truncation** (digest §6.7): products carry `2f` fractional bits; each party shifts its
+//! own share right by `f` (arithmetic shift, SecureML style). With `Y₀` uniform, the result
+//! is `⌊Y/2^f⌋ − e`, `e ∈ {0, 1}`, except with probability about `|Y|/2^63` per element
+//! (when the shares wrap past ±2^63), where it is off by about `2^(64−f)`. Nothing detects
+//! that event; with `|Y| < 2^40` it has probability below 2^−23 per element.
+
+use crate::ctx::{Ctx, Pair, stream};
+use crate::error::{Result, SecureNnError};
+use knapsec_core::transport::Role;
+use knapsec_ring::{Conv2dParams, RingTensor, conv2d, linear};
+
+/// A linear layer of the graph.
+#[derive(Clone, Debug, PartialEq)]
+pub struct LinearSpec {
+    /// Graph node index (PRG stream id).
+    pub node: usize,
+    /// `None` for a fully connected layer.
+    pub conv: Option<Conv2dParams>,
+    pub in_dims: Vec<usize>,
+    pub w_dims: Vec<usize>,
+    pub out_dims: Vec<usize>,
+    pub weight: String,
+    pub bias: Option<String>,
+}
+
+impl LinearSpec {
+    fn apply(&self, x: &RingTensor, w: &RingTensor) -> Result<RingTensor, knapsec_ring::RingError> {
+        match &self.conv {
+            Some(p) => conv2d(x, w, p),
+            None => linear(x, w),
+        }
+    }
+
+    fn numel(d: &[usize]) -> usize {
+        d.iter().product()
+    }
+
+    /// Setup bytes (once per session): `8·|W|`.
+    pub fn setup_bytes(&self) -> u64 {
+        8 * Self::numel(&self.w_dims) as u64
+    }
+
+    /// Offline bytes per inference: `8·|Y|`.
+    pub fn offline_bytes(&self) -> u64 {
+        8 * Self::numel(&self.out_dims) as u64
+    }
+
+    /// Online bytes per inference: `8·|X|`.
+    pub fn online_bytes(&self) -> u64 {
+        8 * Self::numel(&self.in_dims) as u64
+    }
+}
+
+const B_LABEL: &str = "securenn/linear/b";
+const A_LABEL: &str = "securenn/linear/a";
+const R_LABEL: &str = "securenn/linear/r";
+
+/// The helper's per-session state of one layer: `F = W − B`.
+pub type HelperWeights = RingTensor;
+
+/// Server side of the setup: sends `F = W − B` to the helper.
+pub fn setup_server(ctx: &mut Ctx<'_>, spec: &LinearSpec, w: &RingTensor) -> Result<()> {
+    let b = ctx
+        .session_prg(Pair::ClientServer, B_LABEL, stream(spec.node, 0))?
+        .ring(&spec.w_dims);
+    let f = w.sub(&b).map_err(|e| ctx.ring_err(e))?;
+    ctx.send_u64(Role::Helper, f.data())
+}
+
+/// Helper side of the setup: receives `F`.
+pub fn setup_helper(ctx: &mut Ctx<'_>, spec: &LinearSpec) -> Result<HelperWeights> {
+    let f = ctx.recv_u64(Role::Server, LinearSpec::numel(&spec.w_dims))?;
+    RingTensor::from_vec(&spec.w_dims, f).map_err(|e| ctx.ring_err(e))
+}
+
+/// One party's preprocessing of one linear layer.
+#[derive(Clone, Debug)]
+pub enum LinearPre {
+    /// The mask `A` and the output share `Y₀` (before truncation).
+    Client {
+        a: RingTensor,
+        y0: RingTensor,
+    },
+    /// The output mask `R`.
+    Server {
+        r: RingTensor,
+    },
+    Helper,
+}
+
+/// The offline phase of one layer. `f` is the helper's setup state (ignored by the others).
+pub fn offline(
+    ctx: &mut Ctx<'_>,
+    spec: &LinearSpec,
+    f: Option<&HelperWeights>,
+) -> Result<LinearPre> {
+    let st = stream(spec.node, 0);
+    match ctx.role {
+        Role::Client => {
+            let a = ctx
+                .prg(Pair::ClientHelper, A_LABEL, st)?
+                .ring(&spec.in_dims);
+            let b = ctx
+                .session_prg(Pair::ClientServer, B_LABEL, st)?
+                .ring(&spec.w_dims);
+            let mut y0 = spec.apply(&a, &b).map_err(|e| ctx.ring_err(e))?;
+            let m = ctx.recv_u64(Role::Helper, LinearSpec::numel(&spec.out_dims))?;
+            y0.data_mut()
+                .iter_mut()
+                .zip(&m)
+                .for_each(|(y, m)| *y = y.wrapping_add(*m));
+            Ok(LinearPre::Client { a, y0 })
+        }
+        Role::Server => Ok(LinearPre::Server {
+            r: ctx
+                .prg(Pair::ServerHelper, R_LABEL, st)?
+                .ring(&spec.out_dims),
+        }),
+        Role::Helper => {
+            let f = f.ok_or_else(|| SecureNnError::Input {
+                role: Role::Helper,
+                message: format!("layer {:?}: no setup state (masked weights)", ctx.layer()),
+            })?;
+            let a = ctx
+                .prg(Pair::ClientHelper, A_LABEL, st)?
+                .ring(&spec.in_dims);
+            let r = ctx
+                .prg(Pair::ServerHelper, R_LABEL, st)?
+                .ring(&spec.out_dims);
+            let mut m = spec.apply(&a, f).map_err(|e| ctx.ring_err(e))?;
+            m.add_assign(&r).map_err(|e| ctx.ring_err(e))?;
+            ctx.send_u64(Role::Client, m.data())?;
+            Ok(LinearPre::Helper)
+        }
+    }
+}
+
+/// The online phase: this party's share of `conv(X, W)` at `2f` fractional bits (no
+/// truncation, no bias). `x` is this party's input share (client, server); `w` the server's
+/// weights.
+pub fn online(
+    ctx: &mut Ctx<'_>,
+    spec: &LinearSpec,
+    pre: &LinearPre,
+    x: &RingTensor,
+    w: Option<&RingTensor>,
+) -> Result<RingTensor> {
+    match (ctx.role, pre) {
+        (Role::Client, LinearPre::Client { a, y0 }) => {
+            let e = x.sub(a).map_err(|e| ctx.ring_err(e))?;
+            ctx.send_u64(Role::Server, e.data())?;
+            Ok(y0.clone())
+        }
+        (Role::Server, LinearPre::Server { r }) => {
+            let w = w.ok_or_else(|| SecureNnError::Input {
+                role: Role::Server,
+                message: "no weights".into(),
+            })?;
+            let e = ctx.recv_u64(Role::Server.others()[0], x.len())?;
+            let mut xe = x.clone();
+            xe.data_mut()
+                .iter_mut()
+                .zip(&e)
+                .for_each(|(a, b)| *a = a.wrapping_add(*b));
+            let mut y = spec.apply(&xe, w).map_err(|e| ctx.ring_err(e))?;
+            y.sub_assign(r).map_err(|e| ctx.ring_err(e))?;
+            Ok(y)
+        }
+        (Role::Helper, LinearPre::Helper) => Ok(RingTensor::zeros(&[0])),
+        (role, _) => Err(SecureNnError::Input {
+            role,
+            message: "linear layer: preprocessing of another party".into(),
+        }),
+    }
+}

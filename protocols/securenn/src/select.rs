@@ -1,0 +1,680 @@
+//! Secure selection: `y = DReLU(patch sum) · v` for every pixel `v` of every patch, the one
+//! primitive behind ReLU, block ReLU (digest §6.11), ReLU6, max pooling (§6.14) and the secure
+//! argmax. It replaces the reference's ShareConvert + ComputeMSB + PrivateCompare + Beaver
+//! pipeline (§6.9–§6.10) by a cheaper protocol in the same model (client and server hold
+//! additive shares over Z_2^64, the helper deals correlated randomness and learns nothing):
+//!
+//! **Offline.** Client and server draw pixel masks `m₀` (client–helper PRG) and `m₁`
+//! (server–helper PRG), so the helper knows `m = m₀ + m₁` without any message. For each
+//! patch the helper knows `x = Σ_patch m`, and deals bit shares over Z_67 of the compared
+//! window of `x` (client share from the client–helper PRG, server share sent: `n` bytes per
+//! patch). Client and server draw the PrivateCompare randomness from their common PRG.
+//!
+//! **Online.**
+//! 1. Each pixel is opened masked: client and server exchange `v_j + m_j` and both learn
+//!    `w = v + m` (uniform to each of them): 16 bytes per pixel.
+//! 2. Per patch, `z = Σ_patch w − offset = a + x` with `a = Σ_patch v − offset` the value
+//!    whose sign is wanted. With `j` the sign bit of the window and `mid` the bits below it,
+//!    `bit_j(a) = z_j ⊕ x_j ⊕ [x_mid > z_mid]` (the borrow of `z − x`), **unsigned and exact**
+//!    for every input (the reference's signed wrap bits err at −1, −2 ulp, digest §10.8).
+//!    `[x_mid > z_mid]` is SecureNN's PrivateCompare of the shared bits of `x` against the
+//!    public `z`, masked by a common bit `β`; each party sends `n` values mod 67 to the helper,
+//!    re-randomised by a common mask `ρ` (so the helper sees only their sum) and rotated by a
+//!    common random offset (so the position of a zero is uniform).
+//! 3. The helper learns `β' = β ⊕ [x_mid > z_mid]` (a uniform bit to it), sets
+//!    `h = x_j ⊕ β'`, and sends the server its shares of `h` (8 bytes per patch) and of `h·m`
+//!    (8 bytes per pixel); the client's shares come from the client–helper PRG.
+//! 4. With `p = z_j ⊕ β` (known to client and server) the decision is `b = ¬p ⊕ h`, and
+//!    `b·v = b·w − b·m` with `b·m = ¬p·m + (1 − 2¬p)·h·m`: all local.
+//!
+//! Bytes per call: `24·M + (3n + 8)·N` (M pixels, N patches, `n` compared bits), in 3
+//! rounds; the helper's `n·N` bytes of bit shares are offline. For a plain ReLU (M = N,
+//! exact, n = 63) that is 221 bytes per element including the multiplication, against the
+//! reference's 536 (digest §6.13).
+//!
+//! **Approximate DReLU** (`bits = k`, `lsb_ignored = t`, digest §6.12): only the `n = k − 1`
+//! bits `[t', t' + n)` of `mid` are compared and the sign bit is `j = t' + n`, where
+//! `t' = t` for a single pixel and `t' = min(t + ⌈log₂ area⌉, 64 − k)` for a patch sum of
+//! `area` pixels (so the window applies to the patch *mean*, as in the reference). Writing
+//! `W = 2^j` and `T = 2^t'`, the result is exactly `[a ≥ 0]` for
+//! `a ∈ [−W + T, −T] ∪ [0, W − T]`; for `−T < a < 0` it is 1 with probability `(T − |a|)/T`
+//! (i.e. values within `T` below zero may pass); outside `[−W, W)` it is the sign of the
+//! `(j+1)`-bit two's-complement wrap of `a` (periodic, no saturation: the compared bits
+//! carry no information about higher bits). In exact mode (`k = 64`, `t = 0`) it is exact
+//! for every 64-bit input.
+
+use crate::ctx::{Ctx, Pair};
+use crate::error::{Result, SecureNnError};
+use crate::options::DreluMode;
+use knapsec_core::transport::Role;
+use knapsec_ring::Prg;
+
+/// The prime of PrivateCompare (digest §6.2).
+pub const P: u32 = 67;
+
+/// Groups of pixel indices (patches): either one group per pixel, or compressed rows.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Groups {
+    /// `n` groups, group `i` = `{i}`.
+    Singles(usize),
+    /// Group `g` = `idx[ptr[g]..ptr[g + 1]]`.
+    Csr { ptr: Vec<usize>, idx: Vec<u32> },
+}
+
+impl Groups {
+    /// Number of groups.
+    pub fn len(&self) -> usize {
+        match self {
+            Groups::Singles(n) => *n,
+            Groups::Csr { ptr, .. } => ptr.len().saturating_sub(1),
+        }
+    }
+
+    /// True if there is no group.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Calls `f(pixel)` for every pixel of group `g`.
+    #[inline]
+    fn for_each(&self, g: usize, mut f: impl FnMut(usize)) {
+        match self {
+            Groups::Singles(_) => f(g),
+            Groups::Csr { ptr, idx } => idx[ptr[g]..ptr[g + 1]].iter().for_each(|&i| f(i as usize)),
+        }
+    }
+
+    fn size(&self, g: usize) -> usize {
+        match self {
+            Groups::Singles(_) => 1,
+            Groups::Csr { ptr, .. } => ptr[g + 1] - ptr[g],
+        }
+    }
+}
+
+/// One batch of secure selections (public: all three parties build the same spec).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SelectSpec {
+    /// Number of pixel values `M`.
+    pub pixels: usize,
+    /// The patches: pixels summed for each decision.
+    pub cmp: Groups,
+    /// The pixels multiplied by each decision (`None`: the patch's own pixels). Every pixel
+    /// belongs to at most one group; pixels in none get 0.
+    pub sel: Option<Groups>,
+    /// Subtracted from every patch sum before the sign test: 1 gives `[sum > 0]`, 0 gives
+    /// `[sum ≥ 0]`.
+    pub offset: u64,
+    /// Compared bits `n = k − 1`.
+    pub n: u32,
+    /// Ignored low bits `t'` of each patch.
+    pub shift: Vec<u8>,
+}
+
+fn ceil_log2(x: usize) -> u32 {
+    if x <= 1 {
+        0
+    } else {
+        usize::BITS - (x - 1).leading_zeros()
+    }
+}
+
+impl SelectSpec {
+    /// A spec over `pixels` values with patches `cmp`, under `mode` (see the module docs for
+    /// how the window follows the patch area).
+    pub fn new(
+        pixels: usize,
+        cmp: Groups,
+        sel: Option<Groups>,
+        offset: u64,
+        mode: DreluMode,
+    ) -> Result<Self> {
+        mode.validate()?;
+        let (k, t) = mode.window();
+        let shift = (0..cmp.len())
+            .map(|g| match mode {
+                DreluMode::Exact => 0u8,
+                DreluMode::Approx { .. } => (t + ceil_log2(cmp.size(g))).min(64 - k) as u8,
+            })
+            .collect();
+        if let Some(s) = &sel
+            && s.len() != cmp.len()
+        {
+            return Err(SecureNnError::Options(format!(
+                "{} selection groups for {} patches",
+                s.len(),
+                cmp.len()
+            )));
+        }
+        Ok(SelectSpec {
+            pixels,
+            cmp,
+            sel,
+            offset,
+            n: k - 1,
+            shift,
+        })
+    }
+
+    /// Number of decisions (DReLUs).
+    pub fn patches(&self) -> usize {
+        self.cmp.len()
+    }
+
+    fn sel(&self) -> &Groups {
+        self.sel.as_ref().unwrap_or(&self.cmp)
+    }
+
+    /// Bytes of one call (online + offline), the closed form of the module docs.
+    pub fn bytes(&self) -> u64 {
+        let (m, n) = (self.pixels as u64, self.patches() as u64);
+        24 * m + (3 * u64::from(self.n) + 8) * n
+    }
+}
+
+/// Common PrivateCompare randomness of client and server.
+#[derive(Clone, Debug, Default)]
+struct PcRand {
+    beta: Vec<u8>,
+    s: Vec<u8>,
+    rho: Vec<u8>,
+    rot: Vec<u32>,
+}
+
+impl PcRand {
+    fn draw(mut prg: Prg, patches: usize, n: usize) -> Self {
+        let beta = prg.bits(patches);
+        let s = prg
+            .mod_p(patches * n, (P - 1) as u8)
+            .expect("p ≥ 2")
+            .into_iter()
+            .map(|v| v + 1)
+            .collect();
+        let rho = prg.mod_p(patches * n, P as u8).expect("p ≥ 2");
+        let rot = (0..patches)
+            .map(|_| prg.below(n as u64).expect("n ≥ 1") as u32)
+            .collect();
+        PcRand { beta, s, rho, rot }
+    }
+}
+
+/// One party's preprocessing for one [`SelectSpec`].
+#[derive(Clone, Debug)]
+pub enum SelectPre {
+    Client {
+        m: Vec<u64>,
+        u: Vec<u8>,
+        h: Vec<u64>,
+        hm: Vec<u64>,
+        pc: PcRandBox,
+    },
+    Server {
+        m: Vec<u64>,
+        u: Vec<u8>,
+        pc: PcRandBox,
+    },
+    Helper {
+        m: Vec<u64>,
+        xj: Vec<u8>,
+        h0: Vec<u64>,
+        hm0: Vec<u64>,
+    },
+}
+
+/// Opaque holder of the common PrivateCompare randomness.
+#[derive(Clone, Debug)]
+pub struct PcRandBox(PcRand);
+
+const M_LABEL: &str = "securenn/select/m";
+const U_LABEL: &str = "securenn/select/u";
+const H_LABEL: &str = "securenn/select/h";
+const HM_LABEL: &str = "securenn/select/hm";
+const PC_LABEL: &str = "securenn/select/pc";
+
+/// The offline phase of one selection (stream `stream` of the PRGs); the helper sends the
+/// server its bit shares.
+pub fn offline(ctx: &mut Ctx<'_>, spec: &SelectSpec, stream: u64) -> Result<SelectPre> {
+    let (m_len, np, n) = (spec.pixels, spec.patches(), spec.n as usize);
+    match ctx.role {
+        Role::Client => Ok(SelectPre::Client {
+            m: ctx.prg(Pair::ClientHelper, M_LABEL, stream)?.u64s(m_len),
+            u: ctx
+                .prg(Pair::ClientHelper, U_LABEL, stream)?
+                .mod_p(np * n, P as u8)
+                .expect("p"),
+            h: ctx.prg(Pair::ClientHelper, H_LABEL, stream)?.u64s(np),
+            hm: ctx.prg(Pair::ClientHelper, HM_LABEL, stream)?.u64s(m_len),
+            pc: PcRandBox(PcRand::draw(
+                ctx.prg(Pair::ClientServer, PC_LABEL, stream)?,
+                np,
+                n,
+            )),
+        }),
+        Role::Server => {
+            let m = ctx.prg(Pair::ServerHelper, M_LABEL, stream)?.u64s(m_len);
+            let pc = PcRandBox(PcRand::draw(
+                ctx.prg(Pair::ClientServer, PC_LABEL, stream)?,
+                np,
+                n,
+            ));
+            let u = ctx.recv_bytes(Role::Helper, np * n)?;
+            if u.iter().any(|&v| u32::from(v) >= P) {
+                return Err(SecureNnError::Malformed {
+                    role: ctx.role,
+                    peer: Role::Helper,
+                    layer: ctx.layer().to_string(),
+                    op: "drelu",
+                    message: format!("bit share outside Z_{P}"),
+                });
+            }
+            Ok(SelectPre::Server { m, u, pc })
+        }
+        Role::Helper => {
+            let mut m = ctx.prg(Pair::ClientHelper, M_LABEL, stream)?.u64s(m_len);
+            let m1 = ctx.prg(Pair::ServerHelper, M_LABEL, stream)?.u64s(m_len);
+            m.iter_mut()
+                .zip(&m1)
+                .for_each(|(a, b)| *a = a.wrapping_add(*b));
+            let u0 = ctx
+                .prg(Pair::ClientHelper, U_LABEL, stream)?
+                .mod_p(np * n, P as u8)
+                .expect("p");
+            let mut u1 = vec![0u8; np * n];
+            let mut xj = vec![0u8; np];
+            for g in 0..np {
+                let mut x = 0u64;
+                spec.cmp.for_each(g, |i| x = x.wrapping_add(m[i]));
+                let t = u32::from(spec.shift[g]);
+                xj[g] = ((x >> (t + n as u32)) & 1) as u8;
+                for i in 0..n {
+                    // Bit i of the window, most significant first.
+                    let bit = ((x >> (t + (n - 1 - i) as u32)) & 1) as u32;
+                    u1[g * n + i] = ((bit + P - u32::from(u0[g * n + i])) % P) as u8;
+                }
+            }
+            ctx.send_bytes(Role::Server, u1)?;
+            Ok(SelectPre::Helper {
+                m,
+                xj,
+                h0: ctx.prg(Pair::ClientHelper, H_LABEL, stream)?.u64s(np),
+                hm0: ctx.prg(Pair::ClientHelper, HM_LABEL, stream)?.u64s(m_len),
+            })
+        }
+    }
+}
+
+/// This party's PrivateCompare message for patch `g` (client `j = 0`, server `j = 1`).
+#[inline]
+fn pc_message(
+    j: u32,
+    r: u64,
+    beta: u8,
+    n: usize,
+    u: &[u8],
+    s: &[u8],
+    rho: &[u8],
+    rot: u32,
+    out: &mut [u8],
+) {
+    let all_ones = n == 64 || r == (1u64 << n) - 1;
+    let mut c = [0u32; 64];
+    if beta == 1 && all_ones {
+        // [x > r] = 0 for the largest r: the helper must find a zero (β' = 1).
+        if j == 0 {
+            c[..n].fill(1);
+            c[0] = 0;
+        }
+    } else {
+        let q = if beta == 0 { r } else { r + 1 };
+        let mut acc = 0u32; // share of Σ_{l<i} x_l ⊕ q_l
+        for i in 0..n {
+            let qi = ((q >> (n - 1 - i)) & 1) as u32;
+            let ui = u32::from(u[i]);
+            let ci = if beta == 0 {
+                // r_i − x_i + 1 + Σ
+                if j == 0 {
+                    qi + 1 + (P - ui) + acc
+                } else {
+                    (P - ui) + acc
+                }
+            } else {
+                // x_i − t_i + 1 + Σ
+                if j == 0 {
+                    ui + (P - qi) + 1 + acc
+                } else {
+                    ui + acc
+                }
+            };
+            c[i] = ci % P;
+            let xor = if qi == 0 {
+                ui
+            } else if j == 0 {
+                1 + P - ui
+            } else {
+                P - ui
+            };
+            acc = (acc + xor) % P;
+        }
+    }
+    for i in 0..n {
+        let mask = if j == 0 {
+            u32::from(rho[i])
+        } else {
+            P - u32::from(rho[i])
+        };
+        out[(i + rot as usize) % n] = ((u32::from(s[i]) * c[i] + mask) % P) as u8;
+    }
+}
+
+/// The online phase: `values` is this party's share of the `M` pixel values (client and
+/// server; the helper passes an empty slice). Returns this party's share of the `M` outputs
+/// (empty for the helper).
+pub fn online(
+    ctx: &mut Ctx<'_>,
+    spec: &SelectSpec,
+    pre: &SelectPre,
+    values: &[u64],
+) -> Result<Vec<u64>> {
+    let (m_len, np, n) = (spec.pixels, spec.patches(), spec.n as usize);
+    let layer = ctx.layer().to_string();
+    let bad = |role: Role, message: String| SecureNnError::Input {
+        role,
+        message: format!("layer {layer:?}: {message}"),
+    };
+    match (ctx.role, pre) {
+        (Role::Helper, SelectPre::Helper { m, xj, h0, hm0 }) => {
+            ctx.scope(&layer, "drelu");
+            let d0 = ctx.recv_bytes(Role::Client, np * n)?;
+            let d1 = ctx.recv_bytes(Role::Server, np * n)?;
+            let mut h1 = vec![0u64; np];
+            let mut hm1 = vec![0u64; m_len];
+            let sel = spec.sel();
+            for g in 0..np {
+                let found =
+                    (0..n).any(|i| (u32::from(d0[g * n + i]) + u32::from(d1[g * n + i])) % P == 0);
+                let h = u64::from(xj[g] ^ u8::from(found));
+                h1[g] = h.wrapping_sub(h0[g]);
+                sel.for_each(g, |i| hm1[i] = h.wrapping_mul(m[i]).wrapping_sub(hm0[i]));
+            }
+            ctx.send_u64(Role::Server, &h1)?;
+            ctx.scope(&layer, "select-mult");
+            ctx.send_u64(Role::Server, &hm1)?;
+            Ok(Vec::new())
+        }
+        (
+            Role::Client | Role::Server,
+            SelectPre::Client {
+                m,
+                u,
+                pc: PcRandBox(pc),
+                ..
+            }
+            | SelectPre::Server {
+                m,
+                u,
+                pc: PcRandBox(pc),
+            },
+        ) => {
+            if values.len() != m_len {
+                return Err(bad(
+                    ctx.role,
+                    format!("{} pixel shares, expected {m_len}", values.len()),
+                ));
+            }
+            let j = u32::from(ctx.role == Role::Server);
+            let peer = if j == 0 { Role::Server } else { Role::Client };
+            // 1. open v + m
+            ctx.scope(&layer, "select-open");
+            let mine: Vec<u64> = values
+                .iter()
+                .zip(m)
+                .map(|(v, m)| v.wrapping_add(*m))
+                .collect();
+            ctx.send_u64(peer, &mine)?;
+            let theirs = ctx.recv_u64(peer, m_len)?;
+            let w: Vec<u64> = mine
+                .iter()
+                .zip(&theirs)
+                .map(|(a, b)| a.wrapping_add(*b))
+                .collect();
+            // 2. PrivateCompare messages
+            ctx.scope(&layer, "drelu");
+            let mut d = vec![0u8; np * n];
+            let mut zbit = vec![0u8; np];
+            let mask = if n == 64 { u64::MAX } else { (1u64 << n) - 1 };
+            for g in 0..np {
+                let mut z = 0u64;
+                spec.cmp.for_each(g, |i| z = z.wrapping_add(w[i]));
+                z = z.wrapping_sub(spec.offset);
+                let t = u32::from(spec.shift[g]);
+                let r = (z >> t) & mask;
+                zbit[g] = ((z >> (t + n as u32)) & 1) as u8;
+                let sl = g * n..(g + 1) * n;
+                pc_message(
+                    j,
+                    r,
+                    pc.beta[g],
+                    n,
+                    &u[sl.clone()],
+                    &pc.s[sl.clone()],
+                    &pc.rho[sl.clone()],
+                    pc.rot[g],
+                    &mut d[sl],
+                );
+            }
+            ctx.send_bytes(Role::Helper, d)?;
+            // 3. shares of h and h·m
+            let (h, hm): (Vec<u64>, std::borrow::Cow<'_, [u64]>) = match pre {
+                SelectPre::Client { h, hm, .. } => (h.clone(), std::borrow::Cow::Borrowed(hm)),
+                _ => {
+                    let h = ctx.recv_u64(Role::Helper, np)?;
+                    ctx.scope(&layer, "select-mult");
+                    (
+                        h,
+                        std::borrow::Cow::Owned(ctx.recv_u64(Role::Helper, m_len)?),
+                    )
+                }
+            };
+            // 4. local products
+            let mut y = vec![0u64; m_len];
+            let sel = spec.sel();
+            for g in 0..np {
+                let notp = 1 ^ zbit[g] ^ pc.beta[g];
+                // b_j = [j = 0]·¬p + h_j·(1 − 2¬p); sign = 1 − 2¬p = ±1
+                let (b, neg) = if notp == 1 {
+                    ((1 - u64::from(j)).wrapping_sub(h[g]), true)
+                } else {
+                    (h[g], false)
+                };
+                sel.for_each(g, |i| {
+                    let mut v = b.wrapping_mul(w[i]);
+                    if notp == 1 {
+                        v = v.wrapping_sub(m[i]);
+                    }
+                    y[i] = if neg {
+                        v.wrapping_add(hm[i])
+                    } else {
+                        v.wrapping_sub(hm[i])
+                    };
+                });
+            }
+            Ok(y)
+        }
+        (role, _) => Err(bad(role, "preprocessing of another party".into())),
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use knapsec_core::backend::SessionKeys;
+    use knapsec_net::{CommReport, Metered, memory_network};
+
+    /// Shares `values` (client gets `v − r`, server `r`), runs `spec` with three threads, and
+    /// returns the reconstructed outputs and the merged traffic report.
+    pub(crate) fn run_select(spec: &SelectSpec, values: &[u64]) -> (Vec<u64>, CommReport) {
+        let keys = SessionKeys {
+            client_server: Some([1; 32]),
+            client_helper: Some([2; 32]),
+            server_helper: Some([3; 32]),
+            private: [0; 32],
+        };
+        let r: Vec<u64> = Prg::new(&[9; 32], "test-shares").u64s(values.len());
+        let x0: Vec<u64> = values
+            .iter()
+            .zip(&r)
+            .map(|(v, r)| v.wrapping_sub(*r))
+            .collect();
+        let nets = memory_network().map(Metered::new);
+        let outs: Vec<(Vec<u64>, CommReport)> = std::thread::scope(|s| {
+            let hs: Vec<_> = nets
+                .into_iter()
+                .zip(Role::ALL)
+                .map(|(mut t, role)| {
+                    let (keys, x0, r) = (&keys, &x0, &r);
+                    s.spawn(move || {
+                        let mut ctx = Ctx::new(role, &mut t, keys);
+                        ctx.set_nonce(&[5; 16]);
+                        ctx.scope("test", "drelu");
+                        let pre = offline(&mut ctx, spec, 7).unwrap();
+                        let v: &[u64] = match role {
+                            Role::Client => x0,
+                            Role::Server => r,
+                            Role::Helper => &[],
+                        };
+                        let y = online(&mut ctx, spec, &pre, v).unwrap();
+                        drop(ctx);
+                        (y, t.report())
+                    })
+                })
+                .collect();
+            hs.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        let y = outs[0]
+            .0
+            .iter()
+            .zip(&outs[1].0)
+            .map(|(a, b)| a.wrapping_add(*b))
+            .collect();
+        let mut rep = CommReport::default();
+        for (_, r) in &outs {
+            rep.merge(r);
+        }
+        (y, rep)
+    }
+
+    /// DReLU of single values (`[a ≥ 0]`) through a selection of the constant... the value
+    /// itself: returns `[a ≥ 0]` decoded from `y = b·a` is ambiguous at 0, so select a second
+    /// pixel holding 1.
+    fn drelu(values: &[i64], mode: DreluMode) -> Vec<u8> {
+        let n = values.len();
+        let ptr = (0..=n).map(|g| 2 * g).collect();
+        let idx = (0..n).flat_map(|g| [g as u32, (g + n) as u32]).collect();
+        let spec = SelectSpec::new(
+            2 * n,
+            Groups::Singles(n),
+            Some(Groups::Csr { ptr, idx }),
+            0,
+            mode,
+        )
+        .unwrap();
+        let mut v: Vec<u64> = values.iter().map(|&a| a as u64).collect();
+        v.extend(std::iter::repeat_n(1u64, n));
+        let (y, rep) = run_select(&spec, &v);
+        assert_eq!(rep.bytes, spec.bytes(), "closed form");
+        (0..n)
+            .map(|i| {
+                let b = y[n + i];
+                assert!(b <= 1, "bit {b}");
+                assert_eq!(y[i], if b == 1 { values[i] as u64 } else { 0 });
+                b as u8
+            })
+            .collect()
+    }
+
+    #[test]
+    fn exact_drelu_at_the_edges() {
+        let vals = [
+            0,
+            1,
+            -1,
+            2,
+            -2,
+            3,
+            -3,
+            1 << 62,
+            -(1 << 62),
+            i64::MAX,
+            i64::MIN,
+            i64::MIN + 1,
+            4096,
+            -4096,
+        ];
+        let got = drelu(&vals, DreluMode::Exact);
+        let want: Vec<u8> = vals.iter().map(|&a| u8::from(a >= 0)).collect();
+        assert_eq!(got, want);
+    }
+
+    #[test]
+    fn exact_drelu_on_random_values_of_every_magnitude() {
+        let mut prg = Prg::new(&[4; 32], "vals");
+        let vals: Vec<i64> = (0..2000)
+            .map(|i| (prg.next_u64() as i64) >> (i % 64))
+            .collect();
+        let got = drelu(&vals, DreluMode::Exact);
+        for (a, b) in vals.iter().zip(&got) {
+            assert_eq!(*b, u8::from(*a >= 0), "a = {a}");
+        }
+    }
+
+    #[test]
+    fn approximate_drelu_window() {
+        // k = 16, t = 0: exact on [-2^15, 2^15 - 1], periodic (wraps) outside.
+        let mode = DreluMode::Approx {
+            bits: 16,
+            lsb_ignored: 0,
+        };
+        let w = 1i64 << 15;
+        let vals = [0, 1, -1, -2, 2, w - 1, -w, -w + 1, 100, -100];
+        assert_eq!(
+            drelu(&vals, mode),
+            vals.iter().map(|&a| u8::from(a >= 0)).collect::<Vec<_>>()
+        );
+        // outside the window: the sign of the 16-bit wrap
+        let out = [w, w + 5, -w - 1, 3 * w];
+        assert_eq!(drelu(&out, mode), vec![0, 0, 1, 0]);
+        // t = 4: exact for |a| ≥ 16 inside the window, non-negative always 1
+        let mode = DreluMode::Approx {
+            bits: 12,
+            lsb_ignored: 4,
+        };
+        let w = 1i64 << 15;
+        let vals = [0, 1, 15, 16, -16, -17, -1000, 1000, w - 16, -w + 16, -w];
+        let got = drelu(&vals, mode);
+        assert_eq!(
+            got,
+            vals.iter().map(|&a| u8::from(a >= 0)).collect::<Vec<_>>()
+        );
+        // within 2^t below zero the answer may be wrong, but stays a bit
+        drelu(&[-1, -8, -15], mode);
+    }
+
+    #[test]
+    fn block_selection_keeps_positive_patches() {
+        // two patches: {0,1,2} sum 5 - 3 + 1 = 3 > 0 (kept), {3,4} sum -1 (zeroed); strict: {5,6} sum 0 (zeroed)
+        let v: Vec<u64> = [2i64, -3, 6, 4, -5, 1, -1]
+            .iter()
+            .map(|&a| a as u64)
+            .collect();
+        let cmp = Groups::Csr {
+            ptr: vec![0, 3, 5, 7],
+            idx: vec![0, 1, 2, 3, 4, 5, 6],
+        };
+        let spec = SelectSpec::new(7, cmp, None, 1, DreluMode::Exact).unwrap();
+        let (y, rep) = run_select(&spec, &v);
+        assert_eq!(y, vec![2u64, (-3i64) as u64, 6, 0, 0, 0, 0]);
+        // 24 per pixel + (3·63 + 8) per patch
+        assert_eq!(rep.bytes, 24 * 7 + 197 * 3);
+        assert_eq!(rep.op("drelu").bytes, (3 * 63 + 8) * 3);
+    }
+}

@@ -1,0 +1,246 @@
+//! All three parties in one process (threads) over the metered in-memory transport: the
+//! runner behind `knapsec simulate` and `knapsec bench secure`, and the tests.
+//!
+//! The phases are separated by a barrier, so that each phase is timed and metered on its
+//! own: setup (once per session), offline and online (per inference). Rounds are causal
+//! rounds ([`knapsec_net::metered`]), counted from zero in each phase. A party that fails
+//! poisons the barrier and drops its transport, so the others stop with an error instead of
+//! waiting; the reported error is the first one that is not a mere disconnection.
+
+use crate::backend::exchange_nonce;
+use crate::ctx::Ctx;
+use crate::error::{Result, SecureNnError};
+use crate::exec::Session;
+use crate::options::Options;
+use knapsec_core::backend::{PartyOutput, SessionKeys};
+use knapsec_core::graph::{ModelWeights, SecureModel};
+use knapsec_core::transport::Role;
+use knapsec_net::{CommReport, Metered, RoundTracker, memory_network};
+use serde::Serialize;
+use std::sync::{Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+/// Traffic and time of one phase.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct PhaseReport {
+    pub seconds: f64,
+    pub comm: CommReport,
+}
+
+/// The result of a simulated inference.
+#[derive(Clone, Debug, Serialize)]
+pub struct SimReport {
+    /// What the client learned.
+    pub output: PartyOutput,
+    pub setup: PhaseReport,
+    pub offline: PhaseReport,
+    pub online: PhaseReport,
+    /// DReLUs evaluated (network and argmax).
+    pub drelus: u64,
+    /// Closed-form bytes per inference and per session setup.
+    pub closed_form_bytes: u64,
+    pub closed_form_setup_bytes: u64,
+}
+
+/// A barrier that a failing party can poison.
+struct PhaseBarrier {
+    state: Mutex<(usize, u64, bool)>,
+    cv: Condvar,
+}
+
+impl PhaseBarrier {
+    fn new() -> Self {
+        PhaseBarrier {
+            state: Mutex::new((0, 0, false)),
+            cv: Condvar::new(),
+        }
+    }
+
+    fn wait(&self, role: Role) -> Result<()> {
+        let poisoned = || SecureNnError::Thread {
+            role,
+            message: "another party failed".into(),
+        };
+        let mut s = self.state.lock().map_err(|_| poisoned())?;
+        if s.2 {
+            return Err(poisoned());
+        }
+        let generation = s.1;
+        s.0 += 1;
+        if s.0 == 3 {
+            s.0 = 0;
+            s.1 += 1;
+            self.cv.notify_all();
+            return Ok(());
+        }
+        while s.1 == generation && !s.2 {
+            s = self.cv.wait(s).map_err(|_| poisoned())?;
+        }
+        if s.2 { Err(poisoned()) } else { Ok(()) }
+    }
+
+    fn poison(&self) {
+        if let Ok(mut s) = self.state.lock() {
+            s.2 = true;
+        }
+        self.cv.notify_all();
+    }
+}
+
+struct PartyResult {
+    output: PartyOutput,
+    reports: [CommReport; 3],
+    seconds: [f64; 3],
+}
+
+#[allow(clippy::too_many_arguments)]
+fn party(
+    role: Role,
+    transport: Metered<knapsec_net::MemoryTransport>,
+    tracker: &RoundTracker,
+    barrier: &PhaseBarrier,
+    model: &SecureModel,
+    weights: Option<&ModelWeights>,
+    input: Option<&[f32]>,
+    options: Options,
+    keys: &SessionKeys,
+) -> Result<PartyResult> {
+    let mut t = transport;
+    let mut session = Session::new(role, model, weights, options)?;
+    let mut reports: [CommReport; 3] = Default::default();
+    let mut seconds = [0.0; 3];
+    let mut phase_end = |t: &mut Metered<_>, k: usize, start: Instant| -> Result<()> {
+        barrier.wait(role)?;
+        seconds[k] = start.elapsed().as_secs_f64();
+        reports[k] = t.take_report();
+        barrier.wait(role)?;
+        if role == Role::Client {
+            tracker.reset();
+        }
+        barrier.wait(role)
+    };
+    barrier.wait(role)?;
+    // setup
+    let start = Instant::now();
+    {
+        let mut ctx = Ctx::new(role, &mut t, keys);
+        session.setup(&mut ctx)?;
+    }
+    phase_end(&mut t, 0, start)?;
+    // offline (the nonce is part of it)
+    let start = Instant::now();
+    let pre = {
+        let mut ctx = Ctx::new(role, &mut t, keys);
+        let nonce = exchange_nonce(&mut ctx)?;
+        (session.offline(&mut ctx)?, nonce)
+    };
+    phase_end(&mut t, 1, start)?;
+    let start = Instant::now();
+    let output = {
+        let mut ctx = Ctx::new(role, &mut t, keys);
+        ctx.set_nonce(&pre.1);
+        session.online(&mut ctx, &pre.0, input)?
+    };
+    phase_end(&mut t, 2, start)?;
+    Ok(PartyResult {
+        output,
+        reports,
+        seconds,
+    })
+}
+
+/// Runs one inference with all three parties as threads of this process, with fresh random
+/// session keys. `timeout` bounds every receive (a stuck protocol becomes an error).
+pub fn simulate(
+    model: &SecureModel,
+    weights: &ModelWeights,
+    input: &[f32],
+    options: Options,
+    timeout: Option<Duration>,
+) -> Result<SimReport> {
+    let plan = crate::exec::Plan::new(model, options)?;
+    let (closed_form_bytes, closed_form_setup_bytes) = plan.closed_form_bytes(model);
+    let keys = SessionKeys {
+        client_server: Some(rand::random()),
+        client_helper: Some(rand::random()),
+        server_helper: Some(rand::random()),
+        private: [0; 32],
+    };
+    let tracker = RoundTracker::new();
+    let barrier = PhaseBarrier::new();
+    let [c, s, h] = memory_network().map(|mut t| {
+        t.set_timeout(timeout);
+        Metered::with_tracker(t, tracker.clone())
+    });
+    let results: Vec<Result<PartyResult>> = std::thread::scope(|scope| {
+        let jobs: [(Role, _, Option<&ModelWeights>, Option<&[f32]>); 3] = [
+            (Role::Client, c, None, Some(input)),
+            (Role::Server, s, Some(weights), None),
+            (Role::Helper, h, None, None),
+        ];
+        let hs: Vec<_> = jobs
+            .into_iter()
+            .map(|(role, t, w, x)| {
+                let (tracker, barrier, keys) = (&tracker, &barrier, &keys);
+                scope.spawn(move || {
+                    let mut k = keys.clone();
+                    k.private = rand::random();
+                    let r = party(role, t, tracker, barrier, model, w, x, options, &k);
+                    if r.is_err() {
+                        barrier.poison();
+                    }
+                    r
+                })
+            })
+            .collect();
+        hs.into_iter()
+            .zip(Role::ALL)
+            .map(|(h, role)| {
+                h.join().unwrap_or_else(|p| {
+                    let message = p
+                        .downcast_ref::<String>()
+                        .cloned()
+                        .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
+                        .unwrap_or_else(|| "panicked".into());
+                    Err(SecureNnError::Thread { role, message })
+                })
+            })
+            .collect()
+    });
+    if results.iter().any(|r| r.is_err()) {
+        let is_secondary = |e: &SecureNnError| {
+            matches!(e, SecureNnError::Thread { message, .. } if message == "another party failed")
+                || matches!(
+                    e,
+                    SecureNnError::Transport {
+                        source: knapsec_core::transport::TransportError::Disconnected { .. },
+                        ..
+                    }
+                )
+        };
+        let mut errs: Vec<SecureNnError> = results.into_iter().filter_map(|r| r.err()).collect();
+        let k = errs.iter().position(|e| !is_secondary(e)).unwrap_or(0);
+        return Err(errs.swap_remove(k));
+    }
+    let mut rs: Vec<PartyResult> = results.into_iter().map(|r| r.expect("checked")).collect();
+    let phase = |k: usize, rs: &[PartyResult]| {
+        let mut comm = CommReport::default();
+        for r in rs {
+            comm.merge(&r.reports[k]);
+        }
+        PhaseReport {
+            seconds: rs.iter().map(|r| r.seconds[k]).fold(0.0, f64::max),
+            comm,
+        }
+    };
+    let (setup, offline, online) = (phase(0, &rs), phase(1, &rs), phase(2, &rs));
+    Ok(SimReport {
+        output: std::mem::replace(&mut rs[0].output, PartyOutput::Nothing),
+        setup,
+        offline,
+        online,
+        drelus: plan.drelus(),
+        closed_form_bytes,
+        closed_form_setup_bytes,
+    })
+}
