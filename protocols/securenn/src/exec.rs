@@ -355,8 +355,8 @@ impl Plan {
         } else {
             oh * ow
         };
-        // nonce to server and helper, and the helper's "setup needed" byte
-        per_inference += 2 * NONCE_LEN as u64 + 1;
+        // the nonce to server and helper (the backend's 1-byte "setup needed" flag excluded)
+        per_inference += 2 * NONCE_LEN as u64;
         (per_inference, setup)
     }
 }

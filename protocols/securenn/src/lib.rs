@@ -14,12 +14,14 @@
 //! * [`backend`]: the registered backend (one party per call, over any transport).
 //! * [`sim`]: all three parties in one process over the metered in-memory transport.
 //! * [`options`]: RON options.
+//! * [`nets`]: synthetic ResNet18-CIFAR-shaped and DeepLab-like graphs for tests and benches.
 
 pub mod backend;
 pub mod ctx;
 pub mod error;
 pub mod exec;
 pub mod linear;
+pub mod nets;
 pub mod options;
 pub mod select;
 pub mod sim;

@@ -1,0 +1,329 @@
+//! Every op of the secure backend against `knapsec-plain` (the oracle), with the tolerance of
+//! its fixed-point semantics, and the bytes of each phase against their closed forms.
+
+use knapsec_core::backend::PartyOutput;
+use knapsec_core::block::BlockSize;
+use knapsec_core::graph::{ModelWeights, OutputKind, SecureModel};
+use knapsec_core::graph_build::{ConvSpec, GraphBuilder, random_weights};
+use knapsec_securenn::{DreluMode, Options, Reveal, SimReport, nets, simulate};
+use std::time::Duration;
+
+const F: u32 = 12;
+
+fn input(model: &SecureModel, seed: u64) -> Vec<f32> {
+    let [c, h, w] = model.input_shape();
+    let mut prg = knapsec_ring::Prg::with_stream(&[7; 32], "test-input", seed);
+    (0..c * h * w)
+        .map(|_| (prg.next_u64() >> 11) as f32 / (1u64 << 53) as f32 * 4.0 - 2.0)
+        .collect()
+}
+
+fn run(model: &SecureModel, weights: &ModelWeights, x: &[f32], options: Options) -> SimReport {
+    simulate(model, weights, x, options, Some(Duration::from_secs(60))).unwrap()
+}
+
+fn logits(r: &SimReport) -> Vec<f32> {
+    match &r.output {
+        PartyOutput::Logits(v) => v.clone(),
+        other => panic!("expected logits, got {other:?}"),
+    }
+}
+
+/// Secure vs plain: every output within `[lo, hi]` ulps of plain.
+fn check(model: &SecureModel, weights: &ModelWeights, lo: i64, hi: i64) -> SimReport {
+    let x = input(model, 1);
+    let plain = knapsec_plain::evaluate(model, weights, &x).unwrap();
+    let r = run(model, weights, &x, Options::default());
+    let got = logits(&r);
+    let want = plain.fixed.to_i64();
+    assert_eq!(got.len(), want.len());
+    for (k, (g, w)) in got.iter().zip(&want).enumerate() {
+        let g = (f64::from(*g) * f64::from(1u32 << F)).round() as i64;
+        assert!(
+            (lo..=hi).contains(&(g - w)),
+            "{}: element {k}: secure {g}, plain {w}",
+            model.arch
+        );
+    }
+    // bytes: measured = closed form; setup = closed form
+    let total = r.offline.comm.bytes + r.online.comm.bytes;
+    assert_eq!(
+        total, r.closed_form_bytes,
+        "{}: per-inference bytes",
+        model.arch
+    );
+    assert_eq!(
+        r.setup.comm.bytes, r.closed_form_setup_bytes,
+        "{}: setup bytes",
+        model.arch
+    );
+    r
+}
+
+fn finish(g: GraphBuilder) -> (SecureModel, ModelWeights) {
+    let (m, _) = g.finish(OutputKind::Segmentation).unwrap();
+    let w = random_weights(&m, 3);
+    (m, w)
+}
+
+#[test]
+fn block_relu_is_exact_with_mixed_blocks_and_its_bytes_match() {
+    let mut g = GraphBuilder::new("brelu", F, [6, 7, 5]);
+    let blocks = vec![
+        BlockSize::RELU,
+        BlockSize::Patch { h: 2, w: 3 },
+        BlockSize::Identity,
+        BlockSize::Zero,
+        BlockSize::Patch { h: 3, w: 3 },
+        BlockSize::Patch { h: 7, w: 5 },
+    ];
+    g.block_relu("l", g.input(), blocks).unwrap();
+    let (m, w) = finish(g);
+    let r = check(&m, &w, 0, 0);
+    // M = 4 active channels · 35 pixels; N = 35 + 4·2 + 3·2 + 1 patches; n = 63
+    let (mm, n) = (4 * 35u64, 35 + 8 + 6 + 1u64);
+    assert_eq!(r.drelus, n);
+    assert_eq!(r.online.comm.op("select-open").bytes, 16 * mm);
+    assert_eq!(r.online.comm.op("select-mult").bytes, 8 * mm);
+    assert_eq!(r.online.comm.op("drelu").bytes, (2 * 63 + 8) * n);
+    assert_eq!(r.offline.comm.op("drelu").bytes, 63 * n);
+    assert_eq!(r.online.comm.op("reveal").bytes, 8 * 6 * 35);
+    // 3 rounds for the layer (open, compare, helper's shares), 1 for the reveal
+    assert_eq!(r.online.comm.rounds, 4);
+}
+
+#[test]
+fn relu6_maxpool_add_concat_broadcast_are_exact() {
+    let mut g = GraphBuilder::new("misc", F, [3, 8, 8]);
+    let a = g.relu6("r6", g.input()).unwrap();
+    let p = g.max_pool("mp", a, [3, 3], [2, 2], [1, 1]).unwrap();
+    let q = g
+        .max_pool("mp2", g.input(), [2, 2], [2, 2], [0, 0])
+        .unwrap();
+    let s = g.add("add", &[p, q]).unwrap();
+    let c = g.concat("cat", &[s, q]).unwrap();
+    g.block_relu("relu", c, vec![BlockSize::RELU; 6]).unwrap();
+    let (m, w) = finish(g);
+    let r = check(&m, &w, 0, 0);
+    // relu6: 2·192 single-pixel selections; max pools: 9 taps → 8 decisions per output, 4 taps → 3
+    assert_eq!(r.drelus, 2 * 192 + 8 * 3 * 16 + 3 * 3 * 16 + 6 * 16);
+    // max pool 3×3: a tree of 4 levels of 3 rounds; 2×2: 2 levels; relu6 and relu 3 each; reveal 1
+    assert_eq!(r.online.comm.rounds, 3 + 4 * 3 + 2 * 3 + 3 + 1);
+
+    let mut g = GraphBuilder::new("broadcast", F, [4, 1, 1]);
+    let b = g.broadcast("bc", g.input(), 3, 2).unwrap();
+    g.block_relu("relu", b, vec![BlockSize::Patch { h: 2, w: 2 }; 4])
+        .unwrap();
+    let (m, w) = finish(g);
+    check(&m, &w, 0, 0);
+}
+
+#[test]
+fn linear_layers_are_within_one_truncation() {
+    // conv 3×3 with BN bias, strided dilated conv, grouped conv, depthwise conv, 1×1
+    let specs: Vec<(&str, ConvSpec)> = vec![
+        ("c3", ConvSpec::square(5, 3, 1, 1)),
+        (
+            "strided-dilated",
+            ConvSpec {
+                dilation: [2, 2],
+                ..ConvSpec::square(4, 3, 2, 2)
+            },
+        ),
+        (
+            "grouped",
+            ConvSpec {
+                groups: 2,
+                ..ConvSpec::square(4, 3, 1, 1)
+            },
+        ),
+        (
+            "depthwise",
+            ConvSpec {
+                groups: 4,
+                ..ConvSpec::square(4, 3, 1, 1)
+            },
+        ),
+        (
+            "pointwise",
+            ConvSpec {
+                bias: true,
+                ..ConvSpec::square(6, 1, 1, 0)
+            },
+        ),
+    ];
+    for (name, spec) in specs {
+        let mut g = GraphBuilder::new(name, F, [4, 9, 9]);
+        let bn = if spec.bias { None } else { Some("bn") };
+        g.conv("conv", g.input(), spec, bn).unwrap();
+        let (m, w) = finish(g);
+        let r = check(&m, &w, -1, 0);
+        // closed forms: setup 8|W|, offline 8|Y| + nonce 32, online 8|X| + reveal 8|Y|
+        let wn = w
+            .tensors
+            .values()
+            .filter(|t| t.shape.len() == 4)
+            .map(|t| t.data.len() as u64)
+            .sum::<u64>();
+        let y: u64 = m.output_shape().iter().map(|&v| u64::from(v)).product();
+        assert_eq!(r.setup.comm.bytes, 8 * wn, "{name}");
+        assert_eq!(r.offline.comm.bytes, 8 * y + 32, "{name}");
+        assert_eq!(r.online.comm.bytes, 8 * 4 * 81 + 8 * y, "{name}");
+        assert_eq!(r.online.comm.rounds, 2, "{name}: E, then the reveal");
+    }
+    // linear after global average pooling; average pooling with and without padding counts
+    let mut g = GraphBuilder::new("fc", F, [8, 5, 5]);
+    let a = g
+        .avg_pool("ap", g.input(), [3, 3], [2, 2], [1, 1], true)
+        .unwrap();
+    let b = g
+        .avg_pool("ap2", g.input(), [3, 3], [2, 2], [1, 1], false)
+        .unwrap();
+    let s = g.add("add", &[a, b]).unwrap();
+    let gap = g.global_avg_pool("gap", s).unwrap();
+    g.linear("fc", gap, 7, true).unwrap();
+    let (m, w) = finish(g);
+    // each pooling floors each share: −1..0 ulp per division; the sum and the product spread it
+    let r = check(&m, &w, -4, 1);
+    let _ = r;
+}
+
+#[test]
+fn resnet18_shaped_network_gives_the_plain_label() {
+    let shapes: Vec<_> = nets::resnet18_cifar_layers(8)
+        .into_iter()
+        .map(|(_, s)| s)
+        .collect();
+    let spec = nets::random_spec(&shapes, 0.1, 2);
+    let model = nets::resnet18_cifar(8, 10, Some(&spec)).unwrap();
+    let weights = random_weights(&model, 11);
+    for seed in 0..2 {
+        let x = input(&model, seed);
+        let plain = knapsec_plain::evaluate(&model, &weights, &x).unwrap();
+        let r = run(
+            &model,
+            &weights,
+            &x,
+            Options {
+                drelu: DreluMode::Exact,
+                reveal: Reveal::Label,
+            },
+        );
+        assert_eq!(r.output, PartyOutput::Labels(plain.labels()), "seed {seed}");
+        assert_eq!(
+            r.offline.comm.bytes + r.online.comm.bytes,
+            r.closed_form_bytes
+        );
+        let r = run(&model, &weights, &x, Options::default());
+        let got = logits(&r);
+        let want = plain.logits();
+        let worst = got
+            .iter()
+            .zip(&want)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0f32, f32::max);
+        assert!(worst < 0.05, "logits differ by {worst}");
+    }
+}
+
+#[test]
+fn deeplab_like_graph_gives_the_plain_label_map() {
+    let blocks = (0..8)
+        .map(|c| {
+            if c % 3 == 0 {
+                BlockSize::Patch { h: 2, w: 2 }
+            } else {
+                BlockSize::RELU
+            }
+        })
+        .collect();
+    let model = nets::deeplab_like(16, 8, 5, blocks).unwrap();
+    let weights = random_weights(&model, 5);
+    let x = input(&model, 4);
+    let plain = knapsec_plain::evaluate(&model, &weights, &x).unwrap();
+    let r = run(
+        &model,
+        &weights,
+        &x,
+        Options {
+            drelu: DreluMode::Exact,
+            reveal: Reveal::Label,
+        },
+    );
+    let PartyOutput::Labels(got) = &r.output else {
+        panic!("labels expected")
+    };
+    let want = plain.labels();
+    // pixels whose top two logits are within the truncation noise may differ
+    let logits = plain.fixed.to_i64();
+    let [c, h, w] = model.output_shape().map(|v| v as usize);
+    let mut differ = 0;
+    for p in 0..h * w {
+        if got[p] != want[p] {
+            let mut col: Vec<i64> = (0..c).map(|k| logits[k * h * w + p]).collect();
+            col.sort();
+            assert!(
+                col[c - 1] - col[c - 2] <= 64,
+                "pixel {p}: label {} vs {} with margin {}",
+                got[p],
+                want[p],
+                col[c - 1] - col[c - 2]
+            );
+            differ += 1;
+        }
+    }
+    assert!(differ <= 1, "{differ} pixels differ");
+}
+
+#[test]
+fn approximate_drelu_network_matches_plain_within_its_window() {
+    // small activations (inputs in ±2, weights ~1/sqrt(fan_in)) stay inside a 20-bit window
+    let shapes: Vec<_> = nets::resnet18_cifar_layers(4)
+        .into_iter()
+        .map(|(_, s)| s)
+        .collect();
+    let spec = nets::random_spec(&shapes, 0.2, 3);
+    let model = nets::resnet18_cifar(4, 10, Some(&spec)).unwrap();
+    let weights = random_weights(&model, 12);
+    let x = input(&model, 9);
+    let plain = knapsec_plain::evaluate(&model, &weights, &x).unwrap();
+    let exact = run(
+        &model,
+        &weights,
+        &x,
+        Options {
+            drelu: DreluMode::Exact,
+            reveal: Reveal::Logits,
+        },
+    );
+    let approx = run(
+        &model,
+        &weights,
+        &x,
+        Options {
+            drelu: DreluMode::Approx {
+                bits: 20,
+                lsb_ignored: 0,
+            },
+            reveal: Reveal::Logits,
+        },
+    );
+    let (e, a, p) = (logits(&exact), logits(&approx), plain.logits());
+    let diff = |u: &[f32], v: &[f32]| {
+        u.iter()
+            .zip(v)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0f32, f32::max)
+    };
+    // both carry the truncation noise of 20 layers; inside its window approx adds nothing
+    assert!(
+        diff(&e, &p) < 0.2 && diff(&a, &p) < 0.2,
+        "exact {} approx {}",
+        diff(&e, &p),
+        diff(&a, &p)
+    );
+    // fewer bytes: 3·(19 − 63) per DReLU
+    let saved = (exact.offline.comm.bytes + exact.online.comm.bytes)
+        - (approx.offline.comm.bytes + approx.online.comm.bytes);
+    assert_eq!(saved, 3 * 44 * exact.drelus);
+}
