@@ -16,7 +16,7 @@
 //!   against.
 
 use crate::error::{Result, RingError};
-use crate::gemm;
+use crate::gemm::{self, Dense, PanelSource};
 use crate::tensor::RingTensor;
 use rayon::prelude::*;
 
@@ -226,44 +226,92 @@ fn valid_range(n: usize, n_out: usize, stride: usize, off: usize, pad: usize) ->
     (lo.min(hi), hi)
 }
 
-/// Writes the `im2col` rows of input channels `c0 .. c0 + g.cg` of `x` into `dst`, row `r`
-/// at `dst[r · ld + col .. + pixels]`; rows are `(channel, ky, kx)`, columns `(oy, ox)`.
-fn im2col_into(x: &[u64], g: &Geom, c0: usize, dst: &mut [u64], ld: usize, col: usize) {
-    let [kh, kw] = g.p.kernel;
-    let (s, d, pad) = (g.p.stride, g.p.dilation, g.p.padding);
-    let (h, w, ho, wo) = (g.h, g.w, g.ho, g.wo);
-    let rows = g.cg * kh * kw;
-    dst[..rows * ld]
-        .par_chunks_mut(ld)
-        .enumerate()
-        .for_each(|(r, row)| {
-            let ci = r / (kh * kw);
-            let (ky, kx) = ((r / kw) % kh, r % kw);
-            let plane = &x[(c0 + ci) * h * w..(c0 + ci + 1) * h * w];
-            let out = &mut row[col..col + ho * wo];
-            let (xlo, xhi) = valid_range(w, wo, s[1], kx * d[1], pad[1]);
-            for oy in 0..ho {
-                let orow = &mut out[oy * wo..(oy + 1) * wo];
-                let iy = (oy * s[0] + ky * d[0]) as isize - pad[0] as isize;
-                if iy < 0 || iy >= h as isize {
-                    orow.fill(0);
-                    continue;
-                }
-                let xrow = &plane[iy as usize * w..(iy as usize + 1) * w];
-                orow[..xlo].fill(0);
-                orow[xhi..].fill(0);
-                if xlo < xhi {
-                    let base = xlo * s[1] + kx * d[1] - pad[1];
-                    if s[1] == 1 {
-                        orow[xlo..xhi].copy_from_slice(&xrow[base..base + (xhi - xlo)]);
+/// The `im2col` matrix of input channels `c0 .. c0 + g.cg` of one image, read in segments
+/// while it is packed: rows are `(channel, ky, kx)`, columns `(oy, ox)`.
+struct Im2col<'a> {
+    x: &'a [u64],
+    g: Geom,
+    c0: usize,
+}
+
+impl PanelSource for Im2col<'_> {
+    fn rows(&self) -> usize {
+        self.g.k()
+    }
+    fn cols(&self) -> usize {
+        self.g.pixels()
+    }
+    fn segment(&self, row: usize, col0: usize, dst: &mut [u64]) {
+        let g = &self.g;
+        let [kh, kw] = g.p.kernel;
+        let (s, d, pad) = (g.p.stride, g.p.dilation, g.p.padding);
+        let ci = row / (kh * kw);
+        let (ky, kx) = ((row / kw) % kh, row % kw);
+        let plane = &self.x[(self.c0 + ci) * g.h * g.w..(self.c0 + ci + 1) * g.h * g.w];
+        let (mut oy, mut ox) = (col0 / g.wo, col0 % g.wo);
+        let mut t = 0;
+        while t < dst.len() {
+            // One output row at a time: columns ox .. wo of output row oy.
+            let run = (g.wo - ox).min(dst.len() - t);
+            let out = &mut dst[t..t + run];
+            let iy = (oy * s[0] + ky * d[0]) as isize - pad[0] as isize;
+            if iy < 0 || iy >= g.h as isize {
+                out.fill(0);
+            } else {
+                let xrow = &plane[iy as usize * g.w..(iy as usize + 1) * g.w];
+                let x0 = (kx * d[1]) as isize - pad[1] as isize;
+                for (q, v) in out.iter_mut().enumerate() {
+                    let ix = ((ox + q) * s[1]) as isize + x0;
+                    *v = if ix >= 0 && ix < g.w as isize {
+                        xrow[ix as usize]
                     } else {
-                        for (k, v) in orow[xlo..xhi].iter_mut().enumerate() {
-                            *v = xrow[base + k * s[1]];
-                        }
-                    }
+                        0
+                    };
                 }
             }
-        });
+            t += run;
+            ox = 0;
+            oy += 1;
+        }
+    }
+}
+
+/// Sources stacked on top of each other (the terms of a sum of products: `[B_1; B_2; ...]`).
+struct StackRows<S>(Vec<S>);
+
+impl<S: PanelSource> PanelSource for StackRows<S> {
+    fn rows(&self) -> usize {
+        self.0.iter().map(|s| s.rows()).sum()
+    }
+    fn cols(&self) -> usize {
+        self.0[0].cols()
+    }
+    fn segment(&self, row: usize, col0: usize, dst: &mut [u64]) {
+        let each = self.0[0].rows();
+        self.0[row / each].segment(row % each, col0, dst)
+    }
+}
+
+/// Sources side by side (several inputs under the same weights: `[B_1 | B_2 | ...]`).
+struct StackCols<S>(Vec<S>);
+
+impl<S: PanelSource> PanelSource for StackCols<S> {
+    fn rows(&self) -> usize {
+        self.0[0].rows()
+    }
+    fn cols(&self) -> usize {
+        self.0.iter().map(|s| s.cols()).sum()
+    }
+    fn segment(&self, row: usize, col0: usize, dst: &mut [u64]) {
+        let each = self.0[0].cols();
+        let mut t = 0;
+        while t < dst.len() {
+            let col = col0 + t;
+            let run = (each - col % each).min(dst.len() - t);
+            self.0[col / each].segment(row, col % each, &mut dst[t..t + run]);
+            t += run;
+        }
+    }
 }
 
 /// Direct kernel for one input channel per group (depthwise and its channel multipliers):
@@ -346,46 +394,36 @@ pub fn conv2d_sum(terms: &[(&RingTensor, &RingTensor)], p: &Conv2dParams) -> Res
     }
     let (k, n, t) = (g.k(), g.pixels(), terms.len());
     let mut out = vec![0u64; g.o * n];
-    let direct = p.kernel == [1, 1] && p.stride == [1, 1] && p.padding == [0, 0] && t == 1;
+    let direct = p.kernel == [1, 1] && p.stride == [1, 1] && p.padding == [0, 0];
     let mut a = vec![0u64; if t == 1 { 0 } else { g.og * t * k }];
-    let mut b = vec![0u64; if direct { 0 } else { t * k * n }];
     for grp in 0..groups {
-        // A: [og, t·k], row o = [w_1[o] | w_2[o] | ...]; B: [t·k, n] = im2col rows stacked.
         let c0 = grp * g.cg;
-        let (a_ref, b_ref): (&[u64], &[u64]) = {
-            if t > 1 {
-                for o in 0..g.og {
-                    for (ti, (_, w)) in terms.iter().enumerate() {
-                        let src = &w.data()[(grp * g.og + o) * k..(grp * g.og + o + 1) * k];
-                        a[(o * t + ti) * k..(o * t + ti + 1) * k].copy_from_slice(src);
-                    }
+        // A: [og, t·k], row o = [w_1[o] | w_2[o] | ...]; B: the terms' im2col matrices stacked.
+        if t > 1 {
+            for o in 0..g.og {
+                for (ti, (_, w)) in terms.iter().enumerate() {
+                    let src = &w.data()[(grp * g.og + o) * k..(grp * g.og + o + 1) * k];
+                    a[(o * t + ti) * k..(o * t + ti + 1) * k].copy_from_slice(src);
                 }
             }
-            if !direct {
-                for (ti, (x, _)) in terms.iter().enumerate() {
-                    im2col_into(x.data(), &g, c0, &mut b[ti * k * n..(ti + 1) * k * n], n, 0);
-                }
-            }
-            let a_ref: &[u64] = if t == 1 {
-                &terms[0].1.data()[grp * g.og * k..(grp + 1) * g.og * k]
-            } else {
-                &a
-            };
-            let b_ref: &[u64] = if direct {
-                &terms[0].0.data()[c0 * n..(c0 + g.cg) * n]
-            } else {
-                &b
-            };
-            (a_ref, b_ref)
+        }
+        let a_ref: &[u64] = if t == 1 {
+            &terms[0].1.data()[grp * g.og * k..(grp + 1) * g.og * k]
+        } else {
+            &a
         };
-        gemm::gemm(
-            g.og,
-            t * k,
-            n,
-            a_ref,
-            b_ref,
-            &mut out[grp * g.og * n..(grp + 1) * g.og * n],
-        );
+        let c = &mut out[grp * g.og * n..(grp + 1) * g.og * n];
+        if direct {
+            let parts = terms.iter().map(|(x, _)| Dense {
+                data: &x.data()[c0 * n..(c0 + g.cg) * n],
+                rows: k,
+                cols: n,
+            });
+            gemm::gemm_source(g.og, a_ref, &StackRows(parts.collect()), c);
+        } else {
+            let parts = terms.iter().map(|(x, _)| Im2col { x: x.data(), g, c0 });
+            gemm::gemm_source(g.og, a_ref, &StackRows(parts.collect()), c);
+        }
     }
     RingTensor::from_vec(&[g.o, g.ho, g.wo], out)
 }
@@ -419,15 +457,16 @@ pub fn conv2d_batch(
     }
     let (k, n, t) = (g.k(), g.pixels(), inputs.len());
     let mut outs = vec![vec![0u64; g.o * n]; t];
-    let mut b = vec![0u64; k * t * n];
     let mut c = vec![0u64; g.og * t * n];
     for grp in 0..p.groups {
-        for (ti, x) in inputs.iter().enumerate() {
-            im2col_into(x.data(), &g, grp * g.cg, &mut b, t * n, ti * n);
-        }
         c.fill(0);
         let a = &w.data()[grp * g.og * k..(grp + 1) * g.og * k];
-        gemm::gemm(g.og, k, t * n, a, &b, &mut c);
+        let parts = inputs.iter().map(|x| Im2col {
+            x: x.data(),
+            g,
+            c0: grp * g.cg,
+        });
+        gemm::gemm_source(g.og, a, &StackCols(parts.collect()), &mut c);
         for (ti, out) in outs.iter_mut().enumerate() {
             for o in 0..g.og {
                 out[(grp * g.og + o) * n..(grp * g.og + o + 1) * n]

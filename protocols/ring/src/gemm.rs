@@ -64,8 +64,41 @@ fn pack_a(m: usize, k: usize, a: &[u64]) -> Vec<u64> {
     out
 }
 
-/// Packs `B [k, n]` into `NR`-column panels, `KC`-deep blocks (same layout as [`pack_a`]).
-fn pack_b(k: usize, n: usize, b: &[u64]) -> Vec<u64> {
+/// The right operand `B [rows, cols]` of a product, read in row segments while it is packed
+/// (a dense matrix, or an `im2col` view of an image that is never materialised).
+pub trait PanelSource: Sync {
+    /// Number of rows (the reduction depth `k`).
+    fn rows(&self) -> usize;
+    /// Number of columns (`n`).
+    fn cols(&self) -> usize;
+    /// Writes `B[row, col0 .. col0 + dst.len()]` into `dst`.
+    fn segment(&self, row: usize, col0: usize, dst: &mut [u64]);
+}
+
+/// A dense row-major matrix as a [`PanelSource`].
+#[derive(Clone, Copy, Debug)]
+pub struct Dense<'a> {
+    pub data: &'a [u64],
+    pub rows: usize,
+    pub cols: usize,
+}
+
+impl PanelSource for Dense<'_> {
+    fn rows(&self) -> usize {
+        self.rows
+    }
+    fn cols(&self) -> usize {
+        self.cols
+    }
+    fn segment(&self, row: usize, col0: usize, dst: &mut [u64]) {
+        let start = row * self.cols + col0;
+        dst.copy_from_slice(&self.data[start..start + dst.len()]);
+    }
+}
+
+/// Packs `B` into `NR`-column panels, `KC`-deep blocks (same layout as [`pack_a`]).
+fn pack_b(b: &dyn PanelSource) -> Vec<u64> {
+    let (k, n) = (b.rows(), b.cols());
     let npanels = n.div_ceil(NR);
     let mut out = vec![0u64; npanels * NR * k];
     out.par_chunks_mut(npanels * NR * KC)
@@ -73,19 +106,21 @@ fn pack_b(k: usize, n: usize, b: &[u64]) -> Vec<u64> {
         .for_each(|(bi, block)| {
             let kb = bi * KC;
             let kc = KC.min(k - kb);
-            for (p, panel) in block.chunks_mut(kc * NR).enumerate().take(npanels) {
-                let j0 = p * NR;
-                let w = NR.min(n - j0);
-                for q in 0..kc {
-                    let src = &b[(kb + q) * n + j0..(kb + q) * n + j0 + w];
-                    panel[q * NR..q * NR + w].copy_from_slice(src);
-                }
-            }
+            block
+                .par_chunks_mut(kc * NR)
+                .enumerate()
+                .for_each(|(p, panel)| {
+                    let j0 = p * NR;
+                    let w = NR.min(n - j0);
+                    for q in 0..kc {
+                        b.segment(kb + q, j0, &mut panel[q * NR..q * NR + w]);
+                    }
+                });
         });
     out
 }
 
-/// The register-tile micro-kernel: `acc += Apanel · Bpanel` over `kc` steps.
+/// The register-tile micro-kernel, portable version: `acc += Apanel · Bpanel` over `kc` steps.
 #[inline(always)]
 fn micro(a: &[u64], b: &[u64], acc: &mut [[u64; NR]; MR]) {
     for (av, bv) in a.chunks_exact(MR).zip(b.chunks_exact(NR)) {
@@ -95,6 +130,74 @@ fn micro(a: &[u64], b: &[u64], acc: &mut [[u64; NR]; MR]) {
             for j in 0..NR {
                 acc[i][j] = acc[i][j].wrapping_add(av[i].wrapping_mul(bv[j]));
             }
+        }
+    }
+}
+
+/// AVX-512 micro-kernel: twelve 8-lane accumulators, `vpmullq` + `vpaddq` per lane group.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512dq")]
+fn micro_avx512(a: &[u64], b: &[u64], acc: &mut [[u64; NR]; MR]) {
+    use std::arch::x86_64::*;
+    let kc = b.len() / NR;
+    assert!(a.len() >= kc * MR, "micro_avx512: A panel too short");
+    let (ap, bp) = (a.as_ptr(), b.as_ptr());
+    let mut c = [[_mm512_setzero_si512(); 2]; MR];
+    for p in 0..kc {
+        // SAFETY: p < kc, so p·NR + NR ≤ b.len() and p·MR + MR ≤ a.len().
+        let (b0, b1) = unsafe {
+            (
+                _mm512_loadu_si512(bp.add(p * NR).cast()),
+                _mm512_loadu_si512(bp.add(p * NR + 8).cast()),
+            )
+        };
+        for (i, ci) in c.iter_mut().enumerate() {
+            // SAFETY: as above.
+            let ai = _mm512_set1_epi64(unsafe { *ap.add(p * MR + i) } as i64);
+            ci[0] = _mm512_add_epi64(ci[0], _mm512_mullo_epi64(ai, b0));
+            ci[1] = _mm512_add_epi64(ci[1], _mm512_mullo_epi64(ai, b1));
+        }
+    }
+    for (row, ci) in acc.iter_mut().zip(&c) {
+        // SAFETY: each row holds NR = 16 u64, two 512-bit stores.
+        unsafe {
+            _mm512_storeu_si512(row.as_mut_ptr().cast(), ci[0]);
+            _mm512_storeu_si512(row.as_mut_ptr().add(8).cast(), ci[1]);
+        }
+    }
+}
+
+/// AVX2 micro-kernel: 64-bit products from three `vpmuludq` (`lo·lo + (hi·lo + lo·hi) << 32`),
+/// one quarter of the tile (4 columns) at a time.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+fn micro_avx2(a: &[u64], b: &[u64], acc: &mut [[u64; NR]; MR]) {
+    use std::arch::x86_64::*;
+    let kc = b.len() / NR;
+    assert!(a.len() >= kc * MR, "micro_avx2: A panel too short");
+    let (ap, bp) = (a.as_ptr(), b.as_ptr());
+    for q in 0..NR / 4 {
+        let mut c = [_mm256_setzero_si256(); MR];
+        for p in 0..kc {
+            // SAFETY: p < kc and 4q + 4 ≤ NR, so the load stays inside the B panel.
+            let bv = unsafe { _mm256_loadu_si256(bp.add(p * NR + 4 * q).cast()) };
+            let bh = _mm256_srli_epi64::<32>(bv);
+            for (i, ci) in c.iter_mut().enumerate() {
+                // SAFETY: p·MR + i < a.len().
+                let av = unsafe { *ap.add(p * MR + i) };
+                let (lo, hi) = (
+                    _mm256_set1_epi64x(av as i64),
+                    _mm256_set1_epi64x((av >> 32) as i64),
+                );
+                let cross = _mm256_add_epi64(_mm256_mul_epu32(hi, bv), _mm256_mul_epu32(lo, bh));
+                let prod =
+                    _mm256_add_epi64(_mm256_mul_epu32(lo, bv), _mm256_slli_epi64::<32>(cross));
+                *ci = _mm256_add_epi64(*ci, prod);
+            }
+        }
+        for (row, ci) in acc.iter_mut().zip(&c) {
+            // SAFETY: columns 4q .. 4q + 4 of a 16-column row.
+            unsafe { _mm256_storeu_si256(row.as_mut_ptr().add(4 * q).cast(), *ci) };
         }
     }
 }
@@ -118,7 +221,14 @@ struct Plan<'a> {
 
 /// Computes the `C` block of rows `i0..i1`, columns `j0..j1` (panel-aligned starts).
 #[inline(always)]
-fn task_body(plan: &Plan<'_>, i0: usize, i1: usize, j0: usize, j1: usize) {
+fn task_body(
+    plan: &Plan<'_>,
+    i0: usize,
+    i1: usize,
+    j0: usize,
+    j1: usize,
+    micro: impl Fn(&[u64], &[u64], &mut [[u64; NR]; MR]),
+) {
     let (m, k, n) = (plan.m, plan.k, plan.n);
     let mpanels = m.div_ceil(MR);
     let npanels = n.div_ceil(NR);
@@ -157,17 +267,20 @@ fn task_body(plan: &Plan<'_>, i0: usize, i1: usize, j0: usize, j1: usize) {
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512dq,avx512vl")]
 fn task_avx512(plan: &Plan<'_>, i0: usize, i1: usize, j0: usize, j1: usize) {
-    task_body(plan, i0, i1, j0, j1)
+    // The closure inherits this function's target features (AVX-512 F/DQ, detected by
+    // `kernel_level` before this runs).
+    task_body(plan, i0, i1, j0, j1, |a, b, acc| micro_avx512(a, b, acc))
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
 fn task_avx2(plan: &Plan<'_>, i0: usize, i1: usize, j0: usize, j1: usize) {
-    task_body(plan, i0, i1, j0, j1)
+    // The closure inherits this function's target features (AVX2, detected first).
+    task_body(plan, i0, i1, j0, j1, |a, b, acc| micro_avx2(a, b, acc))
 }
 
 fn task_generic(plan: &Plan<'_>, i0: usize, i1: usize, j0: usize, j1: usize) {
-    task_body(plan, i0, i1, j0, j1)
+    task_body(plan, i0, i1, j0, j1, micro)
 }
 
 /// Which compiled copy of the micro-kernel this CPU runs.
@@ -238,20 +351,48 @@ fn gemv(m: usize, k: usize, a: &[u64], b: &[u64], c: &mut [u64]) {
 /// If a slice is shorter than its shape says (callers check shapes; [`crate::RingTensor::matmul`]
 /// is the checked entry point).
 pub fn gemm(m: usize, k: usize, n: usize, a: &[u64], b: &[u64], c: &mut [u64]) {
+    assert!(b.len() >= k * n, "gemm: operand too short");
+    if n == 1 {
+        assert!(a.len() >= m * k && c.len() >= m, "gemm: operand too short");
+        return gemv(m, k, a, b, &mut c[..m]);
+    }
+    gemm_source(
+        m,
+        a,
+        &Dense {
+            data: b,
+            rows: k,
+            cols: n,
+        },
+        c,
+    )
+}
+
+/// `C += A · B` where `B` is any [`PanelSource`] (`k = b.rows()`, `n = b.cols()`).
+///
+/// # Panics
+/// If `a` is shorter than `m · k` or `c` than `m · n`.
+pub fn gemm_source(m: usize, a: &[u64], b: &dyn PanelSource, c: &mut [u64]) {
+    let (k, n) = (b.rows(), b.cols());
     assert!(
-        a.len() >= m * k && b.len() >= k * n && c.len() >= m * n,
+        a.len() >= m * k && c.len() >= m * n,
         "gemm: operand too short"
     );
     if m == 0 || n == 0 || k == 0 {
         return;
     }
-    if n == 1 {
-        return gemv(m, k, a, b, &mut c[..m]);
+    if m * n * k < 4096 || n == 1 {
+        let mut dense = vec![0u64; k * n];
+        for (r, row) in dense.chunks_mut(n).enumerate() {
+            b.segment(r, 0, row);
+        }
+        return if n == 1 {
+            gemv(m, k, a, &dense, &mut c[..m])
+        } else {
+            gemm_reference(m, k, n, a, &dense, c)
+        };
     }
-    if m * n * k < 4096 {
-        return gemm_reference(m, k, n, a, b, c);
-    }
-    let (pa, pb) = rayon::join(|| pack_a(m, k, a), || pack_b(k, n, b));
+    let (pa, pb) = rayon::join(|| pack_a(m, k, a), || pack_b(b));
     let plan = Plan {
         m,
         k,
@@ -309,26 +450,44 @@ mod tests {
     }
 
     #[test]
-    fn kernel_level_is_detected() {
-        // Whatever the CPU, the choice is stable and every level computes the same product.
+    fn every_available_kernel_computes_the_same_product() {
         assert_eq!(kernel_level(), kernel_level());
-        let (m, k, n) = (MR * 2 + 1, 40, NR * 2 + 3);
+        let (m, k, n) = (MR * 2 + 1, KC + 40, NR * 2 + 3);
         let a = lcg(9, m * k);
         let b = lcg(10, k * n);
         let mut want = vec![0; m * n];
         gemm_reference(m, k, n, &a, &b, &mut want);
-        let (pa, pb) = (pack_a(m, k, &a), pack_b(k, n, &b));
-        let mut got = vec![0; m * n];
-        let plan = Plan {
-            m,
-            k,
-            n,
-            pa: &pa,
-            pb: &pb,
-            c: CPtr(got.as_mut_ptr()),
-        };
-        task_generic(&plan, 0, m, 0, n);
-        assert_eq!(got, want);
+        let (pa, pb) = (
+            pack_a(m, k, &a),
+            pack_b(&Dense {
+                data: &b,
+                rows: k,
+                cols: n,
+            }),
+        );
+        let mut levels = vec![KernelLevel::Generic];
+        #[cfg(target_arch = "x86_64")]
+        {
+            if std::is_x86_feature_detected!("avx2") {
+                levels.push(KernelLevel::Avx2);
+            }
+            if kernel_level() == KernelLevel::Avx512 {
+                levels.push(KernelLevel::Avx512);
+            }
+        }
+        for level in levels {
+            let mut got = vec![0; m * n];
+            let plan = Plan {
+                m,
+                k,
+                n,
+                pa: &pa,
+                pb: &pb,
+                c: CPtr(got.as_mut_ptr()),
+            };
+            run_task(level, &plan, 0, m, 0, n);
+            assert_eq!(got, want, "{level:?}");
+        }
     }
 
     proptest! {
