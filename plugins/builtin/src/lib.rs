@@ -19,6 +19,8 @@
 
 #[cfg(feature = "knapsack")]
 use knapsec_knapsack as _;
+#[cfg(feature = "securenn")]
+use knapsec_securenn as _;
 
 use knapsec_core::{CoreError, Registry};
 pub use knapsec_plugin_abi::{AbiError, PluginSet};

@@ -52,6 +52,19 @@ pub fn exchange_nonce(ctx: &mut Ctx<'_>) -> Result<[u8; NONCE_LEN]> {
 impl SecureNn {
     fn run_party(&self, job: PartyJob<'_>) -> Result<PartyOutput> {
         let options = Options::parse(job.options)?;
+        if job.role == Role::Client {
+            let numel: u32 = job.model.input_shape().iter().product();
+            let n = job.input.map_or(0, <[f32]>::len);
+            if n != numel as usize {
+                return Err(SecureNnError::Input {
+                    role: Role::Client,
+                    message: format!(
+                        "input has {n} values, the model expects {numel} ({:?})",
+                        job.model.input_shape()
+                    ),
+                });
+            }
+        }
         let mut session = Session::new(job.role, job.model, job.weights, options)?;
         let session_id = {
             let mut h = blake3::Hasher::new();

@@ -244,3 +244,95 @@ pub fn simulate(
         closed_form_setup_bytes,
     })
 }
+
+/// Runs one inference of any [`SecureBackend`](knapsec_core::SecureBackend) with its three
+/// parties as threads over the metered in-memory transport (no phase split): what the client
+/// learned, the merged traffic and the wall time.
+pub fn run_backend(
+    backend: &dyn knapsec_core::SecureBackend,
+    model: &SecureModel,
+    weights: &ModelWeights,
+    input: &[f32],
+    options: &str,
+    timeout: Option<Duration>,
+) -> std::result::Result<(PartyOutput, CommReport, f64), knapsec_core::backend::BackendError> {
+    use knapsec_core::backend::{BackendError, PartyJob};
+    let keys = SessionKeys {
+        client_server: Some(rand::random()),
+        client_helper: Some(rand::random()),
+        server_helper: Some(rand::random()),
+        private: [0; 32],
+    };
+    let tracker = RoundTracker::new();
+    let ends = memory_network().map(|mut t| {
+        t.set_timeout(timeout);
+        Metered::with_tracker(t, tracker.clone())
+    });
+    let start = Instant::now();
+    let results: Vec<std::result::Result<(PartyOutput, CommReport), BackendError>> =
+        std::thread::scope(|scope| {
+            let hs: Vec<_> = ends
+                .into_iter()
+                .zip(Role::ALL)
+                .map(|(mut t, role)| {
+                    let keys = &keys;
+                    scope.spawn(move || {
+                        let mut k = keys.clone();
+                        k.private = rand::random();
+                        let job = PartyJob {
+                            role,
+                            model,
+                            weights: (role == Role::Server).then_some(weights),
+                            input: (role == Role::Client).then_some(input),
+                            options,
+                            keys: &k,
+                            transport: &mut t,
+                        };
+                        let out = backend.run(job)?;
+                        Ok((out, t.report()))
+                    })
+                })
+                .collect();
+            hs.into_iter()
+                .zip(Role::ALL)
+                .map(|(h, role)| {
+                    h.join().unwrap_or_else(|_| {
+                        Err(BackendError::Party {
+                            role,
+                            message: "the party thread panicked".into(),
+                        })
+                    })
+                })
+                .collect()
+        });
+    let seconds = start.elapsed().as_secs_f64();
+    let mut comm = CommReport::default();
+    let mut output = PartyOutput::Nothing;
+    let mut first_err = None;
+    for (r, role) in results.into_iter().zip(Role::ALL) {
+        match r {
+            Ok((o, c)) => {
+                comm.merge(&c);
+                if role == Role::Client {
+                    output = o;
+                }
+            }
+            Err(e) => {
+                let secondary = matches!(
+                    e,
+                    BackendError::Transport {
+                        source: knapsec_core::transport::TransportError::Disconnected { .. },
+                        ..
+                    }
+                );
+                if first_err.as_ref().is_none_or(|(s, _)| *s && !secondary) {
+                    first_err = Some((secondary, e));
+                }
+            }
+        }
+    }
+    match first_err {
+        Some((_, e)) => Err(e),
+        None => Ok((output, comm, seconds)),
+    }
+}
