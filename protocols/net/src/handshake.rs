@@ -12,8 +12,7 @@
 //! Session keys (digest §6.3 and §10.12: the reference seeds its PRGs with the constants
 //! 0…5): the key a pair shares is derived per connection from the Noise handshake hash and
 //! both hellos' secret nonces (which only travel encrypted), domain-separated by the pair's
-//! roles; each inference of the session uses its own key derived from it and the
-//! inference's index; each party's private seed comes from the OS RNG per inference.
+//! roles; each party's private seed comes from the OS RNG per inference.
 
 use crate::error::{NetError, Result};
 use crate::keys::hex;
@@ -149,13 +148,17 @@ impl Hello {
     }
 }
 
-/// Messages of the session loop, from the client to the server and the helper.
+/// Messages of the session loop: `Ready` from the server and the helper to the client once
+/// all three connections of the session stand (the client sends nothing before both), then
+/// `Infer`/`Done` from the client to the server and the helper.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Control {
     /// Run inference number `index` (0, 1, 2, … in order).
     Infer { index: u64 },
     /// The session is over.
     Done,
+    /// The sender has all its connections of the session.
+    Ready,
 }
 
 impl Control {
@@ -207,20 +210,21 @@ pub fn pair_key(
     blake3::derive_key(&context, &material)
 }
 
-/// The session keys of inference `index` for a party holding `pairs` (its pair keys by peer).
+/// The [`SessionKeys`] of a party holding `pairs` (its pair keys by peer): the pair keys of
+/// the session, and a private seed fresh from the OS RNG at every call (one call per
+/// inference). The pair keys stay the same for all inferences of a session, as
+/// [`SessionKeys`] specifies; a backend makes each inference's randomness fresh itself
+/// (`securenn` mixes in a nonce the client draws per inference) and may cache per-session
+/// work under them (`securenn`'s masked weights).
 ///
 /// # Errors
-/// If the OS RNG fails (private seed).
-pub fn inference_keys(me: Role, pairs: &[(Role, [u8; 32])], index: u64) -> Result<SessionKeys> {
+/// If the OS RNG fails (private seed), or a pair does not include `me`.
+pub fn session_keys(me: Role, pairs: &[(Role, [u8; 32])]) -> Result<SessionKeys> {
     let mut keys = SessionKeys {
         private: random_bytes()?,
         ..SessionKeys::default()
     };
-    for &(peer, base) in pairs {
-        let mut h = blake3::Hasher::new_keyed(&base);
-        h.update(b"inference");
-        h.update(&index.to_le_bytes());
-        let k = *h.finalize().as_bytes();
+    for &(peer, k) in pairs {
         match (me.min(peer), me.max(peer)) {
             (Role::Client, Role::Server) => keys.client_server = Some(k),
             (Role::Client, Role::Helper) => keys.client_helper = Some(k),
@@ -295,12 +299,18 @@ mod tests {
             k_cs,
             pair_key(Role::Client, Role::Server, &hh, &c, &hello(Role::Server))
         );
-        let kc = inference_keys(Role::Client, &[(Role::Server, k_cs)], 0).unwrap();
-        let ks = inference_keys(Role::Server, &[(Role::Client, k_cs)], 0).unwrap();
+        let kc = session_keys(Role::Client, &[(Role::Server, k_cs)]).unwrap();
+        let ks = session_keys(Role::Server, &[(Role::Client, k_cs)]).unwrap();
+        assert_eq!(kc.client_server, Some(k_cs));
         assert_eq!(kc.client_server, ks.client_server);
         assert_ne!(kc.private, ks.private);
-        let kc1 = inference_keys(Role::Client, &[(Role::Server, k_cs)], 1).unwrap();
-        assert_ne!(kc.client_server, kc1.client_server);
+        assert_ne!(
+            kc.private,
+            session_keys(Role::Client, &[(Role::Server, k_cs)])
+                .unwrap()
+                .private
+        );
         assert!(kc.server_helper.is_none());
+        assert!(session_keys(Role::Client, &[(Role::Client, k_cs)]).is_err());
     }
 }

@@ -18,6 +18,7 @@ use crate::deploy::Deployment;
 use crate::error::{NetError, Result};
 use crate::frame::FrameKind;
 use crate::handshake::{self, Control, Hello};
+use crate::metered::{CommReport, Metered};
 use crate::secure_channel::SecureChannel;
 use crate::tcp::TcpTransport;
 use knapsec_core::Role;
@@ -36,14 +37,14 @@ struct Established {
     pair_key: [u8; 32],
 }
 
-/// Per-inference figures reported by the client.
-#[derive(Clone, Debug, PartialEq)]
+/// Per-inference figures of one party.
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
 pub struct InferenceStats {
     pub index: u64,
+    /// Wall-clock time of the inference at this party.
     pub seconds: f64,
-    /// Payload bytes this party sent, by peer (in `Role::others` order).
-    pub bytes_sent: [u64; 2],
-    pub bytes_received: [u64; 2],
+    /// What this party sent; `rounds` are its flights (see [`crate::metered`]).
+    pub comm: CommReport,
 }
 
 /// How server and helper serve.
@@ -137,6 +138,25 @@ async fn recv_hello(ch: &mut SecureChannel) -> Result<Hello> {
         FrameKind::Goodbye => Err(NetError::Protocol {
             peer,
             message: "it closed before its hello".into(),
+        }),
+    }
+}
+
+/// Waits (at most `wait`) for the peer's [`Control::Ready`], or its abort.
+async fn wait_ready(ch: &mut SecureChannel, wait: Duration) -> Result<()> {
+    let peer = ch.peer();
+    let f = tokio::time::timeout(wait, ch.recv_frame())
+        .await
+        .map_err(|_| timeout_err(peer, "the start of the session", wait))??;
+    match f.kind {
+        FrameKind::Data if Control::from_bytes(&f.payload, peer)? == Control::Ready => Ok(()),
+        FrameKind::Abort => Err(NetError::Aborted {
+            peer,
+            reason: String::from_utf8_lossy(&f.payload).into_owned(),
+        }),
+        _ => Err(NetError::Protocol {
+            peer,
+            message: "expected its ready message".into(),
         }),
     }
 }
@@ -316,9 +336,11 @@ impl Party {
         pairs: &[(Role, [u8; 32])],
         index: u64,
         input: Option<&[f32]>,
-    ) -> Result<PartyOutput> {
-        let keys = handshake::inference_keys(self.dep.role, pairs, index)?;
+    ) -> Result<(PartyOutput, InferenceStats)> {
+        let keys = handshake::session_keys(self.dep.role, pairs)?;
         transport.set_scope("", "");
+        let start = Instant::now();
+        let mut metered = Metered::new(transport);
         let job = PartyJob {
             role: self.dep.role,
             model: &self.model,
@@ -326,11 +348,19 @@ impl Party {
             input,
             options: &self.options,
             keys: &keys,
-            transport,
+            transport: &mut metered,
         };
-        self.backend
+        let out = self
+            .backend
             .run(job)
-            .map_err(|source| NetError::Backend { index, source })
+            .map_err(|source| NetError::Backend { index, source })?;
+        let stats = InferenceStats {
+            index,
+            seconds: start.elapsed().as_secs_f64(),
+            comm: metered.report(),
+        };
+        tracing::debug!(role = %self.dep.role, index, seconds = stats.seconds, bytes = stats.comm.bytes, "inference done");
+        Ok((out, stats))
     }
 
     /// Runs a client session: one inference per input, in order; `on_output` gets each
@@ -364,31 +394,32 @@ impl Party {
                 (Err(e), Err(_)) => Err(e),
             }
         })?;
+        let (mut s, mut h) = (s, h);
+        let wait = self.dep.connect_timeout() + self.dep.handshake_timeout();
+        self.rt.block_on(async {
+            // The first failure ends the wait (the other party is told at once).
+            let both = tokio::try_join!(
+                wait_ready(&mut s.channel, wait),
+                wait_ready(&mut h.channel, wait)
+            );
+            if let Err(e) = both {
+                for ch in [&mut s.channel, &mut h.channel] {
+                    abort_channel(ch, &format!("the client gives up: {e}")).await;
+                }
+                return Err(e);
+            }
+            Ok(())
+        })?;
         tracing::info!(server = %s.peer_hello.software, helper = %h.peer_hello.software, "session established");
         let (mut transport, pairs) = self.transport(vec![s, h])?;
         let mut stats = Vec::new();
         let result = (|| {
             for (i, input) in inputs.iter().enumerate() {
                 let index = i as u64;
-                let start = Instant::now();
-                let before = Role::Client.others().map(|p| transport.stats(p));
                 for p in Role::Client.others() {
                     transport.send(p, Control::Infer { index }.to_bytes())?;
                 }
-                let out = self.run_one(&mut transport, &pairs, index, Some(input))?;
-                let after = Role::Client.others().map(|p| transport.stats(p));
-                let st = InferenceStats {
-                    index,
-                    seconds: start.elapsed().as_secs_f64(),
-                    bytes_sent: [
-                        after[0].sent - before[0].sent,
-                        after[1].sent - before[1].sent,
-                    ],
-                    bytes_received: [
-                        after[0].received - before[0].received,
-                        after[1].received - before[1].received,
-                    ],
-                };
+                let (out, st) = self.run_one(&mut transport, &pairs, index, Some(input))?;
                 on_output(i, out, &st)?;
                 stats.push(st);
             }
@@ -476,45 +507,55 @@ impl Party {
     fn session(&self, listener: &TcpListener) -> Result<u64> {
         let me = self.dep.role;
         let links = self.rt.block_on(async {
-            match me {
-                Role::Server => {
-                    let mut client = self.accept_authenticated(listener, &[Role::Client], None).await?;
-                    let session = client.peer_hello.session;
-                    match self.initiate(Role::Helper, session).await {
-                        Ok(helper) => Ok(vec![client, helper]),
-                        Err(e) => {
-                            abort_channel(&mut client.channel, &format!("the server cannot reach the helper: {e}"))
-                                .await;
-                            Err(e)
-                        }
-                    }
-                }
+            // The first connection of the session, and the role still missing.
+            let (mut first, other) = match me {
+                Role::Server => (self.accept_authenticated(listener, &[Role::Client], None).await?, Role::Helper),
                 _ => {
-                    let mut first = self.accept_authenticated(listener, &[Role::Client, Role::Server], None).await?;
+                    let first = self.accept_authenticated(listener, &[Role::Client, Role::Server], None).await?;
                     let other = if first.channel.peer() == Role::Client { Role::Server } else { Role::Client };
-                    let session = first.peer_hello.session;
-                    let wait = self.dep.connect_timeout() + self.dep.handshake_timeout();
-                    let allowed = [other];
-                    // While waiting for the other party, watch the first one: it may abort
-                    // (e.g. the client found a mismatch with the server).
-                    let second = tokio::select! {
-                        r = tokio::time::timeout(wait, self.accept_authenticated(listener, &allowed, Some(session))) => {
-                            r.map_err(|_| timeout_err(other, "the start of the session", wait)).and_then(|r| r)
-                        }
-                        f = recv_hello(&mut first.channel) => Err(match f {
-                            Err(e) => e,
-                            Ok(_) => NetError::Protocol { peer: first.channel.peer(), message: "a second hello".into() },
-                        }),
-                    };
-                    match second {
-                        Ok(second) => Ok(vec![first, second]),
-                        Err(e) => {
-                            if !matches!(e, NetError::Aborted { .. }) {
-                                abort_channel(&mut first.channel, &format!("the helper gives up: {e}")).await;
-                            }
-                            Err(e)
-                        }
+                    (first, other)
+                }
+            };
+            let session = first.peer_hello.session;
+            let wait = self.dep.connect_timeout() + self.dep.handshake_timeout();
+            let allowed = [other];
+            let second = async {
+                if me == Role::Server {
+                    self.initiate(Role::Helper, session).await
+                } else {
+                    let accept = self.accept_authenticated(listener, &allowed, Some(session));
+                    tokio::time::timeout(wait, accept)
+                        .await
+                        .map_err(|_| timeout_err(other, "the start of the session", wait))?
+                }
+            };
+            // While the second connection is made, watch the first: before `Ready` its peer
+            // sends nothing but an abort (e.g. the client found a mismatch with the other
+            // party), so dropping this read when the second connection wins loses nothing.
+            let first_peer = first.channel.peer();
+            let second = tokio::select! {
+                r = second => r,
+                f = first.channel.recv_frame() => Err(match f {
+                    Ok(f) if f.kind == FrameKind::Abort => NetError::Aborted {
+                        peer: first_peer,
+                        reason: String::from_utf8_lossy(&f.payload).into_owned(),
+                    },
+                    Ok(_) => NetError::Protocol { peer: first_peer, message: "it spoke before the session was ready".into() },
+                    Err(e) => e,
+                }),
+            };
+            match second {
+                Ok(mut second) => {
+                    // Tell the client that this party is ready.
+                    let client = if first_peer == Role::Client { &mut first } else { &mut second };
+                    client.channel.send_frame(FrameKind::Data, &Control::Ready.to_bytes()).await?;
+                    Ok(vec![first, second])
+                }
+                Err(e) => {
+                    if !matches!(e, NetError::Aborted { .. }) {
+                        abort_channel(&mut first.channel, &format!("the {me} gives up: {e}")).await;
                     }
+                    Err(e)
                 }
             }
         })?;
@@ -526,8 +567,15 @@ impl Party {
                 match Control::from_bytes(&msg, Role::Client)? {
                     Control::Done => return Ok(expected),
                     Control::Infer { index } if index == expected => {
-                        self.run_one(&mut transport, &pairs, index, None)?;
+                        let (_, st) = self.run_one(&mut transport, &pairs, index, None)?;
+                        tracing::info!(role = %me, index, seconds = st.seconds, bytes_sent = st.comm.bytes, "inference served");
                         expected += 1;
+                    }
+                    Control::Ready => {
+                        return Err(NetError::Protocol {
+                            peer: Role::Client,
+                            message: "sent a ready message in the middle of the session".into(),
+                        });
                     }
                     Control::Infer { index } => {
                         return Err(NetError::Protocol {

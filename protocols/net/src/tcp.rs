@@ -384,3 +384,19 @@ impl Transport for TcpTransport {
         };
     }
 }
+
+/// Lets a decorator such as [`crate::Metered`] borrow the transport for one inference.
+impl Transport for &mut TcpTransport {
+    fn role(&self) -> Role {
+        (**self).role()
+    }
+    fn send(&mut self, to: Role, msg: Vec<u8>) -> std::result::Result<(), TransportError> {
+        (**self).send(to, msg)
+    }
+    fn recv(&mut self, from: Role) -> std::result::Result<Vec<u8>, TransportError> {
+        (**self).recv(from)
+    }
+    fn set_scope(&mut self, layer: &str, op: &str) {
+        (**self).set_scope(layer, op)
+    }
+}
