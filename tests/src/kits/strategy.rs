@@ -8,7 +8,10 @@
 //!    an answer marked `optimal` is optimal; with [`Expect::Exact`] every answer is optimal;
 //! 4. an infeasible problem is refused with `Infeasible { min_cost, budget }` carrying the
 //!    right numbers; a class without a finite option is refused (with `EmptyClass` naming it,
-//!    if that is the error given), never answered.
+//!    if that is the error given), never answered;
+//! 5. ([`check_budget_monotone`], exact strategies) the objective never gets worse as the
+//!    budget grows;
+//! 6. ([`check_agree`]) two exact strategies agree on larger problems ([`random_problem`]).
 
 use super::{KitResult, check_name, ensure};
 use knapsec_core::knapsack::{
@@ -232,6 +235,111 @@ pub fn check(strategy: &dyn KnapsackStrategy, expect: Expect) -> KitResult {
         )),
         Err(_) => Ok(()),
     }
+}
+
+/// A seeded random problem for the property rules below: `classes` classes of `1..=max_k`
+/// options, costs `0..=max_cost`, values in `[0, 10)` with about one `+inf` in 20, and a budget
+/// between the cheapest choice and the dearest. Deterministic in `seed`.
+pub fn random_problem(seed: u64, classes: usize, max_k: usize, max_cost: u64) -> McKpProblem {
+    let mut state = seed.wrapping_mul(0x2545_F491_4F6C_DD1D) | 1;
+    let mut next = move |n: u64| {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state % n.max(1)
+    };
+    let mut cls: Vec<Vec<(u64, f64)>> = Vec::with_capacity(classes);
+    for _ in 0..classes {
+        let k = 1 + next(max_k as u64) as usize;
+        let mut opts: Vec<(u64, f64)> = (0..k)
+            .map(|_| {
+                let v = if next(20) == 0 {
+                    f64::INFINITY
+                } else {
+                    next(1_000_000) as f64 / 1e5
+                };
+                (next(max_cost + 1), v)
+            })
+            .collect();
+        // At least one finite option.
+        opts[0].1 = opts[0].1.min(9.99);
+        cls.push(opts);
+    }
+    let p = McKpProblem::from_classes(&cls, 0);
+    let lo = p.min_cost();
+    let hi: u64 = (0..p.classes())
+        .map(|i| *p.class(i).0.iter().max().unwrap_or(&0))
+        .sum();
+    let budget = lo + next(hi.saturating_sub(lo) + 1);
+    McKpProblem { budget, ..p }
+}
+
+/// Rule 5 (exact strategies): on `problem`, the objective never increases as the budget grows
+/// from the cheapest choice to the dearest, and every answer respects its budget.
+pub fn check_budget_monotone(strategy: &dyn KnapsackStrategy, problem: &McKpProblem) -> KitResult {
+    let name = strategy.name();
+    let lo = problem.min_cost();
+    let hi: u64 = (0..problem.classes())
+        .map(|i| *problem.class(i).0.iter().max().unwrap_or(&0))
+        .sum();
+    let steps = 12u64;
+    let mut last: Option<(u64, f64)> = None;
+    for s in 0..=steps {
+        let budget = lo + (hi - lo) * s / steps;
+        let p = McKpProblem {
+            budget,
+            ..problem.clone()
+        };
+        let sol = strategy
+            .solve(&p, &SolveLimits::default())
+            .map_err(|e| format!("strategy {name:?}, budget {budget}: {e}"))?;
+        let (cost, value) = p.evaluate(&sol.choice);
+        ensure(cost <= budget, || {
+            format!("strategy {name:?}: costs {cost} over the budget {budget}")
+        })?;
+        if let Some((b0, v0)) = last {
+            ensure(value <= v0 + TOL * v0.abs().max(1.0), || {
+                format!(
+                    "strategy {name:?}: objective {value} at budget {budget} is worse than {v0} at budget {b0}"
+                )
+            })?;
+        }
+        last = Some((budget, value));
+    }
+    Ok(())
+}
+
+/// Rule 6 (two exact strategies): on `problem` both answer, and their objectives agree to
+/// `rel` relative.
+pub fn check_agree(
+    a: &dyn KnapsackStrategy,
+    b: &dyn KnapsackStrategy,
+    problem: &McKpProblem,
+    rel: f64,
+) -> KitResult {
+    let limits = SolveLimits::default();
+    let sa = a
+        .solve(problem, &limits)
+        .map_err(|e| format!("strategy {:?}: {e}", a.name()))?;
+    let sb = b
+        .solve(problem, &limits)
+        .map_err(|e| format!("strategy {:?}: {e}", b.name()))?;
+    let (va, vb) = (
+        problem.evaluate(&sa.choice).1,
+        problem.evaluate(&sb.choice).1,
+    );
+    ensure(
+        (va - vb).abs() <= rel * va.abs().max(vb.abs()).max(f64::MIN_POSITIVE),
+        || {
+            format!(
+                "strategies {:?} ({va}) and {:?} ({vb}) disagree on a problem with {} classes, budget {}",
+                a.name(),
+                b.name(),
+                problem.classes(),
+                problem.budget
+            )
+        },
+    )
 }
 
 #[cfg(test)]

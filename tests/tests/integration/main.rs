@@ -3,4 +3,5 @@
 
 mod dynamic;
 mod kits;
+mod knapsack;
 mod registry;
