@@ -5,7 +5,8 @@
 //! * [`distortion`]: distortion tables (safetensors), the distortion → knapsack artefact.
 //! * [`layer`]: the ordered ReLU layer table of an architecture.
 //! * [`spec`]: block specs (one patch size per channel), RON/JSON, validation.
-//! * [`graph`]: the secure-model graph exported for secure inference (DESIGN §3).
+//! * [`graph`]: the secure-model graph exported for secure inference (DESIGN §3);
+//!   [`graph_build`] builds one without libtorch, with random weights for tests.
 //! * [`arch`], [`knapsack`], [`backend`], [`transport`]: plugin traits (DESIGN §4, §5).
 //! * [`registry`]: built-in plugins collected with `inventory`, plus dynamically loaded ones.
 //!
@@ -19,6 +20,7 @@ pub mod distortion;
 pub mod error;
 pub mod fsutil;
 pub mod graph;
+pub mod graph_build;
 pub mod knapsack;
 pub mod layer;
 pub mod registry;

@@ -1,0 +1,577 @@
+//! The distortion engine (digest §2.3): clean activations once, then every (channel, patch)
+//! variant of a layer from that layer to the output.
+//!
+//! Two schedules fill the same table:
+//!
+//! * [`Schedule::Batched`] (the engine). The clean pass records, for every image batch, the
+//!   input of every block and the pre-activation input of every slot (through the slots' tap).
+//!   A variant's slot output is the clean slot output with one channel replaced by the block
+//!   ReLU of that channel's pre-activation; `V` variants are stacked along the batch
+//!   (variant-major, `V·N` rows) and run from the slot to the output in one pass
+//!   ([`BlockNet::run_block_after_slot`], then the later blocks). Variants whose channel
+//!   output is **bitwise equal on every image of the sample** to one already known are not run:
+//!   equal to the clean output (distortion exactly 0: `(1,1)`, identity on a channel without
+//!   negative inputs, any patch on a dead channel), equal to the channel's identity output
+//!   (every patch mean positive), all zero, or the same effective patch after clamping to the
+//!   map. Equal slot outputs give equal network outputs, so these copies are exact. Workers
+//!   (threads, each with its own copy of the network and one torch thread) take work units
+//!   from a shared counter.
+//! * [`Schedule::Single`] (the reference's schedule, digest §2.3): one variant per pass, the
+//!   layer's slot swapped for a block ReLU, each pass from the start of the layer's block, no
+//!   skipping. It is the yardstick of `knapsec bench distortion` and of the tests.
+//!
+//! Values are the metric's per-image distortion averaged over all images of the sample.
+
+use super::metric::DistortionMetric;
+use super::store::{self, RunInfo, WorkUnit};
+use crate::block_relu::BlockRelu;
+use crate::error::{NnError, Result};
+use crate::net::{BlockNet, repeat_rows};
+use crate::slots::SlotId;
+use knapsec_core::BlockSize;
+use knapsec_core::distortion::DistortionTable;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, mpsc};
+use std::time::{Duration, Instant};
+use tch::{Device, Kind, Tensor};
+
+/// How variants are evaluated (see the module doc).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Schedule {
+    /// The engine: passes start at the layer, variants stacked, identical variants skipped.
+    Batched {
+        /// Stack variants until a pass holds about this many rows·pixels at the layer's map
+        /// (`V·N·H·W`); at least one variant per pass.
+        pass_pixels: usize,
+        /// At most this many variants per pass.
+        max_variants: usize,
+        /// Skip variants whose slot output equals one already known (see the module doc).
+        dedupe: bool,
+    },
+    /// The reference's schedule: one variant per pass from the layer's block, nothing skipped.
+    Single,
+}
+
+impl Schedule {
+    /// The engine with its default settings.
+    pub const DEFAULT: Schedule = Schedule::Batched { pass_pixels: 32 * 1024, max_variants: 64, dedupe: true };
+}
+
+/// Settings of one extraction.
+#[derive(Clone, Debug)]
+pub struct ExtractConfig {
+    pub schedule: Schedule,
+    /// Images per pass (the sample is cut into batches of this many).
+    pub batch: usize,
+    /// Torch threads per worker thread (workers = number of networks given to [`extract`]);
+    /// keep workers × threads at the number of cores.
+    pub threads_per_worker: usize,
+    /// Write the partial table here while running (atomically), with this run information.
+    pub checkpoint: Option<(PathBuf, RunInfo)>,
+    /// Minimum time between two checkpoint writes (one is always written when the run stops).
+    pub checkpoint_every: Duration,
+    /// Stop after this many work units (an injected interruption, for tests).
+    pub stop_after_units: Option<usize>,
+}
+
+impl Default for ExtractConfig {
+    fn default() -> Self {
+        ExtractConfig {
+            schedule: Schedule::DEFAULT,
+            batch: 8,
+            threads_per_worker: 1,
+            checkpoint: None,
+            checkpoint_every: Duration::from_secs(2),
+            stop_after_units: None,
+        }
+    }
+}
+
+/// Progress of a run, reported to the caller's callback on the calling thread.
+#[derive(Clone, Debug)]
+pub enum Progress {
+    /// The run starts: `total` cells in this job, `done` of them already measured (resumed).
+    Start { total: u64, done: u64 },
+    /// A work unit of `cells` cells of `layer` finished.
+    Unit { layer: String, cells: u64 },
+}
+
+/// Counts of a finished (or interrupted) run.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct ExtractStats {
+    /// Work units finished in this run.
+    pub units: usize,
+    /// Cells (variants) filled in this run.
+    pub cells: u64,
+    /// Variants actually run through the network (the others were exact copies).
+    pub evaluated: u64,
+    /// Forward passes (a pass runs one stack of variants on one batch of images).
+    pub passes: u64,
+    /// Wall time of the variant phase (after the clean pass), seconds.
+    pub seconds: f64,
+}
+
+/// The clean network's activations on one batch of images.
+struct CleanBatch {
+    /// Input of every block (`inputs[0]` is the images).
+    inputs: Vec<Tensor>,
+    /// Pre-activation input of every slot, by slot index.
+    pre: Vec<Tensor>,
+    /// The network's output.
+    out: Tensor,
+    rows: i64,
+}
+
+impl CleanBatch {
+    fn share(&self) -> CleanBatch {
+        CleanBatch {
+            inputs: self.inputs.iter().map(Tensor::shallow_clone).collect(),
+            pre: self.pre.iter().map(Tensor::shallow_clone).collect(),
+            out: self.out.shallow_clone(),
+            rows: self.rows,
+        }
+    }
+}
+
+/// Runs the clean network on every batch and records what the variant passes start from.
+fn clean_pass(net: &dyn BlockNet, images: &Tensor, batch: usize) -> Result<Vec<CleanBatch>> {
+    let _guard = tch::no_grad_guard();
+    let n = images.size()[0];
+    let nslots = net.slots().len();
+    let mut out = Vec::new();
+    let mut start = 0;
+    while start < n {
+        let rows = (batch as i64).min(n - start);
+        let x = images.narrow(0, start, rows);
+        let captured: Arc<Mutex<Vec<Option<Tensor>>>> = Arc::new(Mutex::new((0..nslots).map(|_| None).collect()));
+        let sink = Arc::clone(&captured);
+        let previous = net.slots().set_tap(Some(Box::new(move |id: SlotId, x: &Tensor| {
+            if let Ok(mut v) = sink.lock() {
+                v[id.0] = Some(x.detach().copy());
+            }
+            None
+        })));
+        let outs = net.block_outputs(&x, false);
+        net.slots().set_tap(previous);
+        let outs = outs?;
+        let pre: Vec<Tensor> = std::mem::take(&mut *captured.lock().map_err(|_| poisoned())?)
+            .into_iter()
+            .enumerate()
+            .map(|(i, t)| {
+                t.ok_or_else(|| {
+                    NnError::Distortion(format!(
+                        "{}: slot {:?} never ran in the forward pass",
+                        net.arch(),
+                        net.slots().iter().nth(i).map(|s| s.layer.name.as_str()).unwrap_or("?")
+                    ))
+                })
+            })
+            .collect::<Result<_>>()?;
+        let mut inputs = Vec::with_capacity(outs.len());
+        inputs.push(x.shallow_clone());
+        inputs.extend(outs[..outs.len() - 1].iter().map(Tensor::shallow_clone));
+        let last = outs.last().expect("a network has at least one block").shallow_clone();
+        out.push(CleanBatch { inputs, pre, out: last, rows });
+        start += rows;
+    }
+    Ok(out)
+}
+
+fn poisoned() -> NnError {
+    NnError::Distortion("a worker thread panicked".into())
+}
+
+/// What a worker needs to know about one layer.
+#[derive(Clone, Debug)]
+struct LayerJob {
+    name: String,
+    slot: SlotId,
+    block: usize,
+    height: u32,
+    width: u32,
+    candidates: Vec<BlockSize>,
+}
+
+/// The output of a block ReLU with candidate `b` on `x` (`[N, c, H, W]`, every channel the same
+/// candidate) — the same module the networks use.
+fn apply_candidate(b: BlockSize, x: &Tensor) -> Result<Tensor> {
+    Ok(match b {
+        BlockSize::Identity => x.shallow_clone(),
+        BlockSize::Zero => x.zeros_like(),
+        BlockSize::Patch { .. } => BlockRelu::new(vec![b; x.size()[1] as usize])?.forward_unchecked(x),
+    })
+}
+
+/// Per-channel `all` over every dimension but the channel one of a `[N, c, H, W]` bool tensor.
+fn all_per_channel(t: &Tensor) -> Tensor {
+    let c = t.size()[1];
+    t.transpose(0, 1).reshape([c, -1]).all_dim(1, false)
+}
+
+/// Class of a variant's channel output for skipping: variants of one channel with the same key
+/// have bitwise equal outputs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Key {
+    /// Equal to the channel's identity output (the pre-activation itself).
+    Ones,
+    /// All zero.
+    Zeros,
+    /// A patch, clamped to the map.
+    Patch(u32, u32),
+}
+
+struct Worker<'a> {
+    net: &'a mut dyn BlockNet,
+    clean: &'a [CleanBatch],
+    metric: &'a dyn DistortionMetric,
+    schedule: Schedule,
+    images: f64,
+}
+
+struct UnitResult {
+    unit: usize,
+    values: Vec<f64>,
+    evaluated: u64,
+    passes: u64,
+}
+
+impl Worker<'_> {
+    fn run_unit(&mut self, unit: &WorkUnit, job: &LayerJob) -> Result<UnitResult> {
+        let _guard = tch::no_grad_guard();
+        match self.schedule {
+            Schedule::Single => self.single(unit, job),
+            Schedule::Batched { pass_pixels, max_variants, dedupe } => {
+                self.batched(unit, job, pass_pixels, max_variants, dedupe)
+            }
+        }
+    }
+
+    /// The reference's schedule: swap the slot, run from the block, restore.
+    fn single(&mut self, unit: &WorkUnit, job: &LayerJob) -> Result<UnitResult> {
+        let k = job.candidates.len();
+        let mut values = vec![0.0; unit.channels.len() * k];
+        let saved = self.net.slots().current_blocks(&job.name)?.ok_or_else(|| {
+            NnError::Distortion(format!("layer {:?}: the single schedule needs a ReLU slot (it is ReLU6)", job.name))
+        })?;
+        let mut passes = 0;
+        for (i, c) in unit.channels.clone().enumerate() {
+            for (q, &b) in job.candidates.iter().enumerate() {
+                let mut blocks = saved.clone();
+                blocks[c] = b;
+                self.net.slots_mut().set_blocks(&job.name, &blocks)?;
+                let mut sum = 0.0;
+                let result = (|| -> Result<()> {
+                    for cb in self.clean {
+                        let out = self.net.forward_from(job.block, &cb.inputs[job.block], false)?;
+                        sum += f64::try_from(self.metric.per_image(&out, &cb.out).sum(Kind::Double))?;
+                        passes += 1;
+                    }
+                    Ok(())
+                })();
+                self.net.slots_mut().set_blocks(&job.name, &saved)?;
+                result?;
+                values[i * k + q] = sum / self.images;
+            }
+        }
+        let evaluated = values.len() as u64;
+        Ok(UnitResult { unit: unit.id, values, evaluated, passes })
+    }
+
+    /// Which variants of the unit must run, and which copy another (`rep[i][q]`: `None` = the
+    /// clean output, distortion 0; `Some(q')` = the value of candidate `q'` of the same channel).
+    fn representatives(&self, unit: &WorkUnit, job: &LayerJob, dedupe: bool) -> Result<Vec<Vec<Option<usize>>>> {
+        let (cc, k) = (unit.channels.len(), job.candidates.len());
+        if !dedupe {
+            return Ok(vec![(0..k).map(Some).collect(); cc]);
+        }
+        // flags[q][f][i]: f = 0 equal to clean, 1 equal to identity, 2 all zero.
+        let mut flags = vec![[vec![true; cc], vec![true; cc], vec![true; cc]]; k];
+        for cb in self.clean {
+            let pre_all = &cb.pre[job.slot.0];
+            let act = self.net.slots().run(job.slot, pre_all).narrow(1, unit.channels.start as i64, cc as i64);
+            let pre = pre_all.narrow(1, unit.channels.start as i64, cc as i64);
+            let mut per = Vec::with_capacity(k);
+            for &b in &job.candidates {
+                let y = apply_candidate(b, &pre)?;
+                per.push(Tensor::stack(
+                    &[
+                        all_per_channel(&y.eq_tensor(&act)),
+                        all_per_channel(&y.eq_tensor(&pre)),
+                        all_per_channel(&y.eq(0.0)),
+                    ],
+                    0,
+                ));
+            }
+            let bits = Vec::<u8>::try_from(Tensor::stack(&per, 0).to_kind(Kind::Uint8).flatten(0, -1))?;
+            for q in 0..k {
+                for f in 0..3 {
+                    for i in 0..cc {
+                        flags[q][f][i] &= bits[(q * 3 + f) * cc + i] != 0;
+                    }
+                }
+            }
+        }
+        let (h, w) = (job.height, job.width);
+        let mut reps = vec![vec![None; k]; cc];
+        for (i, rep) in reps.iter_mut().enumerate() {
+            let mut keys: Vec<Option<Key>> = Vec::with_capacity(k);
+            for (q, &b) in job.candidates.iter().enumerate() {
+                let key = if flags[q][0][i] {
+                    None
+                } else if flags[q][1][i] {
+                    Some(Key::Ones)
+                } else if flags[q][2][i] {
+                    Some(Key::Zeros)
+                } else {
+                    match b {
+                        BlockSize::Patch { h: bh, w: bw } => Some(Key::Patch(bh.min(h), bw.min(w))),
+                        // Identity always equals itself (flag 1); Zero is always all zero (flag 2).
+                        BlockSize::Identity => Some(Key::Ones),
+                        BlockSize::Zero => Some(Key::Zeros),
+                    }
+                };
+                rep[q] = key.map(|key| keys.iter().position(|k| *k == Some(key)).unwrap_or(q));
+                keys.push(key);
+            }
+        }
+        Ok(reps)
+    }
+
+    fn batched(
+        &mut self,
+        unit: &WorkUnit,
+        job: &LayerJob,
+        pass_pixels: usize,
+        max_variants: usize,
+        dedupe: bool,
+    ) -> Result<UnitResult> {
+        let k = job.candidates.len();
+        let reps = self.representatives(unit, job, dedupe)?;
+        let todo: Vec<(usize, usize)> = reps
+            .iter()
+            .enumerate()
+            .flat_map(|(i, r)| r.iter().enumerate().filter(move |(q, rq)| **rq == Some(*q)).map(move |(q, _)| (i, q)))
+            .collect();
+        let rows = self.clean.first().map_or(1, |cb| cb.rows as usize);
+        let per_variant = rows * job.height as usize * job.width as usize;
+        let v_max = (pass_pixels / per_variant.max(1)).clamp(1, max_variants.max(1));
+        let mut measured = vec![f64::NAN; reps.len() * k];
+        let nblocks = self.net.block_names().len();
+        let mut passes = 0;
+        for group in todo.chunks(v_max) {
+            let v = group.len() as i64;
+            let mut sums = vec![0.0f64; group.len()];
+            for cb in self.clean {
+                let pre = &cb.pre[job.slot.0];
+                let act = self.net.slots().run(job.slot, pre);
+                let (_, _, hh, ww) = pre.size4()?;
+                let mut parts = Vec::with_capacity(group.len());
+                let mut channel_of_row = Vec::with_capacity(group.len() * cb.rows as usize);
+                for &(i, q) in group {
+                    let c = (unit.channels.start + i) as i64;
+                    parts.push(apply_candidate(job.candidates[q], &pre.narrow(1, c, 1))?);
+                    channel_of_row.extend(std::iter::repeat_n(c, cb.rows as usize));
+                }
+                let replaced = Tensor::cat(&parts, 0);
+                let index = Tensor::from_slice(&channel_of_row).to_device(pre.device()).view([-1, 1, 1, 1]).expand(
+                    [v * cb.rows, 1, hh, ww],
+                    false,
+                );
+                let stacked = repeat_rows(&act, v).scatter(1, &index, &replaced);
+                let mut y = self.net.run_block_after_slot(job.block, job.slot, &stacked, &cb.inputs[job.block], false)?;
+                if job.block + 1 < nblocks {
+                    y = self.net.forward_from(job.block + 1, &y, false)?;
+                }
+                let d = self.metric.per_image(&y, &repeat_rows(&cb.out, v));
+                let d = Vec::<f64>::try_from(d.view([v, cb.rows]).sum_dim_intlist(1, false, Kind::Double))?;
+                for (s, x) in sums.iter_mut().zip(d) {
+                    *s += x;
+                }
+                passes += 1;
+            }
+            for (&(i, q), s) in group.iter().zip(sums) {
+                measured[i * k + q] = s / self.images;
+            }
+        }
+        let mut values = vec![0.0; reps.len() * k];
+        for (i, r) in reps.iter().enumerate() {
+            for q in 0..k {
+                values[i * k + q] = r[q].map_or(0.0, |rq| measured[i * k + rq]);
+            }
+        }
+        Ok(UnitResult { unit: unit.id, values, evaluated: todo.len() as u64, passes })
+    }
+}
+
+/// Fills the NaN cells of `table` that belong to `units`, using one worker thread per network
+/// in `nets` (all with the same weights and activations; `nets[0]` also runs the clean pass).
+///
+/// `images` is the sample `[N, C, H, W]` (on any device the networks live on); the table's
+/// candidates say which variants exist. On an injected stop ([`ExtractConfig::stop_after_units`])
+/// the checkpoint is written and [`NnError::Interrupted`] returned. On success the table is
+/// returned with every cell of `units` filled.
+pub fn extract(
+    nets: Vec<Box<dyn BlockNet>>,
+    images: &Tensor,
+    mut table: DistortionTable,
+    units: &[WorkUnit],
+    metric: Arc<dyn DistortionMetric>,
+    config: &ExtractConfig,
+    progress: &mut dyn FnMut(Progress),
+) -> Result<(DistortionTable, ExtractStats)> {
+    let Some(first) = nets.first() else {
+        return Err(NnError::Distortion("no network given".into()));
+    };
+    if config.batch == 0 {
+        return Err(NnError::Distortion("the batch must hold at least one image".into()));
+    }
+    let n_images = images.size().first().copied().unwrap_or(0);
+    if n_images == 0 {
+        return Err(NnError::Distortion("the sample holds no images".into()));
+    }
+    // Jobs per layer, checked against the network.
+    let mut jobs = Vec::with_capacity(table.layers.len());
+    for (name, d) in &table.layers {
+        let slot = first.slots().get(name).map_err(|_| {
+            NnError::Distortion(format!("the table names layer {name:?}, which network {:?} does not have", first.arch()))
+        })?;
+        if slot.layer.channels as usize != d.channels {
+            return Err(NnError::WrongChannelCount {
+                layer: name.clone(),
+                expected: slot.layer.channels as usize,
+                found: d.channels,
+            });
+        }
+        jobs.push(LayerJob {
+            name: name.clone(),
+            slot: first.slots().id(name)?,
+            block: slot.block,
+            height: slot.layer.height,
+            width: slot.layer.width,
+            candidates: d.candidates.clone(),
+        });
+    }
+    let total: u64 = units.iter().map(|u| (u.channels.len() * jobs[u.layer].candidates.len()) as u64).sum();
+    let pending: Vec<WorkUnit> = units.iter().filter(|u| !store::unit_done(&table, u)).cloned().collect();
+    let done: u64 = total - pending.iter().map(|u| (u.channels.len() * jobs[u.layer].candidates.len()) as u64).sum::<u64>();
+    progress(Progress::Start { total, done });
+    let mut stats = ExtractStats::default();
+    if pending.is_empty() {
+        return Ok((table, stats));
+    }
+
+    let clean = clean_pass(first.as_ref(), images, config.batch)?;
+    let t0 = Instant::now();
+    let next = Arc::new(AtomicUsize::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let (tx, rx) = mpsc::channel::<Result<UnitResult>>();
+    let pending = Arc::new(pending);
+    let jobs = Arc::new(jobs);
+    let images = n_images as f64;
+    let mut handles = Vec::with_capacity(nets.len());
+    for mut net in nets {
+        let shared: Vec<CleanBatch> = clean.iter().map(CleanBatch::share).collect();
+        let (next, stop, tx, pending, jobs, metric) =
+            (Arc::clone(&next), Arc::clone(&stop), tx.clone(), Arc::clone(&pending), Arc::clone(&jobs), Arc::clone(&metric));
+        let (schedule, threads) = (config.schedule, config.threads_per_worker.max(1));
+        handles.push(std::thread::spawn(move || {
+            tch::set_num_threads(threads as i32);
+            let mut worker =
+                Worker { net: net.as_mut(), clean: &shared, metric: metric.as_ref(), schedule, images };
+            while !stop.load(Ordering::Relaxed) {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                let Some(unit) = pending.get(i) else { break };
+                let r = worker.run_unit(unit, &jobs[unit.layer]);
+                let failed = r.is_err();
+                if tx.send(r).is_err() || failed {
+                    break;
+                }
+            }
+        }));
+    }
+    drop(tx);
+    drop(clean);
+
+    let mut last_save = Instant::now();
+    let mut result: Result<()> = Ok(());
+    let save = |table: &DistortionTable| -> Result<()> {
+        match &config.checkpoint {
+            Some((path, run)) => store::save(path, table, run),
+            None => Ok(()),
+        }
+    };
+    for r in rx {
+        match r {
+            Ok(u) => {
+                if config.stop_after_units.is_some_and(|k| stats.units >= k) {
+                    continue;
+                }
+                let unit = &pending[pending.iter().position(|p| p.id == u.unit).expect("a pending unit")];
+                let d = &mut table.layers[unit.layer];
+                let k = d.k();
+                for (i, c) in unit.channels.clone().enumerate() {
+                    d.row_mut(c).copy_from_slice(&u.values[i * k..(i + 1) * k]);
+                }
+                let cells = u.values.len() as u64;
+                stats.units += 1;
+                stats.cells += cells;
+                stats.evaluated += u.evaluated;
+                stats.passes += u.passes;
+                progress(Progress::Unit { layer: jobs[unit.layer].name.clone(), cells });
+                if config.stop_after_units.is_some_and(|k| stats.units >= k) {
+                    stop.store(true, Ordering::Relaxed);
+                }
+                if config.checkpoint.is_some() && last_save.elapsed() >= config.checkpoint_every {
+                    if let Err(e) = save(&table) {
+                        stop.store(true, Ordering::Relaxed);
+                        result = result.and(Err(e));
+                    }
+                    last_save = Instant::now();
+                }
+            }
+            Err(e) => {
+                stop.store(true, Ordering::Relaxed);
+                if result.is_ok() {
+                    result = Err(e);
+                }
+            }
+        }
+    }
+    for h in handles.into_iter().flatten() {
+        if h.join().is_err() && result.is_ok() {
+            result = Err(poisoned());
+        }
+    }
+    stats.seconds = t0.elapsed().as_secs_f64();
+    let interrupted = config.stop_after_units.is_some_and(|k| stats.units >= k)
+        && units.iter().any(|u| !store::unit_done(&table, u));
+    if result.is_err() || interrupted {
+        save(&table)?;
+        result?;
+        return Err(NnError::Interrupted { units: stats.units });
+    }
+    Ok((table, stats))
+}
+
+/// Devices are named `cpu`, `cuda` or `cuda:N`.
+pub fn parse_device(text: &str) -> Result<Device> {
+    let bad = || NnError::Distortion(format!("unknown device {text:?} (expected cpu, cuda or cuda:N)"));
+    let device = match text.trim() {
+        "cpu" => Device::Cpu,
+        "cuda" => Device::Cuda(0),
+        t => match t.strip_prefix("cuda:") {
+            Some(n) => Device::Cuda(n.parse().map_err(|_| bad())?),
+            None => return Err(bad()),
+        },
+    };
+    if let Device::Cuda(i) = device
+        && (i as i64) >= tch::Cuda::device_count()
+    {
+        return Err(NnError::Distortion(format!(
+            "device {text:?} is not available ({} CUDA devices)",
+            tch::Cuda::device_count()
+        )));
+    }
+    Ok(device)
+}

@@ -1,0 +1,272 @@
+//! Block-structured networks (digest §4.1, §8; DESIGN §4 "the tch side").
+//!
+//! A [`BlockNet`] is a sequence of named blocks: running them in order is the full forward
+//! pass, and the last block returns the network's output (logits). Every ReLU sits in its own
+//! named slot ([`Slots`]), so any slot can be swapped (ReLU ↔ block ReLU ↔ identity) and the
+//! network can be run from the block of any layer to the end on cached block inputs — what the
+//! distortion engine needs.
+//!
+//! Builders register with `inventory::submit!` of a [`NetRegistration`] keyed by the same name
+//! as the architecture's (tch-free) `ArchAdapter`. [`Network`] bundles a built network with
+//! the `VarStore` that owns its weights.
+
+use crate::error::{NnError, Result};
+use crate::slots::{Activation, Slots};
+use knapsec_core::graph_build::ParamSource;
+use knapsec_core::{ArchOptions, BlockSpec, graph::SecureModel};
+use tch::{Device, Tensor, nn};
+
+/// A network as a sequence of named blocks with named activation slots.
+///
+/// Implementors provide the blocks, the slots and the secure graph; everything else has a
+/// default. Tensors are `[N, C, H, W]`; `train` selects BatchNorm's training mode (tch's
+/// `ModuleT` convention).
+pub trait BlockNet: Send + std::fmt::Debug {
+    /// Architecture name (the registry key).
+    fn arch(&self) -> &str;
+
+    /// The options the network was built with.
+    fn options(&self) -> &ArchOptions;
+
+    /// Input shape `(C, H, W)` the network was built for.
+    fn input_shape(&self) -> [i64; 3];
+
+    /// Block names in execution order (e.g. `stem`, `layer1_0`, …).
+    fn block_names(&self) -> &[String];
+
+    /// Runs block `index` on `x`, the output of block `index - 1` (the image for block 0).
+    fn run_block(&self, index: usize, x: &Tensor, train: bool) -> Tensor;
+
+    /// The activation slots.
+    fn slots(&self) -> &Slots;
+
+    /// The activation slots, mutably (to swap activations).
+    fn slots_mut(&mut self) -> &mut Slots;
+
+    /// The secure-model graph of the network with its current activations baked in, and the
+    /// `state_dict` sources of its weights (see [`crate::export`]).
+    fn secure_graph(&self, frac_bits: u32) -> Result<(SecureModel, Vec<ParamSource>)>;
+
+    /// Maps a key of a foreign checkpoint to this network's `state_dict` key (e.g. torchvision
+    /// names to OpenMMLab names); the default keeps the key.
+    fn import_key(&self, key: &str) -> String {
+        key.to_string()
+    }
+
+    /// Index of the block named `name`.
+    fn block_index(&self, name: &str) -> Result<usize> {
+        self.block_names()
+            .iter()
+            .position(|b| b == name)
+            .ok_or_else(|| NnError::UnknownBlock { arch: self.arch().to_string(), block: name.to_string() })
+    }
+
+    /// Index of the block in which ReLU layer `layer` lives.
+    fn layer_block(&self, layer: &str) -> Result<usize> {
+        Ok(self.slots().get(layer)?.block)
+    }
+
+    /// Runs blocks `start..` on `x` (the input of block `start`) and returns the output.
+    /// For `start == 0` the input shape is checked against [`Self::input_shape`].
+    fn forward_from(&self, start: usize, x: &Tensor, train: bool) -> Result<Tensor> {
+        let count = self.block_names().len();
+        if start >= count {
+            return Err(NnError::BlockOutOfRange { arch: self.arch().to_string(), index: start, count });
+        }
+        if start == 0 {
+            check_input(self.arch(), self.input_shape(), x)?;
+        }
+        let mut y = self.run_block(start, x, train);
+        for i in start + 1..count {
+            y = self.run_block(i, &y, train);
+        }
+        Ok(y)
+    }
+
+    /// The full forward pass.
+    fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        self.forward_from(0, x, train)
+    }
+
+    /// Output of every block for input `x` (entry `i` is the input of block `i + 1`; the last
+    /// entry is the network's output), for caching in distortion extraction.
+    fn block_outputs(&self, x: &Tensor, train: bool) -> Result<Vec<Tensor>> {
+        check_input(self.arch(), self.input_shape(), x)?;
+        let mut outs: Vec<Tensor> = Vec::with_capacity(self.block_names().len());
+        for i in 0..self.block_names().len() {
+            let y = self.run_block(i, outs.last().unwrap_or(x), train);
+            outs.push(y);
+        }
+        Ok(outs)
+    }
+
+    /// Runs the rest of block `index` after slot `slot` (which lives in that block) and returns
+    /// the block's output — the distortion engine's way to start a pass at a layer instead of at
+    /// its block ([`crate::distortion`]).
+    ///
+    /// `act` is the slot's output for `V ≥ 1` variants stacked variant-major along the batch
+    /// (`V·N` rows); `input` is the block's input for the `N` images (`N` rows), shared by every
+    /// variant. The default runs the whole block on `input` repeated `V` times with `act`
+    /// injected at the slot (correct for every network, but it redoes the work before the slot);
+    /// networks override it to continue from the slot.
+    fn run_block_after_slot(
+        &self,
+        index: usize,
+        slot: crate::slots::SlotId,
+        act: &Tensor,
+        input: &Tensor,
+        train: bool,
+    ) -> Result<Tensor> {
+        run_block_injected(self, index, slot, act, input, train)
+    }
+
+    /// Puts `act` into `layer`'s slot.
+    fn set_activation(&mut self, layer: &str, act: Activation) -> Result<()> {
+        self.slots_mut().set(layer, act)
+    }
+
+    /// Applies a block spec (see [`Slots::apply_spec`]).
+    fn apply_spec(&mut self, spec: &BlockSpec) -> Result<()> {
+        self.slots_mut().apply_spec(spec)
+    }
+
+    /// Puts every slot back to its original activation.
+    fn reset_activations(&mut self) {
+        self.slots_mut().reset()
+    }
+}
+
+/// The default of [`BlockNet::run_block_after_slot`]: runs block `index` on `input` repeated
+/// `V` times with `act` injected at `slot` (through the slots' tap).
+pub fn run_block_injected<N: BlockNet + ?Sized>(
+    net: &N,
+    index: usize,
+    slot: crate::slots::SlotId,
+    act: &Tensor,
+    input: &Tensor,
+    train: bool,
+) -> Result<Tensor> {
+    let v = stacked_variants(net.arch(), act, input)?;
+    let repeated = repeat_rows(input, v);
+    let injected = act.shallow_clone();
+    let previous = net.slots().set_tap(Some(Box::new(move |id, _x| (id == slot).then(|| injected.shallow_clone()))));
+    let y = net.run_block(index, &repeated, train);
+    net.slots().set_tap(previous);
+    Ok(y)
+}
+
+/// Number `V` of variants stacked in `act` (`V·N` rows) over `input` (`N` rows); an error when
+/// the row counts do not divide.
+pub fn stacked_variants(arch: &str, act: &Tensor, input: &Tensor) -> Result<i64> {
+    let (rows, n) = (act.size().first().copied().unwrap_or(0), input.size().first().copied().unwrap_or(0));
+    if n == 0 || rows == 0 || rows % n != 0 {
+        return Err(NnError::BadOption {
+            arch: arch.to_string(),
+            option: "stacked variants",
+            reason: format!("{rows} rows of slot output do not stack over a block input of {n} rows"),
+        });
+    }
+    Ok(rows / n)
+}
+
+/// `x` (`[N, …]`) repeated `v` times along the batch, variant-major (`[v·N, …]`).
+pub fn repeat_rows(x: &Tensor, v: i64) -> Tensor {
+    if v == 1 {
+        return x.shallow_clone();
+    }
+    let mut reps = vec![1i64; x.dim()];
+    reps[0] = v;
+    x.repeat(reps.as_slice())
+}
+
+/// Checks that `x` is `[N, C, H, W]` with the expected `(C, H, W)`.
+pub fn check_input(arch: &str, expected: [i64; 3], x: &Tensor) -> Result<()> {
+    let size = x.size();
+    if size.len() != 4 || size[1..] != expected {
+        return Err(NnError::BadInput {
+            arch: arch.to_string(),
+            found: size,
+            expected_c: expected[0],
+            expected_h: expected[1],
+            expected_w: expected[2],
+        });
+    }
+    Ok(())
+}
+
+/// Builds an architecture's network under a `VarStore` path.
+pub type NetBuilder = fn(&ArchOptions, &nn::Path) -> Result<Box<dyn BlockNet>>;
+
+/// Link-time registration of a network builder, keyed by architecture name.
+pub struct NetRegistration {
+    /// Architecture name, the same as its `ArchAdapter`'s.
+    pub name: &'static str,
+    /// The crate that registers it.
+    pub provider: &'static str,
+    /// The builder.
+    pub build: NetBuilder,
+}
+
+inventory::collect!(NetRegistration);
+
+/// Names of every network builder linked in, sorted.
+pub fn net_names() -> Vec<&'static str> {
+    let mut names: Vec<&'static str> = inventory::iter::<NetRegistration>.into_iter().map(|r| r.name).collect();
+    names.sort_unstable();
+    names
+}
+
+/// The builder registered for `name`; an error lists the available ones or names a duplicate.
+pub fn net_builder(name: &str) -> Result<NetBuilder> {
+    let mut found = inventory::iter::<NetRegistration>.into_iter().filter(|r| r.name == name);
+    match (found.next(), found.next()) {
+        (Some(r), None) => Ok(r.build),
+        (Some(_), Some(_)) => Err(NnError::DuplicateNet { name: name.to_string() }),
+        (None, _) => {
+            let names = net_names();
+            Err(NnError::NoSuchNet {
+                name: name.to_string(),
+                available: if names.is_empty() { "none".into() } else { names.join(", ") },
+            })
+        }
+    }
+}
+
+/// A network together with the `VarStore` that owns its weights.
+#[derive(Debug)]
+pub struct Network {
+    /// The weights (PyTorch `state_dict` names).
+    pub vs: nn::VarStore,
+    /// The network.
+    pub net: Box<dyn BlockNet>,
+}
+
+impl Network {
+    /// Builds the registered network `arch` on `device` with freshly initialised weights.
+    pub fn build(arch: &str, options: &ArchOptions, device: Device) -> Result<Self> {
+        Self::build_with(net_builder(arch)?, options, device)
+    }
+
+    /// Builds a network with an explicit builder (tests, unregistered architectures).
+    pub fn build_with(build: NetBuilder, options: &ArchOptions, device: Device) -> Result<Self> {
+        let vs = nn::VarStore::new(device);
+        let net = build(options, &vs.root())?;
+        Ok(Network { vs, net })
+    }
+
+    /// Loads weights from a safetensors file with `state_dict` names (see [`crate::weights`]).
+    pub fn load_weights(&mut self, path: &std::path::Path) -> Result<()> {
+        let net = &self.net;
+        crate::weights::load(&mut self.vs, path, net.arch(), &|k| net.import_key(k))
+    }
+
+    /// Saves the weights as safetensors with `state_dict` names.
+    pub fn save_weights(&self, path: &std::path::Path) -> Result<()> {
+        crate::weights::save(&self.vs, path, self.net.arch())
+    }
+
+    /// Exports the network with its current activations as a secure model (see [`crate::export`]).
+    pub fn export(&self, frac_bits: u32) -> Result<(SecureModel, knapsec_core::graph::ModelWeights)> {
+        crate::export::export(self, frac_bits)
+    }
+}

@@ -1,0 +1,241 @@
+//! The tch networks of the ResNets (feature `torch`), registered in `knapsec-nn`.
+//!
+//! One network type serves both architectures: a stem block (conv, BN, `stem` slot, optional
+//! pooling) followed by one block per residual unit; the last block also runs global average
+//! pooling and `head.fc`, returning `[N, classes]` logits. Every ReLU is its own slot
+//! (`layer{R}_{B}_{K}`), as in the reference's `MyResNet` / `ResNet_CIFAR_V2` backbones.
+
+use crate::plan::{RESNET18_CIFAR, RESNET50_IMAGENET, ResNetPlan, StemPool, Unit, UnitKind};
+use knapsec_core::ArchOptions;
+use knapsec_core::graph::SecureModel;
+use knapsec_core::graph_build::ParamSource;
+use knapsec_nn::net::{BlockNet, NetRegistration};
+use knapsec_nn::slots::{SlotId, SlotKind, Slots};
+use knapsec_nn::Result;
+use tch::nn::{self, ModuleT};
+use tch::{Kind, Tensor};
+
+#[derive(Debug)]
+struct ConvBn {
+    conv: nn::Conv2D,
+    bn: nn::BatchNorm,
+}
+
+impl ConvBn {
+    fn new(p: &nn::Path, conv: &str, bn: &str, i: u32, o: u32, k: u32, stride: u32, padding: u32) -> Self {
+        let cfg = nn::ConvConfig { stride: stride.into(), padding: padding.into(), bias: false, ..Default::default() };
+        ConvBn {
+            conv: nn::conv2d(p / conv, i.into(), o.into(), k.into(), cfg),
+            bn: nn::batch_norm2d(p / bn, o.into(), Default::default()),
+        }
+    }
+
+    fn forward(&self, x: &Tensor, train: bool) -> Tensor {
+        self.bn.forward_t(&x.apply(&self.conv), train)
+    }
+}
+
+#[derive(Debug)]
+struct ResUnit {
+    convs: Vec<ConvBn>,
+    /// One slot per ReLU: after each inner conv but the last, and after the addition.
+    slots: Vec<SlotId>,
+    downsample: Option<ConvBn>,
+}
+
+/// A ResNet as a block-structured network.
+#[derive(Debug)]
+pub struct ResNet {
+    plan: ResNetPlan,
+    options: ArchOptions,
+    blocks: Vec<String>,
+    stem: ConvBn,
+    stem_slot: SlotId,
+    units: Vec<ResUnit>,
+    fc: nn::Linear,
+    slots: Slots,
+}
+
+fn unit_path<'a>(root: &nn::Path<'a>, u: &Unit) -> nn::Path<'a> {
+    u.module.split('.').fold(root / "", |p, part| if part.is_empty() { p } else { &p / part })
+}
+
+impl ResNet {
+    /// Builds architecture `arch` at `options` under `root` (variables get mmcls names).
+    pub fn new(arch: &str, options: &ArchOptions, root: &nn::Path) -> Result<Self> {
+        let plan = ResNetPlan::new(arch, options)?;
+        let table = plan.layer_table()?;
+        let mut slots = Slots::new(plan.arch);
+        let backbone = root / "backbone";
+        let stem = ConvBn::new(
+            &backbone,
+            "conv1",
+            "bn1",
+            plan.input.0,
+            plan.stem_channels,
+            plan.stem_kernel,
+            plan.stem_stride,
+            plan.stem_padding,
+        );
+        let stem_slot = slots.add(table.layers[0].clone(), 0, SlotKind::Relu)?;
+        let mut units = Vec::with_capacity(plan.units.len());
+        for (i, u) in plan.units.iter().enumerate() {
+            let p = unit_path(root, u);
+            let mut convs = Vec::new();
+            match plan.kind {
+                UnitKind::Basic => {
+                    convs.push(ConvBn::new(&p, "conv1", "bn1", u.in_channels, u.planes, 3, u.stride, 1));
+                    convs.push(ConvBn::new(&p, "conv2", "bn2", u.planes, u.out_channels, 3, 1, 1));
+                }
+                UnitKind::Bottleneck => {
+                    convs.push(ConvBn::new(&p, "conv1", "bn1", u.in_channels, u.planes, 1, 1, 0));
+                    convs.push(ConvBn::new(&p, "conv2", "bn2", u.planes, u.planes, 3, u.stride, 1));
+                    convs.push(ConvBn::new(&p, "conv3", "bn3", u.planes, u.out_channels, 1, 1, 0));
+                }
+            }
+            let downsample = u.downsample.then(|| {
+                let d = &p / "downsample";
+                ConvBn::new(&d, "0", "1", u.in_channels, u.out_channels, 1, u.stride, 0)
+            });
+            let unit_slots = plan
+                .unit_layers(u)
+                .into_iter()
+                .map(|layer| slots.add(layer, i + 1, SlotKind::Relu))
+                .collect::<Result<Vec<_>>>()?;
+            units.push(ResUnit { convs, slots: unit_slots, downsample });
+        }
+        let last = plan.units.last().map(|u| u.out_channels).unwrap_or(plan.stem_channels);
+        let fc = nn::linear(root / "head" / "fc", last.into(), plan.classes.into(), Default::default());
+        Ok(ResNet { blocks: plan.block_names(), plan, options: options.clone(), stem, stem_slot, units, fc, slots })
+    }
+
+    /// The plan the network was built from.
+    pub fn plan(&self) -> &ResNetPlan {
+        &self.plan
+    }
+}
+
+impl BlockNet for ResNet {
+    fn arch(&self) -> &str {
+        self.plan.arch
+    }
+
+    fn options(&self) -> &ArchOptions {
+        &self.options
+    }
+
+    fn input_shape(&self) -> [i64; 3] {
+        let (c, h, w) = self.plan.input;
+        [c.into(), h.into(), w.into()]
+    }
+
+    fn block_names(&self) -> &[String] {
+        &self.blocks
+    }
+
+    fn run_block(&self, index: usize, x: &Tensor, train: bool) -> Tensor {
+        if index == 0 {
+            let y = self.slots.run(self.stem_slot, &self.stem.forward(x, train));
+            return match self.plan.pool {
+                StemPool::None => y,
+                StemPool::Max => y.max_pool2d([3, 3], [2, 2], [1, 1], [1, 1], false),
+                StemPool::Avg => y.avg_pool2d([3, 3], [2, 2], [1, 1], false, true, None::<i64>),
+            };
+        }
+        let unit = &self.units[index - 1];
+        let n = unit.convs.len();
+        let mut y = x.shallow_clone();
+        for (k, cb) in unit.convs.iter().enumerate() {
+            y = cb.forward(&y, train);
+            if k + 1 < n {
+                y = self.slots.run(unit.slots[k], &y);
+            }
+        }
+        let shortcut = match &unit.downsample {
+            Some(d) => d.forward(x, train),
+            None => x.shallow_clone(),
+        };
+        let out = self.slots.run(unit.slots[n - 1], &(y + shortcut));
+        if index == self.units.len() {
+            out.mean_dim([2i64, 3].as_slice(), false, Kind::Float).apply(&self.fc)
+        } else {
+            out
+        }
+    }
+
+    /// Continues block `index` right after `slot` (distortion passes start at the layer); the
+    /// shortcut is computed once on the `N`-image `input` and broadcast over the `V` variants.
+    fn run_block_after_slot(&self, index: usize, slot: SlotId, act: &Tensor, input: &Tensor, train: bool) -> Result<Tensor> {
+        let after_stem = |y: Tensor| match self.plan.pool {
+            StemPool::None => y,
+            StemPool::Max => y.max_pool2d([3, 3], [2, 2], [1, 1], [1, 1], false),
+            StemPool::Avg => y.avg_pool2d([3, 3], [2, 2], [1, 1], false, true, None::<i64>),
+        };
+        let unit = match index {
+            0 if slot == self.stem_slot => return Ok(after_stem(act.shallow_clone())),
+            i if i >= 1 && i <= self.units.len() => &self.units[i - 1],
+            _ => return knapsec_nn::net::run_block_injected(self, index, slot, act, input, train),
+        };
+        let Some(pos) = unit.slots.iter().position(|&s| s == slot) else {
+            return knapsec_nn::net::run_block_injected(self, index, slot, act, input, train);
+        };
+        let n = unit.convs.len();
+        let out = if pos + 1 == n {
+            act.shallow_clone()
+        } else {
+            let mut y = act.shallow_clone();
+            for k in pos + 1..n {
+                y = unit.convs[k].forward(&y, train);
+                if k + 1 < n {
+                    y = self.slots.run(unit.slots[k], &y);
+                }
+            }
+            let shortcut = match &unit.downsample {
+                Some(d) => d.forward(input, train),
+                None => input.shallow_clone(),
+            };
+            let v = knapsec_nn::net::stacked_variants(self.plan.arch, &y, &shortcut)?;
+            let mut grouped = y.size();
+            grouped.insert(0, v);
+            grouped[1] = shortcut.size()[0];
+            let sum = (y.view(grouped.as_slice()) + shortcut.unsqueeze(0)).view(y.size().as_slice());
+            self.slots.run(unit.slots[n - 1], &sum)
+        };
+        Ok(if index == self.units.len() {
+            out.mean_dim([2i64, 3].as_slice(), false, Kind::Float).apply(&self.fc)
+        } else {
+            out
+        })
+    }
+
+    fn slots(&self) -> &Slots {
+        &self.slots
+    }
+
+    fn slots_mut(&mut self) -> &mut Slots {
+        &mut self.slots
+    }
+
+    fn secure_graph(&self, frac_bits: u32) -> Result<(SecureModel, Vec<ParamSource>)> {
+        Ok(self.plan.secure_graph(Some(&self.slots.to_spec()), frac_bits)?)
+    }
+
+    fn import_key(&self, key: &str) -> String {
+        crate::plan::import_key(key)
+    }
+}
+
+fn build_resnet18_cifar(options: &ArchOptions, root: &nn::Path) -> Result<Box<dyn BlockNet>> {
+    Ok(Box::new(ResNet::new(RESNET18_CIFAR, options, root)?))
+}
+
+fn build_resnet50_imagenet(options: &ArchOptions, root: &nn::Path) -> Result<Box<dyn BlockNet>> {
+    Ok(Box::new(ResNet::new(RESNET50_IMAGENET, options, root)?))
+}
+
+knapsec_nn::inventory::submit! {
+    NetRegistration { name: RESNET18_CIFAR, provider: "knapsec-arch-resnet", build: build_resnet18_cifar }
+}
+knapsec_nn::inventory::submit! {
+    NetRegistration { name: RESNET50_IMAGENET, provider: "knapsec-arch-resnet", build: build_resnet50_imagenet }
+}

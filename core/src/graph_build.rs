@@ -1,0 +1,347 @@
+//! A tch-free builder of secure-model graphs (DESIGN §3, digest §6.14), shared by every
+//! architecture.
+//!
+//! An architecture describes its inference graph once, in terms of PyTorch module paths
+//! (`backbone.layer1.0.conv1`), and gets from [`GraphBuilder::finish`] both the public
+//! [`SecureModel`] (ops with every output shape) and a list of [`ParamSource`]s that say which
+//! `state_dict` tensors fill each weight of the graph, and which BatchNorm folds into which
+//! convolution (digest §6.6). `knapsec-nn` turns those sources into fixed-point weights; the
+//! parties, benches and tests that need no trained network use [`random_weights`] instead, so
+//! that none of them needs libtorch.
+
+use crate::block::BlockSize;
+use crate::error::{CoreError, Result};
+use crate::graph::{FixedTensor, MODEL_FORMAT, ModelWeights, Node, Op, OutputKind, SecureModel, Shape, encode_fixed};
+
+/// Index of a node in the graph being built.
+pub type NodeId = usize;
+
+/// Where the weight (and bias) of one `Conv2d` / `Linear` node come from in a `state_dict`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ParamSource {
+    /// Graph tensor name of the weight: `"{module}.weight"`.
+    pub weight: String,
+    /// Graph tensor name of the bias (`"{module}.bias"`), present when the module has a bias
+    /// or a BatchNorm is folded in.
+    pub bias: Option<String>,
+    /// `state_dict` prefix of the convolution or linear module.
+    pub module: String,
+    /// Whether the module itself has a bias tensor (`"{module}.bias"` in the `state_dict`).
+    pub module_bias: bool,
+    /// `state_dict` prefix of the BatchNorm folded into this convolution, if any.
+    pub bn: Option<String>,
+    /// BatchNorm epsilon (PyTorch's default 1e-5).
+    pub bn_eps: f64,
+}
+
+/// Hyper-parameters of a convolution, as in PyTorch's `nn.Conv2d`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ConvSpec {
+    pub out_channels: u32,
+    pub kernel: [u32; 2],
+    pub stride: [u32; 2],
+    pub padding: [u32; 2],
+    pub dilation: [u32; 2],
+    pub groups: u32,
+    /// The module has its own bias.
+    pub bias: bool,
+}
+
+impl ConvSpec {
+    /// A square `k × k` convolution with the given stride and padding, no bias, no dilation.
+    pub fn square(out_channels: u32, k: u32, stride: u32, padding: u32) -> Self {
+        ConvSpec {
+            out_channels,
+            kernel: [k, k],
+            stride: [stride, stride],
+            padding: [padding, padding],
+            dilation: [1, 1],
+            groups: 1,
+            bias: false,
+        }
+    }
+}
+
+/// Output side of a convolution or pooling window (PyTorch's floor formula).
+pub fn window_out(size: u32, kernel: u32, stride: u32, padding: u32, dilation: u32) -> Option<u32> {
+    let span = dilation.checked_mul(kernel.checked_sub(1)?)? + 1;
+    let padded = size + 2 * padding;
+    if padded < span || stride == 0 {
+        return None;
+    }
+    Some((padded - span) / stride + 1)
+}
+
+/// Builds a [`SecureModel`] node by node, computing shapes.
+#[derive(Clone, Debug)]
+pub struct GraphBuilder {
+    arch: String,
+    frac_bits: u32,
+    nodes: Vec<Node>,
+    params: Vec<ParamSource>,
+}
+
+impl GraphBuilder {
+    /// A graph for `arch` whose input (node 0) has shape `input` (C, H, W).
+    pub fn new(arch: impl Into<String>, frac_bits: u32, input: Shape) -> Self {
+        let nodes = vec![Node { name: "input".into(), op: Op::Input, inputs: vec![], shape: input }];
+        GraphBuilder { arch: arch.into(), frac_bits, nodes, params: Vec::new() }
+    }
+
+    /// The input node.
+    pub fn input(&self) -> NodeId {
+        0
+    }
+
+    /// Shape of a node built so far.
+    pub fn shape(&self, id: NodeId) -> Shape {
+        self.nodes[id].shape
+    }
+
+    fn err(&self, name: &str, why: impl std::fmt::Display) -> CoreError {
+        CoreError::Graph(format!("{}: building node {name:?}: {why}", self.arch))
+    }
+
+    fn check_id(&self, name: &str, id: NodeId) -> Result<Shape> {
+        self.nodes.get(id).map(|n| n.shape).ok_or_else(|| self.err(name, format!("input node {id} does not exist")))
+    }
+
+    fn push(&mut self, name: impl Into<String>, op: Op, inputs: Vec<NodeId>, shape: Shape) -> NodeId {
+        self.nodes.push(Node { name: name.into(), op, inputs, shape });
+        self.nodes.len() - 1
+    }
+
+    /// A convolution `module` (state-dict prefix), with the BatchNorm `bn` folded in if given.
+    pub fn conv(&mut self, module: &str, input: NodeId, c: ConvSpec, bn: Option<&str>) -> Result<NodeId> {
+        let [ci, h, w] = self.check_id(module, input)?;
+        if c.groups == 0 || ci % c.groups != 0 || c.out_channels % c.groups != 0 {
+            return Err(self.err(module, format!("{ci} -> {} channels cannot form {} groups", c.out_channels, c.groups)));
+        }
+        let oh = window_out(h, c.kernel[0], c.stride[0], c.padding[0], c.dilation[0]);
+        let ow = window_out(w, c.kernel[1], c.stride[1], c.padding[1], c.dilation[1]);
+        let (Some(oh), Some(ow)) = (oh, ow) else {
+            return Err(self.err(module, format!("kernel {:?} does not fit a {h}x{w} input", c.kernel)));
+        };
+        let has_bias = c.bias || bn.is_some();
+        let op = Op::Conv2d {
+            weight: format!("{module}.weight"),
+            bias: has_bias.then(|| format!("{module}.bias")),
+            kernel: c.kernel,
+            stride: c.stride,
+            padding: c.padding,
+            dilation: c.dilation,
+            groups: c.groups,
+        };
+        self.params.push(ParamSource {
+            weight: format!("{module}.weight"),
+            bias: has_bias.then(|| format!("{module}.bias")),
+            module: module.into(),
+            module_bias: c.bias,
+            bn: bn.map(str::to_string),
+            bn_eps: 1e-5,
+        });
+        Ok(self.push(module, op, vec![input], [c.out_channels, oh, ow]))
+    }
+
+    /// A fully connected layer `module` on a `[C, 1, 1]` input.
+    pub fn linear(&mut self, module: &str, input: NodeId, out: u32, bias: bool) -> Result<NodeId> {
+        let [_, h, w] = self.check_id(module, input)?;
+        if (h, w) != (1, 1) {
+            return Err(self.err(module, format!("a linear layer needs a [C, 1, 1] input, got {h}x{w}")));
+        }
+        let op = Op::Linear { weight: format!("{module}.weight"), bias: bias.then(|| format!("{module}.bias")) };
+        self.params.push(ParamSource {
+            weight: format!("{module}.weight"),
+            bias: bias.then(|| format!("{module}.bias")),
+            module: module.into(),
+            module_bias: bias,
+            bn: None,
+            bn_eps: 1e-5,
+        });
+        Ok(self.push(module, op, vec![input], [out, 1, 1]))
+    }
+
+    /// The activation slot `layer` with one block size per channel.
+    pub fn block_relu(&mut self, layer: &str, input: NodeId, blocks: Vec<BlockSize>) -> Result<NodeId> {
+        let shape = self.check_id(layer, input)?;
+        if blocks.len() != shape[0] as usize {
+            return Err(self.err(layer, format!("{} block sizes for {} channels", blocks.len(), shape[0])));
+        }
+        Ok(self.push(layer, Op::BlockRelu { layer: layer.into(), blocks }, vec![input], shape))
+    }
+
+    /// A ReLU6 slot `layer`.
+    pub fn relu6(&mut self, layer: &str, input: NodeId) -> Result<NodeId> {
+        let shape = self.check_id(layer, input)?;
+        Ok(self.push(layer, Op::Relu6 { layer: layer.into() }, vec![input], shape))
+    }
+
+    fn pool_shape(&self, name: &str, input: NodeId, kernel: [u32; 2], stride: [u32; 2], padding: [u32; 2]) -> Result<Shape> {
+        let [c, h, w] = self.check_id(name, input)?;
+        match (window_out(h, kernel[0], stride[0], padding[0], 1), window_out(w, kernel[1], stride[1], padding[1], 1)) {
+            (Some(oh), Some(ow)) => Ok([c, oh, ow]),
+            _ => Err(self.err(name, format!("pooling window {kernel:?} does not fit a {h}x{w} input"))),
+        }
+    }
+
+    /// Average pooling (`count_include_pad` as in PyTorch).
+    pub fn avg_pool(
+        &mut self,
+        name: &str,
+        input: NodeId,
+        kernel: [u32; 2],
+        stride: [u32; 2],
+        padding: [u32; 2],
+        count_include_pad: bool,
+    ) -> Result<NodeId> {
+        let shape = self.pool_shape(name, input, kernel, stride, padding)?;
+        Ok(self.push(name, Op::AvgPool { kernel, stride, padding, count_include_pad }, vec![input], shape))
+    }
+
+    /// Max pooling.
+    pub fn max_pool(&mut self, name: &str, input: NodeId, kernel: [u32; 2], stride: [u32; 2], padding: [u32; 2]) -> Result<NodeId> {
+        let shape = self.pool_shape(name, input, kernel, stride, padding)?;
+        Ok(self.push(name, Op::MaxPool { kernel, stride, padding }, vec![input], shape))
+    }
+
+    /// Mean over H·W per channel.
+    pub fn global_avg_pool(&mut self, name: &str, input: NodeId) -> Result<NodeId> {
+        let [c, _, _] = self.check_id(name, input)?;
+        Ok(self.push(name, Op::GlobalAvgPool, vec![input], [c, 1, 1]))
+    }
+
+    /// Element-wise sum; all inputs must have the same shape.
+    pub fn add(&mut self, name: &str, inputs: &[NodeId]) -> Result<NodeId> {
+        if inputs.len() < 2 {
+            return Err(self.err(name, "an addition needs at least two inputs"));
+        }
+        let shape = self.check_id(name, inputs[0])?;
+        for &i in &inputs[1..] {
+            let s = self.check_id(name, i)?;
+            if s != shape {
+                return Err(self.err(name, format!("cannot add shapes {shape:?} and {s:?}")));
+            }
+        }
+        Ok(self.push(name, Op::Add, inputs.to_vec(), shape))
+    }
+
+    /// Concatenation along channels; all inputs must have the same H and W.
+    pub fn concat(&mut self, name: &str, inputs: &[NodeId]) -> Result<NodeId> {
+        if inputs.len() < 2 {
+            return Err(self.err(name, "a concatenation needs at least two inputs"));
+        }
+        let [mut c, h, w] = self.check_id(name, inputs[0])?;
+        for &i in &inputs[1..] {
+            let s = self.check_id(name, i)?;
+            if (s[1], s[2]) != (h, w) {
+                return Err(self.err(name, format!("cannot concatenate {h}x{w} and {}x{} maps", s[1], s[2])));
+            }
+            c += s[0];
+        }
+        Ok(self.push(name, Op::Concat, inputs.to_vec(), [c, h, w]))
+    }
+
+    /// Repeats a `[C, 1, 1]` input to `[C, height, width]`.
+    pub fn broadcast(&mut self, name: &str, input: NodeId, height: u32, width: u32) -> Result<NodeId> {
+        let [c, h, w] = self.check_id(name, input)?;
+        if (h, w) != (1, 1) {
+            return Err(self.err(name, format!("broadcast needs a [C, 1, 1] input, got {h}x{w}")));
+        }
+        Ok(self.push(name, Op::Broadcast { height, width }, vec![input], [c, height, width]))
+    }
+
+    /// The finished, validated graph (the last node is the output) and its parameter sources.
+    pub fn finish(self, output_kind: OutputKind) -> Result<(SecureModel, Vec<ParamSource>)> {
+        let model =
+            SecureModel { format: MODEL_FORMAT, arch: self.arch, frac_bits: self.frac_bits, output_kind, nodes: self.nodes };
+        model.validate()?;
+        Ok((model, self.params))
+    }
+}
+
+/// Shape of the weight tensor of a `Conv2d` or `Linear` node, and its output channels.
+pub fn weight_shape(model: &SecureModel, node: &Node) -> Option<Vec<usize>> {
+    let input = node.inputs.first().map(|&j| model.nodes[j].shape)?;
+    match &node.op {
+        Op::Conv2d { kernel, groups, .. } => Some(vec![
+            node.shape[0] as usize,
+            (input[0] / (*groups).max(1)) as usize,
+            kernel[0] as usize,
+            kernel[1] as usize,
+        ]),
+        Op::Linear { .. } => Some(vec![node.shape[0] as usize, input[0] as usize]),
+        _ => None,
+    }
+}
+
+/// Deterministic random fixed-point weights for every `Conv2d` / `Linear` node of `model`
+/// (uniform with variance `1/fan_in`, biases in ±0.1), for tests and benches that need no
+/// trained network. Not for anything secret: the generator is a plain SplitMix64.
+pub fn random_weights(model: &SecureModel, seed: u64) -> ModelWeights {
+    let mut state = seed ^ 0x9E37_79B9_7F4A_7C15;
+    let mut next = move || {
+        state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = state;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^= z >> 31;
+        (z >> 11) as f64 / (1u64 << 53) as f64 * 2.0 - 1.0 // uniform in [-1, 1)
+    };
+    let mut out = ModelWeights::default();
+    for node in &model.nodes {
+        let (weight, bias) = match &node.op {
+            Op::Conv2d { weight, bias, .. } | Op::Linear { weight, bias } => (weight, bias),
+            _ => continue,
+        };
+        let shape = weight_shape(model, node).expect("conv and linear nodes have a weight shape");
+        let fan_in: usize = shape[1..].iter().product();
+        let scale = (3.0 / fan_in.max(1) as f64).sqrt();
+        let data = (0..shape.iter().product::<usize>()).map(|_| encode_fixed(next() * scale, model.frac_bits)).collect();
+        out.tensors.insert(weight.clone(), FixedTensor { shape: shape.clone(), data });
+        if let Some(b) = bias {
+            let data = (0..shape[0]).map(|_| encode_fixed(next() * 0.1, model.frac_bits)).collect();
+            out.tensors.insert(b.clone(), FixedTensor { shape: vec![shape[0]], data });
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shapes_params_and_random_weights() {
+        let mut g = GraphBuilder::new("toy", 12, [3, 9, 9]);
+        let c = g.conv("backbone.conv1", g.input(), ConvSpec::square(8, 3, 2, 1), Some("backbone.bn1")).unwrap();
+        assert_eq!(g.shape(c), [8, 5, 5]);
+        let r = g.block_relu("stem", c, vec![BlockSize::RELU; 8]).unwrap();
+        let p = g.max_pool("pool", r, [3, 3], [2, 2], [1, 1]).unwrap();
+        assert_eq!(g.shape(p), [8, 3, 3]);
+        let a = g.add("add", &[p, p]).unwrap();
+        let gap = g.global_avg_pool("gap", a).unwrap();
+        let fc = g.linear("head.fc", gap, 10, true).unwrap();
+        assert_eq!(g.shape(fc), [10, 1, 1]);
+        assert!(g.block_relu("bad", c, vec![BlockSize::RELU; 3]).is_err());
+        assert!(g.add("bad", &[c, fc]).is_err());
+        assert!(g.linear("bad", c, 3, false).is_err());
+        let (model, params) = g.finish(OutputKind::Classification).unwrap();
+        assert_eq!(params.len(), 2);
+        assert_eq!(params[0].bn.as_deref(), Some("backbone.bn1"));
+        assert_eq!(params[0].bias.as_deref(), Some("backbone.conv1.bias"));
+        let w = random_weights(&model, 7);
+        w.check_against(&model).unwrap();
+        assert_eq!(w.get("backbone.conv1.weight").unwrap().shape, vec![8, 3, 3, 3]);
+        assert_eq!(random_weights(&model, 7), w);
+        assert_ne!(random_weights(&model, 8), w);
+    }
+
+    #[test]
+    fn window_formula() {
+        assert_eq!(window_out(32, 3, 1, 1, 1), Some(32));
+        assert_eq!(window_out(7, 3, 2, 1, 1), Some(4));
+        assert_eq!(window_out(224, 7, 2, 3, 1), Some(112));
+        assert_eq!(window_out(2, 5, 1, 0, 1), None);
+        assert_eq!(window_out(64, 3, 1, 12, 12), Some(64));
+    }
+}
