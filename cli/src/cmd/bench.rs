@@ -27,6 +27,9 @@ enum BenchCommand {
     /// Knapsack strategies on synthetic instances shaped like the reference networks, at
     /// several budgets: seconds, peak memory, objective, bound, gap per case.
     Knapsack(crate::cmd::knapsack::BenchArgs),
+    /// Bytes, rounds and seconds of one three-party inference of a ResNet at a DReLU budget
+    /// (random block spec and weights unless a spec is given), all parties in this process.
+    Secure(crate::cmd::simulate::BenchArgs),
     /// One case of `bench knapsack` (run in a fresh process by it).
     #[command(hide = true)]
     KnapsackCase {
@@ -35,6 +38,8 @@ enum BenchCommand {
         strategy: String,
         #[arg(long, default_value_t = 1)]
         seed: u64,
+        #[arg(long, default_value_t = knapsec_knapsack::instances::DEFAULT_NOISE)]
+        noise: f64,
     },
 }
 
@@ -42,12 +47,14 @@ pub fn run(args: Args, ctx: &Context) -> anyhow::Result<()> {
     match args.command {
         BenchCommand::Plugins { repeat, options } => plugins(ctx, repeat, &options),
         BenchCommand::Knapsack(a) => crate::cmd::knapsack::bench(ctx, a),
+        BenchCommand::Secure(a) => crate::cmd::simulate::bench(ctx, a),
         BenchCommand::KnapsackCase {
             network,
             percent,
             strategy,
             seed,
-        } => crate::cmd::knapsack::bench_case(ctx, &network, percent, &strategy, seed),
+            noise,
+        } => crate::cmd::knapsack::bench_case(ctx, &network, percent, &strategy, seed, noise),
     }
 }
 

@@ -450,6 +450,9 @@ pub struct BenchArgs {
     /// Seed of the synthetic distortions.
     #[arg(long, default_value_t = 1)]
     seed: u64,
+    /// Log-noise of the synthetic patch distortions (1.0 = a harder, less monotone stress test).
+    #[arg(long, default_value_t = instances::DEFAULT_NOISE)]
+    noise: f64,
     /// Print JSON (the default prints JSON too; this flag is accepted for symmetry).
     #[arg(long)]
     json: bool,
@@ -465,6 +468,7 @@ struct BenchReport {
     /// How peak memory is measured.
     memory: &'static str,
     seed: u64,
+    noise: f64,
     rows: Vec<serde_json::Value>,
     skipped: Vec<String>,
 }
@@ -494,6 +498,7 @@ pub fn bench(ctx: &Context, a: BenchArgs) -> anyhow::Result<()> {
                         pct,
                         strat,
                         a.seed,
+                        a.noise,
                         &SolveLimits::default(),
                     )?;
                     serde_json::to_value(r)?
@@ -507,6 +512,8 @@ pub fn bench(ctx: &Context, a: BenchArgs) -> anyhow::Result<()> {
                             strat,
                             "--seed",
                             &a.seed.to_string(),
+                            "--noise",
+                            &a.noise.to_string(),
                         ])
                         .output()
                         .context("running a benchmark case")?;
@@ -532,6 +539,7 @@ pub fn bench(ctx: &Context, a: BenchArgs) -> anyhow::Result<()> {
         bench: "knapsack",
         memory: "peak resident set (VmHWM) of a fresh process per case, reset after the instance is generated: the problem in memory plus everything the strategy allocates",
         seed: a.seed,
+        noise: a.noise,
         rows,
         skipped,
     })
@@ -544,12 +552,14 @@ pub fn bench_case(
     percent: f64,
     strategy: &str,
     seed: u64,
+    noise: f64,
 ) -> anyhow::Result<()> {
     let row = knapsec_knapsack::bench::run_case(
         network,
         percent,
         strategy,
         seed,
+        noise,
         &SolveLimits::default(),
     )?;
     ctx.print_json(&row)

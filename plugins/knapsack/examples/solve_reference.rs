@@ -13,7 +13,14 @@ fn main() {
         .map(|s| s.parse().expect("SEED is an integer"))
         .unwrap_or(1);
     let limits = knapsec_knapsack::SolveLimits::default();
-    match knapsec_knapsack::bench::run_case(&args[0], percent, &args[2], seed, &limits) {
+    match knapsec_knapsack::bench::run_case(
+        &args[0],
+        percent,
+        &args[2],
+        seed,
+        knapsec_knapsack::instances::DEFAULT_NOISE,
+        &limits,
+    ) {
         Ok(row) => println!("{}", serde_json::to_string(&row).expect("serialises")),
         Err(e) => {
             eprintln!("error: {e}");

@@ -7,7 +7,7 @@
 //! CLI runs every case in a fresh process so that cases do not share a peak. Where `/proc` is
 //! unavailable the figure is `null`.
 
-use crate::instances::reference_instance;
+use crate::instances::{reference_candidates, reference_table, synthetic_distortion_with_noise};
 use crate::problem::{Budget, Instance};
 use crate::{Error, Result};
 use knapsec_core::knapsack::{SolveLimits, solve_with};
@@ -22,6 +22,8 @@ pub struct BenchRow {
     pub budget_percent: f64,
     pub budget_drelus: u64,
     pub strategy: String,
+    /// Log-noise of the synthetic patch distortions.
+    pub noise: f64,
     pub classes: usize,
     pub options: usize,
     /// Wall-clock seconds of the solve (reduction, strategy, check), one thread.
@@ -56,18 +58,21 @@ pub fn peak_rss_bytes() -> Option<u64> {
     read_status_kib("VmHWM:").map(|k| k * 1024)
 }
 
-/// Generates the synthetic instance of `network` (seeded) and solves it with `strategy` at
+/// Generates the synthetic instance of `network` (seeded, patch log-noise `noise`, see
+/// [`crate::instances`]) and solves it with `strategy` at
 /// `percent` % of the DReLUs.
 pub fn run_case(
     network: &str,
     percent: f64,
     strategy: &str,
     seed: u64,
+    noise: f64,
     limits: &SolveLimits,
 ) -> Result<BenchRow> {
     let strat = crate::strategy(strategy)
         .ok_or_else(|| Error::Invalid(format!("no strategy named {strategy:?}")))?;
-    let (table, dist) = reference_instance(network, seed)?;
+    let table = reference_table(network)?;
+    let dist = synthetic_distortion_with_noise(&table, reference_candidates, seed, noise);
     let inst = Instance::new(&table, &dist, Budget::Ratio(percent / 100.0))?;
     drop(dist);
     let peak_ok = reset_peak_rss();
@@ -80,6 +85,7 @@ pub fn run_case(
         budget_percent: percent,
         budget_drelus: inst.problem.budget,
         strategy: strategy.to_string(),
+        noise,
         classes: inst.problem.classes(),
         options: inst.problem.options(),
         seconds,

@@ -144,6 +144,20 @@ pub fn synthetic_distortion(
     candidates: impl Fn(&ReluLayer) -> Vec<BlockSize>,
     seed: u64,
 ) -> DistortionTable {
+    synthetic_distortion_with_noise(table, candidates, seed, DEFAULT_NOISE)
+}
+
+/// The log-noise of the patch distortions in [`synthetic_distortion`].
+pub const DEFAULT_NOISE: f64 = 0.25;
+
+/// [`synthetic_distortion`] with another log-noise `σ` on the patch distortions (larger: less
+/// monotone in cost, harder instances; `σ = 1` is a stress test).
+pub fn synthetic_distortion_with_noise(
+    table: &LayerTable,
+    candidates: impl Fn(&ReluLayer) -> Vec<BlockSize>,
+    seed: u64,
+    noise: f64,
+) -> DistortionTable {
     let prov = Provenance {
         weights_hash: "synthetic".into(),
         sample_seed: seed,
@@ -167,7 +181,7 @@ pub fn synthetic_distortion(
                         scale
                             * (1.0 - area.powf(-0.5))
                             * aspect.powf(0.1)
-                            * (0.25 * normal(&mut rng)).exp()
+                            * (noise * normal(&mut rng)).exp()
                     }
                     BlockSize::Identity | BlockSize::Zero => {
                         scale * (0.3 + 0.5 * normal(&mut rng)).exp()
