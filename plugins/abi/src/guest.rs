@@ -64,9 +64,10 @@ struct Slot {
 
 /// Everything a library hands out; built once, kept for the life of the process.
 pub struct GuestLibrary {
-    // The headers and `ffi` point into `slots`, `error` and `headers`; none of them moves
-    // after `finish` (boxed contents, never mutated).
-    slots: Vec<Box<Slot>>,
+    // The headers and `ffi` point into the heap buffers of `slots`, `error` and `headers`,
+    // which are never changed after `build_with_abi` (moving a Vec or String does not move
+    // its buffer).
+    slots: Vec<Slot>,
     headers: Vec<PluginHeader>,
     error: String,
     ffi: PluginLibrary,
@@ -93,16 +94,14 @@ impl GuestLibrary {
         version: &str,
         make: impl FnOnce() -> Vec<GuestPlugin>,
     ) -> Self {
-        let build_slots = || -> Vec<Box<Slot>> {
+        let build_slots = || -> Vec<Slot> {
             make()
                 .into_iter()
-                .map(|plugin| {
-                    Box::new(Slot {
-                        name: plugin.name().to_string(),
-                        description: plugin.description().to_string(),
-                        version: version.to_string(),
-                        plugin,
-                    })
+                .map(|plugin| Slot {
+                    name: plugin.name().to_string(),
+                    description: plugin.description().to_string(),
+                    version: version.to_string(),
+                    plugin,
                 })
                 .collect()
         };
@@ -120,7 +119,7 @@ impl GuestLibrary {
                 name: StrRef::new(&slot.name),
                 version: StrRef::new(&slot.version),
                 description: StrRef::new(&slot.description),
-                ctx: (&**slot as *const Slot).cast::<c_void>(),
+                ctx: (slot as *const Slot).cast::<c_void>(),
                 call: guest_call,
                 free: guest_free,
             })

@@ -104,10 +104,13 @@ impl Handle {
 pub struct DynamicArch {
     handle: Handle,
     /// Candidates the plugin sent with its layer tables, by layer name and shape.
-    candidates: Mutex<HashMap<(String, u32, u32, u32), Vec<BlockSize>>>,
+    candidates: Mutex<HashMap<LayerKey, Vec<BlockSize>>>,
 }
 
-fn layer_key(l: &ReluLayer) -> (String, u32, u32, u32) {
+/// A layer by name and shape.
+type LayerKey = (String, u32, u32, u32);
+
+fn layer_key(l: &ReluLayer) -> LayerKey {
     (l.name.clone(), l.channels, l.height, l.width)
 }
 

@@ -57,10 +57,10 @@ fn hull(costs: &[u64], values: &[f64]) -> Vec<usize> {
     let mut out: Vec<usize> = Vec::new();
     for k in idx {
         // Dominated: not cheaper and not better than the last hull point.
-        if let Some(&last) = out.last() {
-            if values[k] >= values[last] {
-                continue;
-            }
+        if let Some(&last) = out.last()
+            && values[k] >= values[last]
+        {
+            continue;
         }
         // Keep the hull convex: drop the last point while it lies on or above the segment
         // from the one before it to `k`.
