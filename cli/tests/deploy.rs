@@ -455,6 +455,39 @@ fn three_processes_serve_several_inferences_and_clients() {
                 .unwrap();
             assert_eq!(r["label"].as_u64().unwrap() as usize, label);
             assert!(r["stats"]["comm"]["bytes"].as_u64().unwrap() > 0);
+            // The same inference by `knapsec simulate` (three parties in one process).
+            let sim = knapsec()
+                .args(["simulate", "--json", "--model"])
+                .arg(d.path("model"))
+                .arg("--input")
+                .arg(&file)
+                .output()
+                .unwrap();
+            assert!(
+                sim.status.success(),
+                "{}",
+                String::from_utf8_lossy(&sim.stderr)
+            );
+            let sim: serde_json::Value = serde_json::from_slice(&sim.stdout).unwrap();
+            let sim: Vec<f64> = sim["output"]["Logits"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v.as_f64().unwrap())
+                .collect();
+            // Identical up to the last bits of the fixed point: local truncations are off by
+            // one ulp with a probability that depends on the random shares.
+            let ulp = 1.0 / (1u64 << FRAC) as f64;
+            let diff = got
+                .iter()
+                .zip(&sim)
+                .map(|(g, s)| (g - s).abs())
+                .fold(0.0, f64::max);
+            eprintln!(
+                "largest difference deployed vs simulated: {diff} ({} ulp)",
+                diff / ulp
+            );
+            assert!(diff <= 4.0 * ulp, "deployed {got:?} vs simulated {sim:?}");
         }
     }
     // Two sessions served: both exit successfully.
