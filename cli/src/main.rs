@@ -11,6 +11,8 @@
 mod args;
 mod cmd;
 mod context;
+#[cfg(feature = "torch")]
+mod pipeline;
 mod ui;
 
 use clap::{Parser, Subcommand};
@@ -49,6 +51,23 @@ enum Command {
     Keys(cmd::keys::Args),
     /// Run one party (client, server or helper) of a deployment over TCP.
     Party(cmd::party::Args),
+    /// Train a network (SGD, step or cosine schedule, checkpoints, resumable).
+    #[cfg(feature = "torch")]
+    Train(cmd::train::TrainArgs),
+    /// Fine-tune a network with a block spec's block ReLUs in place.
+    #[cfg(feature = "torch")]
+    Finetune(cmd::train::FinetuneArgs),
+    /// Top-1 accuracy of weights (optionally with a block spec) on a test set.
+    #[cfg(feature = "torch")]
+    Eval(cmd::train::EvalArgs),
+    /// Run the whole pipeline of a configuration file (resumable), with report and plots.
+    #[cfg(feature = "torch")]
+    Pipeline(cmd::pipeline::PipelineArgs),
+    /// The end-to-end demo: Fashion-MNIST, resnet18-cifar, a few DReLU budgets.
+    #[cfg(feature = "torch")]
+    Demo(cmd::pipeline::DemoArgs),
+    /// One secure inference with all three parties in this process: output and traffic.
+    Simulate(cmd::simulate::Args),
 }
 
 impl Command {
@@ -61,6 +80,17 @@ impl Command {
             Command::Knapsack(args) => cmd::knapsack::run(args, ctx),
             Command::Keys(args) => cmd::keys::run(args, ctx),
             Command::Party(args) => cmd::party::run(args, ctx),
+            #[cfg(feature = "torch")]
+            Command::Train(args) => cmd::train::run_train(args, ctx),
+            #[cfg(feature = "torch")]
+            Command::Finetune(args) => cmd::train::run_finetune(args, ctx),
+            #[cfg(feature = "torch")]
+            Command::Eval(args) => cmd::train::run_eval(args, ctx),
+            #[cfg(feature = "torch")]
+            Command::Pipeline(args) => cmd::pipeline::run_pipeline(args, ctx),
+            #[cfg(feature = "torch")]
+            Command::Demo(args) => cmd::pipeline::run_demo(args, ctx),
+            Command::Simulate(args) => cmd::simulate::run(args, ctx),
         }
     }
 }

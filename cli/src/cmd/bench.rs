@@ -30,6 +30,9 @@ enum BenchCommand {
     /// Bytes, rounds and seconds of one three-party inference of a ResNet at a DReLU budget
     /// (random block spec and weights unless a spec is given), all parties in this process.
     Secure(crate::cmd::simulate::BenchArgs),
+    /// Time per image of three `knapsec party` processes over authenticated TCP at several
+    /// one-way delays, and the protocol's sequential rounds.
+    Net(crate::cmd::netbench::BenchArgs),
     /// One case of `bench knapsack` (run in a fresh process by it).
     #[command(hide = true)]
     KnapsackCase {
@@ -48,6 +51,7 @@ pub fn run(args: Args, ctx: &Context) -> anyhow::Result<()> {
         BenchCommand::Plugins { repeat, options } => plugins(ctx, repeat, &options),
         BenchCommand::Knapsack(a) => crate::cmd::knapsack::bench(ctx, a),
         BenchCommand::Secure(a) => crate::cmd::simulate::bench(ctx, a),
+        BenchCommand::Net(a) => crate::cmd::netbench::bench(ctx, a),
         BenchCommand::KnapsackCase {
             network,
             percent,

@@ -5,6 +5,12 @@ pub mod arch;
 pub mod bench;
 pub mod keys;
 pub mod knapsack;
+pub mod netbench;
 pub mod party;
 pub mod plugins;
+pub mod simulate;
 pub mod spec;
+#[cfg(feature = "torch")]
+pub mod pipeline;
+#[cfg(feature = "torch")]
+pub mod train;
