@@ -259,14 +259,20 @@ impl PanelSource for Im2col<'_> {
                 out.fill(0);
             } else {
                 let xrow = &plane[iy as usize * g.w..(iy as usize + 1) * g.w];
-                let x0 = (kx * d[1]) as isize - pad[1] as isize;
-                for (q, v) in out.iter_mut().enumerate() {
-                    let ix = ((ox + q) * s[1]) as isize + x0;
-                    *v = if ix >= 0 && ix < g.w as isize {
-                        xrow[ix as usize]
+                // Output columns xlo..xhi read in-bounds pixels; the rest are padding.
+                let (xlo, xhi) = valid_range(g.w, g.wo, s[1], kx * d[1], pad[1]);
+                let (lo, hi) = (xlo.clamp(ox, ox + run) - ox, xhi.clamp(ox, ox + run) - ox);
+                out[..lo].fill(0);
+                out[hi.max(lo)..].fill(0);
+                if lo < hi {
+                    let base = (ox + lo) * s[1] + kx * d[1] - pad[1];
+                    if s[1] == 1 {
+                        out[lo..hi].copy_from_slice(&xrow[base..base + (hi - lo)]);
                     } else {
-                        0
-                    };
+                        for (q, v) in out[lo..hi].iter_mut().enumerate() {
+                            *v = xrow[base + q * s[1]];
+                        }
+                    }
                 }
             }
             t += run;

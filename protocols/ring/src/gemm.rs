@@ -40,30 +40,6 @@ pub fn gemm_reference(m: usize, k: usize, n: usize, a: &[u64], b: &[u64], c: &mu
     }
 }
 
-/// Packs `A [m, k]` into `MR`-row panels, `KC`-deep blocks: block `kb` (starting at depth
-/// `kb`) holds `mpanels` panels of `kc × MR`, at offset `kb · mpanels · MR`.
-fn pack_a(m: usize, k: usize, a: &[u64]) -> Vec<u64> {
-    let mpanels = m.div_ceil(MR);
-    let mut out = vec![0u64; mpanels * MR * k];
-    // One chunk per KC block; within it, one sub-chunk per panel.
-    out.par_chunks_mut(mpanels * MR * KC)
-        .enumerate()
-        .for_each(|(bi, block)| {
-            let kb = bi * KC;
-            let kc = KC.min(k - kb);
-            for (p, panel) in block.chunks_mut(kc * MR).enumerate().take(mpanels) {
-                let i0 = p * MR;
-                for i in 0..MR.min(m - i0) {
-                    let row = &a[(i0 + i) * k + kb..(i0 + i) * k + kb + kc];
-                    for (q, &v) in row.iter().enumerate() {
-                        panel[q * MR + i] = v;
-                    }
-                }
-            }
-        });
-    out
-}
-
 /// The right operand `B [rows, cols]` of a product, read in row segments while it is packed
 /// (a dense matrix, or an `im2col` view of an image that is never materialised).
 pub trait PanelSource: Sync {
@@ -96,7 +72,8 @@ impl PanelSource for Dense<'_> {
     }
 }
 
-/// Packs `B` into `NR`-column panels, `KC`-deep blocks (same layout as [`pack_a`]).
+/// Packs `B` into `NR`-column panels, `KC`-deep blocks: block `kb` (starting at depth `kb`)
+/// holds `npanels` panels of `kc × NR`, at offset `kb · npanels · NR`.
 fn pack_b(b: &dyn PanelSource) -> Vec<u64> {
     let (k, n) = (b.rows(), b.cols());
     let npanels = n.div_ceil(NR);
@@ -120,15 +97,19 @@ fn pack_b(b: &dyn PanelSource) -> Vec<u64> {
     out
 }
 
-/// The register-tile micro-kernel, portable version: `acc += Apanel · Bpanel` over `kc` steps.
+/// Rows `i0 .. i0 + MR` of `A`, each from depth `kb` for `kc` elements (rows past the end
+/// repeat the last row; their results are discarded).
+type ARows<'a> = [&'a [u64]; MR];
+
+/// The register-tile micro-kernel, portable version: `acc += A[rows, kb..] · Bpanel`.
 #[inline(always)]
-fn micro(a: &[u64], b: &[u64], acc: &mut [[u64; NR]; MR]) {
-    for (av, bv) in a.chunks_exact(MR).zip(b.chunks_exact(NR)) {
-        let av: &[u64; MR] = av.try_into().unwrap();
+fn micro(a: ARows<'_>, b: &[u64], acc: &mut [[u64; NR]; MR]) {
+    for (p, bv) in b.chunks_exact(NR).enumerate() {
         let bv: &[u64; NR] = bv.try_into().unwrap();
         for i in 0..MR {
+            let av = a[i][p];
             for j in 0..NR {
-                acc[i][j] = acc[i][j].wrapping_add(av[i].wrapping_mul(bv[j]));
+                acc[i][j] = acc[i][j].wrapping_add(av.wrapping_mul(bv[j]));
             }
         }
     }
@@ -137,14 +118,18 @@ fn micro(a: &[u64], b: &[u64], acc: &mut [[u64; NR]; MR]) {
 /// AVX-512 micro-kernel: twelve 8-lane accumulators, `vpmullq` + `vpaddq` per lane group.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512dq")]
-fn micro_avx512(a: &[u64], b: &[u64], acc: &mut [[u64; NR]; MR]) {
+fn micro_avx512(a: ARows<'_>, b: &[u64], acc: &mut [[u64; NR]; MR]) {
     use std::arch::x86_64::*;
     let kc = b.len() / NR;
-    assert!(a.len() >= kc * MR, "micro_avx512: A panel too short");
-    let (ap, bp) = (a.as_ptr(), b.as_ptr());
+    assert!(
+        a.iter().all(|r| r.len() >= kc),
+        "micro_avx512: A row too short"
+    );
+    let ap = a.map(|r| r.as_ptr());
+    let bp = b.as_ptr();
     let mut c = [[_mm512_setzero_si512(); 2]; MR];
     for p in 0..kc {
-        // SAFETY: p < kc, so p·NR + NR ≤ b.len() and p·MR + MR ≤ a.len().
+        // SAFETY: p < kc, so p·NR + NR ≤ b.len() and p < every A row's length.
         let (b0, b1) = unsafe {
             (
                 _mm512_loadu_si512(bp.add(p * NR).cast()),
@@ -153,7 +138,7 @@ fn micro_avx512(a: &[u64], b: &[u64], acc: &mut [[u64; NR]; MR]) {
         };
         for (i, ci) in c.iter_mut().enumerate() {
             // SAFETY: as above.
-            let ai = _mm512_set1_epi64(unsafe { *ap.add(p * MR + i) } as i64);
+            let ai = _mm512_set1_epi64(unsafe { *ap[i].add(p) } as i64);
             ci[0] = _mm512_add_epi64(ci[0], _mm512_mullo_epi64(ai, b0));
             ci[1] = _mm512_add_epi64(ci[1], _mm512_mullo_epi64(ai, b1));
         }
@@ -171,11 +156,15 @@ fn micro_avx512(a: &[u64], b: &[u64], acc: &mut [[u64; NR]; MR]) {
 /// one quarter of the tile (4 columns) at a time.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
-fn micro_avx2(a: &[u64], b: &[u64], acc: &mut [[u64; NR]; MR]) {
+fn micro_avx2(a: ARows<'_>, b: &[u64], acc: &mut [[u64; NR]; MR]) {
     use std::arch::x86_64::*;
     let kc = b.len() / NR;
-    assert!(a.len() >= kc * MR, "micro_avx2: A panel too short");
-    let (ap, bp) = (a.as_ptr(), b.as_ptr());
+    assert!(
+        a.iter().all(|r| r.len() >= kc),
+        "micro_avx2: A row too short"
+    );
+    let ap = a.map(|r| r.as_ptr());
+    let bp = b.as_ptr();
     for q in 0..NR / 4 {
         let mut c = [_mm256_setzero_si256(); MR];
         for p in 0..kc {
@@ -183,8 +172,8 @@ fn micro_avx2(a: &[u64], b: &[u64], acc: &mut [[u64; NR]; MR]) {
             let bv = unsafe { _mm256_loadu_si256(bp.add(p * NR + 4 * q).cast()) };
             let bh = _mm256_srli_epi64::<32>(bv);
             for (i, ci) in c.iter_mut().enumerate() {
-                // SAFETY: p·MR + i < a.len().
-                let av = unsafe { *ap.add(p * MR + i) };
+                // SAFETY: p < kc ≤ every A row's length.
+                let av = unsafe { *ap[i].add(p) };
                 let (lo, hi) = (
                     _mm256_set1_epi64x(av as i64),
                     _mm256_set1_epi64x((av >> 32) as i64),
@@ -214,7 +203,8 @@ struct Plan<'a> {
     m: usize,
     k: usize,
     n: usize,
-    pa: &'a [u64],
+    /// `A`, row-major `[m, k]` (not packed: the kernel streams `MR` rows at once).
+    a: &'a [u64],
     pb: &'a [u64],
     c: CPtr,
 }
@@ -227,22 +217,23 @@ fn task_body(
     i1: usize,
     j0: usize,
     j1: usize,
-    micro: impl Fn(&[u64], &[u64], &mut [[u64; NR]; MR]),
+    micro: impl Fn(ARows<'_>, &[u64], &mut [[u64; NR]; MR]),
 ) {
     let (m, k, n) = (plan.m, plan.k, plan.n);
-    let mpanels = m.div_ceil(MR);
     let npanels = n.div_ceil(NR);
     let mut kb = 0;
     while kb < k {
         let kc = KC.min(k - kb);
-        let ablock = &plan.pa[kb * mpanels * MR..];
         let bblock = &plan.pb[kb * npanels * NR..];
         for jp in (j0 / NR)..j1.div_ceil(NR) {
             let bpanel = &bblock[jp * kc * NR..(jp + 1) * kc * NR];
             for ip in (i0 / MR)..i1.div_ceil(MR) {
-                let apanel = &ablock[ip * kc * MR..(ip + 1) * kc * MR];
+                let arows: ARows<'_> = std::array::from_fn(|i| {
+                    let r = (ip * MR + i).min(m - 1);
+                    &plan.a[r * k + kb..r * k + kb + kc]
+                });
                 let mut acc = [[0u64; NR]; MR];
-                micro(apanel, bpanel, &mut acc);
+                micro(arows, bpanel, &mut acc);
                 let rows = MR.min(m - ip * MR);
                 let cols = NR.min(n - jp * NR);
                 for (i, acc_row) in acc.iter().enumerate().take(rows) {
@@ -392,12 +383,12 @@ pub fn gemm_source(m: usize, a: &[u64], b: &dyn PanelSource, c: &mut [u64]) {
             gemm_reference(m, k, n, a, &dense, c)
         };
     }
-    let (pa, pb) = rayon::join(|| pack_a(m, k, a), || pack_b(b));
+    let pb = pack_b(b);
     let plan = Plan {
         m,
         k,
         n,
-        pa: &pa,
+        a,
         pb: &pb,
         c: CPtr(c.as_mut_ptr()),
     };
@@ -457,14 +448,11 @@ mod tests {
         let b = lcg(10, k * n);
         let mut want = vec![0; m * n];
         gemm_reference(m, k, n, &a, &b, &mut want);
-        let (pa, pb) = (
-            pack_a(m, k, &a),
-            pack_b(&Dense {
-                data: &b,
-                rows: k,
-                cols: n,
-            }),
-        );
+        let pb = pack_b(&Dense {
+            data: &b,
+            rows: k,
+            cols: n,
+        });
         let mut levels = vec![KernelLevel::Generic];
         #[cfg(target_arch = "x86_64")]
         {
@@ -481,7 +469,7 @@ mod tests {
                 m,
                 k,
                 n,
-                pa: &pa,
+                a: &a,
                 pb: &pb,
                 c: CPtr(got.as_mut_ptr()),
             };

@@ -1,0 +1,96 @@
+//! Ring convolution vs libtorch f32 convolution on the same shapes, same threads, run
+//! alternately; prints one JSON object per shape (best and median times; `ratio` = best ring /
+//! best torch) and a summary. Threads: `KNAPSEC_BENCH_THREADS`
+//! (default 2) for both rayon and libtorch.
+
+use knapsec_benches::{SHAPES, cpu_time_per_call, paired_times};
+use knapsec_ring::{Conv2dParams, Prg, conv2d};
+use std::hint::black_box;
+use std::time::Duration;
+use tch::{Device, Kind, Tensor};
+
+fn main() {
+    let threads: usize = std::env::var("KNAPSEC_BENCH_THREADS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(2);
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build_global()
+        .ok();
+    tch::set_num_threads(threads as i32);
+    tch::manual_seed(1);
+    let budget = Duration::from_millis(
+        std::env::var("KNAPSEC_BENCH_MS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(1500),
+    );
+    let mut key = [0u8; 32];
+    key.iter_mut()
+        .enumerate()
+        .for_each(|(i, k)| *k = i as u8 ^ 0x5a);
+    let mut prg = Prg::new(&key, "bench/ring_vs_torch");
+    let mut rows = Vec::new();
+    for sh in SHAPES {
+        let (c, o, h, k, st, g) = (sh.c_in, sh.c_out, sh.size, sh.kernel, sh.stride, sh.groups);
+        let pad = k / 2;
+        let x = prg.ring(&[c, h, h]);
+        let w = prg.ring(&[o, c / g, k, k]);
+        let p = Conv2dParams::new([k, k])
+            .stride([st, st])
+            .padding([pad, pad])
+            .groups(g);
+        let tx = Tensor::randn(
+            [1, c as i64, h as i64, h as i64],
+            (Kind::Float, Device::Cpu),
+        );
+        let tw = Tensor::randn(
+            [o as i64, (c / g) as i64, k as i64, k as i64],
+            (Kind::Float, Device::Cpu),
+        );
+        let (sti, padi) = (st as i64, pad as i64);
+        let [(ring, ring_med), (torch, torch_med)] = paired_times(
+            5,
+            budget,
+            || {
+                black_box(conv2d(black_box(&x), black_box(&w), &p).unwrap());
+            },
+            || {
+                black_box(tx.conv2d(
+                    &tw,
+                    None::<&Tensor>,
+                    [sti, sti],
+                    [padi, padi],
+                    [1, 1],
+                    g as i64,
+                ));
+            },
+        );
+        let ring_cpu = cpu_time_per_call(5, || {
+            black_box(conv2d(black_box(&x), black_box(&w), &p).unwrap());
+        });
+        let ho = (h + 2 * pad - k) / st + 1;
+        let macs = (o * (c / g) * k * k * ho * ho) as f64;
+        let row = serde_json::json!({
+            "shape": sh.name,
+            "ring_ms": ring.as_secs_f64() * 1e3,
+            "torch_f32_ms": torch.as_secs_f64() * 1e3,
+            "ratio": ring.as_secs_f64() / torch.as_secs_f64(),
+            "ring_median_ms": ring_med.as_secs_f64() * 1e3,
+            "torch_f32_median_ms": torch_med.as_secs_f64() * 1e3,
+            "ring_gmacs": macs / ring.as_secs_f64() / 1e9,
+            "ring_gmacs_per_cpu_s": macs / ring_cpu.as_secs_f64() / 1e9,
+            "torch_gmacs": macs / torch.as_secs_f64() / 1e9,
+        });
+        println!("{row}");
+        rows.push(row);
+    }
+    let ratios: Vec<f64> = rows.iter().map(|r| r["ratio"].as_f64().unwrap()).collect();
+    let geo = (ratios.iter().map(|r| r.ln()).sum::<f64>() / ratios.len() as f64).exp();
+    let max = ratios.iter().cloned().fold(0.0, f64::max);
+    println!(
+        "{}",
+        serde_json::json!({"summary": {"threads": threads, "geomean_ratio": geo, "max_ratio": max, "target": 4.0}})
+    );
+}
