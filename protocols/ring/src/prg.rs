@@ -143,12 +143,31 @@ impl Prg {
             ));
         }
         let limit = 256 - (256 % u32::from(p));
+        // Byte → residue, or 255 for a rejected byte.
+        let table: [u8; 256] = std::array::from_fn(|b| {
+            if (b as u32) < limit {
+                (b as u32 % u32::from(p)) as u8
+            } else {
+                255
+            }
+        });
         let mut out = Vec::with_capacity(n);
         while out.len() < n {
-            let b = u32::from(self.next_byte());
-            if b < limit {
-                out.push((b % u32::from(p)) as u8);
+            if self.pos == BUF {
+                self.refill();
             }
+            let mut used = 0;
+            for &b in &self.buf[self.pos..] {
+                used += 1;
+                let r = table[b as usize];
+                if r != 255 {
+                    out.push(r);
+                    if out.len() == n {
+                        break;
+                    }
+                }
+            }
+            self.pos += used;
         }
         Ok(out)
     }
@@ -227,6 +246,13 @@ mod tests {
             "{counts:?}"
         );
         assert!(p.mod_p(3, 1).is_err());
+        // Rejection sampling consumes exactly the bytes up to the last accepted one, so draws
+        // split in two give the same values as one draw.
+        let whole = Prg::new(&K, "m").mod_p(10_000, 67).unwrap();
+        let mut q = Prg::new(&K, "m");
+        let mut parts = q.mod_p(3_333, 67).unwrap();
+        parts.extend(q.mod_p(6_667, 67).unwrap());
+        assert_eq!(parts, whole);
     }
 
     #[test]
