@@ -85,7 +85,11 @@ pub fn run(args: Args, ctx: &Context) -> anyhow::Result<()> {
             writeln!(out, "DReLUs: {}", report.drelus)?;
             for (name, p) in [("setup (once per session)", &report.setup), ("offline", &report.offline), ("online", &report.online)]
             {
-                writeln!(out, "{name}: {:.3} s, {} bytes, {} messages, {} rounds", p.seconds, p.comm.bytes, p.comm.messages, p.comm.rounds)?;
+                writeln!(
+                    out,
+                    "{name}: {:.3} s ({:.2} CPU s), {} bytes, {} messages, {} rounds",
+                    p.seconds, p.cpu_seconds, p.comm.bytes, p.comm.messages, p.comm.rounds
+                )?;
             }
             print_comm(&mut out, "per-inference traffic (offline + online)", &{
                 let mut c = report.offline.comm.clone();
@@ -155,6 +159,10 @@ pub struct BenchArgs {
     /// `resnet18-cifar` or `resnet50-imagenet`.
     #[arg(long, default_value = "resnet18-cifar")]
     arch: String,
+    /// Architecture variant (e.g. `avgpool-stem` for resnet50-imagenet, the reference's secure
+    /// flows; its default stem uses max pooling).
+    #[arg(long)]
+    variant: Option<String>,
     /// DReLU budget: a percentage (`6%`) or a fraction (`0.06`) of the all-ReLU count.
     #[arg(long, default_value = "6%")]
     budget: String,
@@ -183,6 +191,7 @@ struct LayerRow {
 struct SecureBench {
     bench: &'static str,
     arch: String,
+    variant: Option<String>,
     budget: f64,
     drelu: DreluMode,
     drelus: u64,
@@ -199,6 +208,9 @@ struct SecureBench {
     offline_seconds: f64,
     online_seconds: f64,
     setup_seconds: f64,
+    /// Process CPU seconds of the phases (all three parties together).
+    offline_cpu_seconds: f64,
+    online_cpu_seconds: f64,
     threads: usize,
     ops: std::collections::BTreeMap<String, knapsec_net::Counts>,
     layers: Vec<LayerRow>,
@@ -220,7 +232,8 @@ fn parse_budget(text: &str) -> anyhow::Result<f64> {
 pub fn bench(ctx: &Context, args: BenchArgs) -> anyhow::Result<()> {
     let budget = parse_budget(&args.budget)?;
     let drelu = DreluMode::parse_cli(&args.drelu)?;
-    let plan = knapsec_arch_resnet::ResNetPlan::new(&args.arch, &knapsec_core::ArchOptions::default())
+    let arch_options = knapsec_core::ArchOptions { variant: args.variant.clone(), ..Default::default() };
+    let plan = knapsec_arch_resnet::ResNetPlan::new(&args.arch, &arch_options)
         .with_context(|| format!("architecture {:?} (bench secure knows resnet18-cifar and resnet50-imagenet)", args.arch))?;
     let table = plan.layer_table()?;
     let spec = match &args.spec {
@@ -246,6 +259,7 @@ pub fn bench(ctx: &Context, args: BenchArgs) -> anyhow::Result<()> {
     ctx.print_json(&SecureBench {
         bench: "secure",
         arch: args.arch.clone(),
+        variant: args.variant.clone(),
         budget,
         drelu,
         drelus: r.drelus,
@@ -259,6 +273,8 @@ pub fn bench(ctx: &Context, args: BenchArgs) -> anyhow::Result<()> {
         offline_seconds: r.offline.seconds,
         online_seconds: r.online.seconds,
         setup_seconds: r.setup.seconds,
+        offline_cpu_seconds: r.offline.cpu_seconds,
+        online_cpu_seconds: r.online.cpu_seconds,
         threads: rayon_threads(),
         ops: comm.ops.clone(),
         layers: comm.layers.iter().map(|l| LayerRow { layer: l.layer.clone(), bytes: l.counts.bytes, rounds: l.counts.rounds }).collect(),

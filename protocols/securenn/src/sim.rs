@@ -23,8 +23,29 @@ use std::time::{Duration, Instant};
 /// Traffic and time of one phase.
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct PhaseReport {
+    /// Wall-clock seconds (the slowest party).
     pub seconds: f64,
+    /// CPU seconds of the whole process (all three parties and their worker threads) during
+    /// the phase, from `/proc/self/stat` (Linux; 0 elsewhere). On a loaded machine this is
+    /// the figure that does not depend on the other processes.
+    pub cpu_seconds: f64,
     pub comm: CommReport,
+}
+
+/// CPU seconds (user + system) of this process so far, from `/proc/self/stat` (Linux, clock
+/// ticks of 10 ms); 0 where unavailable.
+pub fn process_cpu_seconds() -> f64 {
+    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
+        return 0.0;
+    };
+    // Fields after the command name (which may contain spaces) start after the last ')'.
+    let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) else {
+        return 0.0;
+    };
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    // rest[0] is field 3 (state); utime and stime are fields 14 and 15.
+    let tick = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    (tick(11) + tick(12)) / 100.0
 }
 
 /// The result of a simulated inference.
@@ -91,6 +112,7 @@ struct PartyResult {
     output: PartyOutput,
     reports: [CommReport; 3],
     seconds: [f64; 3],
+    cpu: [f64; 3],
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -109,24 +131,31 @@ fn party(
     let mut session = Session::new(role, model, weights, options)?;
     let mut reports: [CommReport; 3] = Default::default();
     let mut seconds = [0.0; 3];
-    let mut phase_end = |t: &mut Metered<_>, k: usize, start: Instant| -> Result<()> {
-        barrier.wait(role)?;
-        seconds[k] = start.elapsed().as_secs_f64();
-        reports[k] = t.take_report();
-        barrier.wait(role)?;
-        if role == Role::Client {
-            tracker.reset();
-        }
-        barrier.wait(role)
-    };
+    let mut cpu = [0.0; 3];
+    let mut phase_end =
+        |t: &mut Metered<_>, k: usize, start: Instant, cpu_start: &mut f64| -> Result<()> {
+            barrier.wait(role)?;
+            seconds[k] = start.elapsed().as_secs_f64();
+            let now = process_cpu_seconds();
+            cpu[k] = now - *cpu_start;
+            reports[k] = t.take_report();
+            barrier.wait(role)?;
+            if role == Role::Client {
+                tracker.reset();
+            }
+            barrier.wait(role)?;
+            *cpu_start = process_cpu_seconds();
+            Ok(())
+        };
     barrier.wait(role)?;
+    let mut cpu_start = process_cpu_seconds();
     // setup
     let start = Instant::now();
     {
         let mut ctx = Ctx::new(role, &mut t, keys);
         session.setup(&mut ctx)?;
     }
-    phase_end(&mut t, 0, start)?;
+    phase_end(&mut t, 0, start, &mut cpu_start)?;
     // offline (the nonce is part of it)
     let start = Instant::now();
     let pre = {
@@ -134,18 +163,19 @@ fn party(
         let nonce = exchange_nonce(&mut ctx)?;
         (session.offline(&mut ctx)?, nonce)
     };
-    phase_end(&mut t, 1, start)?;
+    phase_end(&mut t, 1, start, &mut cpu_start)?;
     let start = Instant::now();
     let output = {
         let mut ctx = Ctx::new(role, &mut t, keys);
         ctx.set_nonce(&pre.1);
         session.online(&mut ctx, &pre.0, input)?
     };
-    phase_end(&mut t, 2, start)?;
+    phase_end(&mut t, 2, start, &mut cpu_start)?;
     Ok(PartyResult {
         output,
         reports,
         seconds,
+        cpu,
     })
 }
 
@@ -230,6 +260,7 @@ pub fn simulate(
         }
         PhaseReport {
             seconds: rs.iter().map(|r| r.seconds[k]).fold(0.0, f64::max),
+            cpu_seconds: rs[0].cpu[k],
             comm,
         }
     };
