@@ -1,0 +1,171 @@
+//! The pipeline configuration (`knapsec pipeline --config pipeline.ron`), documented field by
+//! field; every field has a default, so `()` is a valid (demo-sized) configuration.
+
+use knapsec_core::ArchOptions;
+use serde::{Deserialize, Serialize};
+
+/// Training settings of one stage (baseline training or fine-tuning).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TrainSettings {
+    pub epochs: usize,
+    pub lr: f64,
+    pub batch: usize,
+    pub weight_decay: f64,
+    /// `cosine`, `constant` or `step:EVERY:GAMMA`.
+    pub schedule: String,
+    pub warmup: f64,
+    /// Train on the first N training images only.
+    pub train_subset: Option<usize>,
+}
+
+impl Default for TrainSettings {
+    fn default() -> Self {
+        TrainSettings {
+            epochs: 3,
+            lr: 0.05,
+            batch: 128,
+            weight_decay: 5e-4,
+            schedule: "cosine".into(),
+            warmup: 0.3,
+            train_subset: None,
+        }
+    }
+}
+
+/// How to get the baseline network.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum Baseline {
+    /// Train it (stage skipped when its weights exist).
+    Train(TrainSettings),
+    /// Use these weights (.safetensors, PyTorch state_dict names).
+    Load(String),
+}
+
+/// Distortion extraction settings.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DistortionSettings {
+    /// Images in the sample.
+    pub samples: usize,
+    /// Images per pass.
+    pub batch: usize,
+    pub seed: u64,
+}
+
+impl Default for DistortionSettings {
+    fn default() -> Self {
+        DistortionSettings { samples: 16, batch: 8, seed: 0 }
+    }
+}
+
+/// Secure inference of a few test images at the end.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SecureSettings {
+    /// Number of test images (0 skips the stage).
+    pub images: usize,
+    /// Which fine-tuned model: its budget (one of `budgets`).
+    pub budget: Option<String>,
+    pub backend: String,
+    /// `exact` or `approx:BITS,LSB_IGNORED`.
+    pub drelu: String,
+    /// Fixed-point fractional bits of the export.
+    pub frac_bits: u32,
+}
+
+impl Default for SecureSettings {
+    fn default() -> Self {
+        SecureSettings { images: 3, budget: None, backend: "securenn".into(), drelu: "exact".into(), frac_bits: 12 }
+    }
+}
+
+/// The whole pipeline.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PipelineConfig {
+    /// Architecture (see `knapsec arch list`).
+    pub arch: String,
+    pub options: ArchOptions,
+    /// Data set (`fashion-mnist`, `mnist:DIR`, `cifar10:DIR`, `cifar100:DIR`, `folder:DIR`).
+    pub data: String,
+    /// Evaluate on the first N test images (all if absent).
+    pub eval_subset: Option<usize>,
+    pub baseline: Baseline,
+    pub distortion: DistortionSettings,
+    /// DReLU budgets (`6%`, `0.06` or an absolute count).
+    pub budgets: Vec<String>,
+    /// Knapsack strategy of the main runs.
+    pub strategy: String,
+    /// Also run the `uniform` strategy at every budget (the ablation).
+    pub compare_uniform: bool,
+    pub finetune: TrainSettings,
+    pub secure: SecureSettings,
+}
+
+impl Default for PipelineConfig {
+    /// The demo: Fashion-MNIST, `resnet18-cifar` at base width 16 for one 28×28 input channel
+    /// and 10 classes, budgets 3 %, 6 % and 12 %.
+    fn default() -> Self {
+        PipelineConfig {
+            arch: "resnet18-cifar".into(),
+            options: ArchOptions {
+                input_channels: Some(1),
+                input_height: Some(28),
+                input_width: Some(28),
+                classes: Some(10),
+                base_width: Some(16),
+                variant: None,
+            },
+            data: "fashion-mnist".into(),
+            eval_subset: None,
+            baseline: Baseline::Train(TrainSettings { epochs: 3, ..TrainSettings::default() }),
+            distortion: DistortionSettings::default(),
+            budgets: vec!["3%".into(), "6%".into(), "12%".into()],
+            strategy: "mckp-exact".into(),
+            compare_uniform: true,
+            finetune: TrainSettings {
+                epochs: 1,
+                lr: 0.01,
+                warmup: 0.1,
+                train_subset: Some(20_000),
+                ..TrainSettings::default()
+            },
+            secure: SecureSettings { budget: Some("6%".into()), ..SecureSettings::default() },
+        }
+    }
+}
+
+impl PipelineConfig {
+    /// Checks what can be checked before running anything.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        if self.budgets.is_empty() {
+            anyhow::bail!("the configuration lists no budgets");
+        }
+        if self.distortion.samples == 0 || self.distortion.batch == 0 {
+            anyhow::bail!("distortion: samples and batch must be at least 1");
+        }
+        if let Some(b) = &self.secure.budget
+            && self.secure.images > 0
+            && !self.budgets.contains(b)
+        {
+            anyhow::bail!("secure.budget {b:?} is not one of the budgets {:?}", self.budgets);
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_config_is_the_demo_and_round_trips() {
+        let c: PipelineConfig = ron::from_str("()").unwrap();
+        assert_eq!(c, PipelineConfig::default());
+        let text = ron::ser::to_string_pretty(&c, Default::default()).unwrap();
+        assert_eq!(ron::from_str::<PipelineConfig>(&text).unwrap(), c);
+        c.validate().unwrap();
+        assert!(ron::from_str::<PipelineConfig>("(budgetz: [])").is_err());
+    }
+}
