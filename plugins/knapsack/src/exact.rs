@@ -138,7 +138,7 @@ pub fn solve_exact(p: &McKpProblem, limits: &SolveLimits) -> (McKpSolution, Exac
 
     // Incumbent: hull greedy improved by single moves.
     let (mut greedy, cost) = greedy_fill(p, &hulls, &incs, &lp);
-    improve_single_moves(p, &mut greedy, cost, 256);
+    improve_single_moves(p, &mut greedy, cost, 16);
     let (_, mut ub) = p.evaluate(&greedy);
     stats.first_incumbent = ub;
     let scale = ub.abs().max(lp_bound.abs()).max(f64::MIN_POSITIVE);
@@ -249,28 +249,32 @@ pub fn solve_exact(p: &McKpProblem, limits: &SolveLimits) -> (McKpSolution, Exac
             }
             best_value = value;
             let (option, dc, _) = cc.moves[j];
-            let make_node = |nodes: &mut Vec<Node>| {
-                if dc == 0 && option as usize == base[cc.class as usize] {
-                    s.node
-                } else {
-                    nodes.push(Node {
-                        parent: s.node,
-                        class: cc.class,
-                        option,
-                    });
-                    (nodes.len() - 1) as u32
-                }
+            // The state's back-pointer, created once, only for a state that is kept.
+            let mut node: Option<u32> = None;
+            let mut node_of = |nodes: &mut Vec<Node>| {
+                *node.get_or_insert_with(|| {
+                    if dc == 0 && option as usize == base[cc.class as usize] {
+                        s.node
+                    } else {
+                        nodes.push(Node {
+                            parent: s.node,
+                            class: cc.class,
+                            option,
+                        });
+                        (nodes.len() - 1) as u32
+                    }
+                })
             };
             if cost <= budget && value < ub {
                 ub = value;
-                incumbent = Some(make_node(&mut nodes));
+                incumbent = Some(node_of(&mut nodes));
             }
             let bound = bound_of(cost, value, t + 1);
             if bound >= ub - eps {
                 pruned_min = pruned_min.min(bound);
                 continue;
             }
-            let node = make_node(&mut nodes);
+            let node = node_of(&mut nodes);
             next.push(State { cost, value, node });
         }
         std::mem::swap(&mut states, &mut next);
@@ -359,6 +363,59 @@ mod tests {
         assert!((sol.objective - brute(&p)).abs() < 1e-12);
         assert!(sol.cost <= p.budget);
         assert!(sol.bound <= sol.objective);
+    }
+
+    #[test]
+    fn a_time_limit_returns_the_incumbent_with_a_valid_gap() {
+        let (table, dist) = crate::instances::reference_instance("resnet18-cifar", 5).unwrap();
+        let inst = crate::Instance::new(&table, &dist, crate::Budget::Ratio(0.06)).unwrap();
+        let p = inst.problem.reduce(Reduction::Dominated).problem;
+        let (full, _) = solve_exact(&p, &SolveLimits::default());
+        assert!(full.optimal);
+        let limits = SolveLimits {
+            time: Some(std::time::Duration::ZERO),
+            relative_gap: 0.0,
+        };
+        let (cut, stats) = solve_exact(&p, &limits);
+        assert_eq!(stats.classes_added, 0);
+        assert!(cut.cost <= p.budget);
+        assert!(cut.objective >= full.objective - 1e-15);
+        assert!(
+            cut.bound <= full.objective + 1e-15,
+            "{} > {}",
+            cut.bound,
+            full.objective
+        );
+    }
+
+    #[test]
+    fn agrees_with_the_dp_on_random_instances() {
+        use knapsec_core::KnapsackStrategy;
+        let mut state = 88172645463325252u64;
+        let mut next = move |n: u64| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state % n
+        };
+        for _ in 0..40 {
+            let classes: Vec<Vec<(u64, f64)>> = (0..1 + next(60))
+                .map(|_| {
+                    (0..1 + next(8))
+                        .map(|_| (next(50), next(1000) as f64 / 7.0))
+                        .collect()
+                })
+                .collect();
+            let mut p = McKpProblem::from_classes(&classes, 0);
+            p.budget = p.min_cost() + next(400);
+            let p = p.reduce(Reduction::Dominated).problem;
+            let (e, _) = solve_exact(&p, &SolveLimits::default());
+            let d = crate::dp::McKpDp::default()
+                .solve(&p, &SolveLimits::default())
+                .unwrap();
+            assert!(e.optimal);
+            assert!((e.objective - d.objective).abs() <= 1e-9 * d.objective.abs().max(1.0));
+        }
     }
 
     #[test]
