@@ -336,3 +336,48 @@ fn emit<T: Serialize>(ctx: &Context, value: &T, json: bool, report: Option<&Path
     out.flush()?;
     Ok(())
 }
+
+#[derive(Debug, clap::Args)]
+pub struct ExportArgs {
+    #[arg(long)]
+    pub arch: String,
+    #[command(flatten)]
+    pub options: ArchOptionArgs,
+    #[arg(long, value_name = "W.safetensors")]
+    pub weights: PathBuf,
+    /// Block spec baked into the secure model (plain ReLUs everywhere without it).
+    #[arg(long)]
+    pub spec: Option<PathBuf>,
+    /// Fractional bits of the fixed-point encoding.
+    #[arg(long, default_value_t = knapsec_nn::DEFAULT_FRAC_BITS)]
+    pub frac_bits: u32,
+    /// Output folder: `model.ron` (public part) and `weights.safetensors` (server only).
+    #[arg(short, long, value_name = "DIR")]
+    pub output: PathBuf,
+}
+
+/// `knapsec export`: a trained network (with its block spec) as a secure model (DESIGN §3):
+/// BatchNorm folded, fixed-point weights.
+pub fn run_export(a: ExportArgs, ctx: &Context) -> anyhow::Result<()> {
+    let mut network = build_network(ctx, &a.arch, &a.options, 0)?;
+    network.load_weights(&a.weights)?;
+    if let Some(spec) = &a.spec {
+        load_spec(&mut network, spec)?;
+    }
+    let (model, weights) = network.export(a.frac_bits)?;
+    model.validate()?;
+    weights.check_against(&model)?;
+    weights.save(&a.output)?;
+    model.save(&a.output)?;
+    let mut out = ctx.stdout();
+    writeln!(
+        out,
+        "wrote {}: {} nodes, {} DReLUs, public hash {}",
+        a.output.display(),
+        model.nodes.len(),
+        model.drelus(),
+        &model.public_hash()[..16]
+    )?;
+    out.flush()?;
+    Ok(())
+}

@@ -134,7 +134,7 @@ pub fn run(ctx: &Context, config: &PipelineConfig, out: &Path) -> anyhow::Result
                 spec: spec_path.display().to_string(),
                 drelus,
                 drelus_ratio: drelus as f64 / table.drelus() as f64,
-                distortion: read_json(&knap_report).ok().and_then(|v| v["distortion"].as_f64()),
+                distortion: read_json(&knap_report).ok().and_then(|v| v["objective"].as_f64()),
                 accuracy_before_finetune: before.accuracy,
                 accuracy: after.accuracy,
                 relative_accuracy: after.accuracy / base_eval.accuracy.max(f64::MIN_POSITIVE),
@@ -203,10 +203,12 @@ fn secure_stage(ctx: &Context, config: &PipelineConfig, options_file: &Path, run
         r.secure_labels.push(label_of(&secure).with_context(|| format!("simulate output for {}", path.display()))?);
         r.plain_labels.push(label_of(&plain).with_context(|| format!("plain simulate output for {}", path.display()))?);
         let n = inputs.len() as f64;
-        r.bytes_per_image += secure["bytes_total"].as_f64().unwrap_or(0.0) / n;
-        r.rounds_per_image += secure["rounds"].as_f64().unwrap_or(0.0) / n;
-        r.online_seconds_per_image += secure["online_seconds"].as_f64().unwrap_or(0.0) / n;
-        r.offline_seconds_per_image += secure["offline_seconds"].as_f64().unwrap_or(0.0) / n;
+        // `knapsec simulate --json` of the securenn backend: per phase `seconds` and `comm`.
+        let phase = |p: &str, f: &str| secure[p]["comm"][f].as_f64().unwrap_or(0.0);
+        r.bytes_per_image += (phase("offline", "bytes") + phase("online", "bytes")) / n;
+        r.rounds_per_image += (phase("offline", "rounds") + phase("online", "rounds")) / n;
+        r.online_seconds_per_image += secure["online"]["seconds"].as_f64().unwrap_or(0.0) / n;
+        r.offline_seconds_per_image += secure["offline"]["seconds"].as_f64().unwrap_or(0.0) / n;
     }
     r.labels_agree = r.secure_labels == r.plain_labels;
     write_text(&results, &serde_json::to_string_pretty(&r)?)?;
@@ -221,13 +223,14 @@ fn secure_stage(ctx: &Context, config: &PipelineConfig, options_file: &Path, run
     Ok(r)
 }
 
-/// The predicted label in a `knapsec simulate --json` output: its `label` field, or the argmax
-/// of its `logits`.
+/// The predicted label in a `knapsec simulate --json` output: `output` is `{"Labels": [l]}`
+/// or `{"Logits": [...]}` (then the argmax).
 fn label_of(v: &serde_json::Value) -> anyhow::Result<i64> {
-    if let Some(l) = v["label"].as_i64() {
+    let out = &v["output"];
+    if let Some(l) = out["Labels"].get(0).and_then(|l| l.as_i64()) {
         return Ok(l);
     }
-    let logits = v["logits"].as_array().context("neither `label` nor `logits` in the output")?;
+    let logits = out["Logits"].as_array().context("neither `Labels` nor `Logits` in the output")?;
     let vals: Vec<f64> = logits.iter().map(|x| x.as_f64().unwrap_or(f64::NEG_INFINITY)).collect();
     vals.iter()
         .enumerate()
