@@ -21,6 +21,16 @@
 use knapsec_knapsack as _;
 #[cfg(feature = "securenn")]
 use knapsec_securenn as _;
+#[cfg(feature = "plain")]
+use knapsec_plain as _;
+#[cfg(feature = "archs")]
+use knapsec_arch_deeplab as _;
+#[cfg(feature = "archs")]
+use knapsec_arch_mobilenet as _;
+#[cfg(feature = "archs")]
+use knapsec_arch_resnet as _;
+#[cfg(feature = "torch")]
+use knapsec_nn as _;
 
 use knapsec_core::{CoreError, Registry};
 pub use knapsec_plugin_abi::{AbiError, PluginSet};

@@ -4,8 +4,10 @@
 //! 1. a usable name and a non-empty one-line description;
 //! 2. `layer_table` answers for the options given, names the adapter itself, is not empty,
 //!    has unique layer names and non-empty shapes, and is the same on a second call;
-//! 3. every layer's candidates are non-empty, free of duplicates, contain the ordinary ReLU
-//!    `(1,1)` and identity, and never `Zero` (a reference import format only);
+//! 3. every layer's candidates are non-empty, contain the ordinary ReLU `(1,1)` and identity,
+//!    and never `Zero` (a reference import format only). Repeated shapes are allowed: the
+//!    reference's presets repeat some (e.g. `8x14` in the 112x112 list), adapters that follow
+//!    the reference keep them, and the knapsack merges options of equal cost;
 //! 4. `cost` is the DReLU count `ceil(H/h)·ceil(W/w)` for patches and 0 for identity;
 //! 5. the all-ReLU spec validates and costs exactly the table's DReLUs;
 //! 6. an unknown `variant` option is refused with an error (not ignored).
@@ -77,11 +79,7 @@ pub fn check_candidates(arch: &dyn ArchAdapter, layer: &ReluLayer) -> KitResult 
     let at = || format!("architecture {name:?}, layer {:?}", layer.name);
     let cands = arch.candidates(layer);
     ensure(!cands.is_empty(), || format!("{}: no candidates", at()))?;
-    let mut seen = HashSet::new();
     for b in &cands {
-        ensure(seen.insert(*b), || {
-            format!("{}: candidate {b} listed twice", at())
-        })?;
         ensure(*b != BlockSize::Zero, || {
             format!("{}: `zero` is not a candidate (import format only)", at())
         })?;
@@ -154,6 +152,7 @@ mod tests {
     #[derive(Default)]
     struct Toy {
         duplicate_layer: bool,
+        zero_candidate: bool,
         no_identity: bool,
         square_cost: bool,
         accepts_any_variant: bool,
@@ -183,6 +182,9 @@ mod tests {
             let mut c = candidates::generate(l.height, l.width, 3);
             if self.no_identity {
                 c.retain(|b| *b != BlockSize::Identity);
+            }
+            if self.zero_candidate {
+                c.push(BlockSize::Zero);
             }
             c
         }
