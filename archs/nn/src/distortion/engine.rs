@@ -55,7 +55,11 @@ pub enum Schedule {
 
 impl Schedule {
     /// The engine with its default settings.
-    pub const DEFAULT: Schedule = Schedule::Batched { pass_pixels: 32 * 1024, max_variants: 64, dedupe: true };
+    pub const DEFAULT: Schedule = Schedule::Batched {
+        pass_pixels: 32 * 1024,
+        max_variants: 64,
+        dedupe: true,
+    };
 }
 
 /// Settings of one extraction.
@@ -144,14 +148,17 @@ fn clean_pass(net: &dyn BlockNet, images: &Tensor, batch: usize) -> Result<Vec<C
     while start < n {
         let rows = (batch as i64).min(n - start);
         let x = images.narrow(0, start, rows);
-        let captured: Arc<Mutex<Vec<Option<Tensor>>>> = Arc::new(Mutex::new((0..nslots).map(|_| None).collect()));
+        let captured: Arc<Mutex<Vec<Option<Tensor>>>> =
+            Arc::new(Mutex::new((0..nslots).map(|_| None).collect()));
         let sink = Arc::clone(&captured);
-        let previous = net.slots().set_tap(Some(Box::new(move |id: SlotId, x: &Tensor| {
-            if let Ok(mut v) = sink.lock() {
-                v[id.0] = Some(x.detach().copy());
-            }
-            None
-        })));
+        let previous = net
+            .slots()
+            .set_tap(Some(Box::new(move |id: SlotId, x: &Tensor| {
+                if let Ok(mut v) = sink.lock() {
+                    v[id.0] = Some(x.detach().copy());
+                }
+                None
+            })));
         let outs = net.block_outputs(&x, false);
         net.slots().set_tap(previous);
         let outs = outs?;
@@ -163,7 +170,11 @@ fn clean_pass(net: &dyn BlockNet, images: &Tensor, batch: usize) -> Result<Vec<C
                     NnError::Distortion(format!(
                         "{}: slot {:?} never ran in the forward pass",
                         net.arch(),
-                        net.slots().iter().nth(i).map(|s| s.layer.name.as_str()).unwrap_or("?")
+                        net.slots()
+                            .iter()
+                            .nth(i)
+                            .map(|s| s.layer.name.as_str())
+                            .unwrap_or("?")
                     ))
                 })
             })
@@ -171,8 +182,16 @@ fn clean_pass(net: &dyn BlockNet, images: &Tensor, batch: usize) -> Result<Vec<C
         let mut inputs = Vec::with_capacity(outs.len());
         inputs.push(x.shallow_clone());
         inputs.extend(outs[..outs.len() - 1].iter().map(Tensor::shallow_clone));
-        let last = outs.last().expect("a network has at least one block").shallow_clone();
-        out.push(CleanBatch { inputs, pre, out: last, rows });
+        let last = outs
+            .last()
+            .expect("a network has at least one block")
+            .shallow_clone();
+        out.push(CleanBatch {
+            inputs,
+            pre,
+            out: last,
+            rows,
+        });
         start += rows;
     }
     Ok(out)
@@ -199,7 +218,9 @@ fn apply_candidate(b: BlockSize, x: &Tensor) -> Result<Tensor> {
     Ok(match b {
         BlockSize::Identity => x.shallow_clone(),
         BlockSize::Zero => x.zeros_like(),
-        BlockSize::Patch { .. } => BlockRelu::new(vec![b; x.size()[1] as usize])?.forward_unchecked(x),
+        BlockSize::Patch { .. } => {
+            BlockRelu::new(vec![b; x.size()[1] as usize])?.forward_unchecked(x)
+        }
     })
 }
 
@@ -241,9 +262,11 @@ impl Worker<'_> {
         let _guard = tch::no_grad_guard();
         match self.schedule {
             Schedule::Single => self.single(unit, job),
-            Schedule::Batched { pass_pixels, max_variants, dedupe } => {
-                self.batched(unit, job, pass_pixels, max_variants, dedupe)
-            }
+            Schedule::Batched {
+                pass_pixels,
+                max_variants,
+                dedupe,
+            } => self.batched(unit, job, pass_pixels, max_variants, dedupe),
         }
     }
 
@@ -252,7 +275,10 @@ impl Worker<'_> {
         let k = job.candidates.len();
         let mut values = vec![0.0; unit.channels.len() * k];
         let saved = self.net.slots().current_blocks(&job.name)?.ok_or_else(|| {
-            NnError::Distortion(format!("layer {:?}: the single schedule needs a ReLU slot (it is ReLU6)", job.name))
+            NnError::Distortion(format!(
+                "layer {:?}: the single schedule needs a ReLU slot (it is ReLU6)",
+                job.name
+            ))
         })?;
         let mut passes = 0;
         for (i, c) in unit.channels.clone().enumerate() {
@@ -263,8 +289,11 @@ impl Worker<'_> {
                 let mut sum = 0.0;
                 let result = (|| -> Result<()> {
                     for cb in self.clean {
-                        let out = self.net.forward_from(job.block, &cb.inputs[job.block], false)?;
-                        sum += f64::try_from(self.metric.per_image(&out, &cb.out).sum(Kind::Double))?;
+                        let out = self
+                            .net
+                            .forward_from(job.block, &cb.inputs[job.block], false)?;
+                        sum +=
+                            f64::try_from(self.metric.per_image(&out, &cb.out).sum(Kind::Double))?;
                         passes += 1;
                     }
                     Ok(())
@@ -275,12 +304,22 @@ impl Worker<'_> {
             }
         }
         let evaluated = values.len() as u64;
-        Ok(UnitResult { unit: unit.id, values, evaluated, passes })
+        Ok(UnitResult {
+            unit: unit.id,
+            values,
+            evaluated,
+            passes,
+        })
     }
 
     /// Which variants of the unit must run, and which copy another (`rep[i][q]`: `None` = the
     /// clean output, distortion 0; `Some(q')` = the value of candidate `q'` of the same channel).
-    fn representatives(&self, unit: &WorkUnit, job: &LayerJob, dedupe: bool) -> Result<Vec<Vec<Option<usize>>>> {
+    fn representatives(
+        &self,
+        unit: &WorkUnit,
+        job: &LayerJob,
+        dedupe: bool,
+    ) -> Result<Vec<Vec<Option<usize>>>> {
         let (cc, k) = (unit.channels.len(), job.candidates.len());
         if !dedupe {
             return Ok(vec![(0..k).map(Some).collect(); cc]);
@@ -289,7 +328,11 @@ impl Worker<'_> {
         let mut flags = vec![[vec![true; cc], vec![true; cc], vec![true; cc]]; k];
         for cb in self.clean {
             let pre_all = &cb.pre[job.slot.0];
-            let act = self.net.slots().run(job.slot, pre_all).narrow(1, unit.channels.start as i64, cc as i64);
+            let act = self.net.slots().run(job.slot, pre_all).narrow(
+                1,
+                unit.channels.start as i64,
+                cc as i64,
+            );
             let pre = pre_all.narrow(1, unit.channels.start as i64, cc as i64);
             let mut per = Vec::with_capacity(k);
             for &b in &job.candidates {
@@ -303,7 +346,8 @@ impl Worker<'_> {
                     0,
                 ));
             }
-            let bits = Vec::<u8>::try_from(Tensor::stack(&per, 0).to_kind(Kind::Uint8).flatten(0, -1))?;
+            let bits =
+                Vec::<u8>::try_from(Tensor::stack(&per, 0).to_kind(Kind::Uint8).flatten(0, -1))?;
             for q in 0..k {
                 for f in 0..3 {
                     for i in 0..cc {
@@ -351,7 +395,12 @@ impl Worker<'_> {
         let todo: Vec<(usize, usize)> = reps
             .iter()
             .enumerate()
-            .flat_map(|(i, r)| r.iter().enumerate().filter(move |(q, rq)| **rq == Some(*q)).map(move |(q, _)| (i, q)))
+            .flat_map(|(i, r)| {
+                r.iter()
+                    .enumerate()
+                    .filter(move |(q, rq)| **rq == Some(*q))
+                    .map(move |(q, _)| (i, q))
+            })
             .collect();
         let rows = self.clean.first().map_or(1, |cb| cb.rows as usize);
         let per_variant = rows * job.height as usize * job.width as usize;
@@ -374,17 +423,27 @@ impl Worker<'_> {
                     channel_of_row.extend(std::iter::repeat_n(c, cb.rows as usize));
                 }
                 let replaced = Tensor::cat(&parts, 0);
-                let index = Tensor::from_slice(&channel_of_row).to_device(pre.device()).view([-1, 1, 1, 1]).expand(
-                    [v * cb.rows, 1, hh, ww],
-                    false,
-                );
+                let index = Tensor::from_slice(&channel_of_row)
+                    .to_device(pre.device())
+                    .view([-1, 1, 1, 1])
+                    .expand([v * cb.rows, 1, hh, ww], false);
                 let stacked = repeat_rows(&act, v).scatter(1, &index, &replaced);
-                let mut y = self.net.run_block_after_slot(job.block, job.slot, &stacked, &cb.inputs[job.block], false)?;
+                let mut y = self.net.run_block_after_slot(
+                    job.block,
+                    job.slot,
+                    &stacked,
+                    &cb.inputs[job.block],
+                    false,
+                )?;
                 if job.block + 1 < nblocks {
                     y = self.net.forward_from(job.block + 1, &y, false)?;
                 }
                 let d = self.metric.per_image(&y, &repeat_rows(&cb.out, v));
-                let d = Vec::<f64>::try_from(d.view([v, cb.rows]).sum_dim_intlist(1, false, Kind::Double))?;
+                let d = Vec::<f64>::try_from(d.view([v, cb.rows]).sum_dim_intlist(
+                    1,
+                    false,
+                    Kind::Double,
+                ))?;
                 for (s, x) in sums.iter_mut().zip(d) {
                     *s += x;
                 }
@@ -400,7 +459,12 @@ impl Worker<'_> {
                 values[i * k + q] = r[q].map_or(0.0, |rq| measured[i * k + rq]);
             }
         }
-        Ok(UnitResult { unit: unit.id, values, evaluated: todo.len() as u64, passes })
+        Ok(UnitResult {
+            unit: unit.id,
+            values,
+            evaluated: todo.len() as u64,
+            passes,
+        })
     }
 }
 
@@ -424,7 +488,9 @@ pub fn extract(
         return Err(NnError::Distortion("no network given".into()));
     };
     if config.batch == 0 {
-        return Err(NnError::Distortion("the batch must hold at least one image".into()));
+        return Err(NnError::Distortion(
+            "the batch must hold at least one image".into(),
+        ));
     }
     let n_images = images.size().first().copied().unwrap_or(0);
     if n_images == 0 {
@@ -434,7 +500,10 @@ pub fn extract(
     let mut jobs = Vec::with_capacity(table.layers.len());
     for (name, d) in &table.layers {
         let slot = first.slots().get(name).map_err(|_| {
-            NnError::Distortion(format!("the table names layer {name:?}, which network {:?} does not have", first.arch()))
+            NnError::Distortion(format!(
+                "the table names layer {name:?}, which network {:?} does not have",
+                first.arch()
+            ))
         })?;
         if slot.layer.channels as usize != d.channels {
             return Err(NnError::WrongChannelCount {
@@ -452,9 +521,20 @@ pub fn extract(
             candidates: d.candidates.clone(),
         });
     }
-    let total: u64 = units.iter().map(|u| (u.channels.len() * jobs[u.layer].candidates.len()) as u64).sum();
-    let pending: Vec<WorkUnit> = units.iter().filter(|u| !store::unit_done(&table, u)).cloned().collect();
-    let done: u64 = total - pending.iter().map(|u| (u.channels.len() * jobs[u.layer].candidates.len()) as u64).sum::<u64>();
+    let total: u64 = units
+        .iter()
+        .map(|u| (u.channels.len() * jobs[u.layer].candidates.len()) as u64)
+        .sum();
+    let pending: Vec<WorkUnit> = units
+        .iter()
+        .filter(|u| !store::unit_done(&table, u))
+        .cloned()
+        .collect();
+    let done: u64 = total
+        - pending
+            .iter()
+            .map(|u| (u.channels.len() * jobs[u.layer].candidates.len()) as u64)
+            .sum::<u64>();
     progress(Progress::Start { total, done });
     let mut stats = ExtractStats::default();
     if pending.is_empty() {
@@ -472,13 +552,24 @@ pub fn extract(
     let mut handles = Vec::with_capacity(nets.len());
     for mut net in nets {
         let shared: Vec<CleanBatch> = clean.iter().map(CleanBatch::share).collect();
-        let (next, stop, tx, pending, jobs, metric) =
-            (Arc::clone(&next), Arc::clone(&stop), tx.clone(), Arc::clone(&pending), Arc::clone(&jobs), Arc::clone(&metric));
+        let (next, stop, tx, pending, jobs, metric) = (
+            Arc::clone(&next),
+            Arc::clone(&stop),
+            tx.clone(),
+            Arc::clone(&pending),
+            Arc::clone(&jobs),
+            Arc::clone(&metric),
+        );
         let (schedule, threads) = (config.schedule, config.threads_per_worker.max(1));
         handles.push(std::thread::spawn(move || {
             tch::set_num_threads(threads as i32);
-            let mut worker =
-                Worker { net: net.as_mut(), clean: &shared, metric: metric.as_ref(), schedule, images };
+            let mut worker = Worker {
+                net: net.as_mut(),
+                clean: &shared,
+                metric: metric.as_ref(),
+                schedule,
+                images,
+            };
             while !stop.load(Ordering::Relaxed) {
                 let i = next.fetch_add(1, Ordering::Relaxed);
                 let Some(unit) = pending.get(i) else { break };
@@ -507,7 +598,10 @@ pub fn extract(
                 if config.stop_after_units.is_some_and(|k| stats.units >= k) {
                     continue;
                 }
-                let unit = &pending[pending.iter().position(|p| p.id == u.unit).expect("a pending unit")];
+                let unit = &pending[pending
+                    .iter()
+                    .position(|p| p.id == u.unit)
+                    .expect("a pending unit")];
                 let d = &mut table.layers[unit.layer];
                 let k = d.k();
                 for (i, c) in unit.channels.clone().enumerate() {
@@ -518,7 +612,10 @@ pub fn extract(
                 stats.cells += cells;
                 stats.evaluated += u.evaluated;
                 stats.passes += u.passes;
-                progress(Progress::Unit { layer: jobs[unit.layer].name.clone(), cells });
+                progress(Progress::Unit {
+                    layer: jobs[unit.layer].name.clone(),
+                    cells,
+                });
                 if config.stop_after_units.is_some_and(|k| stats.units >= k) {
                     stop.store(true, Ordering::Relaxed);
                 }
@@ -538,7 +635,7 @@ pub fn extract(
             }
         }
     }
-    for h in handles.into_iter().flatten() {
+    for h in handles {
         if h.join().is_err() && result.is_ok() {
             result = Err(poisoned());
         }
@@ -556,7 +653,11 @@ pub fn extract(
 
 /// Devices are named `cpu`, `cuda` or `cuda:N`.
 pub fn parse_device(text: &str) -> Result<Device> {
-    let bad = || NnError::Distortion(format!("unknown device {text:?} (expected cpu, cuda or cuda:N)"));
+    let bad = || {
+        NnError::Distortion(format!(
+            "unknown device {text:?} (expected cpu, cuda or cuda:N)"
+        ))
+    };
     let device = match text.trim() {
         "cpu" => Device::Cpu,
         "cuda" => Device::Cuda(0),

@@ -36,11 +36,18 @@ pub fn replicas(network: &Network, count: usize) -> Result<Vec<Network>> {
 
 /// Like [`replicas`] for a network built by an explicit builder (tests, unregistered
 /// architectures).
-pub fn replicas_with(network: &Network, build: crate::net::NetBuilder, count: usize) -> Result<Vec<Network>> {
+pub fn replicas_with(
+    network: &Network,
+    build: crate::net::NetBuilder,
+    count: usize,
+) -> Result<Vec<Network>> {
     let spec = network.net.slots().to_spec();
     (0..count)
         .map(|_| {
             let mut copy = Network::build_with(build, network.net.options(), network.vs.device())?;
+            if copy.vs.kind() != network.vs.kind() {
+                copy.vs.set_kind(network.vs.kind());
+            }
             copy.vs.copy(&network.vs)?;
             copy.net.apply_spec(&spec)?;
             Ok(copy)

@@ -31,7 +31,9 @@ pub fn random_images(shape: [i64; 3], count: usize, seed: u64) -> Tensor {
 /// seeded with `seed` (so a larger sample extends a smaller one with the same seed).
 pub fn select_indices(total: usize, count: usize, seed: u64) -> Result<Vec<usize>> {
     if count == 0 || count > total {
-        return Err(NnError::Distortion(format!("cannot draw {count} sample images from a data set of {total}")));
+        return Err(NnError::Distortion(format!(
+            "cannot draw {count} sample images from a data set of {total}"
+        )));
     }
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let mut idx: Vec<usize> = (0..total).collect();
@@ -54,7 +56,12 @@ pub fn weights_hash(vs: &nn::VarStore) -> String {
         for d in t.size() {
             h.update(&d.to_le_bytes());
         }
-        let flat = t.detach().to_device(tch::Device::Cpu).to_kind(Kind::Float).contiguous().flatten(0, -1);
+        let flat = t
+            .detach()
+            .to_device(tch::Device::Cpu)
+            .to_kind(Kind::Float)
+            .contiguous()
+            .flatten(0, -1);
         let values = Vec::<f32>::try_from(&flat).unwrap_or_default();
         for v in values {
             h.update(&v.to_le_bytes());
@@ -75,7 +82,10 @@ mod tests {
         assert!(!a.equal(&random_images([3, 4, 5], 50, 8)));
         let mean = f64::try_from(a.mean(Kind::Double)).unwrap();
         let std = f64::try_from(a.std(true)).unwrap();
-        assert!(mean.abs() < 0.1 && (std - 1.0).abs() < 0.1, "mean {mean} std {std}");
+        assert!(
+            mean.abs() < 0.1 && (std - 1.0).abs() < 0.1,
+            "mean {mean} std {std}"
+        );
     }
 
     #[test]

@@ -53,7 +53,11 @@ impl FromStr for Shard {
     type Err = NnError;
     /// Parses `i/n` with `0 ≤ i < n`.
     fn from_str(text: &str) -> Result<Self> {
-        let bad = |why: &str| NnError::Distortion(format!("bad shard {text:?}: {why} (expected i/n with 0 <= i < n)"));
+        let bad = |why: &str| {
+            NnError::Distortion(format!(
+                "bad shard {text:?}: {why} (expected i/n with 0 <= i < n)"
+            ))
+        };
         let (i, n) = text.split_once('/').ok_or_else(|| bad("no '/'"))?;
         let index: usize = i.trim().parse().map_err(|_| bad("i is not a number"))?;
         let count: usize = n.trim().parse().map_err(|_| bad("n is not a number"))?;
@@ -95,7 +99,11 @@ pub fn units(table: &DistortionTable, chunk: usize) -> Vec<WorkUnit> {
         let mut c = 0;
         while c < d.channels {
             let end = (c + chunk).min(d.channels);
-            out.push(WorkUnit { id: out.len(), layer, channels: c..end });
+            out.push(WorkUnit {
+                id: out.len(),
+                layer,
+                channels: c..end,
+            });
             c = end;
         }
     }
@@ -105,14 +113,17 @@ pub fn units(table: &DistortionTable, chunk: usize) -> Vec<WorkUnit> {
 /// True when every cell of `unit` holds a finite value.
 pub fn unit_done(table: &DistortionTable, unit: &WorkUnit) -> bool {
     let d = &table.layers[unit.layer];
-    unit.channels.clone().all(|c| d.row(c).iter().all(|v| v.is_finite()))
+    unit.channels
+        .clone()
+        .all(|c| d.row(c).iter().all(|v| v.is_finite()))
 }
 
 /// Serialises a (possibly partial) table with its [`RunInfo`].
 pub fn to_bytes(table: &DistortionTable, run: &RunInfo) -> Result<Vec<u8>> {
     let bytes = table.to_bytes()?;
     let st = safetensors::SafeTensors::deserialize(&bytes).map_err(file_error("(in memory)"))?;
-    let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes).map_err(file_error("(in memory)"))?;
+    let (_, meta) =
+        safetensors::SafeTensors::read_metadata(&bytes).map_err(file_error("(in memory)"))?;
     let mut metadata: HashMap<String, String> = meta.metadata().clone().unwrap_or_default();
     let info = serde_json::to_string(run).map_err(|e| NnError::Distortion(e.to_string()))?;
     metadata.insert(RUN_KEY.to_string(), info);
@@ -127,8 +138,10 @@ pub fn save(path: &Path, table: &DistortionTable, run: &RunInfo) -> Result<()> {
 /// Reads a table file; the [`RunInfo`] is `None` for tables written by other tools.
 pub fn load(path: &Path) -> Result<(DistortionTable, Option<RunInfo>)> {
     let bytes = fsutil::read(path)?;
-    let table = DistortionTable::from_bytes(&bytes)
-        .map_err(|e| NnError::WeightFile { path: path.into(), message: e.to_string() })?;
+    let table = DistortionTable::from_bytes(&bytes).map_err(|e| NnError::WeightFile {
+        path: path.into(),
+        message: e.to_string(),
+    })?;
     let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes).map_err(file_error(path))?;
     let run = match meta.metadata().as_ref().and_then(|m| m.get(RUN_KEY)) {
         Some(text) => Some(serde_json::from_str(text).map_err(|e| NnError::WeightFile {
@@ -142,24 +155,35 @@ pub fn load(path: &Path) -> Result<(DistortionTable, Option<RunInfo>)> {
 
 fn file_error(path: impl AsRef<Path>) -> impl Fn(safetensors::SafeTensorError) -> NnError {
     let path: PathBuf = path.as_ref().into();
-    move |e| NnError::WeightFile { path: path.clone(), message: e.to_string() }
+    move |e| NnError::WeightFile {
+        path: path.clone(),
+        message: e.to_string(),
+    }
 }
 
 /// Why two tables cannot belong to the same run, or `None` when they can: same architecture,
 /// provenance, layers and candidate lists.
 pub fn incompatibility(a: &DistortionTable, b: &DistortionTable) -> Option<String> {
     if a.arch != b.arch {
-        return Some(format!("architecture {:?} differs from {:?}", b.arch, a.arch));
+        return Some(format!(
+            "architecture {:?} differs from {:?}",
+            b.arch, a.arch
+        ));
     }
     if a.provenance != b.provenance {
-        return Some(format!("provenance {:?} differs from {:?}", b.provenance, a.provenance));
+        return Some(format!(
+            "provenance {:?} differs from {:?}",
+            b.provenance, a.provenance
+        ));
     }
     if a.layers.keys().ne(b.layers.keys()) {
         return Some("the layers differ".into());
     }
     for ((name, x), y) in a.layers.iter().zip(b.layers.values()) {
         if x.candidates != y.candidates || x.channels != y.channels {
-            return Some(format!("layer {name:?} has different candidates or channel count"));
+            return Some(format!(
+                "layer {name:?} has different candidates or channel count"
+            ));
         }
     }
     None
@@ -168,12 +192,24 @@ pub fn incompatibility(a: &DistortionTable, b: &DistortionTable) -> Option<Strin
 /// Joins the shard tables of one run into the whole table: every shard must come from the same
 /// run (table provenance, data, unit size, shard count), each shard at most once, and together
 /// they must cover every cell. Errors name the file and, for gaps, the missing shards.
-pub fn merge(parts: &[(PathBuf, DistortionTable, Option<RunInfo>)]) -> Result<(DistortionTable, RunInfo)> {
+pub fn merge(
+    parts: &[(PathBuf, DistortionTable, Option<RunInfo>)],
+) -> Result<(DistortionTable, RunInfo)> {
     let Some((first_path, first, first_run)) = parts.first() else {
-        return Err(NnError::Distortion("nothing to merge: no shard files given".into()));
+        return Err(NnError::Distortion(
+            "nothing to merge: no shard files given".into(),
+        ));
     };
-    let bad = |path: &Path, reason: String| NnError::Resume { path: path.into(), reason };
-    let first_run = first_run.clone().ok_or_else(|| bad(first_path, "not a knapsec distortion shard (no run metadata)".into()))?;
+    let bad = |path: &Path, reason: String| NnError::Resume {
+        path: path.into(),
+        reason,
+    };
+    let first_run = first_run.clone().ok_or_else(|| {
+        bad(
+            first_path,
+            "not a knapsec distortion shard (no run metadata)".into(),
+        )
+    })?;
     let count = first_run.shard.map_or(1, |s| s.count);
     let mut seen = vec![false; count];
     let mut merged = first.clone();
@@ -181,12 +217,29 @@ pub fn merge(parts: &[(PathBuf, DistortionTable, Option<RunInfo>)]) -> Result<(D
         d.values.iter_mut().for_each(|v| *v = f64::NAN);
     }
     for (path, table, run) in parts {
-        let run = run.as_ref().ok_or_else(|| bad(path, "not a knapsec distortion shard (no run metadata)".into()))?;
+        let run = run.as_ref().ok_or_else(|| {
+            bad(
+                path,
+                "not a knapsec distortion shard (no run metadata)".into(),
+            )
+        })?;
         if let Some(why) = incompatibility(first, table) {
-            return Err(bad(path, format!("not from the same run as {}: {why}", first_path.display())));
+            return Err(bad(
+                path,
+                format!("not from the same run as {}: {why}", first_path.display()),
+            ));
         }
-        if run.data != first_run.data || run.chunk != first_run.chunk || run.shard.map_or(1, |s| s.count) != count {
-            return Err(bad(path, format!("run {run:?} differs from {first_run:?} of {}", first_path.display())));
+        if run.data != first_run.data
+            || run.chunk != first_run.chunk
+            || run.shard.map_or(1, |s| s.count) != count
+        {
+            return Err(bad(
+                path,
+                format!(
+                    "run {run:?} differs from {first_run:?} of {}",
+                    first_path.display()
+                ),
+            ));
         }
         let index = run.shard.map_or(0, |s| s.index);
         if std::mem::replace(&mut seen[index], true) {
@@ -200,7 +253,12 @@ pub fn merge(parts: &[(PathBuf, DistortionTable, Option<RunInfo>)]) -> Result<(D
             }
         }
     }
-    let missing: Vec<String> = seen.iter().enumerate().filter(|(_, s)| !**s).map(|(i, _)| format!("{i}/{count}")).collect();
+    let missing: Vec<String> = seen
+        .iter()
+        .enumerate()
+        .filter(|(_, s)| !**s)
+        .map(|(i, _)| format!("{i}/{count}"))
+        .collect();
     for (name, d) in &merged.layers {
         if let Some(pos) = d.values.iter().position(|v| !v.is_finite()) {
             return Err(NnError::Distortion(format!(
@@ -214,7 +272,13 @@ pub fn merge(parts: &[(PathBuf, DistortionTable, Option<RunInfo>)]) -> Result<(D
             )));
         }
     }
-    Ok((merged, RunInfo { shard: None, ..first_run }))
+    Ok((
+        merged,
+        RunInfo {
+            shard: None,
+            ..first_run
+        },
+    ))
 }
 
 #[cfg(test)]
@@ -224,8 +288,17 @@ mod tests {
     use knapsec_core::{BlockSize, LayerTable, ReluLayer};
 
     fn skeleton() -> DistortionTable {
-        let t = LayerTable::new("toy", vec![ReluLayer::new("a", 5, 2, 2), ReluLayer::new("b", 3, 1, 1)]).unwrap();
-        let prov = Provenance { weights_hash: "h".into(), sample_seed: 1, sample_count: 2, metric: "output-mse".into() };
+        let t = LayerTable::new(
+            "toy",
+            vec![ReluLayer::new("a", 5, 2, 2), ReluLayer::new("b", 3, 1, 1)],
+        )
+        .unwrap();
+        let prov = Provenance {
+            weights_hash: "h".into(),
+            sample_seed: 1,
+            sample_count: 2,
+            metric: "output-mse".into(),
+        };
         DistortionTable::unmeasured(&t, |_| vec![BlockSize::RELU, BlockSize::Identity], prov)
     }
 
@@ -238,14 +311,19 @@ mod tests {
             assert!(bad.parse::<Shard>().is_err(), "{bad}");
         }
         let u = units(&skeleton(), 2);
-        assert_eq!(u.iter().map(|u| (u.layer, u.channels.clone())).collect::<Vec<_>>(), vec![
-            (0, 0..2),
-            (0, 2..4),
-            (0, 4..5),
-            (1, 0..2),
-            (1, 2..3)
-        ]);
-        assert_eq!(u.iter().filter(|u| s.owns(u.id)).map(|u| u.id).collect::<Vec<_>>(), vec![1, 4]);
+        assert_eq!(
+            u.iter()
+                .map(|u| (u.layer, u.channels.clone()))
+                .collect::<Vec<_>>(),
+            vec![(0, 0..2), (0, 2..4), (0, 4..5), (1, 0..2), (1, 2..3)]
+        );
+        assert_eq!(
+            u.iter()
+                .filter(|u| s.owns(u.id))
+                .map(|u| u.id)
+                .collect::<Vec<_>>(),
+            vec![1, 4]
+        );
     }
 
     #[test]
@@ -253,7 +331,12 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let full = {
             let mut t = skeleton();
-            for (i, v) in t.layers.values_mut().flat_map(|d| d.values.iter_mut()).enumerate() {
+            for (i, v) in t
+                .layers
+                .values_mut()
+                .flat_map(|d| d.values.iter_mut())
+                .enumerate()
+            {
                 *v = i as f64;
             }
             t
@@ -269,12 +352,22 @@ mod tests {
                     t.layers[u.layer].row_mut(c).copy_from_slice(&row);
                 }
             }
-            let run = RunInfo { data: "random".into(), chunk: 2, shard: Some(shard) };
+            let run = RunInfo {
+                data: "random".into(),
+                chunk: 2,
+                shard: Some(shard),
+            };
             let path = dir.path().join(format!("s{i}.safetensors"));
             save(&path, &t, &run).unwrap();
             let (back, back_run) = load(&path).unwrap();
             assert_eq!(back_run.as_ref(), Some(&run));
-            assert!(back.layers[0].values.iter().zip(&t.layers[0].values).all(|(a, b)| a.to_bits() == b.to_bits()));
+            assert!(
+                back.layers[0]
+                    .values
+                    .iter()
+                    .zip(&t.layers[0].values)
+                    .all(|(a, b)| a.to_bits() == b.to_bits())
+            );
             // Core's reader accepts the file too (the extra key is ignored).
             assert!(DistortionTable::load(&path).is_ok());
             parts.push((path, back, back_run));
@@ -284,10 +377,17 @@ mod tests {
         assert_eq!(run.shard, None);
         let e = merge(&parts[..1]).unwrap_err().to_string();
         assert!(e.contains("missing shards: 1/2"), "{e}");
-        let e = merge(&[parts[0].clone(), parts[0].clone()]).unwrap_err().to_string();
+        let e = merge(&[parts[0].clone(), parts[0].clone()])
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("given twice"), "{e}");
         let mut other = parts[1].clone();
         other.1.provenance.sample_seed = 9;
-        assert!(merge(&[parts[0].clone(), other]).unwrap_err().to_string().contains("provenance"));
+        assert!(
+            merge(&[parts[0].clone(), other])
+                .unwrap_err()
+                .to_string()
+                .contains("provenance")
+        );
     }
 }

@@ -32,7 +32,16 @@ struct Toy {
 }
 
 fn conv(p: &nn::Path, name: &str, i: i64, o: i64) -> nn::Conv2D {
-    nn::conv2d(p / name, i, o, 3, nn::ConvConfig { padding: 1, ..Default::default() })
+    nn::conv2d(
+        p / name,
+        i,
+        o,
+        3,
+        nn::ConvConfig {
+            padding: 1,
+            ..Default::default()
+        },
+    )
 }
 
 fn build_toy(options: &ArchOptions, p: &nn::Path) -> crate::Result<Box<dyn BlockNet>> {
@@ -60,7 +69,8 @@ fn build_toy(options: &ArchOptions, p: &nn::Path) -> crate::Result<Box<dyn Block
 
 impl Toy {
     fn finish_head(&self, x: &Tensor) -> Tensor {
-        x.mean_dim([2i64, 3].as_slice(), false, Kind::Float).apply(&self.fc)
+        x.mean_dim([2i64, 3].as_slice(), false, x.kind())
+            .apply(&self.fc)
     }
 }
 
@@ -79,18 +89,29 @@ impl BlockNet for Toy {
     }
     fn run_block(&self, index: usize, x: &Tensor, train: bool) -> Tensor {
         match index {
-            0 => self.slots.run(self.ids[0], &self.bn.forward_t(&x.apply(&self.stem), train)),
+            0 => self
+                .slots
+                .run(self.ids[0], &self.bn.forward_t(&x.apply(&self.stem), train)),
             1 => {
                 let y = self.slots.run(self.ids[1], &x.apply(&self.c1));
                 self.slots.run(self.ids[2], &(y.apply(&self.c2) + x))
             }
             _ => {
-                let y = x.avg_pool2d([2, 2], [2, 2], [0, 0], false, true, None::<i64>).apply(&self.head);
+                let y = x
+                    .avg_pool2d([2, 2], [2, 2], [0, 0], false, true, None::<i64>)
+                    .apply(&self.head);
                 self.finish_head(&self.slots.run(self.ids[3], &y))
             }
         }
     }
-    fn run_block_after_slot(&self, index: usize, slot: SlotId, act: &Tensor, input: &Tensor, train: bool) -> crate::Result<Tensor> {
+    fn run_block_after_slot(
+        &self,
+        index: usize,
+        slot: SlotId,
+        act: &Tensor,
+        input: &Tensor,
+        train: bool,
+    ) -> crate::Result<Tensor> {
         if !self.hook || index != 1 {
             return crate::net::run_block_injected(self, index, slot, act, input, train);
         }
@@ -109,15 +130,23 @@ impl BlockNet for Toy {
         &mut self.slots
     }
     fn secure_graph(&self, _frac_bits: u32) -> crate::Result<(SecureModel, Vec<ParamSource>)> {
-        Err(NnError::Export { arch: "toy".into(), message: "the test network has no secure graph".into() })
+        Err(NnError::Export {
+            arch: "toy".into(),
+            message: "the test network has no secure graph".into(),
+        })
     }
 }
 
-/// The toy network with stem channel 0 always positive and stem channel 1 always negative.
+/// The toy network in `f64` (so that two schedules agree far below the tested 1e-6), with stem
+/// channel 0 always positive and stem channel 1 always negative.
 fn toy(hook: bool) -> Network {
     tch::manual_seed(11);
-    let options = ArchOptions { variant: hook.then(|| "hook".to_string()), ..Default::default() };
-    let net = Network::build_with(build_toy, &options, Device::Cpu).unwrap();
+    let options = ArchOptions {
+        variant: hook.then(|| "hook".to_string()),
+        ..Default::default()
+    };
+    let mut net = Network::build_with(build_toy, &options, Device::Cpu).unwrap();
+    net.vs.set_kind(Kind::Double);
     let vars = net.vs.variables();
     tch::no_grad(|| {
         let _ = vars["bn.bias"].get(0).fill_(100.0);
@@ -129,7 +158,15 @@ fn toy(hook: bool) -> Network {
 fn candidates() -> Vec<BlockSize> {
     let p = |h, w| BlockSize::Patch { h, w };
     // 8x8 and 16x16 clamp to the same patch on the 4×4 head map (and 16x16 on every map).
-    vec![BlockSize::RELU, p(2, 2), p(1, 3), p(2, 4), p(8, 8), p(16, 16), BlockSize::Identity]
+    vec![
+        BlockSize::RELU,
+        p(2, 2),
+        p(1, 3),
+        p(2, 4),
+        p(8, 8),
+        p(16, 16),
+        BlockSize::Identity,
+    ]
 }
 
 fn skeleton(net: &Network) -> DistortionTable {
@@ -139,11 +176,15 @@ fn skeleton(net: &Network) -> DistortionTable {
         sample_count: 6,
         metric: "output-mse".into(),
     };
-    DistortionTable::unmeasured(&net.net.slots().layer_table().unwrap(), |_| candidates(), prov)
+    DistortionTable::unmeasured(
+        &net.net.slots().layer_table().unwrap(),
+        |_| candidates(),
+        prov,
+    )
 }
 
 fn images() -> Tensor {
-    sample::random_images([1, 8, 8], 6, 5)
+    sample::random_images([1, 8, 8], 6, 5).to_kind(Kind::Double)
 }
 
 struct Run {
@@ -157,7 +198,14 @@ struct Run {
 
 impl Default for Run {
     fn default() -> Self {
-        Run { schedule: Schedule::DEFAULT, workers: 2, hook: true, shard: Shard::WHOLE, stop_after: None, checkpoint: None }
+        Run {
+            schedule: Schedule::DEFAULT,
+            workers: 2,
+            hook: true,
+            shard: Shard::WHOLE,
+            stop_after: None,
+            checkpoint: None,
+        }
     }
 }
 
@@ -166,7 +214,11 @@ fn run_from(r: &Run, table: DistortionTable) -> crate::Result<(DistortionTable, 
     let nets = into_nets(replicas_with(&net, build_toy, r.workers).unwrap());
     let all = store::units(&table, 3);
     let units: Vec<WorkUnit> = all.into_iter().filter(|u| r.shard.owns(u.id)).collect();
-    let run = RunInfo { data: "random".into(), chunk: 3, shard: Some(r.shard) };
+    let run = RunInfo {
+        data: "random".into(),
+        chunk: 3,
+        shard: Some(r.shard),
+    };
     let config = ExtractConfig {
         schedule: r.schedule,
         batch: 4,
@@ -175,7 +227,15 @@ fn run_from(r: &Run, table: DistortionTable) -> crate::Result<(DistortionTable, 
         checkpoint_every: std::time::Duration::ZERO,
         stop_after_units: r.stop_after,
     };
-    extract(nets, &images(), table, &units, Arc::new(OutputMse), &config, &mut |_| {})
+    extract(
+        nets,
+        &images(),
+        table,
+        &units,
+        Arc::new(OutputMse),
+        &config,
+        &mut |_| {},
+    )
 }
 
 fn run(r: &Run) -> crate::Result<(DistortionTable, ExtractStats)> {
@@ -191,14 +251,28 @@ fn column(t: &DistortionTable, layer: &str, b: BlockSize) -> Vec<f64> {
 #[test]
 fn relu_candidate_is_exactly_zero_and_positive_channel_identity_is_zero() {
     for schedule in [Schedule::DEFAULT, Schedule::Single] {
-        let (t, _) = run(&Run { schedule, ..Run::default() }).unwrap();
-        t.validate(&toy(true).net.slots().layer_table().unwrap()).unwrap();
+        let (t, _) = run(&Run {
+            schedule,
+            ..Run::default()
+        })
+        .unwrap();
+        t.validate(&toy(true).net.slots().layer_table().unwrap())
+            .unwrap();
         for layer in ["stem", "res_1", "res_2", "head"] {
-            assert!(column(&t, layer, BlockSize::RELU).iter().all(|&v| v == 0.0), "{schedule:?} {layer}");
+            assert!(
+                column(&t, layer, BlockSize::RELU).iter().all(|&v| v == 0.0),
+                "{schedule:?} {layer}"
+            );
         }
         let identity = column(&t, "stem", BlockSize::Identity);
-        assert_eq!(identity[0], 0.0, "{schedule:?}: stem channel 0 is always positive");
-        assert!(identity[1] > 0.0 && identity[2] > 0.0, "{schedule:?}: {identity:?}");
+        assert_eq!(
+            identity[0], 0.0,
+            "{schedule:?}: stem channel 0 is always positive"
+        );
+        assert!(
+            identity[1] > 0.0 && identity[2] > 0.0,
+            "{schedule:?}: {identity:?}"
+        );
         // The dead channel 1: every patch gives the ReLU's zeros.
         let d = t.layer("stem").unwrap();
         assert!(d.row(1)[..6].iter().all(|&v| v == 0.0), "{:?}", d.row(1));
@@ -209,7 +283,11 @@ fn relu_candidate_is_exactly_zero_and_positive_channel_identity_is_zero() {
 fn assert_close(a: &DistortionTable, b: &DistortionTable, rel: f64) {
     assert_eq!(store::incompatibility(a, b), None);
     for ((name, x), y) in a.layers.iter().zip(b.layers.values()) {
-        let scale = x.values.iter().chain(&y.values).fold(0.0f64, |m, v| m.max(v.abs()));
+        let scale = x
+            .values
+            .iter()
+            .chain(&y.values)
+            .fold(0.0f64, |m, v| m.max(v.abs()));
         for (i, (p, q)) in x.values.iter().zip(&y.values).enumerate() {
             assert!(
                 (p - q).abs() <= rel * p.abs().max(q.abs()) + 1e-12 * scale,
@@ -222,20 +300,41 @@ fn assert_close(a: &DistortionTable, b: &DistortionTable, rel: f64) {
 
 #[test]
 fn batched_engine_equals_one_variant_schedule() {
-    let (reference, single) = run(&Run { schedule: Schedule::Single, workers: 1, ..Run::default() }).unwrap();
+    let (reference, single) = run(&Run {
+        schedule: Schedule::Single,
+        workers: 1,
+        ..Run::default()
+    })
+    .unwrap();
     assert_eq!(single.evaluated, single.cells);
     for hook in [true, false] {
         for workers in [1, 2] {
-            let (t, stats) = run(&Run { hook, workers, ..Run::default() }).unwrap();
+            let (t, stats) = run(&Run {
+                hook,
+                workers,
+                ..Run::default()
+            })
+            .unwrap();
             assert_close(&t, &reference, 1e-6);
-            assert!(stats.evaluated < stats.cells, "nothing was skipped: {stats:?}");
+            assert!(
+                stats.evaluated < stats.cells,
+                "nothing was skipped: {stats:?}"
+            );
             assert!(stats.passes < single.passes);
         }
     }
     // Without skipping, several variants per pass, and one variant per pass.
     for (pass_pixels, max_variants) in [(1 << 20, 64), (1, 1)] {
-        let schedule = Schedule::Batched { pass_pixels, max_variants, dedupe: false };
-        let (t, stats) = run(&Run { schedule, ..Run::default() }).unwrap();
+        let schedule = Schedule::Batched {
+            pass_pixels,
+            max_variants,
+            dedupe: false,
+        };
+        let (t, stats) = run(&Run {
+            schedule,
+            ..Run::default()
+        })
+        .unwrap();
         assert_eq!(stats.evaluated, stats.cells);
         assert_close(&t, &reference, 1e-6);
     }
@@ -248,10 +347,27 @@ fn three_shards_merged_equal_one_run() {
     let mut parts = Vec::new();
     for i in 0..3 {
         let shard = Shard { index: i, count: 3 };
-        let (t, _) = run(&Run { shard, ..Run::default() }).unwrap();
-        assert!(t.validate(&toy(true).net.slots().layer_table().unwrap()).is_err(), "a shard is partial");
+        let (t, _) = run(&Run {
+            shard,
+            ..Run::default()
+        })
+        .unwrap();
+        assert!(
+            t.validate(&toy(true).net.slots().layer_table().unwrap())
+                .is_err(),
+            "a shard is partial"
+        );
         let path = dir.path().join(format!("part{i}.safetensors"));
-        store::save(&path, &t, &RunInfo { data: "random".into(), chunk: 3, shard: Some(shard) }).unwrap();
+        store::save(
+            &path,
+            &t,
+            &RunInfo {
+                data: "random".into(),
+                chunk: 3,
+                shard: Some(shard),
+            },
+        )
+        .unwrap();
         let (t, r) = store::load(&path).unwrap();
         parts.push((path, t, r));
     }
@@ -264,17 +380,33 @@ fn interrupted_run_resumes_to_the_same_table() {
     let (whole, full_stats) = run(&Run::default()).unwrap();
     let dir = tempfile::tempdir().unwrap();
     let ckpt = dir.path().join("t.safetensors.partial");
-    let r = Run { checkpoint: Some(ckpt.clone()), stop_after: Some(2), ..Run::default() };
+    let r = Run {
+        checkpoint: Some(ckpt.clone()),
+        stop_after: Some(2),
+        ..Run::default()
+    };
     match run(&r) {
         Err(NnError::Interrupted { units: 2 }) => {}
-        other => panic!("expected an interruption after 2 units, got {:?}", other.map(|x| x.1)),
+        other => panic!(
+            "expected an interruption after 2 units, got {:?}",
+            other.map(|x| x.1)
+        ),
     }
     let (partial, info) = store::load(&ckpt).unwrap();
     assert_eq!(info.unwrap().chunk, 3);
     let units = store::units(&partial, 3);
-    assert_eq!(units.iter().filter(|u| store::unit_done(&partial, u)).count(), 2);
+    assert_eq!(
+        units
+            .iter()
+            .filter(|u| store::unit_done(&partial, u))
+            .count(),
+        2
+    );
     // Resume: only the remaining units run.
-    let r = Run { checkpoint: Some(ckpt.clone()), ..Run::default() };
+    let r = Run {
+        checkpoint: Some(ckpt.clone()),
+        ..Run::default()
+    };
     let (resumed, stats) = run_from(&r, partial).unwrap();
     assert_eq!(stats.units, units.len() - 2);
     assert!(stats.cells < full_stats.cells);
@@ -301,7 +433,7 @@ fn bad_inputs_are_refused() {
     let units = store::units(&t, 3);
     let e = extract(
         into_nets(replicas_with(&net, build_toy, 1).unwrap()),
-        &Tensor::zeros([2, 3, 8, 8], (Kind::Float, Device::Cpu)),
+        &Tensor::zeros([2, 3, 8, 8], (Kind::Double, Device::Cpu)),
         t,
         &units,
         Arc::new(OutputMse),
