@@ -196,10 +196,13 @@ mod tests {
     use std::collections::VecDeque;
     use std::sync::{Arc as StdArc, Mutex};
 
+    /// Messages in flight per (sender, receiver).
+    type Queues = std::collections::BTreeMap<(Role, Role), VecDeque<Vec<u8>>>;
+
     /// A single-threaded loopback: every role's outbox is shared.
     #[derive(Clone, Default)]
     struct Loop {
-        queues: StdArc<Mutex<std::collections::BTreeMap<(Role, Role), VecDeque<Vec<u8>>>>>,
+        queues: StdArc<Mutex<Queues>>,
     }
 
     struct End {

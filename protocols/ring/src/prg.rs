@@ -89,15 +89,6 @@ impl Prg {
         self.pos = 0;
     }
 
-    fn next_byte(&mut self) -> u8 {
-        if self.pos == BUF {
-            self.refill();
-        }
-        let b = self.buf[self.pos];
-        self.pos += 1;
-        b
-    }
-
     /// Fills `out` with uniform ring elements.
     pub fn fill_u64(&mut self, out: &mut [u64]) {
         self.fill_bytes(bytemuck::cast_slice_mut(out));
