@@ -19,7 +19,7 @@ pub const MR: usize = 6;
 pub const NR: usize = 16;
 /// Depth of a packed block.
 const KC: usize = 256;
-/// Rows of `C` per parallel task (a multiple of `MR`).
+/// Most rows of `C` per parallel task (a multiple of `MR`).
 const MC: usize = 8 * MR;
 /// Columns of `C` per parallel task (a multiple of `NR`).
 const NC: usize = 16 * NR;
@@ -393,12 +393,18 @@ pub fn gemm_source(m: usize, a: &[u64], b: &dyn PanelSource, c: &mut [u64]) {
         c: CPtr(c.as_mut_ptr()),
     };
     let level = kernel_level();
-    let row_tasks = m.div_ceil(MC);
+    // Row blocks of at most MC rows and equal size (so that no task is a thin remainder),
+    // split further while there are fewer than four tasks per thread.
     let col_tasks = n.div_ceil(NC);
+    let mut mc = m.div_ceil(m.div_ceil(MC)).next_multiple_of(MR);
+    while m.div_ceil(mc) * col_tasks < 4 * rayon::current_num_threads() && mc > MR {
+        mc = (mc / 2).next_multiple_of(MR);
+    }
+    let row_tasks = m.div_ceil(mc);
     (0..row_tasks * col_tasks).into_par_iter().for_each(|t| {
         let (ti, tj) = (t / col_tasks, t % col_tasks);
-        let (i0, j0) = (ti * MC, tj * NC);
-        run_task(level, &plan, i0, (i0 + MC).min(m), j0, (j0 + NC).min(n));
+        let (i0, j0) = (ti * mc, tj * NC);
+        run_task(level, &plan, i0, (i0 + mc).min(m), j0, (j0 + NC).min(n));
     });
 }
 
