@@ -3,6 +3,11 @@
 //! ring convolution (wrapping `u64`, Z_2^64) against libtorch's `f32` convolution on the same
 //! layer shapes, both on the same threads, printed as JSON with the ratios (issue 6's target:
 //! ring ≤ 4× libtorch on ResNet layer shapes).
+//!
+//! On a shared machine wall-clock times swing by 10× or more; compare the `cpu_ratio`
+//! column (process CPU time per call) and run with `OMP_WAIT_POLICY=PASSIVE`, else
+//! libtorch's OpenMP threads spin and bill waiting as CPU time:
+//! `OMP_WAIT_POLICY=PASSIVE ./setup.sh cargo bench -p knapsec-benches`.
 
 use std::time::{Duration, Instant};
 
