@@ -9,7 +9,9 @@
 //!   derivation of the session's PRG keys.
 //! * [`deploy`]: the `deploy.ron` deployment config.
 //! * [`party`]: the party driver behind `knapsec party`.
+//! * [`delay`]: a TCP relay adding one-way delay, for latency benchmarks.
 
+pub mod delay;
 pub mod deploy;
 pub mod error;
 pub mod frame;
