@@ -45,3 +45,10 @@ fn the_example_plugin_passes_its_kits_through_the_abi() {
     )
     .unwrap();
 }
+
+#[test]
+fn securenn_agrees_with_plain_end_to_end() {
+    let r = knapsec_builtin::registry().unwrap();
+    // four truncating/dividing layers on the path: a few ulp, spread by the weights
+    backend::check_end_to_end(&*r.backend("securenn").unwrap(), 0.01).unwrap();
+}
