@@ -205,7 +205,9 @@ struct Plan<'a> {
     n: usize,
     /// `A`, row-major `[m, k]` (not packed: the kernel streams `MR` rows at once).
     a: &'a [u64],
-    pb: &'a [u64],
+    /// `B` packed whole ([`pack_b`]), or `None` when every task packs its own columns.
+    pb: Option<&'a [u64]>,
+    src: &'a dyn PanelSource,
     c: CPtr,
 }
 
@@ -221,12 +223,30 @@ fn task_body(
 ) {
     let (m, k, n) = (plan.m, plan.k, plan.n);
     let npanels = n.div_ceil(NR);
+    let mut local = Vec::new();
     let mut kb = 0;
     while kb < k {
         let kc = KC.min(k - kb);
-        let bblock = &plan.pb[kb * npanels * NR..];
+        // This KC block of B: a slice of the whole packed B, or this task's columns packed
+        // now (they stay in cache for the rows that follow). Lanes past the last column
+        // hold stale values; their results are never stored.
+        let (bblock, first): (&[u64], usize) = match plan.pb {
+            Some(pb) => (&pb[kb * npanels * NR..], 0),
+            None => {
+                let np = (j1 - j0).div_ceil(NR);
+                local.resize(np * kc * NR, 0);
+                for (p, panel) in local.chunks_mut(kc * NR).enumerate() {
+                    let jc = j0 + p * NR;
+                    let w = NR.min(n - jc);
+                    for q in 0..kc {
+                        plan.src.segment(kb + q, jc, &mut panel[q * NR..q * NR + w]);
+                    }
+                }
+                (&local[..], j0 / NR)
+            }
+        };
         for jp in (j0 / NR)..j1.div_ceil(NR) {
-            let bpanel = &bblock[jp * kc * NR..(jp + 1) * kc * NR];
+            let bpanel = &bblock[(jp - first) * kc * NR..(jp - first + 1) * kc * NR];
             for ip in (i0 / MR)..i1.div_ceil(MR) {
                 let arows: ARows<'_> = std::array::from_fn(|i| {
                     let r = (ip * MR + i).min(m - 1);
@@ -383,21 +403,41 @@ pub fn gemm_source(m: usize, a: &[u64], b: &dyn PanelSource, c: &mut [u64]) {
             gemm_reference(m, k, n, a, &dense, c)
         };
     }
+    let level = kernel_level();
+    let threads = rayon::current_num_threads();
+    let col_tasks = n.div_ceil(NC);
+    if col_tasks >= 4 * threads {
+        // Enough column blocks: each task takes all rows of its columns and packs those
+        // columns of B itself, so B never travels through memory whole.
+        let plan = Plan {
+            m,
+            k,
+            n,
+            a,
+            pb: None,
+            src: b,
+            c: CPtr(c.as_mut_ptr()),
+        };
+        (0..col_tasks).into_par_iter().for_each(|tj| {
+            let j0 = tj * NC;
+            run_task(level, &plan, 0, m, j0, (j0 + NC).min(n));
+        });
+        return;
+    }
     let pb = pack_b(b);
     let plan = Plan {
         m,
         k,
         n,
         a,
-        pb: &pb,
+        pb: Some(&pb),
+        src: b,
         c: CPtr(c.as_mut_ptr()),
     };
-    let level = kernel_level();
     // Row blocks of at most MC rows and equal size (so that no task is a thin remainder),
     // split further while there are fewer than four tasks per thread.
-    let col_tasks = n.div_ceil(NC);
     let mut mc = m.div_ceil(m.div_ceil(MC)).next_multiple_of(MR);
-    while m.div_ceil(mc) * col_tasks < 4 * rayon::current_num_threads() && mc > MR {
+    while m.div_ceil(mc) * col_tasks < 4 * threads && mc > MR {
         mc = (mc / 2).next_multiple_of(MR);
     }
     let row_tasks = m.div_ceil(mc);
@@ -444,6 +484,8 @@ mod tests {
         check(13, 9, 1, 3);
         check(1, 513, 17, 4);
         check(64, 576, 64, 5);
+        // Enough column blocks for tasks that pack their own columns.
+        check(13, 300, 8 * NC + 5, 6);
     }
 
     #[test]
@@ -470,17 +512,25 @@ mod tests {
             }
         }
         for level in levels {
-            let mut got = vec![0; m * n];
-            let plan = Plan {
-                m,
-                k,
-                n,
-                a: &a,
-                pb: &pb,
-                c: CPtr(got.as_mut_ptr()),
+            let src = Dense {
+                data: &b,
+                rows: k,
+                cols: n,
             };
-            run_task(level, &plan, 0, m, 0, n);
-            assert_eq!(got, want, "{level:?}");
+            for pb in [Some(&pb[..]), None] {
+                let mut got = vec![0; m * n];
+                let plan = Plan {
+                    m,
+                    k,
+                    n,
+                    a: &a,
+                    pb,
+                    src: &src,
+                    c: CPtr(got.as_mut_ptr()),
+                };
+                run_task(level, &plan, 0, m, 0, n);
+                assert_eq!(got, want, "{level:?}, packed whole: {}", pb.is_some());
+            }
         }
     }
 
