@@ -164,9 +164,10 @@ mod tests {
                     s.write_all(&buf[..n]).await.unwrap();
                 }
             });
-            let relay = DelayRelay::start("127.0.0.1:0", target, Duration::from_millis(50))
-                .await
-                .unwrap();
+            let relay =
+                DelayRelay::start_in_runtime("127.0.0.1:0", target, Duration::from_millis(50))
+                    .await
+                    .unwrap();
             let mut c = TcpStream::connect(relay.addr()).await.unwrap();
             let msg: Vec<u8> = (0..200_000u32).map(|i| i as u8).collect();
             let start = std::time::Instant::now();
