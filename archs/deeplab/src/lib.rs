@@ -84,15 +84,31 @@ mod tests {
 
     #[test]
     fn candidates_are_the_reference_presets() {
-        for adapter in [&DeepLabV3MobileNetV2 as &dyn ArchAdapter, &DeepLabV3ResNet50] {
+        for adapter in [
+            &DeepLabV3MobileNetV2 as &dyn ArchAdapter,
+            &DeepLabV3ResNet50,
+        ] {
             let table = adapter.layer_table(&ArchOptions::default()).unwrap();
             for l in &table.layers {
                 let name = format!("{0}x{0}", l.height);
-                assert!(["256x256", "128x128", "64x64", "1x1"].contains(&name.as_str()), "{}", l.name);
-                assert_eq!(adapter.candidates(l), preset(&name).unwrap(), "{} {}", adapter.name(), l.name);
+                assert!(
+                    ["256x256", "128x128", "64x64", "1x1"].contains(&name.as_str()),
+                    "{}",
+                    l.name
+                );
+                assert_eq!(
+                    adapter.candidates(l),
+                    preset(&name).unwrap(),
+                    "{} {}",
+                    adapter.name(),
+                    l.name
+                );
             }
             let decode_0 = table.get("decode_0").unwrap();
-            assert_eq!(adapter.candidates(decode_0), vec![BlockSize::RELU, BlockSize::Identity]);
+            assert_eq!(
+                adapter.candidates(decode_0),
+                vec![BlockSize::RELU, BlockSize::Identity]
+            );
         }
     }
 }

@@ -46,7 +46,9 @@ use knapsec_core::graph::{OutputKind, SecureModel};
 use knapsec_core::graph_build::{GraphBuilder, ParamSource};
 use knapsec_core::inventory;
 use knapsec_core::registry::ArchRegistration;
-use knapsec_core::{ArchAdapter, ArchOptions, BlockSize, BlockSpec, CoreError, LayerTable, ReluLayer, Result};
+use knapsec_core::{
+    ArchAdapter, ArchOptions, BlockSize, BlockSpec, CoreError, LayerTable, ReluLayer, Result,
+};
 use std::sync::Arc;
 
 pub use geometry::{MobileNetV2Geometry, Naming};
@@ -109,7 +111,9 @@ impl ImageNetConfig {
         let (c, h, w) = options.input_or(3, 224, 224);
         let classes = options.classes.unwrap_or(1000);
         if c == 0 || classes == 0 {
-            return Err(CoreError::Invalid(format!("architecture {NAME:?}: input channels and classes must be positive")));
+            return Err(CoreError::Invalid(format!(
+                "architecture {NAME:?}: input channels and classes must be positive"
+            )));
         }
         Ok(ImageNetConfig {
             input_channels: c,
@@ -128,7 +132,10 @@ impl ImageNetConfig {
     /// The ReLU layers in network order.
     pub fn layers(&self) -> Result<Vec<ReluLayer>> {
         let layers = self.geometry().relu_layers(NAME, self.height, self.width)?;
-        Ok(layers.into_iter().map(|(n, c, h, w)| ReluLayer::new(n, c, h, w)).collect())
+        Ok(layers
+            .into_iter()
+            .map(|(n, c, h, w)| ReluLayer::new(n, c, h, w))
+            .collect())
     }
 
     /// The layer table.
@@ -139,11 +146,19 @@ impl ImageNetConfig {
     /// The secure-model graph with torchvision's module names: layers named by `spec` get
     /// its block sizes, the others the network's activation (ReLU6 or ReLU). The classifier
     /// is global average pooling and `classifier.1` (dropout is the identity at inference).
-    pub fn secure_graph(&self, spec: Option<&BlockSpec>, frac_bits: u32) -> Result<(SecureModel, Vec<ParamSource>)> {
+    pub fn secure_graph(
+        &self,
+        spec: Option<&BlockSpec>,
+        frac_bits: u32,
+    ) -> Result<(SecureModel, Vec<ParamSource>)> {
         let layers = self.layers()?;
         geometry::check_spec_layers(NAME, &layers, spec)?;
         let geometry = self.geometry();
-        let mut g = GraphBuilder::new(NAME, frac_bits, [self.input_channels, self.height, self.width]);
+        let mut g = GraphBuilder::new(
+            NAME,
+            frac_bits,
+            [self.input_channels, self.height, self.width],
+        );
         let relu6 = self.activation == Activation::Relu6;
         let x = geometry.add_to_graph(&mut g, Naming::Torchvision, &layers, spec, relu6)?;
         let pooled = g.global_avg_pool("avgpool", x)?;
@@ -184,22 +199,37 @@ mod tests {
 
     #[test]
     fn imagenet_layer_table() {
-        let t = MobileNetV2ImageNet.layer_table(&ArchOptions::default()).unwrap();
+        let t = MobileNetV2ImageNet
+            .layer_table(&ArchOptions::default())
+            .unwrap();
         assert_eq!(t.layers.len(), 35);
         assert_eq!(t.layers[0], ReluLayer::new("conv1", 32, 112, 112));
         assert_eq!(t.layers[1], ReluLayer::new("layer1_0_0", 32, 112, 112));
         assert_eq!(t.layers[2], ReluLayer::new("layer2_0_0", 96, 112, 112));
         assert_eq!(t.layers[3], ReluLayer::new("layer2_0_1", 96, 56, 56));
-        assert_eq!(*t.layers.last().unwrap(), ReluLayer::new("conv2", 1280, 7, 7));
-        assert_eq!(t.get("layer6_0_1").unwrap(), &ReluLayer::new("layer6_0_1", 576, 7, 7));
+        assert_eq!(
+            *t.layers.last().unwrap(),
+            ReluLayer::new("conv2", 1280, 7, 7)
+        );
+        assert_eq!(
+            t.get("layer6_0_1").unwrap(),
+            &ReluLayer::new("layer6_0_1", 576, 7, 7)
+        );
         // conv1 + layer1_0_0 + two activations of the hidden width in each of the 16 expanded
         // blocks + conv2.
-        let hidden: u64 = 96 + 144 + 144 + 2 * 192 + 192 + 3 * 384 + 384 + 2 * 576 + 576 + 2 * 960 + 960;
+        let hidden: u64 =
+            96 + 144 + 144 + 2 * 192 + 192 + 3 * 384 + 384 + 2 * 576 + 576 + 2 * 960 + 960;
         assert_eq!(t.channels(), 32 + 32 + 2 * hidden + 1280);
         assert_eq!(t.channels(), 15_552);
+        assert_eq!(t.drelus(), 6_105_792);
         for l in &t.layers {
             let c = MobileNetV2ImageNet.candidates(l);
-            assert_eq!(c, candidates::preset_for_side(l.height).unwrap(), "{}", l.name);
+            assert_eq!(
+                c,
+                candidates::preset_for_side(l.height).unwrap(),
+                "{}",
+                l.name
+            );
         }
     }
 
@@ -209,7 +239,10 @@ mod tests {
         let cfg = ImageNetConfig::from_options(&ArchOptions::default()).unwrap();
         let table = cfg.layer_table().unwrap();
         let mut spec = BlockSpec::new(NAME);
-        spec.layers.insert("layer3_1_1".into(), vec![BlockSize::Patch { h: 2, w: 2 }; 192]);
+        spec.layers.insert(
+            "layer3_1_1".into(),
+            vec![BlockSize::Patch { h: 2, w: 2 }; 192],
+        );
         let (model, params) = cfg.secure_graph(Some(&spec), 12).unwrap();
         let acts: Vec<(String, [u32; 3])> = model
             .nodes
@@ -219,39 +252,94 @@ mod tests {
                 _ => None,
             })
             .collect();
-        let expected: Vec<(String, [u32; 3])> =
-            table.layers.iter().map(|l| (l.name.clone(), [l.channels, l.height, l.width])).collect();
+        let expected: Vec<(String, [u32; 3])> = table
+            .layers
+            .iter()
+            .map(|l| (l.name.clone(), [l.channels, l.height, l.width]))
+            .collect();
         assert_eq!(acts, expected);
-        assert_eq!(model.drelus(), 192 * 14 * 14, "only the spec's layer is a block ReLU; the others are ReLU6");
+        assert_eq!(
+            model.drelus(),
+            192 * 14 * 14,
+            "only the spec's layer is a block ReLU; the others are ReLU6"
+        );
         assert_eq!(model.output_shape(), [1000, 1, 1]);
         // 52 convolutions (stem, 17 blocks with 2 or 3, last) + the classifier.
         assert_eq!(params.len(), 1 + 2 + 16 * 3 + 1 + 1);
         assert_eq!(model.nodes.iter().filter(|n| n.op == Op::Add).count(), 10);
-        assert!(params.iter().any(|p| p.module == "features.17.conv.2" && p.bn.as_deref() == Some("features.17.conv.3")));
-        let relu = ImageNetConfig::from_options(&ArchOptions { variant: Some("relu".into()), ..Default::default() }).unwrap();
-        assert_eq!(relu.secure_graph(None, 12).unwrap().0.drelus(), table.drelus());
-        spec.layers.insert("layer3_1_1".into(), vec![BlockSize::RELU; 3]);
+        assert!(
+            params.iter().any(|p| p.module == "features.17.conv.2"
+                && p.bn.as_deref() == Some("features.17.conv.3"))
+        );
+        let relu = ImageNetConfig::from_options(&ArchOptions {
+            variant: Some("relu".into()),
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(
+            relu.secure_graph(None, 12).unwrap().0.drelus(),
+            table.drelus()
+        );
+        spec.layers
+            .insert("layer3_1_1".into(), vec![BlockSize::RELU; 3]);
         assert!(cfg.secure_graph(Some(&spec), 12).is_err());
         spec.layers.clear();
         spec.layers.insert("nope".into(), vec![]);
-        assert!(cfg.secure_graph(Some(&spec), 12).unwrap_err().to_string().contains("nope"));
+        assert!(
+            cfg.secure_graph(Some(&spec), 12)
+                .unwrap_err()
+                .to_string()
+                .contains("nope")
+        );
     }
 
     #[test]
     fn options_are_checked() {
-        let relu = ArchOptions { variant: Some("relu".into()), ..Default::default() };
-        assert_eq!(ImageNetConfig::from_options(&relu).unwrap().activation, Activation::Relu);
-        let bad = ArchOptions { variant: Some("swish".into()), ..Default::default() };
-        assert!(MobileNetV2ImageNet.layer_table(&bad).unwrap_err().to_string().contains("swish"));
-        let width = ArchOptions { base_width: Some(16), ..Default::default() };
+        let relu = ArchOptions {
+            variant: Some("relu".into()),
+            ..Default::default()
+        };
+        assert_eq!(
+            ImageNetConfig::from_options(&relu).unwrap().activation,
+            Activation::Relu
+        );
+        let bad = ArchOptions {
+            variant: Some("swish".into()),
+            ..Default::default()
+        };
+        assert!(
+            MobileNetV2ImageNet
+                .layer_table(&bad)
+                .unwrap_err()
+                .to_string()
+                .contains("swish")
+        );
+        let width = ArchOptions {
+            base_width: Some(16),
+            ..Default::default()
+        };
         assert!(MobileNetV2ImageNet.layer_table(&width).is_err());
-        let tiny = ArchOptions { input_height: Some(1), input_width: Some(1), ..Default::default() };
+        let tiny = ArchOptions {
+            input_height: Some(1),
+            input_width: Some(1),
+            ..Default::default()
+        };
         // 1×1 input: every stride-2 convolution still yields a 1×1 map (padding 1).
-        assert_eq!(MobileNetV2ImageNet.layer_table(&tiny).unwrap().layers[34].height, 1);
-        let odd = ArchOptions { input_height: Some(100), input_width: Some(60), ..Default::default() };
+        assert_eq!(
+            MobileNetV2ImageNet.layer_table(&tiny).unwrap().layers[34].height,
+            1
+        );
+        let odd = ArchOptions {
+            input_height: Some(100),
+            input_width: Some(60),
+            ..Default::default()
+        };
         let t = MobileNetV2ImageNet.layer_table(&odd).unwrap();
         assert_eq!((t.layers[34].height, t.layers[34].width), (4, 2));
         // Non-square maps fall back to generated candidates.
-        assert_eq!(MobileNetV2ImageNet.candidates(&t.layers[34]).len(), 4 * 2 + 1);
+        assert_eq!(
+            MobileNetV2ImageNet.candidates(&t.layers[34]).len(),
+            4 * 2 + 1
+        );
     }
 }

@@ -10,6 +10,7 @@
 //! | `plain`    | `knapsec-plain` (cleartext fixed-point backend) |
 //! | `securenn` | `knapsec-securenn` (3PC backend) |
 //! | `archs`    | `knapsec-arch-resnet`, `knapsec-arch-mobilenet`, `knapsec-arch-deeplab` (tch-free descriptions) |
+//! | `example-arch` | `knapsec-arch-example` (`example-tinycnn`, the template of README's "Add an architecture") |
 //! | `torch`    | the tch networks of those crates and `knapsec-nn` (needs libtorch) |
 //!
 //! Binaries and tests depend on this crate and call [`registry`] (every built-in linked in)
@@ -29,6 +30,8 @@ use knapsec_arch_deeplab as _;
 use knapsec_arch_mobilenet as _;
 #[cfg(feature = "archs")]
 use knapsec_arch_resnet as _;
+#[cfg(feature = "example-arch")]
+use knapsec_arch_example as _;
 #[cfg(feature = "torch")]
 use knapsec_nn as _;
 
@@ -46,6 +49,8 @@ pub const ENABLED_FEATURES: &[&str] = &[
     "securenn",
     #[cfg(feature = "archs")]
     "archs",
+    #[cfg(feature = "example-arch")]
+    "example-arch",
     #[cfg(feature = "torch")]
     "torch",
 ];

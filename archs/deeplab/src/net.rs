@@ -1,0 +1,507 @@
+//! The tch networks of `deeplabv3-mobilenetv2` and `deeplabv3-resnet50` (cargo feature
+//! `torch`), registered in `knapsec-nn`, with OpenMMLab `state_dict` names (see [`crate::plan`]).
+//!
+//! Blocks are the plan's: the backbone's blocks, then `decode`, which runs the ASPP head and
+//! returns the segmentation logits `[N, classes, H/8, W/8]`. The image-pooling branch is
+//! repeated to H×W with `expand` (equal to mmseg's bilinear resize of a 1×1 map, and to the
+//! secure graph's `Op::Broadcast`).
+
+use crate::plan::{
+    ASPP_CHANNELS, ASPP_DILATIONS, Backbone, Bottleneck, DEEPLABV3_MOBILENETV2, DEEPLABV3_RESNET50,
+    DeepLabPlan, StemPool,
+};
+use knapsec_arch_mobilenet::geometry::{ConvNames, Naming};
+use knapsec_arch_mobilenet::net::{ConvBn, MobileNetV2Backbone, sub_path};
+use knapsec_core::graph::SecureModel;
+use knapsec_core::graph_build::ParamSource;
+use knapsec_core::{ArchOptions, ReluLayer};
+use knapsec_nn::Result;
+use knapsec_nn::net::{BlockNet, NetRegistration};
+use knapsec_nn::slots::{SlotId, SlotKind, Slots};
+use tch::{Kind, Tensor, nn};
+
+fn names(conv: String, bn: String) -> ConvNames {
+    ConvNames { conv, bn }
+}
+
+#[derive(Debug)]
+struct ResUnit {
+    conv1: ConvBn,
+    conv2: ConvBn,
+    conv3: ConvBn,
+    downsample: Option<ConvBn>,
+    slots: [SlotId; 3],
+}
+
+#[derive(Debug)]
+enum BackboneNet {
+    MobileNetV2(MobileNetV2Backbone),
+    ResNet50 {
+        stem: Vec<(ConvBn, SlotId)>,
+        pool: StemPool,
+        units: Vec<ResUnit>,
+    },
+}
+
+#[derive(Debug)]
+struct AsppHead {
+    image_pool: ConvBn,
+    branches: Vec<ConvBn>,
+    bottleneck: ConvBn,
+    conv_seg: nn::Conv2D,
+    /// `decode_0` … `decode_5`.
+    slots: Vec<SlotId>,
+}
+
+impl AsppHead {
+    fn new(root: &nn::Path, plan: &DeepLabPlan, slots: &mut Slots, block: usize) -> Result<Self> {
+        let c = ASPP_CHANNELS;
+        let mut ids = Vec::with_capacity(6);
+        for layer in plan.decode_layers() {
+            ids.push(slots.add(layer, block, SlotKind::Relu)?);
+        }
+        let image_pool = ConvBn::new(
+            root,
+            &names(
+                "decode_head.image_pool.1.conv".into(),
+                "decode_head.image_pool.1.bn".into(),
+            ),
+            plan.head_in,
+            c,
+            1,
+            1,
+            0,
+            1,
+            1,
+        );
+        let branches = ASPP_DILATIONS
+            .iter()
+            .enumerate()
+            .map(|(i, &d)| {
+                let m = format!("decode_head.aspp_modules.{i}");
+                let n = names(format!("{m}.conv"), format!("{m}.bn"));
+                if d == 1 {
+                    ConvBn::new(root, &n, plan.head_in, c, 1, 1, 0, 1, 1)
+                } else {
+                    ConvBn::new(root, &n, plan.head_in, c, 3, 1, d, d, 1)
+                }
+            })
+            .collect();
+        let n = ASPP_DILATIONS.len() as u32 + 1;
+        let bottleneck = ConvBn::new(
+            root,
+            &names(
+                "decode_head.bottleneck.conv".into(),
+                "decode_head.bottleneck.bn".into(),
+            ),
+            n * c,
+            c,
+            3,
+            1,
+            1,
+            1,
+            1,
+        );
+        let conv_seg = nn::conv2d(
+            sub_path(root, "decode_head.conv_seg"),
+            c.into(),
+            plan.classes.into(),
+            1,
+            Default::default(),
+        );
+        Ok(AsppHead {
+            image_pool,
+            branches,
+            bottleneck,
+            conv_seg,
+            slots: ids,
+        })
+    }
+
+    fn forward(&self, slots: &Slots, x: &Tensor, train: bool) -> Tensor {
+        let (n, _, h, w) = x.size4().expect("the head's input is 4-D");
+        let pooled = x.mean_dim([2i64, 3].as_slice(), true, x.kind());
+        let ip = slots.run(self.slots[0], &self.image_pool.forward(&pooled, train));
+        let mut outs = vec![ip.expand([n, i64::from(ASPP_CHANNELS), h, w], false)];
+        for (i, b) in self.branches.iter().enumerate() {
+            outs.push(slots.run(self.slots[i + 1], &b.forward(x, train)));
+        }
+        let cat = Tensor::cat(&outs, 1);
+        let y = slots.run(self.slots[5], &self.bottleneck.forward(&cat, train));
+        y.dropout(0.1, train).apply(&self.conv_seg)
+    }
+}
+
+/// A DeepLabV3 (either backbone) as a block-structured network.
+#[derive(Debug)]
+pub struct DeepLabV3 {
+    plan: DeepLabPlan,
+    options: ArchOptions,
+    blocks: Vec<String>,
+    backbone: BackboneNet,
+    head: AsppHead,
+    slots: Slots,
+}
+
+fn resnet_units(
+    root: &nn::Path,
+    units: &[Bottleneck],
+    layers: &[ReluLayer],
+    slots: &mut Slots,
+) -> Result<Vec<ResUnit>> {
+    let mut out = Vec::with_capacity(units.len());
+    for (k, u) in units.iter().enumerate() {
+        let m = &u.module;
+        let nm = |i: u32| names(format!("{m}.conv{i}"), format!("{m}.bn{i}"));
+        let conv1 = ConvBn::new(root, &nm(1), u.in_channels, u.planes, 1, 1, 0, 1, 1);
+        let conv2 = ConvBn::new(
+            root,
+            &nm(2),
+            u.planes,
+            u.planes,
+            3,
+            u.stride,
+            u.dilation,
+            u.dilation,
+            1,
+        );
+        let conv3 = ConvBn::new(root, &nm(3), u.planes, u.out_channels, 1, 1, 0, 1, 1);
+        let downsample = u.downsample.then(|| {
+            let n = names(format!("{m}.downsample.0"), format!("{m}.downsample.1"));
+            ConvBn::new(
+                root,
+                &n,
+                u.in_channels,
+                u.out_channels,
+                1,
+                u.stride,
+                0,
+                1,
+                1,
+            )
+        });
+        let l = &layers[3 + 3 * k..6 + 3 * k];
+        let ids = [
+            slots.add(l[0].clone(), k + 1, SlotKind::Relu)?,
+            slots.add(l[1].clone(), k + 1, SlotKind::Relu)?,
+            slots.add(l[2].clone(), k + 1, SlotKind::Relu)?,
+        ];
+        out.push(ResUnit {
+            conv1,
+            conv2,
+            conv3,
+            downsample,
+            slots: ids,
+        });
+    }
+    Ok(out)
+}
+
+impl DeepLabV3 {
+    /// Builds architecture `arch` at `options` under `root`.
+    pub fn new(arch: &str, options: &ArchOptions, root: &nn::Path) -> Result<Self> {
+        let plan = DeepLabPlan::new(arch, options)?;
+        let layers = plan.backbone_layers()?;
+        let mut slots = Slots::new(plan.arch);
+        let backbone = match &plan.backbone {
+            Backbone::MobileNetV2 { geometry, relu6 } => {
+                let kind = if *relu6 {
+                    SlotKind::Relu6
+                } else {
+                    SlotKind::Relu
+                };
+                BackboneNet::MobileNetV2(MobileNetV2Backbone::new(
+                    root,
+                    geometry,
+                    Naming::OpenMmlab,
+                    &layers,
+                    kind,
+                    &mut slots,
+                    0,
+                )?)
+            }
+            Backbone::ResNet50 { pool, units, .. } => {
+                let mut stem = Vec::with_capacity(3);
+                let mut cin = plan.input.0;
+                for (i, (out, stride)) in [(32u32, 2u32), (32, 1), (64, 1)].into_iter().enumerate()
+                {
+                    let n = names(
+                        format!("backbone.stem.{}", 3 * i),
+                        format!("backbone.stem.{}", 3 * i + 1),
+                    );
+                    let conv = ConvBn::new(root, &n, cin, out, 3, stride, 1, 1, 1);
+                    stem.push((conv, slots.add(layers[i].clone(), 0, SlotKind::Relu)?));
+                    cin = out;
+                }
+                let units = resnet_units(root, units, &layers, &mut slots)?;
+                BackboneNet::ResNet50 {
+                    stem,
+                    pool: *pool,
+                    units,
+                }
+            }
+        };
+        let blocks = plan.block_names();
+        let head = AsppHead::new(root, &plan, &mut slots, blocks.len() - 1)?;
+        Ok(DeepLabV3 {
+            plan,
+            options: options.clone(),
+            blocks,
+            backbone,
+            head,
+            slots,
+        })
+    }
+
+    /// The plan the network was built from.
+    pub fn plan(&self) -> &DeepLabPlan {
+        &self.plan
+    }
+}
+
+impl BlockNet for DeepLabV3 {
+    fn arch(&self) -> &str {
+        self.plan.arch
+    }
+
+    fn options(&self) -> &ArchOptions {
+        &self.options
+    }
+
+    fn input_shape(&self) -> [i64; 3] {
+        let (c, h, w) = self.plan.input;
+        [c.into(), h.into(), w.into()]
+    }
+
+    fn block_names(&self) -> &[String] {
+        &self.blocks
+    }
+
+    fn run_block(&self, index: usize, x: &Tensor, train: bool) -> Tensor {
+        if index + 1 == self.blocks.len() {
+            return self.head.forward(&self.slots, x, train);
+        }
+        match &self.backbone {
+            BackboneNet::MobileNetV2(b) => {
+                if index == 0 {
+                    b.run_stem(&self.slots, x, train)
+                } else {
+                    b.run_block(&self.slots, index - 1, x, train)
+                }
+            }
+            BackboneNet::ResNet50 { stem, pool, units } => {
+                if index == 0 {
+                    let mut y = x.shallow_clone();
+                    for (conv, slot) in stem {
+                        y = self.slots.run(*slot, &conv.forward(&y, train));
+                    }
+                    return match pool {
+                        StemPool::Avg => {
+                            y.avg_pool2d([3, 3], [2, 2], [1, 1], false, true, None::<i64>)
+                        }
+                        StemPool::Max => y.max_pool2d([3, 3], [2, 2], [1, 1], [1, 1], false),
+                    };
+                }
+                let u = &units[index - 1];
+                let mut y = self.slots.run(u.slots[0], &u.conv1.forward(x, train));
+                y = self.slots.run(u.slots[1], &u.conv2.forward(&y, train));
+                y = u.conv3.forward(&y, train);
+                let shortcut = match &u.downsample {
+                    Some(d) => d.forward(x, train),
+                    None => x.shallow_clone(),
+                };
+                self.slots.run(u.slots[2], &(y + shortcut))
+            }
+        }
+    }
+
+    fn slots(&self) -> &Slots {
+        &self.slots
+    }
+
+    fn slots_mut(&mut self) -> &mut Slots {
+        &mut self.slots
+    }
+
+    fn secure_graph(&self, frac_bits: u32) -> Result<(SecureModel, Vec<ParamSource>)> {
+        Ok(self
+            .plan
+            .secure_graph(Some(&self.slots.to_spec()), frac_bits)?)
+    }
+}
+
+fn build_mobilenetv2(options: &ArchOptions, root: &nn::Path) -> Result<Box<dyn BlockNet>> {
+    Ok(Box::new(DeepLabV3::new(
+        DEEPLABV3_MOBILENETV2,
+        options,
+        root,
+    )?))
+}
+
+fn build_resnet50(options: &ArchOptions, root: &nn::Path) -> Result<Box<dyn BlockNet>> {
+    Ok(Box::new(DeepLabV3::new(DEEPLABV3_RESNET50, options, root)?))
+}
+
+knapsec_nn::inventory::submit! {
+    NetRegistration { name: DEEPLABV3_MOBILENETV2, provider: "knapsec-arch-deeplab", build: build_mobilenetv2 }
+}
+knapsec_nn::inventory::submit! {
+    NetRegistration { name: DEEPLABV3_RESNET50, provider: "knapsec-arch-deeplab", build: build_resnet50 }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use knapsec_core::graph::Op;
+    use knapsec_core::{ArchAdapter, BlockSize, BlockSpec};
+    use knapsec_nn::export::eval_graph;
+    use knapsec_nn::net::{NetBuilder, Network};
+    use tch::Device;
+
+    fn randomise_bn(vs: &nn::VarStore) {
+        let _g = tch::no_grad_guard();
+        for (name, mut t) in vs.variables() {
+            if name.ends_with("running_var") {
+                let _ = t.uniform_(0.5, 1.5);
+            } else if name.ends_with("running_mean") || name.ends_with(".bias") {
+                let _ = t.uniform_(-0.2, 0.2);
+            } else if t.dim() == 1 && name.ends_with(".weight") {
+                let _ = t.uniform_(0.5, 1.5);
+            }
+        }
+    }
+
+    fn at65() -> ArchOptions {
+        ArchOptions {
+            input_height: Some(65),
+            input_width: Some(65),
+            ..Default::default()
+        }
+    }
+
+    fn cases() -> [(&'static str, NetBuilder, &'static dyn ArchAdapter); 2] {
+        [
+            (
+                DEEPLABV3_MOBILENETV2,
+                build_mobilenetv2,
+                &crate::DeepLabV3MobileNetV2,
+            ),
+            (
+                DEEPLABV3_RESNET50,
+                build_resnet50,
+                &crate::DeepLabV3ResNet50,
+            ),
+        ]
+    }
+
+    #[test]
+    fn slots_match_the_layer_table_and_names_are_mmseg() {
+        for (arch, build, adapter) in cases() {
+            let network = Network::build_with(build, &at65(), Device::Cpu).unwrap();
+            assert_eq!(
+                network.net.slots().layer_table().unwrap(),
+                adapter.layer_table(&at65()).unwrap(),
+                "{arch}"
+            );
+            let vars = network.vs.variables();
+            for key in [
+                "decode_head.image_pool.1.conv.weight",
+                "decode_head.aspp_modules.3.bn.running_var",
+                "decode_head.bottleneck.conv.weight",
+                "decode_head.conv_seg.bias",
+            ] {
+                assert!(vars.contains_key(key), "{arch}: {key}");
+            }
+            let backbone_key = if arch == DEEPLABV3_RESNET50 {
+                "backbone.layer4.2.conv2.weight"
+            } else {
+                "backbone.layer7.0.conv.2.bn.weight"
+            };
+            assert!(vars.contains_key(backbone_key), "{arch}: {backbone_key}");
+            assert_eq!(vars["decode_head.aspp_modules.2.conv.weight"].size()[2], 3);
+            assert_eq!(
+                network.net.layer_block("decode_0").unwrap(),
+                network.net.block_names().len() - 1
+            );
+        }
+    }
+
+    #[test]
+    fn forward_from_blocks_and_export_at_65() {
+        tch::manual_seed(3);
+        for (arch, build, _) in cases() {
+            let mut network = Network::build_with(build, &at65(), Device::Cpu).unwrap();
+            randomise_bn(&network.vs);
+            let classes = if arch == DEEPLABV3_RESNET50 { 21 } else { 150 };
+            let x = Tensor::randn([1, 3, 65, 65], (Kind::Float, Device::Cpu));
+            let outs = network.net.block_outputs(&x, false).unwrap();
+            let y = outs.last().unwrap();
+            assert_eq!(y.size(), [1, classes, 9, 9], "{arch}");
+            let last = network.net.block_names().len() - 1;
+            for k in [1, 4, last] {
+                let z = network.net.forward_from(k, &outs[k - 1], false).unwrap();
+                assert!(z.allclose(y, 1e-5, 1e-5, false), "{arch}: from block {k}");
+            }
+            let mut spec = BlockSpec::new(arch);
+            spec.layers
+                .insert("decode_0".into(), vec![BlockSize::Identity; 512]);
+            spec.layers.insert(
+                "decode_2".into(),
+                (0..512)
+                    .map(|c| {
+                        if c % 2 == 0 {
+                            BlockSize::Patch { h: 3, w: 2 }
+                        } else {
+                            BlockSize::RELU
+                        }
+                    })
+                    .collect(),
+            );
+            let backbone_layer = if arch == DEEPLABV3_RESNET50 {
+                "layer3_1_2"
+            } else {
+                "layer4_1_1"
+            };
+            let c = network
+                .net
+                .slots()
+                .get(backbone_layer)
+                .unwrap()
+                .layer
+                .channels as usize;
+            spec.layers.insert(
+                backbone_layer.into(),
+                vec![BlockSize::Patch { h: 2, w: 2 }; c],
+            );
+            network.net.apply_spec(&spec).unwrap();
+            let y = network.net.forward_t(&x, false).unwrap();
+            let (model, weights) = network.export(24).unwrap();
+            assert!(model.nodes.iter().any(|n| matches!(
+                n.op,
+                Op::Broadcast {
+                    height: 9,
+                    width: 9
+                }
+            )));
+            let z = eval_graph(&model, &weights, &x)
+                .unwrap()
+                .to_kind(Kind::Float);
+            assert_eq!(z.size(), y.size());
+            let diff = f64::try_from((&z - &y).abs().max()).unwrap();
+            let scale = f64::try_from(y.abs().max()).unwrap();
+            assert!(
+                diff < 1e-3 * scale.max(1.0),
+                "{arch}: export differs by {diff} (output scale {scale})"
+            );
+        }
+    }
+
+    #[test]
+    fn image_pooling_is_a_broadcast() {
+        // The head's image-pooling branch equals bilinear resizing of the 1×1 map.
+        let t = Tensor::randn([2, 5, 1, 1], (Kind::Float, Device::Cpu));
+        let e = t.expand([2, 5, 7, 9], false);
+        let r = t.upsample_bilinear2d([7, 9], false, None, None);
+        assert!(e.allclose(&r, 1e-6, 1e-6, false));
+    }
+}

@@ -1,0 +1,193 @@
+//! knapsec-arch-example: `example-tinycnn`, a small real CNN that shows how to add an
+//! architecture to knapsec **without touching core** (README, "Add an architecture";
+//! digest §8 lists what the reference needed instead: five places in four files).
+//!
+//! The network: `conv1` (3×3, stride 1, padding 1, bias) → ReLU `relu1` → `conv2` (3×3,
+//! stride 2, padding 1, bias) → ReLU `relu2` → global average pooling → `fc` (linear).
+//! Defaults: 1×28×28 input (Fashion-MNIST), 10 classes, `base_width` 8 (conv1 has `w`
+//! channels, conv2 `2w`). `variant` is refused. Weights use the `state_dict` names
+//! `conv1.weight`, `conv1.bias`, `conv2.*`, `fc.*`.
+//!
+//! An architecture crate has two halves:
+//!
+//! 1. **Description** (this file, no tch): a plan built from `ArchOptions` that gives the
+//!    layer table and the secure-model graph ([`TinyCnnPlan`]), an [`ArchAdapter`]
+//!    ([`TinyCnn`]), and one `inventory::submit!` of an `ArchRegistration`.
+//! 2. **Network** (`net`, behind the cargo feature `torch`): a type implementing
+//!    `knapsec_nn::BlockNet` (named blocks, one named slot per ReLU, the secure graph with the
+//!    current activations) and one `inventory::submit!` of a `knapsec_nn::NetRegistration`
+//!    under the same name.
+//!
+//! Then one `use knapsec_arch_example as _;` line (behind a feature) in the
+//! `knapsec-builtin` facade links it into the CLI and the tests.
+
+#[cfg(feature = "torch")]
+pub mod net;
+
+use knapsec_core::graph::{OutputKind, SecureModel};
+use knapsec_core::graph_build::{ConvSpec, GraphBuilder, ParamSource, window_out};
+use knapsec_core::inventory;
+use knapsec_core::registry::ArchRegistration;
+use knapsec_core::{
+    ArchAdapter, ArchOptions, BlockSize, BlockSpec, CoreError, LayerTable, ReluLayer, Result,
+};
+use std::sync::Arc;
+
+/// Registry name.
+pub const NAME: &str = "example-tinycnn";
+
+/// The network at one set of options.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TinyCnnPlan {
+    /// Input `(C, H, W)`.
+    pub input: (u32, u32, u32),
+    /// Channels of `conv1` (`conv2` has twice as many).
+    pub width: u32,
+    pub classes: u32,
+    /// Map size after `conv2`.
+    pub out_hw: (u32, u32),
+}
+
+impl TinyCnnPlan {
+    /// Reads and checks the options (see the crate documentation).
+    pub fn new(options: &ArchOptions) -> Result<Self> {
+        if let Some(v) = &options.variant {
+            return Err(CoreError::Invalid(format!(
+                "architecture {NAME:?} has no variants (got {v:?})"
+            )));
+        }
+        let (c, h, w) = options.input_or(1, 28, 28);
+        let width = options.base_width.unwrap_or(8);
+        let classes = options.classes.unwrap_or(10);
+        if [c, h, w, width, classes].contains(&0) {
+            return Err(CoreError::Invalid(format!(
+                "architecture {NAME:?}: sizes, width and classes must be positive"
+            )));
+        }
+        let out_hw = (
+            window_out(h, 3, 2, 1, 1).unwrap_or(1),
+            window_out(w, 3, 2, 1, 1).unwrap_or(1),
+        );
+        Ok(TinyCnnPlan {
+            input: (c, h, w),
+            width,
+            classes,
+            out_hw,
+        })
+    }
+
+    /// `relu1` at the input size, `relu2` at half of it.
+    pub fn layer_table(&self) -> Result<LayerTable> {
+        let (_, h, w) = self.input;
+        LayerTable::new(
+            NAME,
+            vec![
+                ReluLayer::new("relu1", self.width, h, w),
+                ReluLayer::new("relu2", 2 * self.width, self.out_hw.0, self.out_hw.1),
+            ],
+        )
+    }
+
+    /// The secure-model graph; layers named by `spec` get its block sizes, the others ReLU.
+    pub fn secure_graph(
+        &self,
+        spec: Option<&BlockSpec>,
+        frac_bits: u32,
+    ) -> Result<(SecureModel, Vec<ParamSource>)> {
+        let table = self.layer_table()?;
+        for (name, blocks) in spec.map(|s| &s.layers).into_iter().flatten() {
+            let layer = table.get(name).ok_or_else(|| CoreError::UnknownLayer {
+                arch: NAME.into(),
+                layer: name.clone(),
+            })?;
+            if blocks.len() != layer.channels as usize {
+                return Err(CoreError::WrongChannelCount {
+                    layer: name.clone(),
+                    expected: layer.channels as usize,
+                    found: blocks.len(),
+                });
+            }
+        }
+        let blocks = |l: &ReluLayer| {
+            spec.and_then(|s| s.layers.get(&l.name).cloned())
+                .unwrap_or_else(|| vec![BlockSize::RELU; l.channels as usize])
+        };
+        let (c, h, w) = self.input;
+        let mut g = GraphBuilder::new(NAME, frac_bits, [c, h, w]);
+        let with_bias = |s: ConvSpec| ConvSpec { bias: true, ..s };
+        let mut x = g.conv(
+            "conv1",
+            g.input(),
+            with_bias(ConvSpec::square(self.width, 3, 1, 1)),
+            None,
+        )?;
+        x = g.block_relu("relu1", x, blocks(&table.layers[0]))?;
+        x = g.conv(
+            "conv2",
+            x,
+            with_bias(ConvSpec::square(2 * self.width, 3, 2, 1)),
+            None,
+        )?;
+        x = g.block_relu("relu2", x, blocks(&table.layers[1]))?;
+        let pooled = g.global_avg_pool("pool", x)?;
+        g.linear("fc", pooled, self.classes, true)?;
+        g.finish(OutputKind::Classification)
+    }
+}
+
+/// The architecture adapter of `example-tinycnn` (default candidates: every patch up to
+/// 16×16 plus identity).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct TinyCnn;
+
+impl ArchAdapter for TinyCnn {
+    fn name(&self) -> &str {
+        NAME
+    }
+
+    fn description(&self) -> &str {
+        "Example: 2 conv + 2 ReLU + linear, 1x28x28 input, 10 classes (template for new architectures)"
+    }
+
+    fn layer_table(&self, options: &ArchOptions) -> Result<LayerTable> {
+        TinyCnnPlan::new(options)?.layer_table()
+    }
+}
+
+inventory::submit! {
+    ArchRegistration { name: NAME, provider: "knapsec-arch-example", make: || Arc::new(TinyCnn) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn table_and_graph() {
+        let t = TinyCnn.layer_table(&ArchOptions::default()).unwrap();
+        assert_eq!(
+            t.layers,
+            vec![
+                ReluLayer::new("relu1", 8, 28, 28),
+                ReluLayer::new("relu2", 16, 14, 14)
+            ]
+        );
+        assert_eq!(t.drelus(), 8 * 784 + 16 * 196);
+        assert_eq!(TinyCnn.candidates(&t.layers[1]).len(), 14 * 14 + 1);
+        let plan = TinyCnnPlan::new(&ArchOptions::default()).unwrap();
+        let mut spec = BlockSpec::new(NAME);
+        spec.layers
+            .insert("relu2".into(), vec![BlockSize::Patch { h: 2, w: 2 }; 16]);
+        let (model, params) = plan.secure_graph(Some(&spec), 12).unwrap();
+        assert_eq!(model.drelus(), 8 * 784 + 16 * 49);
+        assert_eq!(model.output_shape(), [10, 1, 1]);
+        assert_eq!(params.len(), 3);
+        spec.layers.insert("relu9".into(), vec![]);
+        assert!(plan.secure_graph(Some(&spec), 12).is_err());
+        let bad = ArchOptions {
+            variant: Some("x".into()),
+            ..Default::default()
+        };
+        assert!(TinyCnn.layer_table(&bad).is_err());
+    }
+}
