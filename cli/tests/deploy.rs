@@ -727,6 +727,7 @@ fn killing_any_party_mid_inference_stops_the_others_within_10_s() {
                 .lines()
                 .rfind(|l| l.starts_with("error:"))
                 .unwrap_or_else(|| panic!("no error line: {log}"));
+            eprintln!("{victim} killed, {role}: {last}");
             assert!(
                 last.contains(victim),
                 "the {role}'s error names the {victim}: {last}"
