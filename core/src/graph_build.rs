@@ -11,7 +11,9 @@
 
 use crate::block::BlockSize;
 use crate::error::{CoreError, Result};
-use crate::graph::{FixedTensor, MODEL_FORMAT, ModelWeights, Node, Op, OutputKind, SecureModel, Shape, encode_fixed};
+use crate::graph::{
+    FixedTensor, MODEL_FORMAT, ModelWeights, Node, Op, OutputKind, SecureModel, Shape, encode_fixed,
+};
 
 /// Index of a node in the graph being built.
 pub type NodeId = usize;
@@ -84,8 +86,18 @@ pub struct GraphBuilder {
 impl GraphBuilder {
     /// A graph for `arch` whose input (node 0) has shape `input` (C, H, W).
     pub fn new(arch: impl Into<String>, frac_bits: u32, input: Shape) -> Self {
-        let nodes = vec![Node { name: "input".into(), op: Op::Input, inputs: vec![], shape: input }];
-        GraphBuilder { arch: arch.into(), frac_bits, nodes, params: Vec::new() }
+        let nodes = vec![Node {
+            name: "input".into(),
+            op: Op::Input,
+            inputs: vec![],
+            shape: input,
+        }];
+        GraphBuilder {
+            arch: arch.into(),
+            frac_bits,
+            nodes,
+            params: Vec::new(),
+        }
     }
 
     /// The input node.
@@ -103,24 +115,53 @@ impl GraphBuilder {
     }
 
     fn check_id(&self, name: &str, id: NodeId) -> Result<Shape> {
-        self.nodes.get(id).map(|n| n.shape).ok_or_else(|| self.err(name, format!("input node {id} does not exist")))
+        self.nodes
+            .get(id)
+            .map(|n| n.shape)
+            .ok_or_else(|| self.err(name, format!("input node {id} does not exist")))
     }
 
-    fn push(&mut self, name: impl Into<String>, op: Op, inputs: Vec<NodeId>, shape: Shape) -> NodeId {
-        self.nodes.push(Node { name: name.into(), op, inputs, shape });
+    fn push(
+        &mut self,
+        name: impl Into<String>,
+        op: Op,
+        inputs: Vec<NodeId>,
+        shape: Shape,
+    ) -> NodeId {
+        self.nodes.push(Node {
+            name: name.into(),
+            op,
+            inputs,
+            shape,
+        });
         self.nodes.len() - 1
     }
 
     /// A convolution `module` (state-dict prefix), with the BatchNorm `bn` folded in if given.
-    pub fn conv(&mut self, module: &str, input: NodeId, c: ConvSpec, bn: Option<&str>) -> Result<NodeId> {
+    pub fn conv(
+        &mut self,
+        module: &str,
+        input: NodeId,
+        c: ConvSpec,
+        bn: Option<&str>,
+    ) -> Result<NodeId> {
         let [ci, h, w] = self.check_id(module, input)?;
         if c.groups == 0 || ci % c.groups != 0 || c.out_channels % c.groups != 0 {
-            return Err(self.err(module, format!("{ci} -> {} channels cannot form {} groups", c.out_channels, c.groups)));
+            return Err(self.err(
+                module,
+                format!(
+                    "{ci} -> {} channels cannot form {} groups",
+                    c.out_channels, c.groups
+                ),
+            ));
         }
         let oh = window_out(h, c.kernel[0], c.stride[0], c.padding[0], c.dilation[0]);
         let ow = window_out(w, c.kernel[1], c.stride[1], c.padding[1], c.dilation[1]);
         let (Some(oh), Some(ow)) = (oh, ow) else {
-            return Err(self.err(module, format!("kernel {:?} does not fit a {h}x{w} input", c.kernel)));
+            return Err(self.err(
+                module,
+                format!("kernel {:?} does not fit a {h}x{w} input", c.kernel),
+            ));
         };
         let has_bias = c.bias || bn.is_some();
         let op = Op::Conv2d {
@@ -147,9 +188,15 @@ impl GraphBuilder {
     pub fn linear(&mut self, module: &str, input: NodeId, out: u32, bias: bool) -> Result<NodeId> {
         let [_, h, w] = self.check_id(module, input)?;
         if (h, w) != (1, 1) {
-            return Err(self.err(module, format!("a linear layer needs a [C, 1, 1] input, got {h}x{w}")));
+            return Err(self.err(
+                module,
+                format!("a linear layer needs a [C, 1, 1] input, got {h}x{w}"),
+            ));
         }
-        let op = Op::Linear { weight: format!("{module}.weight"), bias: bias.then(|| format!("{module}.bias")) };
+        let op = Op::Linear {
+            weight: format!("{module}.weight"),
+            bias: bias.then(|| format!("{module}.bias")),
+        };
         self.params.push(ParamSource {
             weight: format!("{module}.weight"),
             bias: bias.then(|| format!("{module}.bias")),
@@ -162,25 +209,61 @@ impl GraphBuilder {
     }
 
     /// The activation slot `layer` with one block size per channel.
-    pub fn block_relu(&mut self, layer: &str, input: NodeId, blocks: Vec<BlockSize>) -> Result<NodeId> {
+    pub fn block_relu(
+        &mut self,
+        layer: &str,
+        input: NodeId,
+        blocks: Vec<BlockSize>,
+    ) -> Result<NodeId> {
         let shape = self.check_id(layer, input)?;
         if blocks.len() != shape[0] as usize {
-            return Err(self.err(layer, format!("{} block sizes for {} channels", blocks.len(), shape[0])));
+            return Err(self.err(
+                layer,
+                format!("{} block sizes for {} channels", blocks.len(), shape[0]),
+            ));
         }
-        Ok(self.push(layer, Op::BlockRelu { layer: layer.into(), blocks }, vec![input], shape))
+        Ok(self.push(
+            layer,
+            Op::BlockRelu {
+                layer: layer.into(),
+                blocks,
+            },
+            vec![input],
+            shape,
+        ))
     }
 
     /// A ReLU6 slot `layer`.
     pub fn relu6(&mut self, layer: &str, input: NodeId) -> Result<NodeId> {
         let shape = self.check_id(layer, input)?;
-        Ok(self.push(layer, Op::Relu6 { layer: layer.into() }, vec![input], shape))
+        Ok(self.push(
+            layer,
+            Op::Relu6 {
+                layer: layer.into(),
+            },
+            vec![input],
+            shape,
+        ))
     }
 
-    fn pool_shape(&self, name: &str, input: NodeId, kernel: [u32; 2], stride: [u32; 2], padding: [u32; 2]) -> Result<Shape> {
+    fn pool_shape(
+        &self,
+        name: &str,
+        input: NodeId,
+        kernel: [u32; 2],
+        stride: [u32; 2],
+        padding: [u32; 2],
+    ) -> Result<Shape> {
         let [c, h, w] = self.check_id(name, input)?;
-        match (window_out(h, kernel[0], stride[0], padding[0], 1), window_out(w, kernel[1], stride[1], padding[1], 1)) {
+        match (
+            window_out(h, kernel[0], stride[0], padding[0], 1),
+            window_out(w, kernel[1], stride[1], padding[1], 1),
+        ) {
             (Some(oh), Some(ow)) => Ok([c, oh, ow]),
-            _ => Err(self.err(name, format!("pooling window {kernel:?} does not fit a {h}x{w} input"))),
+            _ => Err(self.err(
+                name,
+                format!("pooling window {kernel:?} does not fit a {h}x{w} input"),
+            )),
         }
     }
 
@@ -195,13 +278,39 @@ impl GraphBuilder {
         count_include_pad: bool,
     ) -> Result<NodeId> {
         let shape = self.pool_shape(name, input, kernel, stride, padding)?;
-        Ok(self.push(name, Op::AvgPool { kernel, stride, padding, count_include_pad }, vec![input], shape))
+        Ok(self.push(
+            name,
+            Op::AvgPool {
+                kernel,
+                stride,
+                padding,
+                count_include_pad,
+            },
+            vec![input],
+            shape,
+        ))
     }
 
     /// Max pooling.
-    pub fn max_pool(&mut self, name: &str, input: NodeId, kernel: [u32; 2], stride: [u32; 2], padding: [u32; 2]) -> Result<NodeId> {
+    pub fn max_pool(
+        &mut self,
+        name: &str,
+        input: NodeId,
+        kernel: [u32; 2],
+        stride: [u32; 2],
+        padding: [u32; 2],
+    ) -> Result<NodeId> {
         let shape = self.pool_shape(name, input, kernel, stride, padding)?;
-        Ok(self.push(name, Op::MaxPool { kernel, stride, padding }, vec![input], shape))
+        Ok(self.push(
+            name,
+            Op::MaxPool {
+                kernel,
+                stride,
+                padding,
+            },
+            vec![input],
+            shape,
+        ))
     }
 
     /// Mean over H·W per channel.
@@ -234,7 +343,10 @@ impl GraphBuilder {
         for &i in &inputs[1..] {
             let s = self.check_id(name, i)?;
             if (s[1], s[2]) != (h, w) {
-                return Err(self.err(name, format!("cannot concatenate {h}x{w} and {}x{} maps", s[1], s[2])));
+                return Err(self.err(
+                    name,
+                    format!("cannot concatenate {h}x{w} and {}x{} maps", s[1], s[2]),
+                ));
             }
             c += s[0];
         }
@@ -242,18 +354,37 @@ impl GraphBuilder {
     }
 
     /// Repeats a `[C, 1, 1]` input to `[C, height, width]`.
-    pub fn broadcast(&mut self, name: &str, input: NodeId, height: u32, width: u32) -> Result<NodeId> {
+    pub fn broadcast(
+        &mut self,
+        name: &str,
+        input: NodeId,
+        height: u32,
+        width: u32,
+    ) -> Result<NodeId> {
         let [c, h, w] = self.check_id(name, input)?;
         if (h, w) != (1, 1) {
-            return Err(self.err(name, format!("broadcast needs a [C, 1, 1] input, got {h}x{w}")));
+            return Err(self.err(
+                name,
+                format!("broadcast needs a [C, 1, 1] input, got {h}x{w}"),
+            ));
         }
-        Ok(self.push(name, Op::Broadcast { height, width }, vec![input], [c, height, width]))
+        Ok(self.push(
+            name,
+            Op::Broadcast { height, width },
+            vec![input],
+            [c, height, width],
+        ))
     }
 
     /// The finished, validated graph (the last node is the output) and its parameter sources.
     pub fn finish(self, output_kind: OutputKind) -> Result<(SecureModel, Vec<ParamSource>)> {
-        let model =
-            SecureModel { format: MODEL_FORMAT, arch: self.arch, frac_bits: self.frac_bits, output_kind, nodes: self.nodes };
+        let model = SecureModel {
+            format: MODEL_FORMAT,
+            arch: self.arch,
+            frac_bits: self.frac_bits,
+            output_kind,
+            nodes: self.nodes,
+        };
         model.validate()?;
         Ok((model, self.params))
     }
@@ -296,11 +427,27 @@ pub fn random_weights(model: &SecureModel, seed: u64) -> ModelWeights {
         let shape = weight_shape(model, node).expect("conv and linear nodes have a weight shape");
         let fan_in: usize = shape[1..].iter().product();
         let scale = (3.0 / fan_in.max(1) as f64).sqrt();
-        let data = (0..shape.iter().product::<usize>()).map(|_| encode_fixed(next() * scale, model.frac_bits)).collect();
-        out.tensors.insert(weight.clone(), FixedTensor { shape: shape.clone(), data });
+        let data = (0..shape.iter().product::<usize>())
+            .map(|_| encode_fixed(next() * scale, model.frac_bits))
+            .collect();
+        out.tensors.insert(
+            weight.clone(),
+            FixedTensor {
+                shape: shape.clone(),
+                data,
+            },
+        );
         if let Some(b) = bias {
-            let data = (0..shape[0]).map(|_| encode_fixed(next() * 0.1, model.frac_bits)).collect();
-            out.tensors.insert(b.clone(), FixedTensor { shape: vec![shape[0]], data });
+            let data = (0..shape[0])
+                .map(|_| encode_fixed(next() * 0.1, model.frac_bits))
+                .collect();
+            out.tensors.insert(
+                b.clone(),
+                FixedTensor {
+                    shape: vec![shape[0]],
+                    data,
+                },
+            );
         }
     }
     out
@@ -313,7 +460,14 @@ mod tests {
     #[test]
     fn shapes_params_and_random_weights() {
         let mut g = GraphBuilder::new("toy", 12, [3, 9, 9]);
-        let c = g.conv("backbone.conv1", g.input(), ConvSpec::square(8, 3, 2, 1), Some("backbone.bn1")).unwrap();
+        let c = g
+            .conv(
+                "backbone.conv1",
+                g.input(),
+                ConvSpec::square(8, 3, 2, 1),
+                Some("backbone.bn1"),
+            )
+            .unwrap();
         assert_eq!(g.shape(c), [8, 5, 5]);
         let r = g.block_relu("stem", c, vec![BlockSize::RELU; 8]).unwrap();
         let p = g.max_pool("pool", r, [3, 3], [2, 2], [1, 1]).unwrap();
@@ -331,7 +485,10 @@ mod tests {
         assert_eq!(params[0].bias.as_deref(), Some("backbone.conv1.bias"));
         let w = random_weights(&model, 7);
         w.check_against(&model).unwrap();
-        assert_eq!(w.get("backbone.conv1.weight").unwrap().shape, vec![8, 3, 3, 3]);
+        assert_eq!(
+            w.get("backbone.conv1.weight").unwrap().shape,
+            vec![8, 3, 3, 3]
+        );
         assert_eq!(random_weights(&model, 7), w);
         assert_ne!(random_weights(&model, 8), w);
     }

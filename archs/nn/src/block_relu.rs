@@ -19,7 +19,7 @@
 use crate::error::{NnError, Result};
 use knapsec_core::BlockSize;
 use std::collections::BTreeMap;
-use tch::{Kind, Tensor};
+use tch::Tensor;
 
 /// How the channels of a layer are grouped.
 #[derive(Debug)]
@@ -73,8 +73,15 @@ fn patch_mask(x: &Tensor, bh: i64, bw: i64) -> Tensor {
     let means = x.avg_pool2d([bh, bw], [bh, bw], [0, 0], true, true, None::<i64>);
     let (_, _, hb, wb) = means.size4().expect("pooled map is 4-D");
     let signs = means.gt(0.0).to_kind(x.kind());
-    let full = signs.view([n, c, hb, 1, wb, 1]).expand([n, c, hb, bh, wb, bw], false).reshape([n, c, hb * bh, wb * bw]);
-    if hb * bh == h && wb * bw == w { full } else { full.narrow(2, 0, h).narrow(3, 0, w) }
+    let full = signs
+        .view([n, c, hb, 1, wb, 1])
+        .expand([n, c, hb, bh, wb, bw], false)
+        .reshape([n, c, hb * bh, wb * bw]);
+    if hb * bh == h && wb * bw == w {
+        full
+    } else {
+        full.narrow(2, 0, h).narrow(3, 0, w)
+    }
 }
 
 impl BlockRelu {
@@ -96,7 +103,12 @@ impl BlockRelu {
             by_kind.entry(kind_of(*b)).or_default().push(c as i64);
         }
         let plan = if by_kind.len() <= 1 {
-            match by_kind.keys().next().copied().unwrap_or(GroupKind::Identity) {
+            match by_kind
+                .keys()
+                .next()
+                .copied()
+                .unwrap_or(GroupKind::Identity)
+            {
                 GroupKind::Identity => Plan::Identity,
                 GroupKind::Relu => Plan::Relu,
                 GroupKind::Zero => Plan::Zero,
@@ -107,13 +119,19 @@ impl BlockRelu {
             let mut groups = Vec::with_capacity(by_kind.len());
             for (kind, channels) in by_kind {
                 order.extend_from_slice(&channels);
-                groups.push(Group { kind, channels: Tensor::from_slice(&channels) });
+                groups.push(Group {
+                    kind,
+                    channels: Tensor::from_slice(&channels),
+                });
             }
             let mut inverse = vec![0i64; blocks.len()];
             for (pos, &c) in order.iter().enumerate() {
                 inverse[c as usize] = pos as i64;
             }
-            Plan::Mixed { groups, inverse: Tensor::from_slice(&inverse) }
+            Plan::Mixed {
+                groups,
+                inverse: Tensor::from_slice(&inverse),
+            }
         };
         Ok(BlockRelu { blocks, plan })
     }
@@ -190,6 +208,7 @@ pub fn relu6(x: &Tensor) -> Tensor {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tch::Kind;
 
     fn p(h: u32, w: u32) -> BlockSize {
         BlockSize::Patch { h, w }
@@ -208,7 +227,10 @@ mod tests {
                     for i0 in (0..h).step_by(bh) {
                         for j0 in (0..w).step_by(bw) {
                             let (i1, j1) = ((i0 + bh).min(h), (j0 + bw).min(w));
-                            let s: f32 = (i0..i1).flat_map(|i| (j0..j1).map(move |j| (i, j))).map(|(i, j)| x[at(i, j)]).sum();
+                            let s: f32 = (i0..i1)
+                                .flat_map(|i| (j0..j1).map(move |j| (i, j)))
+                                .map(|(i, j)| x[at(i, j)])
+                                .sum();
                             if s <= 0.0 {
                                 (i0..i1).for_each(|i| (j0..j1).for_each(|j| y[at(i, j)] = 0.0));
                             }
@@ -226,7 +248,16 @@ mod tests {
         let (h, w) = (7, 5);
         let cases = vec![
             vec![p(2, 2); 3],
-            vec![p(1, 1), p(3, 2), BlockSize::Identity, p(3, 2), BlockSize::Zero, p(9, 9), p(1, 5), p(7, 1)],
+            vec![
+                p(1, 1),
+                p(3, 2),
+                BlockSize::Identity,
+                p(3, 2),
+                BlockSize::Zero,
+                p(9, 9),
+                p(1, 5),
+                p(7, 1),
+            ],
             vec![BlockSize::Identity; 2],
             vec![BlockSize::Zero; 2],
             vec![BlockSize::RELU; 2],
@@ -237,14 +268,24 @@ mod tests {
             let xs: Vec<f32> = Vec::try_from(x.flatten(0, -1)).unwrap();
             let br = BlockRelu::new(blocks.clone()).unwrap();
             let y: Vec<f32> = Vec::try_from(br.forward(&x).unwrap().flatten(0, -1)).unwrap();
-            assert_eq!(y, naive(&xs, c, h as usize, w as usize, &blocks), "{blocks:?}");
+            assert_eq!(
+                y,
+                naive(&xs, c, h as usize, w as usize, &blocks),
+                "{blocks:?}"
+            );
         }
     }
 
     #[test]
     fn gradient_is_the_mask() {
-        let blocks = vec![p(2, 3), BlockSize::Identity, BlockSize::RELU, BlockSize::Zero];
-        let x = Tensor::randn([2, 4, 5, 5], (Kind::Float, tch::Device::Cpu)).set_requires_grad(true);
+        let blocks = vec![
+            p(2, 3),
+            BlockSize::Identity,
+            BlockSize::RELU,
+            BlockSize::Zero,
+        ];
+        let x =
+            Tensor::randn([2, 4, 5, 5], (Kind::Float, tch::Device::Cpu)).set_requires_grad(true);
         let br = BlockRelu::new(blocks).unwrap();
         let y = br.forward(&x).unwrap();
         y.sum(Kind::Float).backward();
@@ -259,7 +300,17 @@ mod tests {
     fn wrong_channel_count_is_an_error() {
         let br = BlockRelu::new(vec![BlockSize::RELU; 3]).unwrap();
         let x = Tensor::zeros([1, 4, 2, 2], (Kind::Float, tch::Device::Cpu));
-        assert!(matches!(br.forward(&x), Err(NnError::WrongChannelCount { expected: 3, found: 4, .. })));
-        assert!(br.forward(&Tensor::zeros([4, 2, 2], (Kind::Float, tch::Device::Cpu))).is_err());
+        assert!(matches!(
+            br.forward(&x),
+            Err(NnError::WrongChannelCount {
+                expected: 3,
+                found: 4,
+                ..
+            })
+        ));
+        assert!(
+            br.forward(&Tensor::zeros([4, 2, 2], (Kind::Float, tch::Device::Cpu)))
+                .is_err()
+        );
     }
 }

@@ -34,12 +34,18 @@ pub fn export(network: &Network, frac_bits: u32) -> Result<(SecureModel, ModelWe
 }
 
 /// Folds BatchNorms into their convolutions: graph tensor name → f64 tensor (CPU).
-pub fn fold_params(arch: &str, vars: &HashMap<String, Tensor>, params: &[ParamSource]) -> Result<BTreeMap<String, Tensor>> {
+pub fn fold_params(
+    arch: &str,
+    vars: &HashMap<String, Tensor>,
+    params: &[ParamSource],
+) -> Result<BTreeMap<String, Tensor>> {
     let get = |key: String| -> Result<Tensor> {
-        vars.get(&key).map(|t| t.detach().to_device(Device::Cpu).to_kind(Kind::Double)).ok_or_else(|| NnError::Export {
-            arch: arch.to_string(),
-            message: format!("the network has no variable {key:?}"),
-        })
+        vars.get(&key)
+            .map(|t| t.detach().to_device(Device::Cpu).to_kind(Kind::Double))
+            .ok_or_else(|| NnError::Export {
+                arch: arch.to_string(),
+                message: format!("the network has no variable {key:?}"),
+            })
     };
     let _guard = tch::no_grad_guard();
     let mut out = BTreeMap::new();
@@ -76,8 +82,11 @@ pub fn quantize(tensors: &BTreeMap<String, Tensor>, frac_bits: u32) -> ModelWeig
     let mut weights = ModelWeights::default();
     for (name, t) in tensors {
         let shape = t.size().iter().map(|&d| d as usize).collect();
-        let data: Vec<i64> = Vec::try_from((t * scale).round().to_kind(Kind::Int64).flatten(0, -1)).expect("i64 tensor");
-        weights.tensors.insert(name.clone(), FixedTensor { shape, data });
+        let data: Vec<i64> = Vec::try_from((t * scale).round().to_kind(Kind::Int64).flatten(0, -1))
+            .expect("i64 tensor");
+        weights
+            .tensors
+            .insert(name.clone(), FixedTensor { shape, data });
     }
     weights
 }
@@ -85,7 +94,10 @@ pub fn quantize(tensors: &BTreeMap<String, Tensor>, frac_bits: u32) -> ModelWeig
 /// Decodes a fixed-point tensor to an f64 tensor of its shape.
 pub fn dequantize(t: &FixedTensor, frac_bits: u32) -> Tensor {
     let shape: Vec<i64> = t.shape.iter().map(|&d| d as i64).collect();
-    Tensor::from_slice(&t.data).to_kind(Kind::Double).reshape(shape) / (1u64 << frac_bits) as f64
+    Tensor::from_slice(&t.data)
+        .to_kind(Kind::Double)
+        .reshape(shape)
+        / (1u64 << frac_bits) as f64
 }
 
 /// Runs `model` in f64 on `x` (`[N, C, H, W]`), with `weights` decoded from fixed point.
@@ -116,18 +128,42 @@ pub fn eval_graph(model: &SecureModel, weights: &ModelWeights, x: &Tensor) -> Re
                 }
                 x.to_kind(Kind::Double)
             }
-            Op::Conv2d { weight, bias, stride, padding, dilation, groups, .. } => {
+            Op::Conv2d {
+                weight,
+                bias,
+                stride,
+                padding,
+                dilation,
+                groups,
+                ..
+            } => {
                 let b = bias.as_ref().map(|b| w(i, b)).transpose()?;
                 let to = |a: &[u32; 2]| [i64::from(a[0]), i64::from(a[1])];
-                input(0).conv2d(&w(i, weight)?, b.as_ref(), to(stride), to(padding), to(dilation), i64::from(*groups))
+                input(0).conv2d(
+                    &w(i, weight)?,
+                    b.as_ref(),
+                    to(stride),
+                    to(padding),
+                    to(dilation),
+                    i64::from(*groups),
+                )
             }
             Op::Linear { weight, bias } => {
                 let b = bias.as_ref().map(|b| w(i, b)).transpose()?;
-                input(0).flatten(1, -1).linear(&w(i, weight)?, b.as_ref()).unsqueeze(-1).unsqueeze(-1)
+                input(0)
+                    .flatten(1, -1)
+                    .linear(&w(i, weight)?, b.as_ref())
+                    .unsqueeze(-1)
+                    .unsqueeze(-1)
             }
             Op::BlockRelu { blocks, .. } => BlockRelu::new(blocks.clone())?.forward(input(0))?,
             Op::Relu6 { .. } => relu6(input(0)),
-            Op::AvgPool { kernel, stride, padding, count_include_pad } => input(0).avg_pool2d(
+            Op::AvgPool {
+                kernel,
+                stride,
+                padding,
+                count_include_pad,
+            } => input(0).avg_pool2d(
                 [i64::from(kernel[0]), i64::from(kernel[1])],
                 [i64::from(stride[0]), i64::from(stride[1])],
                 [i64::from(padding[0]), i64::from(padding[1])],
@@ -135,7 +171,11 @@ pub fn eval_graph(model: &SecureModel, weights: &ModelWeights, x: &Tensor) -> Re
                 *count_include_pad,
                 None::<i64>,
             ),
-            Op::MaxPool { kernel, stride, padding } => input(0).max_pool2d(
+            Op::MaxPool {
+                kernel,
+                stride,
+                padding,
+            } => input(0).max_pool2d(
                 [i64::from(kernel[0]), i64::from(kernel[1])],
                 [i64::from(stride[0]), i64::from(stride[1])],
                 [i64::from(padding[0]), i64::from(padding[1])],
@@ -156,7 +196,9 @@ pub fn eval_graph(model: &SecureModel, weights: &ModelWeights, x: &Tensor) -> Re
             }
             Op::Broadcast { height, width } => {
                 let s = input(0).size();
-                input(0).expand([s[0], s[1], i64::from(*height), i64::from(*width)], false).contiguous()
+                input(0)
+                    .expand([s[0], s[1], i64::from(*height), i64::from(*width)], false)
+                    .contiguous()
             }
         };
         values.push(y);

@@ -58,7 +58,10 @@ pub trait BlockNet: Send + std::fmt::Debug {
         self.block_names()
             .iter()
             .position(|b| b == name)
-            .ok_or_else(|| NnError::UnknownBlock { arch: self.arch().to_string(), block: name.to_string() })
+            .ok_or_else(|| NnError::UnknownBlock {
+                arch: self.arch().to_string(),
+                block: name.to_string(),
+            })
     }
 
     /// Index of the block in which ReLU layer `layer` lives.
@@ -71,7 +74,11 @@ pub trait BlockNet: Send + std::fmt::Debug {
     fn forward_from(&self, start: usize, x: &Tensor, train: bool) -> Result<Tensor> {
         let count = self.block_names().len();
         if start >= count {
-            return Err(NnError::BlockOutOfRange { arch: self.arch().to_string(), index: start, count });
+            return Err(NnError::BlockOutOfRange {
+                arch: self.arch().to_string(),
+                index: start,
+                count,
+            });
         }
         if start == 0 {
             check_input(self.arch(), self.input_shape(), x)?;
@@ -149,7 +156,9 @@ pub fn run_block_injected<N: BlockNet + ?Sized>(
     let v = stacked_variants(net.arch(), act, input)?;
     let repeated = repeat_rows(input, v);
     let injected = act.shallow_clone();
-    let previous = net.slots().set_tap(Some(Box::new(move |id, _x| (id == slot).then(|| injected.shallow_clone()))));
+    let previous = net.slots().set_tap(Some(Box::new(move |id, _x| {
+        (id == slot).then(|| injected.shallow_clone())
+    })));
     let y = net.run_block(index, &repeated, train);
     net.slots().set_tap(previous);
     Ok(y)
@@ -158,12 +167,17 @@ pub fn run_block_injected<N: BlockNet + ?Sized>(
 /// Number `V` of variants stacked in `act` (`V·N` rows) over `input` (`N` rows); an error when
 /// the row counts do not divide.
 pub fn stacked_variants(arch: &str, act: &Tensor, input: &Tensor) -> Result<i64> {
-    let (rows, n) = (act.size().first().copied().unwrap_or(0), input.size().first().copied().unwrap_or(0));
+    let (rows, n) = (
+        act.size().first().copied().unwrap_or(0),
+        input.size().first().copied().unwrap_or(0),
+    );
     if n == 0 || rows == 0 || rows % n != 0 {
         return Err(NnError::BadOption {
             arch: arch.to_string(),
             option: "stacked variants",
-            reason: format!("{rows} rows of slot output do not stack over a block input of {n} rows"),
+            reason: format!(
+                "{rows} rows of slot output do not stack over a block input of {n} rows"
+            ),
         });
     }
     Ok(rows / n)
@@ -211,22 +225,33 @@ inventory::collect!(NetRegistration);
 
 /// Names of every network builder linked in, sorted.
 pub fn net_names() -> Vec<&'static str> {
-    let mut names: Vec<&'static str> = inventory::iter::<NetRegistration>.into_iter().map(|r| r.name).collect();
+    let mut names: Vec<&'static str> = inventory::iter::<NetRegistration>
+        .into_iter()
+        .map(|r| r.name)
+        .collect();
     names.sort_unstable();
     names
 }
 
 /// The builder registered for `name`; an error lists the available ones or names a duplicate.
 pub fn net_builder(name: &str) -> Result<NetBuilder> {
-    let mut found = inventory::iter::<NetRegistration>.into_iter().filter(|r| r.name == name);
+    let mut found = inventory::iter::<NetRegistration>
+        .into_iter()
+        .filter(|r| r.name == name);
     match (found.next(), found.next()) {
         (Some(r), None) => Ok(r.build),
-        (Some(_), Some(_)) => Err(NnError::DuplicateNet { name: name.to_string() }),
+        (Some(_), Some(_)) => Err(NnError::DuplicateNet {
+            name: name.to_string(),
+        }),
         (None, _) => {
             let names = net_names();
             Err(NnError::NoSuchNet {
                 name: name.to_string(),
-                available: if names.is_empty() { "none".into() } else { names.join(", ") },
+                available: if names.is_empty() {
+                    "none".into()
+                } else {
+                    names.join(", ")
+                },
             })
         }
     }
@@ -266,7 +291,10 @@ impl Network {
     }
 
     /// Exports the network with its current activations as a secure model (see [`crate::export`]).
-    pub fn export(&self, frac_bits: u32) -> Result<(SecureModel, knapsec_core::graph::ModelWeights)> {
+    pub fn export(
+        &self,
+        frac_bits: u32,
+    ) -> Result<(SecureModel, knapsec_core::graph::ModelWeights)> {
         crate::export::export(self, frac_bits)
     }
 }

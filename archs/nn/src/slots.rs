@@ -88,14 +88,25 @@ struct SlotTap(std::cell::RefCell<Option<SlotTapFn>>);
 
 impl std::fmt::Debug for SlotTap {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(if self.0.try_borrow().map(|t| t.is_some()).unwrap_or(true) { "SlotTap(set)" } else { "SlotTap(none)" })
+        f.write_str(
+            if self.0.try_borrow().map(|t| t.is_some()).unwrap_or(true) {
+                "SlotTap(set)"
+            } else {
+                "SlotTap(none)"
+            },
+        )
     }
 }
 
 impl Slots {
     /// No slots yet, for architecture `arch`.
     pub fn new(arch: impl Into<String>) -> Self {
-        Slots { arch: arch.into(), slots: Vec::new(), index: HashMap::new(), tap: SlotTap::default() }
+        Slots {
+            arch: arch.into(),
+            slots: Vec::new(),
+            index: HashMap::new(),
+            tap: SlotTap::default(),
+        }
     }
 
     /// Adds a slot for `layer`, living in block `block`, built with activation `kind`.
@@ -104,7 +115,12 @@ impl Slots {
             return Err(NnError::DuplicateLayer { layer: layer.name });
         }
         self.index.insert(layer.name.clone(), self.slots.len());
-        self.slots.push(Slot { layer, block, kind, act: Activation::of_kind(kind) });
+        self.slots.push(Slot {
+            layer,
+            block,
+            kind,
+            act: Activation::of_kind(kind),
+        });
         Ok(SlotId(self.slots.len() - 1))
     }
 
@@ -155,12 +171,18 @@ impl Slots {
         self.index
             .get(layer)
             .map(|&i| SlotId(i))
-            .ok_or_else(|| NnError::UnknownLayer { arch: self.arch.clone(), layer: layer.to_string() })
+            .ok_or_else(|| NnError::UnknownLayer {
+                arch: self.arch.clone(),
+                layer: layer.to_string(),
+            })
     }
 
     /// The layer table of the slots (shapes at the size the network was built for).
     pub fn layer_table(&self) -> Result<LayerTable> {
-        Ok(LayerTable::new(self.arch.clone(), self.slots.iter().map(|s| s.layer.clone()).collect())?)
+        Ok(LayerTable::new(
+            self.arch.clone(),
+            self.slots.iter().map(|s| s.layer.clone()).collect(),
+        )?)
     }
 
     /// Puts `act` into `layer`'s slot; a block ReLU must have the layer's channel count.
@@ -192,7 +214,11 @@ impl Slots {
         };
         let expected = self.get(layer)?.layer.channels as usize;
         if blocks.len() != expected {
-            return Err(NnError::WrongChannelCount { layer: layer.to_string(), expected, found: blocks.len() });
+            return Err(NnError::WrongChannelCount {
+                layer: layer.to_string(),
+                expected,
+                found: blocks.len(),
+            });
         }
         self.set(layer, act)
     }
@@ -202,13 +228,20 @@ impl Slots {
     /// every layer must exist and have the right channel count. Nothing changes on error.
     pub fn apply_spec(&mut self, spec: &BlockSpec) -> Result<()> {
         if !spec.arch.is_empty() && spec.arch != self.arch {
-            return Err(knapsec_core::CoreError::WrongArchitecture { expected: self.arch.clone(), found: spec.arch.clone() }
-                .into());
+            return Err(knapsec_core::CoreError::WrongArchitecture {
+                expected: self.arch.clone(),
+                found: spec.arch.clone(),
+            }
+            .into());
         }
         for (layer, blocks) in &spec.layers {
             let expected = self.get(layer)?.layer.channels as usize;
             if blocks.len() != expected {
-                return Err(NnError::WrongChannelCount { layer: layer.clone(), expected, found: blocks.len() });
+                return Err(NnError::WrongChannelCount {
+                    layer: layer.clone(),
+                    expected,
+                    found: blocks.len(),
+                });
             }
         }
         for (layer, blocks) in &spec.layers {
@@ -257,29 +290,61 @@ mod tests {
     #[test]
     fn swap_and_reset() {
         let mut slots = Slots::new("toy");
-        let a = slots.add(ReluLayer::new("a", 2, 4, 4), 0, SlotKind::Relu).unwrap();
-        slots.add(ReluLayer::new("b", 3, 2, 2), 1, SlotKind::Relu6).unwrap();
-        assert!(slots.add(ReluLayer::new("a", 2, 4, 4), 0, SlotKind::Relu).is_err());
+        let a = slots
+            .add(ReluLayer::new("a", 2, 4, 4), 0, SlotKind::Relu)
+            .unwrap();
+        slots
+            .add(ReluLayer::new("b", 3, 2, 2), 1, SlotKind::Relu6)
+            .unwrap();
+        assert!(
+            slots
+                .add(ReluLayer::new("a", 2, 4, 4), 0, SlotKind::Relu)
+                .is_err()
+        );
         let x = Tensor::from_slice(&[-1.0f32, 2.0]).view([1, 2, 1, 1]);
-        assert_eq!(Vec::<f32>::try_from(slots.run(a, &x).flatten(0, -1)).unwrap(), vec![0.0, 2.0]);
+        assert_eq!(
+            Vec::<f32>::try_from(slots.run(a, &x).flatten(0, -1)).unwrap(),
+            vec![0.0, 2.0]
+        );
         slots.set("a", Activation::Identity).unwrap();
-        assert_eq!(Vec::<f32>::try_from(slots.run(a, &x).flatten(0, -1)).unwrap(), vec![-1.0, 2.0]);
-        assert!(matches!(slots.set_blocks("a", &[BlockSize::RELU]), Err(NnError::WrongChannelCount { .. })));
-        assert!(matches!(slots.set("zz", Activation::Relu), Err(NnError::UnknownLayer { .. })));
+        assert_eq!(
+            Vec::<f32>::try_from(slots.run(a, &x).flatten(0, -1)).unwrap(),
+            vec![-1.0, 2.0]
+        );
+        assert!(matches!(
+            slots.set_blocks("a", &[BlockSize::RELU]),
+            Err(NnError::WrongChannelCount { .. })
+        ));
+        assert!(matches!(
+            slots.set("zz", Activation::Relu),
+            Err(NnError::UnknownLayer { .. })
+        ));
 
         let mut spec = BlockSpec::new("toy");
-        spec.layers.insert("a".into(), vec![BlockSize::Patch { h: 2, w: 2 }, BlockSize::Identity]);
+        spec.layers.insert(
+            "a".into(),
+            vec![BlockSize::Patch { h: 2, w: 2 }, BlockSize::Identity],
+        );
         slots.apply_spec(&spec).unwrap();
         assert_eq!(slots.to_spec().layers["a"], spec.layers["a"]);
-        assert!(!slots.to_spec().layers.contains_key("b"), "ReLU6 slots have no block list");
+        assert!(
+            !slots.to_spec().layers.contains_key("b"),
+            "ReLU6 slots have no block list"
+        );
         let mut bad = spec.clone();
         bad.layers.insert("b".into(), vec![BlockSize::RELU; 2]);
         assert!(slots.apply_spec(&bad).is_err());
         bad.arch = "other".into();
         assert!(slots.apply_spec(&bad).is_err());
         slots.reset();
-        assert_eq!(slots.current_blocks("a").unwrap(), Some(vec![BlockSize::RELU; 2]));
-        let y = slots.run(SlotId(1), &Tensor::full([1, 3, 2, 2], 9.0, (Kind::Float, Device::Cpu)));
+        assert_eq!(
+            slots.current_blocks("a").unwrap(),
+            Some(vec![BlockSize::RELU; 2])
+        );
+        let y = slots.run(
+            SlotId(1),
+            &Tensor::full([1, 3, 2, 2], 9.0, (Kind::Float, Device::Cpu)),
+        );
         assert_eq!(f64::try_from(y.max()).unwrap(), 6.0);
         assert_eq!(slots.layer_table().unwrap().drelus(), 32 + 12);
     }

@@ -20,19 +20,32 @@ pub const WEIGHTS_FORMAT: &str = "knapsec-weights/1";
 const NUM_BATCHES: &str = ".num_batches_tracked";
 
 fn element_bytes(t: &Tensor) -> (safetensors::Dtype, Vec<u8>) {
-    let t = t.detach().to_device(tch::Device::Cpu).contiguous().flatten(0, -1);
+    let t = t
+        .detach()
+        .to_device(tch::Device::Cpu)
+        .contiguous()
+        .flatten(0, -1);
     match t.kind() {
         Kind::Double => {
             let v: Vec<f64> = Vec::try_from(&t).expect("f64 tensor");
-            (safetensors::Dtype::F64, v.iter().flat_map(|x| x.to_le_bytes()).collect())
+            (
+                safetensors::Dtype::F64,
+                v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+            )
         }
         Kind::Int64 => {
             let v: Vec<i64> = Vec::try_from(&t).expect("i64 tensor");
-            (safetensors::Dtype::I64, v.iter().flat_map(|x| x.to_le_bytes()).collect())
+            (
+                safetensors::Dtype::I64,
+                v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+            )
         }
         _ => {
             let v: Vec<f32> = Vec::try_from(&t.to_kind(Kind::Float)).expect("f32 tensor");
-            (safetensors::Dtype::F32, v.iter().flat_map(|x| x.to_le_bytes()).collect())
+            (
+                safetensors::Dtype::F32,
+                v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+            )
         }
     }
 }
@@ -48,7 +61,12 @@ pub fn save(vs: &nn::VarStore, path: &Path, arch: &str) -> Result<()> {
         if let Some(prefix) = name.strip_suffix(".running_mean") {
             let key = format!("{prefix}{NUM_BATCHES}");
             if !vars.contains_key(&key) {
-                entries.push((key, safetensors::Dtype::I64, vec![], 0i64.to_le_bytes().to_vec()));
+                entries.push((
+                    key,
+                    safetensors::Dtype::I64,
+                    vec![],
+                    0i64.to_le_bytes().to_vec(),
+                ));
             }
         }
     }
@@ -57,13 +75,21 @@ pub fn save(vs: &nn::VarStore, path: &Path, arch: &str) -> Result<()> {
         .map(|(n, d, s, b)| {
             safetensors::tensor::TensorView::new(*d, s.clone(), b)
                 .map(|v| (n.clone(), v))
-                .map_err(|e| NnError::WeightFile { path: path.into(), message: format!("tensor {n:?}: {e}") })
+                .map_err(|e| NnError::WeightFile {
+                    path: path.into(),
+                    message: format!("tensor {n:?}: {e}"),
+                })
         })
         .collect::<Result<Vec<_>>>()?;
-    let meta: HashMap<String, String> =
-        [("arch".to_string(), arch.to_string()), ("format".to_string(), WEIGHTS_FORMAT.to_string())].into();
-    let bytes = safetensors::serialize(views, Some(meta))
-        .map_err(|e| NnError::WeightFile { path: path.into(), message: e.to_string() })?;
+    let meta: HashMap<String, String> = [
+        ("arch".to_string(), arch.to_string()),
+        ("format".to_string(), WEIGHTS_FORMAT.to_string()),
+    ]
+    .into();
+    let bytes = safetensors::serialize(views, Some(meta)).map_err(|e| NnError::WeightFile {
+        path: path.into(),
+        message: e.to_string(),
+    })?;
     knapsec_core::fsutil::write_atomic(path, &bytes)?;
     Ok(())
 }
@@ -73,13 +99,22 @@ fn to_tensor(path: &Path, key: &str, view: &safetensors::tensor::TensorView<'_>)
     let data = view.data();
     let t = match view.dtype() {
         Dtype::F32 => Tensor::from_slice(
-            &data.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect::<Vec<_>>(),
+            &data
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+                .collect::<Vec<_>>(),
         ),
         Dtype::F64 => Tensor::from_slice(
-            &data.chunks_exact(8).map(|c| f64::from_le_bytes(c.try_into().unwrap())).collect::<Vec<_>>(),
+            &data
+                .chunks_exact(8)
+                .map(|c| f64::from_le_bytes(c.try_into().unwrap()))
+                .collect::<Vec<_>>(),
         ),
         Dtype::I64 => Tensor::from_slice(
-            &data.chunks_exact(8).map(|c| i64::from_le_bytes(c.try_into().unwrap())).collect::<Vec<_>>(),
+            &data
+                .chunks_exact(8)
+                .map(|c| i64::from_le_bytes(c.try_into().unwrap()))
+                .collect::<Vec<_>>(),
         ),
         Dtype::F16 => Tensor::from_slice(
             &data
@@ -94,7 +129,11 @@ fn to_tensor(path: &Path, key: &str, view: &safetensors::tensor::TensorView<'_>)
                 .collect::<Vec<_>>(),
         ),
         other => {
-            return Err(NnError::UnsupportedDtype { path: path.into(), key: key.into(), dtype: format!("{other:?}") });
+            return Err(NnError::UnsupportedDtype {
+                path: path.into(),
+                key: key.into(),
+                dtype: format!("{other:?}"),
+            });
         }
     };
     let shape: Vec<i64> = view.shape().iter().map(|&d| d as i64).collect();
@@ -106,7 +145,11 @@ fn list(title: &str, items: &[String], out: &mut String) {
         return;
     }
     const SHOWN: usize = 20;
-    out.push_str(&format!("\n  {title} ({}): {}", items.len(), items[..items.len().min(SHOWN)].join(", ")));
+    out.push_str(&format!(
+        "\n  {title} ({}): {}",
+        items.len(),
+        items[..items.len().min(SHOWN)].join(", ")
+    ));
     if items.len() > SHOWN {
         out.push_str(&format!(", … and {} more", items.len() - SHOWN));
     }
@@ -114,10 +157,18 @@ fn list(title: &str, items: &[String], out: &mut String) {
 
 /// Loads `path` into `vs`. `import_key` maps each file key to this network's key. The file's
 /// `arch` metadata, when present, must equal `arch`.
-pub fn load(vs: &mut nn::VarStore, path: &Path, arch: &str, import_key: &dyn Fn(&str) -> String) -> Result<()> {
+pub fn load(
+    vs: &mut nn::VarStore,
+    path: &Path,
+    arch: &str,
+    import_key: &dyn Fn(&str) -> String,
+) -> Result<()> {
     let bytes = knapsec_core::fsutil::read(path)?;
-    let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes)
-        .map_err(|e| NnError::WeightFile { path: path.into(), message: format!("not a safetensors file: {e}") })?;
+    let (_, meta) =
+        safetensors::SafeTensors::read_metadata(&bytes).map_err(|e| NnError::WeightFile {
+            path: path.into(),
+            message: format!("not a safetensors file: {e}"),
+        })?;
     if let Some(found) = meta.metadata().as_ref().and_then(|m| m.get("arch"))
         && found != arch
     {
@@ -126,8 +177,10 @@ pub fn load(vs: &mut nn::VarStore, path: &Path, arch: &str, import_key: &dyn Fn(
             message: format!("weights are for architecture {found:?}, not {arch:?}"),
         });
     }
-    let st = safetensors::SafeTensors::deserialize(&bytes)
-        .map_err(|e| NnError::WeightFile { path: path.into(), message: e.to_string() })?;
+    let st = safetensors::SafeTensors::deserialize(&bytes).map_err(|e| NnError::WeightFile {
+        path: path.into(),
+        message: e.to_string(),
+    })?;
     let vars = vs.variables();
     let mut missing: Vec<String> = Vec::new();
     let mut unexpected: Vec<String> = Vec::new();
@@ -139,11 +192,21 @@ pub fn load(vs: &mut nn::VarStore, path: &Path, arch: &str, import_key: &dyn Fn(
             continue;
         }
         match vars.get(&key) {
-            None => unexpected.push(if &key == file_key { key } else { format!("{file_key} (as {key})") }),
+            None => unexpected.push(if &key == file_key {
+                key
+            } else {
+                format!("{file_key} (as {key})")
+            }),
             Some(var) => {
-                let view = st.tensor(file_key).map_err(|e| NnError::WeightFile { path: path.into(), message: e.to_string() })?;
+                let view = st.tensor(file_key).map_err(|e| NnError::WeightFile {
+                    path: path.into(),
+                    message: e.to_string(),
+                })?;
                 use safetensors::Dtype;
-                if !matches!(view.dtype(), Dtype::F32 | Dtype::F64 | Dtype::F16 | Dtype::BF16 | Dtype::I64) {
+                if !matches!(
+                    view.dtype(),
+                    Dtype::F32 | Dtype::F64 | Dtype::F16 | Dtype::BF16 | Dtype::I64
+                ) {
                     return Err(NnError::UnsupportedDtype {
                         path: path.into(),
                         key: file_key.to_string(),
@@ -167,12 +230,19 @@ pub fn load(vs: &mut nn::VarStore, path: &Path, arch: &str, import_key: &dyn Fn(
         list("missing keys", &missing, &mut details);
         list("unexpected keys", &unexpected, &mut details);
         list("wrongly shaped keys", &wrong, &mut details);
-        return Err(NnError::WeightMismatch { path: path.into(), arch: arch.into(), details });
+        return Err(NnError::WeightMismatch {
+            path: path.into(),
+            arch: arch.into(),
+            details,
+        });
     }
     let _guard = tch::no_grad_guard();
     for (key, var) in vars {
         let file_key = &found[&key];
-        let view = st.tensor(file_key).map_err(|e| NnError::WeightFile { path: path.into(), message: e.to_string() })?;
+        let view = st.tensor(file_key).map_err(|e| NnError::WeightFile {
+            path: path.into(),
+            message: e.to_string(),
+        })?;
         let t = to_tensor(path, file_key, &view)?;
         let mut var = var;
         var.copy_(&t.to_kind(var.kind()).to_device(var.device()));

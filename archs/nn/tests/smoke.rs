@@ -5,7 +5,16 @@ use tch::{Device, Kind, Tensor, nn, nn::ModuleT};
 #[test]
 fn libtorch_links_and_computes() {
     let vs = nn::VarStore::new(Device::Cpu);
-    let conv = nn::conv2d(vs.root() / "conv", 2, 3, 3, nn::ConvConfig { padding: 1, ..Default::default() });
+    let conv = nn::conv2d(
+        vs.root() / "conv",
+        2,
+        3,
+        3,
+        nn::ConvConfig {
+            padding: 1,
+            ..Default::default()
+        },
+    );
     let x = Tensor::ones([1, 2, 5, 5], (Kind::Float, Device::Cpu));
     let y = conv.forward_t(&x, false);
     assert_eq!(y.size(), vec![1, 3, 5, 5]);

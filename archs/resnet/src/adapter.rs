@@ -7,7 +7,9 @@
 
 use crate::plan::{RESNET18_CIFAR, RESNET50_IMAGENET, ResNetPlan};
 use knapsec_core::registry::ArchRegistration;
-use knapsec_core::{ArchAdapter, ArchOptions, BlockSize, LayerTable, ReluLayer, Result, candidates};
+use knapsec_core::{
+    ArchAdapter, ArchOptions, BlockSize, LayerTable, ReluLayer, Result, candidates,
+};
 use std::sync::Arc;
 
 /// Reference preset for square maps that have one, else the generated set (cap 16).
@@ -78,15 +80,26 @@ mod tests {
 
     #[test]
     fn reference_totals() {
-        assert_eq!(totals(&ResNet18Cifar, &ArchOptions::default()), (17, 3_904, 557_056));
-        assert_eq!(totals(&ResNet50ImageNet, &ArchOptions::default()), (49, 22_720, 9_608_704));
-        let avg = ArchOptions { variant: Some("avgpool-stem".into()), ..Default::default() };
+        assert_eq!(
+            totals(&ResNet18Cifar, &ArchOptions::default()),
+            (17, 3_904, 557_056)
+        );
+        assert_eq!(
+            totals(&ResNet50ImageNet, &ArchOptions::default()),
+            (49, 22_720, 9_608_704)
+        );
+        let avg = ArchOptions {
+            variant: Some("avgpool-stem".into()),
+            ..Default::default()
+        };
         assert_eq!(totals(&ResNet50ImageNet, &avg), (49, 22_720, 9_608_704));
     }
 
     #[test]
     fn reference_layer_shapes_and_presets() {
-        let t = ResNet50ImageNet.layer_table(&ArchOptions::default()).unwrap();
+        let t = ResNet50ImageNet
+            .layer_table(&ArchOptions::default())
+            .unwrap();
         let shape = |n: &str| {
             let l = t.get(n).unwrap();
             (l.channels, l.height, l.width)
@@ -101,12 +114,27 @@ mod tests {
         assert_eq!(t.layers[1].name, "layer1_0_1");
         assert_eq!(t.layers.last().unwrap().name, "layer4_2_3");
         // candidate-list lengths of the reference (digest §1.4, minus the trailing 1x0)
-        assert_eq!(ResNet50ImageNet.candidates(t.get("stem").unwrap()).len(), 100);
-        assert_eq!(ResNet50ImageNet.candidates(t.get("layer4_2_3").unwrap()).len(), 24);
+        assert_eq!(
+            ResNet50ImageNet.candidates(t.get("stem").unwrap()).len(),
+            100
+        );
+        assert_eq!(
+            ResNet50ImageNet
+                .candidates(t.get("layer4_2_3").unwrap())
+                .len(),
+            24
+        );
         let c = ResNet18Cifar.layer_table(&ArchOptions::default()).unwrap();
         let names: Vec<&str> = c.layers.iter().map(|l| l.name.as_str()).collect();
-        assert_eq!(&names[..4], ["stem", "layer1_0_1", "layer1_0_2", "layer1_1_1"]);
-        let sum: usize = c.layers.iter().map(|l| l.channels as usize * ResNet18Cifar.candidates(l).len()).sum();
+        assert_eq!(
+            &names[..4],
+            ["stem", "layer1_0_1", "layer1_0_2", "layer1_1_1"]
+        );
+        let sum: usize = c
+            .layers
+            .iter()
+            .map(|l| l.channels as usize * ResNet18Cifar.candidates(l).len())
+            .sum();
         // Σ C·|candidates| including the 1x0 entry is 109,568 in the reference (digest §2.5).
         assert_eq!(sum + c.channels() as usize, 109_568);
     }
@@ -123,7 +151,10 @@ mod tests {
         };
         let t = ResNet18Cifar.layer_table(&o).unwrap();
         let hw: Vec<u32> = t.layers.iter().map(|l| l.height).collect();
-        assert_eq!(hw, vec![28, 28, 28, 28, 28, 14, 14, 14, 14, 7, 7, 7, 7, 4, 4, 4, 4]);
+        assert_eq!(
+            hw,
+            vec![28, 28, 28, 28, 28, 14, 14, 14, 14, 7, 7, 7, 7, 4, 4, 4, 4]
+        );
         assert_eq!(t.layers.last().unwrap().channels, 128);
         // 28, 14, 7 and 4 all have reference presets
         assert_eq!(ResNet18Cifar.candidates(&t.layers[0]).len(), 79);
@@ -134,16 +165,28 @@ mod tests {
     #[test]
     fn bad_options_are_refused() {
         let bad = [
-            ArchOptions { variant: Some("avgpool-stem".into()), ..Default::default() },
-            ArchOptions { classes: Some(0), ..Default::default() },
-            ArchOptions { input_height: Some(2), input_width: Some(2), ..Default::default() },
+            ArchOptions {
+                variant: Some("avgpool-stem".into()),
+                ..Default::default()
+            },
+            ArchOptions {
+                classes: Some(0),
+                ..Default::default()
+            },
+            ArchOptions {
+                input_height: Some(0),
+                ..Default::default()
+            },
         ];
         for o in &bad {
             let e = ResNet18Cifar.layer_table(o).unwrap_err().to_string();
             assert!(e.contains("resnet18-cifar"), "{e}");
         }
         let e = ResNet50ImageNet
-            .layer_table(&ArchOptions { variant: Some("nope".into()), ..Default::default() })
+            .layer_table(&ArchOptions {
+                variant: Some("nope".into()),
+                ..Default::default()
+            })
             .unwrap_err()
             .to_string();
         assert!(e.contains("avgpool-stem"), "{e}");

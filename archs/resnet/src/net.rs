@@ -9,11 +9,11 @@ use crate::plan::{RESNET18_CIFAR, RESNET50_IMAGENET, ResNetPlan, StemPool, Unit,
 use knapsec_core::ArchOptions;
 use knapsec_core::graph::SecureModel;
 use knapsec_core::graph_build::ParamSource;
+use knapsec_nn::Result;
 use knapsec_nn::net::{BlockNet, NetRegistration};
 use knapsec_nn::slots::{SlotId, SlotKind, Slots};
-use knapsec_nn::Result;
+use tch::Tensor;
 use tch::nn::{self, ModuleT};
-use tch::{Kind, Tensor};
 
 #[derive(Debug)]
 struct ConvBn {
@@ -22,8 +22,22 @@ struct ConvBn {
 }
 
 impl ConvBn {
-    fn new(p: &nn::Path, conv: &str, bn: &str, i: u32, o: u32, k: u32, stride: u32, padding: u32) -> Self {
-        let cfg = nn::ConvConfig { stride: stride.into(), padding: padding.into(), bias: false, ..Default::default() };
+    fn new(
+        p: &nn::Path,
+        conv: &str,
+        bn: &str,
+        i: u32,
+        o: u32,
+        k: u32,
+        stride: u32,
+        padding: u32,
+    ) -> Self {
+        let cfg = nn::ConvConfig {
+            stride: stride.into(),
+            padding: padding.into(),
+            bias: false,
+            ..Default::default()
+        };
         ConvBn {
             conv: nn::conv2d(p / conv, i.into(), o.into(), k.into(), cfg),
             bn: nn::batch_norm2d(p / bn, o.into(), Default::default()),
@@ -57,7 +71,9 @@ pub struct ResNet {
 }
 
 fn unit_path<'a>(root: &nn::Path<'a>, u: &Unit) -> nn::Path<'a> {
-    u.module.split('.').fold(root / "", |p, part| if part.is_empty() { p } else { &p / part })
+    let mut parts = u.module.split('.');
+    let first = root / parts.next().unwrap_or("backbone");
+    parts.fold(first, |p, part| &p / part)
 }
 
 impl ResNet {
@@ -84,13 +100,51 @@ impl ResNet {
             let mut convs = Vec::new();
             match plan.kind {
                 UnitKind::Basic => {
-                    convs.push(ConvBn::new(&p, "conv1", "bn1", u.in_channels, u.planes, 3, u.stride, 1));
-                    convs.push(ConvBn::new(&p, "conv2", "bn2", u.planes, u.out_channels, 3, 1, 1));
+                    convs.push(ConvBn::new(
+                        &p,
+                        "conv1",
+                        "bn1",
+                        u.in_channels,
+                        u.planes,
+                        3,
+                        u.stride,
+                        1,
+                    ));
+                    convs.push(ConvBn::new(
+                        &p,
+                        "conv2",
+                        "bn2",
+                        u.planes,
+                        u.out_channels,
+                        3,
+                        1,
+                        1,
+                    ));
                 }
                 UnitKind::Bottleneck => {
-                    convs.push(ConvBn::new(&p, "conv1", "bn1", u.in_channels, u.planes, 1, 1, 0));
-                    convs.push(ConvBn::new(&p, "conv2", "bn2", u.planes, u.planes, 3, u.stride, 1));
-                    convs.push(ConvBn::new(&p, "conv3", "bn3", u.planes, u.out_channels, 1, 1, 0));
+                    convs.push(ConvBn::new(
+                        &p,
+                        "conv1",
+                        "bn1",
+                        u.in_channels,
+                        u.planes,
+                        1,
+                        1,
+                        0,
+                    ));
+                    convs.push(ConvBn::new(
+                        &p, "conv2", "bn2", u.planes, u.planes, 3, u.stride, 1,
+                    ));
+                    convs.push(ConvBn::new(
+                        &p,
+                        "conv3",
+                        "bn3",
+                        u.planes,
+                        u.out_channels,
+                        1,
+                        1,
+                        0,
+                    ));
                 }
             }
             let downsample = u.downsample.then(|| {
@@ -102,11 +156,33 @@ impl ResNet {
                 .into_iter()
                 .map(|layer| slots.add(layer, i + 1, SlotKind::Relu))
                 .collect::<Result<Vec<_>>>()?;
-            units.push(ResUnit { convs, slots: unit_slots, downsample });
+            units.push(ResUnit {
+                convs,
+                slots: unit_slots,
+                downsample,
+            });
         }
-        let last = plan.units.last().map(|u| u.out_channels).unwrap_or(plan.stem_channels);
-        let fc = nn::linear(root / "head" / "fc", last.into(), plan.classes.into(), Default::default());
-        Ok(ResNet { blocks: plan.block_names(), plan, options: options.clone(), stem, stem_slot, units, fc, slots })
+        let last = plan
+            .units
+            .last()
+            .map(|u| u.out_channels)
+            .unwrap_or(plan.stem_channels);
+        let fc = nn::linear(
+            root / "head" / "fc",
+            last.into(),
+            plan.classes.into(),
+            Default::default(),
+        );
+        Ok(ResNet {
+            blocks: plan.block_names(),
+            plan,
+            options: options.clone(),
+            stem,
+            stem_slot,
+            units,
+            fc,
+            slots,
+        })
     }
 
     /// The plan the network was built from.
@@ -157,7 +233,8 @@ impl BlockNet for ResNet {
         };
         let out = self.slots.run(unit.slots[n - 1], &(y + shortcut));
         if index == self.units.len() {
-            out.mean_dim([2i64, 3].as_slice(), false, Kind::Float).apply(&self.fc)
+            out.mean_dim([2i64, 3].as_slice(), false, out.kind())
+                .apply(&self.fc)
         } else {
             out
         }
@@ -165,7 +242,14 @@ impl BlockNet for ResNet {
 
     /// Continues block `index` right after `slot` (distortion passes start at the layer); the
     /// shortcut is computed once on the `N`-image `input` and broadcast over the `V` variants.
-    fn run_block_after_slot(&self, index: usize, slot: SlotId, act: &Tensor, input: &Tensor, train: bool) -> Result<Tensor> {
+    fn run_block_after_slot(
+        &self,
+        index: usize,
+        slot: SlotId,
+        act: &Tensor,
+        input: &Tensor,
+        train: bool,
+    ) -> Result<Tensor> {
         let after_stem = |y: Tensor| match self.plan.pool {
             StemPool::None => y,
             StemPool::Max => y.max_pool2d([3, 3], [2, 2], [1, 1], [1, 1], false),
@@ -198,11 +282,13 @@ impl BlockNet for ResNet {
             let mut grouped = y.size();
             grouped.insert(0, v);
             grouped[1] = shortcut.size()[0];
-            let sum = (y.view(grouped.as_slice()) + shortcut.unsqueeze(0)).view(y.size().as_slice());
+            let sum =
+                (y.view(grouped.as_slice()) + shortcut.unsqueeze(0)).view(y.size().as_slice());
             self.slots.run(unit.slots[n - 1], &sum)
         };
         Ok(if index == self.units.len() {
-            out.mean_dim([2i64, 3].as_slice(), false, Kind::Float).apply(&self.fc)
+            out.mean_dim([2i64, 3].as_slice(), false, out.kind())
+                .apply(&self.fc)
         } else {
             out
         })
@@ -217,7 +303,9 @@ impl BlockNet for ResNet {
     }
 
     fn secure_graph(&self, frac_bits: u32) -> Result<(SecureModel, Vec<ParamSource>)> {
-        Ok(self.plan.secure_graph(Some(&self.slots.to_spec()), frac_bits)?)
+        Ok(self
+            .plan
+            .secure_graph(Some(&self.slots.to_spec()), frac_bits)?)
     }
 
     fn import_key(&self, key: &str) -> String {

@@ -96,7 +96,11 @@ fn positive(arch: &str, option: &str, v: Option<u32>, default: u32) -> Result<u3
 fn out_hw(arch: &str, hw: (u32, u32), k: u32, s: u32, p: u32) -> Result<(u32, u32)> {
     match (window_out(hw.0, k, s, p, 1), window_out(hw.1, k, s, p, 1)) {
         (Some(h), Some(w)) => Ok((h, w)),
-        _ => Err(bad(arch, "input_height/input_width", format!("{}x{} is too small for this network", hw.0, hw.1))),
+        _ => Err(bad(
+            arch,
+            "input_height/input_width",
+            format!("{}x{} is too small for this network", hw.0, hw.1),
+        )),
     }
 }
 
@@ -109,34 +113,79 @@ impl ResNetPlan {
     ///   `variant: "avgpool-stem"` selects the reference's AvgPool stem (`"maxpool-stem"` is
     ///   the default).
     pub fn new(arch: &str, options: &ArchOptions) -> Result<Self> {
-        let (arch, kind, default_hw, default_classes, depths, pool): (&'static str, _, _, _, &[u32], _) = match arch {
+        let (arch, kind, default_hw, default_classes, depths, pool): (
+            &'static str,
+            _,
+            _,
+            _,
+            &[u32],
+            _,
+        ) = match arch {
             RESNET18_CIFAR => {
                 let pool = match options.variant.as_deref() {
                     None | Some("standard") => StemPool::None,
-                    Some(v) => return Err(bad(arch, "variant", format!("{v:?} is unknown (resnet18-cifar has only \"standard\")"))),
+                    Some(v) => {
+                        return Err(bad(
+                            arch,
+                            "variant",
+                            format!("{v:?} is unknown (resnet18-cifar has only \"standard\")"),
+                        ));
+                    }
                 };
-                (RESNET18_CIFAR, UnitKind::Basic, 32, 100, &[2, 2, 2, 2], pool)
+                (
+                    RESNET18_CIFAR,
+                    UnitKind::Basic,
+                    32,
+                    100,
+                    &[2, 2, 2, 2],
+                    pool,
+                )
             }
             RESNET50_IMAGENET => {
                 let pool = match options.variant.as_deref() {
                     None | Some("maxpool-stem") => StemPool::Max,
                     Some("avgpool-stem") => StemPool::Avg,
                     Some(v) => {
-                        return Err(bad(arch, "variant", format!("{v:?} is unknown (expected \"maxpool-stem\" or \"avgpool-stem\")")));
+                        return Err(bad(
+                            arch,
+                            "variant",
+                            format!(
+                                "{v:?} is unknown (expected \"maxpool-stem\" or \"avgpool-stem\")"
+                            ),
+                        ));
                     }
                 };
-                (RESNET50_IMAGENET, UnitKind::Bottleneck, 224, 1000, &[3, 4, 6, 3], pool)
+                (
+                    RESNET50_IMAGENET,
+                    UnitKind::Bottleneck,
+                    224,
+                    1000,
+                    &[3, 4, 6, 3],
+                    pool,
+                )
             }
-            other => return Err(CoreError::Invalid(format!("{other:?} is not a ResNet of this crate"))),
+            other => {
+                return Err(CoreError::Invalid(format!(
+                    "{other:?} is not a ResNet of this crate"
+                )));
+            }
         };
         let c = positive(arch, "input_channels", options.input_channels, 3)?;
         let h = positive(arch, "input_height", options.input_height, default_hw)?;
         let w = positive(arch, "input_width", options.input_width, default_hw)?;
         let classes = positive(arch, "classes", options.classes, default_classes)?;
         let width = positive(arch, "base_width", options.base_width, 64)?;
-        let (stem_kernel, stem_stride, stem_padding) = if kind == UnitKind::Basic { (3, 1, 1) } else { (7, 2, 3) };
+        let (stem_kernel, stem_stride, stem_padding) = if kind == UnitKind::Basic {
+            (3, 1, 1)
+        } else {
+            (7, 2, 3)
+        };
         let stem_hw = out_hw(arch, (h, w), stem_kernel, stem_stride, stem_padding)?;
-        let mut hw = if pool == StemPool::None { stem_hw } else { out_hw(arch, stem_hw, 3, 2, 1)? };
+        let mut hw = if pool == StemPool::None {
+            stem_hw
+        } else {
+            out_hw(arch, stem_hw, 3, 2, 1)?
+        };
         let expansion = if kind == UnitKind::Basic { 1 } else { 4 };
         let mut in_channels = width;
         let mut units = Vec::new();
@@ -178,7 +227,9 @@ impl ResNetPlan {
 
     /// Block names in execution order: `stem`, then one per unit.
     pub fn block_names(&self) -> Vec<String> {
-        std::iter::once("stem".to_string()).chain(self.units.iter().map(|u| u.name.clone())).collect()
+        std::iter::once("stem".to_string())
+            .chain(self.units.iter().map(|u| u.name.clone()))
+            .collect()
     }
 
     /// The ReLU layers of unit `u` with their shapes (`_1`, `_2`[, `_3`]).
@@ -213,14 +264,24 @@ impl ResNetPlan {
 
     /// The secure-model graph with the block sizes of `spec` (plain ReLU for layers it lacks,
     /// or everywhere when `spec` is `None`). The spec is validated against the layer table.
-    pub fn secure_graph(&self, spec: Option<&BlockSpec>, frac_bits: u32) -> Result<(SecureModel, Vec<ParamSource>)> {
+    pub fn secure_graph(
+        &self,
+        spec: Option<&BlockSpec>,
+        frac_bits: u32,
+    ) -> Result<(SecureModel, Vec<ParamSource>)> {
         let table = self.layer_table()?;
         if let Some(spec) = spec {
             if !spec.arch.is_empty() && spec.arch != self.arch {
-                return Err(CoreError::WrongArchitecture { expected: self.arch.into(), found: spec.arch.clone() });
+                return Err(CoreError::WrongArchitecture {
+                    expected: self.arch.into(),
+                    found: spec.arch.clone(),
+                });
             }
             for (name, blocks) in &spec.layers {
-                let layer = table.get(name).ok_or_else(|| CoreError::UnknownLayer { arch: self.arch.into(), layer: name.clone() })?;
+                let layer = table.get(name).ok_or_else(|| CoreError::UnknownLayer {
+                    arch: self.arch.into(),
+                    layer: name.clone(),
+                })?;
                 if blocks.len() != layer.channels as usize {
                     return Err(CoreError::WrongChannelCount {
                         layer: name.clone(),
@@ -236,7 +297,12 @@ impl ResNetPlan {
         };
         let (c, h, w) = self.input;
         let mut g = GraphBuilder::new(self.arch, frac_bits, [c, h, w]);
-        let stem = ConvSpec::square(self.stem_channels, self.stem_kernel, self.stem_stride, self.stem_padding);
+        let stem = ConvSpec::square(
+            self.stem_channels,
+            self.stem_kernel,
+            self.stem_stride,
+            self.stem_padding,
+        );
         let mut x = g.conv("backbone.conv1", g.input(), stem, Some("backbone.bn1"))?;
         x = g.block_relu("stem", x, blocks_of(&self.stem_layer()))?;
         x = match self.pool {
@@ -249,13 +315,21 @@ impl ResNetPlan {
             let m = &u.module;
             let shortcut = if u.downsample {
                 let spec = ConvSpec::square(u.out_channels, 1, u.stride, 0);
-                g.conv(&format!("{m}.downsample.0"), x, spec, Some(&format!("{m}.downsample.1")))?
+                g.conv(
+                    &format!("{m}.downsample.0"),
+                    x,
+                    spec,
+                    Some(&format!("{m}.downsample.1")),
+                )?
             } else {
                 x
             };
             let mut y = x;
             let convs: Vec<ConvSpec> = match self.kind {
-                UnitKind::Basic => vec![ConvSpec::square(u.planes, 3, u.stride, 1), ConvSpec::square(u.out_channels, 3, 1, 1)],
+                UnitKind::Basic => vec![
+                    ConvSpec::square(u.planes, 3, u.stride, 1),
+                    ConvSpec::square(u.out_channels, 3, 1, 1),
+                ],
                 UnitKind::Bottleneck => vec![
                     ConvSpec::square(u.planes, 1, 1, 0),
                     ConvSpec::square(u.planes, 3, u.stride, 1),
@@ -264,7 +338,12 @@ impl ResNetPlan {
             };
             let n = convs.len();
             for (k, spec) in convs.into_iter().enumerate() {
-                y = g.conv(&format!("{m}.conv{}", k + 1), y, spec, Some(&format!("{m}.bn{}", k + 1)))?;
+                y = g.conv(
+                    &format!("{m}.conv{}", k + 1),
+                    y,
+                    spec,
+                    Some(&format!("{m}.bn{}", k + 1)),
+                )?;
                 if k + 1 < n {
                     y = g.block_relu(&layers[k].name, y, blocks_of(&layers[k]))?;
                 }

@@ -1,0 +1,70 @@
+//! Distortion extraction on a small resnet18-cifar (digest §2): the engine, which starts each
+//! pass at the layer through `ResNet::run_block_after_slot` (shortcut broadcast over stacked
+//! variants, downsampling units, the head in the last block), gives the same table as the
+//! reference's one-variant-per-pass schedule from each layer's block.
+#![cfg(feature = "torch")]
+
+use knapsec_arch_resnet::{RESNET18_CIFAR, ResNet18Cifar};
+use knapsec_core::distortion::{DistortionTable, Provenance};
+use knapsec_core::{ArchAdapter, ArchOptions};
+use knapsec_nn::Network;
+use knapsec_nn::distortion::{self as engine, ExtractConfig, OutputMse, Schedule, sample, store};
+use knapsec_nn::tch::{Device, Kind};
+use std::sync::Arc;
+
+#[test]
+fn engine_equals_reference_schedule_on_resnet18() {
+    knapsec_nn::tch::manual_seed(3);
+    let options = ArchOptions {
+        input_height: Some(8),
+        input_width: Some(8),
+        base_width: Some(4),
+        classes: Some(5),
+        ..Default::default()
+    };
+    let mut net = Network::build(RESNET18_CIFAR, &options, Device::Cpu).unwrap();
+    // f64, so that the two schedules agree far below the tolerance; non-trivial BN statistics.
+    net.vs.set_kind(Kind::Double);
+    knapsec_nn::tch::no_grad(|| {
+        for (name, t) in net.vs.variables() {
+            if name.ends_with("running_var") {
+                let _ = t.uniform_(0.5, 2.0);
+            } else if name.ends_with("running_mean") || name.ends_with("bn1.bias") {
+                let _ = t.uniform_(-0.3, 0.3);
+            }
+        }
+    });
+    let layers = ResNet18Cifar.layer_table(&options).unwrap();
+    let prov = Provenance {
+        weights_hash: sample::weights_hash(&net.vs),
+        sample_seed: 1,
+        sample_count: 3,
+        metric: "output-mse".into(),
+    };
+    let skeleton = DistortionTable::unmeasured(&layers, |l| ResNet18Cifar.candidates(l), prov);
+    let images = sample::random_images([3, 8, 8], 3, 1).to_kind(Kind::Double);
+    let units = store::units(&skeleton, 4);
+    let run = |schedule: Schedule, workers: usize| {
+        let nets = engine::into_nets(engine::replicas(&net, workers).unwrap());
+        let config = ExtractConfig { schedule, batch: 2, ..ExtractConfig::default() };
+        engine::extract(nets, &images, skeleton.clone(), &units, Arc::new(OutputMse), &config, &mut |_| {})
+            .unwrap()
+    };
+    let (reference, _) = run(Schedule::Single, 1);
+    let (batched, stats) = run(Schedule::DEFAULT, 2);
+    batched.validate(&layers).unwrap();
+    assert!(stats.evaluated < stats.cells, "(1,1) at least is copied: {stats:?}");
+    let mut nonzero = 0;
+    for ((name, a), b) in reference.layers.iter().zip(batched.layers.values()) {
+        for (i, (x, y)) in a.values.iter().zip(&b.values).enumerate() {
+            assert!(
+                (x - y).abs() <= 1e-6 * x.abs().max(y.abs()) + 1e-15,
+                "{name} channel {} candidate {}: {x} vs {y}",
+                i / a.k(),
+                a.candidates[i % a.k()]
+            );
+            nonzero += usize::from(*x > 0.0);
+        }
+    }
+    assert!(nonzero > reference.layers.len(), "too few non-zero distortions: {nonzero}");
+}
