@@ -1,0 +1,120 @@
+//! `knapsec pipeline` end to end on a tiny configuration (8×8 greyscale images written here as
+//! IDX files, `resnet18-cifar` at base width 4): it completes, writes the report and plots,
+//! secure labels equal plaintext labels, and a run killed after its baseline resumes without
+//! retraining it.
+#![cfg(feature = "torch")]
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+const CONFIG: &str = r#"(
+    arch: "resnet18-cifar",
+    options: (input_channels: Some(1), input_height: Some(8), input_width: Some(8), classes: Some(10), base_width: Some(4)),
+    data: "mnist:DATA",
+    baseline: Train((epochs: 2, lr: 0.05, batch: 8, warmup: 0.0)),
+    distortion: (samples: 4, batch: 2, seed: 1),
+    budgets: ["25%"],
+    strategy: "mckp-exact",
+    compare_uniform: true,
+    finetune: (epochs: 1, lr: 0.01, batch: 8, warmup: 0.0),
+    secure: (images: 2, budget: Some("25%"), backend: "securenn", drelu: "exact", frac_bits: 12),
+)"#;
+
+/// Writes an MNIST-style folder of `n` train and `n / 2` test 8×8 images.
+fn write_idx(dir: &Path, n: usize) {
+    std::fs::create_dir_all(dir).unwrap();
+    for (prefix, count) in [("train", n), ("t10k", n / 2)] {
+        let mut img = vec![0u8, 0, 8, 3];
+        for d in [count as u32, 8, 8] {
+            img.extend(d.to_be_bytes());
+        }
+        let mut lbl = vec![0u8, 0, 8, 1];
+        lbl.extend((count as u32).to_be_bytes());
+        for i in 0..count {
+            let label = (i % 10) as u8;
+            // A class-dependent bright square, so that the network can learn something.
+            for y in 0..8 {
+                for x in 0..8 {
+                    let on = y / 2 == (label as usize % 4) && x / 2 == (label as usize / 4);
+                    img.push(if on { 230 } else { ((i * 7 + y * 3 + x) % 40) as u8 });
+                }
+            }
+            lbl.push(label);
+        }
+        std::fs::write(dir.join(format!("{prefix}-images-idx3-ubyte")), img).unwrap();
+        std::fs::write(dir.join(format!("{prefix}-labels-idx1-ubyte")), lbl).unwrap();
+    }
+}
+
+fn pipeline(config: &Path, out: &Path) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_knapsec"));
+    cmd.args(["pipeline", "--config"]).arg(config).arg("-o").arg(out);
+    cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+    cmd
+}
+
+#[test]
+fn tiny_pipeline_completes_and_resumes_after_a_kill() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    write_idx(&data, 40);
+    let config = tmp.path().join("pipeline.ron");
+    std::fs::write(&config, CONFIG.replace("DATA", data.to_str().unwrap())).unwrap();
+    let out = tmp.path().join("out");
+
+    // First run: killed as soon as the baseline weights exist.
+    let mut child = pipeline(&config, &out).spawn().unwrap();
+    let baseline = out.join("baseline/weights.safetensors");
+    let start = Instant::now();
+    while !baseline.exists() {
+        assert!(child.try_wait().unwrap().is_none(), "the pipeline ended before its baseline existed");
+        assert!(start.elapsed() < Duration::from_secs(300), "no baseline after 300 s");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(!out.join("report.json").exists());
+
+    // Second run: resumes (the baseline is not trained again) and completes.
+    let done = pipeline(&config, &out).output().unwrap();
+    let stderr = String::from_utf8_lossy(&done.stderr);
+    assert!(done.status.success(), "pipeline failed:\n{stderr}");
+    assert!(stderr.contains("baseline training: ") && stderr.contains("exists, skipped"), "{stderr}");
+    let report: serde_json::Value = serde_json::from_slice(&std::fs::read(out.join("report.json")).unwrap()).unwrap();
+    let runs = report["runs"].as_array().unwrap();
+    assert_eq!(runs.len(), 2, "knapsack and uniform at one budget");
+    let total = report["baseline"]["drelus"].as_u64().unwrap();
+    for r in runs {
+        assert!(r["drelus"].as_u64().unwrap() <= total / 4, "{r}");
+        assert!((0.0..=1.0).contains(&r["accuracy"].as_f64().unwrap()));
+    }
+    let secure = &report["secure"];
+    assert_eq!(secure["images"], 2);
+    assert_eq!(secure["labels_agree"], true);
+    assert_eq!(secure["secure_labels"], secure["plain_labels"]);
+    for plot in ["accuracy.png", "drelus_per_layer.png"] {
+        let bytes = std::fs::read(out.join(plot)).unwrap();
+        assert_eq!(&bytes[1..4], b"PNG", "{plot}");
+    }
+
+    // Third run: everything exists, nothing is recomputed.
+    let again = pipeline(&config, &out).output().unwrap();
+    assert!(again.status.success());
+    let stderr = String::from_utf8_lossy(&again.stderr);
+    assert!(!stderr.contains("fine-tuning"), "{stderr}");
+}
+
+#[test]
+fn bad_configurations_are_refused_with_a_reason() {
+    let tmp = tempfile::tempdir().unwrap();
+    let config = tmp.path().join("p.ron");
+    std::fs::write(&config, "(budgets: [], strategy: \"mckp-exact\")").unwrap();
+    let out = pipeline(&config, &tmp.path().join("o")).output().unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no budgets"));
+    std::fs::write(&config, "(budgetz: [\"6%\"])").unwrap();
+    let out = pipeline(&config, &tmp.path().join("o")).output().unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("invalid pipeline configuration"));
+}
