@@ -30,6 +30,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::net::{TcpListener, TcpStream};
 
+/// The session key this party shares with each peer.
+type PairKeys = Vec<(Role, [u8; 32])>;
+
 /// One established connection: the channel, both hellos, and the pair key.
 struct Established {
     channel: SecureChannel,
@@ -314,7 +317,7 @@ impl Party {
         .await
     }
 
-    fn transport(&self, links: Vec<Established>) -> Result<(TcpTransport, Vec<(Role, [u8; 32])>)> {
+    fn transport(&self, links: Vec<Established>) -> Result<(TcpTransport, PairKeys)> {
         let pairs = links
             .iter()
             .map(|l| (l.channel.peer(), l.pair_key))
