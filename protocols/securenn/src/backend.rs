@@ -19,11 +19,14 @@ use knapsec_core::transport::Role;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
+/// The helper's masked weights per session id.
+type SessionCache = HashMap<[u8; 32], Arc<Vec<Option<HelperWeights>>>>;
+
 /// The SecureNN-style backend.
 #[derive(Debug, Default)]
 pub struct SecureNn {
     /// Helper: masked weights per session.
-    cache: Mutex<HashMap<[u8; 32], Arc<Vec<Option<HelperWeights>>>>>,
+    cache: Mutex<SessionCache>,
 }
 
 knapsec_core::inventory::submit! {

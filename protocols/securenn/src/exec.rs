@@ -193,7 +193,7 @@ impl Plan {
                     let p =
                         Conv2dParams::from_graph(*kernel, *stride, *padding, *dilation, *groups);
                     let g = (*groups).max(1) as usize;
-                    if input[0] as usize % g != 0 || c % g != 0 {
+                    if !(input[0] as usize).is_multiple_of(g) || !c.is_multiple_of(g) {
                         return Err(unsupported(format!(
                             "groups {g} do not divide channels {} -> {c}",
                             input[0]

@@ -305,6 +305,7 @@ pub fn offline(ctx: &mut Ctx<'_>, spec: &SelectSpec, stream: u64) -> Result<Sele
 
 /// This party's PrivateCompare message for patch `g` (client `j = 0`, server `j = 1`).
 #[inline]
+#[allow(clippy::too_many_arguments)]
 fn pc_message(
     j: u32,
     r: u64,
@@ -369,6 +370,7 @@ fn pc_message(
 /// The online phase: `values` is this party's share of the `M` pixel values (client and
 /// server; the helper passes an empty slice). Returns this party's share of the `M` outputs
 /// (empty for the helper).
+#[allow(clippy::needless_range_loop)]
 pub fn online(
     ctx: &mut Ctx<'_>,
     spec: &SelectSpec,

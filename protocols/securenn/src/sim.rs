@@ -63,6 +63,9 @@ pub struct SimReport {
     pub closed_form_setup_bytes: u64,
 }
 
+/// One party thread's role, transport, weights and input.
+type Job<'a, T> = (Role, T, Option<&'a ModelWeights>, Option<&'a [f32]>);
+
 /// A barrier that a failing party can poison.
 struct PhaseBarrier {
     state: Mutex<(usize, u64, bool)>,
@@ -203,7 +206,7 @@ pub fn simulate(
         Metered::with_tracker(t, tracker.clone())
     });
     let results: Vec<Result<PartyResult>> = std::thread::scope(|scope| {
-        let jobs: [(Role, _, Option<&ModelWeights>, Option<&[f32]>); 3] = [
+        let jobs: [Job<'_, _>; 3] = [
             (Role::Client, c, None, Some(input)),
             (Role::Server, s, Some(weights), None),
             (Role::Helper, h, None, None),
