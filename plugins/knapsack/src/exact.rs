@@ -112,7 +112,6 @@ impl KnapsackStrategy for McKpExact {
 /// Solves `p` (reduced at dominance level) exactly; also returns statistics.
 pub fn solve_exact(p: &McKpProblem, limits: &SolveLimits) -> (McKpSolution, ExactStats) {
     let start = Instant::now();
-    let n = p.classes();
     let hulls = Hulls::new(p);
     let incs = hulls.increments(p);
     let lp = solve_lp(p, &hulls, &incs);
@@ -148,9 +147,8 @@ pub fn solve_exact(p: &McKpProblem, limits: &SolveLimits) -> (McKpSolution, Exac
     // Reduced-cost fixing.
     let base = &lp.base;
     let mut core: Vec<CoreClass> = Vec::new();
-    for i in 0..n {
+    for (i, &b) in base.iter().enumerate() {
         let (c, v) = p.class(i);
-        let b = base[i];
         let mut moves = Vec::new();
         let (mut up, mut down) = (0.0f64, f64::INFINITY);
         for k in 0..c.len() {
