@@ -45,6 +45,9 @@ enum Command {
     Spec(cmd::spec::Args),
     /// Measurements, printed as JSON.
     Bench(cmd::bench::Args),
+    /// Measure the distortion of every (layer, channel, patch size); merge shard tables.
+    #[cfg(feature = "torch")]
+    Distortion(cmd::distortion::Args),
     /// Choose one patch size per channel under a DReLU budget (multiple-choice knapsack).
     Knapsack(cmd::knapsack::Args),
     /// Make and inspect the key pairs that authenticate the parties of a deployment.
@@ -77,6 +80,8 @@ impl Command {
             Command::Arch(args) => cmd::arch::run(args, ctx),
             Command::Spec(args) => cmd::spec::run(args, ctx),
             Command::Bench(args) => cmd::bench::run(args, ctx),
+            #[cfg(feature = "torch")]
+            Command::Distortion(args) => cmd::distortion::run(args, ctx),
             Command::Knapsack(args) => cmd::knapsack::run(args, ctx),
             Command::Keys(args) => cmd::keys::run(args, ctx),
             Command::Party(args) => cmd::party::run(args, ctx),

@@ -26,7 +26,7 @@ fn engine_equals_reference_schedule_on_resnet18() {
     // f64, so that the two schedules agree far below the tolerance; non-trivial BN statistics.
     net.vs.set_kind(Kind::Double);
     knapsec_nn::tch::no_grad(|| {
-        for (name, t) in net.vs.variables() {
+        for (name, mut t) in net.vs.variables() {
             if name.ends_with("running_var") {
                 let _ = t.uniform_(0.5, 2.0);
             } else if name.ends_with("running_mean") || name.ends_with("bn1.bias") {

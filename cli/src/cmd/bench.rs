@@ -33,6 +33,10 @@ enum BenchCommand {
     /// Time per image of three `knapsec party` processes over authenticated TCP at several
     /// one-way delays, and the protocol's sequential rounds.
     Net(crate::cmd::netbench::BenchArgs),
+    /// Distortion extraction: the engine against the reference's one-variant-per-pass schedule,
+    /// and the estimated time of the full extraction.
+    #[cfg(feature = "torch")]
+    Distortion(crate::cmd::distortion::BenchArgs),
     /// One case of `bench knapsack` (run in a fresh process by it).
     #[command(hide = true)]
     KnapsackCase {
@@ -52,6 +56,8 @@ pub fn run(args: Args, ctx: &Context) -> anyhow::Result<()> {
         BenchCommand::Knapsack(a) => crate::cmd::knapsack::bench(ctx, a),
         BenchCommand::Secure(a) => crate::cmd::simulate::bench(ctx, a),
         BenchCommand::Net(a) => crate::cmd::netbench::bench(ctx, a),
+        #[cfg(feature = "torch")]
+        BenchCommand::Distortion(a) => crate::cmd::distortion::bench(a, ctx),
         BenchCommand::KnapsackCase {
             network,
             percent,

@@ -3,6 +3,8 @@
 
 pub mod arch;
 pub mod bench;
+#[cfg(feature = "torch")]
+pub mod distortion;
 pub mod keys;
 pub mod knapsack;
 pub mod netbench;
