@@ -63,6 +63,9 @@ enum Command {
     /// Top-1 accuracy of weights (optionally with a block spec) on a test set.
     #[cfg(feature = "torch")]
     Eval(cmd::train::EvalArgs),
+    /// Export a network and its block spec as a secure model (folded BatchNorm, fixed point).
+    #[cfg(feature = "torch")]
+    Export(cmd::train::ExportArgs),
     /// Run the whole pipeline of a configuration file (resumable), with report and plots.
     #[cfg(feature = "torch")]
     Pipeline(cmd::pipeline::PipelineArgs),
@@ -91,6 +94,8 @@ impl Command {
             Command::Finetune(args) => cmd::train::run_finetune(args, ctx),
             #[cfg(feature = "torch")]
             Command::Eval(args) => cmd::train::run_eval(args, ctx),
+            #[cfg(feature = "torch")]
+            Command::Export(args) => cmd::train::run_export(args, ctx),
             #[cfg(feature = "torch")]
             Command::Pipeline(args) => cmd::pipeline::run_pipeline(args, ctx),
             #[cfg(feature = "torch")]

@@ -18,7 +18,7 @@ use knapsec_core::{ArchOptions, ReluLayer};
 use knapsec_nn::Result;
 use knapsec_nn::net::{BlockNet, NetRegistration};
 use knapsec_nn::slots::{SlotId, SlotKind, Slots};
-use tch::{Kind, Tensor, nn};
+use tch::{Tensor, nn};
 
 fn names(conv: String, bn: String) -> ConvNames {
     ConvNames { conv, bn }

@@ -8,7 +8,7 @@ use anyhow::{Context as _, bail};
 use knapsec_core::BlockSpec;
 use knapsec_nn::data::{DataSpec, ImageSet, Split};
 use knapsec_nn::train::{EpochStats, EvalStats, Schedule, TrainConfig, evaluate, train};
-use knapsec_nn::{BlockNet, Network};
+use knapsec_nn::Network;
 use serde::Serialize;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -115,7 +115,7 @@ struct TrainSummary<'a> {
 }
 
 /// JSON summary of `eval`.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, serde::Deserialize)]
 pub struct EvalSummary {
     pub arch: String,
     pub data: String,
