@@ -18,6 +18,8 @@ use knapsec_core::{ArchOptions, ReluLayer};
 use knapsec_nn::Result;
 use knapsec_nn::net::{BlockNet, NetRegistration};
 use knapsec_nn::slots::{SlotId, SlotKind, Slots};
+#[cfg(test)]
+use tch::Kind;
 use tch::{Tensor, nn};
 
 fn names(conv: String, bn: String) -> ConvNames {
