@@ -45,7 +45,10 @@ fn run_err(c: &mut Command) -> String {
         1,
         "{c:?}: not one line: {stderr}"
     );
-    assert!(!stderr.contains("panicked at"), "knapsec itself panicked: {stderr}");
+    assert!(
+        !stderr.contains("panicked at"),
+        "knapsec itself panicked: {stderr}"
+    );
     stderr
 }
 

@@ -37,7 +37,11 @@ fn write_idx(dir: &Path, n: usize) {
             for y in 0..8 {
                 for x in 0..8 {
                     let on = y / 2 == (label as usize % 4) && x / 2 == (label as usize / 4);
-                    img.push(if on { 230 } else { ((i * 7 + y * 3 + x) % 40) as u8 });
+                    img.push(if on {
+                        230
+                    } else {
+                        ((i * 7 + y * 3 + x) % 40) as u8
+                    });
                 }
             }
             lbl.push(label);
@@ -49,7 +53,10 @@ fn write_idx(dir: &Path, n: usize) {
 
 fn pipeline(config: &Path, out: &Path) -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_knapsec"));
-    cmd.args(["pipeline", "--config"]).arg(config).arg("-o").arg(out);
+    cmd.args(["pipeline", "--config"])
+        .arg(config)
+        .arg("-o")
+        .arg(out);
     cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
     cmd
 }
@@ -68,8 +75,14 @@ fn tiny_pipeline_completes_and_resumes_after_a_kill() {
     let baseline = out.join("baseline/weights.safetensors");
     let start = Instant::now();
     while !baseline.exists() {
-        assert!(child.try_wait().unwrap().is_none(), "the pipeline ended before its baseline existed");
-        assert!(start.elapsed() < Duration::from_secs(300), "no baseline after 300 s");
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the pipeline ended before its baseline existed"
+        );
+        assert!(
+            start.elapsed() < Duration::from_secs(300),
+            "no baseline after 300 s"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
     child.kill().unwrap();
@@ -80,8 +93,12 @@ fn tiny_pipeline_completes_and_resumes_after_a_kill() {
     let done = pipeline(&config, &out).output().unwrap();
     let stderr = String::from_utf8_lossy(&done.stderr);
     assert!(done.status.success(), "pipeline failed:\n{stderr}");
-    assert!(stderr.contains("baseline training: ") && stderr.contains("exists, skipped"), "{stderr}");
-    let report: serde_json::Value = serde_json::from_slice(&std::fs::read(out.join("report.json")).unwrap()).unwrap();
+    assert!(
+        stderr.contains("baseline training: ") && stderr.contains("exists, skipped"),
+        "{stderr}"
+    );
+    let report: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("report.json")).unwrap()).unwrap();
     let runs = report["runs"].as_array().unwrap();
     assert_eq!(runs.len(), 2, "knapsack and uniform at one budget");
     let total = report["baseline"]["drelus"].as_u64().unwrap();

@@ -32,7 +32,11 @@ pub struct ArchOptions {
 impl ArchOptions {
     /// Input size `(C, H, W)` with the given defaults.
     pub fn input_or(&self, c: u32, h: u32, w: u32) -> (u32, u32, u32) {
-        (self.input_channels.unwrap_or(c), self.input_height.unwrap_or(h), self.input_width.unwrap_or(w))
+        (
+            self.input_channels.unwrap_or(c),
+            self.input_height.unwrap_or(h),
+            self.input_width.unwrap_or(w),
+        )
     }
 }
 

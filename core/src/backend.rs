@@ -66,7 +66,10 @@ pub enum PartyOutput {
 #[derive(Debug, thiserror::Error)]
 pub enum BackendError {
     #[error("transport failed at layer {layer:?}: {source}")]
-    Transport { layer: String, source: TransportError },
+    Transport {
+        layer: String,
+        source: TransportError,
+    },
     #[error("invalid backend options: {0}")]
     Options(String),
     #[error("the model is not supported by this backend: {0}")]

@@ -62,7 +62,10 @@ impl BlockSize {
             [0, 1] => Ok(BlockSize::Identity),
             [1, 0] => Ok(BlockSize::Zero),
             [h, w] if h >= 1 && w >= 1 && h <= u32::MAX as i64 && w <= u32::MAX as i64 => {
-                Ok(BlockSize::Patch { h: h as u32, w: w as u32 })
+                Ok(BlockSize::Patch {
+                    h: h as u32,
+                    w: w as u32,
+                })
             }
             [h, w] => Err(CoreError::Invalid(format!(
                 "reference block size [{h}, {w}] is neither a patch, [0, 1] (identity) nor [1, 0] (zero)"
@@ -99,7 +102,9 @@ impl FromStr for BlockSize {
             "zero" => return Ok(BlockSize::Zero),
             _ => {}
         }
-        let bad = || CoreError::BadBlockText { text: text.to_string() };
+        let bad = || CoreError::BadBlockText {
+            text: text.to_string(),
+        };
         let (h, w) = t.split_once('x').ok_or_else(bad)?;
         let h: u32 = h.trim().parse().map_err(|_| bad())?;
         let w: u32 = w.trim().parse().map_err(|_| bad())?;
@@ -169,20 +174,32 @@ mod tests {
 
     #[test]
     fn zero_sized_patch_is_refused() {
-        assert!(matches!(BlockSize::patch(0, 3), Err(CoreError::ZeroSizedPatch { .. })));
+        assert!(matches!(
+            BlockSize::patch(0, 3),
+            Err(CoreError::ZeroSizedPatch { .. })
+        ));
         assert!("0x3".parse::<BlockSize>().is_err());
     }
 
     #[test]
     fn text_round_trip() {
-        for b in [BlockSize::RELU, BlockSize::Identity, BlockSize::Zero, BlockSize::Patch { h: 4, w: 16 }] {
+        for b in [
+            BlockSize::RELU,
+            BlockSize::Identity,
+            BlockSize::Zero,
+            BlockSize::Patch { h: 4, w: 16 },
+        ] {
             assert_eq!(b.to_string().parse::<BlockSize>().unwrap(), b);
         }
     }
 
     #[test]
     fn ron_and_json_forms() {
-        let v = vec![BlockSize::Patch { h: 2, w: 3 }, BlockSize::Identity, BlockSize::Zero];
+        let v = vec![
+            BlockSize::Patch { h: 2, w: 3 },
+            BlockSize::Identity,
+            BlockSize::Zero,
+        ];
         let ron_text = ron::to_string(&v).unwrap();
         assert_eq!(ron_text, "[(2,3),Identity,Zero]");
         assert_eq!(ron::from_str::<Vec<BlockSize>>(&ron_text).unwrap(), v);

@@ -17,30 +17,55 @@ pub enum CoreError {
     // === specs ===
     #[error("block spec is for architecture {found:?}, expected {expected:?}")]
     WrongArchitecture { expected: String, found: String },
-    #[error("block spec format version {found} is not supported (this build reads version {supported})")]
+    #[error(
+        "block spec format version {found} is not supported (this build reads version {supported})"
+    )]
     UnsupportedFormat { found: u32, supported: u32 },
     #[error("block spec names layer {layer:?}, which architecture {arch:?} does not have")]
     UnknownLayer { arch: String, layer: String },
     #[error("block spec has no entry for layer {layer:?} of architecture {arch:?}")]
     MissingLayer { arch: String, layer: String },
     #[error("layer {layer:?}: block spec has {found} channels, the architecture has {expected}")]
-    WrongChannelCount { layer: String, expected: usize, found: usize },
+    WrongChannelCount {
+        layer: String,
+        expected: usize,
+        found: usize,
+    },
     #[error("layer {layer:?}, channel {channel}: {reason}")]
-    BadChannel { layer: String, channel: usize, reason: String },
+    BadChannel {
+        layer: String,
+        channel: usize,
+        reason: String,
+    },
 
     // === files ===
     #[error("{path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("{path}: {message}")]
     Parse { path: PathBuf, message: String },
     #[error("{path}: unsupported file extension (expected one of {expected})")]
-    UnknownExtension { path: PathBuf, expected: &'static str },
+    UnknownExtension {
+        path: PathBuf,
+        expected: &'static str,
+    },
 
     // === registry ===
     #[error("{kind} plugin {name:?} is registered twice: by {first} and by {second}")]
-    DuplicatePlugin { kind: &'static str, name: String, first: String, second: String },
+    DuplicatePlugin {
+        kind: &'static str,
+        name: String,
+        first: String,
+        second: String,
+    },
     #[error("no {kind} plugin named {name:?} (available: {available})")]
-    NoSuchPlugin { kind: &'static str, name: String, available: String },
+    NoSuchPlugin {
+        kind: &'static str,
+        name: String,
+        available: String,
+    },
 
     // === graph ===
     #[error("secure model: {0}")]
@@ -53,9 +78,15 @@ pub enum CoreError {
 
 impl CoreError {
     pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
-        CoreError::Io { path: path.into(), source }
+        CoreError::Io {
+            path: path.into(),
+            source,
+        }
     }
     pub(crate) fn parse(path: impl Into<PathBuf>, message: impl std::fmt::Display) -> Self {
-        CoreError::Parse { path: path.into(), message: message.to_string() }
+        CoreError::Parse {
+            path: path.into(),
+            message: message.to_string(),
+        }
     }
 }

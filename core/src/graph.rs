@@ -53,15 +53,30 @@ pub enum Op {
         groups: u32,
     },
     /// Fully connected layer on a `[C, 1, 1]` input; weight `[out, in]`, bias `[out]`.
-    Linear { weight: String, bias: Option<String> },
+    Linear {
+        weight: String,
+        bias: Option<String>,
+    },
     /// ReLU layer `layer` with one block size per channel (`(1,1)` = ReLU, identity, zero).
-    BlockRelu { layer: String, blocks: Vec<BlockSize> },
+    BlockRelu {
+        layer: String,
+        blocks: Vec<BlockSize>,
+    },
     /// `min(max(x, 0), 6)` per pixel (MobileNetV2 with ReLU6); `layer` names its slot.
     Relu6 { layer: String },
     /// Average pooling; `count_include_pad` as in PyTorch.
-    AvgPool { kernel: [u32; 2], stride: [u32; 2], padding: [u32; 2], count_include_pad: bool },
+    AvgPool {
+        kernel: [u32; 2],
+        stride: [u32; 2],
+        padding: [u32; 2],
+        count_include_pad: bool,
+    },
     /// Max pooling (padding counts as −∞).
-    MaxPool { kernel: [u32; 2], stride: [u32; 2], padding: [u32; 2] },
+    MaxPool {
+        kernel: [u32; 2],
+        stride: [u32; 2],
+        padding: [u32; 2],
+    },
     /// Mean over H·W per channel, giving `[C, 1, 1]`.
     GlobalAvgPool,
     /// Element-wise sum of the inputs.
@@ -117,7 +132,10 @@ impl SecureModel {
             return Err(CoreError::Graph("the graph has no nodes".into()));
         };
         if first.op != Op::Input {
-            return Err(CoreError::Graph(format!("node 0 ({}) must be the input", first.name)));
+            return Err(CoreError::Graph(format!(
+                "node 0 ({}) must be the input",
+                first.name
+            )));
         }
         for (i, node) in self.nodes.iter().enumerate() {
             let bad = |why: String| CoreError::Graph(format!("node {i} ({}): {why}", node.name));
@@ -130,12 +148,19 @@ impl SecureModel {
                 _ => node.inputs.len() == 1,
             };
             if !arity_ok {
-                return Err(bad(format!("wrong number of inputs ({})", node.inputs.len())));
+                return Err(bad(format!(
+                    "wrong number of inputs ({})",
+                    node.inputs.len()
+                )));
             }
             if let Op::BlockRelu { blocks, .. } = &node.op
                 && blocks.len() != node.shape[0] as usize
             {
-                return Err(bad(format!("{} block sizes for {} channels", blocks.len(), node.shape[0])));
+                return Err(bad(format!(
+                    "{} block sizes for {} channels",
+                    blocks.len(),
+                    node.shape[0]
+                )));
             }
         }
         Ok(())
@@ -143,7 +168,9 @@ impl SecureModel {
 
     /// Canonical bytes of the public part (compact RON), the input of [`Self::public_hash`].
     pub fn canonical_bytes(&self) -> Vec<u8> {
-        ron::to_string(self).expect("a secure model always serialises").into_bytes()
+        ron::to_string(self)
+            .expect("a secure model always serialises")
+            .into_bytes()
     }
 
     /// BLAKE3 hash of the canonical public part, hex-encoded.
@@ -156,7 +183,10 @@ impl SecureModel {
         self.nodes
             .iter()
             .map(|n| match &n.op {
-                Op::BlockRelu { blocks, .. } => blocks.iter().map(|b| b.drelu_cost(n.shape[1], n.shape[2])).sum(),
+                Op::BlockRelu { blocks, .. } => blocks
+                    .iter()
+                    .map(|b| b.drelu_cost(n.shape[1], n.shape[2]))
+                    .sum(),
                 _ => 0,
             })
             .sum()
@@ -174,7 +204,8 @@ impl SecureModel {
     /// Writes `dir/model.ron` atomically.
     pub fn save(&self, dir: &Path) -> Result<()> {
         let config = ron::ser::PrettyConfig::new().depth_limit(3);
-        let text = ron::ser::to_string_pretty(self, config).map_err(|e| CoreError::Graph(e.to_string()))?;
+        let text = ron::ser::to_string_pretty(self, config)
+            .map_err(|e| CoreError::Graph(e.to_string()))?;
         fsutil::write_atomic(&dir.join(PUBLIC_FILE), text.as_bytes())
     }
 }
@@ -195,20 +226,36 @@ pub struct ModelWeights {
 impl ModelWeights {
     /// The tensor `name`, or an error naming it.
     pub fn get(&self, name: &str) -> Result<&FixedTensor> {
-        self.tensors.get(name).ok_or_else(|| CoreError::Graph(format!("weight tensor {name:?} is missing")))
+        self.tensors
+            .get(name)
+            .ok_or_else(|| CoreError::Graph(format!("weight tensor {name:?} is missing")))
     }
 
     /// Checks that every tensor the graph names exists with the element count its op needs.
     pub fn check_against(&self, model: &SecureModel) -> Result<()> {
         for (i, node) in model.nodes.iter().enumerate() {
-            let input = node.inputs.first().map(|&j| model.nodes[j].shape).unwrap_or([0; 3]);
+            let input = node
+                .inputs
+                .first()
+                .map(|&j| model.nodes[j].shape)
+                .unwrap_or([0; 3]);
             let (weight, bias, expect) = match &node.op {
-                Op::Conv2d { weight, bias, kernel, groups, .. } => (
+                Op::Conv2d {
                     weight,
                     bias,
-                    node.shape[0] as usize * (input[0] / groups.max(&1)) as usize * (kernel[0] * kernel[1]) as usize,
+                    kernel,
+                    groups,
+                    ..
+                } => (
+                    weight,
+                    bias,
+                    node.shape[0] as usize
+                        * (input[0] / groups.max(&1)) as usize
+                        * (kernel[0] * kernel[1]) as usize,
                 ),
-                Op::Linear { weight, bias } => (weight, bias, node.shape[0] as usize * input[0] as usize),
+                Op::Linear { weight, bias } => {
+                    (weight, bias, node.shape[0] as usize * input[0] as usize)
+                }
                 _ => continue,
             };
             let w = self.get(weight)?;
@@ -222,7 +269,10 @@ impl ModelWeights {
             if let Some(b) = bias
                 && self.get(b)?.data.len() != node.shape[0] as usize
             {
-                return Err(CoreError::Graph(format!("node {i} ({}): bias {b:?} has the wrong size", node.name)));
+                return Err(CoreError::Graph(format!(
+                    "node {i} ({}): bias {b:?} has the wrong size",
+                    node.name
+                )));
             }
         }
         Ok(())
@@ -232,14 +282,28 @@ impl ModelWeights {
     pub fn load(dir: &Path) -> Result<Self> {
         let path = dir.join(WEIGHTS_FILE);
         let bytes = fsutil::read(&path)?;
-        let st = safetensors::SafeTensors::deserialize(&bytes).map_err(|e| CoreError::parse(&path, e))?;
+        let st = safetensors::SafeTensors::deserialize(&bytes)
+            .map_err(|e| CoreError::parse(&path, e))?;
         let mut tensors = BTreeMap::new();
         for (name, view) in st.tensors() {
             if view.dtype() != safetensors::Dtype::I64 {
-                return Err(CoreError::parse(&path, format!("tensor {name:?} is {:?}, expected I64", view.dtype())));
+                return Err(CoreError::parse(
+                    &path,
+                    format!("tensor {name:?} is {:?}, expected I64", view.dtype()),
+                ));
             }
-            let data = view.data().chunks_exact(8).map(|c| i64::from_le_bytes(c.try_into().unwrap())).collect();
-            tensors.insert(name, FixedTensor { shape: view.shape().to_vec(), data });
+            let data = view
+                .data()
+                .chunks_exact(8)
+                .map(|c| i64::from_le_bytes(c.try_into().unwrap()))
+                .collect();
+            tensors.insert(
+                name,
+                FixedTensor {
+                    shape: view.shape().to_vec(),
+                    data,
+                },
+            );
         }
         Ok(ModelWeights { tensors })
     }
@@ -250,7 +314,13 @@ impl ModelWeights {
         let bytes: Vec<(String, Vec<u8>, Vec<usize>)> = self
             .tensors
             .iter()
-            .map(|(n, t)| (n.clone(), t.data.iter().flat_map(|v| v.to_le_bytes()).collect(), t.shape.clone()))
+            .map(|(n, t)| {
+                (
+                    n.clone(),
+                    t.data.iter().flat_map(|v| v.to_le_bytes()).collect(),
+                    t.shape.clone(),
+                )
+            })
             .collect();
         let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = bytes
             .iter()
@@ -260,7 +330,8 @@ impl ModelWeights {
                     .map_err(|e| CoreError::Graph(format!("weight {n:?}: {e}")))
             })
             .collect::<Result<_>>()?;
-        let out = safetensors::serialize(views, None).map_err(|e| CoreError::Graph(e.to_string()))?;
+        let out =
+            safetensors::serialize(views, None).map_err(|e| CoreError::Graph(e.to_string()))?;
         fsutil::write_atomic(&path, &out)
     }
 }
@@ -281,7 +352,12 @@ mod tests {
 
     fn tiny() -> (SecureModel, ModelWeights) {
         let nodes = vec![
-            Node { name: "input".into(), op: Op::Input, inputs: vec![], shape: [1, 4, 4] },
+            Node {
+                name: "input".into(),
+                op: Op::Input,
+                inputs: vec![],
+                shape: [1, 4, 4],
+            },
             Node {
                 name: "conv".into(),
                 op: Op::Conv2d {
@@ -298,16 +374,36 @@ mod tests {
             },
             Node {
                 name: "relu".into(),
-                op: Op::BlockRelu { layer: "relu".into(), blocks: vec![BlockSize::RELU, BlockSize::Identity] },
+                op: Op::BlockRelu {
+                    layer: "relu".into(),
+                    blocks: vec![BlockSize::RELU, BlockSize::Identity],
+                },
                 inputs: vec![1],
                 shape: [2, 4, 4],
             },
         ];
-        let model =
-            SecureModel { format: MODEL_FORMAT, arch: "toy".into(), frac_bits: 12, output_kind: OutputKind::Segmentation, nodes };
+        let model = SecureModel {
+            format: MODEL_FORMAT,
+            arch: "toy".into(),
+            frac_bits: 12,
+            output_kind: OutputKind::Segmentation,
+            nodes,
+        };
         let mut w = ModelWeights::default();
-        w.tensors.insert("conv.w".into(), FixedTensor { shape: vec![2, 1, 3, 3], data: (0..18).collect() });
-        w.tensors.insert("conv.b".into(), FixedTensor { shape: vec![2], data: vec![-5, 7] });
+        w.tensors.insert(
+            "conv.w".into(),
+            FixedTensor {
+                shape: vec![2, 1, 3, 3],
+                data: (0..18).collect(),
+            },
+        );
+        w.tensors.insert(
+            "conv.b".into(),
+            FixedTensor {
+                shape: vec![2],
+                data: vec![-5, 7],
+            },
+        );
         (model, w)
     }
 
@@ -333,10 +429,20 @@ mod tests {
     fn structural_errors_name_the_node() {
         let (mut m, mut w) = tiny();
         m.nodes[2].inputs = vec![2];
-        assert!(m.validate().unwrap_err().to_string().contains("node 2 (relu)"));
+        assert!(
+            m.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("node 2 (relu)")
+        );
         let (m, _) = tiny();
         w.tensors.get_mut("conv.w").unwrap().data.pop();
-        assert!(w.check_against(&m).unwrap_err().to_string().contains("conv.w"));
+        assert!(
+            w.check_against(&m)
+                .unwrap_err()
+                .to_string()
+                .contains("conv.w")
+        );
     }
 
     #[test]

@@ -16,7 +16,12 @@ pub struct ReluLayer {
 
 impl ReluLayer {
     pub fn new(name: impl Into<String>, channels: u32, height: u32, width: u32) -> Self {
-        ReluLayer { name: name.into(), channels, height, width }
+        ReluLayer {
+            name: name.into(),
+            channels,
+            height,
+            width,
+        }
     }
 
     /// DReLUs of the unmodified layer (`C·H·W`).
@@ -39,7 +44,10 @@ impl LayerTable {
         let mut seen = std::collections::HashSet::new();
         for l in &layers {
             if !seen.insert(l.name.as_str()) {
-                return Err(CoreError::Invalid(format!("architecture {arch:?}: layer {:?} appears twice", l.name)));
+                return Err(CoreError::Invalid(format!(
+                    "architecture {arch:?}: layer {:?} appears twice",
+                    l.name
+                )));
             }
             if l.channels == 0 || l.height == 0 || l.width == 0 {
                 return Err(CoreError::Invalid(format!(
@@ -76,11 +84,21 @@ mod tests {
 
     #[test]
     fn totals_and_duplicates() {
-        let t = LayerTable::new("t", vec![ReluLayer::new("a", 2, 3, 4), ReluLayer::new("b", 1, 5, 5)]).unwrap();
+        let t = LayerTable::new(
+            "t",
+            vec![ReluLayer::new("a", 2, 3, 4), ReluLayer::new("b", 1, 5, 5)],
+        )
+        .unwrap();
         assert_eq!(t.channels(), 3);
         assert_eq!(t.drelus(), 24 + 25);
         assert_eq!(t.index_of("b"), Some(1));
-        assert!(LayerTable::new("t", vec![ReluLayer::new("a", 1, 1, 1), ReluLayer::new("a", 1, 1, 1)]).is_err());
+        assert!(
+            LayerTable::new(
+                "t",
+                vec![ReluLayer::new("a", 1, 1, 1), ReluLayer::new("a", 1, 1, 1)]
+            )
+            .is_err()
+        );
         assert!(LayerTable::new("t", vec![ReluLayer::new("a", 0, 1, 1)]).is_err());
     }
 }

@@ -103,7 +103,13 @@ pub struct Registry {
 
 impl std::fmt::Debug for Registry {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_list().entries(self.list().iter().map(|p| format!("{} {}", p.kind.as_str(), p.name))).finish()
+        f.debug_list()
+            .entries(
+                self.list()
+                    .iter()
+                    .map(|p| format!("{} {}", p.kind.as_str(), p.name)),
+            )
+            .finish()
     }
 }
 
@@ -126,12 +132,22 @@ fn insert<T: ?Sized>(
     Ok(())
 }
 
-fn lookup<T: ?Sized>(map: &BTreeMap<String, Entry<T>>, kind: PluginKind, name: &str) -> Result<Arc<T>> {
-    map.get(name).map(|e| e.plugin.clone()).ok_or_else(|| CoreError::NoSuchPlugin {
-        kind: kind.as_str(),
-        name: name.to_string(),
-        available: if map.is_empty() { "none".into() } else { map.keys().cloned().collect::<Vec<_>>().join(", ") },
-    })
+fn lookup<T: ?Sized>(
+    map: &BTreeMap<String, Entry<T>>,
+    kind: PluginKind,
+    name: &str,
+) -> Result<Arc<T>> {
+    map.get(name)
+        .map(|e| e.plugin.clone())
+        .ok_or_else(|| CoreError::NoSuchPlugin {
+            kind: kind.as_str(),
+            name: name.to_string(),
+            available: if map.is_empty() {
+                "none".into()
+            } else {
+                map.keys().cloned().collect::<Vec<_>>().join(", ")
+            },
+        })
 }
 
 impl Registry {
@@ -169,17 +185,43 @@ impl Registry {
 
     pub fn add_arch(&mut self, plugin: Arc<dyn ArchAdapter>, source: PluginSource) -> Result<()> {
         let name = plugin.name().to_string();
-        insert(&mut self.archs, PluginKind::Architecture, &name, plugin, source)
+        insert(
+            &mut self.archs,
+            PluginKind::Architecture,
+            &name,
+            plugin,
+            source,
+        )
     }
 
-    pub fn add_strategy(&mut self, plugin: Arc<dyn KnapsackStrategy>, source: PluginSource) -> Result<()> {
+    pub fn add_strategy(
+        &mut self,
+        plugin: Arc<dyn KnapsackStrategy>,
+        source: PluginSource,
+    ) -> Result<()> {
         let name = plugin.name().to_string();
-        insert(&mut self.strategies, PluginKind::KnapsackStrategy, &name, plugin, source)
+        insert(
+            &mut self.strategies,
+            PluginKind::KnapsackStrategy,
+            &name,
+            plugin,
+            source,
+        )
     }
 
-    pub fn add_backend(&mut self, plugin: Arc<dyn SecureBackend>, source: PluginSource) -> Result<()> {
+    pub fn add_backend(
+        &mut self,
+        plugin: Arc<dyn SecureBackend>,
+        source: PluginSource,
+    ) -> Result<()> {
         let name = plugin.name().to_string();
-        insert(&mut self.backends, PluginKind::SecureBackend, &name, plugin, source)
+        insert(
+            &mut self.backends,
+            PluginKind::SecureBackend,
+            &name,
+            plugin,
+            source,
+        )
     }
 
     pub fn arch(&self, name: &str) -> Result<Arc<dyn ArchAdapter>> {

@@ -37,11 +37,19 @@ pub enum SpecFormat {
 
 impl SpecFormat {
     pub fn from_path(path: &Path) -> Result<Self> {
-        match path.extension().and_then(|e| e.to_str()).map(str::to_ascii_lowercase).as_deref() {
+        match path
+            .extension()
+            .and_then(|e| e.to_str())
+            .map(str::to_ascii_lowercase)
+            .as_deref()
+        {
             Some("ron") => Ok(SpecFormat::Ron),
             Some("json") => Ok(SpecFormat::Json),
             Some("pickle" | "pkl") => Ok(SpecFormat::Pickle),
-            _ => Err(CoreError::UnknownExtension { path: path.into(), expected: ".ron, .json, .pickle, .pkl" }),
+            _ => Err(CoreError::UnknownExtension {
+                path: path.into(),
+                expected: ".ron, .json, .pickle, .pkl",
+            }),
         }
     }
 }
@@ -49,14 +57,19 @@ impl SpecFormat {
 impl BlockSpec {
     /// An empty spec for `arch`.
     pub fn new(arch: impl Into<String>) -> Self {
-        BlockSpec { format: SPEC_FORMAT, arch: arch.into(), layers: IndexMap::new() }
+        BlockSpec {
+            format: SPEC_FORMAT,
+            arch: arch.into(),
+            layers: IndexMap::new(),
+        }
     }
 
     /// The same block size for every channel of every layer of `table`.
     pub fn uniform(table: &LayerTable, block: BlockSize) -> Self {
         let mut spec = BlockSpec::new(&table.arch);
         for l in &table.layers {
-            spec.layers.insert(l.name.clone(), vec![block; l.channels as usize]);
+            spec.layers
+                .insert(l.name.clone(), vec![block; l.channels as usize]);
         }
         spec
     }
@@ -66,10 +79,16 @@ impl BlockSpec {
     /// the table's layer order.
     pub fn validate(&self, table: &LayerTable) -> Result<()> {
         if self.format != SPEC_FORMAT {
-            return Err(CoreError::UnsupportedFormat { found: self.format, supported: SPEC_FORMAT });
+            return Err(CoreError::UnsupportedFormat {
+                found: self.format,
+                supported: SPEC_FORMAT,
+            });
         }
         if self.arch != table.arch {
-            return Err(CoreError::WrongArchitecture { expected: table.arch.clone(), found: self.arch.clone() });
+            return Err(CoreError::WrongArchitecture {
+                expected: table.arch.clone(),
+                found: self.arch.clone(),
+            });
         }
         self.validate_layers(table)
     }
@@ -81,9 +100,15 @@ impl BlockSpec {
             let Some(blocks) = self.layers.get(&layer.name) else {
                 // A name of the spec that the table lacks is the more telling error if one exists.
                 if let Some(unknown) = self.layers.keys().find(|k| table.get(k).is_none()) {
-                    return Err(CoreError::UnknownLayer { arch: table.arch.clone(), layer: unknown.clone() });
+                    return Err(CoreError::UnknownLayer {
+                        arch: table.arch.clone(),
+                        layer: unknown.clone(),
+                    });
                 }
-                return Err(CoreError::MissingLayer { arch: table.arch.clone(), layer: layer.name.clone() });
+                return Err(CoreError::MissingLayer {
+                    arch: table.arch.clone(),
+                    layer: layer.name.clone(),
+                });
             };
             if blocks.len() != layer.channels as usize {
                 return Err(CoreError::WrongChannelCount {
@@ -103,7 +128,10 @@ impl BlockSpec {
             }
         }
         if let Some(unknown) = self.layers.keys().find(|k| table.get(k).is_none()) {
-            return Err(CoreError::UnknownLayer { arch: table.arch.clone(), layer: unknown.clone() });
+            return Err(CoreError::UnknownLayer {
+                arch: table.arch.clone(),
+                layer: unknown.clone(),
+            });
         }
         Ok(())
     }
@@ -122,7 +150,9 @@ impl BlockSpec {
 
     /// Serialises as pretty RON.
     pub fn to_ron(&self) -> String {
-        let config = ron::ser::PrettyConfig::new().depth_limit(2).indentor("  ".to_string());
+        let config = ron::ser::PrettyConfig::new()
+            .depth_limit(2)
+            .indentor("  ".to_string());
         ron::ser::to_string_pretty(self, config).expect("a block spec always serialises")
     }
 
@@ -153,7 +183,10 @@ impl BlockSpec {
         if spec.format != SPEC_FORMAT {
             return Err(CoreError::parse(
                 path,
-                CoreError::UnsupportedFormat { found: spec.format, supported: SPEC_FORMAT },
+                CoreError::UnsupportedFormat {
+                    found: spec.format,
+                    supported: SPEC_FORMAT,
+                },
             ));
         }
         Ok(spec)
@@ -176,13 +209,27 @@ mod tests {
     use crate::layer::ReluLayer;
 
     fn table() -> LayerTable {
-        LayerTable::new("toy", vec![ReluLayer::new("a", 2, 4, 4), ReluLayer::new("b", 3, 2, 2)]).unwrap()
+        LayerTable::new(
+            "toy",
+            vec![ReluLayer::new("a", 2, 4, 4), ReluLayer::new("b", 3, 2, 2)],
+        )
+        .unwrap()
     }
 
     fn spec() -> BlockSpec {
         let mut s = BlockSpec::new("toy");
-        s.layers.insert("a".into(), vec![BlockSize::Patch { h: 2, w: 2 }, BlockSize::Identity]);
-        s.layers.insert("b".into(), vec![BlockSize::RELU, BlockSize::Zero, BlockSize::Patch { h: 1, w: 2 }]);
+        s.layers.insert(
+            "a".into(),
+            vec![BlockSize::Patch { h: 2, w: 2 }, BlockSize::Identity],
+        );
+        s.layers.insert(
+            "b".into(),
+            vec![
+                BlockSize::RELU,
+                BlockSize::Zero,
+                BlockSize::Patch { h: 1, w: 2 },
+            ],
+        );
         s
     }
 
@@ -207,20 +254,30 @@ mod tests {
 
         let mut s = spec();
         s.arch = "other".into();
-        assert!(matches!(s.validate(&t), Err(CoreError::WrongArchitecture { .. })));
+        assert!(matches!(
+            s.validate(&t),
+            Err(CoreError::WrongArchitecture { .. })
+        ));
 
         let mut s = spec();
         s.layers.get_mut("b").unwrap().pop();
         let e = s.validate(&t).unwrap_err();
-        assert!(e.to_string().contains("\"b\"") && e.to_string().contains("3"), "{e}");
+        assert!(
+            e.to_string().contains("\"b\"") && e.to_string().contains("3"),
+            "{e}"
+        );
 
         let mut s = spec();
         s.layers.shift_remove("b");
-        assert!(matches!(s.validate(&t), Err(CoreError::MissingLayer { layer, .. }) if layer == "b"));
+        assert!(
+            matches!(s.validate(&t), Err(CoreError::MissingLayer { layer, .. }) if layer == "b")
+        );
 
         let mut s = spec();
         s.layers.insert("c".into(), vec![]);
-        assert!(matches!(s.validate(&t), Err(CoreError::UnknownLayer { layer, .. }) if layer == "c"));
+        assert!(
+            matches!(s.validate(&t), Err(CoreError::UnknownLayer { layer, .. }) if layer == "c")
+        );
 
         let parsed: std::result::Result<BlockSpec, _> =
             ron::from_str(r#"(format: 1, arch: "toy", layers: {"a": [(0, 2), (1, 1)]})"#);

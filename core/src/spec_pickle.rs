@@ -22,7 +22,11 @@ enum Value {
     Dict(Vec<(Value, Value)>),
     Global(String),
     /// `callable(*args)` with an optional `__setstate__` state.
-    Call { func: String, args: Vec<Value>, state: Option<Box<Value>> },
+    Call {
+        func: String,
+        args: Vec<Value>,
+        state: Option<Box<Value>>,
+    },
     Mark,
 }
 
@@ -45,28 +49,39 @@ impl<'a> Reader<'a> {
     }
     fn le(&mut self, n: usize) -> Result<u64, String> {
         let b = self.take(n)?;
-        Ok(b.iter().rev().fold(0u64, |acc, &x| (acc << 8) | u64::from(x)))
+        Ok(b.iter()
+            .rev()
+            .fold(0u64, |acc, &x| (acc << 8) | u64::from(x)))
     }
     fn line(&mut self) -> Result<String, String> {
         let start = self.pos;
-        let end = self.data[start..].iter().position(|&b| b == b'\n').ok_or("unterminated line in pickle")?;
+        let end = self.data[start..]
+            .iter()
+            .position(|&b| b == b'\n')
+            .ok_or("unterminated line in pickle")?;
         self.pos = start + end + 1;
         Ok(String::from_utf8_lossy(&self.data[start..start + end]).into_owned())
     }
     fn utf8(&mut self, n: usize) -> Result<String, String> {
-        String::from_utf8(self.take(n)?.to_vec()).map_err(|_| format!("invalid UTF-8 near byte {}", self.pos))
+        String::from_utf8(self.take(n)?.to_vec())
+            .map_err(|_| format!("invalid UTF-8 near byte {}", self.pos))
     }
 }
 
 fn pop_mark(stack: &mut Vec<Value>) -> Result<Vec<Value>, String> {
-    let at = stack.iter().rposition(|v| *v == Value::Mark).ok_or("MARK expected on the pickle stack")?;
+    let at = stack
+        .iter()
+        .rposition(|v| *v == Value::Mark)
+        .ok_or("MARK expected on the pickle stack")?;
     let items = stack.split_off(at + 1);
     stack.pop();
     Ok(items)
 }
 
 fn pop(stack: &mut Vec<Value>) -> Result<Value, String> {
-    stack.pop().ok_or_else(|| "pickle stack underflow".to_string())
+    stack
+        .pop()
+        .ok_or_else(|| "pickle stack underflow".to_string())
 }
 
 fn run(data: &[u8]) -> Result<Value, String> {
@@ -121,7 +136,9 @@ fn run(data: &[u8]) -> Result<Value, String> {
             b'N' => stack.push(Value::None),
             0x88 => stack.push(Value::Bool(true)),
             0x89 => stack.push(Value::Bool(false)),
-            b'G' => stack.push(Value::Float(f64::from_bits(u64::from_be_bytes(r.take(8)?.try_into().unwrap())))),
+            b'G' => stack.push(Value::Float(f64::from_bits(u64::from_be_bytes(
+                r.take(8)?.try_into().unwrap(),
+            )))),
             b'X' => {
                 let n = r.le(4)? as usize;
                 stack.push(Value::Str(r.utf8(n)?));
@@ -163,15 +180,25 @@ fn run(data: &[u8]) -> Result<Value, String> {
                 let args = pop(&mut stack)?;
                 let func = pop(&mut stack)?;
                 let (Value::Global(func), Value::Tuple(args)) = (func, args) else {
-                    return Err(format!("REDUCE at byte {at} on something other than a global and a tuple"));
+                    return Err(format!(
+                        "REDUCE at byte {at} on something other than a global and a tuple"
+                    ));
                 };
-                stack.push(Value::Call { func, args, state: None });
+                stack.push(Value::Call {
+                    func,
+                    args,
+                    state: None,
+                });
             }
             b'b' => {
                 let st = pop(&mut stack)?;
                 match stack.last_mut() {
                     Some(Value::Call { state, .. }) => *state = Some(Box::new(st)),
-                    _ => return Err(format!("BUILD at byte {at} on something other than an object")),
+                    _ => {
+                        return Err(format!(
+                            "BUILD at byte {at} on something other than an object"
+                        ));
+                    }
                 }
             }
             0x94 => {
@@ -185,7 +212,11 @@ fn run(data: &[u8]) -> Result<Value, String> {
             }
             b'h' | b'j' => {
                 let key = if op == b'h' { r.le(1)? } else { r.le(4)? };
-                stack.push(memo.get(&key).cloned().ok_or_else(|| format!("GET of unknown memo {key} at byte {at}"))?);
+                stack.push(
+                    memo.get(&key)
+                        .cloned()
+                        .ok_or_else(|| format!("GET of unknown memo {key} at byte {at}"))?,
+                );
             }
             b's' => {
                 let v = pop(&mut stack)?;
@@ -219,7 +250,11 @@ fn run(data: &[u8]) -> Result<Value, String> {
                     _ => return Err(format!("APPENDS at byte {at} outside a list")),
                 }
             }
-            other => return Err(format!("unsupported pickle opcode 0x{other:02x} at byte {at}")),
+            other => {
+                return Err(format!(
+                    "unsupported pickle opcode 0x{other:02x} at byte {at}"
+                ));
+            }
         }
     }
 }
@@ -240,13 +275,20 @@ fn raw_bytes(v: &Value) -> Result<Vec<u8>, String> {
 /// Decodes a pickled numpy array of integers into `(shape, values)`.
 fn decode_array(key: &str, v: &Value) -> Result<(Vec<usize>, Vec<i64>), String> {
     let bad = |why: &str| format!("layer {key:?}: {why}");
-    let Value::Call { func, state: Some(state), .. } = v else {
+    let Value::Call {
+        func,
+        state: Some(state),
+        ..
+    } = v
+    else {
         return Err(bad("value is not a numpy array"));
     };
     if !func.ends_with("multiarray._reconstruct") {
         return Err(bad(&format!("value is a {func}, not a numpy array")));
     }
-    let Value::Tuple(st) = state.as_ref() else { return Err(bad("array state is not a tuple")) };
+    let Value::Tuple(st) = state.as_ref() else {
+        return Err(bad("array state is not a tuple"));
+    };
     let [_, Value::Tuple(shape), dtype, Value::Bool(fortran), data] = st.as_slice() else {
         return Err(bad("unexpected array state layout"));
     };
@@ -257,11 +299,15 @@ fn decode_array(key: &str, v: &Value) -> Result<(Vec<usize>, Vec<i64>), String> 
             _ => Err(bad("bad shape")),
         })
         .collect::<Result<_, _>>()?;
-    let Value::Call { func, args, state } = dtype else { return Err(bad("array dtype missing")) };
+    let Value::Call { func, args, state } = dtype else {
+        return Err(bad("array dtype missing"));
+    };
     if !func.ends_with("dtype") {
         return Err(bad("array dtype missing"));
     }
-    let Some(Value::Str(code)) = args.first() else { return Err(bad("dtype without a type code")) };
+    let Some(Value::Str(code)) = args.first() else {
+        return Err(bad("dtype without a type code"));
+    };
     let big_endian = matches!(state.as_deref(), Some(Value::Tuple(s)) if s.get(1) == Some(&Value::Str(">".into())));
     let width = match code.as_str() {
         "i1" | "u1" => 1,
@@ -274,7 +320,10 @@ fn decode_array(key: &str, v: &Value) -> Result<(Vec<usize>, Vec<i64>), String> 
     let bytes = raw_bytes(data).map_err(|e| bad(&e))?;
     let count: usize = shape.iter().product();
     if bytes.len() != count * width {
-        return Err(bad(&format!("{} data bytes for {count} elements of {width} bytes", bytes.len())));
+        return Err(bad(&format!(
+            "{} data bytes for {count} elements of {width} bytes",
+            bytes.len()
+        )));
     }
     let mut values: Vec<i64> = bytes
         .chunks_exact(width)
@@ -315,16 +364,21 @@ pub fn from_reference_pickle(bytes: &[u8], arch: &str) -> Result<BlockSpec, Stri
     };
     let mut spec = BlockSpec::new(arch);
     for (k, v) in &items {
-        let Value::Str(key) = k else { return Err("a dict key is not a string".into()) };
+        let Value::Str(key) = k else {
+            return Err("a dict key is not a string".into());
+        };
         let (shape, values) = decode_array(key, v)?;
         if shape.len() != 2 || shape[1] != 2 {
-            return Err(format!("layer {key:?}: array shape {shape:?}, expected [C, 2]"));
+            return Err(format!(
+                "layer {key:?}: array shape {shape:?}, expected [C, 2]"
+            ));
         }
         let blocks = values
             .chunks_exact(2)
             .enumerate()
             .map(|(c, row)| {
-                BlockSize::from_reference([row[0], row[1]]).map_err(|e| format!("layer {key:?}, channel {c}: {e}"))
+                BlockSize::from_reference([row[0], row[1]])
+                    .map_err(|e| format!("layer {key:?}, channel {c}: {e}"))
             })
             .collect::<Result<Vec<_>, _>>()?;
         spec.layers.insert(key.clone(), blocks);
@@ -366,7 +420,11 @@ pub fn to_reference_pickle(spec: &BlockSpec) -> Vec<u8> {
         int(&mut out, -1);
         int(&mut out, 0);
         out.extend([b't', b'b', 0x89]);
-        let data: Vec<u8> = blocks.iter().flat_map(|b| b.to_reference()).flat_map(i32::to_le_bytes).collect();
+        let data: Vec<u8> = blocks
+            .iter()
+            .flat_map(|b| b.to_reference())
+            .flat_map(i32::to_le_bytes)
+            .collect();
         out.push(b'B');
         out.extend((data.len() as u32).to_le_bytes());
         out.extend(data);
@@ -383,7 +441,14 @@ mod tests {
     #[test]
     fn own_pickle_round_trips() {
         let mut s = BlockSpec::new("toy");
-        s.layers.insert("stem".into(), vec![BlockSize::Patch { h: 2, w: 3 }, BlockSize::Identity, BlockSize::Zero]);
+        s.layers.insert(
+            "stem".into(),
+            vec![
+                BlockSize::Patch { h: 2, w: 3 },
+                BlockSize::Identity,
+                BlockSize::Zero,
+            ],
+        );
         s.layers.insert("layer1_0_1".into(), vec![BlockSize::RELU]);
         let bytes = to_reference_pickle(&s);
         assert_eq!(from_reference_pickle(&bytes, "toy").unwrap(), s);
@@ -391,8 +456,20 @@ mod tests {
 
     #[test]
     fn garbage_is_refused_with_a_reason() {
-        assert!(from_reference_pickle(b"\x80\x03}q\x00(", "x").unwrap_err().contains("truncated"));
-        assert!(from_reference_pickle(b"\x80\x03K\x05.", "x").unwrap_err().contains("dict"));
-        assert!(from_reference_pickle(b"\xff", "x").unwrap_err().contains("opcode"));
+        assert!(
+            from_reference_pickle(b"\x80\x03}q\x00(", "x")
+                .unwrap_err()
+                .contains("truncated")
+        );
+        assert!(
+            from_reference_pickle(b"\x80\x03K\x05.", "x")
+                .unwrap_err()
+                .contains("dict")
+        );
+        assert!(
+            from_reference_pickle(b"\xff", "x")
+                .unwrap_err()
+                .contains("opcode")
+        );
     }
 }

@@ -53,7 +53,9 @@ impl std::str::FromStr for Role {
             "client" => Ok(Role::Client),
             "server" => Ok(Role::Server),
             "helper" => Ok(Role::Helper),
-            other => Err(format!("unknown role {other:?} (expected client, server or helper)")),
+            other => Err(format!(
+                "unknown role {other:?} (expected client, server or helper)"
+            )),
         }
     }
 }

@@ -25,7 +25,10 @@ use tch::{Kind, Tensor};
 pub enum Schedule {
     Constant,
     /// Multiply by `gamma` every `every` epochs.
-    Step { every: usize, gamma: f64 },
+    Step {
+        every: usize,
+        gamma: f64,
+    },
     /// Cosine decay to 0 over the whole run.
     Cosine,
 }
@@ -74,7 +77,9 @@ impl TrainConfig {
         }
         match &self.schedule {
             Schedule::Constant => self.lr,
-            Schedule::Step { every, gamma } => self.lr * gamma.powi((t / (*every).max(1) as f64).floor() as i32),
+            Schedule::Step { every, gamma } => {
+                self.lr * gamma.powi((t / (*every).max(1) as f64).floor() as i32)
+            }
             Schedule::Cosine => {
                 let total = self.epochs.max(1) as f64;
                 self.lr * 0.5 * (1.0 + (std::f64::consts::PI * (t / total).min(1.0)).cos())
@@ -124,12 +129,17 @@ pub fn train(
         )));
     }
     let device = network.vs.device();
-    let mut state = CheckpointState { arch: network.net.arch().to_string(), ..Default::default() };
+    let mut state = CheckpointState {
+        arch: network.net.arch().to_string(),
+        ..Default::default()
+    };
     if let Some(dir) = checkpoint {
         let path = dir.join(STATE_FILE);
         if path.is_file() {
-            let text = std::fs::read_to_string(&path).map_err(|e| NnError::Data(format!("{}: {e}", path.display())))?;
-            state = serde_json::from_str(&text).map_err(|e| NnError::Data(format!("{}: {e}", path.display())))?;
+            let text = std::fs::read_to_string(&path)
+                .map_err(|e| NnError::Data(format!("{}: {e}", path.display())))?;
+            state = serde_json::from_str(&text)
+                .map_err(|e| NnError::Data(format!("{}: {e}", path.display())))?;
             if state.arch != network.net.arch() {
                 return Err(NnError::Data(format!(
                     "{}: checkpoint of architecture {:?}, not {:?}",
@@ -139,19 +149,32 @@ pub fn train(
                 )));
             }
             network.load_weights(&dir.join(WEIGHTS_FILE))?;
-            tracing::info!(epochs_done = state.epochs_done, "resuming from checkpoint {}", dir.display());
+            tracing::info!(
+                epochs_done = state.epochs_done,
+                "resuming from checkpoint {}",
+                dir.display()
+            );
         }
     }
     let (images, labels) = train_set.to_tensors(device)?;
     let n = train_set.len() as i64;
     let batch = config.batch_size as i64;
     let steps_per_epoch = (n + batch - 1) / batch;
-    let mut opt = tch::nn::Sgd { momentum: config.momentum, dampening: 0.0, wd: config.weight_decay, nesterov: config.nesterov }
-        .build(&network.vs, config.lr)?;
-    let bar = indicatif::ProgressBar::new((config.epochs.saturating_sub(state.epochs_done) as u64) * steps_per_epoch as u64);
+    let mut opt = tch::nn::Sgd {
+        momentum: config.momentum,
+        dampening: 0.0,
+        wd: config.weight_decay,
+        nesterov: config.nesterov,
+    }
+    .build(&network.vs, config.lr)?;
+    let bar = indicatif::ProgressBar::new(
+        (config.epochs.saturating_sub(state.epochs_done) as u64) * steps_per_epoch as u64,
+    );
     bar.set_style(
-        indicatif::ProgressStyle::with_template("{prefix} [{elapsed_precise}] {wide_bar} {pos}/{len} ETA {eta} {msg}")
-            .expect("valid template"),
+        indicatif::ProgressStyle::with_template(
+            "{prefix} [{elapsed_precise}] {wide_bar} {pos}/{len} ETA {eta} {msg}",
+        )
+        .expect("valid template"),
     );
     bar.set_prefix(format!("train {}", network.net.arch()));
     for epoch in state.epochs_done..config.epochs {
@@ -173,7 +196,11 @@ pub fn train(
             opt.backward_step(&loss);
             let b = idx.size()[0];
             loss_sum += loss.double_value(&[]) * b as f64;
-            correct += logits.argmax(-1, false).eq_tensor(&y).sum(Kind::Int64).int64_value(&[]);
+            correct += logits
+                .argmax(-1, false)
+                .eq_tensor(&y)
+                .sum(Kind::Int64)
+                .int64_value(&[]);
             seen += b;
             bar.inc(1);
             bar.set_message(format!(
@@ -248,7 +275,12 @@ pub fn evaluate(network: &Network, set: &ImageSet, batch_size: usize) -> Result<
         correct += pred.eq_tensor(&y).sum(Kind::Int64).int64_value(&[]);
         predictions.extend(Vec::<i64>::try_from(pred).map_err(NnError::Torch)?);
     }
-    Ok(EvalStats { count: set.len(), accuracy: correct as f64 / n as f64, loss: loss_sum / n as f64, predictions })
+    Ok(EvalStats {
+        count: set.len(),
+        accuracy: correct as f64 / n as f64,
+        loss: loss_sum / n as f64,
+        predictions,
+    })
 }
 
 /// Mean intersection over union of predicted and true label maps (`[N, H, W]` i64), over the
@@ -266,7 +298,11 @@ pub fn mean_iou(pred: &Tensor, target: &Tensor, classes: i64, ignore: i64) -> f6
             present += 1;
         }
     }
-    if present == 0 { 0.0 } else { sum / present as f64 }
+    if present == 0 {
+        0.0
+    } else {
+        sum / present as f64
+    }
 }
 
 #[cfg(test)]
@@ -275,12 +311,25 @@ mod tests {
 
     #[test]
     fn schedules() {
-        let c = TrainConfig { epochs: 10, lr: 0.1, warmup_epochs: 1.0, ..Default::default() };
+        let c = TrainConfig {
+            epochs: 10,
+            lr: 0.1,
+            warmup_epochs: 1.0,
+            ..Default::default()
+        };
         assert_eq!(c.lr_at(0.0), 0.0);
         assert!((c.lr_at(0.5) - 0.05).abs() < 1e-12);
         assert!((c.lr_at(5.0) - 0.05).abs() < 1e-12);
         assert!(c.lr_at(10.0).abs() < 1e-12);
-        let s = TrainConfig { schedule: Schedule::Step { every: 3, gamma: 0.1 }, warmup_epochs: 0.0, lr: 1.0, ..c };
+        let s = TrainConfig {
+            schedule: Schedule::Step {
+                every: 3,
+                gamma: 0.1,
+            },
+            warmup_epochs: 0.0,
+            lr: 1.0,
+            ..c
+        };
         assert!((s.lr_at(3.5) - 0.1).abs() < 1e-12);
     }
 

@@ -46,14 +46,29 @@ fn engine_equals_reference_schedule_on_resnet18() {
     let units = store::units(&skeleton, 4);
     let run = |schedule: Schedule, workers: usize| {
         let nets = engine::into_nets(engine::replicas(&net, workers).unwrap());
-        let config = ExtractConfig { schedule, batch: 2, ..ExtractConfig::default() };
-        engine::extract(nets, &images, skeleton.clone(), &units, Arc::new(OutputMse), &config, &mut |_| {})
-            .unwrap()
+        let config = ExtractConfig {
+            schedule,
+            batch: 2,
+            ..ExtractConfig::default()
+        };
+        engine::extract(
+            nets,
+            &images,
+            skeleton.clone(),
+            &units,
+            Arc::new(OutputMse),
+            &config,
+            &mut |_| {},
+        )
+        .unwrap()
     };
     let (reference, _) = run(Schedule::Single, 1);
     let (batched, stats) = run(Schedule::DEFAULT, 2);
     batched.validate(&layers).unwrap();
-    assert!(stats.evaluated < stats.cells, "(1,1) at least is copied: {stats:?}");
+    assert!(
+        stats.evaluated < stats.cells,
+        "(1,1) at least is copied: {stats:?}"
+    );
     let mut nonzero = 0;
     for ((name, a), b) in reference.layers.iter().zip(batched.layers.values()) {
         for (i, (x, y)) in a.values.iter().zip(&b.values).enumerate() {
@@ -66,5 +81,8 @@ fn engine_equals_reference_schedule_on_resnet18() {
             nonzero += usize::from(*x > 0.0);
         }
     }
-    assert!(nonzero > reference.layers.len(), "too few non-zero distortions: {nonzero}");
+    assert!(
+        nonzero > reference.layers.len(),
+        "too few non-zero distortions: {nonzero}"
+    );
 }

@@ -2,11 +2,11 @@
 //! checkpointed run resumes after its last epoch, and a block spec's block ReLUs train too.
 #![cfg(feature = "torch")]
 
+use knapsec_arch_resnet as _;
 use knapsec_core::{ArchOptions, BlockSize, BlockSpec};
 use knapsec_nn::data::{ImageSet, Pixels};
 use knapsec_nn::train::{Schedule, TrainConfig, evaluate, train};
 use knapsec_nn::{BlockNet, Network};
-use knapsec_arch_resnet as _;
 
 fn options() -> ArchOptions {
     ArchOptions {
@@ -28,16 +28,34 @@ fn tiny_set() -> ImageSet {
         for y in 0..8 {
             for x in 0..8 {
                 let on = (y / 4) * 2 + x / 4 == label;
-                pixels.push(if on { 220u8 } else { ((i * 13 + y * 5 + x * 3) % 50) as u8 });
+                pixels.push(if on {
+                    220u8
+                } else {
+                    ((i * 13 + y * 5 + x * 3) % 50) as u8
+                });
             }
         }
         labels.push(label as i64);
     }
-    ImageSet { pixels: Pixels::U8(pixels), labels, shape: (1, 8, 8), classes: 4, mean: vec![0.3], std: vec![0.3] }
+    ImageSet {
+        pixels: Pixels::U8(pixels),
+        labels,
+        shape: (1, 8, 8),
+        classes: 4,
+        mean: vec![0.3],
+        std: vec![0.3],
+    }
 }
 
 fn config(epochs: usize) -> TrainConfig {
-    TrainConfig { epochs, batch_size: 8, lr: 0.02, warmup_epochs: 0.0, schedule: Schedule::Constant, ..Default::default() }
+    TrainConfig {
+        epochs,
+        batch_size: 8,
+        lr: 0.02,
+        warmup_epochs: 0.0,
+        schedule: Schedule::Constant,
+        ..Default::default()
+    }
 }
 
 #[test]
@@ -48,7 +66,10 @@ fn training_reduces_the_loss() {
     let history = train(&mut net, &set, None, &config(8), None).unwrap();
     assert_eq!(history.len(), 8);
     let (first, last) = (history[0].train_loss, history.last().unwrap().train_loss);
-    assert!(last < first * 0.7, "training loss {first} -> {last}: {history:?}");
+    assert!(
+        last < first * 0.7,
+        "training loss {first} -> {last}: {history:?}"
+    );
     assert!(evaluate(&net, &set, 32).unwrap().loss.is_finite());
 }
 
@@ -82,5 +103,8 @@ fn fine_tuning_with_block_relus_in_place() {
     let set = tiny_set();
     let history = train(&mut net, &set, None, &config(8), None).unwrap();
     let (first, last) = (history[0].train_loss, history.last().unwrap().train_loss);
-    assert!(last < first, "training loss with block ReLUs {first} -> {last}");
+    assert!(
+        last < first,
+        "training loss with block ReLUs {first} -> {last}"
+    );
 }

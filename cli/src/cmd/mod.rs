@@ -9,10 +9,10 @@ pub mod keys;
 pub mod knapsack;
 pub mod netbench;
 pub mod party;
+#[cfg(feature = "torch")]
+pub mod pipeline;
 pub mod plugins;
 pub mod simulate;
 pub mod spec;
-#[cfg(feature = "torch")]
-pub mod pipeline;
 #[cfg(feature = "torch")]
 pub mod train;

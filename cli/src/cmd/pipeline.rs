@@ -33,7 +33,12 @@ pub struct DemoArgs {
     pub json: bool,
 }
 
-fn finish(ctx: &Context, report: &pipeline::report::Report, out: &std::path::Path, json: bool) -> anyhow::Result<()> {
+fn finish(
+    ctx: &Context,
+    report: &pipeline::report::Report,
+    out: &std::path::Path,
+    json: bool,
+) -> anyhow::Result<()> {
     let mut stdout = ctx.stdout();
     if json {
         serde_json::to_writer_pretty(&mut stdout, report)?;
@@ -53,8 +58,10 @@ fn finish(ctx: &Context, report: &pipeline::report::Report, out: &std::path::Pat
 }
 
 pub fn run_pipeline(a: PipelineArgs, ctx: &Context) -> anyhow::Result<()> {
-    let text = std::fs::read_to_string(&a.config).with_context(|| format!("cannot read {}", a.config.display()))?;
-    let config: PipelineConfig = ron::from_str(&text).with_context(|| format!("{}: invalid pipeline configuration", a.config.display()))?;
+    let text = std::fs::read_to_string(&a.config)
+        .with_context(|| format!("cannot read {}", a.config.display()))?;
+    let config: PipelineConfig = ron::from_str(&text)
+        .with_context(|| format!("{}: invalid pipeline configuration", a.config.display()))?;
     let report = pipeline::run(ctx, &config, &a.output)?;
     finish(ctx, &report, &a.output, a.json)
 }
@@ -63,7 +70,11 @@ pub fn run_demo(a: DemoArgs, ctx: &Context) -> anyhow::Result<()> {
     let config = PipelineConfig::default();
     if a.print_config {
         let mut out = ctx.stdout();
-        writeln!(out, "{}", ron::ser::to_string_pretty(&config, Default::default())?)?;
+        writeln!(
+            out,
+            "{}",
+            ron::ser::to_string_pretty(&config, Default::default())?
+        )?;
         out.flush()?;
         return Ok(());
     }

@@ -55,7 +55,12 @@ fn load(dir: &std::path::Path) -> anyhow::Result<(SecureModel, ModelWeights)> {
 fn check_input(model: &SecureModel, x: &[f32], path: &std::path::Path) -> anyhow::Result<()> {
     let [c, h, w] = model.input_shape();
     if x.len() != (c * h * w) as usize {
-        bail!("{}: {} values, the model expects {c}x{h}x{w} = {}", path.display(), x.len(), c * h * w);
+        bail!(
+            "{}: {} values, the model expects {c}x{h}x{w} = {}",
+            path.display(),
+            x.len(),
+            c * h * w
+        );
     }
     Ok(())
 }
@@ -75,16 +80,29 @@ pub fn run(args: Args, ctx: &Context) -> anyhow::Result<()> {
     match args.backend.as_str() {
         "securenn" => {
             let drelu = DreluMode::parse_cli(&args.drelu)?;
-            let reveal = if args.label_only { Reveal::Label } else { Reveal::Logits };
-            let report = simulate(&model, &weights, &x, Options { drelu, reveal }, Some(TIMEOUT))?;
+            let reveal = if args.label_only {
+                Reveal::Label
+            } else {
+                Reveal::Logits
+            };
+            let report = simulate(
+                &model,
+                &weights,
+                &x,
+                Options { drelu, reveal },
+                Some(TIMEOUT),
+            )?;
             if args.json {
                 return ctx.print_json(&report);
             }
             let mut out = ctx.stdout();
             print_output(&mut out, &report.output)?;
             writeln!(out, "DReLUs: {}", report.drelus)?;
-            for (name, p) in [("setup (once per session)", &report.setup), ("offline", &report.offline), ("online", &report.online)]
-            {
+            for (name, p) in [
+                ("setup (once per session)", &report.setup),
+                ("offline", &report.offline),
+                ("online", &report.online),
+            ] {
                 writeln!(
                     out,
                     "{name}: {:.3} s ({:.2} CPU s), {} bytes, {} messages, {} rounds",
@@ -102,16 +120,35 @@ pub fn run(args: Args, ctx: &Context) -> anyhow::Result<()> {
         name => {
             let registry = ctx.registry()?;
             let backend = registry.backend(name)?;
-            let options = if name == "securenn" { String::new() } else { args.options.clone() };
-            let (output, comm, seconds) =
-                knapsec_securenn::sim::run_backend(backend.as_ref(), &model, &weights, &x, &options, Some(TIMEOUT))
-                    .with_context(|| format!("backend {name}"))?;
+            let options = if name == "securenn" {
+                String::new()
+            } else {
+                args.options.clone()
+            };
+            let (output, comm, seconds) = knapsec_securenn::sim::run_backend(
+                backend.as_ref(),
+                &model,
+                &weights,
+                &x,
+                &options,
+                Some(TIMEOUT),
+            )
+            .with_context(|| format!("backend {name}"))?;
             if args.json {
-                return ctx.print_json(&GenericReport { backend: name, output: &output, seconds, comm: &comm });
+                return ctx.print_json(&GenericReport {
+                    backend: name,
+                    output: &output,
+                    seconds,
+                    comm: &comm,
+                });
             }
             let mut out = ctx.stdout();
             print_output(&mut out, &output)?;
-            writeln!(out, "{seconds:.3} s, {} bytes, {} messages, {} rounds", comm.bytes, comm.messages, comm.rounds)?;
+            writeln!(
+                out,
+                "{seconds:.3} s, {} bytes, {} messages, {} rounds",
+                comm.bytes, comm.messages, comm.rounds
+            )?;
             print_comm(&mut out, "traffic", &comm)?;
             out.flush()?;
             Ok(())
@@ -122,9 +159,19 @@ pub fn run(args: Args, ctx: &Context) -> anyhow::Result<()> {
 fn print_output(out: &mut impl Write, output: &PartyOutput) -> anyhow::Result<()> {
     match output {
         PartyOutput::Logits(v) => {
-            let best = v.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).map(|(i, _)| i);
+            let best = v
+                .iter()
+                .enumerate()
+                .max_by(|a, b| a.1.total_cmp(b.1))
+                .map(|(i, _)| i);
             let shown: Vec<String> = v.iter().take(10).map(|x| format!("{x:.4}")).collect();
-            writeln!(out, "logits ({}): [{}{}]", v.len(), shown.join(", "), if v.len() > 10 { ", …" } else { "" })?;
+            writeln!(
+                out,
+                "logits ({}): [{}{}]",
+                v.len(),
+                shown.join(", "),
+                if v.len() > 10 { ", …" } else { "" }
+            )?;
             if let Some(b) = best {
                 writeln!(out, "argmax: {b}")?;
             }
@@ -137,18 +184,36 @@ fn print_output(out: &mut impl Write, output: &PartyOutput) -> anyhow::Result<()
 }
 
 fn print_comm(out: &mut impl Write, title: &str, c: &CommReport) -> anyhow::Result<()> {
-    writeln!(out, "{title}: {} bytes ({:.3} MB), {} messages", c.bytes, c.bytes as f64 / 1e6, c.messages)?;
+    writeln!(
+        out,
+        "{title}: {} bytes ({:.3} MB), {} messages",
+        c.bytes,
+        c.bytes as f64 / 1e6,
+        c.messages
+    )?;
     writeln!(out, "  per pair:")?;
     for (k, v) in &c.pairs {
-        writeln!(out, "    {k:<16} {:>14} bytes {:>6} messages", v.bytes, v.messages)?;
+        writeln!(
+            out,
+            "    {k:<16} {:>14} bytes {:>6} messages",
+            v.bytes, v.messages
+        )?;
     }
     writeln!(out, "  per op:")?;
     for (k, v) in &c.ops {
-        writeln!(out, "    {k:<16} {:>14} bytes {:>6} messages {:>4} rounds", v.bytes, v.messages, v.rounds)?;
+        writeln!(
+            out,
+            "    {k:<16} {:>14} bytes {:>6} messages {:>4} rounds",
+            v.bytes, v.messages, v.rounds
+        )?;
     }
     writeln!(out, "  per layer:")?;
     for l in &c.layers {
-        writeln!(out, "    {:<28} {:>14} bytes {:>4} rounds", l.layer, l.counts.bytes, l.counts.rounds)?;
+        writeln!(
+            out,
+            "    {:<28} {:>14} bytes {:>4} rounds",
+            l.layer, l.counts.bytes, l.counts.rounds
+        )?;
     }
     Ok(())
 }
@@ -232,27 +297,55 @@ fn parse_budget(text: &str) -> anyhow::Result<f64> {
 pub fn bench(ctx: &Context, args: BenchArgs) -> anyhow::Result<()> {
     let budget = parse_budget(&args.budget)?;
     let drelu = DreluMode::parse_cli(&args.drelu)?;
-    let arch_options = knapsec_core::ArchOptions { variant: args.variant.clone(), ..Default::default() };
-    let plan = knapsec_arch_resnet::ResNetPlan::new(&args.arch, &arch_options)
-        .with_context(|| format!("architecture {:?} (bench secure knows resnet18-cifar and resnet50-imagenet)", args.arch))?;
+    let arch_options = knapsec_core::ArchOptions {
+        variant: args.variant.clone(),
+        ..Default::default()
+    };
+    let plan =
+        knapsec_arch_resnet::ResNetPlan::new(&args.arch, &arch_options).with_context(|| {
+            format!(
+                "architecture {:?} (bench secure knows resnet18-cifar and resnet50-imagenet)",
+                args.arch
+            )
+        })?;
     let table = plan.layer_table()?;
     let spec = match &args.spec {
         Some(path) => BlockSpec::load(path, Some(&args.arch))?,
         None => {
-            let shapes: Vec<_> = table.layers.iter().map(|l| [l.channels, l.height, l.width]).collect();
+            let shapes: Vec<_> = table
+                .layers
+                .iter()
+                .map(|l| [l.channels, l.height, l.width])
+                .collect();
             let blocks = nets::random_spec(&shapes, budget, args.seed);
             BlockSpec {
                 format: knapsec_core::spec::SPEC_FORMAT,
                 arch: table.arch.clone(),
-                layers: table.layers.iter().map(|l| l.name.clone()).zip(blocks).collect(),
+                layers: table
+                    .layers
+                    .iter()
+                    .map(|l| l.name.clone())
+                    .zip(blocks)
+                    .collect(),
             }
         }
     };
     let (model, _) = plan.secure_graph(Some(&spec), 12)?;
     let weights = random_weights(&model, args.seed);
     let [c, h, w] = model.input_shape();
-    let x: Vec<f32> = (0..c * h * w).map(|i| (i as f32 * 0.7311 + args.seed as f32).sin()).collect();
-    let r: SimReport = simulate(&model, &weights, &x, Options { drelu, reveal: Reveal::Logits }, Some(TIMEOUT))?;
+    let x: Vec<f32> = (0..c * h * w)
+        .map(|i| (i as f32 * 0.7311 + args.seed as f32).sin())
+        .collect();
+    let r: SimReport = simulate(
+        &model,
+        &weights,
+        &x,
+        Options {
+            drelu,
+            reveal: Reveal::Logits,
+        },
+        Some(TIMEOUT),
+    )?;
     let mut comm = r.offline.comm.clone();
     comm.merge(&r.online.comm);
     let drelu_bytes = comm.op("drelu").bytes;
@@ -277,10 +370,20 @@ pub fn bench(ctx: &Context, args: BenchArgs) -> anyhow::Result<()> {
         online_cpu_seconds: r.online.cpu_seconds,
         threads: rayon_threads(),
         ops: comm.ops.clone(),
-        layers: comm.layers.iter().map(|l| LayerRow { layer: l.layer.clone(), bytes: l.counts.bytes, rounds: l.counts.rounds }).collect(),
+        layers: comm
+            .layers
+            .iter()
+            .map(|l| LayerRow {
+                layer: l.layer.clone(),
+                bytes: l.counts.bytes,
+                rounds: l.counts.rounds,
+            })
+            .collect(),
     })
 }
 
 fn rayon_threads() -> usize {
-    std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
 }

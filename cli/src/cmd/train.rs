@@ -6,9 +6,9 @@ use crate::args::ArchOptionArgs;
 use crate::context::Context;
 use anyhow::{Context as _, bail};
 use knapsec_core::BlockSpec;
+use knapsec_nn::Network;
 use knapsec_nn::data::{DataSpec, ImageSet, Split};
 use knapsec_nn::train::{EpochStats, EvalStats, Schedule, TrainConfig, evaluate, train};
-use knapsec_nn::Network;
 use serde::Serialize;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -135,10 +135,16 @@ fn parse_schedule(text: &str) -> anyhow::Result<Schedule> {
             let parts: Vec<&str> = text.split(':').collect();
             match parts.as_slice() {
                 ["step", every, gamma] => Ok(Schedule::Step {
-                    every: every.parse().with_context(|| format!("schedule {text:?}: bad EVERY"))?,
-                    gamma: gamma.parse().with_context(|| format!("schedule {text:?}: bad GAMMA"))?,
+                    every: every
+                        .parse()
+                        .with_context(|| format!("schedule {text:?}: bad EVERY"))?,
+                    gamma: gamma
+                        .parse()
+                        .with_context(|| format!("schedule {text:?}: bad GAMMA"))?,
                 }),
-                _ => bail!("unknown schedule {text:?} (expected cosine, constant or step:EVERY:GAMMA)"),
+                _ => bail!(
+                    "unknown schedule {text:?} (expected cosine, constant or step:EVERY:GAMMA)"
+                ),
             }
         }
     }
@@ -146,47 +152,79 @@ fn parse_schedule(text: &str) -> anyhow::Result<Schedule> {
 
 /// Loads a split of `data`, shaped for `network` (28×28 images are padded when the network
 /// wants 32×32), keeping the first `limit` images.
-pub fn load_for(network: &Network, data: &str, split: Split, limit: Option<usize>) -> anyhow::Result<ImageSet> {
+pub fn load_for(
+    network: &Network,
+    data: &str,
+    split: Split,
+    limit: Option<usize>,
+) -> anyhow::Result<ImageSet> {
     let spec: DataSpec = data.parse()?;
-    let mut set = spec.load(split).with_context(|| format!("cannot load data set {data:?}"))?;
+    let mut set = spec
+        .load(split)
+        .with_context(|| format!("cannot load data set {data:?}"))?;
     if let Some(n) = limit {
         set = set.take(n);
     }
     let [c, h, w] = network.net.input_shape();
     let (sc, sh, sw) = set.shape;
     if sc as i64 != c {
-        bail!("data set {data:?} has {sc}-channel images, architecture {} wants {c} (set --input-channels)", network.net.arch());
+        bail!(
+            "data set {data:?} has {sc}-channel images, architecture {} wants {c} (set --input-channels)",
+            network.net.arch()
+        );
     }
     if (sh as i64, sw as i64) != (h, w) {
         if (sh as i64) < h && (sw as i64) < w {
             set = set.pad_to(h as usize, w as usize)?;
         } else {
-            bail!("data set {data:?} has {sh}x{sw} images, architecture {} wants {h}x{w} (set --input-size)", network.net.arch());
+            bail!(
+                "data set {data:?} has {sh}x{sw} images, architecture {} wants {h}x{w} (set --input-size)",
+                network.net.arch()
+            );
         }
     }
     if set.classes as i64 > network.net.options().classes.map_or(i64::MAX, i64::from) {
-        bail!("data set {data:?} has {} classes, the network only {:?} (set --classes)", set.classes, network.net.options().classes);
+        bail!(
+            "data set {data:?} has {} classes, the network only {:?} (set --classes)",
+            set.classes,
+            network.net.options().classes
+        );
     }
     Ok(set)
 }
 
 /// Builds `arch` with random (seeded) weights on the CPU, after checking it is registered.
-pub fn build_network(ctx: &Context, arch: &str, options: &ArchOptionArgs, seed: u64) -> anyhow::Result<Network> {
+pub fn build_network(
+    ctx: &Context,
+    arch: &str,
+    options: &ArchOptionArgs,
+    seed: u64,
+) -> anyhow::Result<Network> {
     ctx.registry()?.arch(arch)?;
     let options = options.to_options()?;
     knapsec_nn::tch::manual_seed(seed as i64);
-    Ok(Network::build(arch, &options, knapsec_nn::tch::Device::Cpu)?)
+    Ok(Network::build(
+        arch,
+        &options,
+        knapsec_nn::tch::Device::Cpu,
+    )?)
 }
 
 fn load_spec(network: &mut Network, path: &Path) -> anyhow::Result<BlockSpec> {
     let spec = BlockSpec::load(path, Some(network.net.arch()))?;
     let table = network.net.slots().layer_table()?;
-    spec.validate_layers(&table).with_context(|| format!("{} does not fit {}", path.display(), network.net.arch()))?;
+    spec.validate_layers(&table)
+        .with_context(|| format!("{} does not fit {}", path.display(), network.net.arch()))?;
     network.net.apply_spec(&spec)?;
     Ok(spec)
 }
 
-fn run_training(ctx: &Context, mut network: Network, a: &TrainArgs, spec: Option<&Path>) -> anyhow::Result<()> {
+fn run_training(
+    ctx: &Context,
+    mut network: Network,
+    a: &TrainArgs,
+    spec: Option<&Path>,
+) -> anyhow::Result<()> {
     let config = TrainConfig {
         epochs: a.epochs,
         batch_size: a.batch,
@@ -200,9 +238,24 @@ fn run_training(ctx: &Context, mut network: Network, a: &TrainArgs, spec: Option
         flip: a.flip,
     };
     let train_set = load_for(&network, &a.data, Split::Train, a.train_subset)?;
-    let eval_set = if a.eval_subset > 0 { Some(load_for(&network, &a.data, Split::Test, Some(a.eval_subset))?) } else { None };
+    let eval_set = if a.eval_subset > 0 {
+        Some(load_for(
+            &network,
+            &a.data,
+            Split::Test,
+            Some(a.eval_subset),
+        )?)
+    } else {
+        None
+    };
     let t0 = Instant::now();
-    let history = train(&mut network, &train_set, eval_set.as_ref(), &config, a.checkpoint.as_deref())?;
+    let history = train(
+        &mut network,
+        &train_set,
+        eval_set.as_ref(),
+        &config,
+        a.checkpoint.as_deref(),
+    )?;
     network.save_weights(&a.output)?;
     let summary = TrainSummary {
         arch: &a.arch,
@@ -220,7 +273,9 @@ fn run_training(ctx: &Context, mut network: Network, a: &TrainArgs, spec: Option
             history.len(),
             summary.seconds,
             100.0 * last.map_or(0.0, |s| s.train_accuracy),
-            last.and_then(|s| s.eval_accuracy).map(|e| format!(", test accuracy {:.2}%", 100.0 * e)).unwrap_or_default()
+            last.and_then(|s| s.eval_accuracy)
+                .map(|e| format!(", test accuracy {:.2}%", 100.0 * e))
+                .unwrap_or_default()
         )
     })
 }
@@ -240,7 +295,12 @@ pub fn run_finetune(a: FinetuneArgs, ctx: &Context) -> anyhow::Result<()> {
 }
 
 /// `knapsec finetune` with arguments built in code (the pipeline).
-pub fn run_finetune_in(ctx: &Context, a: TrainArgs, weights: &Path, spec: &Path) -> anyhow::Result<()> {
+pub fn run_finetune_in(
+    ctx: &Context,
+    a: TrainArgs,
+    weights: &Path,
+    spec: &Path,
+) -> anyhow::Result<()> {
     let mut network = build_network(ctx, &a.arch, &a.options, a.seed)?;
     network.load_weights(weights)?;
     load_spec(&mut network, spec)?;
@@ -265,7 +325,10 @@ pub fn write_test_inputs(
     for i in 0..set.len() {
         let data = Vec::<f32>::try_from(images.get(i as i64).reshape([-1]))?;
         let path = dir.join(format!("image{i}.npy"));
-        knapsec_core::fsutil::write_atomic(&path, &npy_f32(&data, &[c as usize, h as usize, w as usize]))?;
+        knapsec_core::fsutil::write_atomic(
+            &path,
+            &npy_f32(&data, &[c as usize, h as usize, w as usize]),
+        )?;
         out.push((path, set.labels[i]));
     }
     Ok(out)
@@ -274,7 +337,11 @@ pub fn write_test_inputs(
 /// A little-endian `f32` array in NumPy's `.npy` format (version 1.0).
 pub fn npy_f32(data: &[f32], shape: &[usize]) -> Vec<u8> {
     let dims: Vec<String> = shape.iter().map(|d| d.to_string()).collect();
-    let shape_text = if dims.len() == 1 { format!("({},)", dims[0]) } else { format!("({})", dims.join(", ")) };
+    let shape_text = if dims.len() == 1 {
+        format!("({},)", dims[0])
+    } else {
+        format!("({})", dims.join(", "))
+    };
     let mut header = format!("{{'descr': '<f4', 'fortran_order': False, 'shape': {shape_text}, }}");
     while (10 + header.len() + 1) % 64 != 0 {
         header.push(' ');
@@ -306,7 +373,12 @@ pub fn evaluate_weights(
         None => table.drelus(),
     };
     let set = load_for(&network, data, Split::Test, subset)?;
-    let EvalStats { count, accuracy, loss, .. } = evaluate(&network, &set, batch)?;
+    let EvalStats {
+        count,
+        accuracy,
+        loss,
+        ..
+    } = evaluate(&network, &set, batch)?;
     Ok(EvalSummary {
         arch: arch.to_string(),
         data: data.to_string(),
@@ -319,14 +391,35 @@ pub fn evaluate_weights(
 }
 
 pub fn run_eval(a: EvalArgs, ctx: &Context) -> anyhow::Result<()> {
-    let s = evaluate_weights(ctx, &a.arch, &a.options, &a.weights, a.spec.as_deref(), &a.data, a.subset, a.batch)?;
+    let s = evaluate_weights(
+        ctx,
+        &a.arch,
+        &a.options,
+        &a.weights,
+        a.spec.as_deref(),
+        &a.data,
+        a.subset,
+        a.batch,
+    )?;
     emit(ctx, &s, a.json, a.report.as_deref(), || {
-        format!("top-1 accuracy {:.2}% on {} images ({} DReLUs), mean loss {:.4}", 100.0 * s.accuracy, s.count, s.drelus, s.loss)
+        format!(
+            "top-1 accuracy {:.2}% on {} images ({} DReLUs), mean loss {:.4}",
+            100.0 * s.accuracy,
+            s.count,
+            s.drelus,
+            s.loss
+        )
     })
 }
 
 /// Prints `value` as JSON (with `json`) or the human line, and writes the JSON to `report`.
-fn emit<T: Serialize>(ctx: &Context, value: &T, json: bool, report: Option<&Path>, human: impl FnOnce() -> String) -> anyhow::Result<()> {
+fn emit<T: Serialize>(
+    ctx: &Context,
+    value: &T,
+    json: bool,
+    report: Option<&Path>,
+    human: impl FnOnce() -> String,
+) -> anyhow::Result<()> {
     let text = serde_json::to_string_pretty(value)?;
     if let Some(path) = report {
         knapsec_core::fsutil::write_atomic(path, text.as_bytes())?;

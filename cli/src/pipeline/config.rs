@@ -55,7 +55,11 @@ pub struct DistortionSettings {
 
 impl Default for DistortionSettings {
     fn default() -> Self {
-        DistortionSettings { samples: 16, batch: 8, seed: 0 }
+        DistortionSettings {
+            samples: 16,
+            batch: 8,
+            seed: 0,
+        }
     }
 }
 
@@ -76,7 +80,13 @@ pub struct SecureSettings {
 
 impl Default for SecureSettings {
     fn default() -> Self {
-        SecureSettings { images: 3, budget: None, backend: "securenn".into(), drelu: "exact".into(), frac_bits: 12 }
+        SecureSettings {
+            images: 3,
+            budget: None,
+            backend: "securenn".into(),
+            drelu: "exact".into(),
+            frac_bits: 12,
+        }
     }
 }
 
@@ -119,7 +129,10 @@ impl Default for PipelineConfig {
             },
             data: "fashion-mnist".into(),
             eval_subset: None,
-            baseline: Baseline::Train(TrainSettings { epochs: 3, ..TrainSettings::default() }),
+            baseline: Baseline::Train(TrainSettings {
+                epochs: 3,
+                ..TrainSettings::default()
+            }),
             distortion: DistortionSettings::default(),
             budgets: vec!["3%".into(), "6%".into(), "12%".into()],
             strategy: "mckp-exact".into(),
@@ -131,7 +144,10 @@ impl Default for PipelineConfig {
                 train_subset: Some(20_000),
                 ..TrainSettings::default()
             },
-            secure: SecureSettings { budget: Some("6%".into()), ..SecureSettings::default() },
+            secure: SecureSettings {
+                budget: Some("6%".into()),
+                ..SecureSettings::default()
+            },
         }
     }
 }
@@ -149,7 +165,10 @@ impl PipelineConfig {
             && self.secure.images > 0
             && !self.budgets.contains(b)
         {
-            anyhow::bail!("secure.budget {b:?} is not one of the budgets {:?}", self.budgets);
+            anyhow::bail!(
+                "secure.budget {b:?} is not one of the budgets {:?}",
+                self.budgets
+            );
         }
         Ok(())
     }

@@ -20,8 +20,8 @@ pub mod config;
 pub mod plot;
 pub mod report;
 
-use crate::cmd::train::{EvalSummary, TrainArgs, evaluate_weights, run_finetune_in, run_train_in};
 use crate::args::ArchOptionArgs;
+use crate::cmd::train::{EvalSummary, TrainArgs, evaluate_weights, run_finetune_in, run_train_in};
 use crate::context::Context;
 use anyhow::{Context as _, bail};
 use config::{Baseline, PipelineConfig, TrainSettings};
@@ -39,13 +39,29 @@ pub fn run(ctx: &Context, config: &PipelineConfig, out: &Path) -> anyhow::Result
     let adapter = ctx.registry()?.arch(&config.arch)?;
     let table = adapter.layer_table(&config.options)?;
     let options_file = out.join("arch_options.ron");
-    write_text(&options_file, &ron::ser::to_string_pretty(&config.options, Default::default())?)?;
-    write_text(&out.join("pipeline.ron"), &ron::ser::to_string_pretty(config, Default::default())?)?;
-    let arch_args = ArchOptionArgs { arch_options: Some(options_file.clone()), ..Default::default() };
+    write_text(
+        &options_file,
+        &ron::ser::to_string_pretty(&config.options, Default::default())?,
+    )?;
+    write_text(
+        &out.join("pipeline.ron"),
+        &ron::ser::to_string_pretty(config, Default::default())?,
+    )?;
+    let arch_args = ArchOptionArgs {
+        arch_options: Some(options_file.clone()),
+        ..Default::default()
+    };
     let mut report = Report {
         arch: config.arch.clone(),
         data: config.data.clone(),
-        layers: table.layers.iter().map(|l| LayerInfo { name: l.name.clone(), drelus: l.drelus() }).collect(),
+        layers: table
+            .layers
+            .iter()
+            .map(|l| LayerInfo {
+                name: l.name.clone(),
+                drelus: l.drelus(),
+            })
+            .collect(),
         ..Default::default()
     };
     let mut timer = StageTimer::default();
@@ -59,15 +75,36 @@ pub fn run(ctx: &Context, config: &PipelineConfig, out: &Path) -> anyhow::Result
             if !w.exists() {
                 stage(ctx, "baseline: training");
                 let t = Instant::now();
-                run_train_in(ctx, train_args(config, settings, &arch_args, &w, &summary, &out.join("baseline/checkpoint")))?;
+                run_train_in(
+                    ctx,
+                    train_args(
+                        config,
+                        settings,
+                        &arch_args,
+                        &w,
+                        &summary,
+                        &out.join("baseline/checkpoint"),
+                    ),
+                )?;
                 timer.add("baseline training", t);
             } else {
                 skipped(ctx, "baseline training", &w);
             }
-            (w, read_json(&summary).ok().and_then(|v| v["seconds"].as_f64()))
+            (
+                w,
+                read_json(&summary).ok().and_then(|v| v["seconds"].as_f64()),
+            )
         }
     };
-    let base_eval = cached_eval(ctx, &mut timer, config, &arch_args, &baseline_weights, None, &out.join("baseline/eval.json"))?;
+    let base_eval = cached_eval(
+        ctx,
+        &mut timer,
+        config,
+        &arch_args,
+        &baseline_weights,
+        None,
+        &out.join("baseline/eval.json"),
+    )?;
     report.eval_images = base_eval.count;
     report.baseline = BaselineReport {
         weights: baseline_weights.display().to_string(),
@@ -75,19 +112,39 @@ pub fn run(ctx: &Context, config: &PipelineConfig, out: &Path) -> anyhow::Result
         drelus: table.drelus(),
         train_seconds,
     };
-    stage(ctx, &format!("baseline top-1 accuracy {:.2}%", base_eval.accuracy * 100.0));
+    stage(
+        ctx,
+        &format!("baseline top-1 accuracy {:.2}%", base_eval.accuracy * 100.0),
+    );
 
     // === distortion ===
     let dist_table = out.join("distortion/table.safetensors");
     if !dist_table.exists() {
         stage(ctx, "distortion extraction");
         let t = Instant::now();
-        child(ctx, &[
-            "distortion", "--arch", &config.arch, "--arch-options", path_str(&options_file)?,
-            "--weights", path_str(&baseline_weights)?, "--data", &config.data,
-            "--samples", &config.distortion.samples.to_string(), "--batch", &config.distortion.batch.to_string(),
-            "--seed", &config.distortion.seed.to_string(), "--resume", "-o", path_str(&dist_table)?,
-        ])?;
+        child(
+            ctx,
+            &[
+                "distortion",
+                "--arch",
+                &config.arch,
+                "--arch-options",
+                path_str(&options_file)?,
+                "--weights",
+                path_str(&baseline_weights)?,
+                "--data",
+                &config.data,
+                "--samples",
+                &config.distortion.samples.to_string(),
+                "--batch",
+                &config.distortion.batch.to_string(),
+                "--seed",
+                &config.distortion.seed.to_string(),
+                "--resume",
+                "-o",
+                path_str(&dist_table)?,
+            ],
+        )?;
         report.distortion_seconds = Some(t.elapsed().as_secs_f64());
         timer.add("distortion", t);
     } else {
@@ -101,32 +158,71 @@ pub fn run(ctx: &Context, config: &PipelineConfig, out: &Path) -> anyhow::Result
     }
     for budget in &config.budgets {
         for strategy in &strategies {
-            let dir = out.join("runs").join(format!("{}-{strategy}", sanitize(budget)));
+            let dir = out
+                .join("runs")
+                .join(format!("{}-{strategy}", sanitize(budget)));
             let spec_path = dir.join("spec.ron");
             let knap_report = dir.join("knapsack.json");
             if !spec_path.exists() {
                 stage(ctx, &format!("knapsack {strategy} at {budget}"));
                 let t = Instant::now();
-                child(ctx, &[
-                    "knapsack", "--arch", &config.arch, "--arch-options", path_str(&options_file)?,
-                    "--table", path_str(&dist_table)?, "--budget", budget, "--strategy", strategy,
-                    "-o", path_str(&spec_path)?, "--report", path_str(&knap_report)?,
-                ])?;
+                child(
+                    ctx,
+                    &[
+                        "knapsack",
+                        "--arch",
+                        &config.arch,
+                        "--arch-options",
+                        path_str(&options_file)?,
+                        "--table",
+                        path_str(&dist_table)?,
+                        "--budget",
+                        budget,
+                        "--strategy",
+                        strategy,
+                        "-o",
+                        path_str(&spec_path)?,
+                        "--report",
+                        path_str(&knap_report)?,
+                    ],
+                )?;
                 timer.add("knapsack", t);
             }
             let spec = BlockSpec::load(&spec_path, None)?;
-            let before =
-                cached_eval(ctx, &mut timer, config, &arch_args, &baseline_weights, Some(&spec_path), &dir.join("eval_before.json"))?;
+            let before = cached_eval(
+                ctx,
+                &mut timer,
+                config,
+                &arch_args,
+                &baseline_weights,
+                Some(&spec_path),
+                &dir.join("eval_before.json"),
+            )?;
             let tuned = dir.join("weights.safetensors");
             let tune_summary = dir.join("finetune.json");
             if !tuned.exists() {
                 stage(ctx, &format!("fine-tuning {strategy} at {budget}"));
                 let t = Instant::now();
-                let args = train_args(config, &config.finetune, &arch_args, &tuned, &tune_summary, &dir.join("checkpoint"));
+                let args = train_args(
+                    config,
+                    &config.finetune,
+                    &arch_args,
+                    &tuned,
+                    &tune_summary,
+                    &dir.join("checkpoint"),
+                );
                 run_finetune_in(ctx, args, &baseline_weights, &spec_path)?;
                 timer.add("fine-tuning", t);
             }
-            let after = cached_eval(ctx, &mut timer, config, &arch_args, &tuned, Some(&spec_path), &dir.join("eval.json"))?;
+            let after = cached_eval(
+                ctx,
+                &mut timer,
+                config,
+                &arch_args,
+                &tuned,
+                Some(&spec_path),
+                &dir.join("eval.json"),
+            )?;
             let drelus = spec.drelus(&table);
             report.runs.push(RunReport {
                 budget: budget.clone(),
@@ -134,15 +230,23 @@ pub fn run(ctx: &Context, config: &PipelineConfig, out: &Path) -> anyhow::Result
                 spec: spec_path.display().to_string(),
                 drelus,
                 drelus_ratio: drelus as f64 / table.drelus() as f64,
-                distortion: read_json(&knap_report).ok().and_then(|v| v["objective"].as_f64()),
+                distortion: read_json(&knap_report)
+                    .ok()
+                    .and_then(|v| v["objective"].as_f64()),
                 accuracy_before_finetune: before.accuracy,
                 accuracy: after.accuracy,
                 relative_accuracy: after.accuracy / base_eval.accuracy.max(f64::MIN_POSITIVE),
-                finetune_seconds: read_json(&tune_summary).ok().and_then(|v| v["seconds"].as_f64()),
+                finetune_seconds: read_json(&tune_summary)
+                    .ok()
+                    .and_then(|v| v["seconds"].as_f64()),
                 drelus_per_layer: table
                     .layers
                     .iter()
-                    .map(|l| spec.layers.get(&l.name).map_or(l.drelus(), |b| b.iter().map(|x| x.drelu_cost(l.height, l.width)).sum()))
+                    .map(|l| {
+                        spec.layers.get(&l.name).map_or(l.drelus(), |b| {
+                            b.iter().map(|x| x.drelu_cost(l.height, l.width)).sum()
+                        })
+                    })
                     .collect(),
             });
         }
@@ -150,16 +254,32 @@ pub fn run(ctx: &Context, config: &PipelineConfig, out: &Path) -> anyhow::Result
 
     // === secure inference ===
     if config.secure.images > 0 {
-        let budget = config.secure.budget.clone().unwrap_or_else(|| config.budgets[0].clone());
-        let dir = out.join("runs").join(format!("{}-{}", sanitize(&budget), config.strategy));
+        let budget = config
+            .secure
+            .budget
+            .clone()
+            .unwrap_or_else(|| config.budgets[0].clone());
+        let dir = out
+            .join("runs")
+            .join(format!("{}-{}", sanitize(&budget), config.strategy));
         let t = Instant::now();
-        report.secure = Some(secure_stage(ctx, config, &options_file, &dir, &out.join("secure"), &budget)?);
+        report.secure = Some(secure_stage(
+            ctx,
+            config,
+            &options_file,
+            &dir,
+            &out.join("secure"),
+            &budget,
+        )?);
         timer.add("secure inference", t);
     }
 
     report.stage_seconds = timer.0;
     report.total_seconds = t_all.elapsed().as_secs_f64();
-    write_text(&out.join("report.json"), &serde_json::to_string_pretty(&report)?)?;
+    write_text(
+        &out.join("report.json"),
+        &serde_json::to_string_pretty(&report)?,
+    )?;
     plot::accuracy_vs_budget(&report, &out.join("accuracy.png"))?;
     plot::drelus_per_layer(&report, &out.join("drelus_per_layer.png"))?;
     Ok(report)
@@ -167,24 +287,58 @@ pub fn run(ctx: &Context, config: &PipelineConfig, out: &Path) -> anyhow::Result
 
 /// Export, test inputs, and one simulated inference per input with the secure backend and with
 /// `plain`; the labels must agree.
-fn secure_stage(ctx: &Context, config: &PipelineConfig, options_file: &Path, run_dir: &Path, dir: &Path, budget: &str) -> anyhow::Result<SecureReport> {
+fn secure_stage(
+    ctx: &Context,
+    config: &PipelineConfig,
+    options_file: &Path,
+    run_dir: &Path,
+    dir: &Path,
+    budget: &str,
+) -> anyhow::Result<SecureReport> {
     let results = dir.join("results.json");
     if let Ok(v) = read_json(&results) {
         if let Ok(r) = serde_json::from_value::<SecureReport>(v) {
-            if r.images == config.secure.images && r.backend == config.secure.backend && r.drelu == config.secure.drelu {
+            if r.images == config.secure.images
+                && r.backend == config.secure.backend
+                && r.drelu == config.secure.drelu
+            {
                 skipped(ctx, "secure inference", &results);
                 return Ok(r);
             }
         }
     }
     let model = dir.join("model");
-    stage(ctx, &format!("export and secure inference of {} test images", config.secure.images));
-    child(ctx, &[
-        "export", "--arch", &config.arch, "--arch-options", path_str(options_file)?,
-        "--weights", path_str(&run_dir.join("weights.safetensors"))?, "--spec", path_str(&run_dir.join("spec.ron"))?,
-        "--frac-bits", &config.secure.frac_bits.to_string(), "-o", path_str(&model)?,
-    ])?;
-    let inputs = crate::cmd::train::write_test_inputs(ctx, config, &dir.join("inputs"), config.secure.images)?;
+    stage(
+        ctx,
+        &format!(
+            "export and secure inference of {} test images",
+            config.secure.images
+        ),
+    );
+    child(
+        ctx,
+        &[
+            "export",
+            "--arch",
+            &config.arch,
+            "--arch-options",
+            path_str(options_file)?,
+            "--weights",
+            path_str(&run_dir.join("weights.safetensors"))?,
+            "--spec",
+            path_str(&run_dir.join("spec.ron"))?,
+            "--frac-bits",
+            &config.secure.frac_bits.to_string(),
+            "-o",
+            path_str(&model)?,
+        ],
+    )?;
+    let inputs = crate::cmd::train::write_test_inputs(
+        ctx,
+        config,
+        &dir.join("inputs"),
+        config.secure.images,
+    )?;
     let mut r = SecureReport {
         budget: budget.to_string(),
         strategy: config.strategy.clone(),
@@ -194,14 +348,42 @@ fn secure_stage(ctx: &Context, config: &PipelineConfig, options_file: &Path, run
         ..Default::default()
     };
     for (path, label) in &inputs {
-        let secure = child_json(ctx, &[
-            "simulate", "--model", path_str(&model)?, "--input", path_str(path)?,
-            "--backend", &config.secure.backend, "--drelu", &config.secure.drelu, "--json",
-        ])?;
-        let plain = child_json(ctx, &["simulate", "--model", path_str(&model)?, "--input", path_str(path)?, "--backend", "plain", "--json"])?;
+        let secure = child_json(
+            ctx,
+            &[
+                "simulate",
+                "--model",
+                path_str(&model)?,
+                "--input",
+                path_str(path)?,
+                "--backend",
+                &config.secure.backend,
+                "--drelu",
+                &config.secure.drelu,
+                "--json",
+            ],
+        )?;
+        let plain = child_json(
+            ctx,
+            &[
+                "simulate",
+                "--model",
+                path_str(&model)?,
+                "--input",
+                path_str(path)?,
+                "--backend",
+                "plain",
+                "--json",
+            ],
+        )?;
         r.true_labels.push(*label);
-        r.secure_labels.push(label_of(&secure).with_context(|| format!("simulate output for {}", path.display()))?);
-        r.plain_labels.push(label_of(&plain).with_context(|| format!("plain simulate output for {}", path.display()))?);
+        r.secure_labels.push(
+            label_of(&secure).with_context(|| format!("simulate output for {}", path.display()))?,
+        );
+        r.plain_labels.push(
+            label_of(&plain)
+                .with_context(|| format!("plain simulate output for {}", path.display()))?,
+        );
         let n = inputs.len() as f64;
         // `knapsec simulate --json` of the securenn backend: per phase `seconds` and `comm`.
         let phase = |p: &str, f: &str| secure[p]["comm"][f].as_f64().unwrap_or(0.0);
@@ -230,8 +412,13 @@ fn label_of(v: &serde_json::Value) -> anyhow::Result<i64> {
     if let Some(l) = out["Labels"].get(0).and_then(|l| l.as_i64()) {
         return Ok(l);
     }
-    let logits = out["Logits"].as_array().context("neither `Labels` nor `Logits` in the output")?;
-    let vals: Vec<f64> = logits.iter().map(|x| x.as_f64().unwrap_or(f64::NEG_INFINITY)).collect();
+    let logits = out["Logits"]
+        .as_array()
+        .context("neither `Labels` nor `Logits` in the output")?;
+    let vals: Vec<f64> = logits
+        .iter()
+        .map(|x| x.as_f64().unwrap_or(f64::NEG_INFINITY))
+        .collect();
     vals.iter()
         .enumerate()
         .max_by(|a, b| a.1.total_cmp(b.1))
@@ -239,7 +426,14 @@ fn label_of(v: &serde_json::Value) -> anyhow::Result<i64> {
         .context("empty logits")
 }
 
-fn train_args(config: &PipelineConfig, s: &TrainSettings, arch: &ArchOptionArgs, output: &Path, report: &Path, checkpoint: &Path) -> TrainArgs {
+fn train_args(
+    config: &PipelineConfig,
+    s: &TrainSettings,
+    arch: &ArchOptionArgs,
+    output: &Path,
+    report: &Path,
+    checkpoint: &Path,
+) -> TrainArgs {
     TrainArgs {
         arch: config.arch.clone(),
         options: arch.clone(),
@@ -277,7 +471,16 @@ fn cached_eval(
         return Ok(s);
     }
     let t = Instant::now();
-    let s = evaluate_weights(ctx, &config.arch, arch, weights, spec, &config.data, config.eval_subset, 500)?;
+    let s = evaluate_weights(
+        ctx,
+        &config.arch,
+        arch,
+        weights,
+        spec,
+        &config.data,
+        config.eval_subset,
+        500,
+    )?;
     write_text(out, &serde_json::to_string_pretty(&s)?)?;
     timer.add("evaluation", t);
     Ok(s)
@@ -312,7 +515,8 @@ fn sanitize(budget: &str) -> String {
 }
 
 fn path_str(p: &Path) -> anyhow::Result<&str> {
-    p.to_str().with_context(|| format!("path {} is not UTF-8", p.display()))
+    p.to_str()
+        .with_context(|| format!("path {} is not UTF-8", p.display()))
 }
 
 fn write_text(path: &Path, text: &str) -> anyhow::Result<()> {
@@ -343,7 +547,9 @@ fn child_command(ctx: &Context, args: &[&str]) -> anyhow::Result<Command> {
 
 /// Runs `knapsec ARGS…` and fails with its exit status if it fails.
 fn child(ctx: &Context, args: &[&str]) -> anyhow::Result<()> {
-    let status = child_command(ctx, args)?.status().context("cannot start a knapsec child process")?;
+    let status = child_command(ctx, args)?
+        .status()
+        .context("cannot start a knapsec child process")?;
     if !status.success() {
         bail!("`knapsec {}` failed ({status})", args.join(" "));
     }
@@ -359,5 +565,6 @@ fn child_json(ctx: &Context, args: &[&str]) -> anyhow::Result<serde_json::Value>
     if !output.status.success() {
         bail!("`knapsec {}` failed ({})", args.join(" "), output.status);
     }
-    serde_json::from_slice(&output.stdout).with_context(|| format!("`knapsec {}` did not print JSON", args.join(" ")))
+    serde_json::from_slice(&output.stdout)
+        .with_context(|| format!("`knapsec {}` did not print JSON", args.join(" ")))
 }

@@ -36,18 +36,33 @@ fn atomically(path: &Path, draw: impl FnOnce(&Path) -> anyhow::Result<()>) -> an
 /// strategy, the baseline as a horizontal line.
 pub fn accuracy_vs_budget(report: &Report, path: &Path) -> anyhow::Result<()> {
     let series = report.accuracy_series();
-    let all: Vec<f64> = series.iter().flat_map(|(_, pts)| pts.iter().map(|p| p.1)).chain([report.baseline.accuracy * 100.0]).collect();
-    let (lo, hi) = all.iter().fold((f64::MAX, f64::MIN), |(a, b), &v| (a.min(v), b.max(v)));
-    let max_budget = series.iter().flat_map(|(_, pts)| pts.iter().map(|p| p.0)).fold(1.0, f64::max);
+    let all: Vec<f64> = series
+        .iter()
+        .flat_map(|(_, pts)| pts.iter().map(|p| p.1))
+        .chain([report.baseline.accuracy * 100.0])
+        .collect();
+    let (lo, hi) = all
+        .iter()
+        .fold((f64::MAX, f64::MIN), |(a, b), &v| (a.min(v), b.max(v)));
+    let max_budget = series
+        .iter()
+        .flat_map(|(_, pts)| pts.iter().map(|p| p.0))
+        .fold(1.0, f64::max);
     atomically(path, |tmp| {
         let root = BitMapBackend::new(tmp, (900, 560)).into_drawing_area();
         root.fill(&WHITE).map_err(err)?;
         let mut chart = ChartBuilder::on(&root)
-            .caption(format!("{}: top-1 accuracy against DReLU budget", report.arch), (FONT, 22))
+            .caption(
+                format!("{}: top-1 accuracy against DReLU budget", report.arch),
+                (FONT, 22),
+            )
             .margin(16)
             .x_label_area_size(48)
             .y_label_area_size(64)
-            .build_cartesian_2d(0.0..max_budget * 1.08, (lo - 2.0).max(0.0)..(hi + 1.0).min(100.5))
+            .build_cartesian_2d(
+                0.0..max_budget * 1.08,
+                (lo - 2.0).max(0.0)..(hi + 1.0).min(100.5),
+            )
             .map_err(err)?;
         chart
             .configure_mesh()
@@ -58,19 +73,31 @@ pub fn accuracy_vs_budget(report: &Report, path: &Path) -> anyhow::Result<()> {
             .map_err(err)?;
         let base = report.baseline.accuracy * 100.0;
         chart
-            .draw_series(LineSeries::new([(0.0, base), (max_budget * 1.08, base)], BLACK.stroke_width(1)))
+            .draw_series(LineSeries::new(
+                [(0.0, base), (max_budget * 1.08, base)],
+                BLACK.stroke_width(1),
+            ))
             .map_err(err)?
             .label(format!("baseline {base:.2}% (100% DReLUs)"))
             .legend(|(x, y)| PathElement::new([(x, y), (x + 20, y)], BLACK));
-        let colors = [RGBColor(31, 119, 180), RGBColor(214, 39, 40), RGBColor(44, 160, 44), RGBColor(148, 103, 189)];
+        let colors = [
+            RGBColor(31, 119, 180),
+            RGBColor(214, 39, 40),
+            RGBColor(44, 160, 44),
+            RGBColor(148, 103, 189),
+        ];
         for (i, (name, pts)) in series.iter().enumerate() {
             let color = colors[i % colors.len()];
             chart
                 .draw_series(LineSeries::new(pts.iter().copied(), color.stroke_width(2)))
                 .map_err(err)?
                 .label(name.clone())
-                .legend(move |(x, y)| PathElement::new([(x, y), (x + 20, y)], color.stroke_width(2)));
-            chart.draw_series(pts.iter().map(|&p| Circle::new(p, 4, color.filled()))).map_err(err)?;
+                .legend(move |(x, y)| {
+                    PathElement::new([(x, y), (x + 20, y)], color.stroke_width(2))
+                });
+            chart
+                .draw_series(pts.iter().map(|&p| Circle::new(p, 4, color.filled())))
+                .map_err(err)?;
         }
         chart
             .configure_series_labels()
@@ -99,7 +126,10 @@ pub fn drelus_per_layer(report: &Report, path: &Path) -> anyhow::Result<()> {
         root.fill(&WHITE).map_err(err)?;
         let n = layers.len();
         let mut chart = ChartBuilder::on(&root)
-            .caption(format!("{}: DReLUs kept per layer (knapsack)", report.arch), (FONT, 22))
+            .caption(
+                format!("{}: DReLUs kept per layer (knapsack)", report.arch),
+                (FONT, 22),
+            )
             .margin(16)
             .x_label_area_size(90)
             .y_label_area_size(70)
@@ -111,7 +141,11 @@ pub fn drelus_per_layer(report: &Report, path: &Path) -> anyhow::Result<()> {
             .x_labels(n)
             .x_label_formatter(&|x| {
                 let i = x.round();
-                if (x - i).abs() < 1e-6 && i >= 0.0 && (i as usize) < names.len() { names[i as usize].clone() } else { String::new() }
+                if (x - i).abs() < 1e-6 && i >= 0.0 && (i as usize) < names.len() {
+                    names[i as usize].clone()
+                } else {
+                    String::new()
+                }
             })
             .x_label_style((FONT, 11).into_font().transform(FontTransform::Rotate90))
             .y_desc("DReLUs (log scale)")
@@ -119,7 +153,13 @@ pub fn drelus_per_layer(report: &Report, path: &Path) -> anyhow::Result<()> {
             .draw()
             .map_err(err)?;
         chart
-            .draw_series(LineSeries::new(layers.iter().enumerate().map(|(i, l)| (i as f64, l.drelus as f64)), BLACK.stroke_width(2)))
+            .draw_series(LineSeries::new(
+                layers
+                    .iter()
+                    .enumerate()
+                    .map(|(i, l)| (i as f64, l.drelus as f64)),
+                BLACK.stroke_width(2),
+            ))
             .map_err(err)?
             .label("original network")
             .legend(|(x, y)| PathElement::new([(x, y), (x + 20, y)], BLACK));
@@ -127,12 +167,16 @@ pub fn drelus_per_layer(report: &Report, path: &Path) -> anyhow::Result<()> {
             let color = Palette99::pick(k).to_rgba();
             chart
                 .draw_series(LineSeries::new(
-                    kept.iter().enumerate().map(|(i, &d)| (i as f64, (d as f64).max(0.6))),
+                    kept.iter()
+                        .enumerate()
+                        .map(|(i, &d)| (i as f64, (d as f64).max(0.6))),
                     color.stroke_width(2),
                 ))
                 .map_err(err)?
                 .label(label.clone())
-                .legend(move |(x, y)| PathElement::new([(x, y), (x + 20, y)], color.stroke_width(2)));
+                .legend(move |(x, y)| {
+                    PathElement::new([(x, y), (x + 20, y)], color.stroke_width(2))
+                });
         }
         chart
             .configure_series_labels()

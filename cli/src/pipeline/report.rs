@@ -100,21 +100,34 @@ impl Report {
         self.runs
             .iter()
             .filter(|r| r.strategy != "uniform")
-            .map(|r| (format!("{} budget ({})", r.budget, r.strategy), r.drelus_per_layer.clone()))
+            .map(|r| {
+                (
+                    format!("{} budget ({})", r.budget, r.strategy),
+                    r.drelus_per_layer.clone(),
+                )
+            })
             .collect()
     }
 
     /// The table printed at the end of a run.
     pub fn human(&self) -> String {
         let mut s = String::new();
-        let _ = writeln!(s, "{} on {} ({} test images)", self.arch, self.data, self.eval_images);
+        let _ = writeln!(
+            s,
+            "{} on {} ({} test images)",
+            self.arch, self.data, self.eval_images
+        );
         let _ = writeln!(
             s,
             "  baseline: top-1 {:.2}% with {} DReLUs",
             self.baseline.accuracy * 100.0,
             self.baseline.drelus
         );
-        let _ = writeln!(s, "  {:>7}  {:<12} {:>10} {:>8} {:>13} {:>9} {:>9}", "budget", "strategy", "DReLUs", "share", "distortion", "before", "top-1");
+        let _ = writeln!(
+            s,
+            "  {:>7}  {:<12} {:>10} {:>8} {:>13} {:>9} {:>9}",
+            "budget", "strategy", "DReLUs", "share", "distortion", "before", "top-1"
+        );
         for r in &self.runs {
             let _ = writeln!(
                 s,
@@ -123,7 +136,9 @@ impl Report {
                 r.strategy,
                 r.drelus,
                 r.drelus_ratio * 100.0,
-                r.distortion.map(|d| format!("{d:.4e}")).unwrap_or_else(|| "-".into()),
+                r.distortion
+                    .map(|d| format!("{d:.4e}"))
+                    .unwrap_or_else(|| "-".into()),
                 r.accuracy_before_finetune * 100.0,
                 r.accuracy * 100.0,
                 r.relative_accuracy * 100.0
@@ -138,7 +153,11 @@ impl Report {
                 sec.strategy,
                 sec.budget,
                 sec.images,
-                if sec.labels_agree { "equal" } else { "DIFFER FROM" },
+                if sec.labels_agree {
+                    "equal"
+                } else {
+                    "DIFFER FROM"
+                },
                 sec.bytes_per_image / 1e6,
                 sec.rounds_per_image,
                 sec.online_seconds_per_image,

@@ -18,22 +18,22 @@
 //! Adding a built-in crate: add it as an optional dependency, to a feature, and one
 //! `use` line below.
 
-#[cfg(feature = "knapsack")]
-use knapsec_knapsack as _;
-#[cfg(feature = "securenn")]
-use knapsec_securenn as _;
-#[cfg(feature = "plain")]
-use knapsec_plain as _;
 #[cfg(feature = "archs")]
 use knapsec_arch_deeplab as _;
+#[cfg(feature = "example-arch")]
+use knapsec_arch_example as _;
 #[cfg(feature = "archs")]
 use knapsec_arch_mobilenet as _;
 #[cfg(feature = "archs")]
 use knapsec_arch_resnet as _;
-#[cfg(feature = "example-arch")]
-use knapsec_arch_example as _;
+#[cfg(feature = "knapsack")]
+use knapsec_knapsack as _;
 #[cfg(feature = "torch")]
 use knapsec_nn as _;
+#[cfg(feature = "plain")]
+use knapsec_plain as _;
+#[cfg(feature = "securenn")]
+use knapsec_securenn as _;
 
 use knapsec_core::{CoreError, Registry};
 pub use knapsec_plugin_abi::{AbiError, PluginSet};

@@ -226,7 +226,10 @@ fn resnet18_shaped_network_gives_the_plain_label() {
         // whose sum is within that error of zero (and then zero or keep the whole patch):
         // the logits agree to ~10 % of their scale here (measured 8 %), the labels exactly.
         let scale = want.iter().fold(1.0f32, |m, v| m.max(v.abs()));
-        assert!(worst < 0.15 * scale, "logits differ by {worst} (scale {scale})");
+        assert!(
+            worst < 0.15 * scale,
+            "logits differ by {worst} (scale {scale})"
+        );
     }
 }
 

@@ -16,7 +16,13 @@ pub enum Variant {
 const PIXELS: usize = 3 * 32 * 32;
 
 /// Parses the records of one file, appending to `pixels` and `labels`.
-pub fn parse_records(bytes: &[u8], variant: Variant, what: &str, pixels: &mut Vec<u8>, labels: &mut Vec<i64>) -> Result<()> {
+pub fn parse_records(
+    bytes: &[u8],
+    variant: Variant,
+    what: &str,
+    pixels: &mut Vec<u8>,
+    labels: &mut Vec<i64>,
+) -> Result<()> {
     let (label_bytes, classes) = match variant {
         Variant::Cifar10 => (1, 10),
         Variant::Cifar100 => (2, 100),
@@ -31,7 +37,9 @@ pub fn parse_records(bytes: &[u8], variant: Variant, what: &str, pixels: &mut Ve
     for (i, r) in bytes.chunks_exact(record).enumerate() {
         let label = r[label_bytes - 1];
         if label as usize >= classes {
-            return Err(NnError::Data(format!("{what}: record {i} has label {label}, not below {classes}")));
+            return Err(NnError::Data(format!(
+                "{what}: record {i} has label {label}, not below {classes}"
+            )));
         }
         labels.push(i64::from(label));
         pixels.extend_from_slice(&r[label_bytes..]);
@@ -42,7 +50,9 @@ pub fn parse_records(bytes: &[u8], variant: Variant, what: &str, pixels: &mut Ve
 /// Loads one split from a folder holding the binary files.
 pub fn load_split(dir: &Path, split: Split, variant: Variant) -> Result<ImageSet> {
     let files: Vec<String> = match (variant, split) {
-        (Variant::Cifar10, Split::Train) => (1..=5).map(|i| format!("data_batch_{i}.bin")).collect(),
+        (Variant::Cifar10, Split::Train) => {
+            (1..=5).map(|i| format!("data_batch_{i}.bin")).collect()
+        }
         (Variant::Cifar10, Split::Test) => vec!["test_batch.bin".into()],
         (Variant::Cifar100, Split::Train) => vec!["train.bin".into()],
         (Variant::Cifar100, Split::Test) => vec!["test.bin".into()],
@@ -50,12 +60,34 @@ pub fn load_split(dir: &Path, split: Split, variant: Variant) -> Result<ImageSet
     let (mut pixels, mut labels) = (Vec::new(), Vec::new());
     for f in &files {
         let path = dir.join(f);
-        let bytes = std::fs::read(&path).map_err(|e| NnError::Data(format!("{}: {e}", path.display())))?;
-        parse_records(&bytes, variant, &path.display().to_string(), &mut pixels, &mut labels)?;
+        let bytes =
+            std::fs::read(&path).map_err(|e| NnError::Data(format!("{}: {e}", path.display())))?;
+        parse_records(
+            &bytes,
+            variant,
+            &path.display().to_string(),
+            &mut pixels,
+            &mut labels,
+        )?;
     }
     let (classes, mean, std) = match variant {
-        Variant::Cifar10 => (10, vec![0.4914, 0.4822, 0.4465], vec![0.2470, 0.2435, 0.2616]),
-        Variant::Cifar100 => (100, vec![0.5071, 0.4865, 0.4409], vec![0.2673, 0.2564, 0.2762]),
+        Variant::Cifar10 => (
+            10,
+            vec![0.4914, 0.4822, 0.4465],
+            vec![0.2470, 0.2435, 0.2616],
+        ),
+        Variant::Cifar100 => (
+            100,
+            vec![0.5071, 0.4865, 0.4409],
+            vec![0.2673, 0.2564, 0.2762],
+        ),
     };
-    Ok(ImageSet { pixels: Pixels::U8(pixels), labels, shape: (3, 32, 32), classes, mean, std })
+    Ok(ImageSet {
+        pixels: Pixels::U8(pixels),
+        labels,
+        shape: (3, 32, 32),
+        classes,
+        mean,
+        std,
+    })
 }

@@ -18,7 +18,12 @@ pub fn preprocess(img: &image::DynamicImage, size: u32) -> Vec<u8> {
     } else {
         (((w as f64) * short as f64 / h as f64).round() as u32, short)
     };
-    let resized = image::imageops::resize(&rgb, nw.max(size), nh.max(size), image::imageops::FilterType::Triangle);
+    let resized = image::imageops::resize(
+        &rgb,
+        nw.max(size),
+        nh.max(size),
+        image::imageops::FilterType::Triangle,
+    );
     let (rw, rh) = resized.dimensions();
     let (left, top) = ((rw - size) / 2, (rh - size) / 2);
     let mut out = vec![0u8; 3 * (size * size) as usize];
@@ -48,21 +53,38 @@ pub fn load_split(dir: &Path, split: Split, size: u32) -> Result<ImageSet> {
         Split::Train => "train",
         Split::Test => "val",
     };
-    let root = if dir.join(sub).is_dir() { dir.join(sub) } else { dir.to_path_buf() };
-    let classes: Vec<PathBuf> = sorted_entries(&root)?.into_iter().filter(|p| p.is_dir()).collect();
+    let root = if dir.join(sub).is_dir() {
+        dir.join(sub)
+    } else {
+        dir.to_path_buf()
+    };
+    let classes: Vec<PathBuf> = sorted_entries(&root)?
+        .into_iter()
+        .filter(|p| p.is_dir())
+        .collect();
     if classes.is_empty() {
-        return Err(NnError::Data(format!("{}: no class sub-folders", root.display())));
+        return Err(NnError::Data(format!(
+            "{}: no class sub-folders",
+            root.display()
+        )));
     }
     let (mut pixels, mut labels) = (Vec::new(), Vec::new());
     for (label, class_dir) in classes.iter().enumerate() {
-        for file in sorted_entries(class_dir)?.into_iter().filter(|p| p.is_file()) {
-            let img = image::open(&file).map_err(|e| NnError::Data(format!("{}: {e}", file.display())))?;
+        for file in sorted_entries(class_dir)?
+            .into_iter()
+            .filter(|p| p.is_file())
+        {
+            let img = image::open(&file)
+                .map_err(|e| NnError::Data(format!("{}: {e}", file.display())))?;
             pixels.extend(preprocess(&img, size));
             labels.push(label as i64);
         }
     }
     if labels.is_empty() {
-        return Err(NnError::Data(format!("{}: no images in the class folders", root.display())));
+        return Err(NnError::Data(format!(
+            "{}: no images in the class folders",
+            root.display()
+        )));
     }
     Ok(ImageSet {
         pixels: Pixels::U8(pixels),

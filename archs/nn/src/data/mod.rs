@@ -64,12 +64,24 @@ impl ImageSet {
     pub fn select(&self, indices: &[usize]) -> ImageSet {
         let per = self.shape.0 * self.shape.1 * self.shape.2;
         let pixels = match &self.pixels {
-            Pixels::U8(p) => Pixels::U8(indices.iter().flat_map(|&i| p[i * per..(i + 1) * per].iter().copied()).collect()),
-            Pixels::F32(p) => {
-                Pixels::F32(indices.iter().flat_map(|&i| p[i * per..(i + 1) * per].iter().copied()).collect())
-            }
+            Pixels::U8(p) => Pixels::U8(
+                indices
+                    .iter()
+                    .flat_map(|&i| p[i * per..(i + 1) * per].iter().copied())
+                    .collect(),
+            ),
+            Pixels::F32(p) => Pixels::F32(
+                indices
+                    .iter()
+                    .flat_map(|&i| p[i * per..(i + 1) * per].iter().copied())
+                    .collect(),
+            ),
         };
-        ImageSet { pixels, labels: indices.iter().map(|&i| self.labels[i]).collect(), ..self.clone() }
+        ImageSet {
+            pixels,
+            labels: indices.iter().map(|&i| self.labels[i]).collect(),
+            ..self.clone()
+        }
     }
 
     /// Pads every image with `pad` zero pixels (in normalised units: the value that
@@ -77,11 +89,18 @@ impl ImageSet {
     pub fn pad_to(&self, height: usize, width: usize) -> Result<ImageSet> {
         let (c, h, w) = self.shape;
         if height < h || width < w {
-            return Err(NnError::Data(format!("cannot pad {h}x{w} images to the smaller {height}x{width}")));
+            return Err(NnError::Data(format!(
+                "cannot pad {h}x{w} images to the smaller {height}x{width}"
+            )));
         }
         let (top, left) = ((height - h) / 2, (width - w) / 2);
         let images = self.to_tensors(tch::Device::Cpu)?.0;
-        let padded = images.constant_pad_nd([left as i64, (width - w - left) as i64, top as i64, (height - h - top) as i64]);
+        let padded = images.constant_pad_nd([
+            left as i64,
+            (width - w - left) as i64,
+            top as i64,
+            (height - h - top) as i64,
+        ]);
         let n = self.len();
         let data = Vec::<f32>::try_from(padded.reshape([-1]))
             .map_err(|e| NnError::Data(format!("padding failed: {e}")))?;
@@ -113,6 +132,9 @@ impl ImageSet {
             }
             Pixels::F32(p) => Tensor::from_slice(p).reshape(dims),
         };
-        Ok((images.to_device(device), Tensor::from_slice(&self.labels).to_device(device)))
+        Ok((
+            images.to_device(device),
+            Tensor::from_slice(&self.labels).to_device(device),
+        ))
     }
 }

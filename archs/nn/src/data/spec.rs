@@ -21,9 +21,17 @@ pub enum DataSpec {
     Cifar10(PathBuf),
     Cifar100(PathBuf),
     /// One sub-folder per class; images resized to `size` (shorter side `size·8/7`, centre crop).
-    Folder { dir: PathBuf, size: u32 },
+    Folder {
+        dir: PathBuf,
+        size: u32,
+    },
     /// Seeded Gaussian images of the given shape (for tests and benchmarks).
-    Random { count: usize, shape: (usize, usize, usize), classes: usize, seed: u64 },
+    Random {
+        count: usize,
+        shape: (usize, usize, usize),
+        classes: usize,
+        seed: u64,
+    },
 }
 
 impl std::str::FromStr for DataSpec {
@@ -34,16 +42,27 @@ impl std::str::FromStr for DataSpec {
             None => (s, None),
         };
         let need = |what: &str| {
-            arg.map(PathBuf::from)
-                .ok_or_else(|| NnError::Data(format!("data spec {s:?}: `{what}` needs a folder, e.g. {what}:DIR")))
+            arg.map(PathBuf::from).ok_or_else(|| {
+                NnError::Data(format!(
+                    "data spec {s:?}: `{what}` needs a folder, e.g. {what}:DIR"
+                ))
+            })
         };
         Ok(match kind {
             "fashion-mnist" => DataSpec::FashionMnist(arg.map(PathBuf::from)),
             "mnist" => DataSpec::Mnist(need("mnist")?),
             "cifar10" => DataSpec::Cifar10(need("cifar10")?),
             "cifar100" => DataSpec::Cifar100(need("cifar100")?),
-            "folder" => DataSpec::Folder { dir: need("folder")?, size: 224 },
-            "random" => DataSpec::Random { count: 64, shape: (3, 32, 32), classes: 10, seed: 0 },
+            "folder" => DataSpec::Folder {
+                dir: need("folder")?,
+                size: 224,
+            },
+            "random" => DataSpec::Random {
+                count: 64,
+                shape: (3, 32, 32),
+                classes: 10,
+                seed: 0,
+            },
             other => {
                 return Err(NnError::Data(format!(
                     "unknown data set {other:?} (expected fashion-mnist[:DIR], mnist:DIR, cifar10:DIR, \
@@ -77,20 +96,32 @@ impl DataSpec {
             DataSpec::Cifar10(dir) => cifar::load_split(dir, split, cifar::Variant::Cifar10),
             DataSpec::Cifar100(dir) => cifar::load_split(dir, split, cifar::Variant::Cifar100),
             DataSpec::Folder { dir, size } => folder::load_split(dir, split, *size),
-            DataSpec::Random { count, shape, classes, seed } => Ok(random(*count, *shape, *classes, *seed)),
+            DataSpec::Random {
+                count,
+                shape,
+                classes,
+                seed,
+            } => Ok(random(*count, *shape, *classes, *seed)),
         }
     }
 }
 
 fn default_dir(name: &str) -> Result<PathBuf> {
     let root = std::env::var_os("KNAPSEC_DATA").ok_or_else(|| {
-        NnError::Data(format!("no folder given for {name} and KNAPSEC_DATA is not set (run through ./setup.sh)"))
+        NnError::Data(format!(
+            "no folder given for {name} and KNAPSEC_DATA is not set (run through ./setup.sh)"
+        ))
     })?;
     Ok(Path::new(&root).join(name))
 }
 
 /// Seeded standard-normal images (a small xorshift + Box–Muller; reproducible across runs).
-pub(crate) fn random(count: usize, shape: (usize, usize, usize), classes: usize, seed: u64) -> ImageSet {
+pub(crate) fn random(
+    count: usize,
+    shape: (usize, usize, usize),
+    classes: usize,
+    seed: u64,
+) -> ImageSet {
     let mut state = seed ^ 0x9E37_79B9_7F4A_7C15;
     let mut next = || {
         state ^= state << 13;
@@ -105,7 +136,9 @@ pub(crate) fn random(count: usize, shape: (usize, usize, usize), classes: usize,
             ((-2.0 * u.ln()).sqrt() * (2.0 * std::f64::consts::PI * v).cos()) as f32
         })
         .collect();
-    let labels = (0..count).map(|_| (next() * classes as f64) as i64 % classes as i64).collect();
+    let labels = (0..count)
+        .map(|_| (next() * classes as f64) as i64 % classes as i64)
+        .collect();
     ImageSet {
         pixels: Pixels::F32(pixels),
         labels,
@@ -122,10 +155,28 @@ mod tests {
 
     #[test]
     fn parses_specs_and_refuses_unknown_ones() {
-        assert_eq!("fashion-mnist".parse::<DataSpec>().unwrap(), DataSpec::FashionMnist(None));
-        assert_eq!("cifar10:/d".parse::<DataSpec>().unwrap(), DataSpec::Cifar10("/d".into()));
-        assert!("mnist".parse::<DataSpec>().unwrap_err().to_string().contains("needs a folder"));
-        assert!("imagenet:/x".parse::<DataSpec>().unwrap_err().to_string().contains("unknown data set"));
+        assert_eq!(
+            "fashion-mnist".parse::<DataSpec>().unwrap(),
+            DataSpec::FashionMnist(None)
+        );
+        assert_eq!(
+            "cifar10:/d".parse::<DataSpec>().unwrap(),
+            DataSpec::Cifar10("/d".into())
+        );
+        assert!(
+            "mnist"
+                .parse::<DataSpec>()
+                .unwrap_err()
+                .to_string()
+                .contains("needs a folder")
+        );
+        assert!(
+            "imagenet:/x"
+                .parse::<DataSpec>()
+                .unwrap_err()
+                .to_string()
+                .contains("unknown data set")
+        );
     }
 
     #[test]
