@@ -4,9 +4,9 @@
 
 use knapsec_arch_resnet as _;
 use knapsec_core::{ArchOptions, BlockSize, BlockSpec};
+use knapsec_nn::Network;
 use knapsec_nn::data::{ImageSet, Pixels};
 use knapsec_nn::train::{Schedule, TrainConfig, evaluate, train};
-use knapsec_nn::Network;
 
 fn options() -> ArchOptions {
     ArchOptions {
