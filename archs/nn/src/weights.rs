@@ -249,3 +249,39 @@ pub fn load(
     }
     Ok(())
 }
+
+/// Re-initialises every variable of `vs` from a generator seeded with `seed` and the
+/// variable's name, independently of tch's global generator (which parallel tests share, so
+/// `tch::manual_seed` then `build` is not reproducible there). Matrices and kernels get
+/// PyTorch's default `U(±1/√fan_in)`; one-dimensional `weight`s and `running_var`s
+/// `U(0.5, 1.5)`; biases and `running_mean`s `U(±0.1)`. Meant for tests and benchmarks.
+pub fn reinit_seeded(vs: &nn::VarStore, seed: u64) {
+    use rand::{Rng, SeedableRng};
+    let _guard = tch::no_grad_guard();
+    let variables: BTreeMap<String, Tensor> = vs.variables().into_iter().collect();
+    for (name, mut t) in variables {
+        let size = t.size();
+        let numel: i64 = size.iter().product();
+        let name_hash = blake3::hash(name.as_bytes());
+        let mut key = [0u8; 32];
+        key.copy_from_slice(name_hash.as_bytes());
+        for (k, s) in key.iter_mut().zip(seed.to_le_bytes()) {
+            *k ^= s;
+        }
+        let mut rng = rand_chacha::ChaCha8Rng::from_seed(key);
+        let (low, high) = if size.len() >= 2 {
+            let bound = 1.0 / ((numel / size[0].max(1)).max(1) as f64).sqrt();
+            (-bound, bound)
+        } else if name.ends_with("running_var") || name.ends_with("weight") {
+            (0.5, 1.5)
+        } else {
+            (-0.1, 0.1)
+        };
+        let values: Vec<f64> = (0..numel).map(|_| rng.random_range(low..high)).collect();
+        let fresh = Tensor::from_slice(&values)
+            .view(size.as_slice())
+            .to_kind(t.kind())
+            .to_device(t.device());
+        t.copy_(&fresh);
+    }
+}

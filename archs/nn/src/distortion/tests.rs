@@ -140,13 +140,13 @@ impl BlockNet for Toy {
 /// The toy network in `f64` (so that two schedules agree far below the tested 1e-6), with stem
 /// channel 0 always positive and stem channel 1 always negative.
 fn toy(hook: bool) -> Network {
-    tch::manual_seed(11);
     let options = ArchOptions {
         variant: hook.then(|| "hook".to_string()),
         ..Default::default()
     };
     let mut net = Network::build_with(build_toy, &options, Device::Cpu).unwrap();
     net.vs.set_kind(Kind::Double);
+    crate::weights::reinit_seeded(&net.vs, 11);
     let vars = net.vs.variables();
     tch::no_grad(|| {
         let _ = vars["bn.bias"].get(0).fill_(100.0);
