@@ -59,7 +59,10 @@ const P_112_BASE: &str = "1x1 1x2 2x1 1x3 3x1 1x4 2x2 4x1 1x5 5x1 1x7 2x3 3x2 7x
     14x4 7x12 12x7 5x15 15x5 8x10 10x8 9x9 7x14 8x12 12x8 14x7 10x10 9x12 12x9 8x14 14x8 11x11 8x14 \
     14x8 12x12 10x14 14x10 12x14 14x12 13x13 12x14 14x12 14x14 28x28 56x56";
 
-/// The reference's hand-written candidate list named `name` (e.g. `"32x32"`), in its order.
+/// The reference's hand-written candidate list named `name` (e.g. `"32x32"`), in its order,
+/// without repeats: the reference's lists `14x14` and `28x28` name `7x7` twice, `56x56` and
+/// `112x112` name `8x14`, `14x8`, `12x14` and `14x12` twice; the later copies are dropped (a
+/// candidate measured twice would be one knapsack option twice).
 pub fn preset(name: &str) -> Result<Vec<BlockSize>> {
     let text: String = match name {
         "1x1" => P_1.into(),
@@ -84,12 +87,17 @@ pub fn preset(name: &str) -> Result<Vec<BlockSize>> {
             )));
         }
     };
-    text.split_whitespace()
-        .map(|t| match t {
-            "0x1" => Ok(BlockSize::Identity),
-            _ => t.parse(),
-        })
-        .collect()
+    let mut list: Vec<BlockSize> = Vec::new();
+    for token in text.split_whitespace() {
+        let b = match token {
+            "0x1" => BlockSize::Identity,
+            _ => token.parse()?,
+        };
+        if !list.contains(&b) {
+            list.push(b);
+        }
+    }
+    Ok(list)
 }
 
 /// The preset the reference uses for a square map of side `side` (its `LAYER_NAME_TO_BLOCK_SIZES`):
@@ -103,27 +111,33 @@ mod tests {
     use super::*;
 
     #[test]
-    fn preset_lengths_match_the_reference_minus_the_zero_entry() {
-        // digest §1.4 gives the lengths including the trailing `1x0`.
-        for (name, len) in [
-            ("1x1", 3),
-            ("2x2", 6),
-            ("4x4", 9),
-            ("7x7", 25),
-            ("8x8", 25),
-            ("14x14", 75),
-            ("16x16", 78),
-            ("28x28", 80),
-            ("32x32", 80),
-            ("512x512", 104),
-            ("256x256", 103),
-            ("320x320", 103),
-            ("128x128", 102),
-            ("64x64", 101),
-            ("112x112", 101),
-            ("56x56", 100),
+    fn preset_lengths_match_the_reference_minus_the_zero_entry_and_repeats() {
+        // digest §1.4 gives the lengths including the trailing `1x0`; the third number is the
+        // count of repeated entries of the reference's list.
+        for (name, len, repeats) in [
+            ("1x1", 3, 0),
+            ("2x2", 6, 0),
+            ("4x4", 9, 0),
+            ("7x7", 25, 0),
+            ("8x8", 25, 0),
+            ("14x14", 75, 1),
+            ("16x16", 78, 0),
+            ("28x28", 80, 1),
+            ("32x32", 80, 0),
+            ("512x512", 104, 0),
+            ("256x256", 103, 0),
+            ("320x320", 103, 0),
+            ("128x128", 102, 0),
+            ("64x64", 101, 0),
+            ("112x112", 101, 4),
+            ("56x56", 100, 4),
         ] {
-            assert_eq!(preset(name).unwrap().len(), len - 1, "{name}");
+            let list = preset(name).unwrap();
+            assert_eq!(list.len(), len - 1 - repeats, "{name}");
+            let mut distinct = list.clone();
+            distinct.sort();
+            distinct.dedup();
+            assert_eq!(distinct.len(), list.len(), "{name} has repeats");
         }
         assert!(preset("3x3").is_err());
     }

@@ -14,9 +14,11 @@
 //! Channels sharing a patch size are processed together: one `index_select`, one
 //! `avg_pool2d(ceil_mode)` for the patch means, one expand-and-crop to broadcast the signs; the
 //! per-group masks are concatenated and put back into channel order with one `index_select`.
-//! Uniform layers (every channel the same) skip the gathers.
+//! Uniform layers (every channel the same) skip the gathers. On the CPU the mask comes from one
+//! kernel instead ([`crate::block_mask`]), whatever the mixture.
 
 use crate::error::{NnError, Result};
+use crate::block_mask::{self, ChannelOp};
 use knapsec_core::BlockSize;
 use std::collections::BTreeMap;
 use tch::Tensor;
@@ -55,6 +57,7 @@ enum GroupKind {
 #[derive(Debug)]
 pub struct BlockRelu {
     blocks: Vec<BlockSize>,
+    ops: Vec<ChannelOp>,
     plan: Plan,
 }
 
@@ -133,7 +136,8 @@ impl BlockRelu {
                 inverse: Tensor::from_slice(&inverse),
             }
         };
-        Ok(BlockRelu { blocks, plan })
+        let ops = blocks.iter().map(|&b| ChannelOp::of(b)).collect();
+        Ok(BlockRelu { blocks, ops, plan })
     }
 
     /// The block size of every channel.
@@ -154,7 +158,20 @@ impl BlockRelu {
             Plan::Identity => x.ones_like(),
             Plan::Relu => x.gt(0.0).to_kind(x.kind()),
             Plan::Zero => x.zeros_like(),
-            Plan::Patch(h, w) => patch_mask(&x, *h, *w),
+            _ if x.device() == tch::Device::Cpu => block_mask::mask(&x, &self.ops)
+                .unwrap_or_else(|| self.mask_by_tensor_ops(&x)),
+            _ => self.mask_by_tensor_ops(&x),
+        }
+    }
+
+    /// [`Self::mask`] by libtorch operations (any device and kind): one group of operations
+    /// per distinct patch size.
+    fn mask_by_tensor_ops(&self, x: &Tensor) -> Tensor {
+        match &self.plan {
+            Plan::Identity => x.ones_like(),
+            Plan::Relu => x.gt(0.0).to_kind(x.kind()),
+            Plan::Zero => x.zeros_like(),
+            Plan::Patch(h, w) => patch_mask(x, *h, *w),
             Plan::Mixed { groups, inverse } => {
                 let device = x.device();
                 let parts: Vec<Tensor> = groups
@@ -273,6 +290,32 @@ mod tests {
                 naive(&xs, c, h as usize, w as usize, &blocks),
                 "{blocks:?}"
             );
+        }
+    }
+
+    #[test]
+    fn cpu_kernel_equals_the_tensor_ops() {
+        let mixed = vec![
+            p(1, 1),
+            p(3, 2),
+            BlockSize::Identity,
+            p(3, 2),
+            BlockSize::Zero,
+            p(9, 9),
+            p(1, 5),
+            p(7, 1),
+            p(2, 4),
+        ];
+        for kind in [Kind::Float, Kind::Double] {
+            for (h, w) in [(7, 5), (8, 8), (1, 1), (13, 3)] {
+                let br = BlockRelu::new(mixed.clone()).unwrap();
+                let x = Tensor::randn([3, 9, h, w], (kind, tch::Device::Cpu));
+                // a non-contiguous input takes the kernel path too
+                let xt = x.transpose(2, 3).contiguous().transpose(2, 3);
+                let want = br.mask_by_tensor_ops(&x);
+                assert!(br.mask(&x).equal(&want), "{kind:?} {h}x{w}");
+                assert!(br.mask(&xt).equal(&want), "{kind:?} {h}x{w} strided");
+            }
         }
     }
 

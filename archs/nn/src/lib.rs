@@ -13,6 +13,7 @@
 //! Architectures live in their own crates (`knapsec-arch-*`) and register a tch-free
 //! `ArchAdapter` in core plus a [`NetRegistration`] here under the same name.
 
+mod block_mask;
 pub mod block_relu;
 pub mod data;
 pub mod distortion;

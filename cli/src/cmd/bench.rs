@@ -1,6 +1,6 @@
 //! `knapsec bench …`: measurements printed as JSON (DESIGN §6, "Benchmarks"). Each area adds
 //! one variant to [`BenchCommand`] and one arm to [`run`]: `bench knapsack`, `bench secure`,
-//! `bench distortion`, `bench net`.
+//! `bench distortion`, `bench net`, `bench nn`.
 
 use crate::args::ArchOptionArgs;
 use crate::context::Context;
@@ -37,6 +37,24 @@ enum BenchCommand {
     /// and the estimated time of the full extraction.
     #[cfg(feature = "torch")]
     Distortion(crate::cmd::distortion::BenchArgs),
+    /// Forward+backward time of a ResNet in training mode with plain ReLUs and with a mixed
+    /// block spec (every layer mixes many patch sizes), and their ratio.
+    #[cfg(feature = "torch")]
+    Nn {
+        /// `resnet18-cifar` or `resnet50-imagenet`.
+        #[arg(long, default_value = knapsec_arch_resnet::RESNET18_CIFAR)]
+        arch: String,
+        #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(i64).range(1..))]
+        batch: i64,
+        /// libtorch threads.
+        #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(i32).range(1..))]
+        threads: i32,
+        /// Timed passes of each network (after one warm-up pass).
+        #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..))]
+        iterations: u32,
+        #[command(flatten)]
+        options: ArchOptionArgs,
+    },
     /// One case of `bench knapsack` (run in a fresh process by it).
     #[command(hide = true)]
     KnapsackCase {
@@ -58,6 +76,24 @@ pub fn run(args: Args, ctx: &Context) -> anyhow::Result<()> {
         BenchCommand::Net(a) => crate::cmd::netbench::bench(ctx, a),
         #[cfg(feature = "torch")]
         BenchCommand::Distortion(a) => crate::cmd::distortion::bench(a, ctx),
+        #[cfg(feature = "torch")]
+        BenchCommand::Nn {
+            arch,
+            batch,
+            threads,
+            iterations,
+            options,
+        } => {
+            let figures = knapsec_arch_resnet::bench::forward_backward(
+                &arch,
+                &options.to_options()?,
+                batch,
+                threads,
+                iterations,
+            )?;
+            println!("{}", figures.to_json());
+            Ok(())
+        }
         BenchCommand::KnapsackCase {
             network,
             percent,
