@@ -37,6 +37,10 @@ pub struct McKpProblem {
     /// Optional: the block size each option stands for (same length as `costs`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub blocks: Option<Vec<BlockSize>>,
+    /// Optional: the activation map `(H, W)` of each class's channel (one per class), so that
+    /// a patch larger than the map can be recognised as the whole-map patch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub maps: Option<Vec<(u32, u32)>>,
 }
 
 impl McKpProblem {
@@ -48,6 +52,7 @@ impl McKpProblem {
             offsets: vec![0],
             budget,
             blocks: None,
+            maps: None,
         };
         for class in classes {
             for &(c, v) in class {
@@ -170,6 +175,7 @@ impl McKpProblem {
             offsets: Vec::with_capacity(self.offsets.len()),
             budget: self.budget,
             blocks: self.blocks.as_ref().map(|_| Vec::new()),
+            maps: self.maps.clone(),
         };
         out.offsets.push(0);
         let mut original = Vec::with_capacity(self.costs.len());

@@ -68,7 +68,10 @@ fn plane_mask<T: Element>(op: ChannelOp, x: &[T], m: &mut [T], w: usize, sums: &
     match op {
         ChannelOp::Identity => m.fill(T::ONE),
         ChannelOp::Zero => m.fill(T::ZERO),
-        ChannelOp::Relu => m.iter_mut().zip(x).for_each(|(m, &v)| *m = one(v.positive())),
+        ChannelOp::Relu => m
+            .iter_mut()
+            .zip(x)
+            .for_each(|(m, &v)| *m = one(v.positive())),
         ChannelOp::Patch(bh, bw) => {
             let band = bh * w;
             let patches = w.div_ceil(bw);

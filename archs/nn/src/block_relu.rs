@@ -17,8 +17,8 @@
 //! Uniform layers (every channel the same) skip the gathers. On the CPU the mask comes from one
 //! kernel instead ([`crate::block_mask`]), whatever the mixture.
 
-use crate::error::{NnError, Result};
 use crate::block_mask::{self, ChannelOp};
+use crate::error::{NnError, Result};
 use knapsec_core::BlockSize;
 use std::collections::BTreeMap;
 use tch::Tensor;
@@ -158,8 +158,9 @@ impl BlockRelu {
             Plan::Identity => x.ones_like(),
             Plan::Relu => x.gt(0.0).to_kind(x.kind()),
             Plan::Zero => x.zeros_like(),
-            _ if x.device() == tch::Device::Cpu => block_mask::mask(&x, &self.ops)
-                .unwrap_or_else(|| self.mask_by_tensor_ops(&x)),
+            _ if x.device() == tch::Device::Cpu => {
+                block_mask::mask(&x, &self.ops).unwrap_or_else(|| self.mask_by_tensor_ops(&x))
+            }
             _ => self.mask_by_tensor_ops(&x),
         }
     }

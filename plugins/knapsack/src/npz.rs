@@ -114,6 +114,7 @@ pub fn read_instance(path: &Path, budget: u64) -> Result<McKpProblem> {
         offsets: vec![0],
         budget,
         blocks: None,
+        maps: None,
     };
     for i in 0..n {
         let count = counts[i];

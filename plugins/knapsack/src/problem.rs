@@ -114,6 +114,7 @@ impl Instance {
         let mut values = Vec::new();
         let mut blocks = Vec::new();
         let mut offsets = Vec::with_capacity(n + 1);
+        let mut maps = Vec::with_capacity(n);
         offsets.push(0);
         for l in &table.layers {
             let d = distortion.layer(&l.name).expect("validated");
@@ -123,6 +124,7 @@ impl Instance {
                 values.extend_from_slice(d.row(c));
                 blocks.extend_from_slice(&d.candidates);
                 offsets.push(costs.len());
+                maps.push((l.height, l.width));
             }
         }
         let problem = McKpProblem {
@@ -131,6 +133,7 @@ impl Instance {
             offsets,
             budget: budget_drelus,
             blocks: Some(blocks),
+            maps: Some(maps),
         };
         Ok(Instance {
             table: table.clone(),
