@@ -1,7 +1,7 @@
 //! `knapsec pipeline` end to end on a tiny configuration (8×8 greyscale images written here as
 //! IDX files, `resnet18-cifar` at base width 4): it completes, writes the report and plots,
 //! secure labels equal plaintext labels, and a run killed after its baseline resumes without
-//! retraining it.
+//! retraining it; a `knapsec distortion` run killed mid-way resumes to the same table.
 #![cfg(feature = "torch")]
 
 use std::path::Path;
@@ -134,4 +134,104 @@ fn bad_configurations_are_refused_with_a_reason() {
     let out = pipeline(&config, &tmp.path().join("o")).output().unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("invalid pipeline configuration"));
+}
+
+/// `knapsec distortion` (reference schedule, one worker, so that values are bitwise
+/// reproducible) on a small random-weight network.
+fn distortion(out: &Path, resume: bool) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_knapsec"));
+    cmd.args([
+        "distortion",
+        "--arch",
+        "resnet18-cifar",
+        "--input-size",
+        "16",
+        "16",
+        "--input-channels",
+        "1",
+        "--classes",
+        "5",
+        "--base-width",
+        "4",
+        "--samples",
+        "2",
+        "--batch",
+        "2",
+        "--workers",
+        "1",
+        "--chunk",
+        "1",
+        "--schedule",
+        "single",
+        "-q",
+        "-o",
+    ])
+    .arg(out);
+    if resume {
+        cmd.arg("--resume");
+    }
+    cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+    cmd
+}
+
+/// The variant count of `knapsec distortion`'s closing line ("wrote …: N variants (…").
+fn variants_run(stderr: &str) -> u64 {
+    let line = stderr.lines().find(|l| l.starts_with("wrote ")).unwrap();
+    let after = line.split(": ").nth(1).unwrap();
+    after.split(' ').next().unwrap().parse().unwrap()
+}
+
+#[test]
+fn a_killed_distortion_run_resumes_to_the_same_table() {
+    let tmp = tempfile::tempdir().unwrap();
+    let whole = tmp.path().join("whole.safetensors");
+    let done = distortion(&whole, false).output().unwrap();
+    let stderr = String::from_utf8_lossy(&done.stderr);
+    assert!(done.status.success(), "{stderr}");
+    let total = variants_run(&stderr);
+
+    // Killed (SIGKILL) once its first checkpoint exists.
+    let resumed = tmp.path().join("resumed.safetensors");
+    let partial = tmp.path().join("resumed.safetensors.partial");
+    let mut child = distortion(&resumed, false).spawn().unwrap();
+    let start = Instant::now();
+    while !partial.exists() {
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the run ended before its first checkpoint"
+        );
+        assert!(start.elapsed() < Duration::from_secs(120), "no checkpoint");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(!resumed.exists(), "a killed run left a table");
+
+    // Without --resume the checkpoint is not overwritten.
+    let refused = distortion(&resumed, false).output().unwrap();
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("--resume"));
+
+    let done = distortion(&resumed, true).output().unwrap();
+    let stderr = String::from_utf8_lossy(&done.stderr);
+    assert!(done.status.success(), "{stderr}");
+    let rerun = variants_run(&stderr);
+    assert!(
+        rerun < total,
+        "the resumed run measured {rerun} of {total} variants: finished work was redone"
+    );
+    assert!(!partial.exists());
+    let load = |p: &Path| knapsec_core::distortion::DistortionTable::load(p).unwrap();
+    let (a, b) = (load(&resumed), load(&whole));
+    assert_eq!(a.provenance, b.provenance);
+    for ((name, x), y) in a.layers.iter().zip(b.layers.values()) {
+        assert_eq!(x.candidates, y.candidates, "{name}");
+        for (i, (p, q)) in x.values.iter().zip(&y.values).enumerate() {
+            // One worker with the same torch threads: the same arithmetic, bit for bit.
+            assert!(
+                p.to_bits() == q.to_bits(),
+                "{name} cell {i}: resumed {p} vs uninterrupted {q}"
+            );
+        }
+    }
 }
