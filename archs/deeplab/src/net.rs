@@ -397,6 +397,51 @@ mod tests {
     }
 
     #[test]
+    fn miou_evaluation_upsamples_and_accumulates_over_batches() {
+        use knapsec_nn::data::segmentation::SegmentationSet;
+        use knapsec_nn::train::{evaluate_segmentation, mean_iou};
+        let options = ArchOptions {
+            input_height: Some(33),
+            input_width: Some(33),
+            ..Default::default()
+        };
+        let network = Network::build_with(build_mobilenetv2, &options, Device::Cpu).unwrap();
+        knapsec_nn::weights::reinit_seeded(&network.vs, 4);
+        let (n, h, w) = (3usize, 33usize, 33usize);
+        let set = SegmentationSet {
+            pixels: (0..n * 3 * h * w).map(|i| (i * 37 % 251) as u8).collect(),
+            labels: (0..n * h * w)
+                .map(|i| {
+                    if i % 17 == 0 {
+                        255
+                    } else {
+                        (i / 40 % 150) as u8
+                    }
+                })
+                .collect(),
+            height: h,
+            width: w,
+            files: vec![Default::default(); n],
+        };
+        let one = evaluate_segmentation(&network, &set, 1).unwrap();
+        let all = evaluate_segmentation(&network, &set, 3).unwrap();
+        assert_eq!(one.counts, all.counts);
+        assert_eq!(one.count, 3);
+        // The same figure from the network's output by hand.
+        let (x, y) = set.tensors(0..n);
+        let logits = tch::no_grad(|| network.net.forward_t(&x, false).unwrap());
+        assert_eq!(logits.size(), [3, 150, 5, 5]);
+        let pred = logits
+            .upsample_bilinear2d([33, 33], false, None::<f64>, None::<f64>)
+            .argmax(1, false);
+        let want = mean_iou(&pred, &y, 150, 255);
+        assert!((all.miou - want).abs() < 1e-12, "{} vs {want}", all.miou);
+        assert!((0.0..=1.0).contains(&all.pixel_accuracy));
+        let valid = set.labels.iter().filter(|&&l| l != 255).count() as u64;
+        assert_eq!(all.counts.valid, valid);
+    }
+
+    #[test]
     fn slots_match_the_layer_table_and_names_are_mmseg() {
         for (arch, build, adapter) in cases() {
             let network = Network::build_with(build, &at65(), Device::Cpu).unwrap();

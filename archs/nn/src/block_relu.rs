@@ -261,21 +261,26 @@ mod tests {
         y
     }
 
+    /// Patches larger than the map, 1×N and N×1, ragged edges, identity and zero in one layer.
+    fn mixed() -> Vec<BlockSize> {
+        vec![
+            p(1, 1),
+            p(3, 2),
+            BlockSize::Identity,
+            p(3, 2),
+            BlockSize::Zero,
+            p(9, 9),
+            p(1, 5),
+            p(7, 1),
+        ]
+    }
+
     #[test]
     fn matches_a_naive_loop() {
         let (h, w) = (7, 5);
         let cases = vec![
             vec![p(2, 2); 3],
-            vec![
-                p(1, 1),
-                p(3, 2),
-                BlockSize::Identity,
-                p(3, 2),
-                BlockSize::Zero,
-                p(9, 9),
-                p(1, 5),
-                p(7, 1),
-            ],
+            mixed(),
             vec![BlockSize::Identity; 2],
             vec![BlockSize::Zero; 2],
             vec![BlockSize::RELU; 2],
@@ -296,17 +301,8 @@ mod tests {
 
     #[test]
     fn cpu_kernel_equals_the_tensor_ops() {
-        let mixed = vec![
-            p(1, 1),
-            p(3, 2),
-            BlockSize::Identity,
-            p(3, 2),
-            BlockSize::Zero,
-            p(9, 9),
-            p(1, 5),
-            p(7, 1),
-            p(2, 4),
-        ];
+        let mut mixed = mixed();
+        mixed.push(p(2, 4));
         for kind in [Kind::Float, Kind::Double] {
             for (h, w) in [(7, 5), (8, 8), (1, 1), (13, 3)] {
                 let br = BlockRelu::new(mixed.clone()).unwrap();

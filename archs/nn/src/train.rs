@@ -283,26 +283,134 @@ pub fn evaluate(network: &Network, set: &ImageSet, batch_size: usize) -> Result<
     })
 }
 
+/// Per-class intersection and union pixel counts, accumulated over a data set (mmseg's
+/// `IoUMetric`: mIoU is the mean over the classes whose union is not empty).
+#[derive(Clone, Debug, PartialEq)]
+pub struct IouCounts {
+    pub intersection: Vec<u64>,
+    pub union: Vec<u64>,
+    /// Pixels not ignored, and those predicted right.
+    pub valid: u64,
+    pub correct: u64,
+}
+
+impl IouCounts {
+    pub fn new(classes: usize) -> Self {
+        IouCounts {
+            intersection: vec![0; classes],
+            union: vec![0; classes],
+            valid: 0,
+            correct: 0,
+        }
+    }
+
+    /// Adds predicted and true label maps of the same shape (i64); `ignore` pixels are skipped.
+    pub fn add(&mut self, pred: &Tensor, target: &Tensor, ignore: i64) {
+        let valid = target.ne(ignore);
+        self.valid += valid.sum(Kind::Int64).int64_value(&[]) as u64;
+        self.correct += pred
+            .eq_tensor(target)
+            .logical_and(&valid)
+            .sum(Kind::Int64)
+            .int64_value(&[]) as u64;
+        for c in 0..self.intersection.len() {
+            let p = pred.eq(c as i64).logical_and(&valid);
+            let t = target.eq(c as i64).logical_and(&valid);
+            self.intersection[c] += p.logical_and(&t).sum(Kind::Int64).int64_value(&[]) as u64;
+            self.union[c] += p.logical_or(&t).sum(Kind::Int64).int64_value(&[]) as u64;
+        }
+    }
+
+    /// Mean IoU over the classes that occur (0 when none does).
+    pub fn miou(&self) -> f64 {
+        let (sum, present) = self
+            .intersection
+            .iter()
+            .zip(&self.union)
+            .filter(|(_, u)| **u > 0)
+            .fold((0.0, 0usize), |(s, n), (i, u)| {
+                (s + *i as f64 / *u as f64, n + 1)
+            });
+        if present == 0 {
+            0.0
+        } else {
+            sum / present as f64
+        }
+    }
+
+    /// Fraction of the valid pixels predicted right.
+    pub fn pixel_accuracy(&self) -> f64 {
+        if self.valid == 0 {
+            0.0
+        } else {
+            self.correct as f64 / self.valid as f64
+        }
+    }
+}
+
 /// Mean intersection over union of predicted and true label maps (`[N, H, W]` i64), over the
 /// classes that occur in either; pixels labelled `ignore` (e.g. 255) are skipped.
 pub fn mean_iou(pred: &Tensor, target: &Tensor, classes: i64, ignore: i64) -> f64 {
-    let valid = target.ne(ignore);
-    let (mut sum, mut present) = (0.0, 0);
-    for c in 0..classes {
-        let p = pred.eq(c).logical_and(&valid);
-        let t = target.eq(c).logical_and(&valid);
-        let inter = p.logical_and(&t).sum(Kind::Int64).int64_value(&[]);
-        let union = p.logical_or(&t).sum(Kind::Int64).int64_value(&[]);
-        if union > 0 {
-            sum += inter as f64 / union as f64;
-            present += 1;
+    let mut counts = IouCounts::new(classes.max(0) as usize);
+    counts.add(pred, target, ignore);
+    counts.miou()
+}
+
+/// Segmentation figures of [`evaluate_segmentation`].
+#[derive(Clone, Debug, PartialEq)]
+pub struct SegmentationStats {
+    pub count: usize,
+    pub miou: f64,
+    pub pixel_accuracy: f64,
+    pub counts: IouCounts,
+}
+
+/// mIoU of a segmentation network (output `[N, classes, h, w]`, upsampled bilinearly to the
+/// label maps' size before the argmax) over `set`, `batch_size` images per pass.
+pub fn evaluate_segmentation(
+    network: &Network,
+    set: &crate::data::segmentation::SegmentationSet,
+    batch_size: usize,
+) -> Result<SegmentationStats> {
+    if set.is_empty() {
+        return Err(NnError::Data("the evaluation set is empty".into()));
+    }
+    let _guard = tch::no_grad_guard();
+    let device = network.vs.device();
+    let mut counts: Option<IouCounts> = None;
+    let batch = batch_size.max(1);
+    for start in (0..set.len()).step_by(batch) {
+        let end = (start + batch).min(set.len());
+        let (x, y) = set.tensors(start..end);
+        let logits = network.net.forward_t(&x.to_device(device), false)?;
+        if logits.dim() != 4 {
+            return Err(NnError::Data(format!(
+                "{} produces {}-D outputs: mIoU needs a segmentation network",
+                network.net.arch(),
+                logits.dim()
+            )));
         }
+        let classes = logits.size()[1] as usize;
+        let up = logits.upsample_bilinear2d(
+            [set.height as i64, set.width as i64],
+            false,
+            None::<f64>,
+            None::<f64>,
+        );
+        let pred = up.argmax(1, false).to_device(tch::Device::Cpu);
+        counts.get_or_insert_with(|| IouCounts::new(classes)).add(
+            &pred,
+            &y,
+            i64::from(crate::data::segmentation::IGNORE_LABEL),
+        );
     }
-    if present == 0 {
-        0.0
-    } else {
-        sum / present as f64
-    }
+    let counts = counts.expect("at least one batch");
+    Ok(SegmentationStats {
+        count: set.len(),
+        miou: counts.miou(),
+        pixel_accuracy: counts.pixel_accuracy(),
+        counts,
+    })
 }
 
 #[cfg(test)]
@@ -339,5 +447,18 @@ mod tests {
         let target = Tensor::from_slice(&[0i64, 1, 2, 255]).reshape([1, 2, 2]);
         // class 0: 1/1, class 1: 1/2 (pred 1 at a class-2 pixel), class 2: 0/1.
         assert!((mean_iou(&pred, &target, 3, 255) - (1.0 + 0.5 + 0.0) / 3.0).abs() < 1e-12);
+        // Counts accumulate over batches: the same maps split in two give the same figures.
+        let pred = Tensor::cat(&[&pred, &pred.flip([2])], 0);
+        let target = Tensor::cat(&[&target, &target], 0);
+        let mut split = IouCounts::new(3);
+        split.add(&pred.narrow(0, 0, 1), &target.narrow(0, 0, 1), 255);
+        split.add(&pred.narrow(0, 1, 1), &target.narrow(0, 1, 1), 255);
+        let mut whole = IouCounts::new(3);
+        whole.add(&pred, &target, 255);
+        assert_eq!(split, whole);
+        // 6 valid pixels; right: 0, 1 in the first map, 1 ([0,1] flipped to [1,0]: pixel 0 is
+        // 1 vs 0, pixel 1 is 0 vs 1; row 2: [2,1] vs [2,255]: pixel 2 right) in the second.
+        assert_eq!((whole.valid, whole.correct), (6, 3));
+        assert!((whole.pixel_accuracy() - 0.5).abs() < 1e-12);
     }
 }

@@ -113,10 +113,11 @@ mod tests {
         assert_eq!(shape("layer4_2_3"), (2048, 7, 7));
         assert_eq!(t.layers[1].name, "layer1_0_1");
         assert_eq!(t.layers.last().unwrap().name, "layer4_2_3");
-        // candidate-list lengths of the reference (digest §1.4, minus the trailing 1x0)
+        // candidate-list lengths of the reference (digest §1.4, minus the trailing 1x0 and,
+        // for 112x112, its four repeated entries)
         assert_eq!(
             ResNet50ImageNet.candidates(t.get("stem").unwrap()).len(),
-            100
+            96
         );
         assert_eq!(
             ResNet50ImageNet
@@ -156,8 +157,8 @@ mod tests {
             vec![28, 28, 28, 28, 28, 14, 14, 14, 14, 7, 7, 7, 7, 4, 4, 4, 4]
         );
         assert_eq!(t.layers.last().unwrap().channels, 128);
-        // 28, 14, 7 and 4 all have reference presets
-        assert_eq!(ResNet18Cifar.candidates(&t.layers[0]).len(), 79);
+        // 28, 14, 7 and 4 all have reference presets (28x28's repeated 7x7 counted once)
+        assert_eq!(ResNet18Cifar.candidates(&t.layers[0]).len(), 78);
         let odd = ReluLayer::new("x", 1, 5, 3);
         assert_eq!(ResNet18Cifar.candidates(&odd).len(), 16);
     }

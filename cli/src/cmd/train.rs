@@ -90,6 +90,8 @@ pub struct EvalArgs {
     /// Evaluate with this block spec's block ReLUs in place.
     #[arg(long)]
     pub spec: Option<PathBuf>,
+    /// Data set: as `train`, or images with label maps for mIoU (segmentation networks):
+    /// `seg:DIR` or `ade20k:DIR` (`DIR/images/validation/*.jpg`, `DIR/annotations/validation/*.png`).
     #[arg(long, default_value = "fashion-mnist")]
     pub data: String,
     /// Use only the first N test images.
@@ -121,10 +123,15 @@ pub struct EvalSummary {
     pub data: String,
     pub spec: Option<String>,
     pub count: usize,
+    /// Top-1 accuracy (classification) or pixel accuracy (segmentation).
     pub accuracy: f64,
+    /// Mean cross-entropy (classification only; 0 for segmentation).
     pub loss: f64,
     /// DReLUs of the evaluated network (with the spec, if any).
     pub drelus: u64,
+    /// Mean IoU over the classes present (segmentation data sets only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub miou: Option<f64>,
 }
 
 fn parse_schedule(text: &str) -> anyhow::Result<Schedule> {
@@ -372,6 +379,24 @@ pub fn evaluate_weights(
         Some(p) => load_spec(&mut network, p)?.drelus(&table),
         None => table.drelus(),
     };
+    let spec_data: DataSpec = data.parse()?;
+    if spec_data.is_segmentation() {
+        let [_, h, w] = network.net.input_shape();
+        let set = spec_data
+            .load_segmentation(Split::Test, h as u32, w as u32, subset)
+            .with_context(|| format!("cannot load data set {data:?}"))?;
+        let stats = knapsec_nn::train::evaluate_segmentation(&network, &set, batch)?;
+        return Ok(EvalSummary {
+            arch: arch.to_string(),
+            data: data.to_string(),
+            spec: spec.map(|p| p.display().to_string()),
+            count: stats.count,
+            accuracy: stats.pixel_accuracy,
+            loss: 0.0,
+            drelus,
+            miou: Some(stats.miou),
+        });
+    }
     let set = load_for(&network, data, Split::Test, subset)?;
     let EvalStats {
         count,
@@ -387,6 +412,7 @@ pub fn evaluate_weights(
         accuracy,
         loss,
         drelus,
+        miou: None,
     })
 }
 
@@ -401,14 +427,21 @@ pub fn run_eval(a: EvalArgs, ctx: &Context) -> anyhow::Result<()> {
         a.subset,
         a.batch,
     )?;
-    emit(ctx, &s, a.json, a.report.as_deref(), || {
-        format!(
+    emit(ctx, &s, a.json, a.report.as_deref(), || match s.miou {
+        Some(miou) => format!(
+            "mIoU {:.2}% on {} images ({} DReLUs), pixel accuracy {:.2}%",
+            100.0 * miou,
+            s.count,
+            s.drelus,
+            100.0 * s.accuracy
+        ),
+        None => format!(
             "top-1 accuracy {:.2}% on {} images ({} DReLUs), mean loss {:.4}",
             100.0 * s.accuracy,
             s.count,
             s.drelus,
             s.loss
-        )
+        ),
     })
 }
 

@@ -6,7 +6,8 @@
 //! * [`idx`]: MNIST / Fashion-MNIST IDX files (plain or `.gz`);
 //! * [`cifar`]: the CIFAR-10 / CIFAR-100 binary versions;
 //! * [`folder`]: ImageNet-style folders (one sub-folder per class) with the standard
-//!   resize / centre-crop / normalise.
+//!   resize / centre-crop / normalise;
+//! * [`segmentation`]: images with label maps (ADE20K / mmseg layout) for mIoU.
 //!
 //! A [`DataSpec`] names a data set on the command line: `fashion-mnist[:DIR]`, `mnist:DIR`,
 //! `cifar10:DIR`, `cifar100:DIR`, `folder:DIR`, or `random` (seeded Gaussian images).
@@ -14,6 +15,7 @@
 pub mod cifar;
 pub mod folder;
 pub mod idx;
+pub mod segmentation;
 mod spec;
 
 pub use spec::{DataSpec, Split};

@@ -25,6 +25,12 @@ pub enum DataSpec {
         dir: PathBuf,
         size: u32,
     },
+    /// Images with label maps (ADE20K / mmseg layout), for mIoU: `seg:DIR` (labels as they
+    /// are) or `ade20k:DIR` (label 0 ignored, the others shifted down by one).
+    Segmentation {
+        dir: PathBuf,
+        reduce_zero_label: bool,
+    },
     /// Seeded Gaussian images of the given shape (for tests and benchmarks).
     Random {
         count: usize,
@@ -57,6 +63,14 @@ impl std::str::FromStr for DataSpec {
                 dir: need("folder")?,
                 size: 224,
             },
+            "seg" => DataSpec::Segmentation {
+                dir: need("seg")?,
+                reduce_zero_label: false,
+            },
+            "ade20k" => DataSpec::Segmentation {
+                dir: need("ade20k")?,
+                reduce_zero_label: true,
+            },
             "random" => DataSpec::Random {
                 count: 64,
                 shape: (3, 32, 32),
@@ -66,7 +80,7 @@ impl std::str::FromStr for DataSpec {
             other => {
                 return Err(NnError::Data(format!(
                     "unknown data set {other:?} (expected fashion-mnist[:DIR], mnist:DIR, cifar10:DIR, \
-                     cifar100:DIR, folder:DIR or random)"
+                     cifar100:DIR, folder:DIR, seg:DIR, ade20k:DIR or random)"
                 )));
             }
         })
@@ -96,12 +110,50 @@ impl DataSpec {
             DataSpec::Cifar10(dir) => cifar::load_split(dir, split, cifar::Variant::Cifar10),
             DataSpec::Cifar100(dir) => cifar::load_split(dir, split, cifar::Variant::Cifar100),
             DataSpec::Folder { dir, size } => folder::load_split(dir, split, *size),
+            DataSpec::Segmentation { dir, .. } => Err(NnError::Data(format!(
+                "{}: a segmentation data set (label maps) serves mIoU evaluation only \
+                 (`knapsec eval`), not classification",
+                dir.display()
+            ))),
             DataSpec::Random {
                 count,
                 shape,
                 classes,
                 seed,
             } => Ok(random(*count, *shape, *classes, *seed)),
+        }
+    }
+}
+
+impl DataSpec {
+    /// Whether this names a segmentation data set (see [`DataSpec::load_segmentation`]).
+    pub fn is_segmentation(&self) -> bool {
+        matches!(self, DataSpec::Segmentation { .. })
+    }
+
+    /// Loads one split of a segmentation data set at `height × width` (at most `limit` images).
+    pub fn load_segmentation(
+        &self,
+        split: Split,
+        height: u32,
+        width: u32,
+        limit: Option<usize>,
+    ) -> Result<super::segmentation::SegmentationSet> {
+        match self {
+            DataSpec::Segmentation {
+                dir,
+                reduce_zero_label,
+            } => super::segmentation::load_split(
+                dir,
+                split,
+                height,
+                width,
+                *reduce_zero_label,
+                limit,
+            ),
+            other => Err(NnError::Data(format!(
+                "{other:?} has no label maps: mIoU needs seg:DIR or ade20k:DIR"
+            ))),
         }
     }
 }
