@@ -326,20 +326,6 @@ mod tests {
     use knapsec_nn::net::Network;
     use tch::Device;
 
-    /// Random BatchNorm statistics, so that folding is exercised.
-    fn randomise_bn(vs: &nn::VarStore) {
-        let _g = tch::no_grad_guard();
-        for (name, mut t) in vs.variables() {
-            if name.ends_with("running_var") {
-                let _ = t.uniform_(0.5, 1.5);
-            } else if name.ends_with("running_mean") || name.ends_with(".bias") {
-                let _ = t.uniform_(-0.2, 0.2);
-            } else if t.dim() == 1 && name.ends_with(".weight") {
-                let _ = t.uniform_(0.5, 1.5);
-            }
-        }
-    }
-
     fn small(variant: &str) -> ArchOptions {
         ArchOptions {
             input_height: Some(40),
@@ -383,7 +369,8 @@ mod tests {
         tch::manual_seed(1);
         for variant in ["relu6", "relu"] {
             let mut network = Network::build_with(build, &small(variant), Device::Cpu).unwrap();
-            randomise_bn(&network.vs);
+            // random BN statistics too, so that folding is exercised
+            knapsec_nn::weights::reinit_seeded(&network.vs, 1);
             let x = Tensor::randn([2, 3, 40, 36], (Kind::Float, Device::Cpu)) * 3.0;
             let outs = network.net.block_outputs(&x, false).unwrap();
             let y = outs.last().unwrap();

@@ -30,24 +30,6 @@ fn small50(variant: Option<&str>) -> ArchOptions {
     }
 }
 
-/// Random BN statistics and affine parameters, so that folding is exercised.
-fn randomise_bn(net: &Network) {
-    let _g = tch::no_grad_guard();
-    for (name, mut t) in net.vs.variables() {
-        if name.ends_with("running_var") {
-            t.copy_(&(Tensor::rand_like(&t) + 0.5));
-        } else if name.ends_with("running_mean")
-            || (name.contains(".bn") || name.contains("downsample.1")) && name.ends_with("bias")
-        {
-            t.copy_(&(Tensor::randn_like(&t) * 0.1));
-        } else if (name.contains(".bn") || name.contains("downsample.1"))
-            && name.ends_with("weight")
-        {
-            t.copy_(&(Tensor::rand_like(&t) + 0.5));
-        }
-    }
-}
-
 /// A spec mixing every kind of entry, deterministic per layer and channel.
 fn mixed_spec(net: &dyn BlockNet) -> BlockSpec {
     let mut spec = BlockSpec::new(net.arch());
@@ -132,7 +114,8 @@ fn forward_from_any_block_equals_the_full_forward() {
         Device::Cpu,
     )
     .unwrap();
-    randomise_bn(&net);
+    // seeded weights with random BN statistics, so that folding is exercised
+    knapsec_nn::weights::reinit_seeded(&net.vs, 1);
     let spec = mixed_spec(net.net.as_ref());
     net.net.apply_spec(&spec).unwrap();
     let x = Tensor::randn([2, 3, 45, 38], (Kind::Float, Device::Cpu));
@@ -319,7 +302,7 @@ fn weights_save_load_and_errors() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("w.safetensors");
     let a = Network::build("resnet18-cifar", &small18(), Device::Cpu).unwrap();
-    randomise_bn(&a);
+    knapsec_nn::weights::reinit_seeded(&a.vs, 7);
     a.save_weights(&path).unwrap();
     let x = Tensor::randn([2, 1, 28, 28], (Kind::Float, Device::Cpu));
     let mut b = Network::build("resnet18-cifar", &small18(), Device::Cpu).unwrap();
