@@ -325,7 +325,7 @@ impl<S: PanelSource> PanelSource for StackCols<S> {
 fn conv_depthwise(terms: &[(&RingTensor, &RingTensor)], g: &Geom) -> Vec<u64> {
     let (ho, wo) = (g.ho, g.wo);
     let mut out = vec![0u64; g.o * ho * wo];
-    let avx512 = crate::gemm::kernel_level() == crate::gemm::KernelLevel::Avx512;
+    let avx512 = crate::gemm::kernel_level().has_avx512();
     out.par_chunks_mut(ho * wo)
         .enumerate()
         .for_each(|(o, oplane)| {

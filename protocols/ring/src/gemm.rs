@@ -6,21 +6,35 @@
 //! (`A` in `MR`-row panels, `B` in `NR`-column panels, `KC`-deep blocks), and a register-tile
 //! micro-kernel of `MR × NR` accumulators runs over each pair of panels. Tiles of `C` are
 //! spread over the rayon pool (`MC × NC` blocks). The micro-kernel is plain Rust that LLVM
-//! vectorises; on x86-64 a copy compiled for AVX-512 (`vpmullq`) or AVX2 is chosen at run time
-//! with `is_x86_feature_detected!`, so the crate needs no `RUSTFLAGS`.
+//! vectorises; on x86-64 a copy compiled for AVX-512 IFMA, AVX-512 (`vpmullq`) or AVX2 is
+//! chosen at run time with `is_x86_feature_detected!`, so the crate needs no `RUSTFLAGS`.
+//!
+//! The IFMA kernel ([`micro_ifma`]) gets a 64-bit product from three 52-bit multiply-adds,
+//! which issue faster than `vpmullq`'s three micro-operations plus an add. Write
+//! `a = a₀ + 2⁵²·a₁` (`a₀ < 2⁵²`, `a₁ < 2¹²`), the same for `b`. Then, mod 2⁶⁴,
+//! `a·b = lo52(a₀b₀) + 2⁵²·(hi52(a₀b₀) + a₀b₁ + a₁b₀)`, and only the bracket's low 12 bits
+//! matter, so `a₀b₁ + a₁b₀` may be taken as `a₀'b₁ + a₁b₀'` with `a₀' = a mod 2¹²`. That pair
+//! comes from one more 52-bit product of the *cross operands* `â = a₀' + 2³²·a₁` and
+//! `b̂ = b₀' + 2³²·b₁` (both < 2⁴⁴): `â·b̂ = a₀'b₀' + 2³²·(a₀'b₁ + a₁b₀') + 2⁶⁴·a₁b₁`. Summed
+//! over a block of at most 256 products (`KC` ≤ 256), `Σ a₀'b₀' < 256·2²⁴ = 2³²` never carries into
+//! bit 32, so bits 32..44 of `Σ lo52(â·b̂)` are the wanted sum mod 2¹². The kernel keeps three
+//! accumulators `c = Σ lo52(a·b)`, `x = Σ hi52(a·b)`, `y = Σ lo52(â·b̂)` (the instructions read
+//! only the low 52 bits of `a` and `b`) and stores `c + 2⁵²·(x + (y >> 32))`. `A`'s cross
+//! operands are computed once per product, `B`'s while it is packed.
 //!
 //! [`gemm_reference`] is the triple loop the fast path is tested against.
 
 use rayon::prelude::*;
 
-/// Rows of the register tile.
-pub const MR: usize = 6;
+/// Rows of the register tile (the IFMA kernel's 3·MR·2 accumulators must fit in 32 registers).
+pub const MR: usize = 4;
 /// Columns of the register tile (two 512-bit vectors of `u64`).
 pub const NR: usize = 16;
-/// Depth of a packed block.
-const KC: usize = 256;
+/// Depth of a packed block (at most 256: the IFMA kernel's carry bound, see the module doc).
+const KC: usize = 128;
+const _: () = assert!(KC <= 256);
 /// Most rows of `C` per parallel task (a multiple of `MR`).
-const MC: usize = 8 * MR;
+const MC: usize = 12 * MR;
 /// Columns of `C` per parallel task (a multiple of `NR`).
 const NC: usize = 16 * NR;
 
@@ -72,39 +86,91 @@ impl PanelSource for Dense<'_> {
     }
 }
 
+/// The IFMA kernel's cross operand of `v`: bits 0..12 at bit 0, bits 52..64 at bit 32
+/// (see the module doc).
+#[inline(always)]
+fn cross_operand(v: u64) -> u64 {
+    (v & 0xfff) | ((v >> 52) << 32)
+}
+
+/// Panels packed together by one call of [`pack_panels`] in [`pack_b`] (`PACK_GROUP · NR`
+/// columns): a source is read in row segments this wide, not one `NR`-column panel at a time,
+/// which for an `im2col` view means one bounds computation per output row, not per 16 pixels.
+const PACK_GROUP: usize = 8;
+
+/// Packs rows `kb .. kb + kc`, columns `j0 .. j1` of `B` into consecutive `kc × NR` panels
+/// (`dst` holds `(j1 − j0).div_ceil(NR)` of them). `row` is scratch space, grown as needed.
+/// Lanes past `j1` in the last panel are left as they are; their results are never stored.
+fn pack_panels(
+    b: &dyn PanelSource,
+    kb: usize,
+    kc: usize,
+    j0: usize,
+    j1: usize,
+    dst: &mut [u64],
+    row: &mut Vec<u64>,
+) {
+    let width = j1 - j0;
+    row.resize(width, 0);
+    for q in 0..kc {
+        b.segment(kb + q, j0, &mut row[..width]);
+        for (p, cols) in row[..width].chunks(NR).enumerate() {
+            dst[p * kc * NR + q * NR..][..cols.len()].copy_from_slice(cols);
+        }
+    }
+}
+
 /// Packs `B` into `NR`-column panels, `KC`-deep blocks: block `kb` (starting at depth `kb`)
-/// holds `npanels` panels of `kc × NR`, at offset `kb · npanels · NR`.
-fn pack_b(b: &dyn PanelSource) -> Vec<u64> {
+/// holds `npanels` panels of `kc × NR`, at offset `kb · npanels · NR`. `out` is reused (its
+/// old contents only survive in padding lanes, whose results are never stored).
+fn pack_b(b: &dyn PanelSource, out: &mut Vec<u64>) {
     let (k, n) = (b.rows(), b.cols());
     let npanels = n.div_ceil(NR);
-    let mut out = vec![0u64; npanels * NR * k];
+    out.resize(npanels * NR * k, 0);
     out.par_chunks_mut(npanels * NR * KC)
         .enumerate()
         .for_each(|(bi, block)| {
             let kb = bi * KC;
             let kc = KC.min(k - kb);
             block
-                .par_chunks_mut(kc * NR)
+                .par_chunks_mut(PACK_GROUP * kc * NR)
                 .enumerate()
-                .for_each(|(p, panel)| {
-                    let j0 = p * NR;
-                    let w = NR.min(n - j0);
-                    for q in 0..kc {
-                        b.segment(kb + q, j0, &mut panel[q * NR..q * NR + w]);
-                    }
+                .for_each_init(Vec::new, |row, (gi, panels)| {
+                    let j0 = gi * PACK_GROUP * NR;
+                    let j1 = (j0 + PACK_GROUP * NR).min(n);
+                    pack_panels(b, kb, kc, j0, j1, panels, row);
                 });
         });
-    out
+}
+
+thread_local! {
+    /// The packed `B` of the last product run from this thread and its cross operands, kept
+    /// for the next one: a fresh allocation of several MB costs a page fault per 4 KiB on
+    /// every call. A nested product on the same thread (rayon may run one inside another's
+    /// parallel loop) finds it borrowed and packs into new buffers instead.
+    static PACKED: std::cell::RefCell<(Vec<u64>, Vec<u64>)> = const {
+        std::cell::RefCell::new((Vec::new(), Vec::new()))
+    };
 }
 
 /// Rows `i0 .. i0 + MR` of `A`, each from depth `kb` for `kc` elements (rows past the end
 /// repeat the last row; their results are discarded).
 type ARows<'a> = [&'a [u64]; MR];
 
+/// The operands of one micro-kernel call: `MR` rows of `A` and a `kc × NR` panel of `B`, with
+/// their cross operands ([`cross_operand`]) for the IFMA kernel (empty for the others).
+struct Tile<'a> {
+    a: ARows<'a>,
+    a_cross: ARows<'a>,
+    b: &'a [u64],
+    b_cross: &'a [u64],
+}
+
 /// The register-tile micro-kernel, portable version: `acc += A[rows, kb..] · Bpanel`.
 #[inline(always)]
-fn micro(a: ARows<'_>, b: &[u64], acc: &mut [[u64; NR]; MR]) {
-    for (p, bv) in b.chunks_exact(NR).enumerate() {
+fn micro(t: &Tile<'_>, acc: &mut [[u64; NR]; MR]) {
+    let a = t.a;
+    for (p, bv) in t.b.chunks_exact(NR).enumerate() {
         let bv: &[u64; NR] = bv.try_into().unwrap();
         for i in 0..MR {
             let av = a[i][p];
@@ -115,11 +181,65 @@ fn micro(a: ARows<'_>, b: &[u64], acc: &mut [[u64; NR]; MR]) {
     }
 }
 
-/// AVX-512 micro-kernel: twelve 8-lane accumulators, `vpmullq` + `vpaddq` per lane group.
+/// AVX-512 IFMA micro-kernel: three 52-bit multiply-adds per 64-bit product (module doc).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512dq,avx512ifma")]
+fn micro_ifma(t: &Tile<'_>, acc: &mut [[u64; NR]; MR]) {
+    use std::arch::x86_64::*;
+    let kc = t.b.len() / NR;
+    assert!(
+        t.b_cross.len() >= kc * NR && t.a.iter().chain(&t.a_cross).all(|r| r.len() >= kc),
+        "micro_ifma: operand too short"
+    );
+    let (ap, acp) = (t.a.map(|r| r.as_ptr()), t.a_cross.map(|r| r.as_ptr()));
+    let (bp, bcp) = (t.b.as_ptr(), t.b_cross.as_ptr());
+    let zero = _mm512_setzero_si512();
+    let (mut c, mut x, mut y) = ([[zero; 2]; MR], [[zero; 2]; MR], [[zero; 2]; MR]);
+    for p in 0..kc {
+        // SAFETY: p < kc, so p·NR + NR ≤ the panels' lengths and p < every A row's length.
+        let (b, bc) = unsafe {
+            (
+                [
+                    _mm512_loadu_si512(bp.add(p * NR).cast()),
+                    _mm512_loadu_si512(bp.add(p * NR + 8).cast()),
+                ],
+                [
+                    _mm512_loadu_si512(bcp.add(p * NR).cast()),
+                    _mm512_loadu_si512(bcp.add(p * NR + 8).cast()),
+                ],
+            )
+        };
+        for i in 0..MR {
+            // SAFETY: as above.
+            let (av, acv) = unsafe {
+                (
+                    _mm512_set1_epi64(*ap[i].add(p) as i64),
+                    _mm512_set1_epi64(*acp[i].add(p) as i64),
+                )
+            };
+            for j in 0..2 {
+                c[i][j] = _mm512_madd52lo_epu64(c[i][j], av, b[j]);
+                x[i][j] = _mm512_madd52hi_epu64(x[i][j], av, b[j]);
+                y[i][j] = _mm512_madd52lo_epu64(y[i][j], acv, bc[j]);
+            }
+        }
+    }
+    for i in 0..MR {
+        for j in 0..2 {
+            let high = _mm512_add_epi64(x[i][j], _mm512_srli_epi64::<32>(y[i][j]));
+            let v = _mm512_add_epi64(c[i][j], _mm512_slli_epi64::<52>(high));
+            // SAFETY: each row holds NR = 16 u64; this stores lanes 8j .. 8j + 8.
+            unsafe { _mm512_storeu_si512(acc[i].as_mut_ptr().add(8 * j).cast(), v) };
+        }
+    }
+}
+
+/// AVX-512 micro-kernel: eight 8-lane accumulators, `vpmullq` + `vpaddq` per lane group.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512dq")]
-fn micro_avx512(a: ARows<'_>, b: &[u64], acc: &mut [[u64; NR]; MR]) {
+fn micro_avx512(t: &Tile<'_>, acc: &mut [[u64; NR]; MR]) {
     use std::arch::x86_64::*;
+    let (a, b) = (t.a, t.b);
     let kc = b.len() / NR;
     assert!(
         a.iter().all(|r| r.len() >= kc),
@@ -156,8 +276,9 @@ fn micro_avx512(a: ARows<'_>, b: &[u64], acc: &mut [[u64; NR]; MR]) {
 /// one quarter of the tile (4 columns) at a time.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
-fn micro_avx2(a: ARows<'_>, b: &[u64], acc: &mut [[u64; NR]; MR]) {
+fn micro_avx2(t: &Tile<'_>, acc: &mut [[u64; NR]; MR]) {
     use std::arch::x86_64::*;
+    let (a, b) = (t.a, t.b);
     let kc = b.len() / NR;
     assert!(
         a.iter().all(|r| r.len() >= kc),
@@ -205,10 +326,24 @@ struct Plan<'a> {
     n: usize,
     /// `A`, row-major `[m, k]` (not packed: the kernel streams `MR` rows at once).
     a: &'a [u64],
-    /// `B` packed whole ([`pack_b`]), or `None` when every task packs its own columns.
-    pb: Option<&'a [u64]>,
+    /// `B` packed whole ([`pack_b`]) and its cross operands (empty without IFMA), or `None`
+    /// when every task packs its own columns.
+    pb: Option<(&'a [u64], &'a [u64])>,
+    /// Whether the kernel needs cross operands.
+    cross: bool,
     src: &'a dyn PanelSource,
     c: CPtr,
+}
+
+/// Rows `r0 .. r0 + MR` (clamped to `rows`) of a row-major matrix with row length `stride`,
+/// elements `col .. col + len` of each (empty slices when `a` is empty: the cross operands of
+/// a kernel that needs none).
+fn a_rows(a: &[u64], r0: usize, rows: usize, stride: usize, col: usize, len: usize) -> ARows<'_> {
+    std::array::from_fn(|i| {
+        let r = (r0 + i).min(rows - 1);
+        a.get(r * stride + col..r * stride + col + len)
+            .unwrap_or_default()
+    })
 }
 
 /// Computes the `C` block of rows `i0..i1`, columns `j0..j1` (panel-aligned starts).
@@ -219,41 +354,56 @@ fn task_body(
     i1: usize,
     j0: usize,
     j1: usize,
-    micro: impl Fn(ARows<'_>, &[u64], &mut [[u64; NR]; MR]),
+    micro: impl Fn(&Tile<'_>, &mut [[u64; NR]; MR]),
 ) {
     let (m, k, n) = (plan.m, plan.k, plan.n);
     let npanels = n.div_ceil(NR);
-    let mut local = Vec::new();
+    let (mut local, mut local_cross, mut row) = (Vec::new(), Vec::new(), Vec::new());
+    // This task's rows of A as cross operands, `[i1 − i0, kc]` for the current KC block.
+    let mut a_cross = Vec::new();
     let mut kb = 0;
     while kb < k {
         let kc = KC.min(k - kb);
         // This KC block of B: a slice of the whole packed B, or this task's columns packed
         // now (they stay in cache for the rows that follow). Lanes past the last column
         // hold stale values; their results are never stored.
-        let (bblock, first): (&[u64], usize) = match plan.pb {
-            Some(pb) => (&pb[kb * npanels * NR..], 0),
+        let (bblock, bblock_cross, first): (&[u64], &[u64], usize) = match plan.pb {
+            Some((pb, pbc)) => (
+                &pb[kb * npanels * NR..],
+                pbc.get(kb * npanels * NR..).unwrap_or_default(),
+                0,
+            ),
             None => {
                 let np = (j1 - j0).div_ceil(NR);
                 local.resize(np * kc * NR, 0);
-                for (p, panel) in local.chunks_mut(kc * NR).enumerate() {
-                    let jc = j0 + p * NR;
-                    let w = NR.min(n - jc);
-                    for q in 0..kc {
-                        plan.src.segment(kb + q, jc, &mut panel[q * NR..q * NR + w]);
-                    }
+                pack_panels(plan.src, kb, kc, j0, j1, &mut local, &mut row);
+                if plan.cross {
+                    local_cross.clear();
+                    local_cross.extend(local.iter().map(|&v| cross_operand(v)));
                 }
-                (&local[..], j0 / NR)
+                (&local[..], &local_cross[..], j0 / NR)
             }
         };
+        if plan.cross {
+            a_cross.clear();
+            for r in i0..i1 {
+                let a = &plan.a[r * k + kb..r * k + kb + kc];
+                a_cross.extend(a.iter().map(|&v| cross_operand(v)));
+            }
+        }
         for jp in (j0 / NR)..j1.div_ceil(NR) {
-            let bpanel = &bblock[(jp - first) * kc * NR..(jp - first + 1) * kc * NR];
+            let panel = (jp - first) * kc * NR..(jp - first + 1) * kc * NR;
+            let b = &bblock[panel.clone()];
+            let b_cross = bblock_cross.get(panel).unwrap_or_default();
             for ip in (i0 / MR)..i1.div_ceil(MR) {
-                let arows: ARows<'_> = std::array::from_fn(|i| {
-                    let r = (ip * MR + i).min(m - 1);
-                    &plan.a[r * k + kb..r * k + kb + kc]
-                });
+                let tile = Tile {
+                    a: a_rows(plan.a, ip * MR, m, k, kb, kc),
+                    a_cross: a_rows(&a_cross, ip * MR - i0, i1 - i0, kc, 0, kc),
+                    b,
+                    b_cross,
+                };
                 let mut acc = [[0u64; NR]; MR];
-                micro(arows, bpanel, &mut acc);
+                micro(&tile, &mut acc);
                 let rows = MR.min(m - ip * MR);
                 let cols = NR.min(n - jp * NR);
                 for (i, acc_row) in acc.iter().enumerate().take(rows) {
@@ -276,18 +426,25 @@ fn task_body(
 }
 
 #[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512dq,avx512vl,avx512ifma")]
+fn task_ifma(plan: &Plan<'_>, i0: usize, i1: usize, j0: usize, j1: usize) {
+    // The closure inherits this function's target features (detected by `kernel_level`).
+    task_body(plan, i0, i1, j0, j1, |t, acc| micro_ifma(t, acc))
+}
+
+#[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512dq,avx512vl")]
 fn task_avx512(plan: &Plan<'_>, i0: usize, i1: usize, j0: usize, j1: usize) {
     // The closure inherits this function's target features (AVX-512 F/DQ, detected by
     // `kernel_level` before this runs).
-    task_body(plan, i0, i1, j0, j1, |a, b, acc| micro_avx512(a, b, acc))
+    task_body(plan, i0, i1, j0, j1, |t, acc| micro_avx512(t, acc))
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
 fn task_avx2(plan: &Plan<'_>, i0: usize, i1: usize, j0: usize, j1: usize) {
     // The closure inherits this function's target features (AVX2, detected first).
-    task_body(plan, i0, i1, j0, j1, |a, b, acc| micro_avx2(a, b, acc))
+    task_body(plan, i0, i1, j0, j1, |t, acc| micro_avx2(t, acc))
 }
 
 fn task_generic(plan: &Plan<'_>, i0: usize, i1: usize, j0: usize, j1: usize) {
@@ -297,12 +454,21 @@ fn task_generic(plan: &Plan<'_>, i0: usize, i1: usize, j0: usize, j1: usize) {
 /// Which compiled copy of the micro-kernel this CPU runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum KernelLevel {
+    /// AVX-512 IFMA (with F, DQ, VL): three 52-bit multiply-adds per product.
+    Avx512Ifma,
     /// AVX-512 F + DQ (+ VL): `vpmullq` on 512-bit vectors.
     Avx512,
     /// AVX2.
     Avx2,
     /// Whatever the build target allows.
     Generic,
+}
+
+impl KernelLevel {
+    /// Whether 512-bit integer vectors (AVX-512 F, DQ, VL) are available.
+    pub fn has_avx512(self) -> bool {
+        matches!(self, KernelLevel::Avx512Ifma | KernelLevel::Avx512)
+    }
 }
 
 /// The best kernel for this CPU (detected once).
@@ -315,6 +481,9 @@ pub fn kernel_level() -> KernelLevel {
                 && std::is_x86_feature_detected!("avx512dq")
                 && std::is_x86_feature_detected!("avx512vl")
             {
+                if std::is_x86_feature_detected!("avx512ifma") {
+                    return KernelLevel::Avx512Ifma;
+                }
                 return KernelLevel::Avx512;
             }
             if std::is_x86_feature_detected!("avx2") {
@@ -327,6 +496,9 @@ pub fn kernel_level() -> KernelLevel {
 
 fn run_task(level: KernelLevel, plan: &Plan<'_>, i0: usize, i1: usize, j0: usize, j1: usize) {
     match level {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: `kernel_level` detected these CPU features.
+        KernelLevel::Avx512Ifma => unsafe { task_ifma(plan, i0, i1, j0, j1) },
         #[cfg(target_arch = "x86_64")]
         // SAFETY: `kernel_level` detected these CPU features.
         KernelLevel::Avx512 => unsafe { task_avx512(plan, i0, i1, j0, j1) },
@@ -403,48 +575,74 @@ pub fn gemm_source(m: usize, a: &[u64], b: &dyn PanelSource, c: &mut [u64]) {
             gemm_reference(m, k, n, a, &dense, c)
         };
     }
-    let level = kernel_level();
+    let mut level = kernel_level();
+    // The IFMA kernel's cross operands of A are made per task and block, paid back over the
+    // task's columns; too few columns and `vpmullq` is faster.
+    if level == KernelLevel::Avx512Ifma && n < 4 * NR {
+        level = KernelLevel::Avx512;
+    }
+    let cross = level == KernelLevel::Avx512Ifma;
     let threads = rayon::current_num_threads();
-    let col_tasks = n.div_ceil(NC);
-    if col_tasks >= 4 * threads {
-        // Enough column blocks: each task takes all rows of its columns and packs those
-        // columns of B itself, so B never travels through memory whole.
+    // Column tasks: four per thread, each at least four panels and at most NC columns wide.
+    let nc = n.div_ceil(4 * threads).next_multiple_of(NR).min(NC);
+    if nc >= 4 * NR {
+        // Enough columns: each task takes all rows of its columns and packs those columns of
+        // B itself, so B never travels through memory whole.
         let plan = Plan {
             m,
             k,
             n,
             a,
             pb: None,
+            cross,
             src: b,
             c: CPtr(c.as_mut_ptr()),
         };
-        (0..col_tasks).into_par_iter().for_each(|tj| {
-            let j0 = tj * NC;
-            run_task(level, &plan, 0, m, j0, (j0 + NC).min(n));
+        (0..n.div_ceil(nc)).into_par_iter().for_each(|tj| {
+            let j0 = tj * nc;
+            run_task(level, &plan, 0, m, j0, (j0 + nc).min(n));
         });
         return;
     }
-    let pb = pack_b(b);
-    let plan = Plan {
-        m,
-        k,
-        n,
-        a,
-        pb: Some(&pb),
-        src: b,
-        c: CPtr(c.as_mut_ptr()),
+    let c = CPtr(c.as_mut_ptr());
+    let run = |pb: &mut Vec<u64>, pb_cross: &mut Vec<u64>| {
+        pack_b(b, pb);
+        pb_cross.clear();
+        if cross {
+            pb.par_iter()
+                .map(|&v| cross_operand(v))
+                .collect_into_vec(pb_cross);
+        }
+        let plan = Plan {
+            m,
+            k,
+            n,
+            a,
+            pb: Some((pb, pb_cross)),
+            cross,
+            src: b,
+            c,
+        };
+        let col_tasks = n.div_ceil(NC);
+        // Row blocks of at most MC rows and equal size (so that no task is a thin remainder),
+        // split further while there are fewer than four tasks per thread.
+        let mut mc = m.div_ceil(m.div_ceil(MC)).next_multiple_of(MR);
+        while m.div_ceil(mc) * col_tasks < 4 * threads && mc > MR {
+            mc = (mc / 2).next_multiple_of(MR);
+        }
+        let row_tasks = m.div_ceil(mc);
+        (0..row_tasks * col_tasks).into_par_iter().for_each(|t| {
+            let (ti, tj) = (t / col_tasks, t % col_tasks);
+            let (i0, j0) = (ti * mc, tj * NC);
+            run_task(level, &plan, i0, (i0 + mc).min(m), j0, (j0 + NC).min(n));
+        });
     };
-    // Row blocks of at most MC rows and equal size (so that no task is a thin remainder),
-    // split further while there are fewer than four tasks per thread.
-    let mut mc = m.div_ceil(m.div_ceil(MC)).next_multiple_of(MR);
-    while m.div_ceil(mc) * col_tasks < 4 * threads && mc > MR {
-        mc = (mc / 2).next_multiple_of(MR);
-    }
-    let row_tasks = m.div_ceil(mc);
-    (0..row_tasks * col_tasks).into_par_iter().for_each(|t| {
-        let (ti, tj) = (t / col_tasks, t % col_tasks);
-        let (i0, j0) = (ti * mc, tj * NC);
-        run_task(level, &plan, i0, (i0 + mc).min(m), j0, (j0 + NC).min(n));
+    PACKED.with(|cell| match cell.try_borrow_mut() {
+        Ok(mut buffers) => {
+            let (pb, pb_cross) = &mut *buffers;
+            run(pb, pb_cross)
+        }
+        Err(_) => run(&mut Vec::new(), &mut Vec::new()),
     });
 }
 
@@ -492,44 +690,54 @@ mod tests {
     fn every_available_kernel_computes_the_same_product() {
         assert_eq!(kernel_level(), kernel_level());
         let (m, k, n) = (MR * 2 + 1, KC + 40, NR * 2 + 3);
-        let a = lcg(9, m * k);
-        let b = lcg(10, k * n);
+        // Random operands, and all-ones ones: the IFMA kernel's largest carries.
+        for (a, b) in [
+            (lcg(9, m * k), lcg(10, k * n)),
+            (vec![u64::MAX; m * k], vec![u64::MAX; k * n]),
+        ] {
+            every_kernel_agrees(m, k, n, &a, &b);
+        }
+    }
+
+    fn every_kernel_agrees(m: usize, k: usize, n: usize, a: &[u64], b: &[u64]) {
         let mut want = vec![0; m * n];
-        gemm_reference(m, k, n, &a, &b, &mut want);
-        let pb = pack_b(&Dense {
-            data: &b,
+        gemm_reference(m, k, n, a, b, &mut want);
+        let src = Dense {
+            data: b,
             rows: k,
             cols: n,
-        });
+        };
+        let mut pb = Vec::new();
+        pack_b(&src, &mut pb);
+        let pb_cross: Vec<u64> = pb.iter().map(|&v| cross_operand(v)).collect();
         let mut levels = vec![KernelLevel::Generic];
         #[cfg(target_arch = "x86_64")]
         {
             if std::is_x86_feature_detected!("avx2") {
                 levels.push(KernelLevel::Avx2);
             }
-            if kernel_level() == KernelLevel::Avx512 {
+            if kernel_level().has_avx512() {
                 levels.push(KernelLevel::Avx512);
+            }
+            if kernel_level() == KernelLevel::Avx512Ifma {
+                levels.push(KernelLevel::Avx512Ifma);
             }
         }
         for level in levels {
-            let src = Dense {
-                data: &b,
-                rows: k,
-                cols: n,
-            };
-            for pb in [Some(&pb[..]), None] {
+            for whole in [true, false] {
                 let mut got = vec![0; m * n];
                 let plan = Plan {
                     m,
                     k,
                     n,
-                    a: &a,
-                    pb,
+                    a,
+                    pb: whole.then_some((&pb[..], &pb_cross[..])),
+                    cross: level == KernelLevel::Avx512Ifma,
                     src: &src,
                     c: CPtr(got.as_mut_ptr()),
                 };
                 run_task(level, &plan, 0, m, 0, n);
-                assert_eq!(got, want, "{level:?}, packed whole: {}", pb.is_some());
+                assert_eq!(got, want, "{level:?}, packed whole: {whole}");
             }
         }
     }
