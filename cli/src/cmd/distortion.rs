@@ -361,7 +361,8 @@ pub struct BenchArgs {
     /// Images per pass (the sample is one batch).
     #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u64).range(1..))]
     batch: u64,
-    /// Channels per layer timed with the engine (one work unit per layer).
+    /// Channels per worker and layer timed with the engine (one work unit of this many channels
+    /// per worker, so that all workers run as in a full extraction).
     #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u64).range(1..))]
     channels: u64,
     /// Variants per layer timed with the one-variant schedule.
@@ -444,14 +445,20 @@ pub fn bench(args: BenchArgs, ctx: &Context) -> anyhow::Result<()> {
         bar.set_message(name.clone());
         let k = d.k() as u64;
         let variants = d.channels as u64 * k;
-        // Engine: one unit of `channels` contiguous channels in the middle of the layer.
-        let cc = (args.channels as usize).min(d.channels);
+        // Engine: one unit of `channels` contiguous channels per worker, in the middle of the
+        // layer, so that every worker is busy as in a full run (a single unit would time one
+        // worker and leave the other cores idle).
+        let per_unit = (args.channels as usize).min(d.channels.div_ceil(workers));
+        let nunits = workers.min(d.channels.div_ceil(per_unit));
+        let cc = (per_unit * nunits).min(d.channels);
         let c0 = (d.channels - cc) / 2;
-        let unit = WorkUnit {
-            id: 0,
-            layer: li,
-            channels: c0..c0 + cc,
-        };
+        let units: Vec<WorkUnit> = (0..nunits)
+            .map(|u| WorkUnit {
+                id: u,
+                layer: li,
+                channels: c0 + u * per_unit..(c0 + (u + 1) * per_unit).min(c0 + cc),
+            })
+            .collect();
         let config = ExtractConfig {
             batch: args.batch as usize,
             threads_per_worker: threads,
@@ -462,7 +469,7 @@ pub fn bench(args: BenchArgs, ctx: &Context) -> anyhow::Result<()> {
             nets,
             &x,
             skeleton.clone(),
-            &[unit],
+            &units,
             Arc::new(OutputMse),
             &config,
             &mut |_| {},

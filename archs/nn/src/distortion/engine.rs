@@ -11,9 +11,12 @@
 //!   ([`BlockNet::run_block_after_slot`], then the later blocks). Variants whose channel
 //!   output is **bitwise equal on every image of the sample** to one already known are not run:
 //!   equal to the clean output (distortion exactly 0: `(1,1)`, identity on a channel without
-//!   negative inputs, any patch on a dead channel), equal to the channel's identity output
-//!   (every patch mean positive), all zero, or the same effective patch after clamping to the
-//!   map. Equal slot outputs give equal network outputs, so these copies are exact. Workers
+//!   negative inputs, any patch on a dead channel) or to the output of an earlier candidate of
+//!   the same channel (identity when every patch mean is positive, all zero, the same
+//!   effective patch after clamping to the map, or two patch sizes whose masks agree wherever
+//!   the input is non-zero). The outputs themselves are compared, so nothing is assumed about
+//!   the candidates.
+//!   Equal slot outputs give equal network outputs, so these copies are exact. Workers
 //!   (threads, each with its own copy of the network and one torch thread) take work units
 //!   from a shared counter.
 //! * [`Schedule::Single`] (the reference's schedule, digest §2.3): one variant per pass, the
@@ -230,18 +233,6 @@ fn all_per_channel(t: &Tensor) -> Tensor {
     t.transpose(0, 1).reshape([c, -1]).all_dim(1, false)
 }
 
-/// Class of a variant's channel output for skipping: variants of one channel with the same key
-/// have bitwise equal outputs.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Key {
-    /// Equal to the channel's identity output (the pre-activation itself).
-    Ones,
-    /// All zero.
-    Zeros,
-    /// A patch, clamped to the map.
-    Patch(u32, u32),
-}
-
 struct Worker<'a> {
     net: &'a mut dyn BlockNet,
     clean: &'a [CleanBatch],
@@ -314,6 +305,11 @@ impl Worker<'_> {
 
     /// Which variants of the unit must run, and which copy another (`rep[i][q]`: `None` = the
     /// clean output, distortion 0; `Some(q')` = the value of candidate `q'` of the same channel).
+    ///
+    /// A variant is copied when its channel output is bitwise equal, on every image of the
+    /// sample, to the clean output or to the output of an earlier candidate of the same channel
+    /// (the block masks agree wherever the input is non-zero). Equal slot outputs give equal
+    /// network outputs, so the copies are exact.
     fn representatives(
         &self,
         unit: &WorkUnit,
@@ -324,59 +320,52 @@ impl Worker<'_> {
         if !dedupe {
             return Ok(vec![(0..k).map(Some).collect(); cc]);
         }
-        // flags[q][f][i]: f = 0 equal to clean, 1 equal to identity, 2 all zero.
-        let mut flags = vec![[vec![true; cc], vec![true; cc], vec![true; cc]]; k];
+        // Channel outputs of every candidate, per image batch: outs[batch][q] is [N, cc, H, W].
+        let mut clean = Vec::with_capacity(self.clean.len());
+        let mut outs = Vec::with_capacity(self.clean.len());
         for cb in self.clean {
             let pre_all = &cb.pre[job.slot.0];
-            let act = self.net.slots().run(job.slot, pre_all).narrow(
-                1,
-                unit.channels.start as i64,
-                cc as i64,
+            let narrow = |t: &Tensor| t.narrow(1, unit.channels.start as i64, cc as i64);
+            clean.push(narrow(&self.net.slots().run(job.slot, pre_all)));
+            let pre = narrow(pre_all);
+            outs.push(
+                job.candidates
+                    .iter()
+                    .map(|&b| apply_candidate(b, &pre))
+                    .collect::<Result<Vec<_>>>()?,
             );
-            let pre = pre_all.narrow(1, unit.channels.start as i64, cc as i64);
-            let mut per = Vec::with_capacity(k);
-            for &b in &job.candidates {
-                let y = apply_candidate(b, &pre)?;
-                per.push(Tensor::stack(
-                    &[
-                        all_per_channel(&y.eq_tensor(&act)),
-                        all_per_channel(&y.eq_tensor(&pre)),
-                        all_per_channel(&y.eq(0.0)),
-                    ],
-                    0,
-                ));
-            }
-            let bits =
-                Vec::<u8>::try_from(Tensor::stack(&per, 0).to_kind(Kind::Uint8).flatten(0, -1))?;
-            for q in 0..k {
-                for f in 0..3 {
-                    for i in 0..cc {
-                        flags[q][f][i] &= bits[(q * 3 + f) * cc + i] != 0;
-                    }
+        }
+        // equal(q, other) per channel: the outputs agree on every image of every batch.
+        let equal = |q: usize, other: &dyn Fn(usize) -> Tensor| -> Result<Vec<bool>> {
+            let mut all = vec![true; cc];
+            for (bi, per) in outs.iter().enumerate() {
+                let same = all_per_channel(&per[q].eq_tensor(&other(bi)));
+                for (a, s) in all.iter_mut().zip(Vec::<bool>::try_from(same)?) {
+                    *a &= s;
                 }
             }
-        }
-        let (h, w) = (job.height, job.width);
+            Ok(all)
+        };
         let mut reps = vec![vec![None; k]; cc];
-        for (i, rep) in reps.iter_mut().enumerate() {
-            let mut keys: Vec<Option<Key>> = Vec::with_capacity(k);
-            for (q, &b) in job.candidates.iter().enumerate() {
-                let key = if flags[q][0][i] {
-                    None
-                } else if flags[q][1][i] {
-                    Some(Key::Ones)
-                } else if flags[q][2][i] {
-                    Some(Key::Zeros)
-                } else {
-                    match b {
-                        BlockSize::Patch { h: bh, w: bw } => Some(Key::Patch(bh.min(h), bw.min(w))),
-                        // Identity always equals itself (flag 1); Zero is always all zero (flag 2).
-                        BlockSize::Identity => Some(Key::Ones),
-                        BlockSize::Zero => Some(Key::Zeros),
+        for q in 0..k {
+            let is_clean = equal(q, &|bi| clean[bi].shallow_clone())?;
+            for i in 0..cc {
+                reps[i][q] = (!is_clean[i]).then_some(q);
+            }
+            // Earlier candidates that stand for themselves in some channel still open here.
+            for earlier in 0..q {
+                let open: Vec<usize> = (0..cc)
+                    .filter(|&i| reps[i][q] == Some(q) && reps[i][earlier] == Some(earlier))
+                    .collect();
+                if open.is_empty() {
+                    continue;
+                }
+                let same = equal(q, &|bi| outs[bi][earlier].shallow_clone())?;
+                for i in open {
+                    if same[i] {
+                        reps[i][q] = Some(earlier);
                     }
-                };
-                rep[q] = key.map(|key| keys.iter().position(|k| *k == Some(key)).unwrap_or(q));
-                keys.push(key);
+                }
             }
         }
         Ok(reps)
