@@ -238,11 +238,16 @@ fn extract(ctx: &Context, a: RunArgs) -> anyhow::Result<()> {
         }
         let (t, r) = store::load(&ckpt)?;
         if let Some(why) = store::incompatibility(&skeleton, &t) {
-            bail!("{}: cannot resume: {why}", ckpt.display());
+            bail!(
+                "{}: cannot resume: {why} (run again with the settings it was made with, or \
+                 delete it to start over)",
+                ckpt.display()
+            );
         }
         if r.as_ref() != Some(&run) {
             bail!(
-                "{}: cannot resume: it was made with {r:?}, this run is {run:?}",
+                "{}: cannot resume: it was made with {r:?}, this run is {run:?} (run again with \
+                 the settings it was made with, or delete it to start over)",
                 ckpt.display()
             );
         }
