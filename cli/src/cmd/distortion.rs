@@ -207,6 +207,10 @@ fn progress_bar(ctx: &Context) -> ProgressBar {
     bar
 }
 
+/// How to go on from a checkpoint that cannot be resumed.
+const RESUME_HINT: &str =
+    "run again with the settings it was made with, or delete it to start over";
+
 fn extract(ctx: &Context, a: RunArgs) -> anyhow::Result<()> {
     let (Some(arch), Some(output)) = (a.arch.as_deref(), a.output.as_deref()) else {
         bail!("--arch and --output are required");
@@ -238,16 +242,11 @@ fn extract(ctx: &Context, a: RunArgs) -> anyhow::Result<()> {
         }
         let (t, r) = store::load(&ckpt)?;
         if let Some(why) = store::incompatibility(&skeleton, &t) {
-            bail!(
-                "{}: cannot resume: {why} (run again with the settings it was made with, or \
-                 delete it to start over)",
-                ckpt.display()
-            );
+            bail!("{}: cannot resume: {why} ({RESUME_HINT})", ckpt.display());
         }
         if r.as_ref() != Some(&run) {
             bail!(
-                "{}: cannot resume: it was made with {r:?}, this run is {run:?} (run again with \
-                 the settings it was made with, or delete it to start over)",
+                "{}: cannot resume: it was made with {r:?}, this run is {run:?} ({RESUME_HINT})",
                 ckpt.display()
             );
         }

@@ -19,8 +19,8 @@
 //! over a block of at most 256 products (`KC` ≤ 256), `Σ a₀'b₀' < 256·2²⁴ = 2³²` never carries into
 //! bit 32, so bits 32..44 of `Σ lo52(â·b̂)` are the wanted sum mod 2¹². The kernel keeps three
 //! accumulators `c = Σ lo52(a·b)`, `x = Σ hi52(a·b)`, `y = Σ lo52(â·b̂)` (the instructions read
-//! only the low 52 bits of `a` and `b`) and stores `c + 2⁵²·(x + (y >> 32))`. `A`'s cross
-//! operands are computed once per product, `B`'s while it is packed.
+//! only the low 52 bits of `a` and `b`) and stores `c + 2⁵²·(x + (y >> 32))`. Each task makes
+//! the cross operands of its rows of `A` per `KC` block; those of `B` are made after packing.
 //!
 //! [`gemm_reference`] is the triple loop the fast path is tested against.
 

@@ -320,27 +320,24 @@ impl Worker<'_> {
         if !dedupe {
             return Ok(vec![(0..k).map(Some).collect(); cc]);
         }
-        // Channel outputs of every candidate, per image batch: outs[batch][q] is [N, cc, H, W].
+        // outs[q][batch]: candidate q's output of the unit's channels, [N, cc, H, W].
         let mut clean = Vec::with_capacity(self.clean.len());
-        let mut outs = Vec::with_capacity(self.clean.len());
+        let mut outs: Vec<Vec<Tensor>> = (0..k).map(|_| Vec::new()).collect();
         for cb in self.clean {
             let pre_all = &cb.pre[job.slot.0];
             let narrow = |t: &Tensor| t.narrow(1, unit.channels.start as i64, cc as i64);
             clean.push(narrow(&self.net.slots().run(job.slot, pre_all)));
             let pre = narrow(pre_all);
-            outs.push(
-                job.candidates
-                    .iter()
-                    .map(|&b| apply_candidate(b, &pre))
-                    .collect::<Result<Vec<_>>>()?,
-            );
+            for (out, &b) in outs.iter_mut().zip(&job.candidates) {
+                out.push(apply_candidate(b, &pre)?);
+            }
         }
-        // equal(q, other) per channel: the outputs agree on every image of every batch.
-        let equal = |q: usize, other: &dyn Fn(usize) -> Tensor| -> Result<Vec<bool>> {
+        // Per channel: do two outputs agree on every image of every batch?
+        let equal = |x: &[Tensor], y: &[Tensor]| -> Result<Vec<bool>> {
             let mut all = vec![true; cc];
-            for (bi, per) in outs.iter().enumerate() {
-                let same = all_per_channel(&per[q].eq_tensor(&other(bi)));
-                for (a, s) in all.iter_mut().zip(Vec::<bool>::try_from(same)?) {
+            for (xb, yb) in x.iter().zip(y) {
+                let same = Vec::<bool>::try_from(all_per_channel(&xb.eq_tensor(yb)))?;
+                for (a, s) in all.iter_mut().zip(same) {
                     *a &= s;
                 }
             }
@@ -348,7 +345,7 @@ impl Worker<'_> {
         };
         let mut reps = vec![vec![None; k]; cc];
         for q in 0..k {
-            let is_clean = equal(q, &|bi| clean[bi].shallow_clone())?;
+            let is_clean = equal(&outs[q], &clean)?;
             for i in 0..cc {
                 reps[i][q] = (!is_clean[i]).then_some(q);
             }
@@ -360,7 +357,7 @@ impl Worker<'_> {
                 if open.is_empty() {
                     continue;
                 }
-                let same = equal(q, &|bi| outs[bi][earlier].shallow_clone())?;
+                let same = equal(&outs[q], &outs[earlier])?;
                 for i in open {
                     if same[i] {
                         reps[i][q] = Some(earlier);
