@@ -322,11 +322,13 @@ fn extract(ctx: &Context, a: RunArgs) -> anyhow::Result<()> {
         std::fs::remove_file(&ckpt).with_context(|| format!("cannot remove {}", ckpt.display()))?;
     }
     eprintln!(
-        "wrote {}: {} variants ({} run, {} copied exactly), {} passes, {:.1} s",
+        "wrote {}: {} variants ({} run on some image, {} copied exactly), {} of {} (variant, image) rows run, {} passes, {:.1} s",
         output.display(),
         stats.cells,
         stats.evaluated,
         stats.cells - stats.evaluated,
+        stats.image_rows_run,
+        stats.image_rows,
         stats.passes,
         t0.elapsed().as_secs_f64()
     );
@@ -389,6 +391,9 @@ struct LayerBench {
     variants: u64,
     batched_sampled: u64,
     batched_evaluated: u64,
+    /// (variant, image) rows of the sampled variants, and how many of them ran.
+    batched_image_rows: u64,
+    batched_image_rows_run: u64,
     batched_seconds: f64,
     single_sampled: u64,
     single_seconds: f64,
@@ -407,8 +412,10 @@ struct DistortionBench {
     /// Variants resolved per second by the engine (run or copied exactly), weighted like the
     /// full extraction.
     batched_passes_per_s: f64,
-    /// Fraction of the sampled variants the engine copied instead of running.
+    /// Fraction of the sampled variants the engine copied instead of running on any image.
     batched_skipped_fraction: f64,
+    /// Fraction of the sampled (variant, image) rows the engine copied instead of running.
+    batched_skipped_row_fraction: f64,
     /// One-variant-per-pass schedule (the reference's), same weighting.
     single_passes_per_s: f64,
     ratio: f64,
@@ -442,6 +449,7 @@ pub fn bench(args: BenchArgs, ctx: &Context) -> anyhow::Result<()> {
     let mut layers = Vec::new();
     let (mut est_batched, mut est_single, mut full, mut sampled, mut skipped) =
         (0.0, 0.0, 0u64, 0u64, 0u64);
+    let (mut rows, mut rows_run) = (0u64, 0u64);
     let mut max_rel = 0.0f64;
     let bar = progress_bar(ctx);
     bar.set_length(skeleton.layers.len() as u64);
@@ -528,11 +536,15 @@ pub fn bench(args: BenchArgs, ctx: &Context) -> anyhow::Result<()> {
         full += variants;
         sampled += bs.cells;
         skipped += bs.cells - bs.evaluated;
+        rows += bs.image_rows;
+        rows_run += bs.image_rows_run;
         layers.push(LayerBench {
             layer: name.clone(),
             variants,
             batched_sampled: bs.cells,
             batched_evaluated: bs.evaluated,
+            batched_image_rows: bs.image_rows,
+            batched_image_rows_run: bs.image_rows_run,
             batched_seconds: bs.seconds,
             single_sampled: picks.len() as u64,
             single_seconds: st,
@@ -552,6 +564,7 @@ pub fn bench(args: BenchArgs, ctx: &Context) -> anyhow::Result<()> {
         full_variants: full,
         batched_passes_per_s,
         batched_skipped_fraction: skipped as f64 / sampled.max(1) as f64,
+        batched_skipped_row_fraction: (rows - rows_run) as f64 / rows.max(1) as f64,
         single_passes_per_s,
         ratio: batched_passes_per_s / single_passes_per_s,
         clean_pass_seconds,
