@@ -127,6 +127,25 @@ pub trait BlockNet: Send + std::fmt::Debug {
         run_block_injected(self, index, slot, act, input, train)
     }
 
+    /// The network's output for the rows of `change` — clean slot outputs of `slot` (in block
+    /// `index`) with one channel changed per row — in evaluation mode; `input` is each row's
+    /// block input (`R` rows). `cache` is kept by the caller for one clean batch and one slot:
+    /// networks keep there what every row shares (e.g. the clean output of the convolution that
+    /// reads the slot, so that each row only adds its one channel's contribution, see
+    /// [`ChannelChange::conv2d`]). The default runs [`Self::run_block_after_slot`] on the
+    /// stacked rows, then the later blocks.
+    fn forward_after_channel_change(
+        &self,
+        index: usize,
+        slot: crate::slots::SlotId,
+        change: &ChannelChange<'_>,
+        input: &Tensor,
+        cache: &mut Vec<Tensor>,
+    ) -> Result<Tensor> {
+        let _ = cache;
+        forward_stacked(self, index, slot, change, input)
+    }
+
     /// Puts `act` into `layer`'s slot.
     fn set_activation(&mut self, layer: &str, act: Activation) -> Result<()> {
         self.slots_mut().set(layer, act)
@@ -140,6 +159,89 @@ pub trait BlockNet: Send + std::fmt::Debug {
     /// Puts every slot back to its original activation.
     fn reset_activations(&mut self) {
         self.slots_mut().reset()
+    }
+}
+
+/// Rows of slot outputs that differ from the clean ones in one channel each (the distortion
+/// engine's (variant, image) rows): row `r` is image `images[r]` of the clean batch with
+/// channel `channels[r]` replaced by `values[r]`. Rows of one channel come in runs.
+pub struct ChannelChange<'a> {
+    /// The clean slot output of the batch, `[N, C, H, W]`.
+    pub clean: &'a Tensor,
+    /// The image of each row, an `int64` tensor `[R]` on the clean output's device.
+    pub images: &'a Tensor,
+    /// The channel of each row.
+    pub channels: &'a [i64],
+    /// The new values of each row's channel, `[R, 1, H, W]`.
+    pub values: &'a Tensor,
+}
+
+impl ChannelChange<'_> {
+    /// `[R, 1, H, W]` index of each row's channel (for `scatter` / `gather`).
+    fn channel_index(&self) -> Result<Tensor> {
+        let (r, _, h, w) = self.values.size4()?;
+        Ok(Tensor::from_slice(self.channels)
+            .to_device(self.values.device())
+            .view([-1, 1, 1, 1])
+            .expand([r, 1, h, w], false))
+    }
+
+    /// The rows' slot outputs, `[R, C, H, W]`.
+    pub fn stacked(&self) -> Result<Tensor> {
+        let index = self.channel_index()?;
+        Ok(self
+            .clean
+            .index_select(0, self.images)
+            .scatter(1, &index, self.values))
+    }
+
+    /// `conv2d(stacked)` for a convolution without bias and groups, given `clean_out =
+    /// conv2d(clean)`: the clean rows' output plus, per row, the convolution of its one changed
+    /// channel with that channel's filters — `1/C` of a convolution per row. Equal to the
+    /// direct product up to rounding (it rounds the change, not the sum, so it is the more
+    /// accurate of the two).
+    pub fn conv2d(
+        &self,
+        clean_out: &Tensor,
+        weight: &Tensor,
+        stride: [i64; 2],
+        padding: [i64; 2],
+    ) -> Result<Tensor> {
+        let index = self.channel_index()?;
+        let delta = self.values - self.clean.index_select(0, self.images).gather(1, &index, false);
+        let mut parts = Vec::new();
+        let mut start = 0;
+        while start < self.channels.len() {
+            let c = self.channels[start];
+            let len = self.channels[start..].iter().take_while(|&&x| x == c).count();
+            parts.push(delta.narrow(0, start as i64, len as i64).conv2d(
+                &weight.narrow(1, c, 1),
+                None::<&Tensor>,
+                stride,
+                padding,
+                [1, 1],
+                1,
+            ));
+            start += len;
+        }
+        Ok(clean_out.index_select(0, self.images) + Tensor::cat(&parts, 0))
+    }
+}
+
+/// The default of [`BlockNet::forward_after_channel_change`]: the stacked rows through
+/// [`BlockNet::run_block_after_slot`], then the later blocks.
+pub fn forward_stacked<N: BlockNet + ?Sized>(
+    net: &N,
+    index: usize,
+    slot: crate::slots::SlotId,
+    change: &ChannelChange<'_>,
+    input: &Tensor,
+) -> Result<Tensor> {
+    let y = net.run_block_after_slot(index, slot, &change.stacked()?, input, false)?;
+    if index + 1 < net.block_names().len() {
+        net.forward_from(index + 1, &y, false)
+    } else {
+        Ok(y)
     }
 }
 

@@ -10,7 +10,7 @@ use knapsec_core::ArchOptions;
 use knapsec_core::graph::SecureModel;
 use knapsec_core::graph_build::ParamSource;
 use knapsec_nn::Result;
-use knapsec_nn::net::{BlockNet, NetRegistration};
+use knapsec_nn::net::{BlockNet, ChannelChange, NetRegistration};
 use knapsec_nn::slots::{SlotId, SlotKind, Slots};
 use tch::Tensor;
 use tch::nn::{self, ModuleT};
@@ -19,6 +19,8 @@ use tch::nn::{self, ModuleT};
 struct ConvBn {
     conv: nn::Conv2D,
     bn: nn::BatchNorm,
+    stride: i64,
+    padding: i64,
 }
 
 impl ConvBn {
@@ -41,11 +43,21 @@ impl ConvBn {
         ConvBn {
             conv: nn::conv2d(p / conv, i.into(), o.into(), k.into(), cfg),
             bn: nn::batch_norm2d(p / bn, o.into(), Default::default()),
+            stride: stride.into(),
+            padding: padding.into(),
         }
     }
 
     fn forward(&self, x: &Tensor, train: bool) -> Tensor {
         self.bn.forward_t(&x.apply(&self.conv), train)
+    }
+
+    /// [`Self::forward`] (evaluation mode) on the rows of `change`, given the convolution of
+    /// its clean rows: each row adds only its changed channel's contribution.
+    fn forward_changed(&self, change: &ChannelChange<'_>, clean_conv: &Tensor) -> Result<Tensor> {
+        let (s, p) = (self.stride, self.padding);
+        let z = change.conv2d(clean_conv, &self.conv.ws, [s, s], [p, p])?;
+        Ok(self.bn.forward_t(&z, false))
     }
 }
 
@@ -185,6 +197,33 @@ impl ResNet {
         })
     }
 
+    /// The residual branch of unit `ui` from `y`, the output of its convolution `k0` (after BN),
+    /// to the end of the branch (before the addition).
+    fn branch_from(&self, ui: usize, k0: usize, y: Tensor, train: bool) -> Tensor {
+        let unit = &self.units[ui];
+        let n = unit.convs.len();
+        let mut y = y;
+        for k in k0..n {
+            if k > k0 {
+                y = unit.convs[k].forward(&y, train);
+            }
+            if k + 1 < n {
+                y = self.slots.run(unit.slots[k], &y);
+            }
+        }
+        y
+    }
+
+    /// The network's output from block `index`'s output: the head after the last unit.
+    fn head(&self, index: usize, out: Tensor) -> Tensor {
+        if index == self.units.len() {
+            out.mean_dim([2i64, 3].as_slice(), false, out.kind())
+                .apply(&self.fc)
+        } else {
+            out
+        }
+    }
+
     /// The plan the network was built from.
     pub fn plan(&self) -> &ResNetPlan {
         &self.plan
@@ -219,25 +258,13 @@ impl BlockNet for ResNet {
             };
         }
         let unit = &self.units[index - 1];
-        let n = unit.convs.len();
-        let mut y = x.shallow_clone();
-        for (k, cb) in unit.convs.iter().enumerate() {
-            y = cb.forward(&y, train);
-            if k + 1 < n {
-                y = self.slots.run(unit.slots[k], &y);
-            }
-        }
+        let y = self.branch_from(index - 1, 0, unit.convs[0].forward(x, train), train);
         let shortcut = match &unit.downsample {
             Some(d) => d.forward(x, train),
             None => x.shallow_clone(),
         };
-        let out = self.slots.run(unit.slots[n - 1], &(y + shortcut));
-        if index == self.units.len() {
-            out.mean_dim([2i64, 3].as_slice(), false, out.kind())
-                .apply(&self.fc)
-        } else {
-            out
-        }
+        let out = self.slots.run(unit.slots[unit.convs.len() - 1], &(y + shortcut));
+        self.head(index, out)
     }
 
     /// Continues block `index` right after `slot` (distortion passes start at the layer); the
@@ -267,13 +294,7 @@ impl BlockNet for ResNet {
         let out = if pos + 1 == n {
             act.shallow_clone()
         } else {
-            let mut y = act.shallow_clone();
-            for k in pos + 1..n {
-                y = unit.convs[k].forward(&y, train);
-                if k + 1 < n {
-                    y = self.slots.run(unit.slots[k], &y);
-                }
-            }
+            let y = self.branch_from(index - 1, pos + 1, unit.convs[pos + 1].forward(act, train), train);
             let shortcut = match &unit.downsample {
                 Some(d) => d.forward(input, train),
                 None => input.shallow_clone(),
@@ -286,12 +307,61 @@ impl BlockNet for ResNet {
                 (y.view(grouped.as_slice()) + shortcut.unsqueeze(0)).view(y.size().as_slice());
             self.slots.run(unit.slots[n - 1], &sum)
         };
-        Ok(if index == self.units.len() {
-            out.mean_dim([2i64, 3].as_slice(), false, out.kind())
-                .apply(&self.fc)
+        Ok(self.head(index, out))
+    }
+
+    /// Starts at the convolution that reads the slot's output (the next in its unit, or the
+    /// first of the next unit and its downsampling shortcut), which each row only updates by
+    /// its changed channel ([`ChannelChange::conv2d`]); `cache` keeps the clean rows'
+    /// convolutions. Elsewhere (after a pooling stem, the last unit's output) the default.
+    fn forward_after_channel_change(
+        &self,
+        index: usize,
+        slot: SlotId,
+        change: &ChannelChange<'_>,
+        input: &Tensor,
+        cache: &mut Vec<Tensor>,
+    ) -> Result<Tensor> {
+        let default = || knapsec_nn::net::forward_stacked(self, index, slot, change, input);
+        // (unit, its convolution that reads the slot, whether the slot output is the unit's input)
+        let (ui, k, unit_input) = if index == 0 {
+            if slot != self.stem_slot || self.plan.pool != StemPool::None || self.units.is_empty()
+            {
+                return default();
+            }
+            (0, 0, true)
+        } else if index <= self.units.len() {
+            let unit = &self.units[index - 1];
+            match unit.slots.iter().position(|&s| s == slot) {
+                Some(pos) if pos + 1 < unit.convs.len() => (index - 1, pos + 1, false),
+                Some(_) if index < self.units.len() => (index, 0, true),
+                _ => return default(),
+            }
         } else {
-            out
-        })
+            return default();
+        };
+        let unit = &self.units[ui];
+        if cache.is_empty() {
+            cache.push(change.clean.apply(&unit.convs[k].conv));
+            if let (true, Some(d)) = (unit_input, &unit.downsample) {
+                cache.push(change.clean.apply(&d.conv));
+            }
+        }
+        let y = unit.convs[k].forward_changed(change, &cache[0])?;
+        let branch = self.branch_from(ui, k, y, false);
+        let shortcut = match (unit_input, &unit.downsample) {
+            (true, Some(d)) => d.forward_changed(change, &cache[1])?,
+            (true, None) => change.stacked()?,
+            (false, Some(d)) => d.forward(input, false),
+            (false, None) => input.shallow_clone(),
+        };
+        let block = ui + 1;
+        let out = self.head(block, self.slots.run(unit.slots[unit.convs.len() - 1], &(branch + shortcut)));
+        if block + 1 < self.blocks.len() {
+            self.forward_from(block + 1, &out, false)
+        } else {
+            Ok(out)
+        }
     }
 
     fn slots(&self) -> &Slots {

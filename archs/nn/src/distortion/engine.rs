@@ -30,7 +30,7 @@ use super::metric::DistortionMetric;
 use super::store::{self, RunInfo, WorkUnit};
 use crate::block_relu::BlockRelu;
 use crate::error::{NnError, Result};
-use crate::net::BlockNet;
+use crate::net::{BlockNet, ChannelChange};
 use crate::slots::SlotId;
 use knapsec_core::BlockSize;
 use knapsec_core::distortion::DistortionTable;
@@ -417,7 +417,6 @@ impl Worker<'_> {
         let (cc, k) = (unit.channels.len(), job.candidates.len());
         let (outs, clean) = self.candidate_outputs(unit, job)?;
         let reps = self.representatives(unit, job, &outs, &clean, dedupe)?;
-        let nblocks = self.net.block_names().len();
         let pixels = job.height as usize * job.width as usize;
         let mut values = vec![0.0; cc * k];
         let mut run_variant = vec![false; cc * k];
@@ -433,10 +432,9 @@ impl Worker<'_> {
             let per_pass = (pass_pixels / pixels.max(1)).clamp(1, (max_variants * n).max(1));
             let pre = &cb.pre[job.slot.0];
             let act = self.net.slots().run(job.slot, pre);
-            let (_, _, hh, ww) = pre.size4()?;
+            let mut cache = Vec::new();
             let mut measured = vec![0.0f64; cc * k * n];
             for group in todo.chunks(per_pass) {
-                let len = group.len() as i64;
                 let image_of_row: Vec<i64> = group.iter().map(|&(_, _, r)| r as i64).collect();
                 let channel_of_row: Vec<i64> = group
                     .iter()
@@ -446,22 +444,21 @@ impl Worker<'_> {
                     .iter()
                     .map(|&(i, q, r)| outs[q][b].narrow(0, r as i64, 1).narrow(1, i as i64, 1))
                     .collect();
-                let device = pre.device();
-                let rows = Tensor::from_slice(&image_of_row).to_device(device);
-                let index = Tensor::from_slice(&channel_of_row)
-                    .to_device(device)
-                    .view([-1, 1, 1, 1])
-                    .expand([len, 1, hh, ww], false);
-                let stacked =
-                    act.index_select(0, &rows)
-                        .scatter(1, &index, &Tensor::cat(&replaced, 0));
+                let rows = Tensor::from_slice(&image_of_row).to_device(pre.device());
+                let change = ChannelChange {
+                    clean: &act,
+                    images: &rows,
+                    channels: &channel_of_row,
+                    values: &Tensor::cat(&replaced, 0),
+                };
                 let input = cb.inputs[job.block].index_select(0, &rows);
-                let mut y =
-                    self.net
-                        .run_block_after_slot(job.block, job.slot, &stacked, &input, false)?;
-                if job.block + 1 < nblocks {
-                    y = self.net.forward_from(job.block + 1, &y, false)?;
-                }
+                let y = self.net.forward_after_channel_change(
+                    job.block,
+                    job.slot,
+                    &change,
+                    &input,
+                    &mut cache,
+                )?;
                 let d = Vec::<f64>::try_from(
                     self.metric.per_image(&y, &cb.out.index_select(0, &rows)),
                 )?;
