@@ -6,9 +6,7 @@
 //! fractional bits and the caller truncates).
 //!
 //! * [`conv2d`] runs `im2col` + the packed GEMM of [`crate::gemm`] per group; depthwise-style
-//!   convolutions (one input channel per group) use a direct, vectorised kernel instead, and
-//!   3×3 convolutions with enough output pixels the fast algorithm of [`crate::fastconv`]
-//!   (0.69 of the multiplications).
+//!   convolutions (one input channel per group) use a direct, vectorised kernel instead.
 //! * [`conv2d_sum`] computes `Σ_t conv(x_t, w_t)` in one product by stacking the terms along
 //!   the reduction dimension: the Beaver linear layer `conv(X0, F) + conv(E, W0)` of §6.5
 //!   costs one GEMM of depth `2K`.
@@ -417,22 +415,6 @@ pub fn conv2d_sum(terms: &[(&RingTensor, &RingTensor)], p: &Conv2dParams) -> Res
     let groups = p.groups;
     if g.cg == 1 && groups > 1 {
         return RingTensor::from_vec(&[g.o, g.ho, g.wo], conv_depthwise(terms, &g));
-    }
-    if crate::fastconv::applies(p.kernel, p.stride, p.dilation, groups, (g.ho, g.wo)) {
-        let fg = crate::fastconv::FastGeom {
-            c: g.cg,
-            h: g.h,
-            w: g.w,
-            o: g.o,
-            ho: g.ho,
-            wo: g.wo,
-            stride: p.stride,
-            padding: p.padding,
-        };
-        let inputs: Vec<&[u64]> = terms.iter().map(|(x, _)| x.data()).collect();
-        let weights: Vec<&[u64]> = terms.iter().map(|(_, w)| w.data()).collect();
-        let out = crate::fastconv::conv3x3(&inputs, &weights, &fg);
-        return RingTensor::from_vec(&[g.o, g.ho, g.wo], out);
     }
     let (k, n, t) = (g.k(), g.pixels(), terms.len());
     let mut out = vec![0u64; g.o * n];

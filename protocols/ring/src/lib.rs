@@ -7,7 +7,6 @@
 //!   selected AVX-512 / AVX2 micro-kernels.
 //! * [`conv`]: convolutions (stride, padding, dilation, groups, depthwise), sums of
 //!   convolutions in one product (Beaver linear layers), fully connected layers.
-//! * [`fastconv`]: exact fast 3×3 convolution (25 products per 2×2 tile instead of 36).
 //! * [`pool`]: pooling window sums and taps, global sums, block-ReLU patch sums and expansion.
 //! * [`prg`]: AES-CTR pseudo-random generators keyed per session with domain separation.
 //!
@@ -15,7 +14,6 @@
 
 pub mod conv;
 pub mod error;
-pub mod fastconv;
 pub mod fixed;
 pub mod gemm;
 pub mod pool;
