@@ -320,6 +320,12 @@ fn batched_engine_equals_one_variant_schedule() {
                 stats.evaluated < stats.cells,
                 "nothing was skipped: {stats:?}"
             );
+            // Rows are skipped image by image, beyond the variants skipped on every image.
+            assert_eq!(stats.image_rows, single.image_rows);
+            assert!(
+                stats.image_rows_run < stats.evaluated * stats.image_rows / stats.cells,
+                "no row of a variant that runs was skipped: {stats:?}"
+            );
             assert!(stats.passes < single.passes);
         }
     }
@@ -443,4 +449,36 @@ fn bad_inputs_are_refused() {
     assert!(matches!(e, Err(NnError::BadInput { .. })), "{e:?}");
     assert!(parse_device("tpu").is_err());
     assert_eq!(parse_device("cpu").unwrap(), Device::Cpu);
+}
+
+/// The rows of a channel change through a convolution, as the engine's ResNet passes run them
+/// (clean product plus the changed channel's contribution), equal the convolution of the
+/// stacked rows.
+#[test]
+fn channel_change_convolution_equals_the_stacked_one() {
+    tch::manual_seed(5);
+    let opts = (Kind::Double, Device::Cpu);
+    let clean = Tensor::randn([3, 4, 6, 6], opts);
+    let weight = Tensor::randn([5, 4, 3, 3], opts);
+    let images = Tensor::from_slice(&[2i64, 0, 0, 1, 2]);
+    let channels = [1i64, 1, 3, 3, 0];
+    let values = Tensor::randn([5, 1, 6, 6], opts);
+    let change = crate::net::ChannelChange {
+        clean: &clean,
+        images: &images,
+        channels: &channels,
+        values: &values,
+    };
+    let stacked = change.stacked().unwrap();
+    for r in 0..5 {
+        let (img, ch) = (images.int64_value(&[r]), channels[r as usize]);
+        let expected = clean.get(img).index_copy(0, &Tensor::from_slice(&[ch]), &values.get(r));
+        assert!(stacked.get(r).allclose(&expected, 0.0, 0.0, false));
+    }
+    for (stride, padding) in [([1, 1], [1, 1]), ([2, 2], [0, 0])] {
+        let clean_out = clean.conv2d(&weight, None::<&Tensor>, stride, padding, [1, 1], 1);
+        let fast = change.conv2d(&clean_out, &weight, stride, padding).unwrap();
+        let direct = stacked.conv2d(&weight, None::<&Tensor>, stride, padding, [1, 1], 1);
+        assert!(fast.allclose(&direct, 1e-12, 1e-12, false));
+    }
 }
