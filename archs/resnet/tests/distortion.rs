@@ -1,7 +1,8 @@
 //! Distortion extraction on a small resnet18-cifar (digest §2): the engine, which starts each
-//! pass at the layer through `ResNet::run_block_after_slot` (shortcut broadcast over stacked
-//! variants, downsampling units, the head in the last block), gives the same table as the
-//! reference's one-variant-per-pass schedule from each layer's block.
+//! pass at the convolution that reads the layer's slot through
+//! `ResNet::forward_after_channel_change` (one-channel updates of inner convolutions and of the
+//! next unit's first convolution and downsampling shortcut, the head in the last block), gives
+//! the same table as the reference's one-variant-per-pass schedule from each layer's block.
 #![cfg(feature = "torch")]
 
 use knapsec_arch_resnet::{RESNET18_CIFAR, ResNet18Cifar};

@@ -5,16 +5,19 @@
 //! against the unmodified network, averaged over a sample of images. The result is core's
 //! distortion table (`knapsec_core::distortion::DistortionTable`).
 //!
-//! * [`engine`]: the batched engine (passes start at the layer, variants stacked along the
-//!   batch, exact copies skipped, one worker per core) and the reference's one-variant schedule.
+//! * [`engine`]: the batched engine (passes start at the layer, (variant, image) rows stacked
+//!   along the batch, exact copies skipped image by image, one worker per core) and the
+//!   reference's one-variant schedule.
 //! * [`metric`]: the [`DistortionMetric`] trait; [`OutputMse`] is the reference's metric.
 //! * [`sample`]: seeded sample selection and weight fingerprints (provenance).
 //! * [`store`]: work units, shards (`i/n`), checkpoints (partial tables, atomic) and merging.
 //!
 //! The engine works on any [`BlockNet`]: it needs only the slots (with their tap, to record
-//! pre-activations) and [`BlockNet::run_block_after_slot`]; networks that do not override the
-//! latter still work, starting each pass at the layer's block. Networks run in evaluation mode
-//! (BatchNorm statistics fixed).
+//! pre-activations), [`BlockNet::run_block_after_slot`] and
+//! [`BlockNet::forward_after_channel_change`]; networks that override neither still work,
+//! starting each pass at the layer's block; those that override the latter (the ResNets) start
+//! it at the convolution that reads the slot, updated by the one changed channel. Networks run
+//! in evaluation mode (BatchNorm statistics fixed).
 
 pub mod engine;
 pub mod metric;
