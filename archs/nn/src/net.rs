@@ -208,12 +208,19 @@ impl ChannelChange<'_> {
         padding: [i64; 2],
     ) -> Result<Tensor> {
         let index = self.channel_index()?;
-        let delta = self.values - self.clean.index_select(0, self.images).gather(1, &index, false);
+        let delta = self.values
+            - self
+                .clean
+                .index_select(0, self.images)
+                .gather(1, &index, false);
         let mut parts = Vec::new();
         let mut start = 0;
         while start < self.channels.len() {
             let c = self.channels[start];
-            let len = self.channels[start..].iter().take_while(|&&x| x == c).count();
+            let len = self.channels[start..]
+                .iter()
+                .take_while(|&&x| x == c)
+                .count();
             parts.push(delta.narrow(0, start as i64, len as i64).conv2d(
                 &weight.narrow(1, c, 1),
                 None::<&Tensor>,

@@ -263,7 +263,9 @@ impl BlockNet for ResNet {
             Some(d) => d.forward(x, train),
             None => x.shallow_clone(),
         };
-        let out = self.slots.run(unit.slots[unit.convs.len() - 1], &(y + shortcut));
+        let out = self
+            .slots
+            .run(unit.slots[unit.convs.len() - 1], &(y + shortcut));
         self.head(index, out)
     }
 
@@ -294,7 +296,12 @@ impl BlockNet for ResNet {
         let out = if pos + 1 == n {
             act.shallow_clone()
         } else {
-            let y = self.branch_from(index - 1, pos + 1, unit.convs[pos + 1].forward(act, train), train);
+            let y = self.branch_from(
+                index - 1,
+                pos + 1,
+                unit.convs[pos + 1].forward(act, train),
+                train,
+            );
             let shortcut = match &unit.downsample {
                 Some(d) => d.forward(input, train),
                 None => input.shallow_clone(),
@@ -325,8 +332,7 @@ impl BlockNet for ResNet {
         let default = || knapsec_nn::net::forward_stacked(self, index, slot, change, input);
         // (unit, its convolution that reads the slot, whether the slot output is the unit's input)
         let (ui, k, unit_input) = if index == 0 {
-            if slot != self.stem_slot || self.plan.pool != StemPool::None || self.units.is_empty()
-            {
+            if slot != self.stem_slot || self.plan.pool != StemPool::None || self.units.is_empty() {
                 return default();
             }
             (0, 0, true)
@@ -356,7 +362,11 @@ impl BlockNet for ResNet {
             (false, None) => input.shallow_clone(),
         };
         let block = ui + 1;
-        let out = self.head(block, self.slots.run(unit.slots[unit.convs.len() - 1], &(branch + shortcut)));
+        let out = self.head(
+            block,
+            self.slots
+                .run(unit.slots[unit.convs.len() - 1], &(branch + shortcut)),
+        );
         if block + 1 < self.blocks.len() {
             self.forward_from(block + 1, &out, false)
         } else {

@@ -453,11 +453,7 @@ impl Worker<'_> {
                 };
                 let input = cb.inputs[job.block].index_select(0, &rows);
                 let y = self.net.forward_after_channel_change(
-                    job.block,
-                    job.slot,
-                    &change,
-                    &input,
-                    &mut cache,
+                    job.block, job.slot, &change, &input, &mut cache,
                 )?;
                 let d = Vec::<f64>::try_from(
                     self.metric.per_image(&y, &cb.out.index_select(0, &rows)),

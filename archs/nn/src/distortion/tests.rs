@@ -472,7 +472,9 @@ fn channel_change_convolution_equals_the_stacked_one() {
     let stacked = change.stacked().unwrap();
     for r in 0..5 {
         let (img, ch) = (images.int64_value(&[r]), channels[r as usize]);
-        let expected = clean.get(img).index_copy(0, &Tensor::from_slice(&[ch]), &values.get(r));
+        let expected = clean
+            .get(img)
+            .index_copy(0, &Tensor::from_slice(&[ch]), &values.get(r));
         assert!(stacked.get(r).allclose(&expected, 0.0, 0.0, false));
     }
     for (stride, padding) in [([1, 1], [1, 1]), ([2, 2], [0, 0])] {
