@@ -6,7 +6,8 @@
 //! server (1 byte) whether it still holds this session's masked weights, and if not the
 //! server sends them (the setup of [`crate::linear`], once per session); then the offline and
 //! the online phases of [`crate::exec`]. The helper keeps the masked weights of each session
-//! in memory, keyed by the model's public hash and the server–helper session key.
+//! in memory, keyed by the model's public hash and the server–helper session key, for the
+//! [`SESSIONS_KEPT`] most recently used sessions (an evicted session repeats its setup).
 
 use crate::ctx::Ctx;
 use crate::error::{Result, SecureNnError};
@@ -16,11 +17,40 @@ use crate::options::Options;
 use knapsec_core::backend::{BackendError, PartyJob, PartyOutput, SecureBackend};
 use knapsec_core::registry::BackendRegistration;
 use knapsec_core::transport::Role;
-use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-/// The helper's masked weights per session id.
-type SessionCache = HashMap<[u8; 32], Arc<Vec<Option<HelperWeights>>>>;
+/// The masked weights of one session's linear layers.
+type Masked = Arc<Vec<Option<HelperWeights>>>;
+
+/// Sessions whose masked weights a helper keeps (a ResNet50's are about 200 MB).
+pub const SESSIONS_KEPT: usize = 8;
+
+/// The helper's masked weights of its most recently used sessions, least recent first: a
+/// helper serving many sessions keeps at most [`SESSIONS_KEPT`] of them.
+#[derive(Debug, Default)]
+struct SessionCache {
+    entries: Vec<([u8; 32], Masked)>,
+}
+
+impl SessionCache {
+    /// The weights of session `id`, which becomes the most recently used.
+    fn get(&mut self, id: &[u8; 32]) -> Option<Masked> {
+        let i = self.entries.iter().position(|(k, _)| k == id)?;
+        let entry = self.entries.remove(i);
+        let masked = Arc::clone(&entry.1);
+        self.entries.push(entry);
+        Some(masked)
+    }
+
+    /// Keeps the weights of session `id`, dropping the least recently used beyond the limit.
+    fn put(&mut self, id: [u8; 32], masked: Masked) {
+        self.entries.retain(|(k, _)| *k != id);
+        if self.entries.len() >= SESSIONS_KEPT {
+            self.entries.remove(0);
+        }
+        self.entries.push((id, masked));
+    }
+}
 
 /// The SecureNN-style backend.
 #[derive(Debug, Default)]
@@ -87,15 +117,14 @@ impl SecureNn {
                         role: Role::Helper,
                         message: "cache poisoned".into(),
                     })?
-                    .get(&session_id)
-                    .cloned();
+                    .get(&session_id);
                 ctx.send_bytes(Role::Server, vec![u8::from(cached.is_some())])?;
                 match cached {
                     Some(m) => session.set_masked(m.as_ref().clone()),
                     None => {
                         session.setup(&mut ctx)?;
                         if let Ok(mut c) = self.cache.lock() {
-                            c.insert(session_id, Arc::new(session.masked().to_vec()));
+                            c.put(session_id, Arc::new(session.masked().to_vec()));
                         }
                     }
                 }
@@ -128,5 +157,30 @@ impl SecureBackend for SecureNn {
 
     fn run(&self, job: PartyJob<'_>) -> Result<PartyOutput, BackendError> {
         self.run_party(job).map_err(BackendError::from)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn session_cache_keeps_the_most_recently_used() {
+        let mut cache = SessionCache::default();
+        let id = |i: u8| [i; 32];
+        for i in 0..SESSIONS_KEPT as u8 {
+            cache.put(id(i), Arc::new(Vec::new()));
+        }
+        // Session 0 is used again, so session 1 is the least recently used when one more comes.
+        assert!(cache.get(&id(0)).is_some());
+        cache.put(id(100), Arc::new(Vec::new()));
+        assert_eq!(cache.entries.len(), SESSIONS_KEPT);
+        assert!(cache.get(&id(1)).is_none());
+        assert!(cache.get(&id(0)).is_some());
+        assert!(cache.get(&id(100)).is_some());
+        // Putting a kept session again replaces it without evicting another.
+        cache.put(id(2), Arc::new(vec![None]));
+        assert_eq!(cache.entries.len(), SESSIONS_KEPT);
+        assert_eq!(cache.get(&id(2)).map(|m| m.len()), Some(1));
     }
 }
