@@ -22,6 +22,15 @@
 //! only the low 52 bits of `a` and `b`) and stores `c + 2⁵²·(x + (y >> 32))`. Each task makes
 //! the cross operands of its rows of `A` per `KC` block; those of `B` are made after packing.
 //!
+//! **Small left operands** ([`micro_ifma_small`]). When every entry of `A` is a signed value
+//! of at most 40 bits (`|a| < 2³⁹` as `i64`: the plaintext fixed-point weights of the secure
+//! layers' online products), two 52-bit multiply-adds suffice. With `a' = a + 2³⁹ < 2⁴⁰` and
+//! `b = b₀ + 2¹²·b₁` (`b₀ < 2¹²`, `b₁ < 2⁵²`): `a'·b₀ < 2⁵²` is exact in `lo52`, and of
+//! `a'·b₁` only the low 52 bits matter (it is shifted by 12), so
+//! `a'·b = lo52(a'b₀) + 2¹²·lo52(a'b₁) mod 2⁶⁴` for any depth. Then
+//! `Σ a·b = Σ a'·b − 2³⁹·Σ b`, the column sums of `B` being read once more. `B` is packed as
+//! `b₀` with `b₁` beside it (in the place of the cross operands).
+//!
 //! [`gemm_reference`] is the triple loop the fast path is tested against.
 
 use rayon::prelude::*;
@@ -91,6 +100,46 @@ impl PanelSource for Dense<'_> {
 #[inline(always)]
 fn cross_operand(v: u64) -> u64 {
     (v & 0xfff) | ((v >> 52) << 32)
+}
+
+/// The offset that makes a small entry of `A` non-negative (see the module doc).
+const SMALL_OFFSET: u64 = 1 << 39;
+
+/// Whether every entry of `a` is a signed value `|v| < 2³⁹` (the small-operand kernel applies).
+fn small_entries(a: &[u64]) -> bool {
+    a.par_chunks(1 << 14)
+        .all(|c| c.iter().all(|&v| v.wrapping_add(SMALL_OFFSET) < 2 * SMALL_OFFSET))
+}
+
+/// The kernel's second operands of packed `B` values, for the IFMA kernels: the cross
+/// operands ([`cross_operand`]), or for the small-operand kernel `b₁ = b >> 12`, with `b`
+/// itself reduced to `b₀ = b mod 2¹²`.
+fn second_operands(small: bool, b: &mut [u64], out: &mut Vec<u64>) {
+    out.clear();
+    if small {
+        b.par_iter().map(|&v| v >> 12).collect_into_vec(out);
+        b.par_iter_mut().for_each(|v| *v &= 0xfff);
+    } else {
+        b.par_iter().map(|&v| cross_operand(v)).collect_into_vec(out);
+    }
+}
+
+/// `Σ_k B[k, j]` for every column `j` (wrapping).
+fn column_sums(b: &dyn PanelSource) -> Vec<u64> {
+    let (k, n) = (b.rows(), b.cols());
+    let mut sums = vec![0u64; n];
+    sums.par_chunks_mut(PACK_GROUP * NR)
+        .enumerate()
+        .for_each(|(g, s)| {
+            let mut row = vec![0u64; s.len()];
+            for r in 0..k {
+                b.segment(r, g * PACK_GROUP * NR, &mut row);
+                for (sv, &v) in s.iter_mut().zip(&row) {
+                    *sv = sv.wrapping_add(v);
+                }
+            }
+        });
+    sums
 }
 
 /// Panels packed together by one call of [`pack_panels`] in [`pack_b`] (`PACK_GROUP · NR`
@@ -234,6 +283,53 @@ fn micro_ifma(t: &Tile<'_>, acc: &mut [[u64; NR]; MR]) {
     }
 }
 
+/// AVX-512 IFMA micro-kernel for small `A` (module doc): `a_cross` holds `a + 2³⁹`, `b` the
+/// low 12 bits of `B` and `b_cross` the rest; two 52-bit multiply-adds per product.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512dq,avx512ifma")]
+fn micro_ifma_small(t: &Tile<'_>, acc: &mut [[u64; NR]; MR]) {
+    use std::arch::x86_64::*;
+    let kc = t.b.len() / NR;
+    assert!(
+        t.b_cross.len() >= kc * NR && t.a_cross.iter().all(|r| r.len() >= kc),
+        "micro_ifma_small: operand too short"
+    );
+    let ap = t.a_cross.map(|r| r.as_ptr());
+    let (bp, bhp) = (t.b.as_ptr(), t.b_cross.as_ptr());
+    let zero = _mm512_setzero_si512();
+    let (mut lo, mut hi) = ([[zero; 2]; MR], [[zero; 2]; MR]);
+    for p in 0..kc {
+        // SAFETY: p < kc, so p·NR + NR ≤ the panels' lengths and p < every A row's length.
+        let (b, bh) = unsafe {
+            (
+                [
+                    _mm512_loadu_si512(bp.add(p * NR).cast()),
+                    _mm512_loadu_si512(bp.add(p * NR + 8).cast()),
+                ],
+                [
+                    _mm512_loadu_si512(bhp.add(p * NR).cast()),
+                    _mm512_loadu_si512(bhp.add(p * NR + 8).cast()),
+                ],
+            )
+        };
+        for i in 0..MR {
+            // SAFETY: as above.
+            let av = unsafe { _mm512_set1_epi64(*ap[i].add(p) as i64) };
+            for j in 0..2 {
+                lo[i][j] = _mm512_madd52lo_epu64(lo[i][j], av, b[j]);
+                hi[i][j] = _mm512_madd52lo_epu64(hi[i][j], av, bh[j]);
+            }
+        }
+    }
+    for i in 0..MR {
+        for j in 0..2 {
+            let v = _mm512_add_epi64(lo[i][j], _mm512_slli_epi64::<12>(hi[i][j]));
+            // SAFETY: each row holds NR = 16 u64; this stores lanes 8j .. 8j + 8.
+            unsafe { _mm512_storeu_si512(acc[i].as_mut_ptr().add(8 * j).cast(), v) };
+        }
+    }
+}
+
 /// AVX-512 micro-kernel: eight 8-lane accumulators, `vpmullq` + `vpaddq` per lane group.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512dq")]
@@ -329,8 +425,11 @@ struct Plan<'a> {
     /// `B` packed whole ([`pack_b`]) and its cross operands (empty without IFMA), or `None`
     /// when every task packs its own columns.
     pb: Option<(&'a [u64], &'a [u64])>,
-    /// Whether the kernel needs cross operands.
+    /// Whether the kernel needs second operands (an IFMA kernel).
     cross: bool,
+    /// Whether it is the small-operand IFMA kernel (then `A`'s second operands are `a + 2³⁹`
+    /// and `B`'s are split, see [`second_operands`]).
+    small: bool,
     src: &'a dyn PanelSource,
     c: CPtr,
 }
@@ -378,8 +477,7 @@ fn task_body(
                 local.resize(np * kc * NR, 0);
                 pack_panels(plan.src, kb, kc, j0, j1, &mut local, &mut row);
                 if plan.cross {
-                    local_cross.clear();
-                    local_cross.extend(local.iter().map(|&v| cross_operand(v)));
+                    second_operands(plan.small, &mut local, &mut local_cross);
                 }
                 (&local[..], &local_cross[..], j0 / NR)
             }
@@ -388,7 +486,11 @@ fn task_body(
             a_cross.clear();
             for r in i0..i1 {
                 let a = &plan.a[r * k + kb..r * k + kb + kc];
-                a_cross.extend(a.iter().map(|&v| cross_operand(v)));
+                if plan.small {
+                    a_cross.extend(a.iter().map(|&v| v.wrapping_add(SMALL_OFFSET)));
+                } else {
+                    a_cross.extend(a.iter().map(|&v| cross_operand(v)));
+                }
             }
         }
         for jp in (j0 / NR)..j1.div_ceil(NR) {
@@ -429,7 +531,11 @@ fn task_body(
 #[target_feature(enable = "avx512f,avx512dq,avx512vl,avx512ifma")]
 fn task_ifma(plan: &Plan<'_>, i0: usize, i1: usize, j0: usize, j1: usize) {
     // The closure inherits this function's target features (detected by `kernel_level`).
-    task_body(plan, i0, i1, j0, j1, |t, acc| micro_ifma(t, acc))
+    if plan.small {
+        task_body(plan, i0, i1, j0, j1, |t, acc| micro_ifma_small(t, acc))
+    } else {
+        task_body(plan, i0, i1, j0, j1, |t, acc| micro_ifma(t, acc))
+    }
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -576,12 +682,23 @@ pub fn gemm_source(m: usize, a: &[u64], b: &dyn PanelSource, c: &mut [u64]) {
         };
     }
     let mut level = kernel_level();
+    // Small entries of A (plaintext weights) take the two-product IFMA kernel.
+    let small = level == KernelLevel::Avx512Ifma && n >= NR && small_entries(&a[..m * k]);
     // The IFMA kernel's cross operands of A are made per task and block, paid back over the
     // task's columns; too few columns and `vpmullq` is faster.
-    if level == KernelLevel::Avx512Ifma && n < 4 * NR {
+    if level == KernelLevel::Avx512Ifma && !small && n < 4 * NR {
         level = KernelLevel::Avx512;
     }
     let cross = level == KernelLevel::Avx512Ifma;
+    if small {
+        // The kernel computes Σ (a + 2³⁹)·b; take 2³⁹·Σ b back off every row.
+        let sums = column_sums(b);
+        c[..m * n].par_chunks_mut(n).for_each(|row| {
+            for (cv, s) in row.iter_mut().zip(&sums) {
+                *cv = cv.wrapping_sub(s.wrapping_mul(SMALL_OFFSET));
+            }
+        });
+    }
     let threads = rayon::current_num_threads();
     // Column tasks: four per thread, each at least four panels and at most NC columns wide.
     let nc = n.div_ceil(4 * threads).next_multiple_of(NR).min(NC);
@@ -595,6 +712,7 @@ pub fn gemm_source(m: usize, a: &[u64], b: &dyn PanelSource, c: &mut [u64]) {
             a,
             pb: None,
             cross,
+            small,
             src: b,
             c: CPtr(c.as_mut_ptr()),
         };
@@ -609,9 +727,7 @@ pub fn gemm_source(m: usize, a: &[u64], b: &dyn PanelSource, c: &mut [u64]) {
         pack_b(b, pb);
         pb_cross.clear();
         if cross {
-            pb.par_iter()
-                .map(|&v| cross_operand(v))
-                .collect_into_vec(pb_cross);
+            second_operands(small, pb, pb_cross);
         }
         let plan = Plan {
             m,
@@ -620,6 +736,7 @@ pub fn gemm_source(m: usize, a: &[u64], b: &dyn PanelSource, c: &mut [u64]) {
             a,
             pb: Some((pb, pb_cross)),
             cross,
+            small,
             src: b,
             c,
         };
@@ -733,11 +850,49 @@ mod tests {
                     a,
                     pb: whole.then_some((&pb[..], &pb_cross[..])),
                     cross: level == KernelLevel::Avx512Ifma,
+                    small: false,
                     src: &src,
                     c: CPtr(got.as_mut_ptr()),
                 };
                 run_task(level, &plan, 0, m, 0, n);
                 assert_eq!(got, want, "{level:?}, packed whole: {whole}");
+            }
+        }
+    }
+
+    /// Uniform signed values of 40 bits (`[−2³⁹, 2³⁹)`), as the small-operand kernel takes.
+    fn small_values(seed: u64, len: usize) -> Vec<u64> {
+        lcg(seed, len)
+            .into_iter()
+            .map(|v| (v >> 24).wrapping_sub(SMALL_OFFSET))
+            .collect()
+    }
+
+    #[test]
+    fn small_left_operands_take_the_two_product_kernel_exactly() {
+        let neg = |v: u64| v.wrapping_neg();
+        assert!(small_entries(&[SMALL_OFFSET - 1, neg(SMALL_OFFSET), 0, u64::MAX]));
+        assert!(!small_entries(&[SMALL_OFFSET]));
+        assert!(!small_entries(&[neg(SMALL_OFFSET + 1)]));
+        // The same shapes as the edge test (whole B packed, and tasks packing their own
+        // columns), and one as narrow as the kernel takes.
+        let shapes = [
+            (7, 300, 33, 1),
+            (MC + 5, KC + 1, NC + 3, 2),
+            (64, 576, 64, 5),
+            (13, 300, 8 * NC + 5, 6),
+            (5, 1000, NR, 7),
+        ];
+        for (m, k, n, seed) in shapes {
+            let mut a = small_values(seed, m * k);
+            (a[0], a[1]) = (SMALL_OFFSET - 1, neg(SMALL_OFFSET));
+            // Random B, and all-ones B (the largest values in both halves).
+            for b in [lcg(seed ^ 3, k * n), vec![u64::MAX; k * n]] {
+                let init = lcg(seed ^ 77, m * n);
+                let (mut fast, mut slow) = (init.clone(), init);
+                gemm(m, k, n, &a, &b, &mut fast);
+                gemm_reference(m, k, n, &a, &b, &mut slow);
+                assert_eq!(fast, slow, "m={m} k={k} n={n}");
             }
         }
     }

@@ -16,7 +16,10 @@
 //!
 //! Security: `B` is fixed per session but `F` is revealed once and only to the helper; `A`
 //! and `R` are fresh per inference, so `E` and `conv(A, F) + R` are uniform to their
-//! receivers. One convolution runs online (server), two offline (client and helper).
+//! receivers. One convolution runs online (server), two offline (client and helper). The
+//! online one multiplies by the plaintext weights, whose fixed-point entries are small
+//! (`|w| < 2³⁹`): the ring product detects that and needs two 52-bit multiply-adds per product
+//! instead of three (`knapsec_ring::gemm`, small left operands).
 //!
 //! **Truncation** (digest §6.7): products carry `2f` fractional bits; each party shifts its
 //! own share right by `f` (arithmetic shift, SecureML style). With `Y₀` uniform, the result
