@@ -107,8 +107,10 @@ const SMALL_OFFSET: u64 = 1 << 39;
 
 /// Whether every entry of `a` is a signed value `|v| < 2³⁹` (the small-operand kernel applies).
 fn small_entries(a: &[u64]) -> bool {
-    a.par_chunks(1 << 14)
-        .all(|c| c.iter().all(|&v| v.wrapping_add(SMALL_OFFSET) < 2 * SMALL_OFFSET))
+    a.par_chunks(1 << 14).all(|c| {
+        c.iter()
+            .all(|&v| v.wrapping_add(SMALL_OFFSET) < 2 * SMALL_OFFSET)
+    })
 }
 
 /// The kernel's second operands of packed `B` values, for the IFMA kernels: the cross
@@ -120,7 +122,9 @@ fn second_operands(small: bool, b: &mut [u64], out: &mut Vec<u64>) {
         b.par_iter().map(|&v| v >> 12).collect_into_vec(out);
         b.par_iter_mut().for_each(|v| *v &= 0xfff);
     } else {
-        b.par_iter().map(|&v| cross_operand(v)).collect_into_vec(out);
+        b.par_iter()
+            .map(|&v| cross_operand(v))
+            .collect_into_vec(out);
     }
 }
 
@@ -682,8 +686,9 @@ pub fn gemm_source(m: usize, a: &[u64], b: &dyn PanelSource, c: &mut [u64]) {
         };
     }
     let mut level = kernel_level();
-    // Small entries of A (plaintext weights) take the two-product IFMA kernel.
-    let small = level == KernelLevel::Avx512Ifma && n >= NR && small_entries(&a[..m * k]);
+    // Small entries of A (plaintext weights) take the two-product IFMA kernel, where there are
+    // columns enough to repay its extra passes (range check, column sums, split of B).
+    let small = level == KernelLevel::Avx512Ifma && n >= 8 * NR && small_entries(&a[..m * k]);
     // The IFMA kernel's cross operands of A are made per task and block, paid back over the
     // task's columns; too few columns and `vpmullq` is faster.
     if level == KernelLevel::Avx512Ifma && !small && n < 4 * NR {
@@ -871,17 +876,22 @@ mod tests {
     #[test]
     fn small_left_operands_take_the_two_product_kernel_exactly() {
         let neg = |v: u64| v.wrapping_neg();
-        assert!(small_entries(&[SMALL_OFFSET - 1, neg(SMALL_OFFSET), 0, u64::MAX]));
+        assert!(small_entries(&[
+            SMALL_OFFSET - 1,
+            neg(SMALL_OFFSET),
+            0,
+            u64::MAX
+        ]));
         assert!(!small_entries(&[SMALL_OFFSET]));
         assert!(!small_entries(&[neg(SMALL_OFFSET + 1)]));
         // The same shapes as the edge test (whole B packed, and tasks packing their own
-        // columns), and one as narrow as the kernel takes.
+        // columns), and one exactly as wide as the kernel needs.
         let shapes = [
             (7, 300, 33, 1),
             (MC + 5, KC + 1, NC + 3, 2),
             (64, 576, 64, 5),
             (13, 300, 8 * NC + 5, 6),
-            (5, 1000, NR, 7),
+            (5, 1000, 8 * NR, 7),
         ];
         for (m, k, n, seed) in shapes {
             let mut a = small_values(seed, m * k);
