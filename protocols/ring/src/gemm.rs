@@ -28,8 +28,8 @@
 //! `b = b₀ + 2¹²·b₁` (`b₀ < 2¹²`, `b₁ < 2⁵²`): `a'·b₀ < 2⁵²` is exact in `lo52`, and of
 //! `a'·b₁` only the low 52 bits matter (it is shifted by 12), so
 //! `a'·b = lo52(a'b₀) + 2¹²·lo52(a'b₁) mod 2⁶⁴` for any depth. Then
-//! `Σ a·b = Σ a'·b − 2³⁹·Σ b`, the column sums of `B` being read once more. `B` is packed as
-//! `b₀` with `b₁` beside it (in the place of the cross operands).
+//! `Σ a·b = Σ a'·b − 2³⁹·Σ b`, with the column sums of `B` taken from the packed panels. `B`
+//! is packed as `b₀` with `b₁` beside it (in the place of the cross operands).
 //!
 //! [`gemm_reference`] is the triple loop the fast path is tested against.
 
@@ -128,22 +128,40 @@ fn second_operands(small: bool, b: &mut [u64], out: &mut Vec<u64>) {
     }
 }
 
-/// `Σ_k B[k, j]` for every column `j` (wrapping).
-fn column_sums(b: &dyn PanelSource) -> Vec<u64> {
-    let (k, n) = (b.rows(), b.cols());
-    let mut sums = vec![0u64; n];
-    sums.par_chunks_mut(PACK_GROUP * NR)
-        .enumerate()
-        .for_each(|(g, s)| {
-            let mut row = vec![0u64; s.len()];
-            for r in 0..k {
-                b.segment(r, g * PACK_GROUP * NR, &mut row);
-                for (sv, &v) in s.iter_mut().zip(&row) {
-                    *sv = sv.wrapping_add(v);
-                }
-            }
-        });
+/// `Σ_k B[k, j]` for every column `j` (wrapping) of `B` packed by [`pack_b`] (`k × n`).
+fn packed_column_sums(pb: &[u64], k: usize, n: usize) -> Vec<u64> {
+    let npanels = n.div_ceil(NR);
+    let mut sums = vec![0u64; npanels * NR];
+    sums.par_chunks_mut(NR).enumerate().for_each(|(p, s)| {
+        let mut kb = 0;
+        while kb < k {
+            let kc = KC.min(k - kb);
+            let panel = &pb[kb * npanels * NR + p * kc * NR..][..kc * NR];
+            add_panel_sums(panel, s);
+            kb += kc;
+        }
+    });
+    sums.truncate(n);
     sums
+}
+
+/// Adds the column sums of a `kc × NR` panel to `sums` (`NR` lanes).
+fn add_panel_sums(panel: &[u64], sums: &mut [u64]) {
+    for row in panel.chunks_exact(NR) {
+        for (s, &v) in sums.iter_mut().zip(row) {
+            *s = s.wrapping_add(v);
+        }
+    }
+}
+
+/// `C[i, j] −= 2³⁹ · sums[j]` for every row of `c` (row length `n`): the small-operand
+/// kernel's offset taken back.
+fn subtract_offset(c: &mut [u64], n: usize, sums: &[u64]) {
+    c.par_chunks_mut(n).for_each(|row| {
+        for (cv, s) in row.iter_mut().zip(sums) {
+            *cv = cv.wrapping_sub(s.wrapping_mul(SMALL_OFFSET));
+        }
+    });
 }
 
 /// Panels packed together by one call of [`pack_panels`] in [`pack_b`] (`PACK_GROUP · NR`
@@ -464,6 +482,8 @@ fn task_body(
     let (mut local, mut local_cross, mut row) = (Vec::new(), Vec::new(), Vec::new());
     // This task's rows of A as cross operands, `[i1 − i0, kc]` for the current KC block.
     let mut a_cross = Vec::new();
+    // Column sums of this task's columns of B, when it packs them (small-operand kernel).
+    let mut sums = Vec::new();
     let mut kb = 0;
     while kb < k {
         let kc = KC.min(k - kb);
@@ -480,6 +500,12 @@ fn task_body(
                 let np = (j1 - j0).div_ceil(NR);
                 local.resize(np * kc * NR, 0);
                 pack_panels(plan.src, kb, kc, j0, j1, &mut local, &mut row);
+                if plan.small {
+                    sums.resize(np * NR, 0);
+                    for (panel, s) in local.chunks_exact(kc * NR).zip(sums.chunks_exact_mut(NR)) {
+                        add_panel_sums(panel, s);
+                    }
+                }
                 if plan.cross {
                     second_operands(plan.small, &mut local, &mut local_cross);
                 }
@@ -528,6 +554,17 @@ fn task_body(
             }
         }
         kb += kc;
+    }
+    if plan.small && plan.pb.is_none() {
+        // The kernel computed Σ (a + 2³⁹)·b; take 2³⁹·Σ b back off this task's tiles.
+        for i in i0..i1 {
+            // SAFETY: row i < m and columns j0 .. j1 ≤ n lie inside C, and this task's tiles
+            // (rows i0..i1, columns j0..j1) belong to it only.
+            let crow = unsafe { std::slice::from_raw_parts_mut(plan.c.0.add(i * n + j0), j1 - j0) };
+            for (cv, s) in crow.iter_mut().zip(&sums) {
+                *cv = cv.wrapping_sub(s.wrapping_mul(SMALL_OFFSET));
+            }
+        }
     }
 }
 
@@ -695,15 +732,6 @@ pub fn gemm_source(m: usize, a: &[u64], b: &dyn PanelSource, c: &mut [u64]) {
         level = KernelLevel::Avx512;
     }
     let cross = level == KernelLevel::Avx512Ifma;
-    if small {
-        // The kernel computes Σ (a + 2³⁹)·b; take 2³⁹·Σ b back off every row.
-        let sums = column_sums(b);
-        c[..m * n].par_chunks_mut(n).for_each(|row| {
-            for (cv, s) in row.iter_mut().zip(&sums) {
-                *cv = cv.wrapping_sub(s.wrapping_mul(SMALL_OFFSET));
-            }
-        });
-    }
     let threads = rayon::current_num_threads();
     // Column tasks: four per thread, each at least four panels and at most NC columns wide.
     let nc = n.div_ceil(4 * threads).next_multiple_of(NR).min(NC);
@@ -730,6 +758,13 @@ pub fn gemm_source(m: usize, a: &[u64], b: &dyn PanelSource, c: &mut [u64]) {
     let c = CPtr(c.as_mut_ptr());
     let run = |pb: &mut Vec<u64>, pb_cross: &mut Vec<u64>| {
         pack_b(b, pb);
+        if small {
+            // The kernel computes Σ (a + 2³⁹)·b; take 2³⁹·Σ b back off every row.
+            let sums = packed_column_sums(pb, k, n);
+            // SAFETY: no task runs yet; `c` holds m·n elements (checked above).
+            let c = unsafe { std::slice::from_raw_parts_mut(c.0, m * n) };
+            subtract_offset(c, n, &sums);
+        }
         pb_cross.clear();
         if cross {
             second_operands(small, pb, pb_cross);
