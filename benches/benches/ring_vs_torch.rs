@@ -59,45 +59,8 @@ fn main() {
         let (sti, padi) = (st as i64, pad as i64);
         let tw_values = Vec::<f32>::try_from(tw.flatten(0, -1)).unwrap();
         let w_plain = RingTensor::encode_f32(w.dims(), &tw_values, 12).unwrap();
-        let [(plain, _), (torch_again, _)] = paired_times(
-            5,
-            budget,
-            || {
-                black_box(conv2d(black_box(&x), black_box(&w_plain), &p).unwrap());
-            },
-            || {
-                black_box(tx.conv2d(
-                    &tw,
-                    None::<&Tensor>,
-                    [sti, sti],
-                    [padi, padi],
-                    [1, 1],
-                    g as i64,
-                ));
-            },
-        );
-        let [(ring, ring_med), (torch, torch_med)] = paired_times(
-            5,
-            budget,
-            || {
-                black_box(conv2d(black_box(&x), black_box(&w), &p).unwrap());
-            },
-            || {
-                black_box(tx.conv2d(
-                    &tw,
-                    None::<&Tensor>,
-                    [sti, sti],
-                    [padi, padi],
-                    [1, 1],
-                    g as i64,
-                ));
-            },
-        );
-        let ring_cpu = cpu_time_per_call(5, || {
-            black_box(conv2d(black_box(&x), black_box(&w), &p).unwrap());
-        });
-        let torch_cpu = cpu_time_per_call(5, || {
-            black_box(tx.conv2d(
+        let torch_conv = || {
+            let _ = black_box(tx.conv2d(
                 &tw,
                 None::<&Tensor>,
                 [sti, sti],
@@ -105,7 +68,16 @@ fn main() {
                 [1, 1],
                 g as i64,
             ));
-        });
+        };
+        let ring_conv = |weights: &RingTensor| {
+            let _ = black_box(conv2d(black_box(&x), black_box(weights), &p).unwrap());
+        };
+        let [(plain, _), (torch_again, _)] =
+            paired_times(5, budget, || ring_conv(&w_plain), &torch_conv);
+        let [(ring, ring_med), (torch, torch_med)] =
+            paired_times(5, budget, || ring_conv(&w), &torch_conv);
+        let ring_cpu = cpu_time_per_call(5, || ring_conv(&w));
+        let torch_cpu = cpu_time_per_call(5, &torch_conv);
         let ho = (h + 2 * pad - k) / st + 1;
         let macs = (o * (c / g) * k * k * ho * ho) as f64;
         let row = serde_json::json!({

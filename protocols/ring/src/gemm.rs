@@ -154,14 +154,11 @@ fn add_panel_sums(panel: &[u64], sums: &mut [u64]) {
     }
 }
 
-/// `C[i, j] −= 2³⁹ · sums[j]` for every row of `c` (row length `n`): the small-operand
-/// kernel's offset taken back.
-fn subtract_offset(c: &mut [u64], n: usize, sums: &[u64]) {
-    c.par_chunks_mut(n).for_each(|row| {
-        for (cv, s) in row.iter_mut().zip(sums) {
-            *cv = cv.wrapping_sub(s.wrapping_mul(SMALL_OFFSET));
-        }
-    });
+/// `row[j] −= 2³⁹ · sums[j]`: the small-operand kernel's offset taken back off a row of `C`.
+fn subtract_offset(row: &mut [u64], sums: &[u64]) {
+    for (cv, s) in row.iter_mut().zip(sums) {
+        *cv = cv.wrapping_sub(s.wrapping_mul(SMALL_OFFSET));
+    }
 }
 
 /// Panels packed together by one call of [`pack_panels`] in [`pack_b`] (`PACK_GROUP · NR`
@@ -561,9 +558,7 @@ fn task_body(
             // SAFETY: row i < m and columns j0 .. j1 ≤ n lie inside C, and this task's tiles
             // (rows i0..i1, columns j0..j1) belong to it only.
             let crow = unsafe { std::slice::from_raw_parts_mut(plan.c.0.add(i * n + j0), j1 - j0) };
-            for (cv, s) in crow.iter_mut().zip(&sums) {
-                *cv = cv.wrapping_sub(s.wrapping_mul(SMALL_OFFSET));
-            }
+            subtract_offset(crow, &sums);
         }
     }
 }
@@ -763,7 +758,8 @@ pub fn gemm_source(m: usize, a: &[u64], b: &dyn PanelSource, c: &mut [u64]) {
             let sums = packed_column_sums(pb, k, n);
             // SAFETY: no task runs yet; `c` holds m·n elements (checked above).
             let c = unsafe { std::slice::from_raw_parts_mut(c.0, m * n) };
-            subtract_offset(c, n, &sums);
+            c.par_chunks_mut(n)
+                .for_each(|row| subtract_offset(row, &sums));
         }
         pb_cross.clear();
         if cross {
