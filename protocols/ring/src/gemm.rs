@@ -42,8 +42,6 @@ pub const NR: usize = 16;
 /// Depth of a packed block (at most 256: the IFMA kernel's carry bound, see the module doc).
 const KC: usize = 128;
 const _: () = assert!(KC <= 256);
-/// Most rows of `C` per parallel task (a multiple of `MR`).
-const MC: usize = 12 * MR;
 /// Columns of `C` per parallel task (a multiple of `NR`).
 const NC: usize = 16 * NR;
 
@@ -113,32 +111,75 @@ fn small_entries(a: &[u64]) -> bool {
     })
 }
 
-/// The kernel's second operands of packed `B` values, for the IFMA kernels: the cross
-/// operands ([`cross_operand`]), or for the small-operand kernel `b₁ = b >> 12`, with `b`
-/// itself reduced to `b₀ = b mod 2¹²`.
-fn second_operands(small: bool, b: &mut [u64], out: &mut Vec<u64>) {
-    out.clear();
-    if small {
-        b.par_iter().map(|&v| v >> 12).collect_into_vec(out);
-        b.par_iter_mut().for_each(|v| *v &= 0xfff);
-    } else {
-        b.par_iter()
-            .map(|&v| cross_operand(v))
-            .collect_into_vec(out);
+/// What the packed operands hold beside `A` and `B` themselves: nothing (the `vpmullq`, AVX2
+/// and portable kernels), the cross operands of both ([`micro_ifma`]), or for the
+/// small-operand kernel `a + 2³⁹` and `B` split into `b₀ = b mod 2¹²` and `b₁ = b >> 12`
+/// ([`micro_ifma_small`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Operands {
+    Plain,
+    Cross,
+    Split,
+}
+
+/// [`Operands`] as a const generic parameter (one compiled packing loop per mode).
+const PLAIN: u8 = 0;
+const CROSS: u8 = 1;
+const SPLIT: u8 = 2;
+
+impl Operands {
+    fn code(self) -> u8 {
+        match self {
+            Operands::Plain => PLAIN,
+            Operands::Cross => CROSS,
+            Operands::Split => SPLIT,
+        }
     }
 }
 
-/// `Σ_k B[k, j]` for every column `j` (wrapping) of `B` packed by [`pack_b`] (`k × n`).
-fn packed_column_sums(pb: &[u64], k: usize, n: usize) -> Vec<u64> {
+/// `A`'s second operands (cross operands, or `a + 2³⁹`) in `KC`-deep blocks: block `kb` holds
+/// `m` rows of `kc` values at offset `m · kb` (`out` is reused; empty for [`Operands::Plain`]).
+fn pack_a_second(mode: Operands, m: usize, k: usize, a: &[u64], out: &mut Vec<u64>) {
+    out.clear();
+    if mode == Operands::Plain {
+        return;
+    }
+    out.resize(m * k, 0);
+    out.par_chunks_mut(m * KC).enumerate().for_each(|(bi, block)| {
+        let kb = bi * KC;
+        let kc = KC.min(k - kb);
+        for (r, dst) in block.chunks_exact_mut(kc).enumerate() {
+            let src = &a[r * k + kb..r * k + kb + kc];
+            if mode == Operands::Split {
+                dst.iter_mut()
+                    .zip(src)
+                    .for_each(|(d, &v)| *d = v.wrapping_add(SMALL_OFFSET));
+            } else {
+                dst.iter_mut()
+                    .zip(src)
+                    .for_each(|(d, &v)| *d = cross_operand(v));
+            }
+        }
+    });
+}
+
+/// `Σ_k B[k, j]` for every column `j` (wrapping) of `B` packed whole by [`pack_b`] in
+/// [`Operands::Split`] form (`b = b₀ + 2¹²·b₁`, `k × n`).
+fn packed_column_sums(pb: &[u64], pb_high: &[u64], k: usize, n: usize) -> Vec<u64> {
     let npanels = n.div_ceil(NR);
     let mut sums = vec![0u64; npanels * NR];
     sums.par_chunks_mut(NR).enumerate().for_each(|(p, s)| {
+        let (mut low, mut high) = ([0u64; NR], [0u64; NR]);
         let mut kb = 0;
         while kb < k {
             let kc = KC.min(k - kb);
-            let panel = &pb[kb * npanels * NR + p * kc * NR..][..kc * NR];
-            add_panel_sums(panel, s);
+            let at = block_offset(kb, npanels) + p * panel_stride(kc);
+            add_panel_sums(&pb[at..at + kc * NR], &mut low);
+            add_panel_sums(&pb_high[at..at + kc * NR], &mut high);
             kb += kc;
+        }
+        for ((s, l), h) in s.iter_mut().zip(low).zip(high) {
+            *s = l.wrapping_add(h << 12);
         }
     });
     sums.truncate(n);
@@ -146,7 +187,7 @@ fn packed_column_sums(pb: &[u64], k: usize, n: usize) -> Vec<u64> {
 }
 
 /// Adds the column sums of a `kc × NR` panel to `sums` (`NR` lanes).
-fn add_panel_sums(panel: &[u64], sums: &mut [u64]) {
+fn add_panel_sums(panel: &[u64], sums: &mut [u64; NR]) {
     for row in panel.chunks_exact(NR) {
         for (s, &v) in sums.iter_mut().zip(row) {
             *s = s.wrapping_add(v);
@@ -161,63 +202,198 @@ fn subtract_offset(row: &mut [u64], sums: &[u64]) {
     }
 }
 
+/// Gap between consecutive packed panels (one cache line). Without it, panels of `kc × NR`
+/// values lie a multiple of 4 KiB apart, and packing, which writes one row into each panel in
+/// turn, would land every write in the same L1 set.
+const PANEL_GAP: usize = 8;
+
+/// Distance between the starts of consecutive packed panels of depth `kc`.
+const fn panel_stride(kc: usize) -> usize {
+    kc * NR + PANEL_GAP
+}
+
+/// Offset of the block starting at depth `kb` (a multiple of `KC`) in `B` packed whole.
+const fn block_offset(kb: usize, npanels: usize) -> usize {
+    kb / KC * npanels * panel_stride(KC)
+}
+
 /// Panels packed together by one call of [`pack_panels`] in [`pack_b`] (`PACK_GROUP · NR`
 /// columns): a source is read in row segments this wide, not one `NR`-column panel at a time,
 /// which for an `im2col` view means one bounds computation per output row, not per 16 pixels.
 const PACK_GROUP: usize = 8;
 
+/// Where [`pack_panels`] writes: the panels of `B` (or of `b₀`), those of the second operands
+/// (empty for [`Operands::Plain`]), and the column sums (`NR` lanes per panel, added to; only
+/// for [`Operands::Split`] in a task that packs its own columns, else empty).
+struct PanelsOut<'a> {
+    b: &'a mut [u64],
+    second: &'a mut [u64],
+    sums: &'a mut [u64],
+}
+
 /// Packs rows `kb .. kb + kc`, columns `j0 .. j1` of `B` into consecutive `kc × NR` panels
-/// (`dst` holds `(j1 − j0).div_ceil(NR)` of them). `row` is scratch space, grown as needed.
-/// Lanes past `j1` in the last panel are left as they are; their results are never stored.
-fn pack_panels(
+/// (`out.b` holds `(j1 − j0).div_ceil(NR)` of them), making the second operands of mode `MODE`
+/// in the same pass. `row` is scratch space, grown as needed. Lanes past `j1` in the last
+/// panel hold stale values; their results are never stored.
+#[inline(always)]
+fn pack_panels<const MODE: u8>(
     b: &dyn PanelSource,
     kb: usize,
     kc: usize,
-    j0: usize,
-    j1: usize,
-    dst: &mut [u64],
+    (j0, j1): (usize, usize),
+    out: PanelsOut<'_>,
     row: &mut Vec<u64>,
 ) {
     let width = j1 - j0;
-    row.resize(width, 0);
+    row.resize(width.next_multiple_of(NR), 0);
     for q in 0..kc {
         b.segment(kb + q, j0, &mut row[..width]);
-        for (p, cols) in row[..width].chunks(NR).enumerate() {
-            dst[p * kc * NR + q * NR..][..cols.len()].copy_from_slice(cols);
+        for (p, src) in row.chunks_exact(NR).enumerate() {
+            let src: &[u64; NR] = src.try_into().unwrap();
+            let at = p * panel_stride(kc) + q * NR;
+            let dst: &mut [u64; NR] = (&mut out.b[at..at + NR]).try_into().unwrap();
+            match MODE {
+                PLAIN => *dst = *src,
+                CROSS => {
+                    *dst = *src;
+                    let second: &mut [u64; NR] = (&mut out.second[at..at + NR]).try_into().unwrap();
+                    for l in 0..NR {
+                        second[l] = cross_operand(src[l]);
+                    }
+                }
+                _ => {
+                    let second: &mut [u64; NR] = (&mut out.second[at..at + NR]).try_into().unwrap();
+                    for l in 0..NR {
+                        dst[l] = src[l] & 0xfff;
+                        second[l] = src[l] >> 12;
+                    }
+                    if let Some(sums) = out.sums.get_mut(p * NR..p * NR + NR) {
+                        for l in 0..NR {
+                            sums[l] = sums[l].wrapping_add(src[l]);
+                        }
+                    }
+                }
+            }
         }
     }
 }
 
+/// [`pack_panels`] in mode `mode`, compiled for AVX-512 where the CPU has it.
+fn pack_panels_as(
+    mode: Operands,
+    b: &dyn PanelSource,
+    kb: usize,
+    kc: usize,
+    cols: (usize, usize),
+    out: PanelsOut<'_>,
+    row: &mut Vec<u64>,
+) {
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f,avx512dq,avx512vl")]
+    fn wide<const MODE: u8>(
+        b: &dyn PanelSource,
+        kb: usize,
+        kc: usize,
+        cols: (usize, usize),
+        out: PanelsOut<'_>,
+        row: &mut Vec<u64>,
+    ) {
+        pack_panels::<MODE>(b, kb, kc, cols, out, row)
+    }
+    #[cfg(target_arch = "x86_64")]
+    if kernel_level().has_avx512() {
+        // SAFETY: `kernel_level` detected AVX-512 F, DQ and VL.
+        return unsafe {
+            match mode {
+                Operands::Plain => wide::<PLAIN>(b, kb, kc, cols, out, row),
+                Operands::Cross => wide::<CROSS>(b, kb, kc, cols, out, row),
+                Operands::Split => wide::<SPLIT>(b, kb, kc, cols, out, row),
+            }
+        };
+    }
+    match mode.code() {
+        PLAIN => pack_panels::<PLAIN>(b, kb, kc, cols, out, row),
+        CROSS => pack_panels::<CROSS>(b, kb, kc, cols, out, row),
+        _ => pack_panels::<SPLIT>(b, kb, kc, cols, out, row),
+    }
+}
+
+/// `v` in chunks of `size`, or `count` empty slices when `v` is empty (a mode without second
+/// operands).
+fn chunks_or_empty(v: &mut [u64], size: usize, count: usize) -> Vec<&mut [u64]> {
+    if v.is_empty() {
+        (0..count).map(|_| &mut [][..]).collect()
+    } else {
+        v.chunks_mut(size).collect()
+    }
+}
+
 /// Packs `B` into `NR`-column panels, `KC`-deep blocks: block `kb` (starting at depth `kb`)
-/// holds `npanels` panels of `kc × NR`, at offset `kb · npanels · NR`. `out` is reused (its
-/// old contents only survive in padding lanes, whose results are never stored).
-fn pack_b(b: &dyn PanelSource, out: &mut Vec<u64>) {
+/// holds `npanels` panels of `kc × NR`, at offset `kb · npanels · NR`; the second operands of
+/// `mode` go to `second` in the same layout. The buffers are reused (their old contents only
+/// survive in padding lanes, whose results are never stored).
+fn pack_b(b: &dyn PanelSource, mode: Operands, out: &mut Vec<u64>, second: &mut Vec<u64>) {
     let (k, n) = (b.rows(), b.cols());
     let npanels = n.div_ceil(NR);
-    out.resize(npanels * NR * k, 0);
-    out.par_chunks_mut(npanels * NR * KC)
+    let nblocks = k.div_ceil(KC);
+    let len = block_offset((nblocks - 1) * KC, npanels) + npanels * panel_stride(k - (nblocks - 1) * KC);
+    out.resize(len, 0);
+    second.clear();
+    if mode != Operands::Plain {
+        second.resize(len, 0);
+    }
+    let block_len = npanels * panel_stride(KC);
+    let blocks: Vec<_> = out
+        .chunks_mut(block_len)
+        .zip(chunks_or_empty(second, block_len, nblocks))
+        .collect();
+    blocks
+        .into_par_iter()
         .enumerate()
-        .for_each(|(bi, block)| {
+        .for_each(|(bi, (block, block_second))| {
             let kb = bi * KC;
             let kc = KC.min(k - kb);
-            block
-                .par_chunks_mut(PACK_GROUP * kc * NR)
+            let group_len = PACK_GROUP * panel_stride(kc);
+            let ngroups = npanels.div_ceil(PACK_GROUP);
+            let groups: Vec<_> = block
+                .chunks_mut(group_len)
+                .zip(chunks_or_empty(block_second, group_len, ngroups))
+                .collect();
+            groups
+                .into_par_iter()
                 .enumerate()
-                .for_each_init(Vec::new, |row, (gi, panels)| {
+                .for_each_init(Vec::new, |row, (gi, (panels, second))| {
                     let j0 = gi * PACK_GROUP * NR;
                     let j1 = (j0 + PACK_GROUP * NR).min(n);
-                    pack_panels(b, kb, kc, j0, j1, panels, row);
+                    let out = PanelsOut {
+                        b: panels,
+                        second,
+                        sums: &mut [],
+                    };
+                    pack_panels_as(mode, b, kb, kc, (j0, j1), out, row);
                 });
         });
 }
 
+/// Packed operands of one product: `B` whole with its second operands (when it is not packed
+/// per task), and `A`'s second operands.
+struct Buffers {
+    b: Vec<u64>,
+    b_second: Vec<u64>,
+    a_second: Vec<u64>,
+}
+
 thread_local! {
-    /// The packed `B` of the last product run from this thread and its cross operands, kept
+    /// The packed operands of the last product run from this thread, kept
     /// for the next one: a fresh allocation of several MB costs a page fault per 4 KiB on
     /// every call. A nested product on the same thread (rayon may run one inside another's
     /// parallel loop) finds it borrowed and packs into new buffers instead.
-    static PACKED: std::cell::RefCell<(Vec<u64>, Vec<u64>)> = const {
-        std::cell::RefCell::new((Vec::new(), Vec::new()))
+    static PACKED: std::cell::RefCell<Buffers> = const {
+        std::cell::RefCell::new(Buffers {
+            b: Vec::new(),
+            b_second: Vec::new(),
+            a_second: Vec::new(),
+        })
     };
 }
 
@@ -441,14 +617,13 @@ struct Plan<'a> {
     n: usize,
     /// `A`, row-major `[m, k]` (not packed: the kernel streams `MR` rows at once).
     a: &'a [u64],
-    /// `B` packed whole ([`pack_b`]) and its cross operands (empty without IFMA), or `None`
-    /// when every task packs its own columns.
+    /// `A`'s second operands ([`pack_a_second`]; empty for [`Operands::Plain`]).
+    a_second: &'a [u64],
+    /// `B` packed whole ([`pack_b`]) and its second operands, or `None` when every task packs
+    /// its own columns.
     pb: Option<(&'a [u64], &'a [u64])>,
-    /// Whether the kernel needs second operands (an IFMA kernel).
-    cross: bool,
-    /// Whether it is the small-operand IFMA kernel (then `A`'s second operands are `a + 2³⁹`
-    /// and `B`'s are split, see [`second_operands`]).
-    small: bool,
+    /// What the kernel takes beside `A` and `B`.
+    mode: Operands,
     src: &'a dyn PanelSource,
     c: CPtr,
 }
@@ -476,9 +651,7 @@ fn task_body(
 ) {
     let (m, k, n) = (plan.m, plan.k, plan.n);
     let npanels = n.div_ceil(NR);
-    let (mut local, mut local_cross, mut row) = (Vec::new(), Vec::new(), Vec::new());
-    // This task's rows of A as cross operands, `[i1 − i0, kc]` for the current KC block.
-    let mut a_cross = Vec::new();
+    let (mut local, mut local_second, mut row) = (Vec::new(), Vec::new(), Vec::new());
     // Column sums of this task's columns of B, when it packs them (small-operand kernel).
     let mut sums = Vec::new();
     let mut kb = 0;
@@ -487,47 +660,41 @@ fn task_body(
         // This KC block of B: a slice of the whole packed B, or this task's columns packed
         // now (they stay in cache for the rows that follow). Lanes past the last column
         // hold stale values; their results are never stored.
-        let (bblock, bblock_cross, first): (&[u64], &[u64], usize) = match plan.pb {
-            Some((pb, pbc)) => (
-                &pb[kb * npanels * NR..],
-                pbc.get(kb * npanels * NR..).unwrap_or_default(),
+        let (bblock, bblock_second, first): (&[u64], &[u64], usize) = match plan.pb {
+            Some((pb, pbs)) => (
+                &pb[block_offset(kb, npanels)..],
+                pbs.get(block_offset(kb, npanels)..).unwrap_or_default(),
                 0,
             ),
             None => {
                 let np = (j1 - j0).div_ceil(NR);
-                local.resize(np * kc * NR, 0);
-                pack_panels(plan.src, kb, kc, j0, j1, &mut local, &mut row);
-                if plan.small {
+                local.resize(np * panel_stride(kc), 0);
+                if plan.mode != Operands::Plain {
+                    local_second.resize(np * panel_stride(kc), 0);
+                }
+                if plan.mode == Operands::Split {
                     sums.resize(np * NR, 0);
-                    for (panel, s) in local.chunks_exact(kc * NR).zip(sums.chunks_exact_mut(NR)) {
-                        add_panel_sums(panel, s);
-                    }
                 }
-                if plan.cross {
-                    second_operands(plan.small, &mut local, &mut local_cross);
-                }
-                (&local[..], &local_cross[..], j0 / NR)
+                let out = PanelsOut {
+                    b: &mut local,
+                    second: &mut local_second,
+                    sums: &mut sums,
+                };
+                pack_panels_as(plan.mode, plan.src, kb, kc, (j0, j1), out, &mut row);
+                (&local[..], &local_second[..], j0 / NR)
             }
         };
-        if plan.cross {
-            a_cross.clear();
-            for r in i0..i1 {
-                let a = &plan.a[r * k + kb..r * k + kb + kc];
-                if plan.small {
-                    a_cross.extend(a.iter().map(|&v| v.wrapping_add(SMALL_OFFSET)));
-                } else {
-                    a_cross.extend(a.iter().map(|&v| cross_operand(v)));
-                }
-            }
-        }
+        // This block's second operands of A: `m` rows of `kc`.
+        let a_second = plan.a_second.get(m * kb..).unwrap_or_default();
         for jp in (j0 / NR)..j1.div_ceil(NR) {
-            let panel = (jp - first) * kc * NR..(jp - first + 1) * kc * NR;
+            let at = (jp - first) * panel_stride(kc);
+            let panel = at..at + kc * NR;
             let b = &bblock[panel.clone()];
-            let b_cross = bblock_cross.get(panel).unwrap_or_default();
+            let b_cross = bblock_second.get(panel).unwrap_or_default();
             for ip in (i0 / MR)..i1.div_ceil(MR) {
                 let tile = Tile {
                     a: a_rows(plan.a, ip * MR, m, k, kb, kc),
-                    a_cross: a_rows(&a_cross, ip * MR - i0, i1 - i0, kc, 0, kc),
+                    a_cross: a_rows(a_second, ip * MR, m, kc, 0, kc),
                     b,
                     b_cross,
                 };
@@ -552,7 +719,7 @@ fn task_body(
         }
         kb += kc;
     }
-    if plan.small && plan.pb.is_none() {
+    if plan.mode == Operands::Split && plan.pb.is_none() {
         // The kernel computed Σ (a + 2³⁹)·b; take 2³⁹·Σ b back off this task's tiles.
         for i in i0..i1 {
             // SAFETY: row i < m and columns j0 .. j1 ≤ n lie inside C, and this task's tiles
@@ -567,7 +734,7 @@ fn task_body(
 #[target_feature(enable = "avx512f,avx512dq,avx512vl,avx512ifma")]
 fn task_ifma(plan: &Plan<'_>, i0: usize, i1: usize, j0: usize, j1: usize) {
     // The closure inherits this function's target features (detected by `kernel_level`).
-    if plan.small {
+    if plan.mode == Operands::Split {
         task_body(plan, i0, i1, j0, j1, |t, acc| micro_ifma_small(t, acc))
     } else {
         task_body(plan, i0, i1, j0, j1, |t, acc| micro_ifma(t, acc))
@@ -726,76 +893,91 @@ pub fn gemm_source(m: usize, a: &[u64], b: &dyn PanelSource, c: &mut [u64]) {
     if level == KernelLevel::Avx512Ifma && !small && n < 4 * NR {
         level = KernelLevel::Avx512;
     }
-    let cross = level == KernelLevel::Avx512Ifma;
+    let mode = match (level, small) {
+        (KernelLevel::Avx512Ifma, true) => Operands::Split,
+        (KernelLevel::Avx512Ifma, false) => Operands::Cross,
+        _ => Operands::Plain,
+    };
+    PACKED.with(|cell| match cell.try_borrow_mut() {
+        Ok(mut buffers) => run_product(level, mode, m, a, b, c, &mut buffers),
+        Err(_) => {
+            let mut fresh = Buffers {
+                b: Vec::new(),
+                b_second: Vec::new(),
+                a_second: Vec::new(),
+            };
+            run_product(level, mode, m, a, b, c, &mut fresh)
+        }
+    });
+}
+
+/// The parallel part of [`gemm_source`]: `A`'s second operands once, then tasks of equal
+/// size, a multiple of the thread count (rayon deals them out as threads come free).
+fn run_product(
+    level: KernelLevel,
+    mode: Operands,
+    m: usize,
+    a: &[u64],
+    b: &dyn PanelSource,
+    c: &mut [u64],
+    buf: &mut Buffers,
+) {
+    let (k, n) = (b.rows(), b.cols());
     let threads = rayon::current_num_threads();
-    // Column tasks: four per thread, each at least four panels and at most NC columns wide.
-    let nc = n.div_ceil(4 * threads).next_multiple_of(NR).min(NC);
-    if nc >= 4 * NR {
-        // Enough columns: each task takes all rows of its columns and packs those columns of
-        // B itself, so B never travels through memory whole.
+    pack_a_second(mode, m, k, a, &mut buf.a_second);
+    let npanels = n.div_ceil(NR);
+    let c_ptr = CPtr(c.as_mut_ptr());
+    if npanels >= 2 * threads {
+        // Enough columns: each task takes all rows of a run of columns and packs those
+        // columns of B itself, so B never travels through memory whole. About four tasks per
+        // thread, at least two panels and at most NC columns wide.
+        let tasks = (4 * threads)
+            .max(n.div_ceil(NC))
+            .min(npanels / 2)
+            .next_multiple_of(threads)
+            .min(npanels);
         let plan = Plan {
             m,
             k,
             n,
             a,
+            a_second: &buf.a_second,
             pb: None,
-            cross,
-            small,
+            mode,
             src: b,
-            c: CPtr(c.as_mut_ptr()),
+            c: c_ptr,
         };
-        (0..n.div_ceil(nc)).into_par_iter().for_each(|tj| {
-            let j0 = tj * nc;
-            run_task(level, &plan, 0, m, j0, (j0 + nc).min(n));
+        (0..tasks).into_par_iter().for_each(|t| {
+            let (p0, p1) = (t * npanels / tasks, (t + 1) * npanels / tasks);
+            run_task(level, &plan, 0, m, p0 * NR, (p1 * NR).min(n));
         });
         return;
     }
-    let c = CPtr(c.as_mut_ptr());
-    let run = |pb: &mut Vec<u64>, pb_cross: &mut Vec<u64>| {
-        pack_b(b, pb);
-        if small {
-            // The kernel computes Σ (a + 2³⁹)·b; take 2³⁹·Σ b back off every row.
-            let sums = packed_column_sums(pb, k, n);
-            // SAFETY: no task runs yet; `c` holds m·n elements (checked above).
-            let c = unsafe { std::slice::from_raw_parts_mut(c.0, m * n) };
-            c.par_chunks_mut(n)
-                .for_each(|row| subtract_offset(row, &sums));
-        }
-        pb_cross.clear();
-        if cross {
-            second_operands(small, pb, pb_cross);
-        }
-        let plan = Plan {
-            m,
-            k,
-            n,
-            a,
-            pb: Some((pb, pb_cross)),
-            cross,
-            small,
-            src: b,
-            c,
-        };
-        let col_tasks = n.div_ceil(NC);
-        // Row blocks of at most MC rows and equal size (so that no task is a thin remainder),
-        // split further while there are fewer than four tasks per thread.
-        let mut mc = m.div_ceil(m.div_ceil(MC)).next_multiple_of(MR);
-        while m.div_ceil(mc) * col_tasks < 4 * threads && mc > MR {
-            mc = (mc / 2).next_multiple_of(MR);
-        }
-        let row_tasks = m.div_ceil(mc);
-        (0..row_tasks * col_tasks).into_par_iter().for_each(|t| {
-            let (ti, tj) = (t / col_tasks, t % col_tasks);
-            let (i0, j0) = (ti * mc, tj * NC);
-            run_task(level, &plan, i0, (i0 + mc).min(m), j0, (j0 + NC).min(n));
-        });
+    // Few columns: B is packed once, and tasks take runs of rows (at least four row panels).
+    pack_b(b, mode, &mut buf.b, &mut buf.b_second);
+    if mode == Operands::Split {
+        // The kernel computes Σ (a + 2³⁹)·b; take 2³⁹·Σ b back off every row.
+        let sums = packed_column_sums(&buf.b, &buf.b_second, k, n);
+        c[..m * n]
+            .par_chunks_mut(n)
+            .for_each(|row| subtract_offset(row, &sums));
+    }
+    let plan = Plan {
+        m,
+        k,
+        n,
+        a,
+        a_second: &buf.a_second,
+        pb: Some((&buf.b, &buf.b_second)),
+        mode,
+        src: b,
+        c: c_ptr,
     };
-    PACKED.with(|cell| match cell.try_borrow_mut() {
-        Ok(mut buffers) => {
-            let (pb, pb_cross) = &mut *buffers;
-            run(pb, pb_cross)
-        }
-        Err(_) => run(&mut Vec::new(), &mut Vec::new()),
+    let rpanels = m.div_ceil(MR);
+    let tasks = (4 * threads).min(rpanels.div_ceil(4)).max(1);
+    (0..tasks).into_par_iter().for_each(|t| {
+        let (p0, p1) = (t * rpanels / tasks, (t + 1) * rpanels / tasks);
+        run_task(level, &plan, p0 * MR, (p1 * MR).min(m), 0, n);
     });
 }
 
@@ -831,7 +1013,7 @@ mod tests {
     fn fast_matches_reference_on_edges() {
         // Crosses the KC, MC, NC and register-tile boundaries with ragged remainders.
         check(7, 300, 33, 1);
-        check(MC + 5, KC + 1, NC + 3, 2);
+        check(53, KC + 1, NC + 3, 2);
         check(13, 9, 1, 3);
         check(1, 513, 17, 4);
         check(64, 576, 64, 5);
@@ -860,9 +1042,10 @@ mod tests {
             rows: k,
             cols: n,
         };
-        let mut pb = Vec::new();
-        pack_b(&src, &mut pb);
-        let pb_cross: Vec<u64> = pb.iter().map(|&v| cross_operand(v)).collect();
+        let (mut pb, mut pb_cross, mut a_cross) = (Vec::new(), Vec::new(), Vec::new());
+        pack_b(&src, Operands::Cross, &mut pb, &mut pb_cross);
+        assert!(pb.iter().zip(&pb_cross).all(|(&v, &x)| x == cross_operand(v)));
+        pack_a_second(Operands::Cross, m, k, a, &mut a_cross);
         let mut levels = vec![KernelLevel::Generic];
         #[cfg(target_arch = "x86_64")]
         {
@@ -884,9 +1067,13 @@ mod tests {
                     k,
                     n,
                     a,
+                    a_second: &a_cross,
                     pb: whole.then_some((&pb[..], &pb_cross[..])),
-                    cross: level == KernelLevel::Avx512Ifma,
-                    small: false,
+                    mode: if level == KernelLevel::Avx512Ifma {
+                        Operands::Cross
+                    } else {
+                        Operands::Plain
+                    },
                     src: &src,
                     c: CPtr(got.as_mut_ptr()),
                 };
@@ -919,7 +1106,7 @@ mod tests {
         // columns), and one exactly as wide as the kernel needs.
         let shapes = [
             (7, 300, 33, 1),
-            (MC + 5, KC + 1, NC + 3, 2),
+            (53, KC + 1, NC + 3, 2),
             (64, 576, 64, 5),
             (13, 300, 8 * NC + 5, 6),
             (5, 1000, 8 * NR, 7),
