@@ -145,22 +145,24 @@ fn pack_a_second(mode: Operands, m: usize, k: usize, a: &[u64], out: &mut Vec<u6
         return;
     }
     out.resize(m * k, 0);
-    out.par_chunks_mut(m * KC).enumerate().for_each(|(bi, block)| {
-        let kb = bi * KC;
-        let kc = KC.min(k - kb);
-        for (r, dst) in block.chunks_exact_mut(kc).enumerate() {
-            let src = &a[r * k + kb..r * k + kb + kc];
-            if mode == Operands::Split {
-                dst.iter_mut()
-                    .zip(src)
-                    .for_each(|(d, &v)| *d = v.wrapping_add(SMALL_OFFSET));
-            } else {
-                dst.iter_mut()
-                    .zip(src)
-                    .for_each(|(d, &v)| *d = cross_operand(v));
+    out.par_chunks_mut(m * KC)
+        .enumerate()
+        .for_each(|(bi, block)| {
+            let kb = bi * KC;
+            let kc = KC.min(k - kb);
+            for (r, dst) in block.chunks_exact_mut(kc).enumerate() {
+                let src = &a[r * k + kb..r * k + kb + kc];
+                if mode == Operands::Split {
+                    dst.iter_mut()
+                        .zip(src)
+                        .for_each(|(d, &v)| *d = v.wrapping_add(SMALL_OFFSET));
+                } else {
+                    dst.iter_mut()
+                        .zip(src)
+                        .for_each(|(d, &v)| *d = cross_operand(v));
+                }
             }
-        }
-    });
+        });
 }
 
 /// `Σ_k B[k, j]` for every column `j` (wrapping) of `B` packed whole by [`pack_b`] in
@@ -201,6 +203,9 @@ fn subtract_offset(row: &mut [u64], sums: &[u64]) {
         *cv = cv.wrapping_sub(s.wrapping_mul(SMALL_OFFSET));
     }
 }
+
+/// Bytes of `A` and its second operands that a task may stream whole (a core's L2 cache).
+const A_CACHED_BYTES: usize = 2 << 20;
 
 /// Gap between consecutive packed panels (one cache line). Without it, panels of `kc × NR`
 /// values lie a multiple of 4 KiB apart, and packing, which writes one row into each panel in
@@ -336,7 +341,8 @@ fn pack_b(b: &dyn PanelSource, mode: Operands, out: &mut Vec<u64>, second: &mut 
     let (k, n) = (b.rows(), b.cols());
     let npanels = n.div_ceil(NR);
     let nblocks = k.div_ceil(KC);
-    let len = block_offset((nblocks - 1) * KC, npanels) + npanels * panel_stride(k - (nblocks - 1) * KC);
+    let len =
+        block_offset((nblocks - 1) * KC, npanels) + npanels * panel_stride(k - (nblocks - 1) * KC);
     out.resize(len, 0);
     second.clear();
     if mode != Operands::Plain {
@@ -359,10 +365,9 @@ fn pack_b(b: &dyn PanelSource, mode: Operands, out: &mut Vec<u64>, second: &mut 
                 .chunks_mut(group_len)
                 .zip(chunks_or_empty(block_second, group_len, ngroups))
                 .collect();
-            groups
-                .into_par_iter()
-                .enumerate()
-                .for_each_init(Vec::new, |row, (gi, (panels, second))| {
+            groups.into_par_iter().enumerate().for_each_init(
+                Vec::new,
+                |row, (gi, (panels, second))| {
                     let j0 = gi * PACK_GROUP * NR;
                     let j1 = (j0 + PACK_GROUP * NR).min(n);
                     let out = PanelsOut {
@@ -371,7 +376,8 @@ fn pack_b(b: &dyn PanelSource, mode: Operands, out: &mut Vec<u64>, second: &mut 
                         sums: &mut [],
                     };
                     pack_panels_as(mode, b, kb, kc, (j0, j1), out, row);
-                });
+                },
+            );
         });
 }
 
@@ -947,9 +953,28 @@ fn run_product(
             src: b,
             c: c_ptr,
         };
+        // When A (with its second operands) outgrows a core's L2 cache, the rows are split
+        // in two as well: each task then streams half of A, and each run of columns is
+        // packed by two tasks.
+        let row_blocks = if m >= 8 * MR && tasks % 2 == 0 && m * k * 16 > A_CACHED_BYTES {
+            2
+        } else {
+            1
+        };
+        let col_tasks = tasks / row_blocks;
+        let rpanels = m.div_ceil(MR);
         (0..tasks).into_par_iter().for_each(|t| {
-            let (p0, p1) = (t * npanels / tasks, (t + 1) * npanels / tasks);
-            run_task(level, &plan, 0, m, p0 * NR, (p1 * NR).min(n));
+            let (ti, tj) = (t / col_tasks, t % col_tasks);
+            let (p0, p1) = (tj * npanels / col_tasks, (tj + 1) * npanels / col_tasks);
+            let (r0, r1) = (ti * rpanels / row_blocks, (ti + 1) * rpanels / row_blocks);
+            run_task(
+                level,
+                &plan,
+                r0 * MR,
+                (r1 * MR).min(m),
+                p0 * NR,
+                (p1 * NR).min(n),
+            );
         });
         return;
     }
@@ -1044,7 +1069,11 @@ mod tests {
         };
         let (mut pb, mut pb_cross, mut a_cross) = (Vec::new(), Vec::new(), Vec::new());
         pack_b(&src, Operands::Cross, &mut pb, &mut pb_cross);
-        assert!(pb.iter().zip(&pb_cross).all(|(&v, &x)| x == cross_operand(v)));
+        assert!(
+            pb.iter()
+                .zip(&pb_cross)
+                .all(|(&v, &x)| x == cross_operand(v))
+        );
         pack_a_second(Operands::Cross, m, k, a, &mut a_cross);
         let mut levels = vec![KernelLevel::Generic];
         #[cfg(target_arch = "x86_64")]
