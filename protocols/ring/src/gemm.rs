@@ -2,10 +2,15 @@
 //! linear layer (digest §6.5, §6.16).
 //!
 //! [`gemm`] computes `C += A · B` for row-major `A: [m, k]`, `B: [k, n]`, `C: [m, n]`.
-//! It follows the BLIS structure: both operands are packed into zero-padded micro-panels
-//! (`A` in `MR`-row panels, `B` in `NR`-column panels, `KC`-deep blocks), and a register-tile
-//! micro-kernel of `MR × NR` accumulators runs over each pair of panels. Tiles of `C` are
-//! spread over the rayon pool (`MC × NC` blocks). The micro-kernel is plain Rust that LLVM
+//! It follows the BLIS structure: `B` is packed into `NR`-column, `KC`-deep micro-panels
+//! (one cache line apart, so that packing a row into each of them in turn does not hit one L1
+//! set), and a register-tile micro-kernel of `MR × NR` accumulators runs over `MR` rows of `A`
+//! and one panel. One packing pass also makes the kernel's second operands of `B` (and, for the
+//! small-operand kernel, its column sums); `A`'s second operands are made once per product.
+//! Work goes to the rayon pool as tasks of equal size, a multiple of the thread count: with
+//! enough columns, each task owns a run of columns (and, when `A` outgrows a core's L2 cache,
+//! half of the rows) and packs its own columns of `B`; with few columns `B` is packed once and
+//! tasks own runs of rows. The micro-kernel is plain Rust that LLVM
 //! vectorises; on x86-64 a copy compiled for AVX-512 IFMA, AVX-512 (`vpmullq`) or AVX2 is
 //! chosen at run time with `is_x86_feature_detected!`, so the crate needs no `RUSTFLAGS`.
 //!
@@ -1149,6 +1154,36 @@ mod tests {
                 let (mut fast, mut slow) = (init.clone(), init);
                 gemm(m, k, n, &a, &b, &mut fast);
                 gemm_reference(m, k, n, &a, &b, &mut slow);
+                assert_eq!(fast, slow, "m={m} k={k} n={n}");
+            }
+        }
+    }
+
+    #[test]
+    fn many_threads_pack_b_whole_for_every_kernel_mode() {
+        // With 16 threads, fewer than 32 panels of columns make the product pack B once and
+        // split rows among tasks: both IFMA modes (the small-operand one from 128 columns)
+        // and the column sums taken off C then run on that path.
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(16)
+            .build()
+            .unwrap();
+        for (m, k, n, seed) in [
+            (37, 300, 200, 11),
+            (9, KC + 3, 8 * NR, 12),
+            (70, 50, 40, 13),
+        ] {
+            let random = lcg(seed, m * k);
+            let small = small_values(seed, m * k);
+            for (a, b) in [
+                (&random, lcg(seed ^ 1, k * n)),
+                (&small, lcg(seed ^ 2, k * n)),
+                (&small, vec![u64::MAX; k * n]),
+            ] {
+                let init = lcg(seed ^ 77, m * n);
+                let (mut fast, mut slow) = (init.clone(), init);
+                pool.install(|| gemm(m, k, n, a, &b, &mut fast));
+                gemm_reference(m, k, n, a, &b, &mut slow);
                 assert_eq!(fast, slow, "m={m} k={k} n={n}");
             }
         }

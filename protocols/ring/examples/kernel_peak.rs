@@ -1,7 +1,15 @@
+//! Register-tile peak of the ring product's IFMA micro-kernel against an f32 FMA micro-kernel
+//! of the shape BLAS libraries use (12 × 32), both on operands that stay in L1, one or more
+//! threads (`T=2`). It bounds what any ring convolution can reach relative to an f32 one on
+//! this CPU: `cargo run --release -p knapsec-ring --example kernel_peak` (x86-64 with
+//! AVX-512 IFMA only).
+
+#![allow(clippy::needless_range_loop)]
 use std::arch::x86_64::*;
 use std::time::Instant;
 const MR: usize = 4;
 const NR: usize = 16;
+/// Three 52-bit multiply-adds per 64-bit product, as `knapsec_ring::gemm`'s kernel.
 #[target_feature(enable = "avx512f,avx512dq,avx512ifma")]
 fn micro(a: &[u64], ac: &[u64], b: &[u64], bc: &[u64], kc: usize, out: &mut [u64]) {
     let zero = _mm512_setzero_si512();
@@ -34,6 +42,7 @@ fn micro(a: &[u64], ac: &[u64], b: &[u64], bc: &[u64], kc: usize, out: &mut [u64
         }
     }
 }
+/// One f32 FMA per product.
 #[target_feature(enable = "avx512f,avx512dq,avx512ifma")]
 fn micro_f32(a: &[f32], b: &[f32], kc: usize, out: &mut [f32]) {
     // 6x32 f32 tile like sgemm kernels: 12 accumulators
@@ -59,6 +68,10 @@ fn micro_f32(a: &[f32], b: &[f32], kc: usize, out: &mut [f32]) {
     }
 }
 fn main() {
+    if !std::is_x86_feature_detected!("avx512ifma") {
+        eprintln!("kernel_peak: this CPU has no AVX-512 IFMA");
+        std::process::exit(1);
+    }
     let kc = 128;
     let threads: usize = std::env::var("T")
         .ok()
