@@ -132,23 +132,14 @@ const PLAIN: u8 = 0;
 const CROSS: u8 = 1;
 const SPLIT: u8 = 2;
 
-impl Operands {
-    fn code(self) -> u8 {
-        match self {
-            Operands::Plain => PLAIN,
-            Operands::Cross => CROSS,
-            Operands::Split => SPLIT,
-        }
-    }
-}
-
 /// `A`'s second operands (cross operands, or `a + 2³⁹`) in `KC`-deep blocks: block `kb` holds
 /// `m` rows of `kc` values at offset `m · kb` (`out` is reused; empty for [`Operands::Plain`]).
 fn pack_a_second(mode: Operands, m: usize, k: usize, a: &[u64], out: &mut Vec<u64>) {
-    out.clear();
     if mode == Operands::Plain {
+        out.clear();
         return;
     }
+    // Every value is written below; old contents need no clearing.
     out.resize(m * k, 0);
     out.par_chunks_mut(m * KC)
         .enumerate()
@@ -321,10 +312,10 @@ fn pack_panels_as(
             }
         };
     }
-    match mode.code() {
-        PLAIN => pack_panels::<PLAIN>(b, kb, kc, cols, out, row),
-        CROSS => pack_panels::<CROSS>(b, kb, kc, cols, out, row),
-        _ => pack_panels::<SPLIT>(b, kb, kc, cols, out, row),
+    match mode {
+        Operands::Plain => pack_panels::<PLAIN>(b, kb, kc, cols, out, row),
+        Operands::Cross => pack_panels::<CROSS>(b, kb, kc, cols, out, row),
+        Operands::Split => pack_panels::<SPLIT>(b, kb, kc, cols, out, row),
     }
 }
 
@@ -338,8 +329,9 @@ fn chunks_or_empty(v: &mut [u64], size: usize, count: usize) -> Vec<&mut [u64]> 
     }
 }
 
-/// Packs `B` into `NR`-column panels, `KC`-deep blocks: block `kb` (starting at depth `kb`)
-/// holds `npanels` panels of `kc × NR`, at offset `kb · npanels · NR`; the second operands of
+/// Packs `B` into `NR`-column panels, `KC`-deep blocks: block `kb` (starting at depth `kb`,
+/// at [`block_offset`]) holds `npanels` panels of `kc × NR`, [`panel_stride`] apart; the
+/// second operands of
 /// `mode` go to `second` in the same layout. The buffers are reused (their old contents only
 /// survive in padding lanes, whose results are never stored).
 fn pack_b(b: &dyn PanelSource, mode: Operands, out: &mut Vec<u64>, second: &mut Vec<u64>) {
@@ -349,8 +341,9 @@ fn pack_b(b: &dyn PanelSource, mode: Operands, out: &mut Vec<u64>, second: &mut 
     let len =
         block_offset((nblocks - 1) * KC, npanels) + npanels * panel_stride(k - (nblocks - 1) * KC);
     out.resize(len, 0);
-    second.clear();
-    if mode != Operands::Plain {
+    if mode == Operands::Plain {
+        second.clear();
+    } else {
         second.resize(len, 0);
     }
     let block_len = npanels * panel_stride(KC);
@@ -436,6 +429,24 @@ fn micro(t: &Tile<'_>, acc: &mut [[u64; NR]; MR]) {
     }
 }
 
+/// Row `p` of a packed `NR`-column panel as two 512-bit vectors.
+///
+/// # Safety
+/// `panel` points at a panel at least `(p + 1) · NR` values long.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+#[inline]
+unsafe fn panel_row(panel: *const u64, p: usize) -> [std::arch::x86_64::__m512i; 2] {
+    use std::arch::x86_64::_mm512_loadu_si512;
+    // SAFETY: both loads lie within the panel row (the caller's contract).
+    unsafe {
+        [
+            _mm512_loadu_si512(panel.add(p * NR).cast()),
+            _mm512_loadu_si512(panel.add(p * NR + 8).cast()),
+        ]
+    }
+}
+
 /// AVX-512 IFMA micro-kernel: three 52-bit multiply-adds per 64-bit product (module doc).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512dq,avx512ifma")]
@@ -452,18 +463,7 @@ fn micro_ifma(t: &Tile<'_>, acc: &mut [[u64; NR]; MR]) {
     let (mut c, mut x, mut y) = ([[zero; 2]; MR], [[zero; 2]; MR], [[zero; 2]; MR]);
     for p in 0..kc {
         // SAFETY: p < kc, so p·NR + NR ≤ the panels' lengths and p < every A row's length.
-        let (b, bc) = unsafe {
-            (
-                [
-                    _mm512_loadu_si512(bp.add(p * NR).cast()),
-                    _mm512_loadu_si512(bp.add(p * NR + 8).cast()),
-                ],
-                [
-                    _mm512_loadu_si512(bcp.add(p * NR).cast()),
-                    _mm512_loadu_si512(bcp.add(p * NR + 8).cast()),
-                ],
-            )
-        };
+        let (b, bc) = unsafe { (panel_row(bp, p), panel_row(bcp, p)) };
         for i in 0..MR {
             // SAFETY: as above.
             let (av, acv) = unsafe {
@@ -506,18 +506,7 @@ fn micro_ifma_small(t: &Tile<'_>, acc: &mut [[u64; NR]; MR]) {
     let (mut lo, mut hi) = ([[zero; 2]; MR], [[zero; 2]; MR]);
     for p in 0..kc {
         // SAFETY: p < kc, so p·NR + NR ≤ the panels' lengths and p < every A row's length.
-        let (b, bh) = unsafe {
-            (
-                [
-                    _mm512_loadu_si512(bp.add(p * NR).cast()),
-                    _mm512_loadu_si512(bp.add(p * NR + 8).cast()),
-                ],
-                [
-                    _mm512_loadu_si512(bhp.add(p * NR).cast()),
-                    _mm512_loadu_si512(bhp.add(p * NR + 8).cast()),
-                ],
-            )
-        };
+        let (b, bh) = unsafe { (panel_row(bp, p), panel_row(bhp, p)) };
         for i in 0..MR {
             // SAFETY: as above.
             let av = unsafe { _mm512_set1_epi64(*ap[i].add(p) as i64) };
@@ -552,12 +541,7 @@ fn micro_avx512(t: &Tile<'_>, acc: &mut [[u64; NR]; MR]) {
     let mut c = [[_mm512_setzero_si512(); 2]; MR];
     for p in 0..kc {
         // SAFETY: p < kc, so p·NR + NR ≤ b.len() and p < every A row's length.
-        let (b0, b1) = unsafe {
-            (
-                _mm512_loadu_si512(bp.add(p * NR).cast()),
-                _mm512_loadu_si512(bp.add(p * NR + 8).cast()),
-            )
-        };
+        let [b0, b1] = unsafe { panel_row(bp, p) };
         for (i, ci) in c.iter_mut().enumerate() {
             // SAFETY: as above.
             let ai = _mm512_set1_epi64(unsafe { *ap[i].add(p) } as i64);
