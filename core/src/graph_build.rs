@@ -146,7 +146,7 @@ impl GraphBuilder {
         bn: Option<&str>,
     ) -> Result<NodeId> {
         let [ci, h, w] = self.check_id(module, input)?;
-        if c.groups == 0 || ci % c.groups != 0 || c.out_channels % c.groups != 0 {
+        if c.groups == 0 || ci % c.groups != 0 || !c.out_channels.is_multiple_of(c.groups) {
             return Err(self.err(
                 module,
                 format!(

@@ -226,12 +226,45 @@ fn valid_range(n: usize, n_out: usize, stride: usize, off: usize, pad: usize) ->
     (lo.min(hi), hi)
 }
 
+/// One tap `(ky, kx)` of the kernel, as `im2col` reads it: output pixel `(oy, ox)` reads
+/// input pixel `(oy·s + dy, ox·s + dx)`, which lies inside the image for output columns
+/// `xlo .. xhi` (found once per tap, not once per output row).
+#[derive(Clone, Copy, Debug)]
+struct Tap {
+    dy: isize,
+    dx: isize,
+    xlo: usize,
+    xhi: usize,
+}
+
 /// The `im2col` matrix of input channels `c0 .. c0 + g.cg` of one image, read in segments
 /// while it is packed: rows are `(channel, ky, kx)`, columns `(oy, ox)`.
 struct Im2col<'a> {
     x: &'a [u64],
     g: Geom,
     c0: usize,
+    /// The kernel's taps in row order (`ky`, then `kx`).
+    taps: Vec<Tap>,
+}
+
+impl<'a> Im2col<'a> {
+    fn new(x: &'a [u64], g: Geom, c0: usize) -> Self {
+        let [kh, kw] = g.p.kernel;
+        let (s, d, pad) = (g.p.stride, g.p.dilation, g.p.padding);
+        let taps = (0..kh * kw)
+            .map(|t| {
+                let (ky, kx) = (t / kw, t % kw);
+                let (xlo, xhi) = valid_range(g.w, g.wo, s[1], kx * d[1], pad[1]);
+                Tap {
+                    dy: (ky * d[0]) as isize - pad[0] as isize,
+                    dx: (kx * d[1]) as isize - pad[1] as isize,
+                    xlo,
+                    xhi,
+                }
+            })
+            .collect();
+        Self { x, g, c0, taps }
+    }
 }
 
 impl PanelSource for Im2col<'_> {
@@ -243,34 +276,35 @@ impl PanelSource for Im2col<'_> {
     }
     fn segment(&self, row: usize, col0: usize, dst: &mut [u64]) {
         let g = &self.g;
-        let [kh, kw] = g.p.kernel;
-        let (s, d, pad) = (g.p.stride, g.p.dilation, g.p.padding);
-        let ci = row / (kh * kw);
-        let (ky, kx) = ((row / kw) % kh, row % kw);
+        let [sy, sx] = g.p.stride;
+        let ci = row / self.taps.len();
+        let tap = self.taps[row - ci * self.taps.len()];
         let plane = &self.x[(self.c0 + ci) * g.h * g.w..(self.c0 + ci + 1) * g.h * g.w];
-        let (mut oy, mut ox) = (col0 / g.wo, col0 % g.wo);
+        let mut oy = col0 / g.wo;
+        let mut ox = col0 - oy * g.wo;
         let mut t = 0;
         while t < dst.len() {
             // One output row at a time: columns ox .. wo of output row oy.
             let run = (g.wo - ox).min(dst.len() - t);
             let out = &mut dst[t..t + run];
-            let iy = (oy * s[0] + ky * d[0]) as isize - pad[0] as isize;
+            let iy = (oy * sy) as isize + tap.dy;
             if iy < 0 || iy >= g.h as isize {
                 out.fill(0);
             } else {
                 let xrow = &plane[iy as usize * g.w..(iy as usize + 1) * g.w];
                 // Output columns xlo..xhi read in-bounds pixels; the rest are padding.
-                let (xlo, xhi) = valid_range(g.w, g.wo, s[1], kx * d[1], pad[1]);
-                let (lo, hi) = (xlo.clamp(ox, ox + run) - ox, xhi.clamp(ox, ox + run) - ox);
+                let lo = tap.xlo.clamp(ox, ox + run) - ox;
+                let hi = (tap.xhi.clamp(ox, ox + run) - ox).max(lo);
                 out[..lo].fill(0);
-                out[hi.max(lo)..].fill(0);
+                out[hi..].fill(0);
                 if lo < hi {
-                    let base = (ox + lo) * s[1] + kx * d[1] - pad[1];
-                    if s[1] == 1 {
-                        out[lo..hi].copy_from_slice(&xrow[base..base + (hi - lo)]);
+                    let base = ((ox + lo) * sx) as isize + tap.dx;
+                    let src = &xrow[base as usize..];
+                    if sx == 1 {
+                        out[lo..hi].copy_from_slice(&src[..hi - lo]);
                     } else {
-                        for (q, v) in out[lo..hi].iter_mut().enumerate() {
-                            *v = xrow[base + q * s[1]];
+                        for (v, &x) in out[lo..hi].iter_mut().zip(src.iter().step_by(sx)) {
+                            *v = x;
                         }
                     }
                 }
@@ -293,6 +327,9 @@ impl<S: PanelSource> PanelSource for StackRows<S> {
         self.0[0].cols()
     }
     fn segment(&self, row: usize, col0: usize, dst: &mut [u64]) {
+        if let [only] = &self.0[..] {
+            return only.segment(row, col0, dst);
+        }
         let each = self.0[0].rows();
         self.0[row / each].segment(row % each, col0, dst)
     }
@@ -445,7 +482,7 @@ pub fn conv2d_sum(terms: &[(&RingTensor, &RingTensor)], p: &Conv2dParams) -> Res
             });
             gemm::gemm_source(g.og, a_ref, &StackRows(parts.collect()), c);
         } else {
-            let parts = terms.iter().map(|(x, _)| Im2col { x: x.data(), g, c0 });
+            let parts = terms.iter().map(|(x, _)| Im2col::new(x.data(), g, c0));
             gemm::gemm_source(g.og, a_ref, &StackRows(parts.collect()), c);
         }
     }
@@ -485,11 +522,7 @@ pub fn conv2d_batch(
     for grp in 0..p.groups {
         c.fill(0);
         let a = &w.data()[grp * g.og * k..(grp + 1) * g.og * k];
-        let parts = inputs.iter().map(|x| Im2col {
-            x: x.data(),
-            g,
-            c0: grp * g.cg,
-        });
+        let parts = inputs.iter().map(|x| Im2col::new(x.data(), g, grp * g.cg));
         gemm::gemm_source(g.og, a, &StackCols(parts.collect()), &mut c);
         for (ti, out) in outs.iter_mut().enumerate() {
             for o in 0..g.og {

@@ -108,13 +108,9 @@ fn cross_operand(v: u64) -> u64 {
 /// The offset that makes a small entry of `A` non-negative (see the module doc).
 const SMALL_OFFSET: u64 = 1 << 39;
 
-/// Whether every entry of `a` is a signed value `|v| < 2³⁹` (the small-operand kernel applies).
-fn small_entries(a: &[u64]) -> bool {
-    a.par_chunks(1 << 14).all(|c| {
-        c.iter()
-            .all(|&v| v.wrapping_add(SMALL_OFFSET) < 2 * SMALL_OFFSET)
-    })
-}
+/// Fewest columns of `C` for which the IFMA kernels repay the pass that makes `A`'s second
+/// operands; below, `vpmullq` is faster.
+const IFMA_MIN_COLS: usize = 4 * NR;
 
 /// What the packed operands hold beside `A` and `B` themselves: nothing (the `vpmullq`, AVX2
 /// and portable kernels), the cross operands of both ([`micro_ifma`]), or for the
@@ -134,31 +130,37 @@ const SPLIT: u8 = 2;
 
 /// `A`'s second operands (cross operands, or `a + 2³⁹`) in `KC`-deep blocks: block `kb` holds
 /// `m` rows of `kc` values at offset `m · kb` (`out` is reused; empty for [`Operands::Plain`]).
-fn pack_a_second(mode: Operands, m: usize, k: usize, a: &[u64], out: &mut Vec<u64>) {
+/// For [`Operands::Split`] the same pass checks that every entry is small (`|a| < 2³⁹`);
+/// it returns `false` if one is not (`out` then holds no meaning).
+fn pack_a_second(mode: Operands, m: usize, k: usize, a: &[u64], out: &mut Vec<u64>) -> bool {
     if mode == Operands::Plain {
         out.clear();
-        return;
+        return true;
     }
     // Every value is written below; old contents need no clearing.
     out.resize(m * k, 0);
-    out.par_chunks_mut(m * KC)
-        .enumerate()
-        .for_each(|(bi, block)| {
-            let kb = bi * KC;
-            let kc = KC.min(k - kb);
-            for (r, dst) in block.chunks_exact_mut(kc).enumerate() {
-                let src = &a[r * k + kb..r * k + kb + kc];
-                if mode == Operands::Split {
-                    dst.iter_mut()
-                        .zip(src)
-                        .for_each(|(d, &v)| *d = v.wrapping_add(SMALL_OFFSET));
-                } else {
-                    dst.iter_mut()
-                        .zip(src)
-                        .for_each(|(d, &v)| *d = cross_operand(v));
+    out.par_chunks_mut(m * KC).enumerate().all(|(bi, block)| {
+        let kb = bi * KC;
+        let kc = KC.min(k - kb);
+        for (r, dst) in block.chunks_exact_mut(kc).enumerate() {
+            let src = &a[r * k + kb..r * k + kb + kc];
+            if mode == Operands::Split {
+                let mut small = true;
+                for (d, &v) in dst.iter_mut().zip(src) {
+                    *d = v.wrapping_add(SMALL_OFFSET);
+                    small &= *d < 2 * SMALL_OFFSET;
                 }
+                if !small {
+                    return false;
+                }
+            } else {
+                dst.iter_mut()
+                    .zip(src)
+                    .for_each(|(d, &v)| *d = cross_operand(v));
             }
-        });
+        }
+        true
+    })
 }
 
 /// `Σ_k B[k, j]` for every column `j` (wrapping) of `B` packed whole by [`pack_b`] in
@@ -414,10 +416,60 @@ struct Tile<'a> {
     b_cross: &'a [u64],
 }
 
-/// The register-tile micro-kernel, portable version: `acc += A[rows, kb..] · Bpanel`.
+/// Where a micro-kernel adds its `MR × NR` results: `MR` rows of `NR` values, `ld` apart
+/// (a full tile of `C` itself, or a scratch tile for one at the edge of `C`).
+struct CTile {
+    ptr: *mut u64,
+    ld: usize,
+}
+
+impl CTile {
+    /// # Safety
+    /// `ptr + i·ld .. ptr + i·ld + NR` is valid for reads and writes for every `i < MR`, and
+    /// nothing else reads or writes it while the tile lives.
+    unsafe fn new(ptr: *mut u64, ld: usize) -> Self {
+        Self { ptr, ld }
+    }
+
+    /// The start of row `i < MR`.
+    fn row(&self, i: usize) -> *mut u64 {
+        debug_assert!(i < MR);
+        self.ptr.wrapping_add(i * self.ld)
+    }
+
+    /// Adds `acc` to the tile (the kernels that keep their sums in a local array).
+    #[inline(always)]
+    fn add(&mut self, acc: &[[u64; NR]; MR]) {
+        for (i, acc_row) in acc.iter().enumerate() {
+            // SAFETY: row i < MR holds NR values, exclusively ours (`new`'s contract).
+            let row = unsafe { std::slice::from_raw_parts_mut(self.row(i), NR) };
+            for (c, &v) in row.iter_mut().zip(acc_row) {
+                *c = c.wrapping_add(v);
+            }
+        }
+    }
+
+    /// Adds an 8-lane vector to lanes `8j .. 8j + 8` of row `i`.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f")]
+    #[inline]
+    fn add_512(&mut self, i: usize, j: usize, v: std::arch::x86_64::__m512i) {
+        use std::arch::x86_64::*;
+        debug_assert!(j < NR / 8);
+        // SAFETY: lanes 8j .. 8j + 8 ≤ NR of row i < MR (`new`'s contract).
+        unsafe {
+            let at = self.row(i).add(8 * j);
+            let sum = _mm512_add_epi64(_mm512_loadu_si512(at.cast()), v);
+            _mm512_storeu_si512(at.cast(), sum);
+        }
+    }
+}
+
+/// The register-tile micro-kernel, portable version: `out += A[rows, kb..] · Bpanel`.
 #[inline(always)]
-fn micro(t: &Tile<'_>, acc: &mut [[u64; NR]; MR]) {
+fn micro(t: &Tile<'_>, out: &mut CTile) {
     let a = t.a;
+    let mut acc = [[0u64; NR]; MR];
     for (p, bv) in t.b.chunks_exact(NR).enumerate() {
         let bv: &[u64; NR] = bv.try_into().unwrap();
         for i in 0..MR {
@@ -427,6 +479,7 @@ fn micro(t: &Tile<'_>, acc: &mut [[u64; NR]; MR]) {
             }
         }
     }
+    out.add(&acc);
 }
 
 /// Row `p` of a packed `NR`-column panel as two 512-bit vectors.
@@ -450,7 +503,7 @@ unsafe fn panel_row(panel: *const u64, p: usize) -> [std::arch::x86_64::__m512i;
 /// AVX-512 IFMA micro-kernel: three 52-bit multiply-adds per 64-bit product (module doc).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512dq,avx512ifma")]
-fn micro_ifma(t: &Tile<'_>, acc: &mut [[u64; NR]; MR]) {
+fn micro_ifma(t: &Tile<'_>, out: &mut CTile) {
     use std::arch::x86_64::*;
     let kc = t.b.len() / NR;
     assert!(
@@ -482,9 +535,11 @@ fn micro_ifma(t: &Tile<'_>, acc: &mut [[u64; NR]; MR]) {
     for i in 0..MR {
         for j in 0..2 {
             let high = _mm512_add_epi64(x[i][j], _mm512_srli_epi64::<32>(y[i][j]));
-            let v = _mm512_add_epi64(c[i][j], _mm512_slli_epi64::<52>(high));
-            // SAFETY: each row holds NR = 16 u64; this stores lanes 8j .. 8j + 8.
-            unsafe { _mm512_storeu_si512(acc[i].as_mut_ptr().add(8 * j).cast(), v) };
+            out.add_512(
+                i,
+                j,
+                _mm512_add_epi64(c[i][j], _mm512_slli_epi64::<52>(high)),
+            );
         }
     }
 }
@@ -493,7 +548,7 @@ fn micro_ifma(t: &Tile<'_>, acc: &mut [[u64; NR]; MR]) {
 /// low 12 bits of `B` and `b_cross` the rest; two 52-bit multiply-adds per product.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512dq,avx512ifma")]
-fn micro_ifma_small(t: &Tile<'_>, acc: &mut [[u64; NR]; MR]) {
+fn micro_ifma_small(t: &Tile<'_>, out: &mut CTile) {
     use std::arch::x86_64::*;
     let kc = t.b.len() / NR;
     assert!(
@@ -518,9 +573,11 @@ fn micro_ifma_small(t: &Tile<'_>, acc: &mut [[u64; NR]; MR]) {
     }
     for i in 0..MR {
         for j in 0..2 {
-            let v = _mm512_add_epi64(lo[i][j], _mm512_slli_epi64::<12>(hi[i][j]));
-            // SAFETY: each row holds NR = 16 u64; this stores lanes 8j .. 8j + 8.
-            unsafe { _mm512_storeu_si512(acc[i].as_mut_ptr().add(8 * j).cast(), v) };
+            out.add_512(
+                i,
+                j,
+                _mm512_add_epi64(lo[i][j], _mm512_slli_epi64::<12>(hi[i][j])),
+            );
         }
     }
 }
@@ -528,7 +585,7 @@ fn micro_ifma_small(t: &Tile<'_>, acc: &mut [[u64; NR]; MR]) {
 /// AVX-512 micro-kernel: eight 8-lane accumulators, `vpmullq` + `vpaddq` per lane group.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512dq")]
-fn micro_avx512(t: &Tile<'_>, acc: &mut [[u64; NR]; MR]) {
+fn micro_avx512(t: &Tile<'_>, out: &mut CTile) {
     use std::arch::x86_64::*;
     let (a, b) = (t.a, t.b);
     let kc = b.len() / NR;
@@ -549,12 +606,9 @@ fn micro_avx512(t: &Tile<'_>, acc: &mut [[u64; NR]; MR]) {
             ci[1] = _mm512_add_epi64(ci[1], _mm512_mullo_epi64(ai, b1));
         }
     }
-    for (row, ci) in acc.iter_mut().zip(&c) {
-        // SAFETY: each row holds NR = 16 u64, two 512-bit stores.
-        unsafe {
-            _mm512_storeu_si512(row.as_mut_ptr().cast(), ci[0]);
-            _mm512_storeu_si512(row.as_mut_ptr().add(8).cast(), ci[1]);
-        }
+    for (i, ci) in c.iter().enumerate() {
+        out.add_512(i, 0, ci[0]);
+        out.add_512(i, 1, ci[1]);
     }
 }
 
@@ -562,7 +616,7 @@ fn micro_avx512(t: &Tile<'_>, acc: &mut [[u64; NR]; MR]) {
 /// one quarter of the tile (4 columns) at a time.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
-fn micro_avx2(t: &Tile<'_>, acc: &mut [[u64; NR]; MR]) {
+fn micro_avx2(t: &Tile<'_>, out: &mut CTile) {
     use std::arch::x86_64::*;
     let (a, b) = (t.a, t.b);
     let kc = b.len() / NR;
@@ -591,9 +645,12 @@ fn micro_avx2(t: &Tile<'_>, acc: &mut [[u64; NR]; MR]) {
                 *ci = _mm256_add_epi64(*ci, prod);
             }
         }
-        for (row, ci) in acc.iter_mut().zip(&c) {
-            // SAFETY: columns 4q .. 4q + 4 of a 16-column row.
-            unsafe { _mm256_storeu_si256(row.as_mut_ptr().add(4 * q).cast(), *ci) };
+        for (i, ci) in c.iter().enumerate() {
+            // SAFETY: columns 4q .. 4q + 4 ≤ NR of row i < MR (`CTile::new`'s contract).
+            unsafe {
+                let at = out.row(i).add(4 * q).cast();
+                _mm256_storeu_si256(at, _mm256_add_epi64(_mm256_loadu_si256(at), *ci));
+            }
         }
     }
 }
@@ -634,6 +691,22 @@ fn a_rows(a: &[u64], r0: usize, rows: usize, stride: usize, col: usize, len: usi
     })
 }
 
+/// Scratch space of a task that packs its own columns of `B`: the panels, their second
+/// operands, one row of the source, and the column sums (small-operand kernel).
+#[derive(Default)]
+struct TaskScratch {
+    b: Vec<u64>,
+    second: Vec<u64>,
+    row: Vec<u64>,
+    sums: Vec<u64>,
+}
+
+thread_local! {
+    /// The last task's scratch space on this thread, kept for the next task: its buffers
+    /// (hundreds of KB) would otherwise be mapped afresh, a page fault per 4 KiB, every task.
+    static TASK_SCRATCH: std::cell::RefCell<TaskScratch> = std::cell::RefCell::default();
+}
+
 /// Computes the `C` block of rows `i0..i1`, columns `j0..j1` (panel-aligned starts).
 #[inline(always)]
 fn task_body(
@@ -642,13 +715,39 @@ fn task_body(
     i1: usize,
     j0: usize,
     j1: usize,
-    micro: impl Fn(&Tile<'_>, &mut [[u64; NR]; MR]),
+    micro: impl Fn(&Tile<'_>, &mut CTile),
+) {
+    TASK_SCRATCH.with(|cell| match cell.try_borrow_mut() {
+        Ok(mut scratch) => task_in(plan, (i0, i1), (j0, j1), &micro, &mut scratch),
+        Err(_) => task_in(
+            plan,
+            (i0, i1),
+            (j0, j1),
+            &micro,
+            &mut TaskScratch::default(),
+        ),
+    })
+}
+
+/// [`task_body`] with its scratch space.
+#[inline(always)]
+fn task_in(
+    plan: &Plan<'_>,
+    (i0, i1): (usize, usize),
+    (j0, j1): (usize, usize),
+    micro: &impl Fn(&Tile<'_>, &mut CTile),
+    scratch: &mut TaskScratch,
 ) {
     let (m, k, n) = (plan.m, plan.k, plan.n);
     let npanels = n.div_ceil(NR);
-    let (mut local, mut local_second, mut row) = (Vec::new(), Vec::new(), Vec::new());
+    let TaskScratch {
+        b: local,
+        second: local_second,
+        row,
+        sums,
+    } = scratch;
     // Column sums of this task's columns of B, when it packs them (small-operand kernel).
-    let mut sums = Vec::new();
+    sums.clear();
     let mut kb = 0;
     while kb < k {
         let kc = KC.min(k - kb);
@@ -671,11 +770,11 @@ fn task_body(
                     sums.resize(np * NR, 0);
                 }
                 let out = PanelsOut {
-                    b: &mut local,
-                    second: &mut local_second,
-                    sums: &mut sums,
+                    b: local,
+                    second: local_second,
+                    sums,
                 };
-                pack_panels_as(plan.mode, plan.src, kb, kc, (j0, j1), out, &mut row);
+                pack_panels_as(plan.mode, plan.src, kb, kc, (j0, j1), out, row);
                 (&local[..], &local_second[..], j0 / NR)
             }
         };
@@ -693,10 +792,22 @@ fn task_body(
                     b,
                     b_cross,
                 };
-                let mut acc = [[0u64; NR]; MR];
-                micro(&tile, &mut acc);
                 let rows = MR.min(m - ip * MR);
                 let cols = NR.min(n - jp * NR);
+                if rows == MR && cols == NR {
+                    // SAFETY: rows ip·MR .. + MR ≤ m and columns jp·NR .. + NR ≤ n lie inside
+                    // C, and this tile belongs to this task only.
+                    let mut out = unsafe { CTile::new(plan.c.0.add(ip * MR * n + jp * NR), n) };
+                    micro(&tile, &mut out);
+                    continue;
+                }
+                // A tile at the edge of C: the kernel adds into a scratch tile, whose rows and
+                // columns inside C are then added to C.
+                let mut acc = [[0u64; NR]; MR];
+                // SAFETY: `acc` holds MR rows of NR values and lives through the call.
+                micro(&tile, &mut unsafe {
+                    CTile::new(acc.as_mut_ptr().cast(), NR)
+                });
                 for (i, acc_row) in acc.iter().enumerate().take(rows) {
                     // SAFETY: row ip·MR + i < m and columns jp·NR .. + cols ≤ n lie inside C,
                     // and this tile belongs to this task only.
@@ -720,7 +831,7 @@ fn task_body(
             // SAFETY: row i < m and columns j0 .. j1 ≤ n lie inside C, and this task's tiles
             // (rows i0..i1, columns j0..j1) belong to it only.
             let crow = unsafe { std::slice::from_raw_parts_mut(plan.c.0.add(i * n + j0), j1 - j0) };
-            subtract_offset(crow, &sums);
+            subtract_offset(crow, sums);
         }
     }
 }
@@ -730,9 +841,9 @@ fn task_body(
 fn task_ifma(plan: &Plan<'_>, i0: usize, i1: usize, j0: usize, j1: usize) {
     // The closure inherits this function's target features (detected by `kernel_level`).
     if plan.mode == Operands::Split {
-        task_body(plan, i0, i1, j0, j1, |t, acc| micro_ifma_small(t, acc))
+        task_body(plan, i0, i1, j0, j1, |t, out| micro_ifma_small(t, out))
     } else {
-        task_body(plan, i0, i1, j0, j1, |t, acc| micro_ifma(t, acc))
+        task_body(plan, i0, i1, j0, j1, |t, out| micro_ifma(t, out))
     }
 }
 
@@ -741,14 +852,14 @@ fn task_ifma(plan: &Plan<'_>, i0: usize, i1: usize, j0: usize, j1: usize) {
 fn task_avx512(plan: &Plan<'_>, i0: usize, i1: usize, j0: usize, j1: usize) {
     // The closure inherits this function's target features (AVX-512 F/DQ, detected by
     // `kernel_level` before this runs).
-    task_body(plan, i0, i1, j0, j1, |t, acc| micro_avx512(t, acc))
+    task_body(plan, i0, i1, j0, j1, |t, out| micro_avx512(t, out))
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
 fn task_avx2(plan: &Plan<'_>, i0: usize, i1: usize, j0: usize, j1: usize) {
     // The closure inherits this function's target features (AVX2, detected first).
-    task_body(plan, i0, i1, j0, j1, |t, acc| micro_avx2(t, acc))
+    task_body(plan, i0, i1, j0, j1, |t, out| micro_avx2(t, out))
 }
 
 fn task_generic(plan: &Plan<'_>, i0: usize, i1: usize, j0: usize, j1: usize) {
@@ -879,19 +990,18 @@ pub fn gemm_source(m: usize, a: &[u64], b: &dyn PanelSource, c: &mut [u64]) {
             gemm_reference(m, k, n, a, &dense, c)
         };
     }
-    let mut level = kernel_level();
-    // Small entries of A (plaintext weights) take the two-product IFMA kernel, where there are
-    // columns enough to repay its extra passes (range check, column sums, split of B).
-    let small = level == KernelLevel::Avx512Ifma && n >= 8 * NR && small_entries(&a[..m * k]);
-    // The IFMA kernel's cross operands of A are made per task and block, paid back over the
-    // task's columns; too few columns and `vpmullq` is faster.
-    if level == KernelLevel::Avx512Ifma && !small && n < 4 * NR {
-        level = KernelLevel::Avx512;
-    }
-    let mode = match (level, small) {
-        (KernelLevel::Avx512Ifma, true) => Operands::Split,
-        (KernelLevel::Avx512Ifma, false) => Operands::Cross,
-        _ => Operands::Plain,
+    let level = kernel_level();
+    // The IFMA kernels try the two-product kernel for small entries of A (plaintext weights)
+    // first; `run_product` falls back when an entry is not small.
+    let mode = if level == KernelLevel::Avx512Ifma && n >= IFMA_MIN_COLS {
+        Operands::Split
+    } else {
+        Operands::Plain
+    };
+    // Too few columns for the IFMA kernel's extra passes: `vpmullq`.
+    let level = match (level, mode) {
+        (KernelLevel::Avx512Ifma, Operands::Plain) => KernelLevel::Avx512,
+        _ => level,
     };
     PACKED.with(|cell| match cell.try_borrow_mut() {
         Ok(mut buffers) => run_product(level, mode, m, a, b, c, &mut buffers),
@@ -919,7 +1029,13 @@ fn run_product(
 ) {
     let (k, n) = (b.rows(), b.cols());
     let threads = rayon::current_num_threads();
-    pack_a_second(mode, m, k, a, &mut buf.a_second);
+    let mut mode = mode;
+    if !pack_a_second(mode, m, k, a, &mut buf.a_second) {
+        // A is not small (the check stops at the first row that is not): the three-product
+        // IFMA kernel.
+        mode = Operands::Cross;
+        pack_a_second(mode, m, k, a, &mut buf.a_second);
+    }
     let npanels = n.div_ceil(NR);
     let c_ptr = CPtr(c.as_mut_ptr());
     if npanels >= 2 * threads {
@@ -1063,7 +1179,7 @@ mod tests {
                 .zip(&pb_cross)
                 .all(|(&v, &x)| x == cross_operand(v))
         );
-        pack_a_second(Operands::Cross, m, k, a, &mut a_cross);
+        assert!(pack_a_second(Operands::Cross, m, k, a, &mut a_cross));
         let mut levels = vec![KernelLevel::Generic];
         #[cfg(target_arch = "x86_64")]
         {
@@ -1112,14 +1228,14 @@ mod tests {
     #[test]
     fn small_left_operands_take_the_two_product_kernel_exactly() {
         let neg = |v: u64| v.wrapping_neg();
-        assert!(small_entries(&[
-            SMALL_OFFSET - 1,
-            neg(SMALL_OFFSET),
-            0,
-            u64::MAX
-        ]));
-        assert!(!small_entries(&[SMALL_OFFSET]));
-        assert!(!small_entries(&[neg(SMALL_OFFSET + 1)]));
+        let small = |a: &[u64]| pack_a_second(Operands::Split, 1, a.len(), a, &mut Vec::new());
+        assert!(small(&[SMALL_OFFSET - 1, neg(SMALL_OFFSET), 0, u64::MAX]));
+        assert!(!small(&[SMALL_OFFSET]));
+        assert!(!small(&[neg(SMALL_OFFSET + 1)]));
+        // The check covers every block of a deep row, not only the first.
+        let mut deep = vec![0; 3 * KC];
+        deep[2 * KC + 5] = SMALL_OFFSET;
+        assert!(!small(&deep));
         // The same shapes as the edge test (whole B packed, and tasks packing their own
         // columns), and one exactly as wide as the kernel needs.
         let shapes = [
