@@ -8,7 +8,7 @@
 //! and one panel. One packing pass also makes the kernel's second operands of `B` (and, for the
 //! small-operand kernel, its column sums); `A`'s second operands are made once per product.
 //! Work goes to the rayon pool as tasks of equal size, a multiple of the thread count: with
-//! enough columns, each task owns a run of columns (and, when `A` outgrows a core's L2 cache,
+//! enough columns, each task owns a run of columns (and, when the `A` the kernel reads is large,
 //! half of the rows) and packs its own columns of `B`; with few columns `B` is packed once and
 //! tasks own runs of rows. The micro-kernel is plain Rust that LLVM
 //! vectorises; on x86-64 a copy compiled for AVX-512 IFMA, AVX-512 (`vpmullq`) or AVX2 is
@@ -202,8 +202,11 @@ fn subtract_offset(row: &mut [u64], sums: &[u64]) {
     }
 }
 
-/// Bytes of `A` and its second operands that a task may stream whole (a core's L2 cache).
-const A_CACHED_BYTES: usize = 2 << 20;
+/// Bytes of `A` as the kernel reads it (with its cross operands, or only its offset copy)
+/// beyond which a task streams only half of it. Measured on the ResNet layers: twice a core's
+/// L2 cache; below it, splitting the rows (each run of columns then packed twice) costs more
+/// than it saves.
+const A_STREAMED_BYTES: usize = 4 << 20;
 
 /// Gap between consecutive packed panels (one cache line). Without it, panels of `kc × NR`
 /// values lie a multiple of 4 KiB apart, and packing, which writes one row into each panel in
@@ -1058,10 +1061,10 @@ fn run_product(
             src: b,
             c: c_ptr,
         };
-        // When A (with its second operands) outgrows a core's L2 cache, the rows are split
-        // in two as well: each task then streams half of A, and each run of columns is
-        // packed by two tasks.
-        let row_blocks = if m >= 8 * MR && tasks % 2 == 0 && m * k * 16 > A_CACHED_BYTES {
+        // When the A that the kernel reads is large, the rows are split in two as well:
+        // each task then streams half of it, and each run of columns is packed by two tasks.
+        let a_bytes = m * k * if mode == Operands::Cross { 16 } else { 8 };
+        let row_blocks = if m >= 8 * MR && tasks % 2 == 0 && a_bytes > A_STREAMED_BYTES {
             2
         } else {
             1
