@@ -1,7 +1,8 @@
 //! Ring convolution throughput on the ResNet layer shapes of the `knapsec-benches` comparison,
 //! without libtorch: milliseconds per call and GMAC/s, with uniformly random weights (three
 //! IFMA per product) and with small plaintext weights (two). For quick kernel work:
-//! `cargo run --release -p knapsec-ring --example conv_rate` (`T=` threads, default 2).
+//! `cargo run --release -p knapsec-ring --example conv_rate` (`T=` threads, default 2;
+//! `SHAPE=` a part of the layer names to run; `MS=` milliseconds per measurement).
 
 use knapsec_ring::{Conv2dParams, Prg, RingTensor, conv2d};
 use std::hint::black_box;
@@ -48,7 +49,8 @@ fn main() {
         "{:<22} {:>9} {:>9} {:>9} {:>9}",
         "layer", "rand ms", "GMAC/s", "plain ms", "GMAC/s"
     );
-    for &(name, c, o, h, k, s) in SHAPES {
+    let only = std::env::var("SHAPE").unwrap_or_default();
+    for &(name, c, o, h, k, s) in SHAPES.iter().filter(|s| s.0.contains(&only)) {
         let x = prg.ring(&[c, h, h]);
         let w = prg.ring(&[o, c, k, k]);
         let small: Vec<i64> = prg

@@ -228,13 +228,11 @@ const fn block_offset(kb: usize, npanels: usize) -> usize {
 /// which for an `im2col` view means one bounds computation per output row, not per 16 pixels.
 const PACK_GROUP: usize = 8;
 
-/// Where [`pack_panels`] writes: the panels of `B` (or of `b₀`), those of the second operands
-/// (empty for [`Operands::Plain`]), and the column sums (`NR` lanes per panel, added to; only
-/// for [`Operands::Split`] in a task that packs its own columns, else empty).
+/// Where [`pack_panels`] writes: the panels of `B` (or of `b₀`), and those of the second
+/// operands (empty for [`Operands::Plain`]).
 struct PanelsOut<'a> {
     b: &'a mut [u64],
     second: &'a mut [u64],
-    sums: &'a mut [u64],
 }
 
 /// Packs rows `kb .. kb + kc`, columns `j0 .. j1` of `B` into consecutive `kc × NR` panels
@@ -272,11 +270,6 @@ fn pack_panels<const MODE: u8>(
                     for l in 0..NR {
                         dst[l] = src[l] & 0xfff;
                         second[l] = src[l] >> 12;
-                    }
-                    if let Some(sums) = out.sums.get_mut(p * NR..p * NR + NR) {
-                        for l in 0..NR {
-                            sums[l] = sums[l].wrapping_add(src[l]);
-                        }
                     }
                 }
             }
@@ -373,11 +366,7 @@ fn pack_b(b: &dyn PanelSource, mode: Operands, out: &mut Vec<u64>, second: &mut 
                 |row, (gi, (panels, second))| {
                     let j0 = gi * PACK_GROUP * NR;
                     let j1 = (j0 + PACK_GROUP * NR).min(n);
-                    let out = PanelsOut {
-                        b: panels,
-                        second,
-                        sums: &mut [],
-                    };
+                    let out = PanelsOut { b: panels, second };
                     pack_panels_as(mode, b, kb, kc, (j0, j1), out, row);
                 },
             );
@@ -420,18 +409,30 @@ struct Tile<'a> {
 }
 
 /// Where a micro-kernel adds its `MR × NR` results: `MR` rows of `NR` values, `ld` apart
-/// (a full tile of `C` itself, or a scratch tile for one at the edge of `C`).
-struct CTile {
+/// (a full tile of `C` itself, or a scratch tile for one at the edge of `C`); and, for the
+/// small-operand kernel, where it adds the column sums of its panel of `B`, when asked to.
+struct CTile<'s> {
     ptr: *mut u64,
     ld: usize,
+    sums: Option<&'s mut [u64; NR]>,
 }
 
-impl CTile {
+impl<'s> CTile<'s> {
     /// # Safety
     /// `ptr + i·ld .. ptr + i·ld + NR` is valid for reads and writes for every `i < MR`, and
     /// nothing else reads or writes it while the tile lives.
     unsafe fn new(ptr: *mut u64, ld: usize) -> Self {
-        Self { ptr, ld }
+        Self {
+            ptr,
+            ld,
+            sums: None,
+        }
+    }
+
+    /// The same tile, with the column sums `Σ b` of the panel to be added to `sums`
+    /// ([`micro_ifma_small`] only; the other kernels never take this).
+    fn with_sums(self, sums: Option<&'s mut [u64; NR]>) -> Self {
+        Self { sums, ..self }
     }
 
     /// The start of row `i < MR`.
@@ -470,7 +471,7 @@ impl CTile {
 
 /// The register-tile micro-kernel, portable version: `out += A[rows, kb..] · Bpanel`.
 #[inline(always)]
-fn micro(t: &Tile<'_>, out: &mut CTile) {
+fn micro(t: &Tile<'_>, out: &mut CTile<'_>) {
     let a = t.a;
     let mut acc = [[0u64; NR]; MR];
     for (p, bv) in t.b.chunks_exact(NR).enumerate() {
@@ -506,7 +507,7 @@ unsafe fn panel_row(panel: *const u64, p: usize) -> [std::arch::x86_64::__m512i;
 /// AVX-512 IFMA micro-kernel: three 52-bit multiply-adds per 64-bit product (module doc).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512dq,avx512ifma")]
-fn micro_ifma(t: &Tile<'_>, out: &mut CTile) {
+fn micro_ifma(t: &Tile<'_>, out: &mut CTile<'_>) {
     use std::arch::x86_64::*;
     let kc = t.b.len() / NR;
     assert!(
@@ -548,10 +549,23 @@ fn micro_ifma(t: &Tile<'_>, out: &mut CTile) {
 }
 
 /// AVX-512 IFMA micro-kernel for small `A` (module doc): `a_cross` holds `a + 2³⁹`, `b` the
-/// low 12 bits of `B` and `b_cross` the rest; two 52-bit multiply-adds per product.
+/// low 12 bits of `B` and `b_cross` the rest; two 52-bit multiply-adds per product. With
+/// `out.sums` set, it also adds the panel's column sums `Σ b` there (two additions per panel
+/// row, asked of one row tile per panel).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512dq,avx512ifma")]
-fn micro_ifma_small(t: &Tile<'_>, out: &mut CTile) {
+fn micro_ifma_small(t: &Tile<'_>, out: &mut CTile<'_>) {
+    if out.sums.is_some() {
+        micro_ifma_small_as::<true>(t, out)
+    } else {
+        micro_ifma_small_as::<false>(t, out)
+    }
+}
+
+/// [`micro_ifma_small`], with or without the column sums.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512dq,avx512ifma")]
+fn micro_ifma_small_as<const SUMS: bool>(t: &Tile<'_>, out: &mut CTile<'_>) {
     use std::arch::x86_64::*;
     let kc = t.b.len() / NR;
     assert!(
@@ -562,6 +576,7 @@ fn micro_ifma_small(t: &Tile<'_>, out: &mut CTile) {
     let (bp, bhp) = (t.b.as_ptr(), t.b_cross.as_ptr());
     let zero = _mm512_setzero_si512();
     let (mut lo, mut hi) = ([[zero; 2]; MR], [[zero; 2]; MR]);
+    let (mut sum_lo, mut sum_hi) = ([zero; 2], [zero; 2]);
     for p in 0..kc {
         // SAFETY: p < kc, so p·NR + NR ≤ the panels' lengths and p < every A row's length.
         let (b, bh) = unsafe { (panel_row(bp, p), panel_row(bhp, p)) };
@@ -571,6 +586,12 @@ fn micro_ifma_small(t: &Tile<'_>, out: &mut CTile) {
             for j in 0..2 {
                 lo[i][j] = _mm512_madd52lo_epu64(lo[i][j], av, b[j]);
                 hi[i][j] = _mm512_madd52lo_epu64(hi[i][j], av, bh[j]);
+            }
+        }
+        if SUMS {
+            for j in 0..2 {
+                sum_lo[j] = _mm512_add_epi64(sum_lo[j], b[j]);
+                sum_hi[j] = _mm512_add_epi64(sum_hi[j], bh[j]);
             }
         }
     }
@@ -583,12 +604,22 @@ fn micro_ifma_small(t: &Tile<'_>, out: &mut CTile) {
             );
         }
     }
+    if let Some(sums) = out.sums.as_deref_mut().filter(|_| SUMS) {
+        for j in 0..2 {
+            let total = _mm512_add_epi64(sum_lo[j], _mm512_slli_epi64::<12>(sum_hi[j]));
+            // SAFETY: lanes 8j .. 8j + 8 of the NR sums.
+            unsafe {
+                let at = sums.as_mut_ptr().add(8 * j).cast();
+                _mm512_storeu_si512(at, _mm512_add_epi64(_mm512_loadu_si512(at), total));
+            }
+        }
+    }
 }
 
 /// AVX-512 micro-kernel: eight 8-lane accumulators, `vpmullq` + `vpaddq` per lane group.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512dq")]
-fn micro_avx512(t: &Tile<'_>, out: &mut CTile) {
+fn micro_avx512(t: &Tile<'_>, out: &mut CTile<'_>) {
     use std::arch::x86_64::*;
     let (a, b) = (t.a, t.b);
     let kc = b.len() / NR;
@@ -619,7 +650,7 @@ fn micro_avx512(t: &Tile<'_>, out: &mut CTile) {
 /// one quarter of the tile (4 columns) at a time.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
-fn micro_avx2(t: &Tile<'_>, out: &mut CTile) {
+fn micro_avx2(t: &Tile<'_>, out: &mut CTile<'_>) {
     use std::arch::x86_64::*;
     let (a, b) = (t.a, t.b);
     let kc = b.len() / NR;
@@ -718,7 +749,7 @@ fn task_body(
     i1: usize,
     j0: usize,
     j1: usize,
-    micro: impl Fn(&Tile<'_>, &mut CTile),
+    micro: impl Fn(&Tile<'_>, &mut CTile<'_>),
 ) {
     TASK_SCRATCH.with(|cell| match cell.try_borrow_mut() {
         Ok(mut scratch) => task_in(plan, (i0, i1), (j0, j1), &micro, &mut scratch),
@@ -738,7 +769,7 @@ fn task_in(
     plan: &Plan<'_>,
     (i0, i1): (usize, usize),
     (j0, j1): (usize, usize),
-    micro: &impl Fn(&Tile<'_>, &mut CTile),
+    micro: &impl Fn(&Tile<'_>, &mut CTile<'_>),
     scratch: &mut TaskScratch,
 ) {
     let (m, k, n) = (plan.m, plan.k, plan.n);
@@ -775,7 +806,6 @@ fn task_in(
                 let out = PanelsOut {
                     b: local,
                     second: local_second,
-                    sums,
                 };
                 pack_panels_as(plan.mode, plan.src, kb, kc, (j0, j1), out, row);
                 (&local[..], &local_second[..], j0 / NR)
@@ -788,6 +818,12 @@ fn task_in(
             let panel = at..at + kc * NR;
             let b = &bblock[panel.clone()];
             let b_cross = bblock_second.get(panel).unwrap_or_default();
+            // The small-operand kernel adds this panel's column sums (when this task packed
+            // it) on its first row tile.
+            let mut panel_sums = sums
+                .chunks_exact_mut(NR)
+                .nth(jp - j0 / NR)
+                .map(|s| <&mut [u64; NR]>::try_from(s).unwrap());
             for ip in (i0 / MR)..i1.div_ceil(MR) {
                 let tile = Tile {
                     a: a_rows(plan.a, ip * MR, m, k, kb, kc),
@@ -800,17 +836,16 @@ fn task_in(
                 if rows == MR && cols == NR {
                     // SAFETY: rows ip·MR .. + MR ≤ m and columns jp·NR .. + NR ≤ n lie inside
                     // C, and this tile belongs to this task only.
-                    let mut out = unsafe { CTile::new(plan.c.0.add(ip * MR * n + jp * NR), n) };
-                    micro(&tile, &mut out);
+                    let out = unsafe { CTile::new(plan.c.0.add(ip * MR * n + jp * NR), n) };
+                    micro(&tile, &mut out.with_sums(panel_sums.take()));
                     continue;
                 }
                 // A tile at the edge of C: the kernel adds into a scratch tile, whose rows and
                 // columns inside C are then added to C.
                 let mut acc = [[0u64; NR]; MR];
                 // SAFETY: `acc` holds MR rows of NR values and lives through the call.
-                micro(&tile, &mut unsafe {
-                    CTile::new(acc.as_mut_ptr().cast(), NR)
-                });
+                let out = unsafe { CTile::new(acc.as_mut_ptr().cast(), NR) };
+                micro(&tile, &mut out.with_sums(panel_sums.take()));
                 for (i, acc_row) in acc.iter().enumerate().take(rows) {
                     // SAFETY: row ip·MR + i < m and columns jp·NR .. + cols ≤ n lie inside C,
                     // and this tile belongs to this task only.
