@@ -795,9 +795,12 @@ fn task_body(
     j1: usize,
     micro: impl Fn(&Tile<'_>, &mut CTile<'_>),
 ) {
+    if let Some(packed) = plan.pb {
+        return task_packed(plan, packed, (i0, i1), (j0, j1), &micro);
+    }
     TASK_SCRATCH.with(|cell| match cell.try_borrow_mut() {
-        Ok(mut scratch) => task_in(plan, (i0, i1), (j0, j1), &micro, &mut scratch),
-        Err(_) => task_in(
+        Ok(mut scratch) => task_packing(plan, (i0, i1), (j0, j1), &micro, &mut scratch),
+        Err(_) => task_packing(
             plan,
             (i0, i1),
             (j0, j1),
@@ -807,113 +810,149 @@ fn task_body(
     })
 }
 
-/// [`task_body`] with its scratch space.
+/// [`task_body`] on a `B` packed whole: one row tile after the other, each through the whole
+/// depth, so that `A` is read in long runs (its rows stream from memory once; `B` comes from
+/// cache for every tile).
 #[inline(always)]
-fn task_in(
+fn task_packed(
+    plan: &Plan<'_>,
+    (pb, pbs): (&[u64], &[u64]),
+    (i0, i1): (usize, usize),
+    (j0, j1): (usize, usize),
+    micro: &impl Fn(&Tile<'_>, &mut CTile<'_>),
+) {
+    let npanels = plan.n.div_ceil(NR);
+    for ip in (i0 / MR)..i1.div_ceil(MR) {
+        let mut kb = 0;
+        while kb < plan.k {
+            let kc = KC.min(plan.k - kb);
+            let at = block_offset(kb, npanels);
+            let a_second = plan.a_second.get(plan.m * kb..).unwrap_or_default();
+            for jp in (j0 / NR)..j1.div_ceil(NR) {
+                let panel = at + jp * panel_stride(kc)..at + jp * panel_stride(kc) + kc * NR;
+                let b = (&pb[panel.clone()], pbs.get(panel).unwrap_or_default());
+                run_tile(plan, micro, (ip, jp), (kb, kc), b, a_second, None);
+            }
+            kb += kc;
+        }
+    }
+}
+
+/// [`task_body`] for a task that packs its own columns of `B`, one `KC` block at a time
+/// (they stay in cache for all the rows that follow).
+#[inline(always)]
+fn task_packing(
     plan: &Plan<'_>,
     (i0, i1): (usize, usize),
     (j0, j1): (usize, usize),
     micro: &impl Fn(&Tile<'_>, &mut CTile<'_>),
     scratch: &mut TaskScratch,
 ) {
-    let (m, k, n) = (plan.m, plan.k, plan.n);
-    let npanels = n.div_ceil(NR);
     let TaskScratch {
         b: local,
         second: local_second,
         row,
         sums,
     } = scratch;
-    // Column sums of this task's columns of B, when it packs them (small-operand kernel).
+    let np = (j1 - j0).div_ceil(NR);
+    // Column sums of this task's columns of B (small-operand kernel).
     sums.clear();
+    if plan.mode == Operands::Split {
+        sums.resize(np * NR, 0);
+    }
     let mut kb = 0;
-    while kb < k {
-        let kc = KC.min(k - kb);
-        // This KC block of B: a slice of the whole packed B, or this task's columns packed
-        // now (they stay in cache for the rows that follow). Lanes past the last column
-        // hold stale values; their results are never stored.
-        let (bblock, bblock_second, first): (&[u64], &[u64], usize) = match plan.pb {
-            Some((pb, pbs)) => (
-                &pb[block_offset(kb, npanels)..],
-                pbs.get(block_offset(kb, npanels)..).unwrap_or_default(),
-                0,
-            ),
-            None => {
-                let np = (j1 - j0).div_ceil(NR);
-                local.resize(np * panel_stride(kc), 0);
-                if plan.mode != Operands::Plain {
-                    local_second.resize(np * panel_stride(kc), 0);
-                }
-                if plan.mode == Operands::Split {
-                    sums.resize(np * NR, 0);
-                }
-                let out = PanelsOut {
-                    b: local,
-                    second: local_second,
-                };
-                pack_panels_as(plan.mode, plan.src, kb, kc, (j0, j1), out, row);
-                (&local[..], &local_second[..], j0 / NR)
-            }
+    while kb < plan.k {
+        let kc = KC.min(plan.k - kb);
+        // Lanes past the last column hold stale values; their results are never stored.
+        local.resize(np * panel_stride(kc), 0);
+        if plan.mode != Operands::Plain {
+            local_second.resize(np * panel_stride(kc), 0);
+        }
+        let out = PanelsOut {
+            b: local,
+            second: local_second,
         };
-        // This block's second operands of A: `m` rows of `kc`.
-        let a_second = plan.a_second.get(m * kb..).unwrap_or_default();
-        for jp in (j0 / NR)..j1.div_ceil(NR) {
-            let at = (jp - first) * panel_stride(kc);
-            let panel = at..at + kc * NR;
-            let b = &bblock[panel.clone()];
-            let b_cross = bblock_second.get(panel).unwrap_or_default();
-            // The small-operand kernel adds this panel's column sums (when this task packed
-            // it) on its first row tile.
+        pack_panels_as(plan.mode, plan.src, kb, kc, (j0, j1), out, row);
+        let a_second = plan.a_second.get(plan.m * kb..).unwrap_or_default();
+        for (p, jp) in ((j0 / NR)..j1.div_ceil(NR)).enumerate() {
+            let panel = p * panel_stride(kc)..p * panel_stride(kc) + kc * NR;
+            let b = (
+                &local[panel.clone()],
+                local_second.get(panel).unwrap_or_default(),
+            );
+            // The small-operand kernel adds this panel's column sums on its first row tile.
             let mut panel_sums = sums
                 .chunks_exact_mut(NR)
-                .nth(jp - j0 / NR)
+                .nth(p)
                 .map(|s| <&mut [u64; NR]>::try_from(s).unwrap());
             for ip in (i0 / MR)..i1.div_ceil(MR) {
-                let tile = Tile {
-                    a: a_rows(plan.a, ip * MR, m, k, kb, kc),
-                    a_cross: a_rows(a_second, ip * MR, m, kc, 0, kc),
+                run_tile(
+                    plan,
+                    micro,
+                    (ip, jp),
+                    (kb, kc),
                     b,
-                    b_cross,
-                };
-                let rows = MR.min(m - ip * MR);
-                let cols = NR.min(n - jp * NR);
-                if rows == MR && cols == NR {
-                    // SAFETY: rows ip·MR .. + MR ≤ m and columns jp·NR .. + NR ≤ n lie inside
-                    // C, and this tile belongs to this task only.
-                    let out = unsafe { CTile::new(plan.c.0.add(ip * MR * n + jp * NR), n) };
-                    micro(&tile, &mut out.with_sums(panel_sums.take()));
-                    continue;
-                }
-                // A tile at the edge of C: the kernel adds into a scratch tile, whose rows and
-                // columns inside C are then added to C.
-                let mut acc = [[0u64; NR]; MR];
-                // SAFETY: `acc` holds MR rows of NR values and lives through the call.
-                let out = unsafe { CTile::new(acc.as_mut_ptr().cast(), NR) };
-                micro(&tile, &mut out.with_sums(panel_sums.take()));
-                for (i, acc_row) in acc.iter().enumerate().take(rows) {
-                    // SAFETY: row ip·MR + i < m and columns jp·NR .. + cols ≤ n lie inside C,
-                    // and this tile belongs to this task only.
-                    let crow = unsafe {
-                        std::slice::from_raw_parts_mut(
-                            plan.c.0.add((ip * MR + i) * n + jp * NR),
-                            cols,
-                        )
-                    };
-                    for (cv, &av) in crow.iter_mut().zip(acc_row) {
-                        *cv = cv.wrapping_add(av);
-                    }
-                }
+                    a_second,
+                    panel_sums.take(),
+                );
             }
         }
         kb += kc;
     }
-    if plan.mode == Operands::Split && plan.pb.is_none() {
+    if plan.mode == Operands::Split {
         // The kernel computed Σ (a + 2³⁹)·b; take 2³⁹·Σ b back off this task's tiles.
         for i in i0..i1 {
             // SAFETY: row i < m and columns j0 .. j1 ≤ n lie inside C, and this task's tiles
             // (rows i0..i1, columns j0..j1) belong to it only.
-            let crow = unsafe { std::slice::from_raw_parts_mut(plan.c.0.add(i * n + j0), j1 - j0) };
+            let crow =
+                unsafe { std::slice::from_raw_parts_mut(plan.c.0.add(i * plan.n + j0), j1 - j0) };
             subtract_offset(crow, sums);
+        }
+    }
+}
+
+/// Adds the product of row tile `ip` of `A` and panel `jp` of `B` over depths `kb .. kb + kc`
+/// to `C` (the tile belongs to the calling task). `b` is the packed panel and its second
+/// operands, `a_second` the block's second operands of `A`; `sums` as in [`CTile::with_sums`].
+#[inline(always)]
+fn run_tile(
+    plan: &Plan<'_>,
+    micro: &impl Fn(&Tile<'_>, &mut CTile<'_>),
+    (ip, jp): (usize, usize),
+    (kb, kc): (usize, usize),
+    (b, b_cross): (&[u64], &[u64]),
+    a_second: &[u64],
+    sums: Option<&mut [u64; NR]>,
+) {
+    let (m, n) = (plan.m, plan.n);
+    let tile = Tile {
+        a: a_rows(plan.a, ip * MR, m, plan.k, kb, kc),
+        a_cross: a_rows(a_second, ip * MR, m, kc, 0, kc),
+        b,
+        b_cross,
+    };
+    let rows = MR.min(m - ip * MR);
+    let cols = NR.min(n - jp * NR);
+    if rows == MR && cols == NR {
+        // SAFETY: rows ip·MR .. + MR ≤ m and columns jp·NR .. + NR ≤ n lie inside C, and this
+        // tile belongs to the calling task only.
+        let out = unsafe { CTile::new(plan.c.0.add(ip * MR * n + jp * NR), n) };
+        return micro(&tile, &mut out.with_sums(sums));
+    }
+    // A tile at the edge of C: the kernel adds into a scratch tile, whose rows and columns
+    // inside C are then added to C.
+    let mut acc = [[0u64; NR]; MR];
+    // SAFETY: `acc` holds MR rows of NR values and lives through the call.
+    let out = unsafe { CTile::new(acc.as_mut_ptr().cast(), NR) };
+    micro(&tile, &mut out.with_sums(sums));
+    for (i, acc_row) in acc.iter().enumerate().take(rows) {
+        // SAFETY: row ip·MR + i < m and columns jp·NR .. + cols ≤ n lie inside C, and this
+        // tile belongs to the calling task only.
+        let crow = unsafe {
+            std::slice::from_raw_parts_mut(plan.c.0.add((ip * MR + i) * n + jp * NR), cols)
+        };
+        for (cv, &av) in crow.iter_mut().zip(acc_row) {
+            *cv = cv.wrapping_add(av);
         }
     }
 }
