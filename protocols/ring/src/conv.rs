@@ -134,12 +134,17 @@ impl Geom {
 }
 
 fn geometry(x: &RingTensor, w: &RingTensor, p: &Conv2dParams) -> Result<Geom> {
+    geometry_of(x, w.dims(), p)
+}
+
+/// [`geometry`] from the weights' dimensions.
+fn geometry_of(x: &RingTensor, w_dims: &[usize], p: &Conv2dParams) -> Result<Geom> {
     let (c, h, wd) = x.chw()?;
-    let [o, cg, kh, kw] = w.dims()[..] else {
+    let [o, cg, kh, kw] = w_dims[..] else {
         return Err(RingError::WrongRank {
             op: "conv2d weight",
             expected: 4,
-            shape: w.dims().to_vec(),
+            shape: w_dims.to_vec(),
         });
     };
     let g = p.groups;
@@ -154,8 +159,7 @@ fn geometry(x: &RingTensor, w: &RingTensor, p: &Conv2dParams) -> Result<Geom> {
             "conv2d",
             format!(
                 "weight shape {:?} does not fit input channels {c}, groups {g}, kernel {:?}",
-                w.dims(),
-                p.kernel
+                w_dims, p.kernel
             ),
         ));
     }
@@ -455,7 +459,7 @@ pub fn conv2d_sum(terms: &[(&RingTensor, &RingTensor)], p: &Conv2dParams) -> Res
     }
     let (k, n, t) = (g.k(), g.pixels(), terms.len());
     let mut out = vec![0u64; g.o * n];
-    let direct = p.kernel == [1, 1] && p.stride == [1, 1] && p.padding == [0, 0];
+    let direct = reads_input_directly(p);
     let mut a = vec![0u64; if t == 1 { 0 } else { g.og * t * k }];
     for grp in 0..groups {
         let c0 = grp * g.cg;
@@ -484,6 +488,104 @@ pub fn conv2d_sum(terms: &[(&RingTensor, &RingTensor)], p: &Conv2dParams) -> Res
         } else {
             let parts = terms.iter().map(|(x, _)| Im2col::new(x.data(), g, c0));
             gemm::gemm_source(g.og, a_ref, &StackRows(parts.collect()), c);
+        }
+    }
+    RingTensor::from_vec(&[g.o, g.ho, g.wo], out)
+}
+
+/// Whether the `im2col` matrix of `p` is the input itself (`1 × 1`, stride 1, no padding).
+fn reads_input_directly(p: &Conv2dParams) -> bool {
+    p.kernel == [1, 1] && p.stride == [1, 1] && p.padding == [0, 0]
+}
+
+/// A convolution's weights prepared once for many inputs (a secure layer's weights, fixed
+/// for a session): each group's weights as a [`gemm::PreparedLhs`], so that a product does
+/// not make their second operands again. Depthwise convolutions keep the weights as they are.
+#[derive(Clone, Debug)]
+pub struct PreparedConv {
+    params: Conv2dParams,
+    w_dims: Vec<usize>,
+    /// One per group; empty for a depthwise convolution.
+    groups: Vec<gemm::PreparedLhs>,
+    /// The weights of a depthwise convolution (one input channel per group).
+    depthwise: Option<RingTensor>,
+}
+
+impl PreparedConv {
+    /// Prepares `w` (`[O, C/groups, kh, kw]`) for convolutions with `p`.
+    pub fn new(w: &RingTensor, p: &Conv2dParams) -> Result<Self> {
+        let [o, cg, kh, kw] = w.dims()[..] else {
+            return Err(RingError::WrongRank {
+                op: "conv2d weight",
+                expected: 4,
+                shape: w.dims().to_vec(),
+            });
+        };
+        if p.groups == 0 || o % p.groups != 0 || [kh, kw] != p.kernel {
+            return Err(RingError::invalid(
+                "conv2d",
+                format!(
+                    "weight shape {:?} does not fit groups {}, kernel {:?}",
+                    w.dims(),
+                    p.groups,
+                    p.kernel
+                ),
+            ));
+        }
+        let (og, k) = (o / p.groups, cg * kh * kw);
+        let depthwise = cg == 1 && p.groups > 1;
+        let groups = if depthwise {
+            Vec::new()
+        } else {
+            w.data()
+                .chunks_exact(og * k)
+                .map(|a| gemm::PreparedLhs::new(og, k, a))
+                .collect()
+        };
+        Ok(Self {
+            params: *p,
+            w_dims: w.dims().to_vec(),
+            groups,
+            depthwise: depthwise.then(|| w.clone()),
+        })
+    }
+
+    /// The convolution's parameters.
+    pub fn params(&self) -> &Conv2dParams {
+        &self.params
+    }
+
+    /// The weights' dimensions.
+    pub fn weight_dims(&self) -> &[usize] {
+        &self.w_dims
+    }
+}
+
+/// `conv2d(x, w)` with prepared weights: the same result as [`conv2d`].
+pub fn conv2d_prepared(x: &RingTensor, w: &PreparedConv) -> Result<RingTensor> {
+    let p = &w.params;
+    if let Some(dw) = &w.depthwise {
+        return conv2d(x, dw, p);
+    }
+    let g = geometry_of(x, &w.w_dims, p)?;
+    let n = g.pixels();
+    let mut out = vec![0u64; g.o * n];
+    for (grp, (lhs, c)) in w
+        .groups
+        .iter()
+        .zip(out.chunks_exact_mut(g.og * n))
+        .enumerate()
+    {
+        let c0 = grp * g.cg;
+        if reads_input_directly(p) {
+            let src = Dense {
+                data: &x.data()[c0 * n..(c0 + g.cg) * n],
+                rows: g.k(),
+                cols: n,
+            };
+            gemm::gemm_prepared(lhs, &src, c);
+        } else {
+            gemm::gemm_prepared(lhs, &Im2col::new(x.data(), g, c0), c);
         }
     }
     RingTensor::from_vec(&[g.o, g.ho, g.wo], out)
@@ -665,6 +767,60 @@ mod tests {
         );
     }
 
+    /// Signed weights of at most `bits` bits (plaintext fixed-point weights are small).
+    fn small_tensor(dims: &[usize], seed: u64, bits: u32) -> RingTensor {
+        let mut t = rand_tensor(dims, seed);
+        t.data_mut()
+            .iter_mut()
+            .for_each(|v| *v = ((*v as i64) >> (64 - bits)) as u64);
+        t
+    }
+
+    #[test]
+    fn prepared_weights_give_the_same_convolutions() {
+        // Layer shapes on both paths of the product (tasks packing their own columns; B
+        // packed whole for few columns), random and small weights (the two IFMA kernels),
+        // grouped, depthwise and 1×1 convolutions.
+        let cases = [
+            (16, 32, 12, 3, 1, 1),
+            (16, 32, 12, 3, 2, 1),
+            (64, 64, 4, 3, 1, 1),
+            (32, 32, 2, 3, 1, 1),
+            (16, 16, 9, 1, 1, 1),
+            (16, 32, 9, 3, 1, 4),
+            (12, 12, 9, 3, 1, 12),
+        ];
+        for (seed, (c, o, h, k, s, g)) in cases.into_iter().enumerate() {
+            let seed = seed as u64;
+            let p = Conv2dParams::new([k, k])
+                .stride([s, s])
+                .padding([k / 2, k / 2])
+                .groups(g);
+            let x = rand_tensor(&[c, h, h], seed);
+            for w in [
+                rand_tensor(&[o, c / g, k, k], seed ^ 9),
+                small_tensor(&[o, c / g, k, k], seed ^ 9, 20),
+                small_tensor(&[o, c / g, k, k], seed ^ 9, 40),
+            ] {
+                let prepared = PreparedConv::new(&w, &p).unwrap();
+                assert_eq!(prepared.weight_dims(), w.dims());
+                assert_eq!(
+                    conv2d_prepared(&x, &prepared).unwrap(),
+                    conv2d_reference(&x, &w, &p).unwrap(),
+                    "{c}→{o} {h}×{h} k{k} s{s} g{g}"
+                );
+            }
+        }
+        // Weights for another input, or of another rank, are errors.
+        let w = rand_tensor(&[8, 4, 3, 3], 1);
+        let prepared = PreparedConv::new(&w, &Conv2dParams::new([3, 3])).unwrap();
+        assert!(conv2d_prepared(&rand_tensor(&[5, 6, 6], 2), &prepared).is_err());
+        assert!(
+            PreparedConv::new(&rand_tensor(&[8, 4, 3], 1), &Conv2dParams::new([3, 3])).is_err()
+        );
+        assert!(PreparedConv::new(&w, &Conv2dParams::new([3, 3]).groups(3)).is_err());
+    }
+
     fn arb_case() -> impl Strategy<Value = (usize, usize, usize, usize, usize, Conv2dParams, u64)> {
         (
             1usize..4,  // groups
@@ -713,6 +869,8 @@ mod tests {
                 let both = conv2d_batch(&[&x, &x2], &wt, &p).unwrap();
                 prop_assert_eq!(&both[0], &want);
                 prop_assert_eq!(both[1].clone(), conv2d_reference(&x2, &wt, &p).unwrap());
+                let prepared = PreparedConv::new(&wt, &p).unwrap();
+                prop_assert_eq!(conv2d_prepared(&x, &prepared).unwrap(), want);
             }
         }
 

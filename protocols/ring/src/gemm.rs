@@ -419,6 +419,7 @@ fn pack_b(b: &dyn PanelSource, mode: Operands, out: &mut Vec<u64>, second: &mut 
 
 /// Packed operands of one product: `B` whole with its second operands (when it is not packed
 /// per task), and `A`'s second operands.
+#[derive(Default)]
 struct Buffers {
     b: Vec<u64>,
     b_second: Vec<u64>,
@@ -1097,66 +1098,177 @@ pub fn gemm_source(m: usize, a: &[u64], b: &dyn PanelSource, c: &mut [u64]) {
         a.len() >= m * k && c.len() >= m * n,
         "gemm: operand too short"
     );
-    if m == 0 || n == 0 || k == 0 {
+    if small_product(m, a, b, c) {
         return;
-    }
-    if m * n * k < 4096 || n == 1 {
-        let mut dense = vec![0u64; k * n];
-        for (r, row) in dense.chunks_mut(n).enumerate() {
-            b.segment(r, 0, row);
-        }
-        return if n == 1 {
-            gemv(m, k, a, &dense, &mut c[..m])
-        } else {
-            gemm_reference(m, k, n, a, &dense, c)
-        };
     }
     let level = kernel_level();
     // The IFMA kernels try the two-product kernel for small entries of A (plaintext weights)
-    // first; `run_product` falls back when an entry is not small.
-    let mode = if level == KernelLevel::Avx512Ifma && n >= IFMA_MIN_COLS {
-        Operands::Split
-    } else {
-        Operands::Plain
+    // first, and fall back when an entry is not small. With too few columns to repay the
+    // pass that makes A's second operands: `vpmullq`.
+    let (level, mode) = match level {
+        KernelLevel::Avx512Ifma if n >= IFMA_MIN_COLS => (level, Operands::Split),
+        KernelLevel::Avx512Ifma => (KernelLevel::Avx512, Operands::Plain),
+        _ => (level, Operands::Plain),
     };
-    // Too few columns for the IFMA kernel's extra passes: `vpmullq`.
-    let level = match (level, mode) {
-        (KernelLevel::Avx512Ifma, Operands::Plain) => KernelLevel::Avx512,
-        _ => level,
-    };
-    PACKED.with(|cell| match cell.try_borrow_mut() {
-        Ok(mut buffers) => run_product(level, mode, m, a, b, c, &mut buffers),
-        Err(_) => {
-            let mut fresh = Buffers {
-                b: Vec::new(),
-                b_second: Vec::new(),
-                a_second: Vec::new(),
-            };
-            run_product(level, mode, m, a, b, c, &mut fresh)
+    with_buffers(|buf| {
+        let mut mode = mode;
+        if !pack_a_second(mode, m, k, a, &mut buf.a_second) {
+            // A is not small (the check stops at the first row that is not): the
+            // three-product IFMA kernel.
+            mode = Operands::Cross;
+            pack_a_second(mode, m, k, a, &mut buf.a_second);
         }
-    });
+        let lhs = Lhs {
+            m,
+            a,
+            second: &buf.a_second,
+            level,
+            mode,
+        };
+        run_product(&lhs, b, c, (&mut buf.b, &mut buf.b_second));
+    })
+}
+
+/// The left operand `A [m, k]` of many products (a layer's weights), prepared once: the
+/// kernel's second operands of `A` and the kernel they suit, which [`gemm_source`] makes anew
+/// on every call (a pass over `A`; for a `B` of few columns, longer than the product).
+#[derive(Clone, Debug)]
+pub struct PreparedLhs {
+    m: usize,
+    k: usize,
+    a: Vec<u64>,
+    second: Vec<u64>,
+    level: KernelLevel,
+    mode: Operands,
+}
+
+impl PreparedLhs {
+    /// Prepares the first `m · k` entries of `a` (row-major `[m, k]`).
+    ///
+    /// # Panics
+    /// If `a` is shorter than `m · k`.
+    pub fn new(m: usize, k: usize, a: &[u64]) -> Self {
+        assert!(a.len() >= m * k, "PreparedLhs: operand too short");
+        let a = a[..m * k].to_vec();
+        let level = kernel_level();
+        let mut second = Vec::new();
+        let mode = if level != KernelLevel::Avx512Ifma {
+            Operands::Plain
+        } else if pack_a_second(Operands::Split, m, k, &a, &mut second) {
+            Operands::Split
+        } else {
+            pack_a_second(Operands::Cross, m, k, &a, &mut second);
+            Operands::Cross
+        };
+        Self {
+            m,
+            k,
+            a,
+            second,
+            level,
+            mode,
+        }
+    }
+
+    /// Rows `m`.
+    pub fn rows(&self) -> usize {
+        self.m
+    }
+
+    /// Depth `k`.
+    pub fn depth(&self) -> usize {
+        self.k
+    }
+
+    /// Whether every entry is small (`|a| < 2³⁹`) and the two-product IFMA kernel runs.
+    pub fn small(&self) -> bool {
+        self.mode == Operands::Split
+    }
+}
+
+/// `C += A · B` with a prepared `A` ([`PreparedLhs`]); the same product as [`gemm_source`].
+///
+/// # Panics
+/// If `B` has another depth than `A`, or `c` is shorter than `m · n`.
+pub fn gemm_prepared(a: &PreparedLhs, b: &dyn PanelSource, c: &mut [u64]) {
+    let (m, n) = (a.m, b.cols());
+    assert!(
+        b.rows() == a.k && c.len() >= m * n,
+        "gemm_prepared: B has depth {} for A of depth {}, or C is short",
+        b.rows(),
+        a.k
+    );
+    if small_product(m, &a.a, b, c) {
+        return;
+    }
+    let lhs = Lhs {
+        m,
+        a: &a.a,
+        second: &a.second,
+        level: a.level,
+        mode: a.mode,
+    };
+    with_buffers(|buf| run_product(&lhs, b, c, (&mut buf.b, &mut buf.b_second)));
+}
+
+/// Products too small for the packed path (or of one column): computed directly. Returns
+/// whether it computed this one.
+fn small_product(m: usize, a: &[u64], b: &dyn PanelSource, c: &mut [u64]) -> bool {
+    let (k, n) = (b.rows(), b.cols());
+    if m == 0 || n == 0 || k == 0 {
+        return true;
+    }
+    if m * n * k >= 4096 && n > 1 {
+        return false;
+    }
+    let mut dense = vec![0u64; k * n];
+    for (r, row) in dense.chunks_mut(n).enumerate() {
+        b.segment(r, 0, row);
+    }
+    if n == 1 {
+        gemv(m, k, a, &dense, &mut c[..m])
+    } else {
+        gemm_reference(m, k, n, a, &dense, c)
+    }
+    true
+}
+
+/// Runs `f` on this thread's packing buffers, or on fresh ones when a product further up
+/// this thread's stack holds them.
+fn with_buffers<R>(f: impl FnOnce(&mut Buffers) -> R) -> R {
+    PACKED.with(|cell| match cell.try_borrow_mut() {
+        Ok(mut buffers) => f(&mut buffers),
+        Err(_) => f(&mut Buffers::default()),
+    })
+}
+
+/// The left operand of one product as the kernels take it: `A`, its second operands, and
+/// the kernel.
+struct Lhs<'a> {
+    m: usize,
+    a: &'a [u64],
+    second: &'a [u64],
+    level: KernelLevel,
+    mode: Operands,
 }
 
 /// The parallel part of [`gemm_source`]: `A`'s second operands once, then tasks of equal
 /// size, a multiple of the thread count (rayon deals them out as threads come free).
 fn run_product(
-    level: KernelLevel,
-    mode: Operands,
-    m: usize,
-    a: &[u64],
+    lhs: &Lhs<'_>,
     b: &dyn PanelSource,
     c: &mut [u64],
-    buf: &mut Buffers,
+    (pb, pb_second): (&mut Vec<u64>, &mut Vec<u64>),
 ) {
     let (k, n) = (b.rows(), b.cols());
+    let Lhs {
+        m,
+        a,
+        second: a_second,
+        level,
+        mode,
+    } = *lhs;
     let threads = rayon::current_num_threads();
-    let mut mode = mode;
-    if !pack_a_second(mode, m, k, a, &mut buf.a_second) {
-        // A is not small (the check stops at the first row that is not): the three-product
-        // IFMA kernel.
-        mode = Operands::Cross;
-        pack_a_second(mode, m, k, a, &mut buf.a_second);
-    }
     let npanels = n.div_ceil(NR);
     let c_ptr = CPtr(c.as_mut_ptr());
     if npanels >= 2 * threads {
@@ -1173,7 +1285,7 @@ fn run_product(
             k,
             n,
             a,
-            a_second: &buf.a_second,
+            a_second,
             pb: None,
             mode,
             src: b,
@@ -1205,10 +1317,10 @@ fn run_product(
         return;
     }
     // Few columns: B is packed once, and tasks take runs of rows (at least four row panels).
-    pack_b(b, mode, &mut buf.b, &mut buf.b_second);
+    pack_b(b, mode, pb, pb_second);
     if mode == Operands::Split {
         // The kernel computes Σ (a + 2³⁹)·b; take 2³⁹·Σ b back off every row.
-        let sums = packed_column_sums(&buf.b, &buf.b_second, k, n);
+        let sums = packed_column_sums(pb, pb_second, k, n);
         c[..m * n]
             .par_chunks_mut(n)
             .for_each(|row| subtract_offset(row, &sums));
@@ -1218,8 +1330,8 @@ fn run_product(
         k,
         n,
         a,
-        a_second: &buf.a_second,
-        pb: Some((&buf.b, &buf.b_second)),
+        a_second,
+        pb: Some((pb, pb_second)),
         mode,
         src: b,
         c: c_ptr,

@@ -6,7 +6,8 @@
 //! * [`gemm`]: packed, cache-blocked, rayon-parallel wrapping matrix product with run-time
 //!   selected AVX-512 / AVX2 micro-kernels.
 //! * [`conv`]: convolutions (stride, padding, dilation, groups, depthwise), sums of
-//!   convolutions in one product (Beaver linear layers), fully connected layers.
+//!   convolutions in one product (Beaver linear layers), fully connected layers, weights
+//!   prepared once for many convolutions.
 //! * [`pool`]: pooling window sums and taps, global sums, block-ReLU patch sums and expansion.
 //! * [`prg`]: AES-CTR pseudo-random generators keyed per session with domain separation.
 //!
@@ -20,7 +21,10 @@ pub mod pool;
 pub mod prg;
 pub mod tensor;
 
-pub use conv::{Conv2dParams, conv2d, conv2d_batch, conv2d_reference, conv2d_sum, linear};
+pub use conv::{
+    Conv2dParams, PreparedConv, conv2d, conv2d_batch, conv2d_prepared, conv2d_reference,
+    conv2d_sum, linear,
+};
 pub use error::{Result, RingError};
 pub use pool::{
     BlockLayout, ChannelBlock, TapPadding, global_sum, window_counts, window_sums, window_taps,
