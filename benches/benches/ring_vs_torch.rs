@@ -9,9 +9,14 @@
 //! weights `B`, `F`), and the server's plaintext weights, the torch weights in fixed point with
 //! 12 fractional bits (`ratio_plain_weights`: the online product `conv(X₁ + E, W)`, which takes
 //! the two-product IFMA kernel for small operands).
+//!
+//! Both ring products take weights prepared once (`PreparedConv`), as the secure layers hold
+//! them for a session (the server's `W`, the helper's `F`); `ring_unprepared_ms` is the
+//! random-weight product with `conv2d`, which makes the kernel's second operands of the
+//! weights on every call.
 
 use knapsec_benches::{SHAPES, cpu_time_per_call, paired_times};
-use knapsec_ring::{Conv2dParams, Prg, RingTensor, conv2d};
+use knapsec_ring::{Conv2dParams, PreparedConv, Prg, RingTensor, conv2d, conv2d_prepared};
 use std::hint::black_box;
 use std::time::Duration;
 use tch::{Device, Kind, Tensor};
@@ -69,14 +74,24 @@ fn main() {
                 g as i64,
             ));
         };
-        let ring_conv = |weights: &RingTensor| {
-            let _ = black_box(conv2d(black_box(&x), black_box(weights), &p).unwrap());
+        let (w_prepared, w_plain) = (
+            PreparedConv::new(&w, &p).unwrap(),
+            PreparedConv::new(&w_plain, &p).unwrap(),
+        );
+        let ring_conv = |weights: &PreparedConv| {
+            let _ = black_box(conv2d_prepared(black_box(&x), black_box(weights)).unwrap());
         };
         let [(plain, _), (torch_again, _)] =
             paired_times(5, budget, || ring_conv(&w_plain), &torch_conv);
         let [(ring, ring_med), (torch, torch_med)] =
-            paired_times(5, budget, || ring_conv(&w), &torch_conv);
-        let ring_cpu = cpu_time_per_call(5, || ring_conv(&w));
+            paired_times(5, budget, || ring_conv(&w_prepared), &torch_conv);
+        let [(unprepared, _), _] = paired_times(
+            5,
+            budget,
+            || drop(black_box(conv2d(black_box(&x), black_box(&w), &p).unwrap())),
+            &torch_conv,
+        );
+        let ring_cpu = cpu_time_per_call(5, || ring_conv(&w_prepared));
         let torch_cpu = cpu_time_per_call(5, &torch_conv);
         let ho = (h + 2 * pad - k) / st + 1;
         let macs = (o * (c / g) * k * k * ho * ho) as f64;
@@ -86,6 +101,7 @@ fn main() {
             "torch_f32_ms": torch.as_secs_f64() * 1e3,
             "ratio": ring.as_secs_f64() / torch.as_secs_f64(),
             "ring_plain_weights_ms": plain.as_secs_f64() * 1e3,
+            "ring_unprepared_ms": unprepared.as_secs_f64() * 1e3,
             "ratio_plain_weights": plain.as_secs_f64() / torch_again.as_secs_f64(),
             "ring_median_ms": ring_med.as_secs_f64() * 1e3,
             "torch_f32_median_ms": torch_med.as_secs_f64() * 1e3,

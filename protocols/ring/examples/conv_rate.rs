@@ -1,10 +1,11 @@
 //! Ring convolution throughput on the ResNet layer shapes of the `knapsec-benches` comparison,
 //! without libtorch: milliseconds per call and GMAC/s, with uniformly random weights (three
-//! IFMA per product) and with small plaintext weights (two). For quick kernel work:
+//! IFMA per product) and with small plaintext weights (two), both prepared once
+//! (`PreparedConv`). For quick kernel work:
 //! `cargo run --release -p knapsec-ring --example conv_rate` (`T=` threads, default 2;
 //! `SHAPE=` a part of the layer names to run; `MS=` milliseconds per measurement).
 
-use knapsec_ring::{Conv2dParams, Prg, RingTensor, conv2d};
+use knapsec_ring::{Conv2dParams, PreparedConv, Prg, RingTensor, conv2d_prepared};
 use std::hint::black_box;
 use std::time::Instant;
 
@@ -64,6 +65,11 @@ fn main() {
             .padding([k / 2, k / 2]);
         let (oh, ow) = p.output_hw(h, h).unwrap();
         let macs = (o * c * k * k * oh * ow) as f64;
+        let (w, w_small) = (
+            PreparedConv::new(&w, &p).unwrap(),
+            PreparedConv::new(&w_small, &p).unwrap(),
+        );
+        let conv2d = |x: &RingTensor, w: &PreparedConv, _: &Conv2dParams| conv2d_prepared(x, w);
         let rand = best_ms(
             std::env::var("MS")
                 .ok()

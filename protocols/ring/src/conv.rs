@@ -559,6 +559,22 @@ impl PreparedConv {
     pub fn weight_dims(&self) -> &[usize] {
         &self.w_dims
     }
+
+    /// The weights themselves (kept once, inside the prepared operands).
+    pub fn weights(&self) -> RingTensor {
+        match &self.depthwise {
+            Some(w) => w.clone(),
+            None => {
+                let data = self
+                    .groups
+                    .iter()
+                    .flat_map(|g| g.entries())
+                    .copied()
+                    .collect();
+                RingTensor::from_vec(&self.w_dims, data).expect("prepared weights keep their shape")
+            }
+        }
+    }
 }
 
 /// `conv2d(x, w)` with prepared weights: the same result as [`conv2d`].
@@ -803,7 +819,7 @@ mod tests {
                 small_tensor(&[o, c / g, k, k], seed ^ 9, 40),
             ] {
                 let prepared = PreparedConv::new(&w, &p).unwrap();
-                assert_eq!(prepared.weight_dims(), w.dims());
+                assert_eq!(prepared.weights(), w);
                 assert_eq!(
                     conv2d_prepared(&x, &prepared).unwrap(),
                     conv2d_reference(&x, &w, &p).unwrap(),

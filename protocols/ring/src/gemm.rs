@@ -1180,6 +1180,11 @@ impl PreparedLhs {
         self.k
     }
 
+    /// The entries of `A` (row-major `[m, k]`).
+    pub fn entries(&self) -> &[u64] {
+        &self.a
+    }
+
     /// Whether every entry is small (`|a| < 2³⁹`) and the two-product IFMA kernel runs.
     pub fn small(&self) -> bool {
         self.mode == Operands::Split
@@ -1201,12 +1206,24 @@ pub fn gemm_prepared(a: &PreparedLhs, b: &dyn PanelSource, c: &mut [u64]) {
     if small_product(m, &a.a, b, c) {
         return;
     }
-    let lhs = Lhs {
-        m,
-        a: &a.a,
-        second: &a.second,
-        level: a.level,
-        mode: a.mode,
+    let lhs = if a.mode == Operands::Cross && n < IFMA_MIN_COLS {
+        // The three-product kernel reads A twice (with its cross operands); with few columns
+        // the product streams A from memory, and `vpmullq`, reading it once, is faster.
+        Lhs {
+            m,
+            a: &a.a,
+            second: &[],
+            level: KernelLevel::Avx512,
+            mode: Operands::Plain,
+        }
+    } else {
+        Lhs {
+            m,
+            a: &a.a,
+            second: &a.second,
+            level: a.level,
+            mode: a.mode,
+        }
     };
     with_buffers(|buf| run_product(&lhs, b, c, (&mut buf.b, &mut buf.b_second)));
 }

@@ -22,8 +22,9 @@ use std::sync::{Arc, Mutex};
 /// The masked weights of one session's linear layers.
 type Masked = Arc<Vec<Option<HelperWeights>>>;
 
-/// Sessions whose masked weights a helper keeps (a ResNet50's are about 200 MB).
-pub const SESSIONS_KEPT: usize = 8;
+/// Sessions whose masked weights a helper keeps (a ResNet50's are about 400 MB: `F` and the
+/// ring kernel's second operands of it, made once per session).
+pub const SESSIONS_KEPT: usize = 4;
 
 /// The helper's masked weights of its most recently used sessions, least recent first: a
 /// helper serving many sessions keeps at most [`SESSIONS_KEPT`] of them.

@@ -22,7 +22,7 @@
 
 use crate::ctx::{Ctx, Pair, stream};
 use crate::error::{Result, SecureNnError};
-use crate::linear::{self, HelperWeights, LinearPre, LinearSpec};
+use crate::linear::{self, HelperWeights, LayerWeights, LinearPre, LinearSpec};
 use crate::options::{DreluMode, Options, Reveal};
 use crate::select::{self, Groups, SelectPre, SelectSpec};
 use knapsec_core::backend::PartyOutput;
@@ -379,8 +379,8 @@ pub struct Session<'m> {
     pub role: Role,
     model: &'m SecureModel,
     plan: Plan,
-    /// Server: weights and biases per node.
-    weights: Vec<Option<(RingTensor, Option<Vec<u64>>)>>,
+    /// Server: weights (prepared for the session) and biases per node.
+    weights: Vec<Option<(LayerWeights, Option<Vec<u64>>)>>,
     /// Helper: `F = W − B` per node, after setup.
     masked: Vec<Option<HelperWeights>>,
 }
@@ -413,13 +413,13 @@ impl<'m> Session<'m> {
                         message: e.to_string(),
                     };
                     let t = weights.get(&l.weight).map_err(bad)?;
-                    let wt = RingTensor::from_i64(&l.w_dims, &t.data).map_err(|e| {
-                        SecureNnError::Ring {
+                    let wt = RingTensor::from_i64(&l.w_dims, &t.data)
+                        .and_then(|w| LayerWeights::new(l, w))
+                        .map_err(|e| SecureNnError::Ring {
                             role,
                             layer: model.nodes[i].name.clone(),
                             source: e,
-                        }
-                    })?;
+                        })?;
                     let b = match &l.bias {
                         Some(b) => Some(
                             weights

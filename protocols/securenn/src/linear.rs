@@ -30,7 +30,9 @@
 use crate::ctx::{Ctx, Pair, stream};
 use crate::error::{Result, SecureNnError};
 use knapsec_core::transport::Role;
-use knapsec_ring::{Conv2dParams, RingTensor, conv2d, linear};
+use knapsec_ring::{
+    Conv2dParams, PreparedConv, RingError, RingTensor, conv2d, conv2d_prepared, linear,
+};
 
 /// A linear layer of the graph.
 #[derive(Clone, Debug, PartialEq)]
@@ -46,8 +48,46 @@ pub struct LinearSpec {
     pub bias: Option<String>,
 }
 
+/// A layer's weights held for a session (the server's `W`, the helper's `F`): a
+/// convolution's prepared once for the products of every inference
+/// ([`knapsec_ring::PreparedConv`]: the ring kernel's second operands are not made anew per
+/// inference); a fully connected layer's as they are (its product is matrix–vector).
+#[derive(Clone, Debug)]
+pub enum LayerWeights {
+    Conv(PreparedConv),
+    Dense(RingTensor),
+}
+
+impl LayerWeights {
+    /// `w` prepared for the products of layer `spec`.
+    pub fn new(spec: &LinearSpec, w: RingTensor) -> Result<Self, RingError> {
+        Ok(match &spec.conv {
+            Some(p) => Self::Conv(PreparedConv::new(&w, p)?),
+            None => Self::Dense(w),
+        })
+    }
+
+    /// The weights as a tensor.
+    pub fn tensor(&self) -> RingTensor {
+        match self {
+            Self::Conv(p) => p.weights(),
+            Self::Dense(w) => w.clone(),
+        }
+    }
+}
+
 impl LinearSpec {
-    fn apply(&self, x: &RingTensor, w: &RingTensor) -> Result<RingTensor, knapsec_ring::RingError> {
+    /// The layer's product with weights held for the session.
+    fn apply(&self, x: &RingTensor, w: &LayerWeights) -> Result<RingTensor, RingError> {
+        match w {
+            LayerWeights::Conv(p) => conv2d_prepared(x, p),
+            LayerWeights::Dense(w) => linear(x, w),
+        }
+    }
+
+    /// The layer's product with weights used once (the client's mask `B`, drawn anew from
+    /// the session PRG for each inference rather than kept).
+    fn apply_once(&self, x: &RingTensor, w: &RingTensor) -> Result<RingTensor, RingError> {
         match &self.conv {
             Some(p) => conv2d(x, w, p),
             None => linear(x, w),
@@ -78,22 +118,23 @@ const B_LABEL: &str = "securenn/linear/b";
 const A_LABEL: &str = "securenn/linear/a";
 const R_LABEL: &str = "securenn/linear/r";
 
-/// The helper's per-session state of one layer: `F = W − B`.
-pub type HelperWeights = RingTensor;
+/// The helper's per-session state of one layer: `F = W − B`, prepared.
+pub type HelperWeights = LayerWeights;
 
 /// Server side of the setup: sends `F = W − B` to the helper.
-pub fn setup_server(ctx: &mut Ctx<'_>, spec: &LinearSpec, w: &RingTensor) -> Result<()> {
+pub fn setup_server(ctx: &mut Ctx<'_>, spec: &LinearSpec, w: &LayerWeights) -> Result<()> {
     let b = ctx
         .session_prg(Pair::ClientServer, B_LABEL, stream(spec.node, 0))?
         .ring(&spec.w_dims);
-    let f = w.sub(&b).map_err(|e| ctx.ring_err(e))?;
+    let f = w.tensor().sub(&b).map_err(|e| ctx.ring_err(e))?;
     ctx.send_u64(Role::Helper, f.data())
 }
 
-/// Helper side of the setup: receives `F`.
+/// Helper side of the setup: receives `F` and prepares it.
 pub fn setup_helper(ctx: &mut Ctx<'_>, spec: &LinearSpec) -> Result<HelperWeights> {
     let f = ctx.recv_u64(Role::Server, LinearSpec::numel(&spec.w_dims))?;
-    RingTensor::from_vec(&spec.w_dims, f).map_err(|e| ctx.ring_err(e))
+    let f = RingTensor::from_vec(&spec.w_dims, f).map_err(|e| ctx.ring_err(e))?;
+    LayerWeights::new(spec, f).map_err(|e| ctx.ring_err(e))
 }
 
 /// One party's preprocessing of one linear layer.
@@ -126,7 +167,7 @@ pub fn offline(
             let b = ctx
                 .session_prg(Pair::ClientServer, B_LABEL, st)?
                 .ring(&spec.w_dims);
-            let mut y0 = spec.apply(&a, &b).map_err(|e| ctx.ring_err(e))?;
+            let mut y0 = spec.apply_once(&a, &b).map_err(|e| ctx.ring_err(e))?;
             let m = ctx.recv_u64(Role::Helper, LinearSpec::numel(&spec.out_dims))?;
             y0.data_mut()
                 .iter_mut()
@@ -166,7 +207,7 @@ pub fn online(
     spec: &LinearSpec,
     pre: &LinearPre,
     x: &RingTensor,
-    w: Option<&RingTensor>,
+    w: Option<&LayerWeights>,
 ) -> Result<RingTensor> {
     match (ctx.role, pre) {
         (Role::Client, LinearPre::Client { a, y0 }) => {
