@@ -14,7 +14,7 @@
 //! vectorises; on x86-64 a copy compiled for AVX-512 IFMA, AVX-512 (`vpmullq`) or AVX2 is
 //! chosen at run time with `is_x86_feature_detected!`, so the crate needs no `RUSTFLAGS`.
 //!
-//! The IFMA kernel ([`micro_ifma`]) gets a 64-bit product from three 52-bit multiply-adds,
+//! The IFMA kernel (`micro_ifma`) gets a 64-bit product from three 52-bit multiply-adds,
 //! which issue faster than `vpmullq`'s three micro-operations plus an add. Write
 //! `a = a₀ + 2⁵²·a₁` (`a₀ < 2⁵²`, `a₁ < 2¹²`), the same for `b`. Then, mod 2⁶⁴,
 //! `a·b = lo52(a₀b₀) + 2⁵²·(hi52(a₀b₀) + a₀b₁ + a₁b₀)`, and only the bracket's low 12 bits
@@ -24,17 +24,20 @@
 //! over a block of at most 256 products (`KC` ≤ 256), `Σ a₀'b₀' < 256·2²⁴ = 2³²` never carries into
 //! bit 32, so bits 32..44 of `Σ lo52(â·b̂)` are the wanted sum mod 2¹². The kernel keeps three
 //! accumulators `c = Σ lo52(a·b)`, `x = Σ hi52(a·b)`, `y = Σ lo52(â·b̂)` (the instructions read
-//! only the low 52 bits of `a` and `b`) and stores `c + 2⁵²·(x + (y >> 32))`. Each task makes
-//! the cross operands of its rows of `A` per `KC` block; those of `B` are made after packing.
+//! only the low 52 bits of `a` and `b`) and stores `c + 2⁵²·(x + (y >> 32))`. The cross
+//! operands of `A` are made once per product (or once for many, [`PreparedLhs`]); those of
+//! `B` in the pass that packs it.
 //!
-//! **Small left operands** ([`micro_ifma_small`]). When every entry of `A` is a signed value
+//! **Small left operands** (`micro_ifma_small`). When every entry of `A` is a signed value
 //! of at most 40 bits (`|a| < 2³⁹` as `i64`: the plaintext fixed-point weights of the secure
 //! layers' online products), two 52-bit multiply-adds suffice. With `a' = a + 2³⁹ < 2⁴⁰` and
 //! `b = b₀ + 2¹²·b₁` (`b₀ < 2¹²`, `b₁ < 2⁵²`): `a'·b₀ < 2⁵²` is exact in `lo52`, and of
 //! `a'·b₁` only the low 52 bits matter (it is shifted by 12), so
 //! `a'·b = lo52(a'b₀) + 2¹²·lo52(a'b₁) mod 2⁶⁴` for any depth. Then
-//! `Σ a·b = Σ a'·b − 2³⁹·Σ b`, with the column sums of `B` taken from the packed panels. `B`
-//! is packed as `b₀` with `b₁` beside it (in the place of the cross operands).
+//! `Σ a·b = Σ a'·b − 2³⁹·Σ b`. The column sums `Σ b` come from the kernel itself (two vector
+//! additions per panel row, on the first row tile of each panel), or, when `B` is packed
+//! whole, from the packed panels. `B` is packed as `b₀` with `b₁` beside it (in the place of
+//! the cross operands).
 //!
 //! [`gemm_reference`] is the triple loop the fast path is tested against.
 
