@@ -429,10 +429,21 @@ struct Buffers {
     a_second: Vec<u64>,
 }
 
+impl Buffers {
+    /// Frees every buffer larger than [`BUFFER_KEPT`] entries.
+    fn release_large(&mut self) {
+        for v in [&mut self.b, &mut self.b_second, &mut self.a_second] {
+            if v.capacity() > BUFFER_KEPT {
+                *v = Vec::new();
+            }
+        }
+    }
+}
+
 thread_local! {
     /// The packed operands of the last product run from this thread, kept
-    /// for the next one: a fresh allocation of several MB costs a page fault per 4 KiB on
-    /// every call. A nested product on the same thread (rayon may run one inside another's
+    /// for the next one (up to [`BUFFER_KEPT`] entries each): a fresh allocation of several
+    /// MB costs a page fault per 4 KiB on every call. A nested product on the same thread (rayon may run one inside another's
     /// parallel loop) finds it borrowed and packs into new buffers instead.
     static PACKED: std::cell::RefCell<Buffers> = const {
         std::cell::RefCell::new(Buffers {
@@ -1257,10 +1268,18 @@ fn small_product(m: usize, a: &[u64], b: &dyn PanelSource, c: &mut [u64]) -> boo
 /// this thread's stack holds them.
 fn with_buffers<R>(f: impl FnOnce(&mut Buffers) -> R) -> R {
     PACKED.with(|cell| match cell.try_borrow_mut() {
-        Ok(mut buffers) => f(&mut buffers),
+        Ok(mut buffers) => {
+            let r = f(&mut buffers);
+            buffers.release_large();
+            r
+        }
         Err(_) => f(&mut Buffers::default()),
     })
 }
+
+/// Entries of a thread's packing buffer kept for the next product (32 MiB); a larger one
+/// (a product with unusually large weights) is given back to the allocator once it is done.
+const BUFFER_KEPT: usize = 4 << 20;
 
 /// The left operand of one product as the kernels take it: `A`, its second operands, and
 /// the kernel.
@@ -1510,6 +1529,19 @@ mod tests {
                 assert_eq!(fast, slow, "m={m} k={k} n={n}");
             }
         }
+    }
+
+    #[test]
+    fn a_thread_keeps_its_packing_buffers_only_up_to_the_limit() {
+        let mut buffers = Buffers {
+            b: Vec::with_capacity(BUFFER_KEPT + 1),
+            b_second: Vec::with_capacity(16),
+            a_second: Vec::with_capacity(BUFFER_KEPT),
+        };
+        buffers.release_large();
+        assert_eq!(buffers.b.capacity(), 0);
+        assert!(buffers.b_second.capacity() >= 16);
+        assert!(buffers.a_second.capacity() >= BUFFER_KEPT);
     }
 
     #[test]
