@@ -19,7 +19,9 @@
 //! receivers. One convolution runs online (server), two offline (client and helper). The
 //! online one multiplies by the plaintext weights, whose fixed-point entries are small
 //! (`|w| < 2³⁹`): the ring product detects that and needs two 52-bit multiply-adds per product
-//! instead of three (`knapsec_ring::gemm`, small left operands).
+//! instead of three (`knapsec_ring::gemm`, small left operands). The server's `W` and the
+//! helper's `F` are held for the session prepared for the ring kernel ([`LayerWeights`]); the
+//! client's `B` is drawn anew per inference and used as it is.
 //!
 //! **Truncation** (digest §6.7): products carry `2f` fractional bits; each party shifts its
 //! own share right by `f` (arithmetic shift, SecureML style). With `Y₀` uniform, the result
