@@ -1291,8 +1291,9 @@ struct Lhs<'a> {
     mode: Operands,
 }
 
-/// The parallel part of [`gemm_source`]: `A`'s second operands once, then tasks of equal
-/// size, a multiple of the thread count (rayon deals them out as threads come free).
+/// The parallel part of [`gemm_source`] and [`gemm_prepared`], given `A` with its second
+/// operands: tasks of equal size, a multiple of the thread count (rayon deals them out as
+/// threads come free). `pb`, `pb_second` hold `B` when it is packed whole.
 fn run_product(
     lhs: &Lhs<'_>,
     b: &dyn PanelSource,
