@@ -480,6 +480,20 @@ impl Party {
         Ok(done)
     }
 
+    /// After the first connection of a session failed its handshake with `e` (a mismatch, an
+    /// abort): the other party's connection may already be waiting. Answer it (its own
+    /// mismatch is reported to it by the handshake) or tell it why this party stops, so that
+    /// it learns the reason instead of seeing this party vanish. Waits at most two seconds.
+    async fn tell_a_waiting_peer(&self, listener: &TcpListener, peers: &[Role], e: &NetError) {
+        let grace = Duration::from_secs(2).min(self.dep.handshake_timeout());
+        let me = self.dep.role;
+        if let Ok(Ok(mut other)) =
+            tokio::time::timeout(grace, self.accept_authenticated(listener, peers, None)).await
+        {
+            abort_channel(&mut other.channel, &format!("the {me} gives up: {e}")).await;
+        }
+    }
+
     /// Accepts until a connection from one of `allowed` authenticates; refused connections
     /// (wrong key, not a knapsec party) are logged and do not end the wait.
     async fn accept_authenticated(
@@ -511,13 +525,24 @@ impl Party {
         let me = self.dep.role;
         let links = self.rt.block_on(async {
             // The first connection of the session, and the role still missing.
-            let (mut first, other) = match me {
-                Role::Server => (self.accept_authenticated(listener, &[Role::Client], None).await?, Role::Helper),
-                _ => {
-                    let first = self.accept_authenticated(listener, &[Role::Client, Role::Server], None).await?;
-                    let other = if first.channel.peer() == Role::Client { Role::Server } else { Role::Client };
-                    (first, other)
+            let peers: &[Role] = match me {
+                Role::Server => &[Role::Client],
+                _ => &[Role::Client, Role::Server],
+            };
+            let mut first = match self.accept_authenticated(listener, peers, None).await {
+                Ok(first) => first,
+                Err(e) => {
+                    // The helper's other peer connects to it as well, and may be waiting.
+                    if me == Role::Helper {
+                        self.tell_a_waiting_peer(listener, peers, &e).await;
+                    }
+                    return Err(e);
                 }
+            };
+            let other = match (me, first.channel.peer()) {
+                (Role::Server, _) => Role::Helper,
+                (_, Role::Client) => Role::Server,
+                _ => Role::Client,
             };
             let session = first.peer_hello.session;
             let wait = self.dep.connect_timeout() + self.dep.handshake_timeout();
