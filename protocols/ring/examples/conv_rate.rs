@@ -51,6 +51,10 @@ fn main() {
         "layer", "rand ms", "GMAC/s", "plain ms", "GMAC/s"
     );
     let only = std::env::var("SHAPE").unwrap_or_default();
+    let ms = std::env::var("MS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1000);
     for &(name, c, o, h, k, s) in SHAPES.iter().filter(|s| s.0.contains(&only)) {
         let x = prg.ring(&[c, h, h]);
         let w = prg.ring(&[o, c, k, k]);
@@ -69,21 +73,10 @@ fn main() {
             PreparedConv::new(&w, &p).unwrap(),
             PreparedConv::new(&w_small, &p).unwrap(),
         );
-        let conv2d = |x: &RingTensor, w: &PreparedConv, _: &Conv2dParams| conv2d_prepared(x, w);
-        let rand = best_ms(
-            std::env::var("MS")
-                .ok()
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(1000),
-            || drop(black_box(conv2d(&x, &w, &p).unwrap())),
-        );
-        let plain = best_ms(
-            std::env::var("MS")
-                .ok()
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(1000),
-            || drop(black_box(conv2d(&x, &w_small, &p).unwrap())),
-        );
+        let rand = best_ms(ms, || drop(black_box(conv2d_prepared(&x, &w).unwrap())));
+        let plain = best_ms(ms, || {
+            drop(black_box(conv2d_prepared(&x, &w_small).unwrap()))
+        });
         println!(
             "{name:<22} {rand:>9.3} {:>9.1} {plain:>9.3} {:>9.1}",
             macs / rand / 1e6,

@@ -238,6 +238,29 @@ struct PanelsOut<'a> {
     second: &'a mut [u64],
 }
 
+/// Reads rows `kb .. kb + kc`, columns `j0 .. j1` of `B` a row at a time into `row` (scratch
+/// space, grown as needed) and hands each `NR`-column piece to `write` with its offset in
+/// consecutive `kc × NR` panels ([`panel_stride`] apart). The loop under both packing
+/// versions, which differ only in how they write a piece.
+#[inline(always)]
+fn for_each_panel_row(
+    b: &dyn PanelSource,
+    kb: usize,
+    kc: usize,
+    (j0, j1): (usize, usize),
+    row: &mut Vec<u64>,
+    mut write: impl FnMut(usize, &[u64; NR]),
+) {
+    let width = j1 - j0;
+    row.resize(width.next_multiple_of(NR), 0);
+    for q in 0..kc {
+        b.segment(kb + q, j0, &mut row[..width]);
+        for (p, src) in row.chunks_exact(NR).enumerate() {
+            write(p * panel_stride(kc) + q * NR, src.try_into().unwrap());
+        }
+    }
+}
+
 /// Packs rows `kb .. kb + kc`, columns `j0 .. j1` of `B` into consecutive `kc × NR` panels
 /// (`out.b` holds `(j1 − j0).div_ceil(NR)` of them), making the second operands of mode `MODE`
 /// in the same pass. `row` is scratch space, grown as needed. Lanes past `j1` in the last
@@ -247,37 +270,30 @@ fn pack_panels<const MODE: u8>(
     b: &dyn PanelSource,
     kb: usize,
     kc: usize,
-    (j0, j1): (usize, usize),
+    cols: (usize, usize),
     out: PanelsOut<'_>,
     row: &mut Vec<u64>,
 ) {
-    let width = j1 - j0;
-    row.resize(width.next_multiple_of(NR), 0);
-    for q in 0..kc {
-        b.segment(kb + q, j0, &mut row[..width]);
-        for (p, src) in row.chunks_exact(NR).enumerate() {
-            let src: &[u64; NR] = src.try_into().unwrap();
-            let at = p * panel_stride(kc) + q * NR;
-            let dst: &mut [u64; NR] = (&mut out.b[at..at + NR]).try_into().unwrap();
-            match MODE {
-                PLAIN => *dst = *src,
-                CROSS => {
-                    *dst = *src;
-                    let second: &mut [u64; NR] = (&mut out.second[at..at + NR]).try_into().unwrap();
-                    for l in 0..NR {
-                        second[l] = cross_operand(src[l]);
-                    }
+    for_each_panel_row(b, kb, kc, cols, row, |at, src| {
+        let dst: &mut [u64; NR] = (&mut out.b[at..at + NR]).try_into().unwrap();
+        match MODE {
+            PLAIN => *dst = *src,
+            CROSS => {
+                *dst = *src;
+                let second: &mut [u64; NR] = (&mut out.second[at..at + NR]).try_into().unwrap();
+                for l in 0..NR {
+                    second[l] = cross_operand(src[l]);
                 }
-                _ => {
-                    let second: &mut [u64; NR] = (&mut out.second[at..at + NR]).try_into().unwrap();
-                    for l in 0..NR {
-                        dst[l] = src[l] & 0xfff;
-                        second[l] = src[l] >> 12;
-                    }
+            }
+            _ => {
+                let second: &mut [u64; NR] = (&mut out.second[at..at + NR]).try_into().unwrap();
+                for l in 0..NR {
+                    dst[l] = src[l] & 0xfff;
+                    second[l] = src[l] >> 12;
                 }
             }
         }
-    }
+    });
 }
 
 /// [`pack_panels`] with AVX-512 vectors written out: LLVM's own vectorisation of the
@@ -293,9 +309,7 @@ fn pack_panels_avx512<const MODE: u8>(
     row: &mut Vec<u64>,
 ) {
     use std::arch::x86_64::*;
-    let width = j1 - j0;
-    row.resize(width.next_multiple_of(NR), 0);
-    let np = row.len() / NR;
+    let np = (j1 - j0).div_ceil(NR);
     let end = (np - 1) * panel_stride(kc) + kc * NR;
     assert!(
         out.b.len() >= end && (MODE == PLAIN || out.second.len() >= end),
@@ -303,37 +317,34 @@ fn pack_panels_avx512<const MODE: u8>(
     );
     let low = _mm512_set1_epi64(0xfff);
     let (bp, sp) = (out.b.as_mut_ptr(), out.second.as_mut_ptr());
-    for q in 0..kc {
-        b.segment(kb + q, j0, &mut row[..width]);
-        for p in 0..np {
-            let at = p * panel_stride(kc) + q * NR;
-            // SAFETY: the row holds np·NR values; p < np and q < kc put at + NR within
-            // `end`, which both outputs reach (asserted; `second` only written when it does).
-            unsafe {
-                let [v0, v1] = panel_row(row.as_ptr(), p);
-                let store = |dst: *mut u64, w0, w1| {
-                    _mm512_storeu_si512(dst.add(at).cast(), w0);
-                    _mm512_storeu_si512(dst.add(at + 8).cast(), w1);
-                };
-                match MODE {
-                    PLAIN => store(bp, v0, v1),
-                    CROSS => {
-                        // cross_operand: bits 0..12, and bits 52..64 moved to bit 32.
-                        let cross = |v| {
-                            let top = _mm512_slli_epi64::<32>(_mm512_srli_epi64::<52>(v));
-                            _mm512_or_si512(_mm512_and_si512(v, low), top)
-                        };
-                        store(bp, v0, v1);
-                        store(sp, cross(v0), cross(v1));
-                    }
-                    _ => {
-                        store(bp, _mm512_and_si512(v0, low), _mm512_and_si512(v1, low));
-                        store(sp, _mm512_srli_epi64::<12>(v0), _mm512_srli_epi64::<12>(v1));
-                    }
+    for_each_panel_row(b, kb, kc, (j0, j1), row, |at, src| {
+        // SAFETY: `at` is the offset of a row of one of the np panels, so at + NR ≤ `end`,
+        // which both outputs reach (asserted; `second` only written when it does); `src`
+        // holds NR values.
+        unsafe {
+            let [v0, v1] = panel_row(src.as_ptr(), 0);
+            let store = |dst: *mut u64, w0, w1| {
+                _mm512_storeu_si512(dst.add(at).cast(), w0);
+                _mm512_storeu_si512(dst.add(at + 8).cast(), w1);
+            };
+            match MODE {
+                PLAIN => store(bp, v0, v1),
+                CROSS => {
+                    // cross_operand: bits 0..12, and bits 52..64 moved to bit 32.
+                    let cross = |v| {
+                        let top = _mm512_slli_epi64::<32>(_mm512_srli_epi64::<52>(v));
+                        _mm512_or_si512(_mm512_and_si512(v, low), top)
+                    };
+                    store(bp, v0, v1);
+                    store(sp, cross(v0), cross(v1));
+                }
+                _ => {
+                    store(bp, _mm512_and_si512(v0, low), _mm512_and_si512(v1, low));
+                    store(sp, _mm512_srli_epi64::<12>(v0), _mm512_srli_epi64::<12>(v1));
                 }
             }
         }
-    }
+    });
 }
 
 /// [`pack_panels`] in mode `mode`, or [`pack_panels_avx512`] where the CPU has AVX-512.
