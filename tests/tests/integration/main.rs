@@ -1,7 +1,8 @@
 //! knapsec integration tests: the registry of built-ins, dynamic plugins through the C ABI,
-//! and every plugin through its conformance kit.
+//! every plugin through its conformance kit, and the documentation's links.
 
 mod dynamic;
 mod kits;
 mod knapsack;
+mod links;
 mod registry;
