@@ -1,5 +1,5 @@
 //! knapsec-arch-example: `example-tinycnn`, a small real CNN that shows how to add an
-//! architecture to knapsec **without touching core** (README, "Add an architecture";
+//! architecture to knapsec **without touching core** (docs/plugins.md, "Add an architecture";
 //! digest §8 lists what the reference needed instead: five places in four files).
 //!
 //! The network: `conv1` (3×3, stride 1, padding 1, bias) → ReLU `relu1` → `conv2` (3×3,

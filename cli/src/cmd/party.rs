@@ -1,5 +1,5 @@
 //! `knapsec party`: runs one party of a three-host deployment described by a `deploy.ron`
-//! (see `knapsec_net::deploy` and the README's deployment section).
+//! (see `knapsec_net::deploy` and docs/deployment.md).
 //!
 //! The server and the helper serve sessions until stopped (or `--sessions N`); the client
 //! runs one session over its inputs (one `.npy` image, or every `.npy` in a folder, in name

@@ -10,7 +10,7 @@ use std::path::PathBuf;
 
 #[derive(Debug, clap::Args)]
 pub struct PipelineArgs {
-    /// Pipeline configuration (RON); see the README for its fields.
+    /// Pipeline configuration (RON); its fields are in docs/pipeline.md.
     #[arg(long, value_name = "FILE")]
     pub config: PathBuf,
     /// Output folder (stages whose outputs exist there are skipped).

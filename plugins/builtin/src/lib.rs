@@ -10,7 +10,7 @@
 //! | `plain`    | `knapsec-plain` (cleartext fixed-point backend) |
 //! | `securenn` | `knapsec-securenn` (3PC backend) |
 //! | `archs`    | `knapsec-arch-resnet`, `knapsec-arch-mobilenet`, `knapsec-arch-deeplab` (tch-free descriptions) |
-//! | `example-arch` | `knapsec-arch-example` (`example-tinycnn`, the template of README's "Add an architecture") |
+//! | `example-arch` | `knapsec-arch-example` (`example-tinycnn`, the template of docs/plugins.md's "Add an architecture") |
 //! | `torch`    | the tch networks of those crates and `knapsec-nn` (needs libtorch) |
 //!
 //! Binaries and tests depend on this crate and call [`registry`] (every built-in linked in)
