@@ -31,6 +31,9 @@ pub enum RingError {
     /// Invalid parameters (zero stride, kernel larger than the padded input, groups, ...).
     #[error("{op}: {message}")]
     Invalid { op: &'static str, message: String },
+    /// `KNAPSEC_RING_KERNEL` names no kernel, or one this CPU cannot run.
+    #[error("KNAPSEC_RING_KERNEL={value:?}: {reason}")]
+    KernelRequest { value: String, reason: String },
 }
 
 impl RingError {

@@ -17,7 +17,8 @@ pub(super) fn conv_depthwise(terms: &[(&RingTensor, &RingTensor)], g: &Geom) -> 
         .for_each(|(o, oplane)| {
             #[cfg(target_arch = "x86_64")]
             if avx512 {
-                // SAFETY: AVX-512 F/DQ were detected by `kernel_level`.
+                // SAFETY: `kernel_level` returns only levels the CPU supports, so it has
+                // AVX-512 F/DQ.
                 return unsafe { dw_plane_avx512(terms, g, o, oplane) };
             }
             let _ = avx512;

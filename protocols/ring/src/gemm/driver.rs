@@ -249,6 +249,9 @@ pub(super) fn run_tile(
     }
 }
 
+/// Runs the block of rows `i0..i1`, columns `j0..j1` of `plan` with the kernel of `level`,
+/// which must be one this CPU supports: [`kernel_level`](super::kernel_level) returns only
+/// those, and the tests pick theirs with [`KernelLevel::is_supported`].
 pub(super) fn run_task(
     level: KernelLevel,
     plan: &Plan<'_>,
@@ -257,15 +260,16 @@ pub(super) fn run_task(
     j0: usize,
     j1: usize,
 ) {
+    debug_assert!(level.is_supported(), "{level:?} kernel on a CPU without it");
     match level {
         #[cfg(target_arch = "x86_64")]
-        // SAFETY: `kernel_level` detected these CPU features.
+        // SAFETY: the CPU has AVX-512 F/DQ/VL/IFMA (`level` is supported, see above).
         KernelLevel::Avx512Ifma => unsafe { super::ifma::task_ifma(plan, i0, i1, j0, j1) },
         #[cfg(target_arch = "x86_64")]
-        // SAFETY: `kernel_level` detected these CPU features.
+        // SAFETY: the CPU has AVX-512 F/DQ/VL (`level` is supported, see above).
         KernelLevel::Avx512 => unsafe { super::avx512::task_avx512(plan, i0, i1, j0, j1) },
         #[cfg(target_arch = "x86_64")]
-        // SAFETY: `kernel_level` detected AVX2.
+        // SAFETY: the CPU has AVX2 (`level` is supported, see above).
         KernelLevel::Avx2 => unsafe { super::avx2::task_avx2(plan, i0, i1, j0, j1) },
         _ => portable::task_generic(plan, i0, i1, j0, j1),
     }

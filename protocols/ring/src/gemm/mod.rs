@@ -42,7 +42,7 @@ mod tile;
 #[cfg(test)]
 mod tests;
 
-pub use level::{KernelLevel, kernel_level};
+pub use level::{KERNEL_ENV, KernelLevel, detected_kernel_level, kernel_level, requested_kernel};
 
 use driver::{Lhs, run_product};
 use pack::{Operands, pack_a_second, with_buffers};

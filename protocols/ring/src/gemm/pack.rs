@@ -262,7 +262,7 @@ pub(super) fn pack_panels_as(
 ) {
     #[cfg(target_arch = "x86_64")]
     if super::kernel_level().has_avx512() {
-        // SAFETY: `kernel_level` detected AVX-512 F.
+        // SAFETY: `kernel_level` returns only levels the CPU supports, so it has AVX-512 F.
         return unsafe {
             match mode {
                 Operands::Plain => pack_panels_avx512::<PLAIN>(b, kb, kc, cols, out, row),

@@ -71,19 +71,8 @@ fn every_kernel_agrees(m: usize, k: usize, n: usize, a: &[u64], b: &[u64]) {
             .all(|(&v, &x)| x == cross_operand(v))
     );
     assert!(pack_a_second(Operands::Cross, m, k, a, &mut a_cross));
-    let mut levels = vec![KernelLevel::Generic];
-    #[cfg(target_arch = "x86_64")]
-    {
-        if std::is_x86_feature_detected!("avx2") {
-            levels.push(KernelLevel::Avx2);
-        }
-        if kernel_level().has_avx512() {
-            levels.push(KernelLevel::Avx512);
-        }
-        if kernel_level() == KernelLevel::Avx512Ifma {
-            levels.push(KernelLevel::Avx512Ifma);
-        }
-    }
+    // Every kernel this CPU can run, whichever `KNAPSEC_RING_KERNEL` forces for the rest.
+    let levels = KernelLevel::ALL.into_iter().filter(|l| l.is_supported());
     for level in levels {
         for whole in [true, false] {
             let mut got = vec![0; m * n];

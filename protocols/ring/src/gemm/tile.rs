@@ -11,8 +11,11 @@ pub(super) type ARows<'a> = [&'a [u64]; MR];
 /// their cross operands ([`cross_operand`](super::pack::cross_operand)) for the IFMA kernel (empty for the others).
 pub(super) struct Tile<'a> {
     pub(super) a: ARows<'a>,
+    // The IFMA kernels' operands (x86-64 only).
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
     pub(super) a_cross: ARows<'a>,
     pub(super) b: &'a [u64],
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
     pub(super) b_cross: &'a [u64],
 }
 
@@ -20,8 +23,9 @@ pub(super) struct Tile<'a> {
 /// (a full tile of `C` itself, or a scratch tile for one at the edge of `C`); and, for the
 /// small-operand kernel, where it adds the column sums of its panel of `B`, when asked to.
 pub(super) struct CTile<'s> {
-    pub(super) ptr: *mut u64,
-    pub(super) ld: usize,
+    ptr: *mut u64,
+    ld: usize,
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
     pub(super) sums: Option<&'s mut [u64; NR]>,
 }
 
