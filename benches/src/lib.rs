@@ -84,6 +84,8 @@ pub fn paired_times(
 /// CPU time consumed so far by this process (all threads), from `CLOCK_PROCESS_CPUTIME_ID`.
 /// Unlike wall time it does not grow while the process waits for a busy core, so
 /// `work / cpu_time` estimates per-core throughput on a loaded machine.
+// The C library's `clock_gettime` is the one way to read the process's CPU clock.
+#[allow(unsafe_code)]
 pub fn process_cpu_time() -> Duration {
     #[repr(C)]
     struct Timespec {

@@ -8,6 +8,10 @@
 //! with rayon. Patch sums are accumulated in `f64`; the sign test is strict (`sum > 0`, i.e.
 //! the mean of the valid pixels is positive).
 
+// `unsafe` is allowed here only: the kernel reads and writes the tensors' memory as slices. Every
+// block says why it is sound.
+#![allow(unsafe_code)]
+
 use knapsec_core::BlockSize;
 use rayon::prelude::*;
 use tch::{Device, Kind, Tensor};

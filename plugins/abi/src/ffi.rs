@@ -12,6 +12,10 @@
 //! function pointers cross: no Rust types, so host and plugin may come from different
 //! compilers.
 
+// `unsafe` is allowed here only: the C ABI: raw pointers and `extern "C"` function pointers. Every
+// block says why it is sound.
+#![allow(unsafe_code)]
+
 use std::ffi::c_void;
 
 /// The ABI version this crate speaks. Bumped on any change of the types in this module or of

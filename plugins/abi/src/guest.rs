@@ -6,6 +6,9 @@
 //! catches every panic, which it reports with [`crate::ffi::STATUS_PANIC`] (a panic must not
 //! unwind across `extern "C"`: since Rust 1.81 that aborts the process).
 
+// `unsafe` is allowed here only: the plugin side of the C ABI. Every block says why it is sound.
+#![allow(unsafe_code)]
+
 use crate::ffi::{self, OutBuffer, PluginHeader, PluginLibrary, StrRef};
 use crate::wire::{self, Description, LayerTableAnswer, Request, WireError, WireLimits};
 use knapsec_core::arch::ArchAdapter;
@@ -259,12 +262,12 @@ unsafe extern "C" fn guest_call(
     out: *mut OutBuffer,
 ) -> i32 {
     let result = catch_panic(|| {
-        // SAFETY: `ctx` is the `Slot` this header was built with (see `build_with_abi`), and the
-        // host passes `request_len` readable bytes at `request`.
+        // SAFETY: `ctx` is the `Slot` this header was built with (see `build_with_abi`).
         let slot = unsafe { &*ctx.cast::<Slot>() };
         let request = if request.is_null() {
             &[][..]
         } else {
+            // SAFETY: the host passes `request_len` readable bytes at `request` (not null).
             unsafe { std::slice::from_raw_parts(request, request_len) }
         };
         serve(slot, request)
@@ -319,6 +322,8 @@ macro_rules! declare_plugin {
     };
     (@abi $abi:expr, $version:expr, [$($arch:expr),*], [$($strategy:expr),*]) => {
         /// The knapsec plugin entry point (see `knapsec_plugin_abi::ffi`).
+        // Exported under its own name, which the host looks up; nothing else is unsafe here.
+        #[allow(unsafe_code)]
         #[unsafe(no_mangle)]
         pub extern "C" fn knapsec_plugins() -> *const $crate::ffi::PluginLibrary {
             static LIBRARY: ::std::sync::OnceLock<$crate::guest::GuestLibrary> = ::std::sync::OnceLock::new();

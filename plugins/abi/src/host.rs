@@ -10,6 +10,10 @@
 //! candidate list per layer). Libraries are never unloaded: function pointers into them live
 //! in registries for the rest of the process.
 
+// `unsafe` is allowed here only: loading libraries and calling through the C ABI. Every block says
+// why it is sound.
+#![allow(unsafe_code)]
+
 use crate::error::AbiError;
 use crate::ffi::{self, EntryFn, OutBuffer, PluginHeader, PluginLibrary};
 use crate::wire::{self, Description, LayerTableAnswer, Request, WireError, WireLimits};

@@ -1,6 +1,10 @@
 //! The direct kernel for convolutions with one input channel per group (depthwise
 //! convolutions and their channel multipliers): no `im2col`, one output plane per task.
 
+// `unsafe` is allowed here only: the AVX-512 copy of the kernel is a `#[target_feature]` function.
+// Every block says why it is sound.
+#![allow(unsafe_code)]
+
 use super::im2col::valid_range;
 use super::params::Geom;
 use crate::tensor::RingTensor;

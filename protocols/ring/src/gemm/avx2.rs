@@ -1,5 +1,9 @@
 //! The AVX2 micro-kernel: 64-bit products from three 32-bit `vpmuludq` per lane.
 
+// `unsafe` is allowed here only: SIMD intrinsics on raw pointers into the packed operands. Every
+// block says why it is sound.
+#![allow(unsafe_code)]
+
 use super::driver::{Plan, task_body};
 use super::tile::{CTile, Tile};
 use super::{MR, NR};

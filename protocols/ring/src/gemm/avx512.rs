@@ -1,6 +1,10 @@
 //! The AVX-512 micro-kernel (`vpmullq` on 512-bit vectors), and the panel-row load that the
 //! IFMA kernels and the AVX-512 packing share.
 
+// `unsafe` is allowed here only: SIMD intrinsics on raw pointers into the packed operands. Every
+// block says why it is sound.
+#![allow(unsafe_code)]
+
 use super::driver::{Plan, task_body};
 use super::tile::{CTile, Tile};
 use super::{MR, NR};

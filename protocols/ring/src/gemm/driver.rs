@@ -3,6 +3,11 @@
 //! packed whole), the edge tiles of `C`, and the dispatch to the kernel family of the
 //! detected [`KernelLevel`].
 
+// `unsafe` is allowed here only: tasks write disjoint tiles of `C` through one shared raw pointer,
+// and dispatch to the
+// `#[target_feature]` kernels. Every block says why it is sound.
+#![allow(unsafe_code)]
+
 use super::level::KernelLevel;
 use super::pack::{
     Operands, PanelsOut, block_offset, pack_b, pack_panels_as, packed_column_sums, panel_stride,
@@ -23,6 +28,7 @@ pub(super) const A_STREAMED_BYTES: usize = 4 << 20;
 pub(super) struct CPtr(pub(super) *mut u64);
 // SAFETY: tasks write disjoint tiles of C (see `gemm`), so sharing the pointer is sound.
 unsafe impl Send for CPtr {}
+// SAFETY: as for `Send`: no two tasks touch the same element of C.
 unsafe impl Sync for CPtr {}
 
 /// Geometry shared by the tasks of one product.

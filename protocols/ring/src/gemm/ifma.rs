@@ -25,6 +25,10 @@
 //! whole, from the packed panels. `B` is packed as `b₀` with `b₁` beside it (in the place of
 //! the cross operands).
 
+// `unsafe` is allowed here only: SIMD intrinsics on raw pointers into the packed operands. Every
+// block says why it is sound.
+#![allow(unsafe_code)]
+
 use super::avx512::panel_row;
 use super::driver::{Plan, task_body};
 use super::pack::Operands;

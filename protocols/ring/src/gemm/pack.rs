@@ -3,6 +3,10 @@
 //! operands in `KC`-deep blocks, the column sums and offset of the small-operand kernel, and
 //! the per-thread buffers they are written to.
 
+// `unsafe` is allowed here only: AVX-512 stores into the packed panels. Every block says why it is
+// sound.
+#![allow(unsafe_code)]
+
 #[cfg(target_arch = "x86_64")]
 use super::avx512::panel_row;
 use super::{KC, NR, PanelSource};

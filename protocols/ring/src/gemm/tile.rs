@@ -1,6 +1,10 @@
 //! What a micro-kernel reads and writes (module doc of [`super`]): `MR` rows of `A` and a
 //! packed panel of `B` ([`Tile`]), and the `MR × NR` tile of `C` it adds to ([`CTile`]).
 
+// `unsafe` is allowed here only: a tile of `C` is a raw pointer with a row stride. Every block says
+// why it is sound.
+#![allow(unsafe_code)]
+
 use super::{MR, NR};
 
 /// Rows `i0 .. i0 + MR` of `A`, each from depth `kb` for `kc` elements (rows past the end
