@@ -6,6 +6,7 @@ use super::report::Report;
 use anyhow::{Context as _, anyhow};
 use plotters::prelude::*;
 use plotters::style::FontStyle;
+use plotters::style::text_anchor::{HPos, Pos, VPos};
 use std::path::Path;
 use std::sync::Once;
 
@@ -21,6 +22,38 @@ fn register_font() {
 
 fn err<E: std::fmt::Debug>(e: E) -> anyhow::Error {
     anyhow!("plotting failed: {e:?}")
+}
+
+/// Line colours: matplotlib's `tab10` without its yellow-green and cyan, which are faint on
+/// white.
+const COLORS: [RGBColor; 8] = [
+    RGBColor(31, 119, 180),
+    RGBColor(214, 39, 40),
+    RGBColor(44, 160, 44),
+    RGBColor(148, 103, 189),
+    RGBColor(255, 127, 14),
+    RGBColor(140, 86, 75),
+    RGBColor(227, 119, 194),
+    RGBColor(127, 127, 127),
+];
+
+/// A tick label: whole numbers without a trailing `.0` and with thousands separators
+/// (`10,000`), others with at most two decimals (`2.5`).
+fn tick(v: f64) -> String {
+    if (v - v.round()).abs() < 1e-9 && v.abs() < 1e15 {
+        let digits = format!("{}", v.round().abs() as u64);
+        let mut out = String::new();
+        for (i, d) in digits.chars().enumerate() {
+            if i > 0 && (digits.len() - i) % 3 == 0 {
+                out.push(',');
+            }
+            out.push(d);
+        }
+        if v < 0.0 { format!("-{out}") } else { out }
+    } else {
+        let s = format!("{v:.2}");
+        s.trim_end_matches('0').trim_end_matches('.').to_string()
+    }
 }
 
 /// Writes a PNG to a temporary file, then renames it (no half-written plot).
@@ -69,6 +102,8 @@ pub fn accuracy_vs_budget(report: &Report, path: &Path) -> anyhow::Result<()> {
             .x_desc("DReLUs kept (% of the original network)")
             .y_desc("top-1 accuracy (%)")
             .label_style((FONT, 14))
+            .x_label_formatter(&|v| tick(*v))
+            .y_label_formatter(&|v| tick(*v))
             .draw()
             .map_err(err)?;
         let base = report.baseline.accuracy * 100.0;
@@ -80,14 +115,8 @@ pub fn accuracy_vs_budget(report: &Report, path: &Path) -> anyhow::Result<()> {
             .map_err(err)?
             .label(format!("baseline {base:.2}% (100% DReLUs)"))
             .legend(|(x, y)| PathElement::new([(x, y), (x + 20, y)], BLACK));
-        let colors = [
-            RGBColor(31, 119, 180),
-            RGBColor(214, 39, 40),
-            RGBColor(44, 160, 44),
-            RGBColor(148, 103, 189),
-        ];
         for (i, (name, pts)) in series.iter().enumerate() {
-            let color = colors[i % colors.len()];
+            let color = COLORS[i % COLORS.len()];
             chart
                 .draw_series(LineSeries::new(pts.iter().copied(), color.stroke_width(2)))
                 .map_err(err)?
@@ -113,7 +142,9 @@ pub fn accuracy_vs_budget(report: &Report, path: &Path) -> anyhow::Result<()> {
 }
 
 /// DReLUs kept per layer (log scale), one line per budget of the knapsack strategy, and the
-/// original network's DReLUs.
+/// original network's DReLUs. Layer names run downwards from their ticks (a network has tens
+/// of layers: side by side, the names would overlap), and the legend stands beside the chart,
+/// where it hides no line.
 pub fn drelus_per_layer(report: &Report, path: &Path) -> anyhow::Result<()> {
     let layers = &report.layers;
     if layers.is_empty() {
@@ -121,37 +152,50 @@ pub fn drelus_per_layer(report: &Report, path: &Path) -> anyhow::Result<()> {
     }
     let runs = report.knapsack_runs();
     let max = layers.iter().map(|l| l.drelus as f64).fold(1.0, f64::max);
+    let names: Vec<String> = layers.iter().map(|l| l.name.clone()).collect();
+    // Room under the axis for the longest name written downwards (DejaVu Sans at 12 px is
+    // under 6 px a character on average).
+    let longest = names.iter().map(|n| n.chars().count()).max().unwrap_or(0) as u32;
+    let label_area = 20 + longest * 6;
+    let n = layers.len();
+    // Thin the names only when even downward ones would collide (more than ~60 layers).
+    let every = n.div_ceil(60).max(1);
     atomically(path, |tmp| {
-        let root = BitMapBackend::new(tmp, (1000, 560)).into_drawing_area();
+        let root = BitMapBackend::new(tmp, (1100, 560 + label_area)).into_drawing_area();
         root.fill(&WHITE).map_err(err)?;
-        let n = layers.len();
-        let mut chart = ChartBuilder::on(&root)
+        let (plot_area, legend_area) = root.split_horizontally(880);
+        let mut chart = ChartBuilder::on(&plot_area)
             .caption(
                 format!("{}: DReLUs kept per layer (knapsack)", report.arch),
                 (FONT, 22),
             )
             .margin(16)
-            .x_label_area_size(90)
+            .x_label_area_size(label_area)
             .y_label_area_size(70)
             .build_cartesian_2d(-0.5..(n as f64 - 0.5), (0.5f64..max * 2.0).log_scale())
             .map_err(err)?;
-        let names: Vec<String> = layers.iter().map(|l| l.name.clone()).collect();
+        // The mesh draws the ticks and grid; the names are drawn below, since the mesh centres
+        // rotated labels on their tick instead of hanging them from the axis.
         chart
             .configure_mesh()
-            .x_labels(n)
-            .x_label_formatter(&|x| {
-                let i = x.round();
-                if (x - i).abs() < 1e-6 && i >= 0.0 && (i as usize) < names.len() {
-                    names[i as usize].clone()
-                } else {
-                    String::new()
-                }
-            })
-            .x_label_style((FONT, 11).into_font().transform(FontTransform::Rotate90))
-            .y_desc("DReLUs (log scale)")
             .label_style((FONT, 13))
+            .x_labels(n)
+            .x_label_formatter(&|_| String::new())
+            .y_label_formatter(&|v| tick(*v))
+            .y_desc("DReLUs (log scale)")
             .draw()
             .map_err(err)?;
+        // Rotated a quarter turn clockwise, anchored at the start of the text: each name runs
+        // downwards from just under its tick.
+        let downwards = TextStyle::from((FONT, 12).into_font().transform(FontTransform::Rotate90))
+            .pos(Pos::new(HPos::Left, VPos::Center));
+        for (i, name) in names.iter().enumerate().step_by(every) {
+            let (x, y) = chart.backend_coord(&(i as f64, 0.5));
+            plot_area
+                .draw(&Text::new(name.clone(), (x, y + 8), downwards.clone()))
+                .map_err(err)?;
+        }
+        let mut legend: Vec<(String, RGBAColor)> = Vec::new();
         chart
             .draw_series(LineSeries::new(
                 layers
@@ -160,11 +204,10 @@ pub fn drelus_per_layer(report: &Report, path: &Path) -> anyhow::Result<()> {
                     .map(|(i, l)| (i as f64, l.drelus as f64)),
                 BLACK.stroke_width(2),
             ))
-            .map_err(err)?
-            .label("original network")
-            .legend(|(x, y)| PathElement::new([(x, y), (x + 20, y)], BLACK));
+            .map_err(err)?;
+        legend.push(("original network".into(), BLACK.to_rgba()));
         for (k, (label, kept)) in runs.iter().enumerate() {
-            let color = Palette99::pick(k).to_rgba();
+            let color = COLORS[k % COLORS.len()].to_rgba();
             chart
                 .draw_series(LineSeries::new(
                     kept.iter()
@@ -172,21 +215,82 @@ pub fn drelus_per_layer(report: &Report, path: &Path) -> anyhow::Result<()> {
                         .map(|(i, &d)| (i as f64, (d as f64).max(0.6))),
                     color.stroke_width(2),
                 ))
-                .map_err(err)?
-                .label(label.clone())
-                .legend(move |(x, y)| {
-                    PathElement::new([(x, y), (x + 20, y)], color.stroke_width(2))
-                });
+                .map_err(err)?;
+            legend.push((label.clone(), color));
         }
-        chart
-            .configure_series_labels()
-            .position(SeriesLabelPosition::UpperRight)
-            .border_style(BLACK)
-            .background_style(WHITE.mix(0.9))
-            .label_font((FONT, 13))
-            .draw()
-            .map_err(err)?;
+        let font = TextStyle::from((FONT, 13).into_font()).pos(Pos::new(HPos::Left, VPos::Center));
+        for (i, (label, color)) in legend.iter().enumerate() {
+            let y = 60 + 22 * i as i32;
+            legend_area
+                .draw(&PathElement::new([(4, y), (28, y)], color.stroke_width(2)))
+                .map_err(err)?;
+            legend_area
+                .draw(&Text::new(label.clone(), (34, y), font.clone()))
+                .map_err(err)?;
+        }
         root.present().map_err(err)?;
         Ok(())
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The committed experiment's report (docs/experiments), drawn by these tests.
+    fn experiment() -> (std::path::PathBuf, Report) {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../docs/experiments/fashion-mnist-resnet18");
+        let text = std::fs::read_to_string(dir.join("report.json")).unwrap();
+        (dir, serde_json::from_str(&text).unwrap())
+    }
+
+    /// Width and height of a PNG, from its IHDR chunk.
+    fn png_size(path: &Path) -> (u32, u32) {
+        let bytes = std::fs::read(path).unwrap();
+        assert_eq!(&bytes[..8], b"\x89PNG\r\n\x1a\n", "{}", path.display());
+        let be = |at: usize| u32::from_be_bytes(bytes[at..at + 4].try_into().unwrap());
+        (be(16), be(20))
+    }
+
+    #[test]
+    fn tick_labels_have_no_trailing_zero() {
+        assert_eq!(tick(1.0), "1");
+        assert_eq!(tick(10000.0), "10,000");
+        assert_eq!(tick(1_000_000.0), "1,000,000");
+        assert_eq!(tick(100.0), "100");
+        assert_eq!(tick(2.5), "2.5");
+        assert_eq!(tick(0.25), "0.25");
+        assert_eq!(tick(92.0), "92");
+        assert_eq!(tick(-3.0), "-3");
+    }
+
+    #[test]
+    fn the_committed_experiment_plots() {
+        let (_, report) = experiment();
+        let out = tempfile::tempdir().unwrap();
+        let (acc, per_layer) = (out.path().join("a.png"), out.path().join("d.png"));
+        accuracy_vs_budget(&report, &acc).unwrap();
+        drelus_per_layer(&report, &per_layer).unwrap();
+        assert_eq!(png_size(&acc), (900, 560));
+        // 17 layers, the longest name 10 characters: the label area grows with it.
+        let longest = report.layers.iter().map(|l| l.name.len()).max().unwrap() as u32;
+        assert_eq!(png_size(&per_layer), (1100, 560 + 20 + 6 * longest));
+        // No temporary file is left beside the plots.
+        let names: Vec<_> = std::fs::read_dir(out.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names.len(), 2, "{names:?}");
+    }
+
+    /// Redraws the committed experiment's plots from its `report.json` (after a change to this
+    /// module): `./setup.sh cargo test -p knapsec-cli --bin knapsec -- --ignored redraw`.
+    #[test]
+    #[ignore = "writes into docs/experiments; run by hand after changing the plots"]
+    fn redraw_committed_experiment_plots() {
+        let (dir, report) = experiment();
+        accuracy_vs_budget(&report, &dir.join("accuracy.png")).unwrap();
+        drelus_per_layer(&report, &dir.join("drelus_per_layer.png")).unwrap();
+    }
 }
