@@ -1,0 +1,304 @@
+//! Planning: the public per-node work of a model under some options, the same on all three
+//! parties (DESIGN §5): the linear layers' shapes, the selection batches of every ReLU, block
+//! ReLU (digest §6.11), ReLU6 and max pooling (§6.14), the argmax, and the closed-form bytes
+//! of a session and of one inference.
+
+use super::tournament::Tournament;
+use super::{NONCE_LEN, dims};
+use crate::error::{Result, SecureNnError};
+use crate::linear::LinearSpec;
+use crate::options::{DreluMode, Options, Reveal};
+use crate::select::{Groups, SelectSpec};
+use knapsec_core::block::BlockSize;
+use knapsec_core::graph::{Op, SecureModel};
+use knapsec_core::transport::Role;
+use knapsec_ring::{Conv2dParams, window_counts};
+
+/// What one node does, with everything public precomputed.
+#[derive(Clone, Debug)]
+pub(super) enum NodePlan {
+    Input,
+    Linear(LinearSpec),
+    BlockRelu {
+        chans: Vec<BlockSize>,
+        hw: usize,
+        spec: Option<SelectSpec>,
+    },
+    Relu6 {
+        spec: SelectSpec,
+    },
+    AvgPool {
+        kernel: [usize; 2],
+        stride: [usize; 2],
+        padding: [usize; 2],
+        counts: Vec<u64>,
+    },
+    MaxPool {
+        kernel: [usize; 2],
+        stride: [usize; 2],
+        padding: [usize; 2],
+        /// The knock-out over the window's taps.
+        tree: Tournament,
+    },
+    GlobalAvgPool {
+        count: u64,
+    },
+    Add,
+    Concat,
+    Broadcast {
+        h: usize,
+        w: usize,
+    },
+}
+
+/// The public plan of a model under some options.
+#[derive(Clone, Debug)]
+pub struct Plan {
+    pub(super) nodes: Vec<NodePlan>,
+    /// The secure argmax over the output classes, when only the label is revealed.
+    pub(super) argmax: Option<Tournament>,
+    options: Options,
+}
+
+fn usz(a: [u32; 2]) -> [usize; 2] {
+    [a[0] as usize, a[1] as usize]
+}
+
+/// Patches of a block-ReLU layer over its active (patch) channels, pixels numbered
+/// channel-major among active channels.
+fn block_groups(chans: &[BlockSize], h: usize, w: usize) -> Groups {
+    let active: Vec<(u32, u32)> = chans
+        .iter()
+        .filter_map(|b| {
+            if let BlockSize::Patch { h, w } = *b {
+                Some((h, w))
+            } else {
+                None
+            }
+        })
+        .collect();
+    if active.iter().all(|&p| p == (1, 1)) {
+        return Groups::Singles(active.len() * h * w);
+    }
+    let mut ptr = vec![0usize];
+    let mut idx = Vec::with_capacity(active.len() * h * w);
+    for (k, &(bh, bw)) in active.iter().enumerate() {
+        let (bh, bw) = (bh as usize, bw as usize);
+        let base = k * h * w;
+        for py in 0..h.div_ceil(bh) {
+            for px in 0..w.div_ceil(bw) {
+                for y in py * bh..((py + 1) * bh).min(h) {
+                    for x in px * bw..((px + 1) * bw).min(w) {
+                        idx.push((base + y * w + x) as u32);
+                    }
+                }
+                ptr.push(idx.len());
+            }
+        }
+    }
+    Groups::Csr { ptr, idx }
+}
+
+impl Plan {
+    /// Plans `model` under `options`; refuses what this backend cannot run.
+    pub fn new(model: &SecureModel, options: Options) -> Result<Self> {
+        model.validate().map_err(|e| SecureNnError::Input {
+            role: Role::Client,
+            message: e.to_string(),
+        })?;
+        let mode = options.drelu;
+        let mut nodes = Vec::with_capacity(model.nodes.len());
+        for (i, node) in model.nodes.iter().enumerate() {
+            let unsupported = |m: String| SecureNnError::Unsupported {
+                layer: node.name.clone(),
+                message: m,
+            };
+            let input = node
+                .inputs
+                .first()
+                .map(|&j| model.nodes[j].shape)
+                .unwrap_or(node.shape);
+            let [c, h, w] = node.shape.map(|v| v as usize);
+            let plan = match &node.op {
+                Op::Input => NodePlan::Input,
+                Op::Conv2d {
+                    weight,
+                    bias,
+                    kernel,
+                    stride,
+                    padding,
+                    dilation,
+                    groups,
+                } => {
+                    let p =
+                        Conv2dParams::from_graph(*kernel, *stride, *padding, *dilation, *groups);
+                    let g = (*groups).max(1) as usize;
+                    if !(input[0] as usize).is_multiple_of(g) || !c.is_multiple_of(g) {
+                        return Err(unsupported(format!(
+                            "groups {g} do not divide channels {} -> {c}",
+                            input[0]
+                        )));
+                    }
+                    let (ho, wo) = p
+                        .output_hw(input[1] as usize, input[2] as usize)
+                        .map_err(|e| unsupported(e.to_string()))?;
+                    if (ho, wo) != (h, w) {
+                        return Err(unsupported(format!(
+                            "output {ho}x{wo} differs from the graph's {h}x{w}"
+                        )));
+                    }
+                    NodePlan::Linear(LinearSpec {
+                        node: i,
+                        conv: Some(p),
+                        in_dims: dims(input),
+                        w_dims: vec![
+                            c,
+                            input[0] as usize / g,
+                            kernel[0] as usize,
+                            kernel[1] as usize,
+                        ],
+                        out_dims: dims(node.shape),
+                        weight: weight.clone(),
+                        bias: bias.clone(),
+                    })
+                }
+                Op::Linear { weight, bias } => NodePlan::Linear(LinearSpec {
+                    node: i,
+                    conv: None,
+                    in_dims: dims(input),
+                    w_dims: vec![c, (input[0] * input[1] * input[2]) as usize],
+                    out_dims: dims(node.shape),
+                    weight: weight.clone(),
+                    bias: bias.clone(),
+                }),
+                Op::BlockRelu { blocks, .. } => {
+                    let active = blocks
+                        .iter()
+                        .filter(|b| matches!(b, BlockSize::Patch { .. }))
+                        .count();
+                    let spec = if active == 0 {
+                        None
+                    } else {
+                        Some(SelectSpec::new(
+                            active * h * w,
+                            block_groups(blocks, h, w),
+                            None,
+                            1,
+                            mode,
+                        )?)
+                    };
+                    NodePlan::BlockRelu {
+                        chans: blocks.clone(),
+                        hw: h * w,
+                        spec,
+                    }
+                }
+                Op::Relu6 { .. } => {
+                    let m = c * h * w;
+                    NodePlan::Relu6 {
+                        spec: SelectSpec::new(2 * m, Groups::Singles(2 * m), None, 0, mode)?,
+                    }
+                }
+                Op::AvgPool {
+                    kernel,
+                    stride,
+                    padding,
+                    count_include_pad,
+                } => {
+                    let counts = window_counts(
+                        input[1] as usize,
+                        input[2] as usize,
+                        usz(*kernel),
+                        usz(*stride),
+                        usz(*padding),
+                        *count_include_pad,
+                    )
+                    .map_err(|e| unsupported(e.to_string()))?;
+                    NodePlan::AvgPool {
+                        kernel: usz(*kernel),
+                        stride: usz(*stride),
+                        padding: usz(*padding),
+                        counts,
+                    }
+                }
+                Op::MaxPool {
+                    kernel,
+                    stride,
+                    padding,
+                } => NodePlan::MaxPool {
+                    kernel: usz(*kernel),
+                    stride: usz(*stride),
+                    padding: usz(*padding),
+                    tree: Tournament::new((kernel[0] * kernel[1]) as usize, c * h * w, 1, mode)?,
+                },
+                Op::GlobalAvgPool => NodePlan::GlobalAvgPool {
+                    count: u64::from(input[1] * input[2]).max(1),
+                },
+                Op::Add => NodePlan::Add,
+                Op::Concat => NodePlan::Concat,
+                Op::Broadcast { height, width } => NodePlan::Broadcast {
+                    h: *height as usize,
+                    w: *width as usize,
+                },
+            };
+            nodes.push(plan);
+        }
+        let [oc, oh, ow] = model.output_shape().map(|v| v as usize);
+        // Candidates are (value, class index) per pixel; a single class has nothing to compare
+        // and its logits are revealed as they are.
+        let argmax = match options.reveal {
+            Reveal::Label if oc > 1 => Some(Tournament::new(oc, oh * ow, 2, DreluMode::Exact)?),
+            _ => None,
+        };
+        Ok(Plan {
+            nodes,
+            argmax,
+            options,
+        })
+    }
+
+    /// The options this plan was made for.
+    pub fn options(&self) -> Options {
+        self.options
+    }
+
+    /// Total DReLUs of one inference (network and argmax).
+    pub fn drelus(&self) -> u64 {
+        self.specs().map(|s| s.patches() as u64).sum()
+    }
+
+    fn specs(&self) -> impl Iterator<Item = &SelectSpec> {
+        self.nodes
+            .iter()
+            .flat_map(|n| match n {
+                NodePlan::BlockRelu { spec: Some(s), .. } | NodePlan::Relu6 { spec: s } => {
+                    std::slice::from_ref(s)
+                }
+                NodePlan::MaxPool { tree, .. } => tree.levels(),
+                _ => &[],
+            })
+            .chain(self.argmax.iter().flat_map(|t| t.levels()))
+    }
+
+    /// Closed-form bytes per inference (offline + online, output reveal included) and once per
+    /// session (setup), for the byte-count tests and the bench.
+    pub fn closed_form_bytes(&self, model: &SecureModel) -> (u64, u64) {
+        let mut per_inference: u64 = self.specs().map(|s| s.bytes()).sum();
+        let mut setup = 0;
+        for n in &self.nodes {
+            if let NodePlan::Linear(l) = n {
+                setup += l.setup_bytes();
+                per_inference += l.offline_bytes() + l.online_bytes();
+            }
+        }
+        let [oc, oh, ow] = model.output_shape().map(u64::from);
+        per_inference += 8 * if self.argmax.is_none() {
+            oc * oh * ow
+        } else {
+            oh * ow
+        };
+        // the nonce to server and helper (the backend's 1-byte "setup needed" flag excluded)
+        per_inference += 2 * NONCE_LEN as u64;
+        (per_inference, setup)
+    }
+}
