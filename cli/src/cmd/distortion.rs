@@ -3,7 +3,8 @@
 //!
 //! ```text
 //! knapsec distortion --arch NAME [--weights W.safetensors] --data SPEC --samples N [--batch B]
-//!                    [--shard i/n] [--resume] [--device cpu|cuda:N] -o TABLE.safetensors
+//!                    [--shard i/n] [--resume] [--checkpoint-every S] [--device cpu|cuda:N]
+//!                    -o TABLE.safetensors
 //! knapsec distortion merge PART... -o TABLE.safetensors
 //! ```
 //!
@@ -94,6 +95,10 @@ struct RunArgs {
     /// Channels per work unit (the checkpoint and shard granularity).
     #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u64).range(1..))]
     chunk: u64,
+    /// Least time between two checkpoints, in seconds (0: after every work unit). The
+    /// checkpoint is always written when the run stops.
+    #[arg(long, default_value_t = 2.0, value_name = "SECONDS")]
+    checkpoint_every: f64,
     /// `batched` (the engine) or `single` (the reference's one variant per pass).
     #[arg(long, default_value = "batched", value_parser = ["batched", "single"])]
     schedule: String,
@@ -216,6 +221,13 @@ fn extract(ctx: &Context, a: RunArgs) -> anyhow::Result<()> {
         bail!("--arch and --output are required");
     };
     let device = engine::parse_device(&a.device)?;
+    let checkpoint_every =
+        std::time::Duration::try_from_secs_f64(a.checkpoint_every).map_err(|_| {
+            anyhow::anyhow!(
+                "--checkpoint-every {}: expected a number of seconds, 0 or more",
+                a.checkpoint_every
+            )
+        })?;
     let options = a.options.to_options()?;
     let samples = a.samples as usize;
     let p = prepare(ctx, arch, &options, a.weights.as_deref(), a.seed, device)?;
@@ -250,7 +262,6 @@ fn extract(ctx: &Context, a: RunArgs) -> anyhow::Result<()> {
                 ckpt.display()
             );
         }
-        tracing::info!("resuming from {}", ckpt.display());
         t
     } else {
         if a.resume && output.exists() {
@@ -279,6 +290,19 @@ fn extract(ctx: &Context, a: RunArgs) -> anyhow::Result<()> {
         .into_iter()
         .filter(|u| run.shard.unwrap_or(Shard::WHOLE).owns(u.id))
         .collect();
+    // Said on stderr (not only in the log) so that a batch system's job log shows what a
+    // requeued or restarted task took over from its checkpoint.
+    let already = units.iter().filter(|u| store::unit_done(&start, u)).count();
+    if ckpt.exists() {
+        eprintln!(
+            "resuming from {}: {already} of {} work units of this {} already done, {} to run",
+            ckpt.display(),
+            units.len(),
+            run.shard
+                .map_or("run".to_string(), |s| format!("shard ({s})")),
+            units.len() - already
+        );
+    }
     let schedule = if a.schedule == "single" {
         Schedule::Single
     } else {
@@ -289,6 +313,7 @@ fn extract(ctx: &Context, a: RunArgs) -> anyhow::Result<()> {
         batch: a.batch as usize,
         threads_per_worker: threads,
         checkpoint: Some((ckpt.clone(), run.clone())),
+        checkpoint_every,
         ..ExtractConfig::default()
     };
     let bar = progress_bar(ctx);
@@ -322,7 +347,7 @@ fn extract(ctx: &Context, a: RunArgs) -> anyhow::Result<()> {
         std::fs::remove_file(&ckpt).with_context(|| format!("cannot remove {}", ckpt.display()))?;
     }
     eprintln!(
-        "wrote {}: {} variants ({} run on some image, {} copied exactly), {} of {} (variant, image) rows run, {} passes, {:.1} s",
+        "wrote {}: {} variants ({} run on some image, {} copied exactly), {} of {} (variant, image) rows run, {} passes, {} work units run ({already} taken from the checkpoint), {:.1} s",
         output.display(),
         stats.cells,
         stats.evaluated,
@@ -330,6 +355,7 @@ fn extract(ctx: &Context, a: RunArgs) -> anyhow::Result<()> {
         stats.image_rows_run,
         stats.image_rows,
         stats.passes,
+        stats.units,
         t0.elapsed().as_secs_f64()
     );
     Ok(())
