@@ -88,19 +88,21 @@ impl McKpProblem {
     }
 
     /// Total cost and value of a choice (one option index per class, relative to the class).
-    /// Values are summed in class order.
+    /// Values are summed in class order. The cost saturates at `u64::MAX` (over any budget a
+    /// validated problem can have met), so a sum past 2^64 never wraps to a small number.
     pub fn evaluate(&self, choice: &[usize]) -> (u64, f64) {
         let mut cost = 0u64;
         let mut value = 0.0;
         for (i, &k) in choice.iter().enumerate() {
             let (c, v) = self.class(i);
-            cost += c[k];
+            cost = cost.saturating_add(c[k]);
             value += v[k];
         }
         (cost, value)
     }
 
-    /// Sum over classes of the cheapest finite option: the least any solution costs.
+    /// Sum over classes of the cheapest finite option: the least any solution costs
+    /// (saturating at `u64::MAX`).
     pub fn min_cost(&self) -> u64 {
         (0..self.classes())
             .map(|i| {
@@ -112,11 +114,13 @@ impl McKpProblem {
                     .min()
                     .unwrap_or(0)
             })
-            .sum()
+            .fold(0u64, u64::saturating_add)
     }
 
     /// Checks the structure: offsets, lengths, no NaN or `-inf`, every class with a finite
-    /// option, and a budget that the cheapest options fit.
+    /// option, costs whose largest possible total (the costliest option of every class) fits
+    /// in 64 bits — so that no strategy's sum of costs can wrap — and a budget that the
+    /// cheapest options fit.
     pub fn validate(&self) -> Result<(), KnapsackError> {
         let bad = |message: String| Err(KnapsackError::InvalidProblem { message });
         if self.offsets.first() != Some(&0) {
@@ -155,6 +159,19 @@ impl McKpProblem {
             if !v.iter().any(|v| v.is_finite()) {
                 return Err(KnapsackError::EmptyClass { class: i });
             }
+        }
+        let mut max_total = 0u64;
+        for i in 0..self.classes() {
+            let (c, _) = self.class(i);
+            let most = c.iter().copied().max().unwrap_or(0);
+            max_total = max_total.checked_add(most).ok_or_else(|| {
+                KnapsackError::InvalidProblem {
+                    message: format!(
+                        "the costliest options of classes 0..={i} add up to more than 64 bits \
+                         hold (class {i}'s largest cost is {most})"
+                    ),
+                }
+            })?;
         }
         let min_cost = self.min_cost();
         if min_cost > self.budget {
@@ -454,5 +471,25 @@ mod tests {
             ..s
         };
         assert!(s.relative_gap().is_infinite());
+    }
+
+    /// Costs whose sum wraps around 2^64: a wrapped total would be small and pass the budget
+    /// check in a release build.
+    fn wrapping() -> McKpProblem {
+        let big = u64::MAX / 2 + 1;
+        McKpProblem::from_classes(&[vec![(big, 1.0)], vec![(big, 1.0), (3, 2.0)]], 5)
+    }
+
+    #[test]
+    fn cost_sums_never_wrap() {
+        let p = wrapping();
+        assert_eq!(p.evaluate(&[0, 0]).0, u64::MAX, "a sum past 2^64 saturates");
+        assert_eq!(p.evaluate(&[0, 1]).0, u64::MAX / 2 + 4);
+        let e = p.validate().unwrap_err().to_string();
+        assert!(e.contains("64 bits"), "{e}");
+        let mut p = wrapping();
+        p.costs[0] = u64::MAX;
+        p.costs[1] = u64::MAX;
+        assert_eq!(p.min_cost(), u64::MAX);
     }
 }
