@@ -20,6 +20,15 @@ use std::path::Path;
 
 /// The secure-model format version this build reads and writes.
 pub const MODEL_FORMAT: u32 = 1;
+/// Most fractional bits a model may use: a product of two encodings carries `2f` of them and
+/// must keep sign room and some integer bits in the 64-bit ring (digest §6.2).
+pub const MAX_FRAC_BITS: u32 = 30;
+/// Most elements (`C·H·W`) one activation may hold: 2^28, 2 GiB of ring elements. Every
+/// executor allocates activations of the recorded shapes, so this bounds what a `model.ron`
+/// can make a party allocate per node.
+pub const MAX_ACTIVATION_ELEMENTS: u64 = 1 << 28;
+/// Most elements one weight tensor may hold (2^28).
+pub const MAX_WEIGHT_ELEMENTS: u64 = 1 << 28;
 /// File name of the public part inside a model folder.
 pub const PUBLIC_FILE: &str = "model.ron";
 /// File name of the private part inside a model folder.
@@ -119,13 +128,24 @@ impl SecureModel {
         self.nodes.last().map(|n| n.shape).unwrap_or([0; 3])
     }
 
-    /// Checks the graph's structure: one input first, inputs refer to earlier nodes, arity
-    /// of each op, block lists the size of their channel count.
+    /// The one validator every executor and loader runs: checks the format version, that
+    /// `frac_bits` is at most [`MAX_FRAC_BITS`], the graph's structure (one input first,
+    /// inputs that refer to earlier nodes, the arity of each op), and infers every node's
+    /// shape from its inputs once, with checked arithmetic ([`infer_shape`]): groups that
+    /// divide both channel counts, windows that fit, activations within
+    /// [`MAX_ACTIVATION_ELEMENTS`], weights within [`MAX_WEIGHT_ELEMENTS`]. Each recorded
+    /// shape must equal the inferred one. Errors name the node.
     pub fn validate(&self) -> Result<()> {
         if self.format != MODEL_FORMAT {
             return Err(CoreError::Graph(format!(
                 "format version {} is not supported (this build reads {MODEL_FORMAT})",
                 self.format
+            )));
+        }
+        if self.frac_bits > MAX_FRAC_BITS {
+            return Err(CoreError::Graph(format!(
+                "{} fractional bits exceed the maximum of {MAX_FRAC_BITS}",
+                self.frac_bits
             )));
         }
         let Some(first) = self.nodes.first() else {
@@ -137,6 +157,7 @@ impl SecureModel {
                 first.name
             )));
         }
+        let mut inputs = Vec::new();
         for (i, node) in self.nodes.iter().enumerate() {
             let bad = |why: String| CoreError::Graph(format!("node {i} ({}): {why}", node.name));
             if let Some(&j) = node.inputs.iter().find(|&&j| j >= i) {
@@ -153,13 +174,13 @@ impl SecureModel {
                     node.inputs.len()
                 )));
             }
-            if let Op::BlockRelu { blocks, .. } = &node.op
-                && blocks.len() != node.shape[0] as usize
-            {
+            inputs.clear();
+            inputs.extend(node.inputs.iter().map(|&j| self.nodes[j].shape));
+            let inferred = infer_shape(&node.op, &inputs, node.shape).map_err(bad)?;
+            if inferred != node.shape {
                 return Err(bad(format!(
-                    "{} block sizes for {} channels",
-                    blocks.len(),
-                    node.shape[0]
+                    "shape {:?} recorded, {inferred:?} inferred from the inputs",
+                    node.shape
                 )));
             }
         }
@@ -210,6 +231,177 @@ impl SecureModel {
     }
 }
 
+/// Output side of a convolution or pooling window (PyTorch's floor formula), `None` when the
+/// window does not fit, a parameter is zero, or the result exceeds `u32`. Checked arithmetic:
+/// sizes come from files and command lines.
+pub fn window_out(size: u32, kernel: u32, stride: u32, padding: u32, dilation: u32) -> Option<u32> {
+    if kernel == 0 || stride == 0 || dilation == 0 {
+        return None;
+    }
+    let span = u64::from(dilation) * (u64::from(kernel) - 1) + 1;
+    let padded = u64::from(size) + 2 * u64::from(padding);
+    if padded < span {
+        return None;
+    }
+    u32::try_from((padded - span) / u64::from(stride) + 1).ok()
+}
+
+/// Elements of the weight tensor of a `Conv2d` (`out · in/groups · kh · kw`) or `Linear`
+/// (`out · in`) node with input shape `input` and output channels `out`, if it has one and
+/// the product fits in `u64`.
+pub fn weight_len(op: &Op, input: Shape, out: u32) -> Option<u64> {
+    match op {
+        Op::Conv2d { kernel, groups, .. } => u64::from(out)
+            .checked_mul(u64::from(input[0] / (*groups).max(1)))?
+            .checked_mul(u64::from(kernel[0]))?
+            .checked_mul(u64::from(kernel[1])),
+        Op::Linear { .. } => u64::from(out).checked_mul(u64::from(input[0])),
+        _ => None,
+    }
+}
+
+/// The output shape of `op` on inputs of shapes `inputs` (arity already checked), or why it
+/// has none. `recorded` is the node's own shape, read only where the op does not determine it
+/// (the input's shape, and the output channels of `Conv2d` and `Linear`). A new op adds its
+/// arm here, and is then checked wherever a model is loaded or run.
+pub fn infer_shape(op: &Op, inputs: &[Shape], recorded: Shape) -> std::result::Result<Shape, String> {
+    let positive = |what: &str, v: [u32; 2]| {
+        if v.contains(&0) {
+            Err(format!("{what} {v:?} has a zero side"))
+        } else {
+            Ok(())
+        }
+    };
+    let first = inputs.first().copied().unwrap_or(recorded);
+    let [c, h, w] = first;
+    let shape = match op {
+        Op::Input => recorded,
+        Op::Conv2d {
+            kernel,
+            stride,
+            padding,
+            dilation,
+            groups,
+            ..
+        } => {
+            positive("kernel", *kernel)?;
+            positive("stride", *stride)?;
+            positive("dilation", *dilation)?;
+            let out = recorded[0];
+            if *groups == 0 || c % groups != 0 || out % groups != 0 {
+                return Err(format!(
+                    "{c} -> {out} channels cannot form {groups} groups (groups must divide both)"
+                ));
+            }
+            let oh = window_out(h, kernel[0], stride[0], padding[0], dilation[0]);
+            let ow = window_out(w, kernel[1], stride[1], padding[1], dilation[1]);
+            let (Some(oh), Some(ow)) = (oh, ow) else {
+                return Err(format!(
+                    "kernel {kernel:?} (padding {padding:?}, dilation {dilation:?}) does not fit a {h}x{w} input"
+                ));
+            };
+            [out, oh, ow]
+        }
+        Op::Linear { .. } => {
+            if (h, w) != (1, 1) {
+                return Err(format!("a linear layer needs a [C, 1, 1] input, got {first:?}"));
+            }
+            [recorded[0], 1, 1]
+        }
+        Op::BlockRelu { blocks, .. } => {
+            if blocks.len() != c as usize {
+                return Err(format!("{} block sizes for {c} channels", blocks.len()));
+            }
+            if let Some(ch) = blocks
+                .iter()
+                .position(|b| matches!(b, BlockSize::Patch { h: 0, .. } | BlockSize::Patch { w: 0, .. }))
+            {
+                return Err(format!("channel {ch}: zero-sized patch {}", blocks[ch]));
+            }
+            first
+        }
+        Op::Relu6 { .. } => first,
+        Op::AvgPool {
+            kernel,
+            stride,
+            padding,
+            ..
+        }
+        | Op::MaxPool {
+            kernel,
+            stride,
+            padding,
+        } => {
+            positive("kernel", *kernel)?;
+            positive("stride", *stride)?;
+            // PyTorch's rule: every window then holds at least one real pixel (no division
+            // by zero without `count_include_pad`, no all-padding max).
+            if padding[0] > kernel[0] / 2 || padding[1] > kernel[1] / 2 {
+                return Err(format!(
+                    "padding {padding:?} is more than half the pooling window {kernel:?}"
+                ));
+            }
+            match (
+                window_out(h, kernel[0], stride[0], padding[0], 1),
+                window_out(w, kernel[1], stride[1], padding[1], 1),
+            ) {
+                (Some(oh), Some(ow)) => [c, oh, ow],
+                _ => {
+                    return Err(format!(
+                        "pooling window {kernel:?} does not fit a {h}x{w} input"
+                    ));
+                }
+            }
+        }
+        Op::GlobalAvgPool => [c, 1, 1],
+        Op::Add => {
+            if let Some(s) = inputs.iter().find(|&&s| s != first) {
+                return Err(format!("cannot add shapes {first:?} and {s:?}"));
+            }
+            first
+        }
+        Op::Concat => {
+            let mut channels = 0u32;
+            for s in inputs {
+                if (s[1], s[2]) != (h, w) {
+                    return Err(format!(
+                        "cannot concatenate {h}x{w} and {}x{} maps",
+                        s[1], s[2]
+                    ));
+                }
+                channels = channels
+                    .checked_add(s[0])
+                    .ok_or_else(|| "too many channels to concatenate".to_string())?;
+            }
+            [channels, h, w]
+        }
+        Op::Broadcast { height, width } => {
+            if (h, w) != (1, 1) {
+                return Err(format!("broadcast needs a [C, 1, 1] input, got {first:?}"));
+            }
+            [c, *height, *width]
+        }
+    };
+    if shape.contains(&0) {
+        return Err(format!("shape {shape:?} has a zero side"));
+    }
+    // Three u32 factors fit in u128.
+    let elements = shape.iter().map(|&d| u128::from(d)).product::<u128>();
+    if elements > u128::from(MAX_ACTIVATION_ELEMENTS) {
+        return Err(format!(
+            "shape {shape:?} is too large ({elements} elements, at most {MAX_ACTIVATION_ELEMENTS})"
+        ));
+    }
+    if let Some(n) = weight_len(op, first, shape[0])
+        && n > MAX_WEIGHT_ELEMENTS
+    {
+        return Err(format!(
+            "weight of {n} elements is too large (at most {MAX_WEIGHT_ELEMENTS})"
+        ));
+    }
+    Ok(shape)
+}
+
 /// One fixed-point weight tensor.
 #[derive(Clone, Debug, PartialEq)]
 pub struct FixedTensor {
@@ -237,29 +429,15 @@ impl ModelWeights {
             let input = node
                 .inputs
                 .first()
-                .map(|&j| model.nodes[j].shape)
-                .unwrap_or([0; 3]);
-            let (weight, bias, expect) = match &node.op {
-                Op::Conv2d {
-                    weight,
-                    bias,
-                    kernel,
-                    groups,
-                    ..
-                } => (
-                    weight,
-                    bias,
-                    node.shape[0] as usize
-                        * (input[0] / groups.max(&1)) as usize
-                        * (kernel[0] * kernel[1]) as usize,
-                ),
-                Op::Linear { weight, bias } => {
-                    (weight, bias, node.shape[0] as usize * input[0] as usize)
-                }
+                .and_then(|&j| model.nodes.get(j))
+                .map_or([0; 3], |n| n.shape);
+            let (weight, bias) = match &node.op {
+                Op::Conv2d { weight, bias, .. } | Op::Linear { weight, bias } => (weight, bias),
                 _ => continue,
             };
+            let expect = weight_len(&node.op, input, node.shape[0]).unwrap_or(u64::MAX);
             let w = self.get(weight)?;
-            if w.data.len() != expect {
+            if w.data.len() as u64 != expect {
                 return Err(CoreError::Graph(format!(
                     "node {i} ({}): weight {weight:?} has {} elements, expected {expect}",
                     node.name,
@@ -449,5 +627,118 @@ mod tests {
     fn fixed_point() {
         assert_eq!(encode_fixed(1.5, 12), 6144);
         assert_eq!(decode_fixed(-6144, 12), -1.5);
+    }
+
+    fn conv_op(kernel: u32, stride: u32, padding: u32, groups: u32) -> Op {
+        Op::Conv2d {
+            weight: "conv.w".into(),
+            bias: None,
+            kernel: [kernel; 2],
+            stride: [stride; 2],
+            padding: [padding; 2],
+            dilation: [1, 1],
+            groups,
+        }
+    }
+
+    /// `validate`'s error for `tiny()` after `edit`.
+    fn invalid(edit: impl FnOnce(&mut SecureModel)) -> String {
+        let (mut m, _) = tiny();
+        edit(&mut m);
+        m.validate().unwrap_err().to_string()
+    }
+
+    #[test]
+    fn groups_must_divide_both_channel_counts() {
+        // 1 input channel, 2 outputs, 4 groups: the executors divided by `out / groups = 0`.
+        let e = invalid(|m| m.nodes[1].op = conv_op(3, 1, 1, 4));
+        assert!(e.contains("node 1 (conv)") && e.contains("groups"), "{e}");
+        let e = invalid(|m| m.nodes[1].op = conv_op(3, 1, 1, 0));
+        assert!(e.contains("groups"), "{e}");
+    }
+
+    #[test]
+    fn frac_bits_have_a_maximum() {
+        let e = invalid(|m| m.frac_bits = MAX_FRAC_BITS + 1);
+        assert!(e.contains("fractional bits"), "{e}");
+        let (mut m, _) = tiny();
+        m.frac_bits = MAX_FRAC_BITS;
+        m.validate().unwrap();
+    }
+
+    #[test]
+    fn recorded_shapes_must_match_the_inferred_ones() {
+        let e = invalid(|m| m.nodes[1].shape = [2, 5, 4]);
+        assert!(e.contains("node 1 (conv)") && e.contains("[2, 4, 4]"), "{e}");
+        // The ReLU's shape follows from the (consistent) conv.
+        let e = invalid(|m| {
+            m.nodes[1].shape = [2, 2, 2];
+            m.nodes[1].op = conv_op(3, 2, 1, 1);
+            m.nodes[2].shape = [2, 4, 4];
+        });
+        assert!(e.contains("node 2 (relu)"), "{e}");
+        let e = invalid(|m| m.nodes[1].op = conv_op(0, 1, 1, 1));
+        assert!(e.contains("kernel"), "{e}");
+        let e = invalid(|m| m.nodes[1].op = conv_op(3, 0, 1, 1));
+        assert!(e.contains("stride"), "{e}");
+        let e = invalid(|m| m.nodes[1].op = conv_op(9, 1, 1, 1));
+        assert!(e.contains("does not fit"), "{e}");
+    }
+
+    #[test]
+    fn huge_shapes_are_refused_not_overflowed() {
+        let e = invalid(|m| {
+            m.nodes[0].shape = [1, u32::MAX, u32::MAX];
+            m.nodes[1].shape = [2, u32::MAX, u32::MAX];
+            m.nodes[2].shape = [2, u32::MAX, u32::MAX];
+        });
+        assert!(e.contains("too large"), "{e}");
+        let e = invalid(|m| {
+            m.nodes[1].op = conv_op(u32::MAX, 1, u32::MAX, 1);
+        });
+        assert!(e.contains("node 1"), "{e}");
+        let e = invalid(|m| m.nodes[0].shape = [1, 0, 4]);
+        assert!(e.contains("node 0"), "{e}");
+    }
+
+    #[test]
+    fn every_op_is_shape_checked() {
+        // A linear layer on a 2x2 map and a pool padded past half its window.
+        let (mut m, _) = tiny();
+        m.nodes.push(Node {
+            name: "fc".into(),
+            op: Op::Linear {
+                weight: "fc.w".into(),
+                bias: None,
+            },
+            inputs: vec![2],
+            shape: [3, 1, 1],
+        });
+        let e = m.validate().unwrap_err().to_string();
+        assert!(e.contains("node 3 (fc)") && e.contains("[C, 1, 1]"), "{e}");
+        let (mut m, _) = tiny();
+        m.nodes.push(Node {
+            name: "pool".into(),
+            op: Op::MaxPool {
+                kernel: [2, 2],
+                stride: [1, 1],
+                padding: [2, 2],
+            },
+            inputs: vec![2],
+            shape: [2, 7, 7],
+        });
+        let e = m.validate().unwrap_err().to_string();
+        assert!(e.contains("padding"), "{e}");
+        let (mut m, _) = tiny();
+        m.nodes.push(Node {
+            name: "cat".into(),
+            op: Op::Concat,
+            inputs: vec![2, 0],
+            shape: [3, 4, 4],
+        });
+        m.validate().unwrap();
+        m.nodes[3].shape = [4, 4, 4];
+        let e = m.validate().unwrap_err().to_string();
+        assert!(e.contains("[3, 4, 4]"), "{e}");
     }
 }

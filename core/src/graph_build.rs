@@ -64,15 +64,7 @@ impl ConvSpec {
     }
 }
 
-/// Output side of a convolution or pooling window (PyTorch's floor formula).
-pub fn window_out(size: u32, kernel: u32, stride: u32, padding: u32, dilation: u32) -> Option<u32> {
-    let span = dilation.checked_mul(kernel.checked_sub(1)?)? + 1;
-    let padded = size + 2 * padding;
-    if padded < span || stride == 0 {
-        return None;
-    }
-    Some((padded - span) / stride + 1)
-}
+pub use crate::graph::window_out;
 
 /// Builds a [`SecureModel`] node by node, computing shapes.
 #[derive(Clone, Debug)]
@@ -348,7 +340,9 @@ impl GraphBuilder {
                     format!("cannot concatenate {h}x{w} and {}x{} maps", s[1], s[2]),
                 ));
             }
-            c += s[0];
+            c = c
+                .checked_add(s[0])
+                .ok_or_else(|| self.err(name, "too many channels to concatenate"))?;
         }
         Ok(self.push(name, Op::Concat, inputs.to_vec(), [c, h, w]))
     }
@@ -500,5 +494,25 @@ mod tests {
         assert_eq!(window_out(224, 7, 2, 3, 1), Some(112));
         assert_eq!(window_out(2, 5, 1, 0, 1), None);
         assert_eq!(window_out(64, 3, 1, 12, 12), Some(64));
+    }
+
+    #[test]
+    fn window_formula_never_overflows() {
+        assert_eq!(window_out(u32::MAX, 3, 1, 1, 1), Some(u32::MAX));
+        assert_eq!(window_out(u32::MAX, 1, 1, u32::MAX, 1), None);
+        assert_eq!(window_out(10, u32::MAX, 1, 0, u32::MAX), None);
+        assert_eq!(window_out(10, 3, 1, 0, 0), None, "dilation 0");
+        let mut g = GraphBuilder::new("toy", 12, [3, u32::MAX, u32::MAX]);
+        let e = g
+            .conv("c", g.input(), ConvSpec::square(8, 3, 1, 1), None)
+            .and_then(|c| g.concat("cat", &[c, c]))
+            .map(|_| ())
+            .and_then(|_| g.clone().finish(OutputKind::Segmentation).map(|_| ()))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("too large"), "{e}");
+        let mut g = GraphBuilder::new("toy", 12, [u32::MAX, 1, 1]);
+        let e = g.concat("cat", &[0, 0]).unwrap_err().to_string();
+        assert!(e.contains("channels"), "{e}");
     }
 }

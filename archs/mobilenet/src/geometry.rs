@@ -10,16 +10,9 @@
 use knapsec_core::graph_build::{ConvSpec, GraphBuilder, NodeId};
 use knapsec_core::{BlockSize, BlockSpec, CoreError, ReluLayer, Result};
 
-/// Output side of a convolution or pooling window (PyTorch's floor formula); `None` when the
-/// window does not fit.
-pub fn window_out(size: u32, kernel: u32, stride: u32, padding: u32, dilation: u32) -> Option<u32> {
-    let span = dilation.checked_mul(kernel.checked_sub(1)?)? + 1;
-    let padded = size.checked_add(2 * padding)?;
-    if padded < span || stride == 0 {
-        return None;
-    }
-    Some((padded - span) / stride + 1)
-}
+/// Output side of a convolution or pooling window (PyTorch's floor formula), with checked
+/// arithmetic; the same function as the graph validator's.
+pub use knapsec_core::graph::window_out;
 
 /// The seven stages of MobileNetV2: (expansion ratio t, output channels c, blocks n, stride s)
 /// of the paper's Table 2, as in torchvision's `inverted_residual_setting` and OpenMMLab's

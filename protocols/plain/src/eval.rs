@@ -581,7 +581,7 @@ mod tests {
                 weight: "nope".into(),
                 bias: None,
             },
-            [1, 2, 2],
+            [4, 1, 1],
             [1, 1, 1],
         );
         assert!(

@@ -414,4 +414,54 @@ mod tests {
         assert_eq!(real.data, vec![1.0, -0.5, 0.0]);
         assert_eq!(evaluate(&m, &w, &x).unwrap().logits(), vec![1.0, -0.5, 0.0]);
     }
+
+    /// A `model.ron` whose convolution has more groups than output channels: the loops
+    /// divided by `out / groups = 0`. Every executor must refuse it with an error instead.
+    #[test]
+    fn more_groups_than_output_channels_is_an_error() {
+        let nodes = vec![
+            Node {
+                name: "input".into(),
+                op: Op::Input,
+                inputs: vec![],
+                shape: [4, 3, 3],
+            },
+            Node {
+                name: "conv".into(),
+                op: Op::Conv2d {
+                    weight: "w".into(),
+                    bias: None,
+                    kernel: [1, 1],
+                    stride: [1, 1],
+                    padding: [0, 0],
+                    dilation: [1, 1],
+                    groups: 4,
+                },
+                inputs: vec![0],
+                shape: [2, 3, 3],
+            },
+        ];
+        let m = SecureModel {
+            format: MODEL_FORMAT,
+            arch: "t".into(),
+            frac_bits: F,
+            output_kind: OutputKind::Segmentation,
+            nodes,
+        };
+        let mut w = ModelWeights::default();
+        w.tensors.insert(
+            "w".into(),
+            FixedTensor {
+                shape: vec![2, 1, 1, 1],
+                data: vec![1 << F, 1 << F],
+            },
+        );
+        let x = [0.5f32; 36];
+        for e in [
+            evaluate_f64(&m, &w, &x).unwrap_err().to_string(),
+            evaluate(&m, &w, &x).unwrap_err().to_string(),
+        ] {
+            assert!(e.contains("groups"), "{e}");
+        }
+    }
 }

@@ -10,8 +10,9 @@ use crate::error::{Result, RingError};
 use crate::tensor::RingTensor;
 use knapsec_core::graph::{decode_fixed, encode_fixed};
 
-/// Largest number of fractional bits accepted (products at `2f` must leave sign room).
-pub const MAX_FRAC_BITS: u32 = 30;
+/// Largest number of fractional bits accepted (products at `2f` must leave sign room); the
+/// secure model's validator enforces the same bound when a model is loaded.
+pub const MAX_FRAC_BITS: u32 = knapsec_core::graph::MAX_FRAC_BITS;
 
 /// Encodes `x` with `frac_bits` fractional bits.
 pub fn encode(x: f64, frac_bits: u32) -> u64 {
