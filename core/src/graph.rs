@@ -264,7 +264,11 @@ pub fn weight_len(op: &Op, input: Shape, out: u32) -> Option<u64> {
 /// has none. `recorded` is the node's own shape, read only where the op does not determine it
 /// (the input's shape, and the output channels of `Conv2d` and `Linear`). A new op adds its
 /// arm here, and is then checked wherever a model is loaded or run.
-pub fn infer_shape(op: &Op, inputs: &[Shape], recorded: Shape) -> std::result::Result<Shape, String> {
+pub fn infer_shape(
+    op: &Op,
+    inputs: &[Shape],
+    recorded: Shape,
+) -> std::result::Result<Shape, String> {
     let positive = |what: &str, v: [u32; 2]| {
         if v.contains(&0) {
             Err(format!("{what} {v:?} has a zero side"))
@@ -304,7 +308,9 @@ pub fn infer_shape(op: &Op, inputs: &[Shape], recorded: Shape) -> std::result::R
         }
         Op::Linear { .. } => {
             if (h, w) != (1, 1) {
-                return Err(format!("a linear layer needs a [C, 1, 1] input, got {first:?}"));
+                return Err(format!(
+                    "a linear layer needs a [C, 1, 1] input, got {first:?}"
+                ));
             }
             [recorded[0], 1, 1]
         }
@@ -312,10 +318,12 @@ pub fn infer_shape(op: &Op, inputs: &[Shape], recorded: Shape) -> std::result::R
             if blocks.len() != c as usize {
                 return Err(format!("{} block sizes for {c} channels", blocks.len()));
             }
-            if let Some(ch) = blocks
-                .iter()
-                .position(|b| matches!(b, BlockSize::Patch { h: 0, .. } | BlockSize::Patch { w: 0, .. }))
-            {
+            if let Some(ch) = blocks.iter().position(|b| {
+                matches!(
+                    b,
+                    BlockSize::Patch { h: 0, .. } | BlockSize::Patch { w: 0, .. }
+                )
+            }) {
                 return Err(format!("channel {ch}: zero-sized patch {}", blocks[ch]));
             }
             first
@@ -669,7 +677,10 @@ mod tests {
     #[test]
     fn recorded_shapes_must_match_the_inferred_ones() {
         let e = invalid(|m| m.nodes[1].shape = [2, 5, 4]);
-        assert!(e.contains("node 1 (conv)") && e.contains("[2, 4, 4]"), "{e}");
+        assert!(
+            e.contains("node 1 (conv)") && e.contains("[2, 4, 4]"),
+            "{e}"
+        );
         // The ReLU's shape follows from the (consistent) conv.
         let e = invalid(|m| {
             m.nodes[1].shape = [2, 2, 2];

@@ -164,14 +164,15 @@ impl McKpProblem {
         for i in 0..self.classes() {
             let (c, _) = self.class(i);
             let most = c.iter().copied().max().unwrap_or(0);
-            max_total = max_total.checked_add(most).ok_or_else(|| {
-                KnapsackError::InvalidProblem {
-                    message: format!(
-                        "the costliest options of classes 0..={i} add up to more than 64 bits \
+            max_total =
+                max_total
+                    .checked_add(most)
+                    .ok_or_else(|| KnapsackError::InvalidProblem {
+                        message: format!(
+                            "the costliest options of classes 0..={i} add up to more than 64 bits \
                          hold (class {i}'s largest cost is {most})"
-                    ),
-                }
-            })?;
+                        ),
+                    })?;
         }
         let min_cost = self.min_cost();
         if min_cost > self.budget {

@@ -94,9 +94,7 @@ impl Budget {
         self.charge(NODE, at)?;
         let depth = 1 + items.iter().map(|i| i.depth).max().unwrap_or(0);
         check_depth(depth, at)?;
-        let cost = items
-            .iter()
-            .fold(NODE, |acc, i| acc.saturating_add(i.cost));
+        let cost = items.iter().fold(NODE, |acc, i| acc.saturating_add(i.cost));
         Ok(Item {
             v: make(items.into_iter().map(|i| i.v).collect()),
             depth,
@@ -628,7 +626,10 @@ mod tests {
                 p.extend(n.to_le_bytes());
                 p.extend(b"abc.");
                 let e = from_reference_pickle(&p, "x").unwrap_err();
-                assert!(e.contains("truncated"), "opcode 0x{op:02x}, length {n}: {e}");
+                assert!(
+                    e.contains("truncated"),
+                    "opcode 0x{op:02x}, length {n}: {e}"
+                );
             }
         }
     }
@@ -637,7 +638,9 @@ mod tests {
     fn array_pickle(shape: &[i64], dtype: &str, data: &[u8]) -> Vec<u8> {
         let mut out = vec![0x80, 3, b'}', b'(', 0x8c, 1, b'l'];
         out.extend(b"cnumpy.core.multiarray\n_reconstruct\ncnumpy\nndarray\n");
-        out.extend([b'K', 0, 0x85, b'C', 1, b'b', 0x87, b'R', b'(', b'K', 1, b'(']);
+        out.extend([
+            b'K', 0, 0x85, b'C', 1, b'b', 0x87, b'R', b'(', b'K', 1, b'(',
+        ]);
         for &d in shape {
             out.extend([0x8a, 8]);
             out.extend(d.to_le_bytes());
@@ -681,7 +684,17 @@ mod tests {
         out.extend([b'x'; 1024]);
         out.extend([b'q', 0]);
         for i in 0..levels {
-            out.extend([b']', b'(', b'h', i as u8, b'h', i as u8, b'e', b'q', i as u8 + 1]);
+            out.extend([
+                b']',
+                b'(',
+                b'h',
+                i as u8,
+                b'h',
+                i as u8,
+                b'e',
+                b'q',
+                i as u8 + 1,
+            ]);
         }
         out.push(b'.');
         out
