@@ -292,7 +292,7 @@ pub fn infer_shape(
             positive("stride", *stride)?;
             positive("dilation", *dilation)?;
             let out = recorded[0];
-            if *groups == 0 || c % groups != 0 || out % groups != 0 {
+            if *groups == 0 || !c.is_multiple_of(*groups) || !out.is_multiple_of(*groups) {
                 return Err(format!(
                     "{c} -> {out} channels cannot form {groups} groups (groups must divide both)"
                 ));
