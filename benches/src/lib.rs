@@ -14,13 +14,19 @@ use std::time::{Duration, Instant};
 /// A benchmarked convolution layer.
 #[derive(Clone, Copy, Debug)]
 pub struct ConvShape {
+    /// Layer name (network, input size, kernel).
     pub name: &'static str,
+    /// Input channels.
     pub c_in: usize,
+    /// Output channels.
     pub c_out: usize,
     /// Height = width of the input.
     pub size: usize,
+    /// Kernel height = width.
     pub kernel: usize,
+    /// Stride.
     pub stride: usize,
+    /// Groups (equal to the channels for a depthwise layer).
     pub groups: usize,
 }
 

@@ -65,14 +65,19 @@ pub struct Bottleneck {
     pub name: String,
     /// `state_dict` prefix, `backbone.layer{R}.{B}`.
     pub module: String,
+    /// Input channels.
     pub in_channels: u32,
+    /// Width of the inner convolutions.
     pub planes: u32,
+    /// Output channels (`4 · planes`).
     pub out_channels: u32,
     /// Stride of the 3×3 convolution (and of the projection shortcut).
     pub stride: u32,
     /// Dilation (= padding) of the 3×3 convolution.
     pub dilation: u32,
+    /// Input map size.
     pub in_hw: (u32, u32),
+    /// Output map size.
     pub out_hw: (u32, u32),
     /// A 1×1 projection shortcut (`downsample.0` conv + `downsample.1` BN).
     pub downsample: bool,
@@ -81,13 +86,20 @@ pub struct Bottleneck {
 /// The backbone of a DeepLabV3.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Backbone {
+    /// mmseg's MobileNetV2, dilated for output stride 8.
     MobileNetV2 {
+        /// Its stem and inverted residual blocks.
         geometry: MobileNetV2Geometry,
+        /// Whether its activations are ReLU6 (else ReLU).
         relu6: bool,
     },
+    /// mmseg's dilated `ResNetV1c`-50 (deep stem of three 3×3 convolutions).
     ResNet50 {
+        /// The pooling after the stem.
         pool: StemPool,
+        /// Map size after the stem convolutions.
         stem_hw: (u32, u32),
+        /// The bottlenecks, in order.
         units: Vec<Bottleneck>,
     },
 }
@@ -95,10 +107,13 @@ pub enum Backbone {
 /// Everything needed to build one DeepLabV3 at one set of options.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DeepLabPlan {
+    /// Registry name of the architecture.
     pub arch: &'static str,
     /// Input `(C, H, W)`.
     pub input: (u32, u32, u32),
+    /// Segmentation classes (channels of the logits).
     pub classes: u32,
+    /// The backbone before the ASPP head.
     pub backbone: Backbone,
     /// Channels entering the head (320 or 2048).
     pub head_in: u32,

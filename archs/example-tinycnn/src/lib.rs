@@ -43,6 +43,7 @@ pub struct TinyCnnPlan {
     pub input: (u32, u32, u32),
     /// Channels of `conv1` (`conv2` has twice as many).
     pub width: u32,
+    /// Classes of the linear layer's output.
     pub classes: u32,
     /// Map size after `conv2`.
     pub out_hw: (u32, u32),

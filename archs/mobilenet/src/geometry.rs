@@ -40,13 +40,17 @@ pub struct InvertedResidual {
     pub index: u32,
     /// Index of this block in torchvision's `features` (the stem is `features.0`).
     pub feature: u32,
+    /// Input channels.
     pub in_channels: u32,
     /// Channels of the expanded (hidden) representation: `round(in · t)`.
     pub mid_channels: u32,
+    /// Output channels.
     pub out_channels: u32,
     /// Whether a 1×1 expansion comes first (t ≠ 1).
     pub expand: bool,
+    /// Stride of the depthwise convolution.
     pub stride: u32,
+    /// Dilation (= padding) of the depthwise convolution.
     pub dilation: u32,
 }
 
@@ -78,8 +82,11 @@ impl InvertedResidual {
 /// classifier (`features.18`, 320 → 1280).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct MobileNetV2Geometry {
+    /// Channels of the input image.
     pub in_channels: u32,
+    /// Stride of the stem convolution.
     pub stem_stride: u32,
+    /// The inverted residual blocks, in order.
     pub blocks: Vec<InvertedResidual>,
     /// Output channels of the last 1×1 convolution (1280 in the classifier), if any.
     pub last_channels: Option<u32>,
@@ -192,7 +199,9 @@ impl MobileNetV2Geometry {
 /// `state_dict` names of one convolution and its BatchNorm.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ConvNames {
+    /// `state_dict` prefix of the convolution.
     pub conv: String,
+    /// `state_dict` prefix of the BatchNorm.
     pub bn: String,
 }
 

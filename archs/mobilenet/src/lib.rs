@@ -93,10 +93,15 @@ pub fn reference_candidates(layer: &ReluLayer) -> Vec<BlockSize> {
 /// Validated options of `mobilenetv2-imagenet`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ImageNetConfig {
+    /// Channels of the input image.
     pub input_channels: u32,
+    /// Input height.
     pub height: u32,
+    /// Input width.
     pub width: u32,
+    /// Classes of the classifier's output.
     pub classes: u32,
+    /// The activation (ReLU6 or ReLU).
     pub activation: Activation,
 }
 

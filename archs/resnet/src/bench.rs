@@ -11,9 +11,13 @@ use tch::{Device, Kind, Tensor};
 /// Figures of one run of [`forward_backward`].
 #[derive(Clone, Debug, PartialEq)]
 pub struct Figures {
+    /// Registry name of the architecture.
     pub arch: String,
+    /// Images per pass.
     pub batch: i64,
+    /// Threads libtorch ran with.
     pub threads: i32,
+    /// Timed passes (after a warm-up).
     pub iterations: u32,
     /// Mean seconds of one forward+backward pass with plain ReLUs.
     pub relu_s: f64,

@@ -49,10 +49,13 @@ pub struct Unit {
     pub name: String,
     /// `state_dict` prefix, `backbone.layer{R}.{B}`.
     pub module: String,
+    /// Input channels.
     pub in_channels: u32,
     /// Width of the inner convolutions.
     pub planes: u32,
+    /// Output channels.
     pub out_channels: u32,
+    /// Stride of the unit (of its first strided convolution and of the shortcut).
     pub stride: u32,
     /// Input map size.
     pub in_hw: (u32, u32),
@@ -65,19 +68,27 @@ pub struct Unit {
 /// Everything needed to build one of the ResNets at one set of options.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ResNetPlan {
+    /// Registry name of the architecture.
     pub arch: &'static str,
+    /// Basic blocks or bottlenecks.
     pub kind: UnitKind,
     /// Input `(C, H, W)`.
     pub input: (u32, u32, u32),
     /// Stem convolution: output channels, kernel, stride, padding.
     pub stem_channels: u32,
+    /// Stem kernel size.
     pub stem_kernel: u32,
+    /// Stem stride.
     pub stem_stride: u32,
+    /// Stem padding.
     pub stem_padding: u32,
     /// Map size after the stem convolution (where the `stem` ReLU is).
     pub stem_hw: (u32, u32),
+    /// The pooling after the stem, if any.
     pub pool: StemPool,
+    /// The residual units, in order.
     pub units: Vec<Unit>,
+    /// Classes of the classifier's output.
     pub classes: u32,
 }
 

@@ -17,23 +17,33 @@ use std::time::Instant;
 /// One line of the benchmark.
 #[derive(Clone, Debug, Serialize)]
 pub struct BenchRow {
+    /// Network whose layer table the instance uses.
     pub network: String,
     /// Budget in percent of the network's DReLUs.
     pub budget_percent: f64,
+    /// Budget in DReLUs.
     pub budget_drelus: u64,
+    /// Strategy that solved it.
     pub strategy: String,
     /// Log-noise of the synthetic patch distortions.
     pub noise: f64,
+    /// Classes (channels) of the instance.
     pub classes: usize,
+    /// Options (patch sizes) summed over all classes.
     pub options: usize,
     /// Wall-clock seconds of the solve (reduction, strategy, check), one thread.
     pub seconds: f64,
     /// Peak resident set of the process during the solve, bytes.
     pub peak_rss_bytes: Option<u64>,
+    /// Summed distortion of the solution.
     pub objective: f64,
+    /// DReLUs of the solution.
     pub cost: u64,
+    /// Lower bound on the optimum (LP relaxation).
     pub bound: f64,
+    /// `(objective − bound) / |bound|`.
     pub relative_gap: f64,
+    /// Whether the strategy proved the solution optimal.
     pub optimal: bool,
 }
 

@@ -14,6 +14,7 @@ use knapsec_core::McKpProblem;
 /// One hull step of one class: from hull position `pos` to `pos + 1`.
 #[derive(Clone, Copy, Debug)]
 pub struct Increment {
+    /// Class (channel) of the step.
     pub class: u32,
     /// Hull position this increment starts from.
     pub pos: u32,
@@ -28,7 +29,9 @@ pub struct Increment {
 /// Per-class hulls (option indices within the class, increasing cost) in CSR form.
 #[derive(Clone, Debug)]
 pub struct Hulls {
+    /// Start of each class's hull in `options` (one more entry than classes).
     pub offsets: Vec<usize>,
+    /// Option indices of all hulls, class after class.
     pub options: Vec<u32>,
 }
 
@@ -104,6 +107,7 @@ pub struct Lp {
     pub base: Vec<usize>,
     /// Cost and value of the integral part.
     pub base_cost: u64,
+    /// Value of the integral part.
     pub base_value: f64,
     /// LP optimum (a lower bound on the MCKP optimum).
     pub bound: f64,

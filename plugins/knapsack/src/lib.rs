@@ -47,10 +47,20 @@ pub enum Error {
     Core(#[from] knapsec_core::CoreError),
     /// A budget string does not parse or does not fit.
     #[error("budget {text:?}: {reason}")]
-    Budget { text: String, reason: String },
+    Budget {
+        /// The budget as given.
+        text: String,
+        /// What is wrong with it.
+        reason: String,
+    },
     /// An `.npz` instance is malformed.
     #[error("{path}: {message}")]
-    Npz { path: PathBuf, message: String },
+    Npz {
+        /// The `.npz` file.
+        path: PathBuf,
+        /// What is wrong in it.
+        message: String,
+    },
     /// Anything else, with context.
     #[error("{0}")]
     Invalid(String),

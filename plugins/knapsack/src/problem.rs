@@ -205,8 +205,11 @@ impl Instance {
 /// One row of the per-layer report.
 #[derive(Clone, Debug, Serialize)]
 pub struct LayerReport {
+    /// Layer name.
     pub layer: String,
+    /// Channels of the layer.
     pub channels: u32,
+    /// DReLUs of the layer with ordinary ReLUs.
     pub drelus_original: u64,
     /// DReLUs the chosen blocks keep.
     pub drelus: u64,

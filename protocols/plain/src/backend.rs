@@ -35,6 +35,7 @@ pub enum OutputChoice {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct PlainOptions {
+    /// Which output the client learns.
     pub output: OutputChoice,
 }
 

@@ -17,8 +17,11 @@ pub enum PlainError {
     /// A node cannot be evaluated (shapes that disagree with the graph, bad parameters).
     #[error("node {index} ({name}): {message}")]
     Node {
+        /// Position of the node in the graph.
         index: usize,
+        /// Name of the node.
         name: String,
+        /// What is wrong.
         message: String,
     },
     /// Backend options that do not parse.
@@ -27,7 +30,9 @@ pub enum PlainError {
     /// A message between the parties failed or was malformed.
     #[error("{context}: {source}")]
     Transport {
+        /// What was being sent or received.
         context: String,
+        /// The transport's error.
         source: TransportError,
     },
     /// A message arrived with the wrong size or content.

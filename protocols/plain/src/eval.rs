@@ -13,7 +13,9 @@ use knapsec_ring::{
 pub struct PlainOutput {
     /// The last node's value, `[C, H, W]`, fixed point with `frac_bits` fractional bits.
     pub fixed: RingTensor,
+    /// Fractional bits of `fixed`.
     pub frac_bits: u32,
+    /// What the output is (logits or a label map).
     pub kind: OutputKind,
 }
 

@@ -13,7 +13,9 @@ use knapsec_core::graph::{ModelWeights, Op, SecureModel, decode_fixed};
 /// A real-valued `[C, H, W]` activation.
 #[derive(Clone, Debug, PartialEq)]
 pub struct FloatTensor {
+    /// `[C, H, W]`.
     pub dims: [usize; 3],
+    /// The values, row-major.
     pub data: Vec<f64>,
 }
 

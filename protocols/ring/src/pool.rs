@@ -175,10 +175,15 @@ pub enum ChannelBlock {
     /// One decision per `bh × bw` patch; the channel's patch values start at `offset` in the
     /// flat patch vector and number `rows · cols`.
     Patch {
+        /// Patch height.
         bh: usize,
+        /// Patch width.
         bw: usize,
+        /// Patches down the channel (`ceil(H / bh)`).
         rows: usize,
+        /// Patches across the channel (`ceil(W / bw)`).
         cols: usize,
+        /// Where the channel's patch values start in the flat patch vector.
         offset: usize,
     },
     /// Passes through.

@@ -8,10 +8,15 @@ use crate::tensor::RingTensor;
 /// groups, each `[height, width]`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct Conv2dParams {
+    /// Kernel height and width.
     pub kernel: [usize; 2],
+    /// Step between windows, vertical and horizontal.
     pub stride: [usize; 2],
+    /// Zero padding added on each side, vertical and horizontal.
     pub padding: [usize; 2],
+    /// Spacing between kernel taps, vertical and horizontal.
     pub dilation: [usize; 2],
+    /// Groups: input and output channels are split into this many independent parts.
     pub groups: usize,
 }
 

@@ -88,8 +88,11 @@ pub trait PanelSource: Sync {
 /// A dense row-major matrix as a [`PanelSource`].
 #[derive(Clone, Copy, Debug)]
 pub struct Dense<'a> {
+    /// The entries, row-major (at least `rows · cols`).
     pub data: &'a [u64],
+    /// Number of rows.
     pub rows: usize,
+    /// Number of columns.
     pub cols: usize,
 }
 
