@@ -41,7 +41,9 @@ pub const STATUS_PANIC: i32 = 2;
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
 pub struct StrRef {
+    /// Start of the bytes.
     pub ptr: *const u8,
+    /// Number of bytes.
     pub len: usize,
 }
 
@@ -78,7 +80,9 @@ impl StrRef {
 #[repr(C)]
 #[derive(Debug)]
 pub struct OutBuffer {
+    /// Start of the bytes.
     pub ptr: *mut u8,
+    /// Number of bytes.
     pub len: usize,
     /// Allocation capacity, for the plugin's own `free` (hosts do not interpret it).
     pub cap: usize,
@@ -118,7 +122,9 @@ pub struct PluginHeader {
     pub description: StrRef,
     /// Opaque state handed back to `call`.
     pub ctx: *const c_void,
+    /// Answers one request (see [`CallFn`]).
     pub call: CallFn,
+    /// Releases a buffer `call` returned (see [`FreeFn`]).
     pub free: FreeFn,
 }
 
@@ -130,6 +136,7 @@ pub struct PluginLibrary {
     pub abi_version: u32,
     /// Number of headers at `plugins`.
     pub count: usize,
+    /// The plugins' headers (`count` of them).
     pub plugins: *const PluginHeader,
     /// Non-empty when the library could not set itself up (e.g. a constructor panicked);
     /// then `count` is 0.

@@ -21,7 +21,9 @@ use std::sync::Once;
 
 /// One plugin value of a library.
 pub enum GuestPlugin {
+    /// An architecture.
     Arch(Arc<dyn ArchAdapter>),
+    /// A knapsack strategy.
     Strategy(Arc<dyn KnapsackStrategy>),
 }
 

@@ -292,7 +292,9 @@ impl KnapsackStrategy for DynamicStrategy {
 /// A plugin of a loaded library.
 #[derive(Clone, Debug)]
 pub enum DynamicPlugin {
+    /// An architecture.
     Arch(Arc<DynamicArch>),
+    /// A knapsack strategy.
     Strategy(Arc<DynamicStrategy>),
 }
 

@@ -21,12 +21,20 @@ pub enum Request {
     /// Any plugin: answers a [`Description`].
     Describe,
     /// Architecture: answers a [`LayerTableAnswer`].
-    LayerTable { options: ArchOptions },
+    LayerTable {
+        /// The architecture's options.
+        options: ArchOptions,
+    },
     /// Architecture: answers `Vec<BlockSize>`.
-    Candidates { layer: ReluLayer },
+    Candidates {
+        /// The layer.
+        layer: ReluLayer,
+    },
     /// Knapsack strategy: answers a `McKpSolution`.
     Solve {
+        /// The problem to solve.
         problem: McKpProblem,
+        /// How long to search and how close to the optimum to stop.
         limits: WireLimits,
     },
 }
@@ -61,8 +69,11 @@ pub fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, String>
 pub struct Description {
     /// `"architecture"` or `"knapsack-strategy"`.
     pub kind: String,
+    /// Registry name.
     pub name: String,
+    /// The plugin's own version.
     pub version: String,
+    /// One line for `knapsec plugins list`.
     pub description: String,
 }
 
@@ -71,14 +82,18 @@ pub struct Description {
 /// where it can be reported.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct LayerTableAnswer {
+    /// The layer table.
     pub table: LayerTable,
+    /// Candidate patch sizes per layer, in the table's order.
     pub candidates: Vec<Vec<BlockSize>>,
 }
 
 /// [`SolveLimits`] on the wire (a duration in milliseconds).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct WireLimits {
+    /// Time limit in milliseconds, if any.
     pub time_ms: Option<u64>,
+    /// Relative gap to the lower bound at which a search may stop.
     pub relative_gap: f64,
 }
 
@@ -116,8 +131,18 @@ pub struct WireError {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum WireKnapsackError {
-    Infeasible { min_cost: u64, budget: u64 },
-    EmptyClass { class: usize },
+    /// No choice fits the budget.
+    Infeasible {
+        /// The cheapest choice's cost.
+        min_cost: u64,
+        /// The budget.
+        budget: u64,
+    },
+    /// A class has no options.
+    EmptyClass {
+        /// The class.
+        class: usize,
+    },
 }
 
 impl WireError {

@@ -97,9 +97,13 @@ impl Default for Timeouts {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DeployConfig {
+    /// Format version of the file (currently 1).
     pub format: u32,
+    /// The client's entry.
     pub client: PartyEntry,
+    /// The server's entry.
     pub server: PartyEntry,
+    /// The helper's entry.
     pub helper: PartyEntry,
     /// This host's private key file; `{role}` is replaced by the party's role.
     pub private_key: String,
@@ -113,6 +117,7 @@ pub struct DeployConfig {
     /// The backend's options as RON text (`""` or `"()"` for its defaults).
     #[serde(default)]
     pub options: String,
+    /// Connection, handshake, message and closing deadlines.
     #[serde(default)]
     pub timeouts: Timeouts,
     /// Largest message accepted from a peer, in MiB.
@@ -123,18 +128,29 @@ pub struct DeployConfig {
 /// A loaded config for one role: paths resolved, keys read and cross-checked.
 #[derive(Clone, Debug)]
 pub struct Deployment {
+    /// This party's role.
     pub role: Role,
+    /// This party's static key pair.
     pub keypair: KeyPair,
+    /// The three parties' public keys.
     pub peers: PeerKeys,
+    /// Where the server is reached.
     pub server_address: String,
+    /// Where the helper is reached.
     pub helper_address: String,
     /// Where this party listens (server and helper).
     pub listen: Option<String>,
+    /// Folder holding `model.ron`.
     pub model_dir: PathBuf,
+    /// Folder holding `weights.safetensors`.
     pub weights_dir: PathBuf,
+    /// Registered name of the secure backend.
     pub backend: String,
+    /// The backend's options as RON text.
     pub options: String,
+    /// Connection, handshake, message and closing deadlines.
     pub timeouts: Timeouts,
+    /// Largest message accepted from a peer, in bytes.
     pub max_frame: usize,
 }
 
@@ -262,15 +278,19 @@ impl Deployment {
         }
     }
 
+    /// How long to keep retrying to reach a party.
     pub fn connect_timeout(&self) -> Duration {
         Duration::from_secs(self.timeouts.connect_s)
     }
+    /// Deadline of the authenticated handshake plus hello, per connection.
     pub fn handshake_timeout(&self) -> Duration {
         Duration::from_secs(self.timeouts.handshake_s)
     }
+    /// Longest wait for any one message during a session.
     pub fn recv_timeout(&self) -> Duration {
         Duration::from_secs(self.timeouts.recv_s)
     }
+    /// How long a closing party waits for the others to close their side.
     pub fn linger(&self) -> Duration {
         Duration::from_secs(self.timeouts.linger_s)
     }

@@ -15,7 +15,12 @@ pub enum NetError {
     // === framing ===
     /// A frame's declared payload exceeds the maximum.
     #[error("frame of {size} bytes exceeds the maximum of {max}")]
-    FrameTooLarge { size: usize, max: usize },
+    FrameTooLarge {
+        /// The declared payload size.
+        size: usize,
+        /// The largest payload allowed.
+        max: usize,
+    },
     /// A frame header with a kind byte this build does not know.
     #[error("frame of unknown kind {0}")]
     UnknownFrameKind(u8),
@@ -29,14 +34,26 @@ pub enum NetError {
     // === files ===
     /// A key file is missing, unreadable or malformed.
     #[error("key file {path}: {message}")]
-    Key { path: PathBuf, message: String },
+    Key {
+        /// The key file.
+        path: PathBuf,
+        /// What is wrong with it.
+        message: String,
+    },
     /// The deployment config is missing, unreadable or invalid.
     #[error("deployment config {path}: {message}")]
-    Config { path: PathBuf, message: String },
+    Config {
+        /// The config file.
+        path: PathBuf,
+        /// What is wrong with it.
+        message: String,
+    },
     /// Reading or writing a file.
     #[error("{path}: {source}")]
     File {
+        /// The file.
         path: PathBuf,
+        /// The I/O error.
         source: std::io::Error,
     },
 
@@ -44,31 +61,55 @@ pub enum NetError {
     /// Could not reach a party before the connect deadline.
     #[error("cannot connect to the {peer} at {address} within {seconds} s: {last}")]
     Connect {
+        /// The party being reached.
         peer: Role,
+        /// Its address.
         address: String,
+        /// The connect deadline.
         seconds: u64,
+        /// The last attempt's error.
         last: String,
     },
     /// Could not listen on an address.
     #[error("cannot listen on {address}: {source}")]
     Listen {
+        /// The address.
         address: String,
+        /// The socket error.
         source: std::io::Error,
     },
     /// A socket error on the connection with a party.
     #[error("connection with the {peer}: {source}")]
-    Io { peer: Role, source: std::io::Error },
+    Io {
+        /// The party at the other end.
+        peer: Role,
+        /// The socket error.
+        source: std::io::Error,
+    },
     /// The authenticated key exchange with a party failed (wrong key, wrong peer, garbage).
     #[error("authenticated handshake with the {peer} failed: {message}")]
-    Handshake { peer: Role, message: String },
+    Handshake {
+        /// The party at the other end.
+        peer: Role,
+        /// Why it failed.
+        message: String,
+    },
     /// The peer refused the connection and said why (an unauthenticated notice).
     #[error("the {peer} refused the connection: {reason}")]
-    Refused { peer: Role, reason: String },
+    Refused {
+        /// The party that refused.
+        peer: Role,
+        /// The reason it gave.
+        reason: String,
+    },
     /// A phase did not finish in time.
     #[error("timed out after {seconds} s waiting for the {peer} during {phase}")]
     Timeout {
+        /// The party waited for.
         peer: Role,
+        /// What was being waited for.
         phase: &'static str,
+        /// The deadline.
         seconds: u64,
     },
 
@@ -76,18 +117,33 @@ pub enum NetError {
     /// A party's protocol version, backend, options or model differ from ours.
     #[error("{peer}'s {what} {theirs} differs from {me}'s {ours}")]
     Mismatch {
+        /// What differs (protocol version, backend, options, model).
         what: &'static str,
+        /// The other party.
         peer: Role,
+        /// Its value.
         theirs: String,
+        /// This party.
         me: Role,
+        /// This party's value.
         ours: String,
     },
     /// The peer aborted the session and said why.
     #[error("the {peer} aborted the session: {reason}")]
-    Aborted { peer: Role, reason: String },
+    Aborted {
+        /// The party that aborted.
+        peer: Role,
+        /// The reason it gave.
+        reason: String,
+    },
     /// The peer sent something the session protocol does not allow here.
     #[error("unexpected message from the {peer}: {message}")]
-    Protocol { peer: Role, message: String },
+    Protocol {
+        /// The party that sent it.
+        peer: Role,
+        /// What was wrong.
+        message: String,
+    },
 
     // === layers below and above ===
     /// The transport failed.
@@ -95,7 +151,12 @@ pub enum NetError {
     Transport(#[from] TransportError),
     /// The secure backend failed (inference `index` of the session).
     #[error("inference {index}: {source}")]
-    Backend { index: u64, source: BackendError },
+    Backend {
+        /// The inference's index in the session.
+        index: u64,
+        /// The backend's error.
+        source: BackendError,
+    },
     /// Anything else, with context.
     #[error("{0}")]
     Invalid(String),

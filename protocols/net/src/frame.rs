@@ -45,7 +45,9 @@ impl FrameKind {
 /// One decoded frame.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Frame {
+    /// What the frame carries.
     pub kind: FrameKind,
+    /// The payload bytes.
     pub payload: Vec<u8>,
 }
 

@@ -28,12 +28,15 @@ pub const PROTOCOL_VERSION: u32 = 1;
 /// What one party tells another at the start of a session.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Hello {
+    /// The sender's [`PROTOCOL_VERSION`].
     pub protocol: u32,
     /// The sender's software version (informational, not compared).
     pub software: String,
+    /// The sender's role.
     pub role: Role,
     /// Chosen by the client, echoed by the others: ties the three connections together.
     pub session: [u8; 16],
+    /// Registered name of the secure backend.
     pub backend: String,
     /// Canonical form of the backend options.
     pub options: String,
@@ -154,7 +157,10 @@ impl Hello {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Control {
     /// Run inference number `index` (0, 1, 2, … in order).
-    Infer { index: u64 },
+    Infer {
+        /// The inference's index.
+        index: u64,
+    },
     /// The session is over.
     Done,
     /// The sender has all its connections of the session.

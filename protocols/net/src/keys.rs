@@ -25,7 +25,9 @@ pub const NOISE_PARAMS: &str = "Noise_KK_25519_ChaChaPoly_BLAKE2s";
 /// Which half of a key pair a file holds.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum KeyKind {
+    /// A public key file.
     Public,
+    /// A private key file.
     Private,
 }
 
@@ -58,6 +60,7 @@ impl PublicKey {
 /// A party's static key pair.
 #[derive(Clone)]
 pub struct KeyPair {
+    /// The public half.
     pub public: PublicKey,
     pub(crate) private: [u8; 32],
 }

@@ -22,7 +22,9 @@ use std::sync::{Arc, Mutex};
 /// Bytes, messages and rounds of one slice of the traffic.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Counts {
+    /// Payload bytes.
     pub bytes: u64,
+    /// Messages.
     pub messages: u64,
     /// Causal rounds charged to this slice (0 without a [`RoundTracker`]).
     pub rounds: u64,
@@ -39,16 +41,21 @@ impl Counts {
 /// One layer's traffic, with its per-op breakdown.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct LayerCounts {
+    /// The layer's name.
     pub layer: String,
+    /// The layer's total.
     #[serde(flatten)]
     pub counts: Counts,
+    /// The layer's traffic per op.
     pub ops: BTreeMap<String, Counts>,
 }
 
 /// A communication report: one party's sent traffic, or the merge of all three.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct CommReport {
+    /// Payload bytes.
     pub bytes: u64,
+    /// Messages.
     pub messages: u64,
     /// Causal rounds if a [`RoundTracker`] was shared, otherwise the largest flight count.
     pub rounds: u64,

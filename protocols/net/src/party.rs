@@ -43,6 +43,7 @@ struct Established {
 /// Per-inference figures of one party.
 #[derive(Clone, Debug, PartialEq, serde::Serialize)]
 pub struct InferenceStats {
+    /// The inference's index in the session.
     pub index: u64,
     /// Wall-clock time of the inference at this party.
     pub seconds: f64,

@@ -37,6 +37,7 @@ const WRITE_BATCH: usize = 256 * 1024;
 /// The public keys of the three parties, as the deployment config lists them.
 #[derive(Clone, Debug, Default)]
 pub struct PeerKeys {
+    /// Indexed by role (client, server, helper); `None` where the config lists none.
     pub keys: [Option<PublicKey>; 3],
 }
 

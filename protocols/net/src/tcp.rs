@@ -54,7 +54,9 @@ struct Link {
 /// Byte counts of one transport, per peer (payload bytes of data frames).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct LinkStats {
+    /// Payload bytes sent to the peer.
     pub sent: u64,
+    /// Payload bytes received from the peer.
     pub received: u64,
 }
 

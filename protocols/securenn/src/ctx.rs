@@ -21,8 +21,11 @@ use knapsec_ring::Prg;
 /// A pair of parties that shares a key.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Pair {
+    /// The client and the server.
     ClientServer,
+    /// The client and the helper.
     ClientHelper,
+    /// The server and the helper.
     ServerHelper,
 }
 
@@ -47,6 +50,7 @@ pub fn stream(node: usize, job: usize) -> u64 {
 
 /// One party's protocol context.
 pub struct Ctx<'a> {
+    /// The party this context runs.
     pub role: Role,
     transport: &'a mut dyn Transport,
     session: [Option<[u8; 32]>; 3],

@@ -13,18 +13,27 @@ pub enum SecureNnError {
     /// The transport failed (a peer disconnected, timed out, ...).
     #[error("{role}, layer {layer:?} ({op}): {source}")]
     Transport {
+        /// The party that saw it.
         role: Role,
+        /// The layer being run.
         layer: String,
+        /// The operation being run.
         op: &'static str,
+        /// The transport's error.
         source: TransportError,
     },
     /// A peer sent a message of the wrong size or content.
     #[error("{role}, layer {layer:?} ({op}): malformed message from the {peer}: {message}")]
     Malformed {
+        /// The party that received it.
         role: Role,
+        /// The party that sent it.
         peer: Role,
+        /// The layer being run.
         layer: String,
+        /// The operation being run.
         op: &'static str,
+        /// What is wrong with it.
         message: String,
     },
     /// Options could not be parsed or are out of range.
@@ -32,20 +41,38 @@ pub enum SecureNnError {
     Options(String),
     /// The model uses something this backend cannot run.
     #[error("layer {layer:?}: {message}")]
-    Unsupported { layer: String, message: String },
+    Unsupported {
+        /// The layer.
+        layer: String,
+        /// What it uses that this backend cannot run.
+        message: String,
+    },
     /// The model, weights or input are inconsistent.
     #[error("{role}: {message}")]
-    Input { role: Role, message: String },
+    Input {
+        /// The party that found it.
+        role: Role,
+        /// What is inconsistent.
+        message: String,
+    },
     /// A ring kernel refused its operands (a shape bug, named by layer).
     #[error("{role}, layer {layer:?}: {source}")]
     Ring {
+        /// The party that ran it.
         role: Role,
+        /// The layer being run.
         layer: String,
+        /// The ring kernel's error.
         source: knapsec_ring::RingError,
     },
     /// A party thread panicked or could not be joined (simulation only).
     #[error("{role} thread failed: {message}")]
-    Thread { role: Role, message: String },
+    Thread {
+        /// The party whose thread failed.
+        role: Role,
+        /// The panic message, or why it could not be joined.
+        message: String,
+    },
 }
 
 impl From<SecureNnError> for BackendError {

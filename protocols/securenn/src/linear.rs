@@ -43,10 +43,15 @@ pub struct LinearSpec {
     pub node: usize,
     /// `None` for a fully connected layer.
     pub conv: Option<Conv2dParams>,
+    /// Input dimensions.
     pub in_dims: Vec<usize>,
+    /// Weight dimensions.
     pub w_dims: Vec<usize>,
+    /// Output dimensions.
     pub out_dims: Vec<usize>,
+    /// Name of the weight tensor in the model's weights.
     pub weight: String,
+    /// Name of the bias tensor, if the layer has one.
     pub bias: Option<String>,
 }
 
@@ -56,7 +61,9 @@ pub struct LinearSpec {
 /// inference); a fully connected layer's as they are (its product is matrix–vector).
 #[derive(Clone, Debug)]
 pub enum LayerWeights {
+    /// A convolution's weights, prepared ([`knapsec_ring::PreparedConv`]).
     Conv(PreparedConv),
+    /// A fully connected layer's weights, `[out, in]`.
     Dense(RingTensor),
 }
 
@@ -144,13 +151,17 @@ pub fn setup_helper(ctx: &mut Ctx<'_>, spec: &LinearSpec) -> Result<HelperWeight
 pub enum LinearPre {
     /// The mask `A` and the output share `Y₀` (before truncation).
     Client {
+        /// The client's mask `A`.
         a: RingTensor,
+        /// The client's share `Y₀`.
         y0: RingTensor,
     },
     /// The output mask `R`.
     Server {
+        /// The server's mask `R`.
         r: RingTensor,
     },
+    /// The helper keeps nothing (it sent its shares in the offline phase).
     Helper,
 }
 

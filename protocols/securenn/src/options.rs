@@ -19,7 +19,12 @@ pub enum DreluMode {
     /// The sign of the `bits`-bit two's-complement window `[t, t + bits)` of the value (of the
     /// patch mean, for block ReLUs), `t = lsb_ignored`; `bits − 1` bits are compared. See
     /// [`crate::select`] for the exact range where the result is correct.
-    Approx { bits: u32, lsb_ignored: u32 },
+    Approx {
+        /// Window bits `k`, sign included.
+        bits: u32,
+        /// Ignored low bits `t`.
+        lsb_ignored: u32,
+    },
 }
 
 impl DreluMode {
@@ -88,7 +93,9 @@ pub enum Reveal {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Options {
+    /// How DReLUs are computed.
     pub drelu: DreluMode,
+    /// What the client learns.
     pub reveal: Reveal,
 }
 

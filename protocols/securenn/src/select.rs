@@ -58,7 +58,12 @@ pub enum Groups {
     /// `n` groups, group `i` = `{i}`.
     Singles(usize),
     /// Group `g` = `idx[ptr[g]..ptr[g + 1]]`.
-    Csr { ptr: Vec<usize>, idx: Vec<u32> },
+    Csr {
+        /// Start of each group in `idx` (one more entry than groups).
+        ptr: Vec<usize>,
+        /// Pixel indices of all groups, group after group.
+        idx: Vec<u32>,
+    },
 }
 
 impl Groups {
@@ -201,22 +206,37 @@ impl PcRand {
 /// One party's preprocessing for one [`SelectSpec`].
 #[derive(Clone, Debug)]
 pub enum SelectPre {
+    /// The client's share.
     Client {
+        /// Its pixel masks `m₀`.
         m: Vec<u64>,
+        /// Its bit shares (mod 67) of each patch's compared window of `x`.
         u: Vec<u8>,
+        /// Its share of `h`, per patch.
         h: Vec<u64>,
+        /// Its share of `h·m`, per pixel.
         hm: Vec<u64>,
+        /// The PrivateCompare randomness it shares with the server.
         pc: PcRandBox,
     },
+    /// The server's share.
     Server {
+        /// Its pixel masks `m₁`.
         m: Vec<u64>,
+        /// Its bit shares (mod 67) of each patch's compared window of `x`, sent by the helper.
         u: Vec<u8>,
+        /// The PrivateCompare randomness it shares with the client.
         pc: PcRandBox,
     },
+    /// The helper's part.
     Helper {
+        /// The pixel masks `m = m₀ + m₁`.
         m: Vec<u64>,
+        /// The sign bit `x_j` of each patch's masked sum `x`.
         xj: Vec<u8>,
+        /// The client's share of `h`, per patch (its own is `h − h0`).
         h0: Vec<u64>,
+        /// The client's share of `h·m`, per pixel.
         hm0: Vec<u64>,
     },
 }

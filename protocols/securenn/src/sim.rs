@@ -29,6 +29,7 @@ pub struct PhaseReport {
     /// the phase, from `/proc/self/stat` (Linux; 0 elsewhere). On a loaded machine this is
     /// the figure that does not depend on the other processes.
     pub cpu_seconds: f64,
+    /// Bytes and rounds of the phase.
     pub comm: CommReport,
 }
 
@@ -53,13 +54,17 @@ pub fn process_cpu_seconds() -> f64 {
 pub struct SimReport {
     /// What the client learned.
     pub output: PartyOutput,
+    /// The per-session set-up.
     pub setup: PhaseReport,
+    /// The offline phase of the inference.
     pub offline: PhaseReport,
+    /// The online phase of the inference.
     pub online: PhaseReport,
     /// DReLUs evaluated (network and argmax).
     pub drelus: u64,
     /// Closed-form bytes per inference and per session setup.
     pub closed_form_bytes: u64,
+    /// Closed-form bytes per session set-up.
     pub closed_form_setup_bytes: u64,
 }
 

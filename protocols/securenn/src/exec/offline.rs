@@ -29,6 +29,7 @@ pub struct Preprocessing {
 /// weights.
 #[derive(Debug)]
 pub struct Session<'m> {
+    /// The party.
     pub role: Role,
     pub(super) model: &'m SecureModel,
     pub(super) plan: Plan,
