@@ -23,10 +23,13 @@ use tch::{Kind, Tensor};
 /// Learning-rate schedule after warm-up.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum Schedule {
+    /// The same rate throughout.
     Constant,
     /// Multiply by `gamma` every `every` epochs.
     Step {
+        /// Epochs between two steps.
         every: usize,
+        /// Factor applied at each step.
         gamma: f64,
     },
     /// Cosine decay to 0 over the whole run.
@@ -37,12 +40,19 @@ pub enum Schedule {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct TrainConfig {
+    /// Passes over the training set.
     pub epochs: usize,
+    /// Images per step.
     pub batch_size: usize,
+    /// Learning rate after warm-up.
     pub lr: f64,
+    /// SGD momentum.
     pub momentum: f64,
+    /// L2 weight decay.
     pub weight_decay: f64,
+    /// Whether the momentum is Nesterov's.
     pub nesterov: bool,
+    /// Learning-rate schedule after warm-up.
     pub schedule: Schedule,
     /// Warm-up length in epochs (linear from 0 to `lr`).
     pub warmup_epochs: f64,
@@ -91,11 +101,15 @@ impl TrainConfig {
 /// Statistics of one epoch.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct EpochStats {
+    /// Epoch number, from 1.
     pub epoch: usize,
+    /// Mean training loss of the epoch.
     pub train_loss: f64,
+    /// Training accuracy of the epoch, in [0, 1].
     pub train_accuracy: f64,
     /// Accuracy on the evaluation set, if one was given.
     pub eval_accuracy: Option<f64>,
+    /// Wall-clock seconds of the epoch.
     pub seconds: f64,
 }
 
@@ -238,9 +252,11 @@ pub fn train(
 /// Result of an evaluation.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct EvalStats {
+    /// Images evaluated.
     pub count: usize,
     /// Top-1 accuracy in [0, 1].
     pub accuracy: f64,
+    /// Mean cross-entropy loss.
     pub loss: f64,
     /// Predicted label of every image, in order.
     pub predictions: Vec<i64>,
@@ -287,14 +303,18 @@ pub fn evaluate(network: &Network, set: &ImageSet, batch_size: usize) -> Result<
 /// `IoUMetric`: mIoU is the mean over the classes whose union is not empty).
 #[derive(Clone, Debug, PartialEq)]
 pub struct IouCounts {
+    /// Pixels of each class both labelled and predicted.
     pub intersection: Vec<u64>,
+    /// Pixels of each class labelled or predicted.
     pub union: Vec<u64>,
     /// Pixels not ignored, and those predicted right.
     pub valid: u64,
+    /// See `valid`.
     pub correct: u64,
 }
 
 impl IouCounts {
+    /// Zero counts for `classes` classes.
     pub fn new(classes: usize) -> Self {
         IouCounts {
             intersection: vec![0; classes],
@@ -359,9 +379,13 @@ pub fn mean_iou(pred: &Tensor, target: &Tensor, classes: i64, ignore: i64) -> f6
 /// Segmentation figures of [`evaluate_segmentation`].
 #[derive(Clone, Debug, PartialEq)]
 pub struct SegmentationStats {
+    /// Images evaluated.
     pub count: usize,
+    /// Mean intersection over union (classes with a non-empty union).
     pub miou: f64,
+    /// Pixels predicted right among those not ignored.
     pub pixel_accuracy: f64,
+    /// The counts behind both.
     pub counts: IouCounts,
 }
 

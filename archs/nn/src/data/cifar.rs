@@ -7,9 +7,12 @@ use super::{ImageSet, Pixels, Split};
 use crate::error::{NnError, Result};
 use std::path::Path;
 
+/// Which CIFAR data set a folder holds.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Variant {
+    /// CIFAR-10 (10 classes).
     Cifar10,
+    /// CIFAR-100 (100 fine classes).
     Cifar100,
 }
 

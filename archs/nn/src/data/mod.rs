@@ -28,6 +28,7 @@ use tch::{Kind, Tensor};
 pub struct ImageSet {
     /// `N × C × H × W` pixels, row-major.
     pub pixels: Pixels,
+    /// The label of every image, in order.
     pub labels: Vec<i64>,
     /// `(C, H, W)` of one image.
     pub shape: (usize, usize, usize),
@@ -36,6 +37,7 @@ pub struct ImageSet {
     /// Per-channel mean and standard deviation applied by [`ImageSet::to_tensors`] after
     /// scaling `u8` pixels to `[0, 1]`.
     pub mean: Vec<f32>,
+    /// See `mean`.
     pub std: Vec<f32>,
 }
 
@@ -49,10 +51,12 @@ pub enum Pixels {
 }
 
 impl ImageSet {
+    /// Number of images.
     pub fn len(&self) -> usize {
         self.labels.len()
     }
 
+    /// Whether the set holds no image.
     pub fn is_empty(&self) -> bool {
         self.labels.is_empty()
     }

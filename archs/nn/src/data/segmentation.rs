@@ -24,7 +24,9 @@ pub struct SegmentationSet {
     pub pixels: Vec<u8>,
     /// `N × H × W` labels (255 = ignore).
     pub labels: Vec<u8>,
+    /// Image height.
     pub height: usize,
+    /// Image width.
     pub width: usize,
     /// The image files, in order.
     pub files: Vec<PathBuf>,
@@ -34,10 +36,12 @@ const MEAN: [f32; 3] = [0.485, 0.456, 0.406];
 const STD: [f32; 3] = [0.229, 0.224, 0.225];
 
 impl SegmentationSet {
+    /// Number of images.
     pub fn len(&self) -> usize {
         self.files.len()
     }
 
+    /// Whether the set holds no image.
     pub fn is_empty(&self) -> bool {
         self.files.is_empty()
     }

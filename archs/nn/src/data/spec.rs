@@ -7,7 +7,9 @@ use std::path::{Path, PathBuf};
 /// Which part of a data set.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Split {
+    /// The training part.
     Train,
+    /// The test (evaluation) part.
     Test,
 }
 
@@ -17,25 +19,36 @@ pub enum DataSpec {
     /// Fashion-MNIST IDX files; without a folder, `$KNAPSEC_DATA/fashion-mnist` (set up by
     /// `setup.sh`).
     FashionMnist(Option<PathBuf>),
+    /// MNIST IDX files in the folder.
     Mnist(PathBuf),
+    /// CIFAR-10 binary batches in the folder.
     Cifar10(PathBuf),
+    /// CIFAR-100 binary batches in the folder.
     Cifar100(PathBuf),
     /// One sub-folder per class; images resized to `size` (shorter side `size·8/7`, centre crop).
     Folder {
+        /// The folder.
         dir: PathBuf,
+        /// Side of the square images.
         size: u32,
     },
     /// Images with label maps (ADE20K / mmseg layout), for mIoU: `seg:DIR` (labels as they
     /// are) or `ade20k:DIR` (label 0 ignored, the others shifted down by one).
     Segmentation {
+        /// The folder.
         dir: PathBuf,
+        /// Whether label 0 is ignored and the others shifted down by one.
         reduce_zero_label: bool,
     },
     /// Seeded Gaussian images of the given shape (for tests and benchmarks).
     Random {
+        /// Number of images.
         count: usize,
+        /// `(C, H, W)` of one image.
         shape: (usize, usize, usize),
+        /// Number of classes.
         classes: usize,
+        /// Seed of the images and labels.
         seed: u64,
     },
 }

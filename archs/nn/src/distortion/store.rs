@@ -29,7 +29,9 @@ pub const RUN_KEY: &str = "knapsec_distortion_run";
 /// One of `count` independent parts of an extraction (`index` is 0-based).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Shard {
+    /// This part's index.
     pub index: usize,
+    /// Number of parts.
     pub count: usize,
 }
 
