@@ -20,6 +20,7 @@ pub struct ArchOptions {
     pub input_channels: Option<u32>,
     /// Input height and width in pixels.
     pub input_height: Option<u32>,
+    /// See `input_height`.
     pub input_width: Option<u32>,
     /// Number of output classes.
     pub classes: Option<u32>,

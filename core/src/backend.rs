@@ -14,9 +14,13 @@ use serde::{Deserialize, Serialize};
 /// the pair it is not in.
 #[derive(Clone, Default)]
 pub struct SessionKeys {
+    /// Seed shared by client and server.
     pub client_server: Option<[u8; 32]>,
+    /// Seed shared by client and helper.
     pub client_helper: Option<[u8; 32]>,
+    /// Seed shared by server and helper.
     pub server_helper: Option<[u8; 32]>,
+    /// This party's own seed.
     pub private: [u8; 32],
 }
 
@@ -40,7 +44,9 @@ impl SessionKeys {
 
 /// Everything one party brings to an inference.
 pub struct PartyJob<'a> {
+    /// The party's role.
     pub role: Role,
+    /// The secure model's public part (graph, shapes, spec).
     pub model: &'a SecureModel,
     /// The server's weights; `None` for client and helper.
     pub weights: Option<&'a ModelWeights>,
@@ -48,13 +54,16 @@ pub struct PartyJob<'a> {
     pub input: Option<&'a [f32]>,
     /// The backend's options as RON text (empty for the defaults).
     pub options: &'a str,
+    /// The session's keys.
     pub keys: &'a SessionKeys,
+    /// The connections to the two other parties.
     pub transport: &'a mut dyn Transport,
 }
 
 /// What the client learns (server and helper learn nothing and return `Nothing`).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum PartyOutput {
+    /// Server and helper learn nothing.
     Nothing,
     /// Real-valued logits, `C·H·W`.
     Logits(Vec<f32>),
@@ -65,17 +74,28 @@ pub enum PartyOutput {
 /// Errors of a secure backend.
 #[derive(Debug, thiserror::Error)]
 pub enum BackendError {
+    /// The transport failed.
     #[error("transport failed at layer {layer:?}: {source}")]
     Transport {
+        /// The layer being run.
         layer: String,
+        /// The transport's error.
         source: TransportError,
     },
+    /// Options that do not parse or are out of range.
     #[error("invalid backend options: {0}")]
     Options(String),
+    /// A model this backend cannot run.
     #[error("the model is not supported by this backend: {0}")]
     Unsupported(String),
+    /// A party failed (bad input, inconsistent messages).
     #[error("{role}: {message}")]
-    Party { role: Role, message: String },
+    Party {
+        /// The party.
+        role: Role,
+        /// What went wrong.
+        message: String,
+    },
 }
 
 /// A three-party secure-inference protocol.

@@ -21,7 +21,12 @@ use std::str::FromStr;
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum BlockSize {
     /// One DReLU per `h × w` patch, tiled from the top-left; ragged edges form partial patches.
-    Patch { h: u32, w: u32 },
+    Patch {
+        /// Patch height.
+        h: u32,
+        /// Patch width.
+        w: u32,
+    },
     /// No ReLU: the channel passes through unchanged.
     Identity,
     /// The channel is set to zero (imported from reference files only).

@@ -104,6 +104,7 @@ impl DistortionLayer {
 pub struct DistortionTable {
     /// Architecture name (as in the registry).
     pub arch: String,
+    /// Where the table came from (weights, samples, metric).
     pub provenance: Provenance,
     /// Layers in network order.
     pub layers: IndexMap<String, DistortionLayer>,

@@ -53,37 +53,58 @@ pub enum Op {
     Input,
     /// 2-D convolution with folded BatchNorm; weight `[out, in/groups, kh, kw]`, bias `[out]`.
     Conv2d {
+        /// Name of the weight tensor.
         weight: String,
+        /// Name of the bias tensor, if any.
         bias: Option<String>,
+        /// Kernel height and width.
         kernel: [u32; 2],
+        /// Stride, vertical and horizontal.
         stride: [u32; 2],
+        /// Zero padding on each side, vertical and horizontal.
         padding: [u32; 2],
+        /// Spacing between kernel taps, vertical and horizontal.
         dilation: [u32; 2],
+        /// Groups.
         groups: u32,
     },
     /// Fully connected layer on a `[C, 1, 1]` input; weight `[out, in]`, bias `[out]`.
     Linear {
+        /// Name of the weight tensor.
         weight: String,
+        /// Name of the bias tensor, if any.
         bias: Option<String>,
     },
     /// ReLU layer `layer` with one block size per channel (`(1,1)` = ReLU, identity, zero).
     BlockRelu {
+        /// The ReLU layer's name (as in the layer table and the block spec).
         layer: String,
+        /// One block size per channel.
         blocks: Vec<BlockSize>,
     },
     /// `min(max(x, 0), 6)` per pixel (MobileNetV2 with ReLU6); `layer` names its slot.
-    Relu6 { layer: String },
+    Relu6 {
+        /// The slot's name.
+        layer: String,
+    },
     /// Average pooling; `count_include_pad` as in PyTorch.
     AvgPool {
+        /// Window height and width.
         kernel: [u32; 2],
+        /// Stride, vertical and horizontal.
         stride: [u32; 2],
+        /// Zero padding on each side, vertical and horizontal.
         padding: [u32; 2],
+        /// Whether padded positions count in the divisor.
         count_include_pad: bool,
     },
     /// Max pooling (padding counts as −∞).
     MaxPool {
+        /// Window height and width.
         kernel: [u32; 2],
+        /// Stride, vertical and horizontal.
         stride: [u32; 2],
+        /// Padding on each side, vertical and horizontal.
         padding: [u32; 2],
     },
     /// Mean over H·W per channel, giving `[C, 1, 1]`.
@@ -93,7 +114,12 @@ pub enum Op {
     /// Concatenation of the inputs along channels.
     Concat,
     /// Repeats a `[C, 1, 1]` input to `[C, H, W]` (the ASPP image-pooling broadcast).
-    Broadcast { height: u32, width: u32 },
+    Broadcast {
+        /// Output height.
+        height: u32,
+        /// Output width.
+        width: u32,
+    },
 }
 
 /// A node: an op, the nodes it reads, and the shape it produces.
@@ -101,29 +127,36 @@ pub enum Op {
 pub struct Node {
     /// Human-readable name (e.g. the PyTorch module path).
     pub name: String,
+    /// What the node computes.
     pub op: Op,
     /// Indices of earlier nodes.
     pub inputs: Vec<usize>,
+    /// The output's `[C, H, W]`.
     pub shape: Shape,
 }
 
 /// The public part of a secure model.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct SecureModel {
+    /// Format version ([`MODEL_FORMAT`]).
     pub format: u32,
+    /// Architecture name (as in the registry).
     pub arch: String,
     /// Fractional bits of the fixed-point encoding.
     pub frac_bits: u32,
+    /// What the output means (logits or a segmentation map).
     pub output_kind: OutputKind,
     /// Nodes in topological order; node 0 is the input; the last node is the output.
     pub nodes: Vec<Node>,
 }
 
 impl SecureModel {
+    /// `[C, H, W]` of the input image.
     pub fn input_shape(&self) -> Shape {
         self.nodes.first().map(|n| n.shape).unwrap_or([0; 3])
     }
 
+    /// `[C, H, W]` of the output.
     pub fn output_shape(&self) -> Shape {
         self.nodes.last().map(|n| n.shape).unwrap_or([0; 3])
     }
@@ -413,13 +446,16 @@ pub fn infer_shape(
 /// One fixed-point weight tensor.
 #[derive(Clone, Debug, PartialEq)]
 pub struct FixedTensor {
+    /// Dimensions.
     pub shape: Vec<usize>,
+    /// The values, row-major, with the model's fractional bits.
     pub data: Vec<i64>,
 }
 
 /// The private part of a secure model: named fixed-point tensors (server only).
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct ModelWeights {
+    /// The tensors by name (as the graph's ops name them).
     pub tensors: BTreeMap<String, FixedTensor>,
 }
 

@@ -39,11 +39,17 @@ pub struct ParamSource {
 /// Hyper-parameters of a convolution, as in PyTorch's `nn.Conv2d`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ConvSpec {
+    /// Output channels.
     pub out_channels: u32,
+    /// Kernel height and width.
     pub kernel: [u32; 2],
+    /// Stride, vertical and horizontal.
     pub stride: [u32; 2],
+    /// Zero padding on each side, vertical and horizontal.
     pub padding: [u32; 2],
+    /// Spacing between kernel taps, vertical and horizontal.
     pub dilation: [u32; 2],
+    /// Groups.
     pub groups: u32,
     /// The module has its own bias.
     pub bias: bool,

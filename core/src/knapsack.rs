@@ -251,6 +251,7 @@ pub enum Reduction {
 /// A reduced problem and the way back to the original option indices.
 #[derive(Clone, Debug)]
 pub struct Reduced {
+    /// The reduced problem.
     pub problem: McKpProblem,
     /// For every option of `problem`, its index within its class of the original problem.
     pub original: Vec<u32>,
@@ -312,16 +313,36 @@ impl McKpSolution {
 /// Errors of knapsack strategies.
 #[derive(Debug, thiserror::Error)]
 pub enum KnapsackError {
+    /// No choice fits the budget.
     #[error(
         "infeasible: even the cheapest option of every class costs {min_cost} DReLUs, over the budget of {budget}"
     )]
-    Infeasible { min_cost: u64, budget: u64 },
+    Infeasible {
+        /// The cheapest choice's cost.
+        min_cost: u64,
+        /// The budget.
+        budget: u64,
+    },
+    /// A class without any option of finite value.
     #[error("class {class} has no finite option")]
-    EmptyClass { class: usize },
+    EmptyClass {
+        /// The class.
+        class: usize,
+    },
+    /// A malformed problem (offsets that decrease, lengths that disagree).
     #[error("invalid knapsack problem: {message}")]
-    InvalidProblem { message: String },
+    InvalidProblem {
+        /// What is wrong.
+        message: String,
+    },
+    /// A strategy failed.
     #[error("{strategy}: {message}")]
-    Strategy { strategy: String, message: String },
+    Strategy {
+        /// The strategy's name.
+        strategy: String,
+        /// What went wrong.
+        message: String,
+    },
 }
 
 /// Chooses one option per class within the budget.

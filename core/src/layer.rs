@@ -8,13 +8,18 @@ use serde::{Deserialize, Serialize};
 /// One ReLU layer: `channels × height × width` activations, one ReLU per activation.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ReluLayer {
+    /// Layer name (the reference's, e.g. `layer1_0_1`).
     pub name: String,
+    /// Channels.
     pub channels: u32,
+    /// Height of the activation.
     pub height: u32,
+    /// Width of the activation.
     pub width: u32,
 }
 
 impl ReluLayer {
+    /// A layer of `channels × height × width` activations.
     pub fn new(name: impl Into<String>, channels: u32, height: u32, width: u32) -> Self {
         ReluLayer {
             name: name.into(),
@@ -33,7 +38,9 @@ impl ReluLayer {
 /// The ordered ReLU layers of one architecture at one input size.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LayerTable {
+    /// Architecture name (as in the registry).
     pub arch: String,
+    /// The layers, in network order.
     pub layers: Vec<ReluLayer>,
 }
 
@@ -59,10 +66,12 @@ impl LayerTable {
         Ok(LayerTable { arch, layers })
     }
 
+    /// The layer named `name`.
     pub fn get(&self, name: &str) -> Option<&ReluLayer> {
         self.layers.iter().find(|l| l.name == name)
     }
 
+    /// Position of the layer named `name`.
     pub fn index_of(&self, name: &str) -> Option<usize> {
         self.layers.iter().position(|l| l.name == name)
     }

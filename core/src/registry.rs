@@ -17,23 +17,31 @@ use std::sync::Arc;
 
 /// Link-time registration of an architecture adapter.
 pub struct ArchRegistration {
+    /// Registry name.
     pub name: &'static str,
     /// The crate that registers it (shown by `plugins list`).
     pub provider: &'static str,
+    /// Builds the adapter.
     pub make: fn() -> Arc<dyn ArchAdapter>,
 }
 
 /// Link-time registration of a knapsack strategy.
 pub struct StrategyRegistration {
+    /// Registry name.
     pub name: &'static str,
+    /// The crate that registers it (shown by `plugins list`).
     pub provider: &'static str,
+    /// Builds the strategy.
     pub make: fn() -> Arc<dyn KnapsackStrategy>,
 }
 
 /// Link-time registration of a secure backend.
 pub struct BackendRegistration {
+    /// Registry name.
     pub name: &'static str,
+    /// The crate that registers it (shown by `plugins list`).
     pub provider: &'static str,
+    /// Builds the backend.
     pub make: fn() -> Arc<dyn SecureBackend>,
 }
 
@@ -45,12 +53,16 @@ inventory::collect!(BackendRegistration);
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum PluginKind {
+    /// Architecture adapters.
     Architecture,
+    /// Knapsack strategies.
     KnapsackStrategy,
+    /// Secure backends.
     SecureBackend,
 }
 
 impl PluginKind {
+    /// The kind's name (`architecture`, `knapsack-strategy`, `secure-backend`).
     pub fn as_str(self) -> &'static str {
         match self {
             PluginKind::Architecture => "architecture",
@@ -82,9 +94,13 @@ impl std::fmt::Display for PluginSource {
 /// One row of `knapsec plugins list`.
 #[derive(Clone, Debug, Serialize)]
 pub struct PluginInfo {
+    /// Its kind.
     pub kind: PluginKind,
+    /// Its registry name.
     pub name: String,
+    /// One line saying what it is.
     pub description: String,
+    /// Where it comes from.
     pub source: PluginSource,
 }
 
@@ -183,6 +199,7 @@ impl Registry {
         Self::builtin_filtered(|_, _| true)
     }
 
+    /// Adds an architecture, refusing a name already taken.
     pub fn add_arch(&mut self, plugin: Arc<dyn ArchAdapter>, source: PluginSource) -> Result<()> {
         let name = plugin.name().to_string();
         insert(
@@ -194,6 +211,7 @@ impl Registry {
         )
     }
 
+    /// Adds a knapsack strategy, refusing a name already taken.
     pub fn add_strategy(
         &mut self,
         plugin: Arc<dyn KnapsackStrategy>,
@@ -209,6 +227,7 @@ impl Registry {
         )
     }
 
+    /// Adds a secure backend, refusing a name already taken.
     pub fn add_backend(
         &mut self,
         plugin: Arc<dyn SecureBackend>,
@@ -224,26 +243,32 @@ impl Registry {
         )
     }
 
+    /// The architecture named `name`, or an error listing those there are.
     pub fn arch(&self, name: &str) -> Result<Arc<dyn ArchAdapter>> {
         lookup(&self.archs, PluginKind::Architecture, name)
     }
 
+    /// The strategy named `name`, or an error listing those there are.
     pub fn strategy(&self, name: &str) -> Result<Arc<dyn KnapsackStrategy>> {
         lookup(&self.strategies, PluginKind::KnapsackStrategy, name)
     }
 
+    /// The backend named `name`, or an error listing those there are.
     pub fn backend(&self, name: &str) -> Result<Arc<dyn SecureBackend>> {
         lookup(&self.backends, PluginKind::SecureBackend, name)
     }
 
+    /// Names of the architectures, sorted.
     pub fn arch_names(&self) -> Vec<String> {
         self.archs.keys().cloned().collect()
     }
 
+    /// Names of the strategies, sorted.
     pub fn strategy_names(&self) -> Vec<String> {
         self.strategies.keys().cloned().collect()
     }
 
+    /// Names of the backends, sorted.
     pub fn backend_names(&self) -> Vec<String> {
         self.backends.keys().cloned().collect()
     }

@@ -21,21 +21,27 @@ pub const SPEC_FORMAT: u32 = 1;
 /// One patch size per channel, per ReLU layer.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BlockSpec {
+    /// Format version ([`SPEC_FORMAT`]).
     pub format: u32,
+    /// Architecture name (as in the registry).
     pub arch: String,
+    /// Block size of every channel, per layer name.
     pub layers: IndexMap<String, Vec<BlockSize>>,
 }
 
 /// File formats a spec can be read from or written to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum SpecFormat {
+    /// RON text.
     Ron,
+    /// JSON text.
     Json,
     /// The reference's pickled `{layer: int32[C, 2]}` (read; written for round-trip tests).
     Pickle,
 }
 
 impl SpecFormat {
+    /// The format a file's extension names (`.ron`, `.json`, `.pickle` or `.pkl`).
     pub fn from_path(path: &Path) -> Result<Self> {
         match path
             .extension()

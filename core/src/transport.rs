@@ -19,6 +19,7 @@ pub enum Role {
 }
 
 impl Role {
+    /// The three roles, in this order.
     pub const ALL: [Role; 3] = [Role::Client, Role::Server, Role::Helper];
 
     /// 0, 1, 2 in the reference's numbering.
@@ -63,16 +64,46 @@ impl std::str::FromStr for Role {
 /// Errors of a transport; each names the peer involved.
 #[derive(Debug, thiserror::Error)]
 pub enum TransportError {
+    /// The peer closed the connection.
     #[error("{peer} disconnected{context}")]
-    Disconnected { peer: Role, context: String },
+    Disconnected {
+        /// The peer.
+        peer: Role,
+        /// What was being sent or received (empty, or starting with a separator).
+        context: String,
+    },
+    /// The peer sent nothing in time.
     #[error("timed out waiting for {peer}{context}")]
-    Timeout { peer: Role, context: String },
+    Timeout {
+        /// The peer.
+        peer: Role,
+        /// What was being waited for (empty, or starting with a separator).
+        context: String,
+    },
+    /// The peer announced a message over the size limit.
     #[error("frame of {size} bytes from {peer} exceeds the maximum of {max}")]
-    FrameTooLarge { peer: Role, size: usize, max: usize },
+    FrameTooLarge {
+        /// The peer.
+        peer: Role,
+        /// The announced size in bytes.
+        size: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// A message addressed to this party's own role.
     #[error("cannot send to {peer}: it is this party's own role")]
-    SelfMessage { peer: Role },
+    SelfMessage {
+        /// The role.
+        peer: Role,
+    },
+    /// A socket or channel error.
     #[error("{peer}: {message}")]
-    Io { peer: Role, message: String },
+    Io {
+        /// The peer.
+        peer: Role,
+        /// The error.
+        message: String,
+    },
 }
 
 /// Whole-message, ordered, reliable transport from one role to the two others.

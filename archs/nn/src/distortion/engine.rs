@@ -69,6 +69,7 @@ impl Schedule {
 /// Settings of one extraction.
 #[derive(Clone, Debug)]
 pub struct ExtractConfig {
+    /// How variants are evaluated.
     pub schedule: Schedule,
     /// Images per pass (the sample is cut into batches of this many).
     pub batch: usize,
@@ -100,9 +101,19 @@ impl Default for ExtractConfig {
 #[derive(Clone, Debug)]
 pub enum Progress {
     /// The run starts: `total` cells in this job, `done` of them already measured (resumed).
-    Start { total: u64, done: u64 },
+    Start {
+        /// Cells of this job.
+        total: u64,
+        /// Cells already measured.
+        done: u64,
+    },
     /// A work unit of `cells` cells of `layer` finished.
-    Unit { layer: String, cells: u64 },
+    Unit {
+        /// The layer.
+        layer: String,
+        /// Cells the unit filled.
+        cells: u64,
+    },
 }
 
 /// Counts of a finished (or interrupted) run.
@@ -117,6 +128,7 @@ pub struct ExtractStats {
     /// (variant, image) rows of the cells filled, and how many of them ran through the
     /// network (the others were exact copies).
     pub image_rows: u64,
+    /// See `image_rows`.
     pub image_rows_run: u64,
     /// Forward passes (a pass runs one stack of variants on one batch of images).
     pub passes: u64,
