@@ -55,11 +55,11 @@ impl Context {
             Some(file) => PluginSet::from_file(file)?,
             None => PluginSet::default(),
         };
-        if !self.global.no_plugin_path {
-            if let Some(dirs) = std::env::var_os(PLUGIN_PATH_ENV) {
-                set.dirs
-                    .extend(std::env::split_paths(&dirs).filter(|p| !p.as_os_str().is_empty()));
-            }
+        if !self.global.no_plugin_path
+            && let Some(dirs) = std::env::var_os(PLUGIN_PATH_ENV)
+        {
+            set.dirs
+                .extend(std::env::split_paths(&dirs).filter(|p| !p.as_os_str().is_empty()));
         }
         set.load.extend(self.global.plugins.iter().cloned());
         Ok(set)

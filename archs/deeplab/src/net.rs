@@ -35,6 +35,8 @@ struct ResUnit {
     slots: [SlotId; 3],
 }
 
+// One backbone per network: the size of the larger variant costs nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug)]
 enum BackboneNet {
     MobileNetV2(MobileNetV2Backbone),

@@ -186,7 +186,11 @@ pub fn eval_graph(model: &SecureModel, weights: &ModelWeights, x: &Tensor) -> Re
             Op::Add => {
                 let mut acc = input(0).shallow_clone();
                 for k in 1..node.inputs.len() {
-                    acc = acc + input(k);
+                    // Not `+=`: that adds in place, into the storage `acc` shares with input 0.
+                    #[allow(clippy::assign_op_pattern)]
+                    {
+                        acc = acc + input(k);
+                    }
                 }
                 acc
             }

@@ -192,7 +192,7 @@ pub fn load(
             continue;
         }
         match vars.get(&key) {
-            None => unexpected.push(if &key == file_key {
+            None => unexpected.push(if key == file_key {
                 key
             } else {
                 format!("{file_key} (as {key})")

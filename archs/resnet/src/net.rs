@@ -24,6 +24,7 @@ struct ConvBn {
 }
 
 impl ConvBn {
+    #[allow(clippy::too_many_arguments)]
     fn new(
         p: &nn::Path,
         conv: &str,

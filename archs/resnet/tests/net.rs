@@ -184,7 +184,7 @@ fn stem_spec_keeps_the_pool_in_the_maxpool_variant() {
     .unwrap();
     net.net
         .slots_mut()
-        .set_blocks("stem", &vec![BlockSize::Patch { h: 2, w: 2 }; 4])
+        .set_blocks("stem", &[BlockSize::Patch { h: 2, w: 2 }; 4])
         .unwrap();
     let (model, _) = net.net.secure_graph(12).unwrap();
     let ops: Vec<&Op> = model.nodes.iter().map(|n| &n.op).collect();

@@ -127,7 +127,7 @@ fn info(ctx: &Context, name: &str, json: bool, options: &ArchOptionArgs) -> anyh
     let input = (opts.input_channels.is_some()
         || opts.input_height.is_some()
         || opts.input_width.is_some())
-    .then(|| Input {
+    .then_some(Input {
         channels: opts.input_channels,
         height: opts.input_height,
         width: opts.input_width,

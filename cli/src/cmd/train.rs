@@ -362,6 +362,7 @@ pub fn npy_f32(data: &[f32], shape: &[usize]) -> Vec<u8> {
 }
 
 /// Evaluates weights (and optionally a spec) on the test split.
+#[allow(clippy::too_many_arguments)]
 pub fn evaluate_weights(
     ctx: &Context,
     arch: &str,

@@ -296,16 +296,14 @@ fn secure_stage(
     budget: &str,
 ) -> anyhow::Result<SecureReport> {
     let results = dir.join("results.json");
-    if let Ok(v) = read_json(&results) {
-        if let Ok(r) = serde_json::from_value::<SecureReport>(v) {
-            if r.images == config.secure.images
-                && r.backend == config.secure.backend
-                && r.drelu == config.secure.drelu
-            {
-                skipped(ctx, "secure inference", &results);
-                return Ok(r);
-            }
-        }
+    if let Ok(v) = read_json(&results)
+        && let Ok(r) = serde_json::from_value::<SecureReport>(v)
+        && r.images == config.secure.images
+        && r.backend == config.secure.backend
+        && r.drelu == config.secure.drelu
+    {
+        skipped(ctx, "secure inference", &results);
+        return Ok(r);
     }
     let model = dir.join("model");
     stage(

@@ -31,7 +31,7 @@ pub fn parse_records(
         Variant::Cifar100 => (2, 100),
     };
     let record = label_bytes + PIXELS;
-    if bytes.is_empty() || bytes.len() % record != 0 {
+    if bytes.is_empty() || !bytes.len().is_multiple_of(record) {
         return Err(NnError::Data(format!(
             "{what}: {} bytes is not a whole number of {record}-byte records",
             bytes.len()

@@ -118,10 +118,7 @@ impl ImageSet {
             mean: vec![0.0; c],
             std: vec![1.0; c],
         })
-        .map(|s| {
-            debug_assert_eq!(s.labels.len(), n);
-            s
-        })
+        .inspect(|s| debug_assert_eq!(s.labels.len(), n))
     }
 
     /// Normalised images `[N, C, H, W]` (f32) and labels `[N]` (i64) on `device`.
