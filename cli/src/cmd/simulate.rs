@@ -108,6 +108,20 @@ pub fn run(args: Args, ctx: &Context) -> anyhow::Result<()> {
                     "{name}: {:.3} s ({:.2} CPU s), {} bytes, {} messages, {} rounds",
                     p.seconds, p.cpu_seconds, p.comm.bytes, p.comm.messages, p.comm.rounds
                 )?;
+                let k = &p.cpu_by_kind;
+                if p.cpu_seconds > 0.0 {
+                    writeln!(
+                        out,
+                        "  CPU s by kind: linear {:.2} (+ {:.2} in worker threads), comparison {:.2}, selection {:.2}, pooling {:.2}, prg {:.2}, other {:.2}",
+                        k.linear,
+                        p.cpu_workers,
+                        k.comparison,
+                        k.selection,
+                        k.pooling,
+                        k.prg,
+                        k.other
+                    )?;
+                }
             }
             print_comm(&mut out, "per-inference traffic (offline + online)", &{
                 let mut c = report.offline.comm.clone();
@@ -276,9 +290,30 @@ struct SecureBench {
     /// Process CPU seconds of the phases (all three parties together).
     offline_cpu_seconds: f64,
     online_cpu_seconds: f64,
+    /// CPU seconds of the phases by op kind: the three party threads' (linear, comparison,
+    /// selection, pooling, prg, other) and the worker threads' (`workers`: the rayon pool,
+    /// i.e. the products of the linear layers and parallel ring operations).
+    offline_cpu: CpuBreakdown,
+    online_cpu: CpuBreakdown,
     threads: usize,
     ops: std::collections::BTreeMap<String, knapsec_net::Counts>,
     layers: Vec<LayerRow>,
+}
+
+#[derive(Serialize)]
+struct CpuBreakdown {
+    #[serde(flatten)]
+    kinds: knapsec_securenn::profile::CpuByKind,
+    workers: f64,
+}
+
+impl CpuBreakdown {
+    fn of(p: &knapsec_securenn::sim::PhaseReport) -> Self {
+        CpuBreakdown {
+            kinds: p.cpu_by_kind,
+            workers: p.cpu_workers,
+        }
+    }
 }
 
 fn parse_budget(text: &str) -> anyhow::Result<f64> {
@@ -368,6 +403,8 @@ pub fn bench(ctx: &Context, args: BenchArgs) -> anyhow::Result<()> {
         setup_seconds: r.setup.seconds,
         offline_cpu_seconds: r.offline.cpu_seconds,
         online_cpu_seconds: r.online.cpu_seconds,
+        offline_cpu: CpuBreakdown::of(&r.offline),
+        online_cpu: CpuBreakdown::of(&r.online),
         threads: rayon_threads(),
         ops: comm.ops.clone(),
         layers: comm

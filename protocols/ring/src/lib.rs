@@ -10,6 +10,7 @@
 //!   prepared once for many convolutions.
 //! * [`pool`]: pooling window sums and taps, global sums, block-ReLU patch sums and expansion.
 //! * [`prg`]: AES-CTR pseudo-random generators keyed per session with domain separation.
+//! * [`simd`]: the run-time choice of the byte-lane kernels (values mod 67, PrivateCompare).
 //!
 //! No tch, no tokio: parties link this crate without libtorch.
 
@@ -19,6 +20,7 @@ pub mod fixed;
 pub mod gemm;
 pub mod pool;
 pub mod prg;
+pub mod simd;
 pub mod tensor;
 
 pub use conv::{

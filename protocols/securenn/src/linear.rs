@@ -31,6 +31,7 @@
 
 use crate::ctx::{Ctx, Pair, stream};
 use crate::error::{Result, SecureNnError};
+use crate::profile::{OpKind, span};
 use knapsec_core::transport::Role;
 use knapsec_ring::{
     Conv2dParams, PreparedConv, RingError, RingTensor, conv2d, conv2d_prepared, linear,
@@ -174,38 +175,50 @@ pub fn offline(
     let st = stream(spec.node, 0);
     match ctx.role {
         Role::Client => {
+            let prg = span(OpKind::Prg);
             let a = ctx
                 .prg(Pair::ClientHelper, A_LABEL, st)?
                 .ring(&spec.in_dims);
             let b = ctx
                 .session_prg(Pair::ClientServer, B_LABEL, st)?
                 .ring(&spec.w_dims);
+            drop(prg);
+            let lin = span(OpKind::Linear);
             let mut y0 = spec.apply_once(&a, &b).map_err(|e| ctx.ring_err(e))?;
+            drop((b, lin));
             let m = ctx.recv_u64(Role::Helper, LinearSpec::numel(&spec.out_dims))?;
+            let _lin = span(OpKind::Linear);
             y0.data_mut()
                 .iter_mut()
                 .zip(&m)
                 .for_each(|(y, m)| *y = y.wrapping_add(*m));
             Ok(LinearPre::Client { a, y0 })
         }
-        Role::Server => Ok(LinearPre::Server {
-            r: ctx
-                .prg(Pair::ServerHelper, R_LABEL, st)?
-                .ring(&spec.out_dims),
-        }),
+        Role::Server => {
+            let _prg = span(OpKind::Prg);
+            Ok(LinearPre::Server {
+                r: ctx
+                    .prg(Pair::ServerHelper, R_LABEL, st)?
+                    .ring(&spec.out_dims),
+            })
+        }
         Role::Helper => {
             let f = f.ok_or_else(|| SecureNnError::Input {
                 role: Role::Helper,
                 message: format!("layer {:?}: no setup state (masked weights)", ctx.layer()),
             })?;
+            let prg = span(OpKind::Prg);
             let a = ctx
                 .prg(Pair::ClientHelper, A_LABEL, st)?
                 .ring(&spec.in_dims);
             let r = ctx
                 .prg(Pair::ServerHelper, R_LABEL, st)?
                 .ring(&spec.out_dims);
+            drop(prg);
+            let lin = span(OpKind::Linear);
             let mut m = spec.apply(&a, f).map_err(|e| ctx.ring_err(e))?;
             m.add_assign(&r).map_err(|e| ctx.ring_err(e))?;
+            drop((a, r, lin));
             ctx.send_u64(Role::Client, m.data())?;
             Ok(LinearPre::Helper)
         }
@@ -224,7 +237,9 @@ pub fn online(
 ) -> Result<RingTensor> {
     match (ctx.role, pre) {
         (Role::Client, LinearPre::Client { a, y0 }) => {
+            let lin = span(OpKind::Linear);
             let e = x.sub(a).map_err(|e| ctx.ring_err(e))?;
+            drop(lin);
             ctx.send_u64(Role::Server, e.data())?;
             Ok(y0.clone())
         }
@@ -234,6 +249,7 @@ pub fn online(
                 message: "no weights".into(),
             })?;
             let e = ctx.recv_u64(Role::Server.others()[0], x.len())?;
+            let _lin = span(OpKind::Linear);
             let mut xe = x.clone();
             xe.data_mut()
                 .iter_mut()

@@ -43,11 +43,14 @@
 //! carry no information about higher bits). In exact mode (`k = 64`, `t = 0`) it is exact
 //! for every 64-bit input.
 
+use crate::compare;
 use crate::ctx::{Ctx, Pair};
 use crate::error::{Result, SecureNnError};
 use crate::options::DreluMode;
+use crate::profile::{OpKind, span};
 use knapsec_core::transport::Role;
 use knapsec_ring::Prg;
+use knapsec_ring::simd::byte_level;
 
 /// The prime of PrivateCompare (digest §6.2).
 pub const P: u32 = 67;
@@ -189,61 +192,53 @@ struct PcRand {
 impl PcRand {
     fn draw(mut prg: Prg, patches: usize, n: usize) -> Self {
         let beta = prg.bits(patches);
-        let s = prg
-            .mod_p(patches * n, (P - 1) as u8)
-            .expect("p ≥ 2")
-            .into_iter()
-            .map(|v| v + 1)
-            .collect();
+        let mut s = prg.mod_p(patches * n, (P - 1) as u8).expect("p ≥ 2");
+        s.iter_mut().for_each(|v| *v += 1);
         let rho = prg.mod_p(patches * n, P as u8).expect("p ≥ 2");
-        let rot = (0..patches)
-            .map(|_| prg.below(n as u64).expect("n ≥ 1") as u32)
+        let rot = prg
+            .below_many(n as u64, patches)
+            .expect("n ≥ 1")
+            .into_iter()
+            .map(|v| v as u32)
             .collect();
         PcRand { beta, s, rho, rot }
     }
 }
 
-/// One party's preprocessing for one [`SelectSpec`].
+/// One party's preprocessing for one [`SelectSpec`]: only what came over the network or
+/// took the helper's sums to make. What a party draws from a PRG it shares (the bit shares
+/// `u` of the client, the PrivateCompare randomness, the shares of `h` and `h·m`) is drawn
+/// in the online phase of the layer, from the same streams, and dropped with the layer:
+/// holding it for a whole network took about 190 bytes per DReLU for each of client and
+/// server.
 #[derive(Clone, Debug)]
 pub enum SelectPre {
     /// The client's share.
     Client {
+        /// The PRG stream id of this selection.
+        stream: u64,
         /// Its pixel masks `m₀`.
         m: Vec<u64>,
-        /// Its bit shares (mod 67) of each patch's compared window of `x`.
-        u: Vec<u8>,
-        /// Its share of `h`, per patch.
-        h: Vec<u64>,
-        /// Its share of `h·m`, per pixel.
-        hm: Vec<u64>,
-        /// The PrivateCompare randomness it shares with the server.
-        pc: PcRandBox,
     },
     /// The server's share.
     Server {
+        /// The PRG stream id of this selection.
+        stream: u64,
         /// Its pixel masks `m₁`.
         m: Vec<u64>,
         /// Its bit shares (mod 67) of each patch's compared window of `x`, sent by the helper.
         u: Vec<u8>,
-        /// The PrivateCompare randomness it shares with the client.
-        pc: PcRandBox,
     },
     /// The helper's part.
     Helper {
+        /// The PRG stream id of this selection.
+        stream: u64,
         /// The pixel masks `m = m₀ + m₁`.
         m: Vec<u64>,
         /// The sign bit `x_j` of each patch's masked sum `x`.
         xj: Vec<u8>,
-        /// The client's share of `h`, per patch (its own is `h − h0`).
-        h0: Vec<u64>,
-        /// The client's share of `h·m`, per pixel.
-        hm0: Vec<u64>,
     },
 }
-
-/// Opaque holder of the common PrivateCompare randomness.
-#[derive(Clone, Debug)]
-pub struct PcRandBox(PcRand);
 
 const M_LABEL: &str = "securenn/select/m";
 const U_LABEL: &str = "securenn/select/u";
@@ -256,29 +251,21 @@ const PC_LABEL: &str = "securenn/select/pc";
 pub fn offline(ctx: &mut Ctx<'_>, spec: &SelectSpec, stream: u64) -> Result<SelectPre> {
     let (m_len, np, n) = (spec.pixels, spec.patches(), spec.n as usize);
     match ctx.role {
-        Role::Client => Ok(SelectPre::Client {
-            m: ctx.prg(Pair::ClientHelper, M_LABEL, stream)?.u64s(m_len),
-            u: ctx
-                .prg(Pair::ClientHelper, U_LABEL, stream)?
-                .mod_p(np * n, P as u8)
-                .expect("p"),
-            h: ctx.prg(Pair::ClientHelper, H_LABEL, stream)?.u64s(np),
-            hm: ctx.prg(Pair::ClientHelper, HM_LABEL, stream)?.u64s(m_len),
-            pc: PcRandBox(PcRand::draw(
-                ctx.prg(Pair::ClientServer, PC_LABEL, stream)?,
-                np,
-                n,
-            )),
-        }),
+        Role::Client => {
+            let _prg = span(OpKind::Prg);
+            Ok(SelectPre::Client {
+                stream,
+                m: ctx.prg(Pair::ClientHelper, M_LABEL, stream)?.u64s(m_len),
+            })
+        }
         Role::Server => {
-            let m = ctx.prg(Pair::ServerHelper, M_LABEL, stream)?.u64s(m_len);
-            let pc = PcRandBox(PcRand::draw(
-                ctx.prg(Pair::ClientServer, PC_LABEL, stream)?,
-                np,
-                n,
-            ));
+            let m = {
+                let _prg = span(OpKind::Prg);
+                ctx.prg(Pair::ServerHelper, M_LABEL, stream)?.u64s(m_len)
+            };
             let u = ctx.recv_bytes(Role::Helper, np * n)?;
-            if u.iter().any(|&v| u32::from(v) >= P) {
+            let _cmp = span(OpKind::Comparison);
+            if !below_p(&u) {
                 return Err(SecureNnError::Malformed {
                     role: ctx.role,
                     peer: Role::Helper,
@@ -287,104 +274,48 @@ pub fn offline(ctx: &mut Ctx<'_>, spec: &SelectSpec, stream: u64) -> Result<Sele
                     message: format!("bit share outside Z_{P}"),
                 });
             }
-            Ok(SelectPre::Server { m, u, pc })
+            Ok(SelectPre::Server { stream, m, u })
         }
         Role::Helper => {
+            let prg = span(OpKind::Prg);
             let mut m = ctx.prg(Pair::ClientHelper, M_LABEL, stream)?.u64s(m_len);
             let m1 = ctx.prg(Pair::ServerHelper, M_LABEL, stream)?.u64s(m_len);
             m.iter_mut()
                 .zip(&m1)
                 .for_each(|(a, b)| *a = a.wrapping_add(*b));
-            let u0 = ctx
+            drop(m1);
+            let mut u1 = ctx
                 .prg(Pair::ClientHelper, U_LABEL, stream)?
                 .mod_p(np * n, P as u8)
                 .expect("p");
-            let mut u1 = vec![0u8; np * n];
+            drop(prg);
+            let _cmp = span(OpKind::Comparison);
             let mut xj = vec![0u8; np];
             for g in 0..np {
+                let u = &mut u1[g * n..(g + 1) * n];
                 let mut x = 0u64;
                 spec.cmp.for_each(g, |i| x = x.wrapping_add(m[i]));
                 let t = u32::from(spec.shift[g]);
                 xj[g] = ((x >> (t + n as u32)) & 1) as u8;
-                for i in 0..n {
-                    // Bit i of the window, most significant first.
-                    let bit = ((x >> (t + (n - 1 - i) as u32)) & 1) as u32;
-                    u1[g * n + i] = ((bit + P - u32::from(u0[g * n + i])) % P) as u8;
+                // The window's bits from the most significant, then the server's share
+                // bit − u₀ mod 67 in place of u₀ (u₀ < 67: bit + 67 − u₀ ∈ [1, 68] needs one
+                // conditional subtraction).
+                let w = x >> t;
+                for (i, a) in u.iter_mut().enumerate() {
+                    let bit = ((w >> (n - 1 - i)) & 1) as u8;
+                    let v = bit + P as u8 - *a;
+                    *a = if v >= P as u8 { v - P as u8 } else { v };
                 }
             }
             ctx.send_bytes(Role::Server, u1)?;
-            Ok(SelectPre::Helper {
-                m,
-                xj,
-                h0: ctx.prg(Pair::ClientHelper, H_LABEL, stream)?.u64s(np),
-                hm0: ctx.prg(Pair::ClientHelper, HM_LABEL, stream)?.u64s(m_len),
-            })
+            Ok(SelectPre::Helper { stream, m, xj })
         }
     }
 }
 
-/// This party's PrivateCompare message for patch `g` (client `j = 0`, server `j = 1`).
-#[inline]
-#[allow(clippy::too_many_arguments)]
-fn pc_message(
-    j: u32,
-    r: u64,
-    beta: u8,
-    n: usize,
-    u: &[u8],
-    s: &[u8],
-    rho: &[u8],
-    rot: u32,
-    out: &mut [u8],
-) {
-    let all_ones = n == 64 || r == (1u64 << n) - 1;
-    let mut c = [0u32; 64];
-    if beta == 1 && all_ones {
-        // [x > r] = 0 for the largest r: the helper must find a zero (β' = 1).
-        if j == 0 {
-            c[..n].fill(1);
-            c[0] = 0;
-        }
-    } else {
-        let q = if beta == 0 { r } else { r + 1 };
-        let mut acc = 0u32; // share of Σ_{l<i} x_l ⊕ q_l
-        for i in 0..n {
-            let qi = ((q >> (n - 1 - i)) & 1) as u32;
-            let ui = u32::from(u[i]);
-            let ci = if beta == 0 {
-                // r_i − x_i + 1 + Σ
-                if j == 0 {
-                    qi + 1 + (P - ui) + acc
-                } else {
-                    (P - ui) + acc
-                }
-            } else {
-                // x_i − t_i + 1 + Σ
-                if j == 0 {
-                    ui + (P - qi) + 1 + acc
-                } else {
-                    ui + acc
-                }
-            };
-            c[i] = ci % P;
-            let xor = if qi == 0 {
-                ui
-            } else if j == 0 {
-                1 + P - ui
-            } else {
-                P - ui
-            };
-            acc = (acc + xor) % P;
-        }
-    }
-    for i in 0..n {
-        let mask = if j == 0 {
-            u32::from(rho[i])
-        } else {
-            P - u32::from(rho[i])
-        };
-        out[(i + rot as usize) % n] = ((u32::from(s[i]) * c[i] + mask) % P) as u8;
-    }
+/// True if every byte is a value mod 67.
+fn below_p(bytes: &[u8]) -> bool {
+    bytes.iter().fold(0u8, |m, &v| m.max(v)) < P as u8
 }
 
 /// The online phase: `values` is this party's share of the `M` pixel values (client and
@@ -404,126 +335,179 @@ pub fn online(
         message: format!("layer {layer:?}: {message}"),
     };
     match (ctx.role, pre) {
-        (Role::Helper, SelectPre::Helper { m, xj, h0, hm0 }) => {
+        (Role::Helper, SelectPre::Helper { stream, m, xj }) => {
             ctx.scope(&layer, "drelu");
             let d0 = ctx.recv_bytes(Role::Client, np * n)?;
             let d1 = ctx.recv_bytes(Role::Server, np * n)?;
-            let mut h1 = vec![0u64; np];
+            let cmp = span(OpKind::Comparison);
+            for (d, peer) in [(&d0, Role::Client), (&d1, Role::Server)] {
+                if !below_p(d) {
+                    return Err(SecureNnError::Malformed {
+                        role: ctx.role,
+                        peer,
+                        layer: layer.clone(),
+                        op: "drelu",
+                        message: format!("PrivateCompare message outside Z_{P}"),
+                    });
+                }
+            }
+            let mut found = vec![0u8; np];
+            if n > 0 {
+                compare::zero_found(byte_level(), n, &d0, &d1, &mut found);
+            }
+            drop((d0, d1, cmp));
+            let (mut h1, hm0) = {
+                let _prg = span(OpKind::Prg);
+                (
+                    ctx.prg(Pair::ClientHelper, H_LABEL, *stream)?.u64s(np),
+                    ctx.prg(Pair::ClientHelper, HM_LABEL, *stream)?.u64s(m_len),
+                )
+            };
+            let sel_span = span(OpKind::Selection);
             let mut hm1 = vec![0u64; m_len];
             let sel = spec.sel();
             for g in 0..np {
-                let found =
-                    (0..n).any(|i| (u32::from(d0[g * n + i]) + u32::from(d1[g * n + i])) % P == 0);
-                let h = u64::from(xj[g] ^ u8::from(found));
-                h1[g] = h.wrapping_sub(h0[g]);
+                // h1 = h − h0 (in place of the client's share h0), hm1 = h·m − hm0
+                let h = u64::from(xj[g] ^ found[g]);
+                h1[g] = h.wrapping_sub(h1[g]);
                 sel.for_each(g, |i| hm1[i] = h.wrapping_mul(m[i]).wrapping_sub(hm0[i]));
             }
+            drop((hm0, sel_span));
             ctx.send_u64(Role::Server, &h1)?;
             ctx.scope(&layer, "select-mult");
             ctx.send_u64(Role::Server, &hm1)?;
             Ok(Vec::new())
         }
-        (
-            Role::Client | Role::Server,
-            SelectPre::Client {
-                m,
-                u,
-                pc: PcRandBox(pc),
-                ..
-            }
-            | SelectPre::Server {
-                m,
-                u,
-                pc: PcRandBox(pc),
-            },
-        ) => {
-            if values.len() != m_len {
-                return Err(bad(
-                    ctx.role,
-                    format!("{} pixel shares, expected {m_len}", values.len()),
-                ));
-            }
-            let j = u32::from(ctx.role == Role::Server);
-            let peer = if j == 0 { Role::Server } else { Role::Client };
-            // 1. open v + m
-            ctx.scope(&layer, "select-open");
-            let mine: Vec<u64> = values
-                .iter()
-                .zip(m)
-                .map(|(v, m)| v.wrapping_add(*m))
-                .collect();
-            ctx.send_u64(peer, &mine)?;
-            let theirs = ctx.recv_u64(peer, m_len)?;
-            let w: Vec<u64> = mine
-                .iter()
-                .zip(&theirs)
-                .map(|(a, b)| a.wrapping_add(*b))
-                .collect();
-            // 2. PrivateCompare messages
-            ctx.scope(&layer, "drelu");
-            let mut d = vec![0u8; np * n];
-            let mut zbit = vec![0u8; np];
-            let mask = if n == 64 { u64::MAX } else { (1u64 << n) - 1 };
-            for g in 0..np {
-                let mut z = 0u64;
-                spec.cmp.for_each(g, |i| z = z.wrapping_add(w[i]));
-                z = z.wrapping_sub(spec.offset);
-                let t = u32::from(spec.shift[g]);
-                let r = (z >> t) & mask;
-                zbit[g] = ((z >> (t + n as u32)) & 1) as u8;
-                let sl = g * n..(g + 1) * n;
-                pc_message(
-                    j,
-                    r,
-                    pc.beta[g],
-                    n,
-                    &u[sl.clone()],
-                    &pc.s[sl.clone()],
-                    &pc.rho[sl.clone()],
-                    pc.rot[g],
-                    &mut d[sl],
-                );
-            }
-            ctx.send_bytes(Role::Helper, d)?;
-            // 3. shares of h and h·m
-            let (h, hm): (Vec<u64>, std::borrow::Cow<'_, [u64]>) = match pre {
-                SelectPre::Client { h, hm, .. } => (h.clone(), std::borrow::Cow::Borrowed(hm)),
-                _ => {
-                    let h = ctx.recv_u64(Role::Helper, np)?;
-                    ctx.scope(&layer, "select-mult");
-                    (
-                        h,
-                        std::borrow::Cow::Owned(ctx.recv_u64(Role::Helper, m_len)?),
-                    )
-                }
-            };
-            // 4. local products
-            let mut y = vec![0u64; m_len];
-            let sel = spec.sel();
-            for g in 0..np {
-                let notp = 1 ^ zbit[g] ^ pc.beta[g];
-                // b_j = [j = 0]·¬p + h_j·(1 − 2¬p); sign = 1 − 2¬p = ±1
-                let (b, neg) = if notp == 1 {
-                    ((1 - u64::from(j)).wrapping_sub(h[g]), true)
-                } else {
-                    (h[g], false)
-                };
-                sel.for_each(g, |i| {
-                    let mut v = b.wrapping_mul(w[i]);
-                    if notp == 1 {
-                        v = v.wrapping_sub(m[i]);
-                    }
-                    y[i] = if neg {
-                        v.wrapping_add(hm[i])
-                    } else {
-                        v.wrapping_sub(hm[i])
-                    };
-                });
-            }
-            Ok(y)
+        (Role::Client, SelectPre::Client { stream, m }) => {
+            client_server(ctx, spec, *stream, m, None, values)
+        }
+        (Role::Server, SelectPre::Server { stream, m, u }) => {
+            client_server(ctx, spec, *stream, m, Some(u), values)
         }
         (role, _) => Err(bad(role, "preprocessing of another party".into())),
     }
+}
+
+/// The online phase of client (`u = None`: its bit shares come from its PRG with the
+/// helper) and server (`u`: the shares the helper sent offline).
+fn client_server(
+    ctx: &mut Ctx<'_>,
+    spec: &SelectSpec,
+    stream: u64,
+    m: &[u64],
+    u: Option<&Vec<u8>>,
+    values: &[u64],
+) -> Result<Vec<u64>> {
+    let (m_len, np, n) = (spec.pixels, spec.patches(), spec.n as usize);
+    let layer = ctx.layer().to_string();
+    if values.len() != m_len {
+        return Err(SecureNnError::Input {
+            role: ctx.role,
+            message: format!(
+                "layer {layer:?}: {} pixel shares, expected {m_len}",
+                values.len()
+            ),
+        });
+    }
+    let j = u32::from(ctx.role == Role::Server);
+    let peer = if j == 0 { Role::Server } else { Role::Client };
+    // 1. open v + m
+    ctx.scope(&layer, "select-open");
+    let sel_span = span(OpKind::Selection);
+    let mine: Vec<u64> = values
+        .iter()
+        .zip(m)
+        .map(|(v, m)| v.wrapping_add(*m))
+        .collect();
+    drop(sel_span);
+    ctx.send_u64(peer, &mine)?;
+    let mut w = ctx.recv_u64(peer, m_len)?;
+    let sel_span = span(OpKind::Selection);
+    w.iter_mut()
+        .zip(&mine)
+        .for_each(|(a, b)| *a = a.wrapping_add(*b));
+    drop((mine, sel_span));
+    // 2. PrivateCompare messages, with the randomness of this layer drawn now
+    ctx.scope(&layer, "drelu");
+    let prg = span(OpKind::Prg);
+    let pc = PcRand::draw(ctx.prg(Pair::ClientServer, PC_LABEL, stream)?, np, n);
+    let drawn;
+    let u: &[u8] = match u {
+        Some(u) => u,
+        None => {
+            drawn = ctx
+                .prg(Pair::ClientHelper, U_LABEL, stream)?
+                .mod_p(np * n, P as u8)
+                .expect("p");
+            &drawn
+        }
+    };
+    drop(prg);
+    let cmp = span(OpKind::Comparison);
+    let mut d = vec![0u8; np * n];
+    let mut zbit = vec![0u8; np];
+    let mut r = vec![0u64; np];
+    let mask = if n == 64 { u64::MAX } else { (1u64 << n) - 1 };
+    for g in 0..np {
+        let mut z = 0u64;
+        spec.cmp.for_each(g, |i| z = z.wrapping_add(w[i]));
+        z = z.wrapping_sub(spec.offset);
+        let t = u32::from(spec.shift[g]);
+        r[g] = (z >> t) & mask;
+        zbit[g] = ((z >> (t + n as u32)) & 1) as u8;
+    }
+    if n > 0 {
+        compare::Messages {
+            j,
+            n,
+            r: &r,
+            beta: &pc.beta,
+            u,
+            s: &pc.s,
+            rho: &pc.rho,
+            rot: &pc.rot,
+        }
+        .write(byte_level(), &mut d);
+    }
+    drop(cmp);
+    ctx.send_bytes(Role::Helper, d)?;
+    // 3. shares of h and h·m
+    let (h, hm) = if j == 0 {
+        let _prg = span(OpKind::Prg);
+        (
+            ctx.prg(Pair::ClientHelper, H_LABEL, stream)?.u64s(np),
+            ctx.prg(Pair::ClientHelper, HM_LABEL, stream)?.u64s(m_len),
+        )
+    } else {
+        let h = ctx.recv_u64(Role::Helper, np)?;
+        ctx.scope(&layer, "select-mult");
+        (h, ctx.recv_u64(Role::Helper, m_len)?)
+    };
+    // 4. local products
+    let _sel = span(OpKind::Selection);
+    let mut y = vec![0u64; m_len];
+    let sel = spec.sel();
+    for g in 0..np {
+        let notp = 1 ^ zbit[g] ^ pc.beta[g];
+        // b_j = [j = 0]·¬p + h_j·(1 − 2¬p); sign = 1 − 2¬p = ±1
+        let (b, neg) = if notp == 1 {
+            ((1 - u64::from(j)).wrapping_sub(h[g]), true)
+        } else {
+            (h[g], false)
+        };
+        sel.for_each(g, |i| {
+            let mut v = b.wrapping_mul(w[i]);
+            if notp == 1 {
+                v = v.wrapping_sub(m[i]);
+            }
+            y[i] = if neg {
+                v.wrapping_add(hm[i])
+            } else {
+                v.wrapping_sub(hm[i])
+            };
+        });
+    }
+    Ok(y)
 }
 
 #[cfg(test)]

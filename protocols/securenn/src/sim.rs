@@ -12,6 +12,7 @@ use crate::ctx::Ctx;
 use crate::error::{Result, SecureNnError};
 use crate::exec::Session;
 use crate::options::Options;
+use crate::profile::{self, CpuByKind};
 use knapsec_core::backend::{PartyOutput, SessionKeys};
 use knapsec_core::graph::{ModelWeights, SecureModel};
 use knapsec_core::transport::Role;
@@ -26,16 +27,33 @@ pub struct PhaseReport {
     /// Wall-clock seconds (the slowest party).
     pub seconds: f64,
     /// CPU seconds of the whole process (all three parties and their worker threads) during
-    /// the phase, from `/proc/self/stat` (Linux; 0 elsewhere). On a loaded machine this is
+    /// the phase, from [`process_cpu_seconds`]. On a loaded machine this is
     /// the figure that does not depend on the other processes.
     pub cpu_seconds: f64,
+    /// CPU seconds of the three party threads by op kind ([`crate::profile`]), summed over
+    /// the parties.
+    pub cpu_by_kind: CpuByKind,
+    /// CPU seconds of the other threads of the process during the phase (`cpu_seconds`
+    /// less the party threads'): the rayon pool, which runs the products of the linear
+    /// layers and the parallel ring operations.
+    pub cpu_workers: f64,
     /// Bytes and rounds of the phase.
     pub comm: CommReport,
 }
 
-/// CPU seconds (user + system) of this process so far, from `/proc/self/stat` (Linux, clock
-/// ticks of 10 ms); 0 where unavailable.
+/// CPU seconds (user + system) of this process so far: `getrusage` on Unix (microseconds),
+/// else `/proc/self/stat` (clock ticks of 10 ms); 0 where unavailable.
 pub fn process_cpu_seconds() -> f64 {
+    #[cfg(unix)]
+    {
+        // SAFETY: an all-zero rusage is a valid value; getrusage only writes it.
+        let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+        // SAFETY: `ru` is valid and writable.
+        if unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) } == 0 {
+            let tv = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 * 1e-6;
+            return tv(ru.ru_utime) + tv(ru.ru_stime);
+        }
+    }
     let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
         return 0.0;
     };
@@ -121,6 +139,7 @@ struct PartyResult {
     reports: [CommReport; 3],
     seconds: [f64; 3],
     cpu: [f64; 3],
+    by_kind: [CpuByKind; 3],
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -140,8 +159,10 @@ fn party(
     let mut reports: [CommReport; 3] = Default::default();
     let mut seconds = [0.0; 3];
     let mut cpu = [0.0; 3];
+    let mut by_kind: [CpuByKind; 3] = Default::default();
     let mut phase_end =
         |t: &mut Metered<_>, k: usize, start: Instant, cpu_start: &mut f64| -> Result<()> {
+            by_kind[k] = profile::take();
             barrier.wait(role)?;
             seconds[k] = start.elapsed().as_secs_f64();
             let now = process_cpu_seconds();
@@ -153,10 +174,12 @@ fn party(
             }
             barrier.wait(role)?;
             *cpu_start = process_cpu_seconds();
+            profile::take();
             Ok(())
         };
     barrier.wait(role)?;
     let mut cpu_start = process_cpu_seconds();
+    profile::take();
     // setup
     let start = Instant::now();
     {
@@ -184,6 +207,7 @@ fn party(
         reports,
         seconds,
         cpu,
+        by_kind,
     })
 }
 
@@ -266,9 +290,15 @@ pub fn simulate(
         for r in rs {
             comm.merge(&r.reports[k]);
         }
+        let mut cpu_by_kind = CpuByKind::default();
+        for r in rs {
+            cpu_by_kind.merge(&r.by_kind[k]);
+        }
         PhaseReport {
             seconds: rs.iter().map(|r| r.seconds[k]).fold(0.0, f64::max),
             cpu_seconds: rs[0].cpu[k],
+            cpu_workers: (rs[0].cpu[k] - cpu_by_kind.total()).max(0.0),
+            cpu_by_kind,
             comm,
         }
     };
