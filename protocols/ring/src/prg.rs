@@ -15,6 +15,8 @@
 //! (rejection, [`Prg::below`]) and random permutations (Fisher–Yates, [`Prg::permutation`]).
 //! Bulk draws run the cipher over whole buffers (eight blocks in flight), never per element.
 
+#![allow(unsafe_code)]
+
 use crate::error::{Result, RingError};
 use crate::simd::ByteLevel;
 use crate::tensor::RingTensor;

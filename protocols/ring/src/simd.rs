@@ -2,9 +2,10 @@
 //! ([`crate::Prg::mod_p_into`]) here, and the PrivateCompare arithmetic in 8- and 16-bit lanes
 //! of the secure backends (digest §6.9–§6.10).
 //!
-//! The level follows [`crate::gemm::kernel_level`] (so whatever forces or restricts the ring
-//! kernels restricts these too) and adds the one feature the byte kernels need beyond it:
-//! AVX-512 BW (byte and word lanes of 512-bit vectors). Every level computes the same values
+//! The level follows [`crate::gemm::kernel_level`] (so `KNAPSEC_RING_KERNEL`, which forces
+//! the ring kernels, caps these too: `portable` gives the portable copy, `avx2` the AVX2 one)
+//! and adds the one feature the byte kernels need beyond it: AVX-512 BW (byte and word lanes
+//! of 512-bit vectors). Every level computes the same values
 //! as the scalar code; the tests of each kernel run every level this CPU has.
 
 use crate::gemm::{KernelLevel, kernel_level};

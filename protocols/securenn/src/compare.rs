@@ -18,6 +18,8 @@
 //! chain, the rest in loops the compiler vectorises), compiled plain and with AVX2. All give
 //! the values of the scalar reference in the tests.
 
+#![allow(unsafe_code)]
+
 use crate::select::P;
 use knapsec_ring::simd::ByteLevel;
 
@@ -410,12 +412,18 @@ mod tests {
         }
     }
 
+    /// Inputs of a batch of patches.
+    struct Inputs {
+        r: Vec<u64>,
+        beta: Vec<u8>,
+        u: Vec<u8>,
+        s: Vec<u8>,
+        rho: Vec<u8>,
+        rot: Vec<u32>,
+    }
+
     /// Random inputs for `np` patches of `n` bits, with all-ones and zero windows mixed in.
-    fn inputs(
-        n: usize,
-        np: usize,
-        seed: u64,
-    ) -> (Vec<u64>, Vec<u8>, Vec<u8>, Vec<u8>, Vec<u8>, Vec<u32>) {
+    fn inputs(n: usize, np: usize, seed: u64) -> Inputs {
         let mut prg = Prg::with_stream(&[3; 32], "compare-test", seed);
         let mask = if n == 64 { u64::MAX } else { (1u64 << n) - 1 };
         let r: Vec<u64> = (0..np)
@@ -438,14 +446,28 @@ mod tests {
         let rot = (0..np)
             .map(|_| prg.below(n as u64).unwrap() as u32)
             .collect();
-        (r, beta, u, s, rho, rot)
+        Inputs {
+            r,
+            beta,
+            u,
+            s,
+            rho,
+            rot,
+        }
     }
 
     #[test]
     fn every_level_equals_the_reference() {
         for n in [1usize, 2, 7, 15, 16, 31, 32, 33, 47, 63, 64] {
             let np = 200;
-            let (r, beta, u, s, rho, rot) = inputs(n, np, n as u64);
+            let Inputs {
+                r,
+                beta,
+                u,
+                s,
+                rho,
+                rot,
+            } = inputs(n, np, n as u64);
             for j in [0u32, 1] {
                 let mut want = vec![0u8; np * n];
                 for g in 0..np {
@@ -492,7 +514,7 @@ mod tests {
             for g in 0..np {
                 for i in 0..n {
                     let k = g * n + i;
-                    if (d0[k] + d1[k]) % P as u8 == 0 {
+                    if (d0[k] + d1[k]).is_multiple_of(P as u8) {
                         d1[k] = (d1[k] + 1) % P as u8;
                     }
                 }

@@ -8,6 +8,8 @@
 //! threads and is not in the party's thread clock: [`crate::sim`] reports it apart, as the
 //! process's CPU time less the party threads'.
 
+#![allow(unsafe_code)]
+
 use serde::Serialize;
 use std::cell::Cell;
 

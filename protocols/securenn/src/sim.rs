@@ -7,6 +7,8 @@
 //! poisons the barrier and drops its transport, so the others stop with an error instead of
 //! waiting; the reported error is the first one that is not a mere disconnection.
 
+#![allow(unsafe_code)]
+
 use crate::backend::exchange_nonce;
 use crate::ctx::Ctx;
 use crate::error::{Result, SecureNnError};
