@@ -12,7 +12,9 @@
 //!   is `Y₀ = conv(A, B) + conv(A, F) + R = conv(A, W) + R`, known before the input exists.
 //! * **Online.** The client sends `E = X₀ − A` (`8·|X|` bytes, one message, uniform to the
 //!   server); the server's share is `Y₁ = conv(X₁ + E, W) − R`. Then
-//!   `Y₀ + Y₁ = conv(A, W) + conv(X − A, W) = conv(X, W)`.
+//!   `Y₀ + Y₁ = conv(A, W) + conv(X − A, W) = conv(X, W)`. The client draws `A` and the
+//!   server `R` again from the same streams here rather than holding them from the offline
+//!   phase (only `Y₀` is held: it came from the helper).
 //!
 //! Security: `B` is fixed per session but `F` is revealed once and only to the helper; `A`
 //! and `R` are fresh per inference, so `E` and `conv(A, F) + R` are uniform to their
@@ -150,18 +152,14 @@ pub fn setup_helper(ctx: &mut Ctx<'_>, spec: &LinearSpec) -> Result<HelperWeight
 /// One party's preprocessing of one linear layer.
 #[derive(Clone, Debug)]
 pub enum LinearPre {
-    /// The mask `A` and the output share `Y₀` (before truncation).
+    /// The output share `Y₀` (before truncation); the mask `A` is drawn again online from
+    /// the client–helper stream rather than held.
     Client {
-        /// The client's mask `A`.
-        a: RingTensor,
         /// The client's share `Y₀`.
         y0: RingTensor,
     },
-    /// The output mask `R`.
-    Server {
-        /// The server's mask `R`.
-        r: RingTensor,
-    },
+    /// Nothing: the output mask `R` is drawn online from the server–helper stream.
+    Server,
     /// The helper keeps nothing (it sent its shares in the offline phase).
     Helper,
 }
@@ -185,23 +183,16 @@ pub fn offline(
             drop(prg);
             let lin = span(OpKind::Linear);
             let mut y0 = spec.apply_once(&a, &b).map_err(|e| ctx.ring_err(e))?;
-            drop((b, lin));
+            drop((a, b, lin));
             let m = ctx.recv_u64(Role::Helper, LinearSpec::numel(&spec.out_dims))?;
             let _lin = span(OpKind::Linear);
             y0.data_mut()
                 .iter_mut()
                 .zip(&m)
                 .for_each(|(y, m)| *y = y.wrapping_add(*m));
-            Ok(LinearPre::Client { a, y0 })
+            Ok(LinearPre::Client { y0 })
         }
-        Role::Server => {
-            let _prg = span(OpKind::Prg);
-            Ok(LinearPre::Server {
-                r: ctx
-                    .prg(Pair::ServerHelper, R_LABEL, st)?
-                    .ring(&spec.out_dims),
-            })
-        }
+        Role::Server => Ok(LinearPre::Server),
         Role::Helper => {
             let f = f.ok_or_else(|| SecureNnError::Input {
                 role: Role::Helper,
@@ -236,14 +227,19 @@ pub fn online(
     w: Option<&LayerWeights>,
 ) -> Result<RingTensor> {
     match (ctx.role, pre) {
-        (Role::Client, LinearPre::Client { a, y0 }) => {
+        (Role::Client, LinearPre::Client { y0 }) => {
+            let prg = span(OpKind::Prg);
+            let a = ctx
+                .prg(Pair::ClientHelper, A_LABEL, stream(spec.node, 0))?
+                .ring(&spec.in_dims);
+            drop(prg);
             let lin = span(OpKind::Linear);
-            let e = x.sub(a).map_err(|e| ctx.ring_err(e))?;
-            drop(lin);
+            let e = x.sub(&a).map_err(|e| ctx.ring_err(e))?;
+            drop((a, lin));
             ctx.send_u64(Role::Server, e.data())?;
             Ok(y0.clone())
         }
-        (Role::Server, LinearPre::Server { r }) => {
+        (Role::Server, LinearPre::Server) => {
             let w = w.ok_or_else(|| SecureNnError::Input {
                 role: Role::Server,
                 message: "no weights".into(),
@@ -256,7 +252,14 @@ pub fn online(
                 .zip(&e)
                 .for_each(|(a, b)| *a = a.wrapping_add(*b));
             let mut y = spec.apply(&xe, w).map_err(|e| ctx.ring_err(e))?;
-            y.sub_assign(r).map_err(|e| ctx.ring_err(e))?;
+            drop((xe, _lin));
+            let r = {
+                let _prg = span(OpKind::Prg);
+                ctx.prg(Pair::ServerHelper, R_LABEL, stream(spec.node, 0))?
+                    .ring(&spec.out_dims)
+            };
+            let _lin = span(OpKind::Linear);
+            y.sub_assign(&r).map_err(|e| ctx.ring_err(e))?;
             Ok(y)
         }
         (Role::Helper, LinearPre::Helper) => Ok(RingTensor::zeros(&[0])),

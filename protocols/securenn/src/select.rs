@@ -206,35 +206,29 @@ impl PcRand {
 }
 
 /// One party's preprocessing for one [`SelectSpec`]: only what came over the network or
-/// took the helper's sums to make. What a party draws from a PRG it shares (the bit shares
-/// `u` of the client, the PrivateCompare randomness, the shares of `h` and `h·m`) is drawn
-/// in the online phase of the layer, from the same streams, and dropped with the layer:
-/// holding it for a whole network took about 190 bytes per DReLU for each of client and
-/// server.
+/// took the helper's sums to make. What a party draws from a PRG it shares (the masks `m`,
+/// the client's bit shares `u`, the PrivateCompare randomness, the shares of `h` and `h·m`)
+/// is drawn in the online phase of the layer, from the same streams, and dropped with the
+/// layer: holding it for a whole network took about 200 bytes per DReLU for each of client
+/// and server.
 #[derive(Clone, Debug)]
 pub enum SelectPre {
-    /// The client's share.
+    /// The client's share: nothing but the stream (its masks `m₀` are drawn online).
     Client {
         /// The PRG stream id of this selection.
         stream: u64,
-        /// Its pixel masks `m₀`.
-        m: Vec<u64>,
     },
     /// The server's share.
     Server {
-        /// The PRG stream id of this selection.
+        /// The PRG stream id of this selection (its masks `m₁` are drawn online).
         stream: u64,
-        /// Its pixel masks `m₁`.
-        m: Vec<u64>,
         /// Its bit shares (mod 67) of each patch's compared window of `x`, sent by the helper.
         u: Vec<u8>,
     },
     /// The helper's part.
     Helper {
-        /// The PRG stream id of this selection.
+        /// The PRG stream id of this selection (`m = m₀ + m₁` is drawn again online).
         stream: u64,
-        /// The pixel masks `m = m₀ + m₁`.
-        m: Vec<u64>,
         /// The sign bit `x_j` of each patch's masked sum `x`.
         xj: Vec<u8>,
     },
@@ -251,18 +245,8 @@ const PC_LABEL: &str = "securenn/select/pc";
 pub fn offline(ctx: &mut Ctx<'_>, spec: &SelectSpec, stream: u64) -> Result<SelectPre> {
     let (m_len, np, n) = (spec.pixels, spec.patches(), spec.n as usize);
     match ctx.role {
-        Role::Client => {
-            let _prg = span(OpKind::Prg);
-            Ok(SelectPre::Client {
-                stream,
-                m: ctx.prg(Pair::ClientHelper, M_LABEL, stream)?.u64s(m_len),
-            })
-        }
+        Role::Client => Ok(SelectPre::Client { stream }),
         Role::Server => {
-            let m = {
-                let _prg = span(OpKind::Prg);
-                ctx.prg(Pair::ServerHelper, M_LABEL, stream)?.u64s(m_len)
-            };
             let u = ctx.recv_bytes(Role::Helper, np * n)?;
             let _cmp = span(OpKind::Comparison);
             if !below_p(&u) {
@@ -274,16 +258,11 @@ pub fn offline(ctx: &mut Ctx<'_>, spec: &SelectSpec, stream: u64) -> Result<Sele
                     message: format!("bit share outside Z_{P}"),
                 });
             }
-            Ok(SelectPre::Server { stream, m, u })
+            Ok(SelectPre::Server { stream, u })
         }
         Role::Helper => {
             let prg = span(OpKind::Prg);
-            let mut m = ctx.prg(Pair::ClientHelper, M_LABEL, stream)?.u64s(m_len);
-            let m1 = ctx.prg(Pair::ServerHelper, M_LABEL, stream)?.u64s(m_len);
-            m.iter_mut()
-                .zip(&m1)
-                .for_each(|(a, b)| *a = a.wrapping_add(*b));
-            drop(m1);
+            let m = helper_masks(ctx, stream, m_len)?;
             let mut u1 = ctx
                 .prg(Pair::ClientHelper, U_LABEL, stream)?
                 .mod_p(np * n, P as u8)
@@ -308,9 +287,25 @@ pub fn offline(ctx: &mut Ctx<'_>, spec: &SelectSpec, stream: u64) -> Result<Sele
                 }
             }
             ctx.send_bytes(Role::Server, u1)?;
-            Ok(SelectPre::Helper { stream, m, xj })
+            Ok(SelectPre::Helper { stream, xj })
         }
     }
+}
+
+/// The helper's pixel masks `m = m₀ + m₁` (the client's and the server's streams).
+fn helper_masks(ctx: &Ctx<'_>, stream: u64, m_len: usize) -> Result<Vec<u64>> {
+    let mut m = ctx.prg(Pair::ClientHelper, M_LABEL, stream)?.u64s(m_len);
+    let mut prg = ctx.prg(Pair::ServerHelper, M_LABEL, stream)?;
+    let mut m1 = [0u64; 4096];
+    for chunk in m.chunks_mut(m1.len()) {
+        let m1 = &mut m1[..chunk.len()];
+        prg.fill_u64(m1);
+        chunk
+            .iter_mut()
+            .zip(m1.iter())
+            .for_each(|(a, b)| *a = a.wrapping_add(*b));
+    }
+    Ok(m)
 }
 
 /// True if every byte is a value mod 67.
@@ -335,7 +330,7 @@ pub fn online(
         message: format!("layer {layer:?}: {message}"),
     };
     match (ctx.role, pre) {
-        (Role::Helper, SelectPre::Helper { stream, m, xj }) => {
+        (Role::Helper, SelectPre::Helper { stream, xj }) => {
             ctx.scope(&layer, "drelu");
             let d0 = ctx.recv_bytes(Role::Client, np * n)?;
             let d1 = ctx.recv_bytes(Role::Server, np * n)?;
@@ -356,9 +351,10 @@ pub fn online(
                 compare::zero_found(byte_level(), n, &d0, &d1, &mut found);
             }
             drop((d0, d1, cmp));
-            let (mut h1, hm0) = {
+            let (m, mut h1, hm0) = {
                 let _prg = span(OpKind::Prg);
                 (
+                    helper_masks(ctx, *stream, m_len)?,
                     ctx.prg(Pair::ClientHelper, H_LABEL, *stream)?.u64s(np),
                     ctx.prg(Pair::ClientHelper, HM_LABEL, *stream)?.u64s(m_len),
                 )
@@ -378,11 +374,11 @@ pub fn online(
             ctx.send_u64(Role::Server, &hm1)?;
             Ok(Vec::new())
         }
-        (Role::Client, SelectPre::Client { stream, m }) => {
-            client_server(ctx, spec, *stream, m, None, values)
+        (Role::Client, SelectPre::Client { stream }) => {
+            client_server(ctx, spec, *stream, None, values)
         }
-        (Role::Server, SelectPre::Server { stream, m, u }) => {
-            client_server(ctx, spec, *stream, m, Some(u), values)
+        (Role::Server, SelectPre::Server { stream, u }) => {
+            client_server(ctx, spec, *stream, Some(u), values)
         }
         (role, _) => Err(bad(role, "preprocessing of another party".into())),
     }
@@ -394,7 +390,6 @@ fn client_server(
     ctx: &mut Ctx<'_>,
     spec: &SelectSpec,
     stream: u64,
-    m: &[u64],
     u: Option<&Vec<u8>>,
     values: &[u64],
 ) -> Result<Vec<u64>> {
@@ -413,6 +408,16 @@ fn client_server(
     let peer = if j == 0 { Role::Server } else { Role::Client };
     // 1. open v + m
     ctx.scope(&layer, "select-open");
+    let m = {
+        let _prg = span(OpKind::Prg);
+        let pair = if j == 0 {
+            Pair::ClientHelper
+        } else {
+            Pair::ServerHelper
+        };
+        ctx.prg(pair, M_LABEL, stream)?.u64s(m_len)
+    };
+    let m = &m[..];
     let sel_span = span(OpKind::Selection);
     let mine: Vec<u64> = values
         .iter()

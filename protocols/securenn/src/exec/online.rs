@@ -9,6 +9,7 @@ use super::plan::NodePlan;
 use crate::ctx::{Ctx, Pair, stream};
 use crate::error::{Result, SecureNnError};
 use crate::linear;
+use crate::profile::{OpKind, span};
 use crate::select;
 use knapsec_core::backend::PartyOutput;
 use knapsec_core::block::BlockSize;
@@ -179,6 +180,7 @@ impl Session<'_> {
                     counts,
                 } => {
                     if party {
+                        let _pool = span(OpKind::Pooling);
                         let mut s = window_sums(get(0), *kernel, *stride, *padding)
                             .map_err(|e| ring(ctx, e))?;
                         let plane = counts.len();
@@ -192,6 +194,7 @@ impl Session<'_> {
                 }
                 NodePlan::GlobalAvgPool { count } => {
                     if party {
+                        let _pool = span(OpKind::Pooling);
                         let mut s = global_sum(get(0)).map_err(|e| ring(ctx, e))?;
                         s.data_mut()
                             .iter_mut()
@@ -209,6 +212,7 @@ impl Session<'_> {
                 } => {
                     ctx.scope(&gnode.name, "maxpool");
                     let taps: Vec<Vec<Vec<u64>>> = if party {
+                        let _pool = span(OpKind::Pooling);
                         window_taps(get(0), *kernel, *stride, *padding, TapPadding::Edge)
                             .map_err(|e| ring(ctx, e))?
                             .into_iter()

@@ -14,6 +14,7 @@
 use crate::ctx::{Ctx, stream};
 use crate::error::Result;
 use crate::options::DreluMode;
+use crate::profile::{OpKind, span};
 use crate::select::{self, Groups, SelectPre, SelectSpec};
 
 /// The public plan of one tournament (the same on all three parties).
@@ -100,6 +101,7 @@ impl Tournament {
             let n = pairs * size;
             let mut d = Vec::new();
             if party {
+                let _pool = span(OpKind::Pooling);
                 d.reserve(s.pixels);
                 for lane in 0..self.lanes {
                     for pair in cands[..2 * pairs].chunks_exact(2) {
@@ -114,6 +116,7 @@ impl Tournament {
             }
             let y = select::online(ctx, s, p, &d)?;
             if party {
+                let _pool = span(OpKind::Pooling);
                 let mut next = Vec::with_capacity(cands.len() - pairs);
                 for q in 0..pairs {
                     let b = &cands[2 * q + 1];
