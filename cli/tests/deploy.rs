@@ -112,6 +112,7 @@ fn model(input: [u32; 3], c: u32, seed: u64) -> (SecureModel, ModelWeights) {
         frac_bits: FRAC,
         output_kind: OutputKind::Classification,
         nodes,
+        calibration: None,
     };
     let mut rng = Lcg(seed);
     let mut t = |shape: Vec<usize>, scale: f64| {

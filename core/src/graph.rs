@@ -3,7 +3,8 @@
 //! A secure model is a folder with two files:
 //! * `model.ron`, the **public part** ([`SecureModel`]): architecture, fixed-point precision,
 //!   input shape, the graph of ops with every output shape, and the block spec baked into its
-//!   activation nodes. Client, server and helper all hold it; its hash
+//!   activation nodes, and (format 2) the approximate-DReLU windows chosen per site by
+//!   calibration ([`crate::drelu::Calibration`]). Client, server and helper all hold it; its hash
 //!   ([`SecureModel::public_hash`]) is compared in the parties' handshake.
 //! * `weights.safetensors`, the **private part** ([`ModelWeights`]): the server's weights,
 //!   BatchNorm already folded into the preceding convolution (digest §6.6), stored as i64
@@ -12,14 +13,18 @@
 //! Tensors are single images in `C × H × W` layout; batch size is 1.
 
 use crate::block::BlockSize;
+use crate::drelu::{Calibration, SiteKind};
 use crate::error::{CoreError, Result};
 use crate::fsutil;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::Path;
 
-/// The secure-model format version this build reads and writes.
-pub const MODEL_FORMAT: u32 = 1;
+/// The secure-model format version this build writes. Version 2 added the optional
+/// per-site DReLU windows (`calibration`); version 1 files (without them) still load.
+pub const MODEL_FORMAT: u32 = 2;
+/// The oldest secure-model format version this build reads.
+pub const MODEL_FORMAT_OLDEST: u32 = 1;
 /// Most fractional bits a model may use: a product of two encodings carries `2f` of them and
 /// must keep sign room and some integer bits in the 64-bit ring (digest §6.2).
 pub const MAX_FRAC_BITS: u32 = 30;
@@ -148,6 +153,9 @@ pub struct SecureModel {
     pub output_kind: OutputKind,
     /// Nodes in topological order; node 0 is the input; the last node is the output.
     pub nodes: Vec<Node>,
+    /// Approximate-DReLU windows per DReLU site, chosen by `knapsec calibrate` (format 2).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub calibration: Option<Calibration>,
 }
 
 impl SecureModel {
@@ -169,9 +177,9 @@ impl SecureModel {
     /// [`MAX_ACTIVATION_ELEMENTS`], weights within [`MAX_WEIGHT_ELEMENTS`]. Each recorded
     /// shape must equal the inferred one. Errors name the node.
     pub fn validate(&self) -> Result<()> {
-        if self.format != MODEL_FORMAT {
+        if !(MODEL_FORMAT_OLDEST..=MODEL_FORMAT).contains(&self.format) {
             return Err(CoreError::Graph(format!(
-                "format version {} is not supported (this build reads {MODEL_FORMAT})",
+                "format version {} is not supported (this build reads {MODEL_FORMAT_OLDEST} to {MODEL_FORMAT})",
                 self.format
             )));
         }
@@ -216,6 +224,89 @@ impl SecureModel {
                     node.shape
                 )));
             }
+        }
+        self.validate_calibration()
+    }
+
+    /// The DReLU sites of the graph in node order: block-ReLU layers with at least one patch
+    /// channel, ReLU6 layers and max pools of more than one tap.
+    pub fn drelu_sites(&self) -> Vec<(usize, SiteKind)> {
+        self.nodes
+            .iter()
+            .enumerate()
+            .filter_map(|(i, n)| match &n.op {
+                Op::BlockRelu { blocks, .. }
+                    if blocks.iter().any(|b| matches!(b, BlockSize::Patch { .. })) =>
+                {
+                    Some((i, SiteKind::BlockRelu))
+                }
+                Op::Relu6 { .. } => Some((i, SiteKind::Relu6)),
+                Op::MaxPool { kernel, .. } if kernel[0] * kernel[1] > 1 => {
+                    Some((i, SiteKind::MaxPool))
+                }
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// DReLUs of node `i` as a secure backend computes it: one per patch of a block ReLU,
+    /// two per value of ReLU6 (`x ≥ 0`, `x ≥ 6`), `taps − 1` per output of a max pool; 0 for
+    /// any other node.
+    pub fn site_drelus(&self, i: usize) -> u64 {
+        let Some(n) = self.nodes.get(i) else {
+            return 0;
+        };
+        let [c, h, w] = n.shape.map(u64::from);
+        match &n.op {
+            Op::BlockRelu { blocks, .. } => blocks
+                .iter()
+                .map(|b| b.drelu_cost(n.shape[1], n.shape[2]))
+                .sum(),
+            Op::Relu6 { .. } => 2 * c * h * w,
+            Op::MaxPool { kernel, .. } => {
+                u64::from(kernel[0] * kernel[1]).saturating_sub(1) * c * h * w
+            }
+            _ => 0,
+        }
+    }
+
+    /// Checks the calibration against the graph: only in format 2, one entry per site at
+    /// most, each naming a DReLU site by index, name and kind, with a valid window.
+    fn validate_calibration(&self) -> Result<()> {
+        let Some(cal) = &self.calibration else {
+            return Ok(());
+        };
+        if self.format < 2 {
+            return Err(CoreError::Graph(format!(
+                "format version {} has no DReLU windows, but `calibration` is present (version 2 and later)",
+                self.format
+            )));
+        }
+        let sites = self.drelu_sites();
+        let mut seen = std::collections::BTreeSet::new();
+        for s in &cal.sites {
+            let bad = |why: String| {
+                CoreError::Graph(format!(
+                    "calibration of node {} ({}): {why}",
+                    s.node, s.name
+                ))
+            };
+            let Some(&(_, kind)) = sites.iter().find(|(i, _)| *i == s.node as usize) else {
+                return Err(bad("not a DReLU site of the graph".into()));
+            };
+            if self.nodes[s.node as usize].name != s.name {
+                return Err(bad(format!(
+                    "the graph names that node {:?}",
+                    self.nodes[s.node as usize].name
+                )));
+            }
+            if kind != s.kind {
+                return Err(bad(format!("recorded as {}, the graph has {kind}", s.kind)));
+            }
+            if !seen.insert(s.node) {
+                return Err(bad("calibrated twice".into()));
+            }
+            s.window.validate().map_err(|e| bad(e.to_string()))?;
         }
         Ok(())
     }
@@ -610,6 +701,7 @@ mod tests {
             frac_bits: 12,
             output_kind: OutputKind::Segmentation,
             nodes,
+            calibration: None,
         };
         let mut w = ModelWeights::default();
         w.tensors.insert(

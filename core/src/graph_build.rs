@@ -384,6 +384,7 @@ impl GraphBuilder {
             frac_bits: self.frac_bits,
             output_kind,
             nodes: self.nodes,
+            calibration: None,
         };
         model.validate()?;
         Ok((model, self.params))

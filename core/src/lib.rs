@@ -5,6 +5,7 @@
 //! * [`distortion`]: distortion tables (safetensors), the distortion → knapsack artefact.
 //! * [`layer`]: the ordered ReLU layer table of an architecture.
 //! * [`spec`]: block specs (one patch size per channel), RON/JSON, validation.
+//! * [`drelu`]: approximate DReLU windows, their semantics and their calibration from data.
 //! * [`graph`]: the secure-model graph exported for secure inference (DESIGN §3);
 //!   [`graph_build`] builds one without libtorch, with random weights for tests.
 //! * [`arch`], [`knapsack`], [`backend`], [`transport`]: plugin traits (DESIGN §4, §5).
@@ -17,6 +18,7 @@ pub mod backend;
 pub mod block;
 pub mod candidates;
 pub mod distortion;
+pub mod drelu;
 pub mod error;
 pub mod fsutil;
 pub mod graph;

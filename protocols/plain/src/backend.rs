@@ -263,6 +263,7 @@ mod tests {
             frac_bits: 8,
             output_kind: OutputKind::Classification,
             nodes,
+            calibration: None,
         };
         let mut w = ModelWeights::default();
         w.tensors.insert(

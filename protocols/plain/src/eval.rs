@@ -1,7 +1,9 @@
 //! The fixed-point evaluation of a secure model in the clear (semantics in the crate docs).
 
+use crate::approx::{self, Site};
 use crate::error::{PlainError, Result};
 use knapsec_core::block::BlockSize;
+use knapsec_core::drelu::{DreluChoice, DreluWindow, SiteStats};
 use knapsec_core::graph::{ModelWeights, Node, Op, OutputKind, SecureModel};
 use knapsec_ring::{
     BlockLayout, Conv2dParams, RingTensor, TapPadding, conv2d, global_sum, linear, window_counts,
@@ -51,9 +53,19 @@ pub fn argmax_channels(t: &RingTensor) -> Vec<u32> {
         .collect()
 }
 
+/// How [`evaluate_with`] computes the DReLU sites.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DreluEmulation {
+    /// The windows: exact, one for all sites, or the model's calibrated ones.
+    pub choice: DreluChoice,
+    /// Seed of the stand-in masks that decide the comparisons whose result depends on the
+    /// mask (see [`crate::approx`]).
+    pub seed: u64,
+}
+
 /// Runs `model` on `input` (`C·H·W` reals) with `weights` and returns the output node.
 pub fn evaluate(model: &SecureModel, weights: &ModelWeights, input: &[f32]) -> Result<PlainOutput> {
-    let fixed = run(model, weights, input, false)?
+    let fixed = run(model, weights, input, false, None)?
         .pop()
         .expect("a validated model has nodes");
     Ok(PlainOutput {
@@ -63,6 +75,48 @@ pub fn evaluate(model: &SecureModel, weights: &ModelWeights, input: &[f32]) -> R
     })
 }
 
+/// Like [`evaluate`], with every DReLU site computed as a SecureNN-style backend computes it
+/// under `emulation` (its window, wrap-around included; [`crate::approx`]), and, when
+/// `stats` is given (one entry per node), every compared value recorded at its site's entry.
+pub fn evaluate_with(
+    model: &SecureModel,
+    weights: &ModelWeights,
+    input: &[f32],
+    emulation: &DreluEmulation,
+    stats: Option<&mut [SiteStats]>,
+) -> Result<PlainOutput> {
+    let windows = emulation.choice.resolve(model)?;
+    if let Some(s) = &stats
+        && s.len() != model.nodes.len()
+    {
+        return Err(PlainError::Input(format!(
+            "{} site statistics for {} nodes",
+            s.len(),
+            model.nodes.len()
+        )));
+    }
+    let emu = Emu {
+        windows,
+        seed: emulation.seed,
+        stats,
+    };
+    let fixed = run(model, weights, input, false, Some(emu))?
+        .pop()
+        .expect("a validated model has nodes");
+    Ok(PlainOutput {
+        fixed,
+        frac_bits: model.frac_bits,
+        kind: model.output_kind,
+    })
+}
+
+/// The per-node windows and statistics of an emulating run.
+struct Emu<'a> {
+    windows: Vec<Option<DreluWindow>>,
+    seed: u64,
+    stats: Option<&'a mut [SiteStats]>,
+}
+
 /// Like [`evaluate`] but returns every node's value (index = node index), for per-layer
 /// comparisons with a secure backend.
 pub fn evaluate_trace(
@@ -70,7 +124,7 @@ pub fn evaluate_trace(
     weights: &ModelWeights,
     input: &[f32],
 ) -> Result<Vec<RingTensor>> {
-    run(model, weights, input, true)
+    run(model, weights, input, true, None)
 }
 
 /// Encodes the client's input as the secure backends do: round to nearest at `frac_bits`.
@@ -101,6 +155,7 @@ fn run(
     weights: &ModelWeights,
     input: &[f32],
     keep_all: bool,
+    mut emu: Option<Emu<'_>>,
 ) -> Result<Vec<RingTensor>> {
     model.validate()?;
     weights.check_against(model)?;
@@ -121,7 +176,21 @@ fn run(
                 .iter()
                 .map(|&j| vals[j].as_ref().expect("inputs are computed before use"))
                 .collect();
-            eval_node(model, weights, i, node, &ins)?
+            match emu
+                .as_mut()
+                .and_then(|e| e.windows[i].map(|w| (w, e)))
+            {
+                Some((window, e)) => {
+                    let mut site = Site {
+                        window,
+                        seed: e.seed,
+                        node: i,
+                        stats: e.stats.as_deref_mut().map(|s| &mut s[i]),
+                    };
+                    eval_site(model, i, node, ins[0], &mut site)?
+                }
+                None => eval_node(model, weights, i, node, &ins)?,
+            }
         };
         let want: Vec<usize> = node.shape.iter().map(|&v| v as usize).collect();
         if out.dims() != want {
@@ -298,6 +367,27 @@ pub fn eval_node(
     })
 }
 
+/// A DReLU site (block ReLU with patches, ReLU6, max pool) under its window.
+fn eval_site(
+    model: &SecureModel,
+    index: usize,
+    node: &Node,
+    x: &RingTensor,
+    site: &mut Site<'_>,
+) -> Result<RingTensor> {
+    let err = |e: knapsec_ring::RingError| node_err(index, node, e.to_string());
+    Ok(match &node.op {
+        Op::BlockRelu { blocks, .. } => approx::block_relu(x, blocks, site).map_err(err)?,
+        Op::Relu6 { .. } => approx::relu6(x, model.frac_bits, site),
+        Op::MaxPool {
+            kernel,
+            stride,
+            padding,
+        } => approx::max_pool(x, usz(*kernel), usz(*stride), usz(*padding), site).map_err(err)?,
+        _ => return Err(node_err(index, node, "not a DReLU site")),
+    })
+}
+
 /// Block ReLU: one decision per patch, `keep = (sum of the patch's in-bounds pixels) > 0`;
 /// identity channels pass, zero channels give 0.
 pub fn block_relu(x: &RingTensor, blocks: &[BlockSize]) -> knapsec_ring::Result<RingTensor> {
@@ -335,6 +425,7 @@ mod tests {
             frac_bits: F,
             output_kind: kind,
             nodes,
+            calibration: None,
         }
     }
 

@@ -335,6 +335,7 @@ mod tests {
             frac_bits: F,
             output_kind: OutputKind::Classification,
             nodes,
+            calibration: None,
         }
     }
 
@@ -409,6 +410,7 @@ mod tests {
             frac_bits: F,
             output_kind: OutputKind::Segmentation,
             nodes,
+            calibration: None,
         };
         let w = ModelWeights::default();
         let x = [1.0f32, -0.5, -0.25];

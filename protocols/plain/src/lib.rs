@@ -29,11 +29,23 @@
 //! layers' weights), and block decisions whose sum lies within that error of 0 may flip.
 //! Exact ops (everything else) must agree bit for bit given equal inputs.
 //!
+//! # Approximate DReLU
+//!
+//! [`evaluate_with`] computes the DReLU sites (block ReLUs, ReLU6, max pooling) the way the
+//! SecureNN-style backend does, under exact, uniform or calibrated windows
+//! ([`knapsec_core::drelu`]): ReLU6 as `ReLU(x) − ReLU(x − 6)`, max pooling as the secure
+//! pairwise tree, each comparison through the window with wrap-around. The decisions equal
+//! the secure ones bit for bit except in the band just below zero whose sign the ignored bits
+//! decide (there the secure result depends on the helper's random mask; the emulation draws
+//! a seeded stand-in with the same distribution). See [`approx`].
+//!
 //! # Modules
+//! * [`approx`]: the DReLU sites under a window, as the secure backend computes them.
 //! * [`eval`]: [`evaluate`] (output only), [`evaluate_trace`] (every node), [`eval_node`].
 //! * [`float`]: the same graph in `f64`, for real-valued tolerance tests.
 //! * [`backend`]: the `plain` [`knapsec_core::SecureBackend`] plugin (no privacy, see there).
 
+pub mod approx;
 pub mod backend;
 pub mod error;
 pub mod eval;
@@ -42,6 +54,7 @@ pub mod float;
 pub use backend::{PlainBackend, PlainOptions};
 pub use error::{PlainError, Result};
 pub use eval::{
-    PlainOutput, argmax_channels, block_relu, encode_input, eval_node, evaluate, evaluate_trace,
+    DreluEmulation, PlainOutput, argmax_channels, block_relu, encode_input, eval_node, evaluate,
+    evaluate_trace, evaluate_with,
 };
 pub use float::{FloatTensor, evaluate_f64};

@@ -3,11 +3,13 @@
 //! ```text
 //! (drelu: Exact, reveal: Logits)
 //! (drelu: Approx(bits: 16, lsb_ignored: 0), reveal: Label)
+//! (drelu: Calibrated)
 //! ```
 //! Both fields are optional (defaults: `Exact`, `Logits`). The canonical form is the compact
 //! RON of the parsed options with both fields written out.
 
 use crate::error::{Result, SecureNnError};
+use knapsec_core::drelu::{DreluChoice, DreluWindow};
 use serde::{Deserialize, Serialize};
 
 /// How every DReLU of the network is computed (digest §6.12).
@@ -25,14 +27,53 @@ pub enum DreluMode {
         /// Ignored low bits `t`.
         lsb_ignored: u32,
     },
+    /// Each DReLU site with the window calibrated into the secure model's public part
+    /// (`knapsec calibrate`; [`knapsec_core::drelu::Calibration`]); sites without one are exact.
+    Calibrated,
+}
+
+impl From<DreluWindow> for DreluMode {
+    fn from(w: DreluWindow) -> Self {
+        if w.is_exact() {
+            DreluMode::Exact
+        } else {
+            DreluMode::Approx {
+                bits: w.bits,
+                lsb_ignored: w.lsb_ignored,
+            }
+        }
+    }
 }
 
 impl DreluMode {
-    /// Window bits `k` (sign included) and ignored low bits `t`.
+    /// Window bits `k` (sign included) and ignored low bits `t`; `Calibrated` has one per
+    /// site (see [`DreluMode::choice`]) and answers the exact window here.
     pub fn window(&self) -> (u32, u32) {
         match *self {
-            DreluMode::Exact => (64, 0),
+            DreluMode::Exact | DreluMode::Calibrated => (64, 0),
             DreluMode::Approx { bits, lsb_ignored } => (bits, lsb_ignored),
+        }
+    }
+
+    /// The one window of a uniform mode; `None` for `Calibrated`.
+    pub fn uniform_window(&self) -> Option<DreluWindow> {
+        match *self {
+            DreluMode::Calibrated => None,
+            _ => {
+                let (bits, lsb_ignored) = self.window();
+                Some(DreluWindow { bits, lsb_ignored })
+            }
+        }
+    }
+
+    /// The same choice in the terms of `knapsec-core` (shared with the plain oracle).
+    pub fn choice(&self) -> DreluChoice {
+        match *self {
+            DreluMode::Exact => DreluChoice::Exact,
+            DreluMode::Calibrated => DreluChoice::Calibrated,
+            DreluMode::Approx { bits, lsb_ignored } => {
+                DreluChoice::Uniform(DreluWindow { bits, lsb_ignored })
+            }
         }
     }
 
@@ -47,15 +88,18 @@ impl DreluMode {
         Ok(())
     }
 
-    /// Parses the CLI form: `exact` or `approx:K,T` (`approx:K` means `T = 0`).
+    /// Parses the CLI form: `exact`, `approx:K,T` (`approx:K` means `T = 0`) or `calibrated`.
     pub fn parse_cli(text: &str) -> Result<Self> {
         let t = text.trim();
         if t.eq_ignore_ascii_case("exact") {
             return Ok(DreluMode::Exact);
         }
+        if t.eq_ignore_ascii_case("calibrated") {
+            return Ok(DreluMode::Calibrated);
+        }
         let bad = || {
             SecureNnError::Options(format!(
-                "cannot parse DReLU mode {text:?}: expected `exact` or `approx:BITS[,LSB_IGNORED]`"
+                "cannot parse DReLU mode {text:?}: expected `exact`, `approx:BITS[,LSB_IGNORED]` or `calibrated`"
             ))
         };
         let rest = t.strip_prefix("approx:").ok_or_else(bad)?;
@@ -161,5 +205,13 @@ mod tests {
             }
         );
         assert_eq!(DreluMode::parse_cli("exact").unwrap(), DreluMode::Exact);
+        assert_eq!(
+            DreluMode::parse_cli("calibrated").unwrap(),
+            DreluMode::Calibrated
+        );
+        assert_eq!(
+            Options::parse("(drelu: Calibrated)").unwrap().drelu,
+            DreluMode::Calibrated
+        );
     }
 }

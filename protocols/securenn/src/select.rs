@@ -119,14 +119,6 @@ pub struct SelectSpec {
     pub shift: Vec<u8>,
 }
 
-fn ceil_log2(x: usize) -> u32 {
-    if x <= 1 {
-        0
-    } else {
-        usize::BITS - (x - 1).leading_zeros()
-    }
-}
-
 impl SelectSpec {
     /// A spec over `pixels` values with patches `cmp`, under `mode` (see the module docs for
     /// how the window follows the patch area).
@@ -138,12 +130,13 @@ impl SelectSpec {
         mode: DreluMode,
     ) -> Result<Self> {
         mode.validate()?;
-        let (k, t) = mode.window();
+        // The window arithmetic is `knapsec-core`'s, shared with the plain oracle.
+        let window = mode.uniform_window().ok_or_else(|| {
+            SecureNnError::Options("a selection needs one window: resolve `Calibrated` per site first".into())
+        })?;
+        let k = window.bits;
         let shift = (0..cmp.len())
-            .map(|g| match mode {
-                DreluMode::Exact => 0u8,
-                DreluMode::Approx { .. } => (t + ceil_log2(cmp.size(g))).min(64 - k) as u8,
-            })
+            .map(|g| window.shift(cmp.size(g)) as u8)
             .collect();
         if let Some(s) = &sel
             && s.len() != cmp.len()
