@@ -74,6 +74,8 @@ enum Command {
     Demo(cmd::pipeline::DemoArgs),
     /// One secure inference with all three parties in this process: output and traffic.
     Simulate(cmd::simulate::Args),
+    /// Choose the approximate-DReLU window of every DReLU site from sample images.
+    Calibrate(cmd::calibrate::Args),
 }
 
 impl Command {
@@ -101,6 +103,7 @@ impl Command {
             #[cfg(feature = "torch")]
             Command::Demo(args) => cmd::pipeline::run_demo(args, ctx),
             Command::Simulate(args) => cmd::simulate::run(args, ctx),
+            Command::Calibrate(args) => cmd::calibrate::run(args, ctx),
         }
     }
 }

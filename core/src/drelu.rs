@@ -292,7 +292,7 @@ impl Default for CalibrationTarget {
     fn default() -> Self {
         CalibrationTarget {
             margin_bits: 2,
-            target_error: 1e-3,
+            target_error: 1e-2,
             max_bits: 64,
         }
     }

@@ -3,6 +3,7 @@
 
 pub mod arch;
 pub mod bench;
+pub mod calibrate;
 #[cfg(feature = "torch")]
 pub mod distortion;
 pub mod keys;

@@ -35,6 +35,10 @@ pub struct Args {
     /// with its error.
     #[arg(long)]
     keep_going: bool,
+    /// Refuse to start when the model's calibration data show the DReLU window of the
+    /// backend's options to be too narrow for a site (without it: a warning).
+    #[arg(long)]
+    strict: bool,
 }
 
 /// One line of the client's output file.
@@ -72,7 +76,14 @@ pub fn run(args: Args, ctx: &Context) -> anyhow::Result<()> {
     }
     let backend = ctx.registry()?.backend(&dep.backend)?;
     let backend_name = dep.backend.clone();
+    let drelu = (dep.backend == "securenn")
+        .then(|| knapsec_securenn::Options::parse(&dep.options))
+        .transpose()?
+        .map(|o| o.drelu.choice());
     let party = Party::new(dep, backend).with_context(|| format!("cannot start the {role}"))?;
+    if let Some(choice) = drelu {
+        crate::cmd::calibrate::guard(party.model(), choice, args.strict)?;
+    }
     if role != Role::Client {
         let n = party.serve(ServeOptions {
             sessions: args.sessions,

@@ -31,12 +31,17 @@ pub struct Args {
     /// or any other registered backend.
     #[arg(long, default_value = "securenn")]
     backend: String,
-    /// DReLU of the securenn backend: `exact` or `approx:BITS[,LSB_IGNORED]`.
+    /// DReLU of the securenn backend: `exact`, `approx:BITS[,LSB_IGNORED]` (every site), or
+    /// `calibrated` (each site's window from `knapsec calibrate`).
     #[arg(long, default_value = "exact")]
     drelu: String,
     /// Reveal only the label (map) to the client, by a secure argmax.
     #[arg(long)]
     label_only: bool,
+    /// Refuse a DReLU window that the model's calibration data show to be too narrow for a
+    /// site (without it: a warning).
+    #[arg(long)]
+    strict: bool,
     /// Options of another backend (RON text).
     #[arg(long, default_value = "")]
     options: String,
@@ -80,6 +85,7 @@ pub fn run(args: Args, ctx: &Context) -> anyhow::Result<()> {
     match args.backend.as_str() {
         "securenn" => {
             let drelu = DreluMode::parse_cli(&args.drelu)?;
+            crate::cmd::calibrate::guard(&model, drelu.choice(), args.strict)?;
             let reveal = if args.label_only {
                 Reveal::Label
             } else {

@@ -81,12 +81,29 @@ pub struct FinetuneArgs {
 
 #[derive(Debug, clap::Args)]
 pub struct EvalArgs {
-    #[arg(long)]
-    pub arch: String,
+    /// Architecture (with --weights: the floating-point network).
+    #[arg(long, required_unless_present = "model")]
+    pub arch: Option<String>,
     #[command(flatten)]
     pub options: ArchOptionArgs,
-    #[arg(long, value_name = "W.safetensors")]
-    pub weights: PathBuf,
+    #[arg(long, value_name = "W.safetensors", required_unless_present = "model")]
+    pub weights: Option<PathBuf>,
+    /// Evaluate this secure model's fixed-point network in the clear instead, under each
+    /// DReLU mode of --drelu side by side (the plain oracle emulates approximate windows bit
+    /// for bit); with --arch and --weights, also against the floating-point network's labels.
+    #[arg(long, value_name = "DIR")]
+    pub model: Option<PathBuf>,
+    /// A DReLU mode compared with --model (repeat the flag for several): `exact`,
+    /// `approx:K,T`, `calibrated` (default: exact, and calibrated when the model has windows).
+    #[arg(long, value_name = "MODE")]
+    pub drelu: Vec<String>,
+    /// With --model: also run this many images through secure inference (securenn, the
+    /// three parties in this process) in every mode.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub secure: usize,
+    /// With --model: seed of the plain oracle's stand-in masks.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
     /// Evaluate with this block spec's block ReLUs in place.
     #[arg(long)]
     pub spec: Option<PathBuf>,
@@ -417,12 +434,89 @@ pub fn evaluate_weights(
     })
 }
 
+/// Labels of the floating-point network on `samples` (argmax of the logits).
+pub fn reference_labels(
+    ctx: &Context,
+    arch: &str,
+    options: &ArchOptionArgs,
+    weights: &Path,
+    samples: &[crate::cmd::calibrate::Sample],
+) -> anyhow::Result<Vec<usize>> {
+    let mut network = build_network(ctx, arch, options, 0)?;
+    network.load_weights(weights)?;
+    let [c, h, w] = network.net.input_shape();
+    let mut out = Vec::with_capacity(samples.len());
+    for chunk in samples.chunks(32) {
+        let flat: Vec<f32> = chunk.iter().flat_map(|s| s.values.iter().copied()).collect();
+        if flat.len() as i64 != chunk.len() as i64 * c * h * w {
+            bail!("the images do not have the network's input shape {c}x{h}x{w}");
+        }
+        let x = knapsec_nn::tch::Tensor::from_slice(&flat).reshape([chunk.len() as i64, c, h, w]);
+        let logits = knapsec_nn::tch::no_grad(|| network.net.forward_t(&x, false))?;
+        let top = Vec::<i64>::try_from(logits.reshape([chunk.len() as i64, -1]).argmax(1, false))?;
+        out.extend(top.into_iter().map(|v| v as usize));
+    }
+    Ok(out)
+}
+
+fn run_eval_model(a: &EvalArgs, dir: &Path, ctx: &Context) -> anyhow::Result<()> {
+    use crate::cmd::calibrate::{Part, eval_model, load_images, print_model_eval};
+    use knapsec_core::drelu::DreluChoice;
+    let model = knapsec_core::graph::SecureModel::load(dir)?;
+    let modes: Vec<DreluChoice> = if !a.drelu.is_empty() {
+        a.drelu
+            .iter()
+            .map(|m| DreluChoice::parse(m))
+            .collect::<Result<_, _>>()?
+    } else if model.calibration.is_some() {
+        vec![DreluChoice::Exact, DreluChoice::Calibrated]
+    } else {
+        vec![DreluChoice::Exact]
+    };
+    let limit = a.subset.unwrap_or(usize::MAX);
+    let reference = match (&a.arch, &a.weights) {
+        (Some(arch), Some(w)) => {
+            let samples = load_images(
+                &a.data,
+                Part::Test,
+                model.input_shape(),
+                model.output_shape()[0] as usize,
+                limit,
+            )?;
+            Some(reference_labels(ctx, arch, &a.options, w, &samples)?)
+        }
+        (None, None) => None,
+        _ => bail!("--arch and --weights go together"),
+    };
+    let s = eval_model(
+        dir,
+        &a.data,
+        Part::Test,
+        limit,
+        &modes,
+        a.seed,
+        reference.as_deref(),
+        a.secure,
+    )?;
+    emit(ctx, &s, a.json, a.report.as_deref(), || {
+        let mut buf = Vec::new();
+        let _ = print_model_eval(&mut buf, &s);
+        String::from_utf8_lossy(&buf).trim_end().to_string()
+    })
+}
+
 pub fn run_eval(a: EvalArgs, ctx: &Context) -> anyhow::Result<()> {
+    if let Some(dir) = a.model.clone() {
+        return run_eval_model(&a, &dir, ctx);
+    }
+    let (Some(arch), Some(weights)) = (&a.arch, &a.weights) else {
+        bail!("--arch and --weights are needed (or --model)");
+    };
     let s = evaluate_weights(
         ctx,
-        &a.arch,
+        arch,
         &a.options,
-        &a.weights,
+        weights,
         a.spec.as_deref(),
         &a.data,
         a.subset,
@@ -481,6 +575,25 @@ pub struct ExportArgs {
     /// Output folder: `model.ron` (public part) and `weights.safetensors` (server only).
     #[arg(short, long, value_name = "DIR")]
     pub output: PathBuf,
+    /// Calibrate the approximate-DReLU windows on these sample images right away (as
+    /// `knapsec calibrate --data`).
+    #[arg(long, value_name = "SPEC")]
+    pub calibrate: Option<String>,
+    /// With --calibrate: sample images.
+    #[arg(long, value_name = "N", default_value_t = 64)]
+    pub samples: usize,
+    /// With --calibrate: as `knapsec calibrate --target-error`.
+    #[arg(long, value_name = "E", default_value_t = 1e-2)]
+    pub target_error: f64,
+    /// With --calibrate: as `knapsec calibrate --margin-bits`.
+    #[arg(long, value_name = "B", default_value_t = 2)]
+    pub margin_bits: u32,
+    /// With --calibrate: as `knapsec calibrate --max-bits`.
+    #[arg(long, value_name = "K", default_value_t = 64)]
+    pub max_bits: u32,
+    /// With --calibrate: a window too narrow for the data is an error, not a warning.
+    #[arg(long)]
+    pub strict: bool,
 }
 
 /// `knapsec export`: a trained network (with its block spec) as a secure model (DESIGN §3):
@@ -505,6 +618,20 @@ pub fn run_export(a: ExportArgs, ctx: &Context) -> anyhow::Result<()> {
         model.drelus(),
         &model.public_hash()[..16]
     )?;
+    if let Some(data) = &a.calibrate {
+        let target = knapsec_core::drelu::CalibrationTarget {
+            margin_bits: a.margin_bits,
+            target_error: a.target_error,
+            max_bits: a.max_bits,
+        };
+        let s = crate::cmd::calibrate::calibrate(
+            &a.output, None, data, a.samples, target, a.strict,
+        )?;
+        for w in &s.warnings {
+            eprintln!("warning: {w}");
+        }
+        crate::cmd::calibrate::print_table(&mut out, &s)?;
+    }
     out.flush()?;
     Ok(())
 }

@@ -349,3 +349,131 @@ fn approximate_drelu_network_matches_plain_within_its_window() {
         - (approx.offline.comm.bytes + approx.online.comm.bytes);
     assert_eq!(saved, 3 * 44 * exact.drelus);
 }
+
+/// Runs `model` on `x` under each `(mode, choice)` securely and in the plain emulation and
+/// checks they agree bit for bit; returns how many modes changed the exact result.
+fn agree_bit_for_bit(
+    model: &SecureModel,
+    weights: &ModelWeights,
+    x: &[f32],
+    modes: &[(DreluMode, knapsec_core::drelu::DreluChoice)],
+) -> usize {
+    use knapsec_plain::{DreluEmulation, evaluate_with};
+    let exact = knapsec_plain::evaluate(model, weights, x).unwrap().logits();
+    let mut changed = 0;
+    for &(mode, choice) in modes {
+        let emu = |seed| {
+            evaluate_with(model, weights, x, &DreluEmulation { choice, seed }, None)
+                .unwrap()
+                .logits()
+        };
+        let plain = emu(1);
+        // Differently seeded stand-in masks agree: no decision depends on the mask.
+        assert_eq!(plain, emu(2), "{choice}: a decision depends on the mask");
+        let secure = logits(&run(
+            model,
+            weights,
+            x,
+            Options {
+                drelu: mode,
+                reveal: Reveal::Logits,
+            },
+        ));
+        assert_eq!(secure, plain, "{}: {choice}: secure differs", model.arch);
+        changed += usize::from(plain != exact);
+    }
+    changed
+}
+
+fn uniform_modes() -> Vec<(DreluMode, knapsec_core::drelu::DreluChoice)> {
+    [(16, 0), (12, 4), (6, 3), (20, 1), (9, 6)]
+        .into_iter()
+        .map(|(bits, lsb_ignored)| {
+            let w = knapsec_core::drelu::DreluWindow { bits, lsb_ignored };
+            (w.into(), knapsec_core::drelu::DreluChoice::Uniform(w))
+        })
+        .collect()
+}
+
+/// Input values `k · 2^10` ulps (multiples of 0.25), `k` uniform in `−64..=64`, plus `extra`
+/// ulps where `plus_one` says.
+fn coarse_input(n: usize, seed: u64, plus_one: impl Fn(usize) -> bool) -> Vec<f32> {
+    let mut prg = knapsec_ring::Prg::with_stream(&[3; 32], "bit-for-bit", seed);
+    (0..n)
+        .map(|i| {
+            let k = (prg.next_u64() % 129) as i64 - 64;
+            (k * 1024 + i64::from(plus_one(i))) as f32 / (1u32 << F) as f32
+        })
+        .collect()
+}
+
+// The compared values below have their low 10 bits zero (windows here ignore at most 10:
+// `t + ⌈log₂ area⌉ ≤ 6 + 4`), so the secure decision never depends on the helper's mask and
+// must equal the emulation's exactly, wrap-around included (values reach ±16, beyond most
+// windows).
+
+#[test]
+fn approximate_block_relu_equals_the_plain_emulation_bit_for_bit() {
+    let mut g = GraphBuilder::new("brelu-approx", F, [4, 7, 5]);
+    let blocks = vec![
+        BlockSize::RELU,
+        BlockSize::Patch { h: 2, w: 3 },
+        BlockSize::Identity,
+        BlockSize::Patch { h: 3, w: 3 },
+    ];
+    g.block_relu("relu", g.input(), blocks.clone()).unwrap();
+    let (model, weights) = finish(g);
+    // block ReLUs compare `sum − 1`: one pixel per patch gets +1 ulp, so `sum − 1` ≡ 0.
+    let (h, w) = (7usize, 5usize);
+    let x = coarse_input(4 * h * w, 1, |i| {
+        let (c, y, xx) = (i / (h * w), (i % (h * w)) / w, i % w);
+        match blocks[c] {
+            BlockSize::Patch { h: bh, w: bw } => {
+                y % bh as usize == 0 && xx % bw as usize == 0
+            }
+            _ => false,
+        }
+    });
+    let changed = agree_bit_for_bit(&model, &weights, &x, &uniform_modes());
+    assert!(changed >= 2, "only {changed} modes changed the result");
+}
+
+#[test]
+fn approximate_relu6_and_max_pool_equal_the_plain_emulation_bit_for_bit() {
+    use knapsec_core::drelu::{
+        Calibration, CalibrationTarget, DreluChoice, DreluWindow, SiteCalibration, SiteStats,
+    };
+    let mut g = GraphBuilder::new("relu6-pool-approx", F, [3, 8, 8]);
+    let r = g.relu6("r6", g.input()).unwrap();
+    let p = g.max_pool("pool", r, [3, 3], [2, 2], [1, 1]).unwrap();
+    g.max_pool("pool2", p, [2, 2], [1, 1], [0, 0]).unwrap();
+    let (mut model, weights) = finish(g);
+    let x = coarse_input(3 * 64, 2, |_| false);
+    let mut modes = uniform_modes();
+    // per-site windows from a calibration: each site its own
+    let sites = model.drelu_sites();
+    let windows = [(14, 5), (8, 2), (11, 0)].map(|(bits, lsb_ignored)| DreluWindow {
+        bits,
+        lsb_ignored,
+    });
+    model.calibration = Some(Calibration {
+        data: "test".into(),
+        samples: 0,
+        target: CalibrationTarget::default(),
+        sites: sites
+            .iter()
+            .zip(windows)
+            .map(|(&(i, kind), window)| SiteCalibration {
+                node: i as u32,
+                name: model.nodes[i].name.clone(),
+                kind,
+                window,
+                stats: SiteStats::default(),
+            })
+            .collect(),
+    });
+    model.validate().unwrap();
+    modes.push((DreluMode::Calibrated, DreluChoice::Calibrated));
+    let changed = agree_bit_for_bit(&model, &weights, &x, &modes);
+    assert!(changed >= 2, "only {changed} modes changed the result");
+}
