@@ -260,10 +260,7 @@ impl SiteStats {
 
     /// Negative values whose sign may be lost with `t` ignored bits (the band `−2^t' < a < 0`).
     pub fn at_risk(&self, t: u32) -> u64 {
-        self.negative_near_zero
-            .iter()
-            .take(t as usize + 1)
-            .sum()
+        self.negative_near_zero.iter().take(t as usize + 1).sum()
     }
 
     /// The same statistics without trailing empty histogram buckets (what is stored).

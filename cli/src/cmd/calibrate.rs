@@ -365,10 +365,7 @@ pub fn calibrate(
         bail!("--samples must be at least 1");
     }
     if !(0.0..1.0).contains(&target.target_error) {
-        bail!(
-            "--target-error {} must be in [0, 1)",
-            target.target_error
-        );
+        bail!("--target-error {} must be in [0, 1)", target.target_error);
     }
     if target.margin_bits > 16 {
         bail!("--margin-bits {} is more than 16", target.margin_bits);
@@ -594,11 +591,7 @@ pub fn eval_model(
     if let Some(r) = reference
         && r.len() != images.len()
     {
-        bail!(
-            "{} reference labels for {} images",
-            r.len(),
-            images.len()
-        );
+        bail!("{} reference labels for {} images", r.len(), images.len());
     }
     let classes = model.output_shape()[0] as usize;
     let labelled = images.iter().all(|s| s.label.is_some());
@@ -644,7 +637,12 @@ pub fn eval_model(
                 / n
         });
         let exact = exact_labels.get_or_insert_with(|| labels.clone());
-        let agree_exact = labels.iter().zip(exact.iter()).filter(|(a, b)| a == b).count() as f64 / n;
+        let agree_exact = labels
+            .iter()
+            .zip(exact.iter())
+            .filter(|(a, b)| a == b)
+            .count() as f64
+            / n;
         let agree_reference = reference.map(|r| {
             labels
                 .iter()

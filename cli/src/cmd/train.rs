@@ -447,7 +447,10 @@ pub fn reference_labels(
     let [c, h, w] = network.net.input_shape();
     let mut out = Vec::with_capacity(samples.len());
     for chunk in samples.chunks(32) {
-        let flat: Vec<f32> = chunk.iter().flat_map(|s| s.values.iter().copied()).collect();
+        let flat: Vec<f32> = chunk
+            .iter()
+            .flat_map(|s| s.values.iter().copied())
+            .collect();
         if flat.len() as i64 != chunk.len() as i64 * c * h * w {
             bail!("the images do not have the network's input shape {c}x{h}x{w}");
         }
@@ -624,9 +627,8 @@ pub fn run_export(a: ExportArgs, ctx: &Context) -> anyhow::Result<()> {
             target_error: a.target_error,
             max_bits: a.max_bits,
         };
-        let s = crate::cmd::calibrate::calibrate(
-            &a.output, None, data, a.samples, target, a.strict,
-        )?;
+        let s =
+            crate::cmd::calibrate::calibrate(&a.output, None, data, a.samples, target, a.strict)?;
         for w in &s.warnings {
             eprintln!("warning: {w}");
         }

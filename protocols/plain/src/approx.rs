@@ -71,8 +71,7 @@ pub(crate) fn block_relu(
                 for q in 0..cols {
                     let area = ah * bw.min(w - q * bw);
                     let g = offset + r * cols + q;
-                    keep[g] =
-                        u64::from(site.decide(sums[g].wrapping_sub(1), area, 0, g as u64));
+                    keep[g] = u64::from(site.decide(sums[g].wrapping_sub(1), area, 0, g as u64));
                 }
             }
         }

@@ -176,10 +176,7 @@ fn run(
                 .iter()
                 .map(|&j| vals[j].as_ref().expect("inputs are computed before use"))
                 .collect();
-            match emu
-                .as_mut()
-                .and_then(|e| e.windows[i].map(|w| (w, e)))
-            {
+            match emu.as_mut().and_then(|e| e.windows[i].map(|w| (w, e))) {
                 Some((window, e)) => {
                     let mut site = Site {
                         window,

@@ -132,7 +132,9 @@ impl SelectSpec {
         mode.validate()?;
         // The window arithmetic is `knapsec-core`'s, shared with the plain oracle.
         let window = mode.uniform_window().ok_or_else(|| {
-            SecureNnError::Options("a selection needs one window: resolve `Calibrated` per site first".into())
+            SecureNnError::Options(
+                "a selection needs one window: resolve `Calibrated` per site first".into(),
+            )
         })?;
         let k = window.bits;
         let shift = (0..cmp.len())

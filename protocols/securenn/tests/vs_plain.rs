@@ -428,9 +428,7 @@ fn approximate_block_relu_equals_the_plain_emulation_bit_for_bit() {
     let x = coarse_input(4 * h * w, 1, |i| {
         let (c, y, xx) = (i / (h * w), (i % (h * w)) / w, i % w);
         match blocks[c] {
-            BlockSize::Patch { h: bh, w: bw } => {
-                y % bh as usize == 0 && xx % bw as usize == 0
-            }
+            BlockSize::Patch { h: bh, w: bw } => y % bh as usize == 0 && xx % bw as usize == 0,
             _ => false,
         }
     });
@@ -452,10 +450,8 @@ fn approximate_relu6_and_max_pool_equal_the_plain_emulation_bit_for_bit() {
     let mut modes = uniform_modes();
     // per-site windows from a calibration: each site its own
     let sites = model.drelu_sites();
-    let windows = [(14, 5), (8, 2), (11, 0)].map(|(bits, lsb_ignored)| DreluWindow {
-        bits,
-        lsb_ignored,
-    });
+    let windows =
+        [(14, 5), (8, 2), (11, 0)].map(|(bits, lsb_ignored)| DreluWindow { bits, lsb_ignored });
     model.calibration = Some(Calibration {
         data: "test".into(),
         samples: 0,

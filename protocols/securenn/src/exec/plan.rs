@@ -106,9 +106,15 @@ impl Plan {
             role: Role::Client,
             message: e.to_string(),
         })?;
-        let mode = options.drelu;
+        // One window per DReLU site: the option's, or the model's calibrated ones.
+        let windows = options
+            .drelu
+            .choice()
+            .resolve(model)
+            .map_err(|e| SecureNnError::Options(e.to_string()))?;
         let mut nodes = Vec::with_capacity(model.nodes.len());
         for (i, node) in model.nodes.iter().enumerate() {
+            let mode = windows[i].map_or(DreluMode::Exact, DreluMode::from);
             let unsupported = |m: String| SecureNnError::Unsupported {
                 layer: node.name.clone(),
                 message: m,
