@@ -44,7 +44,9 @@ fn bit_len(v: u64) -> u32 {
 /// `lsb_ignored` = `t` ignored low bits. `(64, 0)` is the exact DReLU.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct DreluWindow {
+    /// Window bits `k`, sign included (`k − 1` bits are compared).
     pub bits: u32,
+    /// Ignored low bits `t` (of a single value; a patch sum ignores `⌈log₂ area⌉` more).
     pub lsb_ignored: u32,
 }
 
@@ -337,23 +339,32 @@ pub struct SiteCalibration {
     pub node: u32,
     /// The node's name (checked against the graph).
     pub name: String,
+    /// What kind of op the site is.
     pub kind: SiteKind,
+    /// The chosen window.
     pub window: DreluWindow,
+    /// What calibration observed at the site.
     pub stats: SiteStats,
 }
 
 /// A site whose window the calibration data show to be too narrow (or too coarse).
 #[derive(Clone, Debug, PartialEq)]
 pub struct WindowWarning {
+    /// Index of the site's node.
     pub node: u32,
+    /// The site's node name.
     pub name: String,
+    /// The window checked.
     pub window: DreluWindow,
     /// Largest observed magnitude (patch-mean scale, ulps) and what the window covers.
     pub observed: u64,
+    /// The largest magnitude the window decides correctly (same scale).
     pub covered: u64,
     /// Observed values in the band the ignored bits decide, and their fraction.
     pub at_risk: u64,
+    /// `at_risk` as a fraction of the observed values.
     pub at_risk_fraction: f64,
+    /// True when the window does not cover the observed range (values would wrap).
     pub too_narrow: bool,
 }
 
@@ -417,6 +428,7 @@ pub struct Calibration {
     pub data: String,
     /// Images run.
     pub samples: u32,
+    /// The margin, error target and cap the windows were chosen with.
     pub target: CalibrationTarget,
     /// One entry per DReLU site, in node order.
     pub sites: Vec<SiteCalibration>,
@@ -461,6 +473,7 @@ impl Calibration {
 /// calibrated into the model.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub enum DreluChoice {
+    /// Every site exact (64 bits).
     #[default]
     Exact,
     /// The same window at every site.

@@ -722,6 +722,45 @@ mod tests {
     }
 
     #[test]
+    fn format_1_still_loads_and_calibration_needs_format_2() {
+        use crate::drelu::{Calibration, CalibrationTarget, DreluWindow, SiteCalibration};
+        let (mut m, _) = tiny();
+        m.format = 1;
+        let text = ron::to_string(&m).unwrap();
+        assert!(!text.contains("calibration"), "{text}");
+        let back: SecureModel = ron::from_str(&text).unwrap();
+        back.validate().unwrap();
+        m.calibration = Some(Calibration {
+            data: "x".into(),
+            samples: 1,
+            target: CalibrationTarget::default(),
+            sites: vec![SiteCalibration {
+                node: 2,
+                name: "relu".into(),
+                kind: SiteKind::BlockRelu,
+                window: DreluWindow {
+                    bits: 12,
+                    lsb_ignored: 3,
+                },
+                stats: Default::default(),
+            }],
+        });
+        assert!(m.validate().unwrap_err().to_string().contains("version 2"));
+        m.format = MODEL_FORMAT;
+        m.validate().unwrap();
+        let hash = m.public_hash();
+        m.calibration.as_mut().unwrap().sites[0].window.bits = 13;
+        assert_ne!(m.public_hash(), hash, "the hash covers the windows");
+        m.calibration.as_mut().unwrap().sites[0].node = 1;
+        assert!(
+            m.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("not a DReLU site")
+        );
+    }
+
+    #[test]
     fn round_trip_and_hash() {
         let (m, w) = tiny();
         m.validate().unwrap();

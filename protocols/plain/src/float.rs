@@ -451,6 +451,7 @@ mod tests {
             frac_bits: F,
             output_kind: OutputKind::Segmentation,
             nodes,
+            calibration: None,
         };
         let mut w = ModelWeights::default();
         w.tensors.insert(
