@@ -19,6 +19,7 @@ const CONFIG: &str = r#"(
     compare_uniform: true,
     finetune: (epochs: 1, lr: 0.01, batch: 8, warmup: 0.0),
     secure: (images: 2, budget: Some("25%"), backend: "securenn", drelu: "exact", frac_bits: 12),
+    calibration: (samples: 8, budgets: ["25%"]),
 )"#;
 
 /// Writes an MNIST-style folder of `n` train and `n / 2` test 8×8 images.
@@ -110,6 +111,25 @@ fn tiny_pipeline_completes_and_resumes_after_a_kill() {
     assert_eq!(secure["images"], 2);
     assert_eq!(secure["labels_agree"], true);
     assert_eq!(secure["secure_labels"], secure["plain_labels"]);
+    let cal = &report["calibration"].as_array().unwrap()[0];
+    assert_eq!(cal["budget"], "25%");
+    assert_eq!(cal["samples"], 8);
+    assert_eq!(cal["eval_images"], 20);
+    for k in ["exact_top1", "calibrated_top1", "agree_exact"] {
+        assert!((0.0..=1.0).contains(&cal[k].as_f64().unwrap()), "{cal}");
+    }
+    // The calibrated windows compare fewer bits than the exact DReLU's 63.
+    let bits = cal["mean_bits"].as_f64().unwrap();
+    assert!(bits > 1.0 && bits < 64.0, "{cal}");
+    assert!(
+        cal["compare_bytes_per_drelu"].as_f64().unwrap()
+            < cal["compare_bytes_per_drelu_exact"].as_f64().unwrap(),
+        "{cal}"
+    );
+    assert!(
+        out.join("runs/25pct-mckp-exact/calibration/model/model.ron")
+            .exists()
+    );
     for plot in ["accuracy.png", "drelus_per_layer.png"] {
         let bytes = std::fs::read(out.join(plot)).unwrap();
         assert_eq!(&bytes[1..4], b"PNG", "{plot}");
@@ -120,6 +140,8 @@ fn tiny_pipeline_completes_and_resumes_after_a_kill() {
     assert!(again.status.success());
     let stderr = String::from_utf8_lossy(&again.stderr);
     assert!(!stderr.contains("fine-tuning"), "{stderr}");
+    assert!(stderr.contains("calibration at 25%: "), "{stderr}");
+    assert!(!stderr.contains("windows from"), "{stderr}");
 }
 
 #[test]

@@ -566,7 +566,8 @@ pub fn securenn_mode(c: knapsec_core::drelu::DreluChoice) -> knapsec_securenn::D
 
 /// Plaintext accuracy of a secure model under several DReLU modes, side by side, with
 /// optional floating-point reference labels (`reference[i]` for image i) and secure runs of
-/// the first `secure` images.
+/// the first `secure` images. A mode whose window is too narrow for the model's calibration
+/// data is warned about (an error with `strict`).
 #[allow(clippy::too_many_arguments)]
 pub fn eval_model(
     dir: &Path,
@@ -577,6 +578,7 @@ pub fn eval_model(
     seed: u64,
     reference: Option<&[usize]>,
     secure: usize,
+    strict: bool,
 ) -> anyhow::Result<ModelEvalSummary> {
     let model = SecureModel::load(dir)?;
     let weights = ModelWeights::load(dir)?;
@@ -614,7 +616,7 @@ pub fn eval_model(
             bits += f64::from(w.bits);
             bytes += (model.site_drelus(i) * compare_bytes(w)) as f64;
         }
-        guard(&model, choice, false)?;
+        guard(&model, choice, strict)?;
         let emu = DreluEmulation { choice, seed };
         let mut labels = Vec::with_capacity(images.len());
         let mut plain_logits = Vec::new();

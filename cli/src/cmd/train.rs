@@ -104,6 +104,10 @@ pub struct EvalArgs {
     /// With --model: seed of the plain oracle's stand-in masks.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+    /// With --model: refuse a DReLU mode whose window the model's calibration data show to be
+    /// too narrow for a site (without it: a warning).
+    #[arg(long)]
+    pub strict: bool,
     /// Evaluate with this block spec's block ReLUs in place.
     #[arg(long)]
     pub spec: Option<PathBuf>,
@@ -500,6 +504,7 @@ fn run_eval_model(a: &EvalArgs, dir: &Path, ctx: &Context) -> anyhow::Result<()>
         a.seed,
         reference.as_deref(),
         a.secure,
+        a.strict,
     )?;
     emit(ctx, &s, a.json, a.report.as_deref(), || {
         let mut buf = Vec::new();

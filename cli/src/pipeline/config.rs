@@ -90,6 +90,45 @@ impl Default for SecureSettings {
     }
 }
 
+/// Calibration of the approximate-DReLU windows of fine-tuned models (`knapsec calibrate`),
+/// and their fixed-point top-1 under exact and calibrated DReLUs side by side.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CalibrationSettings {
+    /// Training images the windows are calibrated on (0 skips the stage).
+    pub samples: usize,
+    /// Budgets whose fine-tuned model (of the main strategy) is calibrated (every budget if
+    /// empty).
+    pub budgets: Vec<String>,
+    /// As `knapsec calibrate --target-error`.
+    pub target_error: f64,
+    /// As `knapsec calibrate --margin-bits`.
+    pub margin_bits: u32,
+    /// As `knapsec calibrate --max-bits`.
+    pub max_bits: u32,
+    /// A window too narrow for the calibration data stops the pipeline (otherwise a warning).
+    pub strict: bool,
+    /// Evaluate both modes on the first N test images (default: `eval_subset`).
+    pub eval_subset: Option<usize>,
+    /// Fixed-point fractional bits of the export.
+    pub frac_bits: u32,
+}
+
+impl Default for CalibrationSettings {
+    fn default() -> Self {
+        CalibrationSettings {
+            samples: 0,
+            budgets: Vec::new(),
+            target_error: 1e-2,
+            margin_bits: 2,
+            max_bits: 64,
+            strict: false,
+            eval_subset: None,
+            frac_bits: 12,
+        }
+    }
+}
+
 /// The whole pipeline.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -111,6 +150,7 @@ pub struct PipelineConfig {
     pub compare_uniform: bool,
     pub finetune: TrainSettings,
     pub secure: SecureSettings,
+    pub calibration: CalibrationSettings,
 }
 
 impl Default for PipelineConfig {
@@ -148,6 +188,7 @@ impl Default for PipelineConfig {
                 budget: Some("6%".into()),
                 ..SecureSettings::default()
             },
+            calibration: CalibrationSettings::default(),
         }
     }
 }
@@ -170,6 +211,24 @@ impl PipelineConfig {
                 self.budgets
             );
         }
+        let c = &self.calibration;
+        if c.samples > 0 {
+            if let Some(b) = c.budgets.iter().find(|b| !self.budgets.contains(b)) {
+                anyhow::bail!(
+                    "calibration.budgets: {b:?} is not one of the budgets {:?}",
+                    self.budgets
+                );
+            }
+            if !(0.0..1.0).contains(&c.target_error) {
+                anyhow::bail!(
+                    "calibration.target_error {} must be in [0, 1)",
+                    c.target_error
+                );
+            }
+            if c.eval_subset == Some(0) {
+                anyhow::bail!("calibration.eval_subset must be at least 1");
+            }
+        }
         Ok(())
     }
 }
@@ -186,5 +245,9 @@ mod tests {
         assert_eq!(ron::from_str::<PipelineConfig>(&text).unwrap(), c);
         c.validate().unwrap();
         assert!(ron::from_str::<PipelineConfig>("(budgetz: [])").is_err());
+        let bad: PipelineConfig =
+            ron::from_str("(budgets: [\"6%\"], calibration: (samples: 8, budgets: [\"7%\"]))")
+                .unwrap();
+        assert!(bad.validate().unwrap_err().to_string().contains("\"7%\""));
     }
 }

@@ -9,6 +9,7 @@
 //! | distortion | `distortion/table.safetensors` | `knapsec distortion … --resume` |
 //! | knapsack | `runs/<budget>-<strategy>/spec.ron`, `knapsack.json` | `knapsec knapsack` per budget and strategy (and `uniform`) |
 //! | fine-tune | `runs/…/weights.safetensors`, `eval_before.json`, `eval.json` | block ReLUs in place, then top-1 |
+//! | calibration | `runs/…/calibration/model/`, `runs/…/calibration/results.json` | `knapsec export`, `knapsec calibrate` on training images, then fixed-point top-1 with exact and calibrated DReLUs (`knapsec eval --model`) |
 //! | secure | `secure/model/`, `secure/inputs/*.npy`, `secure/results.json` | `knapsec export`, `knapsec simulate` with the secure backend and with `plain` |
 //! | report | `report.json`, `accuracy.png`, `drelus_per_layer.png` | always rewritten |
 //!
@@ -26,7 +27,7 @@ use crate::context::Context;
 use anyhow::{Context as _, bail};
 use config::{Baseline, PipelineConfig, TrainSettings};
 use knapsec_core::BlockSpec;
-use report::{BaselineReport, LayerInfo, Report, RunReport, SecureReport};
+use report::{BaselineReport, CalibrationReport, LayerInfo, Report, RunReport, SecureReport};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
@@ -252,6 +253,28 @@ pub fn run(ctx: &Context, config: &PipelineConfig, out: &Path) -> anyhow::Result
         }
     }
 
+    // === calibration of the approximate-DReLU windows ===
+    if config.calibration.samples > 0 {
+        let budgets = if config.calibration.budgets.is_empty() {
+            &config.budgets
+        } else {
+            &config.calibration.budgets
+        };
+        for budget in budgets {
+            let run_dir =
+                out.join("runs")
+                    .join(format!("{}-{}", sanitize(budget), config.strategy));
+            report.calibration.push(calibration_stage(
+                ctx,
+                &mut timer,
+                config,
+                &options_file,
+                &run_dir,
+                budget,
+            )?);
+        }
+    }
+
     // === secure inference ===
     if config.secure.images > 0 {
         let budget = config
@@ -400,6 +423,130 @@ fn secure_stage(
             results.display()
         );
     }
+    Ok(r)
+}
+
+/// What the calibration stage keeps of one run: the settings it ran with (a change reruns it)
+/// and its report.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct CalibrationResults {
+    settings: config::CalibrationSettings,
+    eval_subset: Option<usize>,
+    report: CalibrationReport,
+}
+
+/// Export of the fine-tuned model of `run_dir`, its windows calibrated on training images, and
+/// fixed-point top-1 on test images with exact and calibrated DReLUs.
+fn calibration_stage(
+    ctx: &Context,
+    timer: &mut StageTimer,
+    config: &PipelineConfig,
+    options_file: &Path,
+    run_dir: &Path,
+    budget: &str,
+) -> anyhow::Result<CalibrationReport> {
+    use crate::cmd::calibrate::{Part, calibrate, eval_model};
+    use knapsec_core::drelu::{CalibrationTarget, DreluChoice};
+    let c = &config.calibration;
+    let eval_subset = c.eval_subset.or(config.eval_subset);
+    let dir = run_dir.join("calibration");
+    let results = dir.join("results.json");
+    if let Ok(v) = read_json(&results)
+        && let Ok(r) = serde_json::from_value::<CalibrationResults>(v)
+        && r.settings == *c
+        && r.eval_subset == eval_subset
+    {
+        skipped(ctx, &format!("calibration at {budget}"), &results);
+        return Ok(r.report);
+    }
+    let t = Instant::now();
+    let model = dir.join("model");
+    stage(
+        ctx,
+        &format!(
+            "calibration at {budget}: export, windows from {} training images",
+            c.samples
+        ),
+    );
+    child(
+        ctx,
+        &[
+            "export",
+            "--arch",
+            &config.arch,
+            "--arch-options",
+            path_str(options_file)?,
+            "--weights",
+            path_str(&run_dir.join("weights.safetensors"))?,
+            "--spec",
+            path_str(&run_dir.join("spec.ron"))?,
+            "--frac-bits",
+            &c.frac_bits.to_string(),
+            "-o",
+            path_str(&model)?,
+        ],
+    )?;
+    let target = CalibrationTarget {
+        margin_bits: c.margin_bits,
+        target_error: c.target_error,
+        max_bits: c.max_bits,
+    };
+    let summary = calibrate(&model, None, &config.data, c.samples, target, c.strict)?;
+    for w in &summary.warnings {
+        eprintln!("warning: {w}");
+    }
+    stage(
+        ctx,
+        &format!(
+            "calibration at {budget}: fixed-point top-1 with exact and calibrated DReLUs (mean k {:.2})",
+            summary.mean_bits
+        ),
+    );
+    let eval = eval_model(
+        &model,
+        &config.data,
+        Part::Test,
+        eval_subset.unwrap_or(usize::MAX),
+        &[DreluChoice::Exact, DreluChoice::Calibrated],
+        0,
+        None,
+        0,
+        c.strict,
+    )?;
+    let [exact, calibrated] = &eval.modes[..] else {
+        bail!("the evaluation returned {} modes, not 2", eval.modes.len());
+    };
+    let (Some(exact_top1), Some(calibrated_top1)) = (exact.top1, calibrated.top1) else {
+        bail!(
+            "data set {:?}: its test images have no labels in the model's classes",
+            config.data
+        );
+    };
+    let r = CalibrationReport {
+        budget: budget.to_string(),
+        strategy: config.strategy.clone(),
+        samples: summary.samples,
+        eval_images: eval.count,
+        exact_top1,
+        calibrated_top1,
+        agree_exact: calibrated.agree_exact,
+        mean_bits: summary.mean_bits,
+        mean_bits_per_drelu: summary.mean_bits_per_drelu,
+        compare_bytes_per_drelu_exact: exact.compare_bytes_per_drelu,
+        compare_bytes_per_drelu: calibrated.compare_bytes_per_drelu,
+        inference_bytes_exact: summary.inference_bytes_exact,
+        inference_bytes: summary.inference_bytes,
+        warnings: summary.warnings,
+    };
+    write_text(
+        &results,
+        &serde_json::to_string_pretty(&CalibrationResults {
+            settings: c.clone(),
+            eval_subset,
+            report: r.clone(),
+        })?,
+    )?;
+    timer.add("calibration", t);
     Ok(r)
 }
 

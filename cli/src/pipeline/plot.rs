@@ -1,5 +1,6 @@
 //! PNG plots of the pipeline report (issue 8 §3): accuracy against the DReLU budget (knapsack
-//! against `uniform`, with the baseline), and the DReLUs kept per layer at each budget.
+//! against `uniform`, with the baseline, and the fixed-point top-1 with exact and calibrated
+//! approximate DReLUs where the calibration stage ran), and the DReLUs kept per layer at each budget.
 //! Drawn with plotters' bitmap backend; text uses the DejaVu Sans font embedded in the binary.
 
 use super::report::Report;
@@ -69,9 +70,11 @@ fn atomically(path: &Path, draw: impl FnOnce(&Path) -> anyhow::Result<()>) -> an
 /// strategy, the baseline as a horizontal line.
 pub fn accuracy_vs_budget(report: &Report, path: &Path) -> anyhow::Result<()> {
     let series = report.accuracy_series();
+    let calibrated = report.calibration_points();
     let all: Vec<f64> = series
         .iter()
         .flat_map(|(_, pts)| pts.iter().map(|p| p.1))
+        .chain(calibrated.iter().flat_map(|p| [p.1, p.2]))
         .chain([report.baseline.accuracy * 100.0])
         .collect();
     let (lo, hi) = all
@@ -127,6 +130,35 @@ pub fn accuracy_vs_budget(report: &Report, path: &Path) -> anyhow::Result<()> {
             chart
                 .draw_series(pts.iter().map(|&p| Circle::new(p, 4, color.filled())))
                 .map_err(err)?;
+        }
+        if let Some(c) = report.calibration.first()
+            && !calibrated.is_empty()
+        {
+            let (exact, cal) = (BLACK, COLORS[4]);
+            chart
+                .draw_series(
+                    calibrated
+                        .iter()
+                        .map(|&(x, y, _)| Cross::new((x, y), 6, exact.stroke_width(2))),
+                )
+                .map_err(err)?
+                .label(format!(
+                    "fixed point, exact DReLU ({:.0} B/DReLU)",
+                    c.compare_bytes_per_drelu_exact
+                ))
+                .legend(move |(x, y)| Cross::new((x + 10, y), 6, exact.stroke_width(2)));
+            chart
+                .draw_series(
+                    calibrated
+                        .iter()
+                        .map(|&(x, _, y)| TriangleMarker::new((x, y), 7, cal.filled())),
+                )
+                .map_err(err)?
+                .label(format!(
+                    "fixed point, calibrated DReLU (mean k {:.1}, {:.0} B/DReLU)",
+                    c.mean_bits, c.compare_bytes_per_drelu
+                ))
+                .legend(move |(x, y)| TriangleMarker::new((x + 10, y), 7, cal.filled()));
         }
         chart
             .configure_series_labels()

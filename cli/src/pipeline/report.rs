@@ -55,6 +55,34 @@ pub struct SecureReport {
     pub offline_seconds_per_image: f64,
 }
 
+/// One fine-tuned model calibrated (`knapsec calibrate`) and evaluated in fixed point under
+/// exact and calibrated DReLUs (the plain oracle emulates the windows bit for bit).
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct CalibrationReport {
+    pub budget: String,
+    pub strategy: String,
+    /// Training images the windows were calibrated on.
+    pub samples: usize,
+    /// Test images both modes were evaluated on.
+    pub eval_images: usize,
+    /// Fixed-point top-1 in [0, 1] with exact DReLUs and with the calibrated windows.
+    pub exact_top1: f64,
+    pub calibrated_top1: f64,
+    /// Fraction of test images whose calibrated label equals the exact one.
+    pub agree_exact: f64,
+    /// Mean window bits k over the DReLU sites, and weighted by their DReLUs.
+    pub mean_bits: f64,
+    pub mean_bits_per_drelu: f64,
+    /// Comparison bytes per DReLU (securenn: `3(k−1) + 8`), exact and calibrated.
+    pub compare_bytes_per_drelu_exact: f64,
+    pub compare_bytes_per_drelu: f64,
+    /// Closed-form bytes of one secure inference (securenn, offline + online).
+    pub inference_bytes_exact: u64,
+    pub inference_bytes: u64,
+    /// Sites whose window a cap made too narrow for the calibration data.
+    pub warnings: Vec<String>,
+}
+
 /// A ReLU layer of the architecture.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct LayerInfo {
@@ -72,6 +100,9 @@ pub struct Report {
     pub distortion_seconds: Option<f64>,
     pub runs: Vec<RunReport>,
     pub secure: Option<SecureReport>,
+    /// Calibrated approximate-DReLU windows, per calibrated budget.
+    #[serde(default)]
+    pub calibration: Vec<CalibrationReport>,
     pub layers: Vec<LayerInfo>,
     /// Wall time of each stage run in this invocation (skipped stages are absent).
     pub stage_seconds: Vec<(String, f64)>,
@@ -93,6 +124,28 @@ impl Report {
             pts.sort_by(|a, b| a.0.total_cmp(&b.0));
         }
         out
+    }
+
+    /// Fixed-point top-1 (%) with exact and with calibrated DReLUs at each calibrated run's
+    /// DReLU share (%): `(share, exact, calibrated)`, sorted by share.
+    pub fn calibration_points(&self) -> Vec<(f64, f64, f64)> {
+        let mut pts: Vec<(f64, f64, f64)> = self
+            .calibration
+            .iter()
+            .filter_map(|c| {
+                let run = self
+                    .runs
+                    .iter()
+                    .find(|r| r.budget == c.budget && r.strategy == c.strategy)?;
+                Some((
+                    run.drelus_ratio * 100.0,
+                    c.exact_top1 * 100.0,
+                    c.calibrated_top1 * 100.0,
+                ))
+            })
+            .collect();
+        pts.sort_by(|a, b| a.0.total_cmp(&b.0));
+        pts
     }
 
     /// `(label, DReLUs per layer)` of every run that is not `uniform`.
@@ -162,6 +215,25 @@ impl Report {
                 sec.rounds_per_image,
                 sec.online_seconds_per_image,
                 sec.offline_seconds_per_image
+            );
+        }
+        for c in &self.calibration {
+            let _ = writeln!(
+                s,
+                "  DReLU windows calibrated on {} images ({} at {}), fixed-point top-1 on {} test images: exact {:.2}%, calibrated {:.2}% ({:.2}% of labels equal); mean k {:.2}; {:.1} vs {:.1} comparison bytes per DReLU ({:.2}x fewer); {:.2} vs {:.2} MB per secure inference",
+                c.samples,
+                c.strategy,
+                c.budget,
+                c.eval_images,
+                c.exact_top1 * 100.0,
+                c.calibrated_top1 * 100.0,
+                c.agree_exact * 100.0,
+                c.mean_bits,
+                c.compare_bytes_per_drelu,
+                c.compare_bytes_per_drelu_exact,
+                c.compare_bytes_per_drelu_exact / c.compare_bytes_per_drelu.max(f64::MIN_POSITIVE),
+                c.inference_bytes as f64 / 1e6,
+                c.inference_bytes_exact as f64 / 1e6,
             );
         }
         let _ = writeln!(s, "  total {:.0} s", self.total_seconds);
