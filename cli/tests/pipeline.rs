@@ -18,7 +18,7 @@ const CONFIG: &str = r#"(
     strategy: "mckp-exact",
     compare_uniform: true,
     finetune: (epochs: 1, lr: 0.01, batch: 8, warmup: 0.0),
-    secure: (images: 2, budget: Some("25%"), backend: "securenn", drelu: "exact", frac_bits: 12),
+    secure: (images: 2, budget: Some("25%"), backend: "securenn", drelu: "calibrated", frac_bits: 12),
     calibration: (samples: 8, budgets: ["25%"]),
 )"#;
 

@@ -72,7 +72,8 @@ pub struct SecureSettings {
     /// Which fine-tuned model: its budget (one of `budgets`).
     pub budget: Option<String>,
     pub backend: String,
-    /// `exact` or `approx:BITS,LSB_IGNORED`.
+    /// `exact`, `approx:BITS,LSB_IGNORED`, or `calibrated` (the windows of the calibration
+    /// stage, which must calibrate this budget).
     pub drelu: String,
     /// Fixed-point fractional bits of the export.
     pub frac_bits: u32,
@@ -212,6 +213,14 @@ impl PipelineConfig {
             );
         }
         let c = &self.calibration;
+        if self.secure.images > 0 && self.secure.drelu.trim() == "calibrated" {
+            let budget = self.secure.budget.as_ref().unwrap_or(&self.budgets[0]);
+            if c.samples == 0 || !(c.budgets.is_empty() || c.budgets.contains(budget)) {
+                anyhow::bail!(
+                    "secure.drelu \"calibrated\" needs the calibration stage at {budget:?} (calibration.samples > 0, {budget:?} in calibration.budgets)"
+                );
+            }
+        }
         if c.samples > 0 {
             if let Some(b) = c.budgets.iter().find(|b| !self.budgets.contains(b)) {
                 anyhow::bail!(

@@ -328,7 +328,13 @@ fn secure_stage(
         skipped(ctx, "secure inference", &results);
         return Ok(r);
     }
-    let model = dir.join("model");
+    // `calibrated` runs the model the calibration stage exported and calibrated.
+    let calibrated = config.secure.drelu.trim() == "calibrated";
+    let model = if calibrated {
+        run_dir.join("calibration/model")
+    } else {
+        dir.join("model")
+    };
     stage(
         ctx,
         &format!(
@@ -336,24 +342,26 @@ fn secure_stage(
             config.secure.images
         ),
     );
-    child(
-        ctx,
-        &[
-            "export",
-            "--arch",
-            &config.arch,
-            "--arch-options",
-            path_str(options_file)?,
-            "--weights",
-            path_str(&run_dir.join("weights.safetensors"))?,
-            "--spec",
-            path_str(&run_dir.join("spec.ron"))?,
-            "--frac-bits",
-            &config.secure.frac_bits.to_string(),
-            "-o",
-            path_str(&model)?,
-        ],
-    )?;
+    if !calibrated {
+        child(
+            ctx,
+            &[
+                "export",
+                "--arch",
+                &config.arch,
+                "--arch-options",
+                path_str(options_file)?,
+                "--weights",
+                path_str(&run_dir.join("weights.safetensors"))?,
+                "--spec",
+                path_str(&run_dir.join("spec.ron"))?,
+                "--frac-bits",
+                &config.secure.frac_bits.to_string(),
+                "-o",
+                path_str(&model)?,
+            ],
+        )?;
+    }
     let inputs = crate::cmd::train::write_test_inputs(
         ctx,
         config,
@@ -384,27 +392,44 @@ fn secure_stage(
                 "--json",
             ],
         )?;
-        let plain = child_json(
-            ctx,
-            &[
-                "simulate",
-                "--model",
-                path_str(&model)?,
-                "--input",
-                path_str(path)?,
-                "--backend",
-                "plain",
-                "--json",
-            ],
-        )?;
         r.true_labels.push(*label);
         r.secure_labels.push(
             label_of(&secure).with_context(|| format!("simulate output for {}", path.display()))?,
         );
-        r.plain_labels.push(
-            label_of(&plain)
-                .with_context(|| format!("plain simulate output for {}", path.display()))?,
-        );
+        if calibrated {
+            // The plain oracle's emulation of the same windows.
+            let (m, w) = (
+                knapsec_core::graph::SecureModel::load(&model)?,
+                knapsec_core::graph::ModelWeights::load(&model)?,
+            );
+            let x = crate::cmd::party::read_npy(path)?;
+            let emu = knapsec_plain::DreluEmulation {
+                choice: knapsec_core::drelu::DreluChoice::Calibrated,
+                seed: 0,
+            };
+            let out = knapsec_plain::evaluate_with(&m, &w, &x, &emu, None)
+                .with_context(|| format!("plain evaluation of {}", path.display()))?;
+            r.plain_labels
+                .push(i64::from(out.labels().first().copied().unwrap_or(0)));
+        } else {
+            let plain = child_json(
+                ctx,
+                &[
+                    "simulate",
+                    "--model",
+                    path_str(&model)?,
+                    "--input",
+                    path_str(path)?,
+                    "--backend",
+                    "plain",
+                    "--json",
+                ],
+            )?;
+            r.plain_labels.push(
+                label_of(&plain)
+                    .with_context(|| format!("plain simulate output for {}", path.display()))?,
+            );
+        }
         let n = inputs.len() as f64;
         // `knapsec simulate --json` of the securenn backend: per phase `seconds` and `comm`.
         let phase = |p: &str, f: &str| secure[p]["comm"][f].as_f64().unwrap_or(0.0);
