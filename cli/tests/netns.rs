@@ -5,8 +5,10 @@
 //! as `docs/deployment.md` says: `knapsec keys gen` on its host, the public keys copied to the
 //! others, one `deploy.ron`, the model (weights on the server only), `knapsec party`.
 //!
-//! Checked: results equal `knapsec simulate` for several inputs; the helper killed mid-session
-//! and restarted, the next session succeeds; a fourth host with the wrong key cannot take part.
+//! Checked: results equal `knapsec simulate` for several inputs; the server's link cut
+//! mid-session stops client and helper within `recv_s` + 2 s with an error naming the server and
+//! the layer, and no results file; the helper killed mid-session and restarted, the next session
+//! succeeds; a fourth host with the wrong key cannot take part.
 //!
 //! Needs root and iproute2 (`ip netns`); elsewhere each test says why it skips, or fails when
 //! `KNAPSEC_REQUIRE_SYSTEM_TESTS=1` (as in CI). Namespace names carry the test process's id and
@@ -505,6 +507,61 @@ fn three_hosts_give_the_results_of_simulate() {
     // The parties listened on their own hosts' addresses.
     assert!(server.log().contains("10.0.0.2:7101"), "{}", server.log());
     assert!(helper.log().contains("10.0.0.3:7102"), "{}", helper.log());
+    done(T, t0);
+}
+
+#[test]
+fn the_servers_link_cut_mid_session_stops_client_and_helper() {
+    const T: &str = "the_servers_link_cut_mid_session_stops_client_and_helper";
+    if cannot_run(T).is_some() {
+        return;
+    }
+    let t0 = Instant::now();
+    let site = Site::new();
+    let _server = site.party("server", "server", &["--sessions", "1"], "server");
+    let mut helper = site.party("helper", "helper", &["--sessions", "1"], "helper");
+    let long = site.inputs(300, "long");
+    let (mut client, results) = site.client(&long, "results.json", "client");
+    wait_for_log(&mut helper, "index=1", 60);
+    // Pull the server's cable: its port on the switch goes down, its connections go silent.
+    let cut = Instant::now();
+    ip(&[
+        "-n",
+        &site.lan.ns("switch"),
+        "link",
+        "set",
+        "server",
+        "down",
+    ]);
+    let limit = RECV_S as f64 + 2.0;
+    let client_status = client.wait(limit).unwrap_or_else(|| {
+        panic!(
+            "the client still runs {limit} s after the cut:\n{}",
+            client.log()
+        )
+    });
+    let helper_status = helper
+        .wait((limit - cut.elapsed().as_secs_f64()).max(0.0))
+        .unwrap_or_else(|| {
+            panic!(
+                "the helper still runs {limit} s after the cut:\n{}",
+                helper.log()
+            )
+        });
+    say(&format!(
+        "{T}: client and helper stopped {:.1} s after the cut (recv_s = {RECV_S})",
+        cut.elapsed().as_secs_f64()
+    ));
+    assert!(!client_status.success());
+    assert!(!helper_status.success());
+    for (who, party) in [("client", &client), ("helper", &helper)] {
+        let line = party.error_line();
+        assert!(
+            line.contains("server") && line.contains("layer"),
+            "the {who}'s error names neither the server nor the layer: {line}"
+        );
+    }
+    assert!(!results.exists(), "the client wrote a results file");
     done(T, t0);
 }
 

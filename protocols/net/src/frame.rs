@@ -29,6 +29,9 @@ pub enum FrameKind {
     Abort = 1,
     /// The sender closes the channel cleanly; no payload.
     Goodbye = 2,
+    /// The sender is alive; no payload. An idle connection sends one now and then, so that a
+    /// peer's silence means a dead party or link, not a party busy or waiting for another.
+    Alive = 3,
 }
 
 impl FrameKind {
@@ -37,6 +40,7 @@ impl FrameKind {
             0 => Some(FrameKind::Data),
             1 => Some(FrameKind::Abort),
             2 => Some(FrameKind::Goodbye),
+            3 => Some(FrameKind::Alive),
             _ => None,
         }
     }
@@ -160,11 +164,16 @@ impl FrameDecoder {
                             max: self.max,
                         });
                     }
-                    if kind == FrameKind::Goodbye && len != 0 {
+                    if matches!(kind, FrameKind::Goodbye | FrameKind::Alive) && len != 0 {
                         self.poisoned = true;
-                        return Err(NetError::MalformedFrame(
-                            "a goodbye frame carries no payload".into(),
-                        ));
+                        return Err(NetError::MalformedFrame(format!(
+                            "a {} frame carries no payload",
+                            if kind == FrameKind::Goodbye {
+                                "goodbye"
+                            } else {
+                                "keep-alive"
+                            }
+                        )));
                     }
                     if len == 0 {
                         self.state = State::Header {
@@ -239,6 +248,23 @@ mod tests {
             Err(NetError::DecoderPoisoned)
         ));
         assert!(decode_all(10, &[2, 1, 0, 0, 0, 5], &[]).is_err());
+        assert!(decode_all(10, &[3, 1, 0, 0, 0, 5], &[]).is_err());
+    }
+
+    #[test]
+    fn keep_alive_frames_round_trip_empty() {
+        let mut s = Vec::new();
+        encode_frame(FrameKind::Alive, &[], 10, &mut s).unwrap();
+        assert_eq!(s, [3, 0, 0, 0, 0]);
+        let mut got = Vec::new();
+        FrameDecoder::new(10).feed(&s, |f| got.push(f)).unwrap();
+        assert_eq!(
+            got,
+            [Frame {
+                kind: FrameKind::Alive,
+                payload: Vec::new()
+            }]
+        );
     }
 
     #[test]

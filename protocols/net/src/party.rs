@@ -143,6 +143,11 @@ async fn recv_hello(ch: &mut SecureChannel) -> Result<Hello> {
             peer,
             message: "it closed before its hello".into(),
         }),
+        // `recv_frame` passes no keep-alives on.
+        FrameKind::Alive => Err(NetError::Protocol {
+            peer,
+            message: "a keep-alive before its hello".into(),
+        }),
     }
 }
 

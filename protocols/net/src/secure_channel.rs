@@ -23,8 +23,8 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 
-/// Version of the connection format (preamble, records, frames).
-pub const WIRE_VERSION: u16 = 1;
+/// Version of the connection format (preamble, records, frames); 2 added keep-alive frames.
+pub const WIRE_VERSION: u16 = 2;
 const MAGIC: &[u8; 8] = b"KNAPSEC\0";
 const PREAMBLE_LEN: usize = 12;
 const MAX_RECORD: usize = 65535;
@@ -351,6 +351,11 @@ impl SecureChannel {
         let mut plain = vec![0u8; MAX_RECORD];
         loop {
             if let Some(f) = self.pending.pop_front() {
+                // A peer whose session transport already runs may send keep-alives before
+                // this side has split its channel: they say nothing here.
+                if f.kind == FrameKind::Alive {
+                    continue;
+                }
                 return Ok(f);
             }
             read_record(&mut self.stream, &mut rec)
@@ -380,6 +385,7 @@ impl SecureChannel {
             pending: self.pending,
             rec: Vec::new(),
             plain: vec![0u8; MAX_RECORD],
+            heard: None,
         };
         let writer = ChannelWriter {
             peer: self.peer,
@@ -456,6 +462,40 @@ pub struct ChannelReader {
     pending: std::collections::VecDeque<Frame>,
     rec: Vec<u8>,
     plain: Vec<u8>,
+    heard: Option<Arc<LastHeard>>,
+}
+
+/// When a connection last delivered a record (any bytes at all) from its peer: the liveness
+/// of the peer and the link, shared between a reader and whoever waits on it.
+#[derive(Debug)]
+pub struct LastHeard {
+    epoch: std::time::Instant,
+    millis: std::sync::atomic::AtomicU64,
+}
+
+impl LastHeard {
+    /// Starts as heard now.
+    pub fn now() -> Self {
+        LastHeard {
+            epoch: std::time::Instant::now(),
+            millis: std::sync::atomic::AtomicU64::new(0),
+        }
+    }
+
+    /// Notes that the peer was heard now.
+    pub fn mark(&self) {
+        let ms = self.epoch.elapsed().as_millis() as u64;
+        self.millis
+            .fetch_max(ms, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// When the peer was last heard.
+    pub fn at(&self) -> std::time::Instant {
+        self.epoch
+            + std::time::Duration::from_millis(
+                self.millis.load(std::sync::atomic::Ordering::Relaxed),
+            )
+    }
 }
 
 impl std::fmt::Debug for ChannelReader {
@@ -467,6 +507,11 @@ impl std::fmt::Debug for ChannelReader {
 }
 
 impl ChannelReader {
+    /// Marks `heard` whenever a record arrives (also in the middle of a long frame).
+    pub fn watch(&mut self, heard: Arc<LastHeard>) {
+        self.heard = Some(heard);
+    }
+
     /// The next frame, or `None` when the peer closed the connection between frames.
     ///
     /// # Errors
@@ -507,6 +552,9 @@ impl ChannelReader {
                 &mut self.plain,
                 self.peer,
             )?;
+            if let Some(h) = &self.heard {
+                h.mark();
+            }
             let pending = &mut self.pending;
             self.decoder
                 .feed(&self.plain[..n], |f| pending.push_back(f))?;

@@ -9,6 +9,15 @@
 //! task decrypts and decodes frames into a `std::sync::mpsc` queue per peer, from which
 //! `recv` takes with the configured receive timeout.
 //!
+//! Silence means death: every connection's writer sends a keep-alive frame when it has had
+//! nothing to send for a while (a quarter of the receive timeout, at most 1 s), and every
+//! record that arrives marks its peer as heard. `recv` gives up on a peer only when nothing at
+//! all came from it for the receive timeout, so a party that waits for a peer busy with a long
+//! layer, or blocked on the third party, keeps waiting (up to four receive timeouts, so that a
+//! peer that is alive but never sends cannot hold a party forever), and the error names the
+//! party (or link) that actually went quiet. A cut link is therefore reported by the parties at its
+//! ends, and the others learn it from their aborts.
+//!
 //! Faults travel fast: when a peer's connection drops without its goodbye frame, or a peer
 //! aborts, or sends a malformed or oversized frame, the reader task posts the failure to
 //! *both* peer queues, so a party blocked on the other peer learns of it at once instead of
@@ -17,11 +26,11 @@
 
 use crate::error::{NetError, Result};
 use crate::frame::FrameKind;
-use crate::secure_channel::{ChannelReader, ChannelWriter, SecureChannel};
+use crate::secure_channel::{ChannelReader, ChannelWriter, LastHeard, SecureChannel};
 use knapsec_core::Role;
 use knapsec_core::transport::{Transport, TransportError};
-use std::sync::mpsc;
-use std::time::Duration;
+use std::sync::{Arc, mpsc};
+use std::time::{Duration, Instant};
 use tokio::runtime::Handle;
 use tokio::sync::mpsc as tmpsc;
 use tokio::task::JoinHandle;
@@ -49,6 +58,17 @@ struct Link {
     writer: JoinHandle<Result<()>>,
     reader: JoinHandle<()>,
     bytes_sent: u64,
+    /// When anything last arrived from the peer.
+    heard: Arc<LastHeard>,
+}
+
+/// How many receive timeouts a party waits for a message from a peer that keeps sending
+/// keep-alives but no data (a peer blocked on the third party, or one that misbehaves).
+const ALIVE_BUT_SILENT_LIMIT: u32 = 4;
+
+/// How long a connection's writer stays idle before it sends a keep-alive.
+fn keep_alive_interval(recv_timeout: Duration) -> Duration {
+    (recv_timeout / 4).clamp(Duration::from_millis(50), Duration::from_secs(1))
 }
 
 /// Byte counts of one transport, per peer (payload bytes of data frames).
@@ -106,12 +126,18 @@ impl TcpTransport {
         let mut links = Vec::new();
         for ((i, ch), rx) in channels.into_iter().enumerate().zip(in_rx) {
             let peer = ch.peer();
-            let (reader, writer) = ch.split();
+            let (mut reader, writer) = ch.split();
+            let heard = Arc::new(LastHeard::now());
+            reader.watch(Arc::clone(&heard));
             let (tx, out_rx) = tmpsc::unbounded_channel();
             let own = in_tx[i].clone();
             let other = in_tx[1 - i].clone();
             let reader = handle.spawn(read_loop(peer, reader, own, other));
-            let writer = handle.spawn(write_loop(writer, out_rx));
+            let writer = handle.spawn(write_loop(
+                writer,
+                out_rx,
+                keep_alive_interval(recv_timeout),
+            ));
             links.push(Link {
                 peer,
                 tx,
@@ -119,6 +145,7 @@ impl TcpTransport {
                 writer,
                 reader,
                 bytes_sent: 0,
+                heard,
             });
         }
         Ok(TcpTransport {
@@ -228,8 +255,18 @@ impl Drop for TcpTransport {
 async fn write_loop(
     mut w: ChannelWriter,
     mut rx: tmpsc::UnboundedReceiver<Outbound>,
+    keep_alive: Duration,
 ) -> Result<()> {
-    while let Some(msg) = rx.recv().await {
+    loop {
+        let msg = match tokio::time::timeout(keep_alive, rx.recv()).await {
+            Ok(Some(msg)) => msg,
+            Ok(None) => break,
+            Err(_) => {
+                w.write_frame(FrameKind::Alive, &[]).await?;
+                w.flush().await?;
+                continue;
+            }
+        };
         let mut next = Some(msg);
         // Coalesce everything already queued into as few socket writes as possible.
         while let Some(msg) = next {
@@ -263,6 +300,8 @@ async fn read_loop(
     loop {
         match r.next_frame().await {
             Ok(Some(f)) => match f.kind {
+                // Its record already marked the peer as heard.
+                FrameKind::Alive => {}
                 FrameKind::Data if !said_goodbye => {
                     if own.send(Inbound::Data(f.payload)).is_err() {
                         return;
@@ -345,7 +384,21 @@ impl Transport for TcpTransport {
             return Err(self.fault_error(culprit, &what, Some(from)));
         }
         let timeout = self.recv_timeout;
-        let got = self.link(from)?.rx.recv_timeout(timeout);
+        let start = Instant::now();
+        let link = self.link(from)?;
+        // Wait until a message comes, or until nothing at all (not even a keep-alive) has come
+        // from the peer for `timeout`.
+        // A peer that stays connected but sends no data is given up after
+        // `ALIVE_BUT_SILENT_LIMIT` receive timeouts, so that no wait is unbounded.
+        let give_up = start + timeout * ALIVE_BUT_SILENT_LIMIT;
+        let deadline = || (link.heard.at().max(start) + timeout).min(give_up);
+        let got = loop {
+            let left = deadline().saturating_duration_since(Instant::now());
+            match link.rx.recv_timeout(left) {
+                Err(mpsc::RecvTimeoutError::Timeout) if deadline() > Instant::now() => continue,
+                other => break other,
+            }
+        };
         match got {
             Ok(Inbound::Data(v)) => {
                 self.bytes_received[from.index()] += v.len() as u64;
@@ -369,7 +422,19 @@ impl Transport for TcpTransport {
             }
             Err(mpsc::RecvTimeoutError::Timeout) => Err(TransportError::Timeout {
                 peer: from,
-                context: format!(" for {} s{}", timeout.as_secs_f64(), self.context()),
+                context: if link.heard.at() + timeout > Instant::now() {
+                    format!(
+                        " (alive, but no message for {:.1} s){}",
+                        start.elapsed().as_secs_f64(),
+                        self.context()
+                    )
+                } else {
+                    format!(
+                        " ({} s without a sign of life){}",
+                        timeout.as_secs_f64(),
+                        self.context()
+                    )
+                },
             }),
             Err(mpsc::RecvTimeoutError::Disconnected) => {
                 let what = "its connection is gone";

@@ -213,6 +213,31 @@ fn a_dead_party_ends_the_others_waits_at_once() {
 }
 
 #[test]
+fn a_busy_peer_that_is_alive_is_waited_for_beyond_the_receive_timeout() {
+    let mesh = Mesh::new();
+    let timeout = Duration::from_millis(300);
+    let [mut c, mut s, _h] = mesh.transports(timeout, [BIG; 3]);
+    // The client "computes" for 2.5 receive timeouts before it sends; its keep-alives say it
+    // is there, so the server keeps waiting instead of blaming it.
+    let t = std::thread::spawn(move || {
+        std::thread::sleep(timeout * 5 / 2);
+        c.send(Role::Server, vec![7; 10]).unwrap();
+        c
+    });
+    let start = Instant::now();
+    assert_eq!(s.recv(Role::Client).unwrap(), vec![7; 10]);
+    assert!(start.elapsed() >= timeout * 2);
+    let _c = t.join().unwrap();
+    // A peer that stays alive but never sends is still given up, after four receive timeouts.
+    let start = Instant::now();
+    let e = s.recv(Role::Client).unwrap_err().to_string();
+    assert!(e.contains("alive, but no message"), "{e}");
+    assert!(
+        start.elapsed() >= timeout * 4 && start.elapsed() < timeout * 4 + Duration::from_secs(2)
+    );
+}
+
+#[test]
 fn abort_reason_reaches_both_peers() {
     let mesh = Mesh::new();
     let [mut c, s, mut h] = mesh.transports(Duration::from_secs(30), [BIG; 3]);
