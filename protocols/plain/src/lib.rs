@@ -11,7 +11,7 @@
 //! | op | plain result | secure backend (SecureNN style) |
 //! |---|---|---|
 //! | `Input` | `round(x · 2^f)` (half away from zero; non-finite values are refused) | exact (same encoding) |
-//! | `Conv2d`, `Linear` | `floor(Σ x·w / 2^f) + b`: products at `2f`, one truncation, then the bias at `f` (BatchNorm is folded into `w`, `b`) | truncation on shares: `−1..0` ulp, plus a wrong (random) element with probability ≈ `|y|/2^63` (digest §6.7, §10.10) |
+//! | `Conv2d`, `Linear` | `floor(Σ x·w / 2^f) + b`: products at `2f`, one truncation, then the bias at `f` (BatchNorm is folded into `w`, `b`) | truncation on shares: `−1..0` ulp, plus a wrong (random) element with probability ≈ `|y|/2^64` (digest §6.7, §10.10) |
 //! | `BlockRelu`, patch `(bh, bw)` | per patch, `s` = sum of its **in-bounds** pixels (patches tile from the top-left; a ragged edge patch is smaller, which is what summing the reference's zero-padded tiling gives); every pixel of the patch is kept iff `s > 0` (strict, as the reference's plaintext module; a secure DReLU gives `≥ 0`, so the backend tests `DReLU(s − 1)`), else 0 | exact decision on the exact sum (no division); approximate DReLU only within its window |
 //! | `BlockRelu`, `(1, 1)` | `max(x, 0)` (the same as the patch rule with one pixel) | exact |
 //! | `BlockRelu`, `Identity` / `Zero` | `x` / `0` (the plaintext meaning, digest §10.7) | exact |

@@ -5,6 +5,14 @@
 //! [`knapsec_core::graph::encode_fixed`]. Decoding reads the element as a signed integer and
 //! divides by `2^f`. Products of two encodings carry `2f` fractional bits and are brought back
 //! by an arithmetic shift right by `f` ([`crate::RingTensor::shr_arith`]).
+//!
+//! **Input range.** A client's input is clamped to `|x| ≤ (2^31 − 1)/2^f` ([`input_bound`];
+//! about ±524 287.99 at `f = 12`) and a NaN encodes as 0: the encoding of an input element
+//! then fits in 32 signed bits, so its product with any weight in the same range fits in the
+//! signed 63-bit range, and no input, however large or non-finite, can make the first
+//! products wrap or turn the truncation's error probability (≈ `|Y|/2^64` per element) into
+//! a certainty. Both the secure backends and the `plain` oracle encode inputs through
+//! [`RingTensor::encode_f32`], so they clamp identically.
 
 use crate::error::{Result, RingError};
 use crate::tensor::RingTensor;
@@ -24,6 +32,20 @@ pub fn decode(v: u64, frac_bits: u32) -> f64 {
     decode_fixed(v as i64, frac_bits)
 }
 
+/// Largest magnitude of an input value: `(2^31 − 1)/2^frac_bits` (see the module docs).
+pub fn input_bound(frac_bits: u32) -> f64 {
+    ((1i64 << 31) - 1) as f64 / (1u64 << frac_bits) as f64
+}
+
+/// Encodes an input value: NaN as 0, anything else clamped to `±(2^31 − 1)` after rounding.
+fn encode_input(x: f64, frac_bits: u32) -> u64 {
+    const MAX: i64 = (1 << 31) - 1;
+    if x.is_nan() {
+        return 0;
+    }
+    encode_fixed(x, frac_bits).clamp(-MAX, MAX) as u64
+}
+
 /// The ring element that encodes 1.0 (`2^frac_bits`).
 pub fn one(frac_bits: u32) -> u64 {
     1u64 << frac_bits
@@ -40,22 +62,27 @@ fn check_bits(op: &'static str, frac_bits: u32) -> Result<()> {
 }
 
 impl RingTensor {
-    /// Encodes real values (row-major, shape `dims`) with `frac_bits` fractional bits.
+    /// Encodes input values (row-major, shape `dims`) with `frac_bits` fractional bits,
+    /// clamped to `±`[`input_bound`] (NaN as 0).
     pub fn encode_f32(dims: &[usize], values: &[f32], frac_bits: u32) -> Result<Self> {
         check_bits("encode_f32", frac_bits)?;
         Self::from_vec(
             dims,
             values
                 .iter()
-                .map(|&x| encode(f64::from(x), frac_bits))
+                .map(|&x| encode_input(f64::from(x), frac_bits))
                 .collect(),
         )
     }
 
-    /// Encodes real values (row-major, shape `dims`) with `frac_bits` fractional bits.
+    /// Encodes input values (row-major, shape `dims`) with `frac_bits` fractional bits,
+    /// clamped to `±`[`input_bound`] (NaN as 0).
     pub fn encode_f64(dims: &[usize], values: &[f64], frac_bits: u32) -> Result<Self> {
         check_bits("encode_f64", frac_bits)?;
-        Self::from_vec(dims, values.iter().map(|&x| encode(x, frac_bits)).collect())
+        Self::from_vec(
+            dims,
+            values.iter().map(|&x| encode_input(x, frac_bits)).collect(),
+        )
     }
 
     /// Decodes every element with `frac_bits` fractional bits.
@@ -87,6 +114,33 @@ mod tests {
         assert_eq!(decode(encode(-2.25, 12), 12), -2.25);
         assert_eq!(one(12), 4096);
         assert!(RingTensor::encode_f32(&[1], &[1.0], 40).is_err());
+    }
+
+    #[test]
+    fn inputs_are_clamped_to_the_representable_range() {
+        let f = 12;
+        let max = (1i64 << 31) - 1;
+        let t = RingTensor::encode_f32(
+            &[6],
+            &[
+                1.0e9,
+                -1.0e9,
+                f32::INFINITY,
+                f32::NEG_INFINITY,
+                f32::NAN,
+                2.5,
+            ],
+            f,
+        )
+        .unwrap();
+        let got: Vec<i64> = t.data().iter().map(|&v| v as i64).collect();
+        assert_eq!(got, vec![max, -max, max, -max, 0, 10240]);
+        assert_eq!(input_bound(f), max as f64 / 4096.0);
+        // The product of two clamped encodings never leaves the signed 63-bit range.
+        assert!((max as i128) * (max as i128) < 1i128 << 62);
+        let t = RingTensor::encode_f64(&[2], &[1.0e12, -3.0], f).unwrap();
+        assert_eq!(t.data()[0] as i64, max);
+        assert_eq!(t.data()[1] as i64, -12288);
     }
 
     proptest! {

@@ -27,9 +27,11 @@
 //!
 //! **Truncation** (digest §6.7): products carry `2f` fractional bits; each party shifts its
 //! own share right by `f` (arithmetic shift, SecureML style). With `Y₀` uniform, the result
-//! is `⌊Y/2^f⌋ − e`, `e ∈ {0, 1}`, except with probability about `|Y|/2^63` per element
-//! (when the shares wrap past ±2^63), where it is off by about `2^(64−f)`. Nothing detects
-//! that event; with `|Y| < 2^40` it has probability below 2^−23 per element.
+//! is `⌊Y/2^f⌋ − e`, `e ∈ {0, 1}`, except with probability about `|Y|/2^64` per element
+//! (when the uniform share `Y₀` falls in the window of `|Y|` values where `Y₀ + Y₁` wraps
+//! past ±2^63 as signed integers), where it is off by about `2^(64−f)`. Nothing detects that
+//! event; with `|Y| < 2^40` it has probability below 2^−24 per element. Inputs are clamped
+//! to the range of `knapsec_ring::fixed::input_bound`, so no input can push `|Y|` near 2^63.
 
 use crate::ctx::{Ctx, Pair, stream};
 use crate::error::{Result, SecureNnError};
