@@ -65,6 +65,19 @@ impl Context {
         Ok(set)
     }
 
+    /// A registry of only the plugins this run names explicitly (the `--plugins` file and
+    /// each `--plugin`), ignoring the `KNAPSEC_PLUGIN_PATH` folders; for `knapsec party`,
+    /// whose process holds weights or keys.
+    pub fn explicit_registry(&self) -> anyhow::Result<Registry> {
+        let mut set = match &self.global.plugin_set {
+            Some(file) => PluginSet::from_file(file)?,
+            None => PluginSet::default(),
+        };
+        set.load.extend(self.global.plugins.iter().cloned());
+        tracing::debug!(?set, "building the plugin registry (explicit plugins only)");
+        knapsec_builtin::registry_with(&set).context("cannot set up the plugins")
+    }
+
     /// The registry of this run's plugin set, built on first use.
     pub fn registry(&self) -> anyhow::Result<&Registry> {
         if let Some(r) = self.registry.get() {

@@ -504,16 +504,17 @@ fn three_processes_serve_several_inferences_and_clients() {
     );
 }
 
-/// Starts server and helper with `server_cfg`/`helper_cfg`, runs a client with
-/// `client_cfg`; returns the three exit statuses (within 20 s) and the client's stderr.
+/// Starts server and helper with `server_cfg`/`helper_cfg` (and `--exit-on-error`), runs a
+/// client with `client_cfg`; returns the three exit statuses (within 20 s) and the client's
+/// stderr.
 fn run_mismatch(
     d: &Deploy,
     server_cfg: &str,
     helper_cfg: &str,
     client_cfg: &str,
 ) -> ([ExitStatus; 3], String) {
-    let mut server = d.spawn("server", server_cfg, &[], "server");
-    let mut helper = d.spawn("helper", helper_cfg, &[], "helper");
+    let mut server = d.spawn("server", server_cfg, &["--exit-on-error"], "server");
+    let mut helper = d.spawn("helper", helper_cfg, &["--exit-on-error"], "helper");
     let input = d.inputs(1, 5);
     let mut client = d.spawn(
         "client",
@@ -695,8 +696,18 @@ fn killing_any_party_mid_inference_stops_the_others_within_10_s() {
                 ],
                 &format!("{victim}-client"),
             ),
-            d.spawn("server", &cfg, &[], &format!("{victim}-server")),
-            d.spawn("helper", &cfg, &[], &format!("{victim}-helper")),
+            d.spawn(
+                "server",
+                &cfg,
+                &["--exit-on-error"],
+                &format!("{victim}-server"),
+            ),
+            d.spawn(
+                "helper",
+                &cfg,
+                &["--exit-on-error"],
+                &format!("{victim}-helper"),
+            ),
         ];
         // Wait until the server has served two inferences: the session is well under way.
         let start = Instant::now();
@@ -743,4 +754,84 @@ fn killing_any_party_mid_inference_stops_the_others_within_10_s() {
         }
         assert!(!out.exists());
     }
+}
+
+#[test]
+fn a_cleartext_backend_is_refused_unless_insecure_cleartext_and_then_warns() {
+    let d = Deploy::new([1, 4, 4], 3);
+    let text = std::fs::read_to_string(d.path("deploy.ron")).unwrap();
+    std::fs::write(
+        d.path("plain.ron"),
+        text.replace("backend: \"securenn\"", "backend: \"plain\""),
+    )
+    .unwrap();
+    for role in ["server", "helper"] {
+        let mut p = d.spawn(role, "plain.ron", &["--sessions", "1"], role);
+        let st = wait(&mut p, 20).expect("a refused party exits");
+        assert!(!st.success());
+        let log = d.log(role);
+        assert!(
+            log.contains("not private") && log.contains("--insecure-cleartext"),
+            "{log}"
+        );
+    }
+    // With the flag the three parties run it, and each one warns.
+    let flag = ["--sessions", "1", "--insecure-cleartext"];
+    let mut server = d.spawn("server", "plain.ron", &flag, "server");
+    let mut helper = d.spawn("helper", "plain.ron", &flag, "helper");
+    let input = d.inputs(1, 4);
+    let out = d.path("plain.json");
+    let mut client = d.spawn(
+        "client",
+        "plain.ron",
+        &[
+            "--input",
+            input.to_str().unwrap(),
+            "-o",
+            out.to_str().unwrap(),
+            "--insecure-cleartext",
+        ],
+        "client",
+    );
+    for (p, role) in [
+        (&mut client, "client"),
+        (&mut server, "server"),
+        (&mut helper, "helper"),
+    ] {
+        let st = wait(p, 30).unwrap_or_else(|| panic!("the {role} hangs"));
+        let log = d.log(role);
+        assert!(st.success(), "{role}: {log}");
+        assert!(log.contains("INSECURE"), "the {role} warns: {log}");
+    }
+    assert!(out.exists());
+}
+
+#[test]
+fn a_party_never_loads_the_plugin_path_folders() {
+    let d = Deploy::new([1, 4, 4], 3);
+    // A "plugin" folder with a library that cannot load: any command that reads the plugin
+    // path fails on it.
+    let plugins = d.path("plugins");
+    std::fs::create_dir_all(&plugins).unwrap();
+    std::fs::write(plugins.join("libevil.so"), b"not a shared library").unwrap();
+    let listed = knapsec()
+        .args(["plugins", "list"])
+        .env("KNAPSEC_PLUGIN_PATH", &plugins)
+        .output()
+        .unwrap();
+    assert!(
+        !listed.status.success(),
+        "the plugin path is read by other commands"
+    );
+    let out = knapsec()
+        .args(["party", "--role", "server", "--sessions", "0", "--config"])
+        .arg(d.path("deploy.ron"))
+        .env("KNAPSEC_PLUGIN_PATH", &plugins)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "knapsec party must ignore KNAPSEC_PLUGIN_PATH: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

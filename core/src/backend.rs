@@ -8,10 +8,13 @@
 use crate::graph::{ModelWeights, SecureModel};
 use crate::transport::{Role, Transport, TransportError};
 use serde::{Deserialize, Serialize};
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
 
 /// Pairwise keys of one session: the 32-byte seed each pair of parties shares (agreed per
 /// session, never fixed in code), plus this party's private seed. A party holds `None` for
-/// the pair it is not in.
+/// the pair it is not in. One value (or its clones) serves all inferences of a session, so
+/// that [`SessionKeys::contributions`] sees every inference of it.
 #[derive(Clone, Default)]
 pub struct SessionKeys {
     /// Seed shared by client and server.
@@ -22,6 +25,42 @@ pub struct SessionKeys {
     pub server_helper: Option<[u8; 32]>,
     /// This party's own seed.
     pub private: [u8; 32],
+    /// The per-inference contributions received from peers so far in this session.
+    pub contributions: ContributionLog,
+}
+
+/// The per-inference random contributions a party received from its peers during one
+/// session, so that a peer repeating one (e.g. a client replaying an earlier inference's
+/// randomness to get the same masks again) is refused. Clones share the log.
+#[derive(Clone, Debug, Default)]
+pub struct ContributionLog(Arc<Mutex<HashSet<(Role, Role, [u8; 16])>>>);
+
+impl ContributionLog {
+    /// Records `contribution` received by `me` from `peer`; false if it was already recorded
+    /// in this session. (The receiver is part of the entry so that the three parties of an
+    /// in-process simulation may share one log.)
+    pub fn fresh(&self, me: Role, peer: Role, contribution: [u8; 16]) -> bool {
+        // A poisoned lock only means another thread panicked while inserting: the set
+        // itself is still valid.
+        let mut seen = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        seen.insert((me, peer, contribution))
+    }
+
+    /// Contributions recorded so far.
+    pub fn len(&self) -> usize {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .len()
+    }
+
+    /// True if none is recorded.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
 }
 
 impl std::fmt::Debug for SessionKeys {
@@ -56,6 +95,9 @@ pub struct PartyJob<'a> {
     pub options: &'a str,
     /// The session's keys.
     pub keys: &'a SessionKeys,
+    /// Index of this inference in its session (0, 1, 2, …), the same at all three parties;
+    /// a backend binds its per-inference randomness to it.
+    pub inference: u64,
     /// The connections to the two other parties.
     pub transport: &'a mut dyn Transport,
 }
@@ -104,6 +146,18 @@ pub trait SecureBackend: Send + Sync {
     fn name(&self) -> &str;
     /// One line for `knapsec plugins list`.
     fn description(&self) -> &str;
+    /// Whether running it reveals nothing beyond each party's output (the protocol is private
+    /// in the semi-honest model). `knapsec party` refuses a backend that is not, unless told
+    /// `--insecure-cleartext`. Defaults to true; the `plain` oracle says false.
+    fn is_private(&self) -> bool {
+        true
+    }
+    /// Identity and version of the code that implements the protocol (e.g.
+    /// `"knapsec-securenn 0.1.0"`), compared byte for byte in the deployment handshake, so
+    /// that two builds of a backend that might disagree on the wire refuse each other.
+    fn version(&self) -> String {
+        format!("{} (unversioned)", self.name())
+    }
     /// Parses options (RON text) and returns their canonical form, for the handshake.
     fn canonical_options(&self, options: &str) -> Result<String, BackendError>;
     /// Runs this party's side of one inference.

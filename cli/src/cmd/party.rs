@@ -1,7 +1,11 @@
 //! `knapsec party`: runs one party of a three-host deployment described by a `deploy.ron`
 //! (see `knapsec_net::deploy` and docs/deployment.md).
 //!
-//! The server and the helper serve sessions until stopped (or `--sessions N`); the client
+//! The server and the helper serve sessions until stopped (or `--sessions N`); a session that
+//! fails is logged and the next one served (`--exit-on-error` stops instead). A backend that
+//! is not private is refused unless `--insecure-cleartext`; only the plugins named on the
+//! command line or in the plugin-set file are loaded (never the `KNAPSEC_PLUGIN_PATH`
+//! folders). The client
 //! runs one session over its inputs (one `.npy` image, or every `.npy` in a folder, in name
 //! order) and writes the results as JSON to `--output`, atomically, once all are known.
 
@@ -31,14 +35,21 @@ pub struct Args {
     /// Server and helper: exit (successfully) after this many sessions.
     #[arg(long, value_name = "N")]
     sessions: Option<u64>,
-    /// Server and helper: log a failed session and wait for the next one, instead of exiting
-    /// with its error.
+    /// Server and helper: exit with the error of the first session that fails (by default a
+    /// failed session is logged and the party serves the next one).
     #[arg(long)]
+    exit_on_error: bool,
+    /// Accepted for compatibility: serving on after a failed session is the default.
+    #[arg(long, hide = true, conflicts_with = "exit_on_error")]
     keep_going: bool,
     /// Refuse to start when the model's calibration data show the DReLU window of the
     /// backend's options to be too narrow for a site (without it: a warning).
     #[arg(long)]
     strict: bool,
+    /// Run a backend that is not private (e.g. `plain`, which sends the server's weights to
+    /// the client in the clear). For tests only; every party warns.
+    #[arg(long)]
+    insecure_cleartext: bool,
 }
 
 /// One line of the client's output file.
@@ -64,8 +75,8 @@ pub fn run(args: Args, ctx: &Context) -> anyhow::Result<()> {
     let role = args.role;
     match role {
         Role::Client => {
-            if args.sessions.is_some() || args.keep_going {
-                bail!("--sessions and --keep-going are for the server and the helper");
+            if args.sessions.is_some() || args.keep_going || args.exit_on_error {
+                bail!("--sessions and --exit-on-error are for the server and the helper");
             }
         }
         _ => {
@@ -74,7 +85,27 @@ pub fn run(args: Args, ctx: &Context) -> anyhow::Result<()> {
             }
         }
     }
-    let backend = ctx.registry()?.backend(&dep.backend)?;
+    // Only the plugins named on the command line or in the plugin-set file: a plugin's
+    // initialiser runs inside the process that holds the weights or the keys.
+    let backend = ctx.explicit_registry()?.backend(&dep.backend)?;
+    if !backend.is_private() {
+        if !args.insecure_cleartext {
+            bail!(
+                "backend {:?} is not private (it reveals the server's weights or the client's input to another party); \
+                 refusing to run it in a deployment (pass --insecure-cleartext to run it anyway, for tests only)",
+                dep.backend
+            );
+        }
+        tracing::warn!(
+            backend = %dep.backend,
+            "INSECURE: backend {:?} is not private; this {role} runs it only because of --insecure-cleartext",
+            dep.backend
+        );
+        eprintln!(
+            "warning: INSECURE: backend {:?} is not private; this {role} runs it only because of --insecure-cleartext",
+            dep.backend
+        );
+    }
     let backend_name = dep.backend.clone();
     let drelu = (dep.backend == "securenn")
         .then(|| knapsec_securenn::Options::parse(&dep.options))
@@ -87,7 +118,7 @@ pub fn run(args: Args, ctx: &Context) -> anyhow::Result<()> {
     if role != Role::Client {
         let n = party.serve(ServeOptions {
             sessions: args.sessions,
-            keep_going: args.keep_going,
+            keep_going: !args.exit_on_error,
         })?;
         tracing::info!("served {n} sessions");
         return Ok(());

@@ -23,7 +23,7 @@ use serde::{Deserialize, Serialize};
 
 /// Version of the session protocol (hello, control messages, key derivation). Parties with
 /// different versions refuse each other.
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// What one party tells another at the start of a session.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -38,6 +38,9 @@ pub struct Hello {
     pub session: [u8; 16],
     /// Registered name of the secure backend.
     pub backend: String,
+    /// Identity and version of the backend's implementation
+    /// ([`SecureBackend::version`](knapsec_core::backend::SecureBackend::version)).
+    pub backend_version: String,
     /// Canonical form of the backend options.
     pub options: String,
     /// Hash of the secure model's public part.
@@ -55,6 +58,7 @@ impl Hello {
         role: Role,
         session: [u8; 16],
         backend: &str,
+        backend_version: &str,
         options: &str,
         model_hash: &str,
     ) -> Result<Self> {
@@ -64,6 +68,7 @@ impl Hello {
             role,
             session,
             backend: backend.to_string(),
+            backend_version: backend_version.to_string(),
             options: options.to_string(),
             model_hash: model_hash.to_string(),
             nonce: random_bytes()?,
@@ -124,6 +129,13 @@ impl Hello {
                 "backend",
                 format!("{:?}", theirs.backend),
                 format!("{:?}", self.backend),
+            ));
+        }
+        if theirs.backend_version != self.backend_version {
+            return Err(mismatch(
+                "backend implementation",
+                format!("{:?}", theirs.backend_version),
+                format!("{:?}", self.backend_version),
             ));
         }
         if theirs.options != self.options {
@@ -217,11 +229,12 @@ pub fn pair_key(
 }
 
 /// The [`SessionKeys`] of a party holding `pairs` (its pair keys by peer): the pair keys of
-/// the session, and a private seed fresh from the OS RNG at every call (one call per
-/// inference). The pair keys stay the same for all inferences of a session, as
-/// [`SessionKeys`] specifies; a backend makes each inference's randomness fresh itself
-/// (`securenn` mixes in a nonce the client draws per inference) and may cache per-session
-/// work under them (`securenn`'s masked weights).
+/// the session, an empty log of per-inference contributions, and a private seed fresh from
+/// the OS RNG (the party driver draws a new one before every inference). One value serves a
+/// whole session, as [`SessionKeys`] specifies; a backend makes each inference's randomness
+/// fresh itself (`securenn` derives every pair's per-inference keys from fresh contributions
+/// of both members, and refuses a repeated one) and may cache per-session work under the
+/// pair keys (`securenn`'s masked weights).
 ///
 /// # Errors
 /// If the OS RNG fails (private seed), or a pair does not include `me`.
@@ -250,7 +263,15 @@ mod tests {
     use super::*;
 
     fn hello(role: Role) -> Hello {
-        Hello::new(role, [7; 16], "securenn", "(drelu: Exact)", "abc").unwrap()
+        Hello::new(
+            role,
+            [7; 16],
+            "securenn",
+            "knapsec-securenn 0.1.0",
+            "(drelu: Exact)",
+            "abc",
+        )
+        .unwrap()
     }
 
     #[test]
@@ -271,13 +292,20 @@ mod tests {
                 .contains("backend options")
         );
         let mut server = hello(Role::Server);
+        server.backend_version = "knapsec-securenn 0.2.0".into();
+        let e = client.check(&server, Role::Server).unwrap_err().to_string();
+        assert!(
+            e.contains("backend implementation") && e.contains("0.2.0") && e.contains("0.1.0"),
+            "{e}"
+        );
+        let mut server = hello(Role::Server);
         server.protocol += 1;
         assert!(
             client
                 .check(&server, Role::Server)
                 .unwrap_err()
                 .to_string()
-                .contains("protocol version 2")
+                .contains(&format!("protocol version {}", PROTOCOL_VERSION + 1))
         );
         assert!(
             client

@@ -22,7 +22,7 @@ use crate::metered::{CommReport, Metered};
 use crate::secure_channel::SecureChannel;
 use crate::tcp::TcpTransport;
 use knapsec_core::Role;
-use knapsec_core::backend::{PartyJob, PartyOutput, SecureBackend};
+use knapsec_core::backend::{PartyJob, PartyOutput, SecureBackend, SessionKeys};
 use knapsec_core::graph::{ModelWeights, SecureModel};
 use knapsec_core::transport::Transport;
 use std::future::Future;
@@ -233,6 +233,7 @@ impl Party {
             self.dep.role,
             session,
             self.backend.name(),
+            &self.backend.version(),
             &self.options,
             &self.model_hash,
         )
@@ -339,14 +340,16 @@ impl Party {
         Ok((t, pairs))
     }
 
+    /// Runs inference `index` with the session's `keys` (one value for the whole session,
+    /// so that the backend sees every contribution of it); the private seed is drawn afresh.
     fn run_one(
         &self,
         transport: &mut TcpTransport,
-        pairs: &[(Role, [u8; 32])],
+        keys: &mut SessionKeys,
         index: u64,
         input: Option<&[f32]>,
     ) -> Result<(PartyOutput, InferenceStats)> {
-        let keys = handshake::session_keys(self.dep.role, pairs)?;
+        keys.private = handshake::random_bytes()?;
         transport.set_scope("", "");
         let start = Instant::now();
         let mut metered = Metered::new(transport);
@@ -356,7 +359,8 @@ impl Party {
             weights: self.weights.as_ref(),
             input,
             options: &self.options,
-            keys: &keys,
+            keys,
+            inference: index,
             transport: &mut metered,
         };
         let out = self
@@ -421,6 +425,7 @@ impl Party {
         })?;
         tracing::info!(server = %s.peer_hello.software, helper = %h.peer_hello.software, "session established");
         let (mut transport, pairs) = self.transport(vec![s, h])?;
+        let mut keys = handshake::session_keys(self.dep.role, &pairs)?;
         let mut stats = Vec::new();
         let result = (|| {
             for (i, input) in inputs.iter().enumerate() {
@@ -428,7 +433,7 @@ impl Party {
                 for p in Role::Client.others() {
                     transport.send(p, Control::Infer { index }.to_bytes())?;
                 }
-                let (out, st) = self.run_one(&mut transport, &pairs, index, Some(input))?;
+                let (out, st) = self.run_one(&mut transport, &mut keys, index, Some(input))?;
                 on_output(i, out, &st)?;
                 stats.push(st);
             }
@@ -594,6 +599,7 @@ impl Party {
             }
         })?;
         let (mut transport, pairs) = self.transport(links)?;
+        let mut keys = handshake::session_keys(me, &pairs)?;
         let mut expected = 0u64;
         let result = (|| {
             loop {
@@ -601,7 +607,7 @@ impl Party {
                 match Control::from_bytes(&msg, Role::Client)? {
                     Control::Done => return Ok(expected),
                     Control::Infer { index } if index == expected => {
-                        let (_, st) = self.run_one(&mut transport, &pairs, index, None)?;
+                        let (_, st) = self.run_one(&mut transport, &mut keys, index, None)?;
                         tracing::info!(role = %me, index, seconds = st.seconds, bytes_sent = st.comm.bytes, "inference served");
                         expected += 1;
                     }

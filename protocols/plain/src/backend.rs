@@ -172,6 +172,15 @@ impl SecureBackend for PlainBackend {
         "cleartext fixed-point evaluation (no privacy: the server sends its weights to the client); the oracle of secure backends"
     }
 
+    /// The server sends its weights to the client in the clear.
+    fn is_private(&self) -> bool {
+        false
+    }
+
+    fn version(&self) -> String {
+        concat!(env!("CARGO_PKG_NAME"), " ", env!("CARGO_PKG_VERSION")).to_string()
+    }
+
     fn canonical_options(&self, options: &str) -> std::result::Result<String, BackendError> {
         PlainOptions::parse(options)
             .map(|o| o.canonical())
@@ -299,8 +308,15 @@ mod tests {
             input,
             options,
             keys,
+            inference: 0,
             transport: t,
         }
+    }
+
+    #[test]
+    fn says_it_is_not_private() {
+        assert!(!PlainBackend.is_private());
+        assert!(PlainBackend.version().starts_with("knapsec-plain "));
     }
 
     #[test]

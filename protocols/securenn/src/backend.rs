@@ -1,22 +1,24 @@
 //! The `securenn` backend plugin: runs one party of one inference over any [`Transport`]
 //! (in-memory or TCP), registered with `inventory`.
 //!
-//! Message flow of one [`SecureBackend::run`]: the client sends a fresh 16-byte nonce to the
-//! server and the helper (per-inference PRG keys, [`crate::ctx`]); the helper tells the
+//! Message flow of one [`SecureBackend::run`]: every party sends a fresh 16-byte contribution
+//! to both others (per-inference PRG keys of every pair from both members' contributions,
+//! [`exchange_contributions`], [`crate::ctx`]); the helper tells the
 //! server (1 byte) whether it still holds this session's masked weights, and if not the
 //! server sends them (the setup of [`crate::linear`], once per session); then the offline and
 //! the online phases of [`crate::exec`]. The helper keeps the masked weights of each session
 //! in memory, keyed by the model's public hash and the server–helper session key, for the
 //! [`SESSIONS_KEPT`] most recently used sessions (an evicted session repeats its setup).
 
-use crate::ctx::Ctx;
+use crate::ctx::{Ctx, InferenceKeys};
 use crate::error::{Result, SecureNnError};
-use crate::exec::{NONCE_LEN, Session};
+use crate::exec::Session;
 use crate::linear::HelperWeights;
 use crate::options::Options;
-use knapsec_core::backend::{BackendError, PartyJob, PartyOutput, SecureBackend};
+use knapsec_core::backend::{BackendError, PartyJob, PartyOutput, SecureBackend, SessionKeys};
 use knapsec_core::registry::BackendRegistration;
 use knapsec_core::transport::Role;
+use rand::TryRngCore;
 use std::sync::{Arc, Mutex};
 
 /// The masked weights of one session's linear layers.
@@ -64,23 +66,59 @@ knapsec_core::inventory::submit! {
     BackendRegistration { name: "securenn", provider: "knapsec-securenn", make: || Arc::new(SecureNn::default()) }
 }
 
-/// Exchanges the nonce (client → server, helper), sets it in `ctx` and returns it.
-pub fn exchange_nonce(ctx: &mut Ctx<'_>) -> Result<[u8; NONCE_LEN]> {
-    ctx.scope("session", "nonce");
-    let nonce: [u8; NONCE_LEN] = match ctx.role {
-        Role::Client => {
-            let n: [u8; NONCE_LEN] = rand::random();
-            ctx.send_bytes(Role::Server, n.to_vec())?;
-            ctx.send_bytes(Role::Helper, n.to_vec())?;
-            n
-        }
-        _ => ctx
-            .recv_bytes(Role::Client, NONCE_LEN)?
+/// Bytes of each party's per-inference contribution.
+pub const CONTRIBUTION_LEN: usize = 16;
+
+/// Exchanges this inference's contributions: every party draws a fresh 16-byte value from the
+/// OS RNG and sends it to both others (one flight, six messages, 96 bytes in all), refuses a
+/// value a peer already sent in this session (`keys.contributions`), and derives the
+/// per-inference key of each pair it is in from both members' values, the model's public
+/// hash and the inference index (see [`crate::ctx`]). Returns the keys (also set in `ctx`).
+///
+/// # Errors
+/// A peer repeating a contribution ([`SecureNnError::Malformed`] naming it), the OS RNG
+/// failing, or the transport.
+pub fn exchange_contributions(
+    ctx: &mut Ctx<'_>,
+    keys: &SessionKeys,
+    model_hash: &str,
+    index: u64,
+) -> Result<InferenceKeys> {
+    ctx.scope("session", "contribution");
+    let me = ctx.role;
+    let mut mine = [0u8; CONTRIBUTION_LEN];
+    rand::rngs::OsRng
+        .try_fill_bytes(&mut mine)
+        .map_err(|e| SecureNnError::Input {
+            role: me,
+            message: format!("the OS random generator failed: {e}"),
+        })?;
+    let mut all = [[0u8; CONTRIBUTION_LEN]; 3];
+    all[me.index()] = mine;
+    for peer in me.others() {
+        ctx.send_bytes(peer, mine.to_vec())?;
+    }
+    for peer in me.others() {
+        let c: [u8; CONTRIBUTION_LEN] = ctx
+            .recv_bytes(peer, CONTRIBUTION_LEN)?
             .try_into()
-            .expect("length checked"),
-    };
-    ctx.set_nonce(&nonce);
-    Ok(nonce)
+            .expect("length checked");
+        if !keys.contributions.fresh(me, peer, c) {
+            return Err(SecureNnError::Malformed {
+                role: me,
+                peer,
+                layer: "session".into(),
+                op: "contribution",
+                message: format!(
+                    "the {peer} repeated a per-inference contribution it already sent in this session (inference {index}); refused"
+                ),
+            });
+        }
+        all[peer.index()] = c;
+    }
+    let derived = InferenceKeys::derive(ctx.session_keys(), model_hash, index, &all);
+    ctx.set_inference(&derived);
+    Ok(derived)
 }
 
 impl SecureNn {
@@ -100,14 +138,15 @@ impl SecureNn {
             }
         }
         let mut session = Session::new(job.role, job.model, job.weights, options)?;
+        let model_hash = job.model.public_hash();
         let session_id = {
             let mut h = blake3::Hasher::new();
-            h.update(job.model.public_hash().as_bytes());
+            h.update(model_hash.as_bytes());
             h.update(&job.keys.server_helper.unwrap_or_default());
             *h.finalize().as_bytes()
         };
         let mut ctx = Ctx::new(job.role, job.transport, job.keys);
-        exchange_nonce(&mut ctx)?;
+        exchange_contributions(&mut ctx, job.keys, &model_hash, job.inference)?;
         ctx.scope("session", "setup");
         match job.role {
             Role::Helper => {
@@ -146,6 +185,10 @@ impl SecureNn {
 impl SecureBackend for SecureNn {
     fn name(&self) -> &str {
         "securenn"
+    }
+
+    fn version(&self) -> String {
+        concat!(env!("CARGO_PKG_NAME"), " ", env!("CARGO_PKG_VERSION")).to_string()
     }
 
     fn description(&self) -> &str {

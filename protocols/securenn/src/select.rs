@@ -524,6 +524,7 @@ pub(crate) mod tests {
             client_helper: Some([2; 32]),
             server_helper: Some([3; 32]),
             private: [0; 32],
+            ..SessionKeys::default()
         };
         let r: Vec<u64> = Prg::new(&[9; 32], "test-shares").u64s(values.len());
         let x0: Vec<u64> = values

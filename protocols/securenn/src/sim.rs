@@ -9,7 +9,7 @@
 
 #![allow(unsafe_code)]
 
-use crate::backend::exchange_nonce;
+use crate::backend::exchange_contributions;
 use crate::ctx::Ctx;
 use crate::error::{Result, SecureNnError};
 use crate::exec::Session;
@@ -189,18 +189,18 @@ fn party(
         session.setup(&mut ctx)?;
     }
     phase_end(&mut t, 0, start, &mut cpu_start)?;
-    // offline (the nonce is part of it)
+    // offline (the contribution exchange is part of it)
     let start = Instant::now();
     let pre = {
         let mut ctx = Ctx::new(role, &mut t, keys);
-        let nonce = exchange_nonce(&mut ctx)?;
-        (session.offline(&mut ctx)?, nonce)
+        let ik = exchange_contributions(&mut ctx, keys, &model.public_hash(), 0)?;
+        (session.offline(&mut ctx)?, ik)
     };
     phase_end(&mut t, 1, start, &mut cpu_start)?;
     let start = Instant::now();
     let output = {
         let mut ctx = Ctx::new(role, &mut t, keys);
-        ctx.set_nonce(&pre.1);
+        ctx.set_inference(&pre.1);
         session.online(&mut ctx, &pre.0, input)?
     };
     phase_end(&mut t, 2, start, &mut cpu_start)?;
@@ -229,6 +229,7 @@ pub fn simulate(
         client_helper: Some(rand::random()),
         server_helper: Some(rand::random()),
         private: [0; 32],
+        ..SessionKeys::default()
     };
     let tracker = RoundTracker::new();
     let barrier = PhaseBarrier::new();
@@ -333,6 +334,7 @@ pub fn run_backend(
         client_helper: Some(rand::random()),
         server_helper: Some(rand::random()),
         private: [0; 32],
+        ..SessionKeys::default()
     };
     let tracker = RoundTracker::new();
     let ends = memory_network().map(|mut t| {
@@ -357,6 +359,7 @@ pub fn run_backend(
                             input: (role == Role::Client).then_some(input),
                             options,
                             keys: &k,
+                            inference: 0,
                             transport: &mut t,
                         };
                         let out = backend.run(job)?;

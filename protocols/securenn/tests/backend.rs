@@ -1,4 +1,5 @@
-//! The registered backend over the in-memory transport: the client's nonce, the helper's
+//! The registered backend over the in-memory transport: per-inference contributions (a
+//! replaying client is refused, and cannot make masks repeat), the helper's
 //! per-session cache of masked weights, and failures that end in errors, not hangs.
 
 use knapsec_core::backend::{PartyJob, PartyOutput, SecureBackend, SessionKeys};
@@ -75,6 +76,7 @@ fn backend_runs_and_the_helper_keeps_the_masked_weights() {
         client_helper: Some([2; 32]),
         server_helper: Some([3; 32]),
         private: [0; 32],
+        ..SessionKeys::default()
     };
     let mut setups = Vec::new();
     for _ in 0..2 {
@@ -93,6 +95,7 @@ fn backend_runs_and_the_helper_keeps_the_masked_weights() {
                             input: (role == Role::Client).then_some(x.as_slice()),
                             options: "",
                             keys,
+                            inference: 0,
                             transport: &mut t,
                         };
                         let out = backend.run(job).unwrap();
@@ -127,6 +130,7 @@ fn a_missing_helper_is_an_error_naming_it() {
         client_helper: Some([2; 32]),
         server_helper: Some([3; 32]),
         private: [0; 32],
+        ..SessionKeys::default()
     };
     let errs: Vec<String> = std::thread::scope(|sc| {
         let run = |role: Role, mut t: knapsec_net::MemoryTransport| {
@@ -140,6 +144,7 @@ fn a_missing_helper_is_an_error_naming_it() {
                     input: (role == Role::Client).then_some(x.as_slice()),
                     options: "",
                     keys,
+                    inference: 0,
                     transport: &mut t as &mut dyn Transport,
                 };
                 backend.run(job).unwrap_err().to_string()
@@ -177,4 +182,158 @@ fn wrong_input_size_is_a_clear_error() {
     )
     .unwrap_err();
     assert!(err.to_string().contains("input has 5 values"), "{err}");
+}
+
+/// A client that replays the randomness it sent in the first inference (a hand-driven
+/// transport rewrites its first message to each peer: the nonce, or the client's
+/// contribution) and records what it receives from the helper.
+struct Replay<'a> {
+    inner: &'a mut dyn Transport,
+    /// Client: the first message of inference 1 to each peer, to replay in inference 2.
+    first: &'a mut [Option<Vec<u8>>; 3],
+    replay: bool,
+    sent: [bool; 3],
+    /// Client: every message received from the helper.
+    received: Vec<Vec<u8>>,
+}
+
+impl Transport for Replay<'_> {
+    fn role(&self) -> Role {
+        self.inner.role()
+    }
+    fn send(&mut self, to: Role, mut msg: Vec<u8>) -> Result<(), TransportError> {
+        if self.inner.role() == Role::Client && !self.sent[to.index()] {
+            self.sent[to.index()] = true;
+            match &self.first[to.index()] {
+                Some(old) if self.replay => msg = old.clone(),
+                _ => self.first[to.index()] = Some(msg.clone()),
+            }
+        }
+        self.inner.send(to, msg)
+    }
+    fn recv(&mut self, from: Role) -> Result<Vec<u8>, TransportError> {
+        let m = self.inner.recv(from)?;
+        if self.inner.role() == Role::Client && from == Role::Helper {
+            self.received.push(m.clone());
+        }
+        Ok(m)
+    }
+    fn set_scope(&mut self, layer: &str, op: &str) {
+        self.inner.set_scope(layer, op)
+    }
+}
+
+/// Runs inference `index` of a session with `keys`; the client replays `first` if `replay`.
+/// Returns each party's result and what the client received from the helper.
+fn replayed_inference(
+    keys: &SessionKeys,
+    first: &mut [Option<Vec<u8>>; 3],
+    replay: bool,
+    index: u64,
+) -> (Vec<Result<PartyOutput, String>>, Vec<Vec<u8>>) {
+    let (m, w) = model();
+    let x: Vec<f32> = (0..72).map(|i| (i as f32 * 0.21).cos()).collect();
+    let backend = SecureNn::default();
+    let mut first_copy = first.clone();
+    let outcome = std::thread::scope(|sc| {
+        let hs: Vec<_> = memory_network()
+            .into_iter()
+            .zip(Role::ALL)
+            .map(|(mut t, role)| {
+                let (m, w, x, backend) = (&m, &w, &x, &backend);
+                let mut firsts = if role == Role::Client {
+                    std::mem::take(&mut first_copy)
+                } else {
+                    [None, None, None]
+                };
+                sc.spawn(move || {
+                    t.set_timeout(Some(Duration::from_secs(10)));
+                    let mut r = Replay {
+                        inner: &mut t,
+                        first: &mut firsts,
+                        replay,
+                        sent: [false; 3],
+                        received: Vec::new(),
+                    };
+                    let job = PartyJob {
+                        role,
+                        model: m,
+                        weights: (role == Role::Server).then_some(w),
+                        input: (role == Role::Client).then_some(x.as_slice()),
+                        options: "",
+                        keys,
+                        inference: index,
+                        transport: &mut r,
+                    };
+                    let out = backend.run(job).map_err(|e| e.to_string());
+                    let received = std::mem::take(&mut r.received);
+                    (out, received, firsts)
+                })
+            })
+            .collect();
+        hs.into_iter()
+            .map(|h| h.join().unwrap())
+            .collect::<Vec<_>>()
+    });
+    let mut outs = Vec::new();
+    let mut client_received = Vec::new();
+    for (i, (out, received, firsts)) in outcome.into_iter().enumerate() {
+        if i == Role::Client.index() {
+            *first = firsts;
+            client_received = received;
+        }
+        outs.push(out);
+    }
+    (outs, client_received)
+}
+
+#[test]
+fn a_client_replaying_its_randomness_in_a_session_is_refused() {
+    let keys = SessionKeys {
+        client_server: Some([1; 32]),
+        client_helper: Some([2; 32]),
+        server_helper: Some([3; 32]),
+        ..SessionKeys::default()
+    };
+    let mut first = [None, None, None];
+    let (outs, _) = replayed_inference(&keys, &mut first, false, 0);
+    assert!(outs.iter().all(Result::is_ok), "{outs:?}");
+    let (outs, _) = replayed_inference(&keys, &mut first, true, 1);
+    // The server refuses; the helper refuses too, or first learns that the server stopped.
+    let e = outs[Role::Server.index()].as_ref().unwrap_err();
+    assert!(e.contains("client repeated"), "server: {e}");
+    let e = outs[Role::Helper.index()].as_ref().unwrap_err();
+    assert!(
+        e.contains("client repeated") || e.contains("server disconnected"),
+        "helper: {e}"
+    );
+    assert!(outs[Role::Client.index()].is_err());
+}
+
+#[test]
+fn a_replayed_client_contribution_still_gets_fresh_masks() {
+    // As if the helper had forgotten the session's contributions (e.g. a new session with
+    // the same pair keys): the helper's and the server's own fresh contributions change every
+    // mask, so the masked values the helper opens to the client differ between two runs of
+    // the same inference (with the client's nonce alone they were equal: `conv(A, F) + R`
+    // with the same `A` and `R`).
+    let keys = SessionKeys {
+        client_server: Some([1; 32]),
+        client_helper: Some([2; 32]),
+        server_helper: Some([3; 32]),
+        ..SessionKeys::default()
+    };
+    let mut first = [None, None, None];
+    let (outs, a) = replayed_inference(&keys, &mut first, false, 0);
+    assert!(outs.iter().all(Result::is_ok), "{outs:?}");
+    let fresh_log = SessionKeys {
+        contributions: Default::default(),
+        ..keys.clone()
+    };
+    let (outs, b) = replayed_inference(&fresh_log, &mut first, true, 0);
+    assert!(outs[Role::Helper.index()].is_ok(), "{outs:?}");
+    assert!(!a.is_empty() && a.len() == b.len());
+    for (k, (x, y)) in a.iter().zip(&b).enumerate() {
+        assert_ne!(x, y, "message {k} from the helper to the client repeats");
+    }
 }

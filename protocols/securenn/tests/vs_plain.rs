@@ -158,7 +158,7 @@ fn linear_layers_are_within_one_truncation() {
         g.conv("conv", g.input(), spec, bn).unwrap();
         let (m, w) = finish(g);
         let r = check(&m, &w, -1, 0);
-        // closed forms: setup 8|W|, offline 8|Y| + nonce 32, online 8|X| + reveal 8|Y|
+        // closed forms: setup 8|W|, offline 8|Y| + contributions 6·16, online 8|X| + reveal 8|Y|
         let wn = w
             .tensors
             .values()
@@ -167,7 +167,7 @@ fn linear_layers_are_within_one_truncation() {
             .sum::<u64>();
         let y: u64 = m.output_shape().iter().map(|&v| u64::from(v)).product();
         assert_eq!(r.setup.comm.bytes, 8 * wn, "{name}");
-        assert_eq!(r.offline.comm.bytes, 8 * y + 32, "{name}");
+        assert_eq!(r.offline.comm.bytes, 8 * y + 96, "{name}");
         assert_eq!(r.online.comm.bytes, 8 * 4 * 81 + 8 * y, "{name}");
         assert_eq!(r.online.comm.rounds, 2, "{name}: E, then the reveal");
     }

@@ -112,6 +112,7 @@ pub fn run_three(
         client_helper: Some([12; 32]),
         server_helper: Some([13; 32]),
         private: [14; 32],
+        ..SessionKeys::default()
     };
     let ends = knapsec_net::memory_network();
     std::thread::scope(|s| {
@@ -132,6 +133,7 @@ pub fn run_three(
                         input: (role == Role::Client).then_some(input),
                         options,
                         keys,
+                        inference: 0,
                         transport: &mut t,
                     })
                 }))

@@ -33,9 +33,6 @@ mod tournament;
 pub use offline::{Preprocessing, Session};
 pub use plan::Plan;
 
-/// Bytes of the per-inference nonce.
-pub const NONCE_LEN: usize = 16;
-
 /// A graph shape `[C, H, W]` as tensor dimensions.
 fn dims(s: [u32; 3]) -> Vec<usize> {
     s.iter().map(|&v| v as usize).collect()

@@ -4,7 +4,7 @@
 //! of a session and of one inference.
 
 use super::tournament::Tournament;
-use super::{NONCE_LEN, dims};
+use super::dims;
 use crate::error::{Result, SecureNnError};
 use crate::linear::LinearSpec;
 use crate::options::{DreluMode, Options, Reveal};
@@ -303,8 +303,9 @@ impl Plan {
         } else {
             oh * ow
         };
-        // the nonce to server and helper (the backend's 1-byte "setup needed" flag excluded)
-        per_inference += 2 * NONCE_LEN as u64;
+        // each party's contribution to both others (the backend's 1-byte "setup needed" flag
+        // excluded)
+        per_inference += 6 * crate::backend::CONTRIBUTION_LEN as u64;
         (per_inference, setup)
     }
 }
