@@ -33,7 +33,10 @@ pub struct SessionKeys {
 /// session, so that a peer repeating one (e.g. a client replaying an earlier inference's
 /// randomness to get the same masks again) is refused. Clones share the log.
 #[derive(Clone, Debug, Default)]
-pub struct ContributionLog(Arc<Mutex<HashSet<(Role, Role, [u8; 16])>>>);
+pub struct ContributionLog(Arc<Mutex<HashSet<Contribution>>>);
+
+/// One received contribution: receiver, sender, value.
+type Contribution = (Role, Role, [u8; 16]);
 
 impl ContributionLog {
     /// Records `contribution` received by `me` from `peer`; false if it was already recorded

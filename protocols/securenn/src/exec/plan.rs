@@ -3,8 +3,8 @@
 //! ReLU (digest §6.11), ReLU6 and max pooling (§6.14), the argmax, and the closed-form bytes
 //! of a session and of one inference.
 
-use super::tournament::Tournament;
 use super::dims;
+use super::tournament::Tournament;
 use crate::error::{Result, SecureNnError};
 use crate::linear::LinearSpec;
 use crate::options::{DreluMode, Options, Reveal};
