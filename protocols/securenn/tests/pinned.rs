@@ -10,7 +10,7 @@ use knapsec_core::graph::{ModelWeights, OutputKind, SecureModel};
 use knapsec_core::graph_build::{ConvSpec, GraphBuilder, random_weights};
 use knapsec_core::transport::{Role, Transport, TransportError};
 use knapsec_net::{MemoryTransport, memory_network};
-use knapsec_securenn::ctx::Ctx;
+use knapsec_securenn::ctx::{Ctx, InferenceKeys};
 use knapsec_securenn::{DreluMode, Options, Reveal, Session, nets};
 
 /// A transport that hashes what its party sends.
@@ -36,6 +36,20 @@ impl Transport for Hashing {
     }
 }
 
+/// Per-inference keys as the protocol derived them from a fixed client nonce when these
+/// transcripts were pinned, so that the pin covers messages and PRG draws (the derivation
+/// from every party's contribution is tested in `tests/backend.rs`).
+fn pinned_inference_keys(session: &[Option<[u8; 32]>; 3]) -> InferenceKeys {
+    InferenceKeys(session.map(|k| {
+        k.map(|k| {
+            let mut h = blake3::Hasher::new_keyed(&k);
+            h.update(b"knapsec-securenn-inference-v1");
+            h.update(&[9; 16]);
+            *h.finalize().as_bytes()
+        })
+    }))
+}
+
 /// One inference with fixed session keys and nonce: the hash of the three parties'
 /// messages and of the client's output.
 fn transcript(model: &SecureModel, weights: &ModelWeights, options: Options) -> String {
@@ -44,6 +58,7 @@ fn transcript(model: &SecureModel, weights: &ModelWeights, options: Options) -> 
         client_helper: Some([22; 32]),
         server_helper: Some([33; 32]),
         private: [0; 32],
+        contributions: Default::default(),
     };
     let [c, h, w] = model.input_shape();
     let mut prg = knapsec_ring::Prg::new(&[5; 32], "pinned-input");
@@ -66,7 +81,7 @@ fn transcript(model: &SecureModel, weights: &ModelWeights, options: Options) -> 
                     let out = {
                         let mut ctx = Ctx::new(role, &mut t, keys);
                         session.setup(&mut ctx).unwrap();
-                        ctx.set_nonce(&[9; 16]);
+                        ctx.set_inference(&pinned_inference_keys(ctx.session_keys()));
                         let pre = session.offline(&mut ctx).unwrap();
                         let input = (role == Role::Client).then_some(&x[..]);
                         session.online(&mut ctx, &pre, input).unwrap()
