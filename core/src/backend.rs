@@ -4,6 +4,17 @@
 //! Backends are chosen by name in a config; their options travel as RON text, so that a
 //! backend's own option type stays inside its crate and the handshake can compare the
 //! canonical form byte for byte.
+//!
+//! A backend runs in three explicit phases (DESIGN §5): [`SecureBackend::open_session`]
+//! once per session (e.g. masking the weights), then per inference
+//! [`PartySession::offline`] (everything that does not depend on the input: correlated
+//! randomness, keys) and [`PartySession::online`] (the input arrives, the client learns the
+//! output). The phases have defaults, so a simple backend implements [`SecureBackend::run`]
+//! alone (it then does all its work in the online phase); the runtime
+//! (`knapsec-runtime`: party driver, simulate harness) drives every backend through the
+//! phases, and [`run_phases`] runs one inference through them. A backend states its closed-form
+//! costs ([`SecureBackend::expected_cost`]), which the conformance kit checks against the
+//! metered traffic.
 
 use crate::graph::{ModelWeights, SecureModel};
 use crate::transport::{Role, Transport, TransportError};
@@ -163,6 +174,169 @@ pub trait SecureBackend: Send + Sync {
     }
     /// Parses options (RON text) and returns their canonical form, for the handshake.
     fn canonical_options(&self, options: &str) -> Result<String, BackendError>;
-    /// Runs this party's side of one inference.
+    /// Runs this party's side of one whole inference (session, offline and online work).
+    /// The one method a simple backend implements; a phased backend implements it with
+    /// [`run_phases`].
     fn run(&self, job: PartyJob<'_>) -> Result<PartyOutput, BackendError>;
+
+    /// Once per session: this party's state for the session's inferences, after the work
+    /// done once per session (messages over `transport`, e.g. the server's masked weights
+    /// to the helper). The default does nothing here and runs each inference with
+    /// [`SecureBackend::run`] in the online phase.
+    fn open_session<'a>(
+        &'a self,
+        job: SessionJob<'a>,
+        transport: &mut dyn Transport,
+    ) -> Result<Box<dyn PartySession + 'a>, BackendError> {
+        let _ = transport;
+        Ok(Box::new(OnePhase { backend: self, job }))
+    }
+
+    /// The closed-form costs of one session and one inference of `model` under `options`,
+    /// if the backend states them. The conformance kit requires them of every private
+    /// backend and compares them with the metered traffic.
+    fn expected_cost(
+        &self,
+        model: &SecureModel,
+        options: &str,
+    ) -> Result<Option<ExpectedCost>, BackendError> {
+        let _ = (model, options);
+        Ok(None)
+    }
+}
+
+/// What a party brings to a session ([`SecureBackend::open_session`]).
+#[derive(Clone, Copy)]
+pub struct SessionJob<'a> {
+    /// The party's role.
+    pub role: Role,
+    /// The secure model's public part.
+    pub model: &'a SecureModel,
+    /// The server's weights; `None` for client and helper.
+    pub weights: Option<&'a ModelWeights>,
+    /// The backend's options as RON text (empty for the defaults).
+    pub options: &'a str,
+    /// The session's keys.
+    pub keys: &'a SessionKeys,
+}
+
+impl std::fmt::Debug for SessionJob<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SessionJob")
+            .field("role", &self.role)
+            .field("arch", &self.model.arch)
+            .field("options", &self.options)
+            .finish_non_exhaustive()
+    }
+}
+
+/// One party's state for the inferences of a session. The runtime calls, for inference
+/// `i = 0, 1, …`, `offline(i)` then `online(i)` at all three parties; the same `i` at all
+/// three.
+pub trait PartySession: Send {
+    /// Offline phase of inference `inference`: everything that does not depend on the input.
+    /// Defaults to nothing.
+    fn offline(
+        &mut self,
+        inference: u64,
+        transport: &mut dyn Transport,
+    ) -> Result<(), BackendError> {
+        let _ = (inference, transport);
+        Ok(())
+    }
+
+    /// Online phase of inference `inference`: `input` is the client's image (`None` at
+    /// server and helper); the client returns its output, the others
+    /// [`PartyOutput::Nothing`].
+    fn online(
+        &mut self,
+        inference: u64,
+        input: Option<&[f32]>,
+        transport: &mut dyn Transport,
+    ) -> Result<PartyOutput, BackendError>;
+
+    /// CPU seconds by op kind (e.g. `"linear"`, `"comparison"`) spent by this thread since
+    /// the last call, for the harness's reports; resets the counters. Defaults to none.
+    fn take_cpu_profile(&mut self) -> Vec<(&'static str, f64)> {
+        Vec::new()
+    }
+}
+
+/// The default session of a backend that implements [`SecureBackend::run`] only.
+struct OnePhase<'a, B: ?Sized> {
+    backend: &'a B,
+    job: SessionJob<'a>,
+}
+
+impl<B: SecureBackend + ?Sized> PartySession for OnePhase<'_, B> {
+    fn online(
+        &mut self,
+        inference: u64,
+        input: Option<&[f32]>,
+        transport: &mut dyn Transport,
+    ) -> Result<PartyOutput, BackendError> {
+        let j = self.job;
+        self.backend.run(PartyJob {
+            role: j.role,
+            model: j.model,
+            weights: j.weights,
+            input,
+            options: j.options,
+            keys: j.keys,
+            inference,
+            transport,
+        })
+    }
+}
+
+/// Runs one whole inference (`job.inference` of its session) through the phases of
+/// `backend`, opening the session for it: what a phased backend's [`SecureBackend::run`]
+/// does.
+pub fn run_phases<B: SecureBackend + ?Sized>(
+    backend: &B,
+    job: PartyJob<'_>,
+) -> Result<PartyOutput, BackendError> {
+    let PartyJob {
+        role,
+        model,
+        weights,
+        input,
+        options,
+        keys,
+        inference,
+        transport,
+    } = job;
+    let mut session = backend.open_session(
+        SessionJob {
+            role,
+            model,
+            weights,
+            options,
+            keys,
+        },
+        transport,
+    )?;
+    session.offline(inference, transport)?;
+    session.online(inference, input, transport)
+}
+
+/// A backend's closed-form costs for one model ([`SecureBackend::expected_cost`]): bytes
+/// are summed over all six directed links (what the metering decorator counts), rounds are
+/// causal rounds (`knapsec-net`'s metering).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExpectedCost {
+    /// Bytes of the work done once per session ([`SecureBackend::open_session`]).
+    pub setup_bytes: u64,
+    /// Bytes of one inference's offline phase, where the backend separates them from the
+    /// online bytes; `None` if it states only [`ExpectedCost::inference_bytes`].
+    pub offline_bytes: Option<u64>,
+    /// Bytes of one inference's online phase (as for `offline_bytes`).
+    pub online_bytes: Option<u64>,
+    /// Bytes of one inference, offline and online together.
+    pub inference_bytes: u64,
+    /// Causal rounds of one inference's online phase, where the backend states them.
+    pub online_rounds: Option<u64>,
+    /// Bytes of correlated randomness (e.g. function-secret-sharing keys) that the parties
+    /// hold per inference after the offline phase, summed over the parties; 0 for none.
+    pub key_bytes: u64,
 }

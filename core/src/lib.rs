@@ -31,7 +31,7 @@ pub mod spec_pickle;
 pub mod transport;
 
 pub use arch::{ArchAdapter, ArchOptions};
-pub use backend::SecureBackend;
+pub use backend::{ExpectedCost, PartySession, SecureBackend, SessionJob};
 pub use block::BlockSize;
 pub use error::{CoreError, Result};
 pub use knapsack::{KnapsackStrategy, McKpProblem, McKpSolution, Reduction};
