@@ -12,6 +12,10 @@
 //!
 //! The sample loader [`load_images`] is shared with `knapsec eval --model` and the pipeline.
 
+// `knapsec eval --model` and the pipeline, the users of the evaluation half of this module, exist
+// only in builds with the `torch` feature.
+#![cfg_attr(not(feature = "torch"), allow(dead_code))]
+
 use crate::context::Context;
 use anyhow::{Context as _, bail};
 use knapsec_core::drelu::{
