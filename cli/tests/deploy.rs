@@ -835,3 +835,129 @@ fn a_party_never_loads_the_plugin_path_folders() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// Checks a client's result file: `n` results, each close to the cleartext evaluation.
+fn check_results(d: &Deploy, out: &Path, n: usize) {
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out).unwrap()).unwrap();
+    let results = report["results"].as_array().unwrap();
+    assert_eq!(results.len(), n);
+    for r in results {
+        let file = PathBuf::from(r["input"].as_str().unwrap());
+        let want = cleartext(&d.model, &d.weights, &read_npy_f32(&file));
+        let got: Vec<f64> = r["output"]["Logits"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_f64().unwrap())
+            .collect();
+        assert_eq!(got.len(), want.len());
+        for (g, w) in got.iter().zip(&want) {
+            assert!((g - w).abs() < 0.02, "secure {got:?} vs cleartext {want:?}");
+        }
+    }
+}
+
+/// Strangers on the network against one port until `stop`: `idle` connections opened once
+/// and held without a word, and `noisy` ones that send random bytes (and reconnect, after
+/// 50 ms, when the party closes them).
+fn strangers(
+    port: u16,
+    idle: usize,
+    noisy: usize,
+    stop: &std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> Vec<std::thread::JoinHandle<()>> {
+    use std::io::Write;
+    use std::sync::atomic::Ordering;
+    let addr = format!("127.0.0.1:{port}");
+    let mut threads = Vec::new();
+    for k in 0..idle + noisy {
+        let (addr, stop) = (addr.clone(), std::sync::Arc::clone(stop));
+        threads.push(std::thread::spawn(move || {
+            let mut rng = Lcg(k as u64 + 1);
+            if k < idle {
+                let _held = std::net::TcpStream::connect(&addr).unwrap();
+                while !stop.load(Ordering::Relaxed) {
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                return;
+            }
+            while !stop.load(Ordering::Relaxed) {
+                if let Ok(mut s) = std::net::TcpStream::connect(&addr) {
+                    let _ = s.set_write_timeout(Some(Duration::from_millis(100)));
+                    while !stop.load(Ordering::Relaxed) {
+                        let junk: Vec<u8> = (0..512).map(|_| (rng.next() * 128.0) as u8).collect();
+                        if s.write_all(&junk).is_err() {
+                            break;
+                        }
+                        std::thread::sleep(Duration::from_millis(10));
+                    }
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }));
+    }
+    threads
+}
+
+#[test]
+fn strangers_on_the_network_cannot_stall_server_or_helper() {
+    let d = Deploy::new([2, 6, 6], 6);
+    let (sp, hp) = d.ports("deploy.ron");
+    // Three sessions; even with --exit-on-error the strangers must not make one fail.
+    let flags = ["--sessions", "3", "--exit-on-error"];
+    let mut server = d.spawn("server", "deploy.ron", &flags, "server");
+    let mut helper = d.spawn("helper", "deploy.ron", &flags, "helper");
+    let inputs = d.inputs(2, 5);
+    let run_client = |k: usize| {
+        let out = d.path(&format!("r{k}.json"));
+        let start = Instant::now();
+        let mut client = d.spawn(
+            "client",
+            "deploy.ron",
+            &[
+                "--input",
+                inputs.to_str().unwrap(),
+                "-o",
+                out.to_str().unwrap(),
+            ],
+            &format!("client{k}"),
+        );
+        let status = wait(&mut client, 60).expect("the client finishes");
+        let took = start.elapsed();
+        assert!(
+            status.success(),
+            "client {k}:\n{}\nserver:\n{}\nhelper:\n{}",
+            d.log(&format!("client{k}")),
+            d.log("server"),
+            d.log("helper")
+        );
+        check_results(&d, &out, 2);
+        took
+    };
+    // The first run also waits for server and helper to listen; the second is the reference.
+    run_client(0);
+    let unloaded = run_client(1);
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut load = strangers(sp, 20, 5, &stop);
+    load.extend(strangers(hp, 20, 5, &stop));
+    std::thread::sleep(Duration::from_millis(500));
+    let loaded = run_client(2);
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for t in load {
+        t.join().unwrap();
+    }
+    eprintln!(
+        "client unloaded {:.2} s, with 25 strangers on each port {:.2} s",
+        unloaded.as_secs_f64(),
+        loaded.as_secs_f64()
+    );
+    assert!(
+        loaded <= unloaded + Duration::from_secs(2),
+        "loaded {loaded:?} vs unloaded {unloaded:?}"
+    );
+    for (p, role) in [(&mut server, "server"), (&mut helper, "helper")] {
+        let st = wait(p, 20).unwrap_or_else(|| panic!("the {role} hangs"));
+        assert!(st.success(), "{role}: {}", d.log(role));
+    }
+}

@@ -16,7 +16,7 @@
 //!     weights: "model",          // folder with weights.safetensors (server; default: `model`)
 //!     backend: "securenn",
 //!     options: "()",             // the backend's options, RON text
-//!     timeouts: (connect_s: 30, handshake_s: 10, recv_s: 60, linger_s: 5),
+//!     timeouts: (connect_s: 30, handshake_s: 10, recv_s: 60, idle_s: 600, linger_s: 5),
 //!     max_frame_mib: 1024,
 //! )
 //! ```
@@ -61,6 +61,10 @@ pub struct Timeouts {
     /// after it.
     #[serde(default = "default_recv")]
     pub recv_s: u64,
+    /// Server and helper: longest wait for the client's next request (the next inference or
+    /// the end of the session) between two inferences; a client idle for longer is given up.
+    #[serde(default = "default_idle")]
+    pub idle_s: u64,
     /// How long a closing party waits for the others to close their side.
     #[serde(default = "default_linger")]
     pub linger_s: u64,
@@ -75,6 +79,9 @@ fn default_handshake() -> u64 {
 fn default_recv() -> u64 {
     60
 }
+fn default_idle() -> u64 {
+    600
+}
 fn default_linger() -> u64 {
     5
 }
@@ -88,6 +95,7 @@ impl Default for Timeouts {
             connect_s: default_connect(),
             handshake_s: default_handshake(),
             recv_s: default_recv(),
+            idle_s: default_idle(),
             linger_s: default_linger(),
         }
     }
@@ -289,6 +297,10 @@ impl Deployment {
     /// Longest wait for any one message during a session.
     pub fn recv_timeout(&self) -> Duration {
         Duration::from_secs(self.timeouts.recv_s)
+    }
+    /// Server and helper: longest wait for the client's next request between inferences.
+    pub fn idle_timeout(&self) -> Duration {
+        Duration::from_secs(self.timeouts.idle_s)
     }
     /// How long a closing party waits for the others to close their side.
     pub fn linger(&self) -> Duration {

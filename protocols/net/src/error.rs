@@ -161,3 +161,55 @@ pub enum NetError {
     #[error("{0}")]
     Invalid(String),
 }
+
+/// Longest peer-supplied text (in characters) that reaches a log, an error or a terminal.
+pub const PEER_TEXT_MAX: usize = 300;
+
+/// Text that a peer sent (an abort reason, a refusal, a hello field), made safe to print:
+/// decoded lossily, every control character (terminal escapes, newlines, bidirectional
+/// overrides) replaced by `�`, and cut to [`PEER_TEXT_MAX`] characters with `…` marking the cut.
+pub fn peer_text(bytes: &[u8]) -> String {
+    clean_text(&String::from_utf8_lossy(bytes))
+}
+
+/// [`peer_text`] for text already decoded.
+pub fn clean_text(text: &str) -> String {
+    let mut out = String::new();
+    for (i, c) in text.chars().enumerate() {
+        if i == PEER_TEXT_MAX {
+            out.push('…');
+            break;
+        }
+        let bidi = matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}' | '\u{200e}' | '\u{200f}');
+        out.push(if c.is_control() || bidi {
+            '\u{fffd}'
+        } else {
+            c
+        });
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn peer_text_is_bounded_and_has_no_control_characters() {
+        let evil = b"ok\x1b[2J\x1b]0;owned\x07\r\nfake log line\xff\xe2\x80\xae";
+        let t = peer_text(evil);
+        assert!(
+            !t.chars().any(|c| c.is_control() || c == '\u{202e}'),
+            "{t:?}"
+        );
+        assert!(t.starts_with("ok\u{fffd}[2J"), "{t:?}");
+        let long = vec![b'a'; 100_000];
+        let t = peer_text(&long);
+        assert_eq!(t.chars().count(), PEER_TEXT_MAX + 1);
+        assert!(t.ends_with('…'));
+        assert_eq!(
+            peer_text("the helper gives up: x".as_bytes()),
+            "the helper gives up: x"
+        );
+    }
+}

@@ -8,27 +8,205 @@
 //! helper serve sessions one after another, any number of inferences each.
 //!
 //! Connection directions: client → server, client → helper, server → helper, so the client
-//! needs no listening port. A connection that fails authentication never becomes a session:
-//! it is logged and refused, and the server or helper keeps listening. A session that fails
-//! (mismatch, a dead party, a timeout, a backend error) is aborted: the failing party tells
-//! the others why, everybody stops with an error naming the party and the layer, and the
-//! server and helper exit non-zero (unless told to keep serving).
+//! needs no listening port.
+//!
+//! **Listening.** Server and helper accept connections on a task of their own that never
+//! waits on a peer: every incoming connection is authenticated on its own task, which has
+//! [`PRE_AUTH`] for the preamble and first Noise message and the handshake deadline for the
+//! hello; at most [`MAX_PENDING_PER_ADDRESS`] unauthenticated connections are held per source
+//! address and [`MAX_PENDING`] in all (a new one evicts the oldest if that one has had
+//! [`EVICT_AFTER`], else it is closed), and a replayed first
+//! handshake message is dropped at once ([`ReplayGuard`]). Only connections whose hello has
+//! arrived (so whose peer holds a configured key) reach the session loop, through a queue of
+//! [`QUEUE`]. A stranger, an idle socket or a sender of garbage therefore costs a task and a
+//! second, never the listener, and never a session.
+//!
+//! A session that fails (mismatch, a dead party, a timeout, a backend error) is aborted: the
+//! failing party tells the others why, everybody stops with an error naming the party and
+//! the layer; server and helper log it and serve the next session (or exit non-zero with
+//! [`ServeOptions::keep_going`] off). Between two inferences the client may stay idle for the
+//! deployment's `idle_s`, not `recv_s`. Text a peer sends (abort reasons) is cleaned with
+//! [`crate::error::peer_text`] before it is logged or shown.
 
 use crate::deploy::Deployment;
-use crate::error::{NetError, Result};
+use crate::error::{NetError, Result, peer_text};
 use crate::frame::FrameKind;
 use crate::handshake::{self, Control, Hello};
+use crate::keys::KeyPair;
 use crate::metered::{CommReport, Metered};
-use crate::secure_channel::SecureChannel;
+use crate::secure_channel::{PeerKeys, ReplayGuard, SecureChannel};
 use crate::tcp::TcpTransport;
 use knapsec_core::Role;
 use knapsec_core::backend::{PartyJob, PartyOutput, SecureBackend, SessionKeys};
 use knapsec_core::graph::{ModelWeights, SecureModel};
 use knapsec_core::transport::Transport;
+use std::collections::VecDeque;
 use std::future::Future;
-use std::sync::Arc;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+use tokio::task::AbortHandle;
+
+/// How long an unauthenticated connection has for its preamble and first handshake message.
+pub const PRE_AUTH: Duration = Duration::from_secs(1);
+/// Unauthenticated connections held at a time from one source address; one more evicts the
+/// oldest of them (see [`EVICT_AFTER`]).
+pub const MAX_PENDING_PER_ADDRESS: usize = 32;
+/// Unauthenticated connections held at a time in all; one more evicts the oldest.
+pub const MAX_PENDING: usize = 256;
+/// How long an unauthenticated connection is safe from eviction by newer ones.
+pub const EVICT_AFTER: Duration = Duration::from_millis(250);
+/// Authenticated connections waiting for the session loop; more are closed at once.
+pub const QUEUE: usize = 4;
+
+/// A connection whose peer authenticated and sent its hello, waiting for the session loop.
+struct Arrival {
+    channel: SecureChannel,
+    hello: Hello,
+    from: SocketAddr,
+    at: Instant,
+}
+
+/// An unauthenticated connection in progress: id, source address, its task, its start.
+type Pending = (u64, IpAddr, AbortHandle, Instant);
+
+/// What the listener's tasks need of the party.
+struct Gate {
+    me: Role,
+    keypair: KeyPair,
+    peers: PeerKeys,
+    allowed: Vec<Role>,
+    max_frame: usize,
+    hello_wait: Duration,
+    replay: ReplayGuard,
+    /// Unauthenticated connections in progress, oldest first: id, source, task, start.
+    pending: Mutex<VecDeque<Pending>>,
+}
+
+impl Gate {
+    fn pending(&self) -> std::sync::MutexGuard<'_, VecDeque<Pending>> {
+        // A poisoned lock means a panic while editing the list; the list itself is intact.
+        self.pending
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Makes room for one more unauthenticated connection from `ip`: beyond a cap (of the
+    /// address, or of all) the oldest connection of that address (or of all) is evicted if it
+    /// has been waiting for at least [`EVICT_AFTER`]; otherwise the newcomer is refused (false),
+    /// so that a churning stranger cannot evict an honest handshake that is still under way.
+    fn make_room(&self, ip: IpAddr) -> bool {
+        let mut p = self.pending();
+        let now = Instant::now();
+        if p.iter().filter(|e| e.1 == ip).count() >= MAX_PENDING_PER_ADDRESS {
+            match p.iter().position(|e| e.1 == ip) {
+                Some(i) if now.duration_since(p[i].3) >= EVICT_AFTER => {
+                    if let Some(old) = p.remove(i) {
+                        old.2.abort();
+                    }
+                }
+                _ => return false,
+            }
+        }
+        if p.len() >= MAX_PENDING {
+            match p.front() {
+                Some(e) if now.duration_since(e.3) >= EVICT_AFTER => {
+                    if let Some(old) = p.pop_front() {
+                        old.2.abort();
+                    }
+                }
+                _ => return false,
+            }
+        }
+        true
+    }
+
+    /// Authenticates one accepted connection and reads its hello.
+    async fn admit(&self, stream: TcpStream) -> Result<(SecureChannel, Hello)> {
+        let guess = self.allowed[0];
+        let mut channel = tokio::time::timeout(
+            PRE_AUTH,
+            SecureChannel::respond_guarded(
+                self.me,
+                stream,
+                &self.keypair,
+                &self.peers,
+                &self.allowed,
+                self.max_frame,
+                &self.replay,
+            ),
+        )
+        .await
+        .map_err(|_| NetError::Handshake {
+            peer: guess,
+            message: format!(
+                "no knapsec handshake within {} s (dropped)",
+                PRE_AUTH.as_secs_f64()
+            ),
+        })??;
+        let peer = channel.peer();
+        let hello = tokio::time::timeout(self.hello_wait, recv_hello(&mut channel))
+            .await
+            .map_err(|_| timeout_err(peer, "the hello", self.hello_wait))??;
+        Ok((channel, hello))
+    }
+}
+
+/// Accepts connections on `listener` until `queue` closes: each on its own task
+/// ([`Gate::admit`]), the authenticated ones handed to the session loop.
+async fn listen(listener: TcpListener, gate: Arc<Gate>, queue: mpsc::Sender<Arrival>) {
+    let mut next_id = 0u64;
+    loop {
+        let (stream, from) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    // Out of file descriptors and the like: the listener itself is fine.
+                    tracing::warn!("cannot accept a connection: {e}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = queue.closed() => return,
+        };
+        if !gate.make_room(from.ip()) {
+            tracing::debug!(%from, "closed a connection: too many unauthenticated ones");
+            drop(stream);
+            continue;
+        }
+        let id = next_id;
+        next_id += 1;
+        let (g, q) = (Arc::clone(&gate), queue.clone());
+        // Holding the list's lock while spawning keeps the task from finishing (and removing
+        // its entry) before the entry exists.
+        let mut pending = gate.pending();
+        let task = tokio::spawn(async move {
+            let outcome = g.admit(stream).await;
+            g.pending().retain(|e| e.0 != id);
+            match outcome {
+                Ok((channel, hello)) => {
+                    let peer = channel.peer();
+                    let arrival = Arrival {
+                        channel,
+                        hello,
+                        from,
+                        at: Instant::now(),
+                    };
+                    if q.try_send(arrival).is_err() {
+                        tracing::warn!(%from, "closed a connection of the {peer}: {QUEUE} are already waiting");
+                    }
+                }
+                Err(e @ NetError::Handshake { .. }) => {
+                    tracing::warn!(%from, "refused a connection: {e}")
+                }
+                Err(e) => tracing::info!(%from, "dropped a connection: {e}"),
+            }
+        });
+        pending.push_back((id, from.ip(), task.abort_handle(), Instant::now()));
+    }
+}
 
 /// The session key this party shares with each peer.
 type PairKeys = Vec<(Role, [u8; 32])>;
@@ -137,7 +315,7 @@ async fn recv_hello(ch: &mut SecureChannel) -> Result<Hello> {
         FrameKind::Data => Hello::from_bytes(&f.payload, peer),
         FrameKind::Abort => Err(NetError::Aborted {
             peer,
-            reason: String::from_utf8_lossy(&f.payload).into_owned(),
+            reason: peer_text(&f.payload),
         }),
         FrameKind::Goodbye => Err(NetError::Protocol {
             peer,
@@ -161,7 +339,7 @@ async fn wait_ready(ch: &mut SecureChannel, wait: Duration) -> Result<()> {
         FrameKind::Data if Control::from_bytes(&f.payload, peer)? == Control::Ready => Ok(()),
         FrameKind::Abort => Err(NetError::Aborted {
             peer,
-            reason: String::from_utf8_lossy(&f.payload).into_owned(),
+            reason: peer_text(&f.payload),
         }),
         _ => Err(NetError::Protocol {
             peer,
@@ -278,49 +456,32 @@ impl Party {
         .await
     }
 
-    /// Responder side: authenticate an accepted stream, read the hello, answer with ours
-    /// (for `session`, or the initiator's session if `None`), check.
-    async fn respond(
-        &self,
-        stream: TcpStream,
-        allowed: &[Role],
-        session: Option<[u8; 16]>,
-    ) -> Result<Established> {
+    /// Responder side, for a connection the listener authenticated: answer its hello with
+    /// ours (for `session`, or the initiator's session if `None`), check.
+    async fn answer(&self, arrival: Arrival, session: Option<[u8; 16]>) -> Result<Established> {
         let me = self.dep.role;
-        let guess = allowed[0];
-        within(
-            self.dep.handshake_timeout(),
-            guess,
-            "the handshake",
-            async {
-                let mut channel = SecureChannel::respond(
-                    me,
-                    stream,
-                    &self.dep.keypair,
-                    &self.dep.peers,
-                    allowed,
-                    self.dep.max_frame,
-                )
+        let Arrival {
+            mut channel,
+            hello: theirs,
+            ..
+        } = arrival;
+        let peer = channel.peer();
+        within(self.dep.handshake_timeout(), peer, "the handshake", async {
+            let mine = self.hello(session.unwrap_or(theirs.session))?;
+            channel
+                .send_frame(FrameKind::Data, &mine.to_bytes())
                 .await?;
-                let peer = channel.peer();
-                let theirs = recv_hello(&mut channel).await?;
-                let mine = self.hello(session.unwrap_or(theirs.session))?;
-                channel
-                    .send_frame(FrameKind::Data, &mine.to_bytes())
-                    .await?;
-                if let Err(e) = mine.check(&theirs, peer) {
-                    abort_channel(&mut channel, &e.to_string()).await;
-                    return Err(e);
-                }
-                let pair_key =
-                    handshake::pair_key(peer, me, channel.handshake_hash(), &theirs, &mine);
-                Ok(Established {
-                    channel,
-                    peer_hello: theirs,
-                    pair_key,
-                })
-            },
-        )
+            if let Err(e) = mine.check(&theirs, peer) {
+                abort_channel(&mut channel, &e.to_string()).await;
+                return Err(e);
+            }
+            let pair_key = handshake::pair_key(peer, me, channel.handshake_hash(), &theirs, &mine);
+            Ok(Established {
+                channel,
+                peer_hello: theirs,
+                pair_key,
+            })
+        })
         .await
     }
 
@@ -478,47 +639,89 @@ impl Party {
                 source,
             })?;
         tracing::info!(role = %me, %address, model = %self.model_hash, "listening");
+        let gate = Arc::new(Gate {
+            me,
+            keypair: self.dep.keypair.clone(),
+            peers: self.dep.peers.clone(),
+            allowed: match me {
+                Role::Server => vec![Role::Client],
+                _ => vec![Role::Client, Role::Server],
+            },
+            max_frame: self.dep.max_frame,
+            hello_wait: self.dep.handshake_timeout(),
+            replay: ReplayGuard::new(),
+            pending: Mutex::new(VecDeque::new()),
+        });
+        let (tx, mut rx) = mpsc::channel(QUEUE);
+        let acceptor = self.rt.spawn(listen(listener, gate, tx));
         let mut done = 0u64;
+        let mut outcome = Ok(());
         while opts.sessions.is_none_or(|n| done < n) {
-            let outcome = self.session(&listener);
+            let result = self.session(&mut rx);
             done += 1;
-            match outcome {
+            match result {
                 Ok(n) => tracing::info!(role = %me, inferences = n, "session finished"),
                 Err(e) if opts.keep_going => tracing::error!(role = %me, "session failed: {e}"),
-                Err(e) => return Err(e),
+                Err(e) => {
+                    outcome = Err(e);
+                    break;
+                }
             }
         }
-        Ok(done)
+        acceptor.abort();
+        outcome.map(|()| done)
     }
 
     /// After the first connection of a session failed its handshake with `e` (a mismatch, an
     /// abort): the other party's connection may already be waiting. Answer it (its own
     /// mismatch is reported to it by the handshake) or tell it why this party stops, so that
     /// it learns the reason instead of seeing this party vanish. Waits at most two seconds.
-    async fn tell_a_waiting_peer(&self, listener: &TcpListener, peers: &[Role], e: &NetError) {
+    async fn tell_a_waiting_peer(
+        &self,
+        queue: &mut mpsc::Receiver<Arrival>,
+        peers: &[Role],
+        e: &NetError,
+    ) {
         let grace = Duration::from_secs(2).min(self.dep.handshake_timeout());
         let me = self.dep.role;
         if let Ok(Ok(mut other)) =
-            tokio::time::timeout(grace, self.accept_authenticated(listener, peers, None)).await
+            tokio::time::timeout(grace, self.accept_authenticated(queue, peers, None)).await
         {
             abort_channel(&mut other.channel, &format!("the {me} gives up: {e}")).await;
         }
     }
 
-    /// Accepts until a connection from one of `allowed` authenticates; refused connections
-    /// (wrong key, not a knapsec party) are logged and do not end the wait.
+    /// Takes authenticated connections from the listener until one from `allowed` answers
+    /// its hello. Connections that waited longer than the handshake deadline (their peer has
+    /// given up) are closed; one from a party this session does not need now (another
+    /// client) is told that this party is busy.
     async fn accept_authenticated(
         &self,
-        listener: &TcpListener,
+        queue: &mut mpsc::Receiver<Arrival>,
         allowed: &[Role],
         session: Option<[u8; 16]>,
     ) -> Result<Established> {
         loop {
-            let (stream, from) = listener.accept().await.map_err(|source| NetError::Listen {
-                address: format!("{:?}", listener.local_addr()),
-                source,
-            })?;
-            match self.respond(stream, allowed, session).await {
+            let mut arrival = queue
+                .recv()
+                .await
+                .ok_or_else(|| NetError::Invalid("the listener stopped".into()))?;
+            let (peer, from) = (arrival.channel.peer(), arrival.from);
+            if arrival.at.elapsed() > self.dep.handshake_timeout() {
+                tracing::info!(%from, "closed a stale connection of the {peer}");
+                continue;
+            }
+            if !allowed.contains(&peer) {
+                let me = self.dep.role;
+                abort_channel(
+                    &mut arrival.channel,
+                    &format!("the {me} is busy with another session"),
+                )
+                .await;
+                tracing::warn!(%from, "turned away the {peer}: busy with another session");
+                continue;
+            }
+            match self.answer(arrival, session).await {
                 Ok(est) => return Ok(est),
                 Err(
                     e @ (NetError::Mismatch { .. }
@@ -532,7 +735,7 @@ impl Party {
         }
     }
 
-    fn session(&self, listener: &TcpListener) -> Result<u64> {
+    fn session(&self, queue: &mut mpsc::Receiver<Arrival>) -> Result<u64> {
         let me = self.dep.role;
         let links = self.rt.block_on(async {
             // The first connection of the session, and the role still missing.
@@ -540,12 +743,12 @@ impl Party {
                 Role::Server => &[Role::Client],
                 _ => &[Role::Client, Role::Server],
             };
-            let mut first = match self.accept_authenticated(listener, peers, None).await {
+            let mut first = match self.accept_authenticated(queue, peers, None).await {
                 Ok(first) => first,
                 Err(e) => {
                     // The helper's other peer connects to it as well, and may be waiting.
                     if me == Role::Helper {
-                        self.tell_a_waiting_peer(listener, peers, &e).await;
+                        self.tell_a_waiting_peer(queue, peers, &e).await;
                     }
                     return Err(e);
                 }
@@ -562,7 +765,7 @@ impl Party {
                 if me == Role::Server {
                     self.initiate(Role::Helper, session).await
                 } else {
-                    let accept = self.accept_authenticated(listener, &allowed, Some(session));
+                    let accept = self.accept_authenticated(queue, &allowed, Some(session));
                     tokio::time::timeout(wait, accept)
                         .await
                         .map_err(|_| timeout_err(other, "the start of the session", wait))?
@@ -577,7 +780,7 @@ impl Party {
                 f = first.channel.recv_frame() => Err(match f {
                     Ok(f) if f.kind == FrameKind::Abort => NetError::Aborted {
                         peer: first_peer,
-                        reason: String::from_utf8_lossy(&f.payload).into_owned(),
+                        reason: peer_text(&f.payload),
                     },
                     Ok(_) => NetError::Protocol { peer: first_peer, message: "it spoke before the session was ready".into() },
                     Err(e) => e,
@@ -603,7 +806,8 @@ impl Party {
         let mut expected = 0u64;
         let result = (|| {
             loop {
-                let msg = transport.recv(Role::Client)?;
+                // The client may think between inferences: its own timeout, not `recv_s`.
+                let msg = transport.recv_within(Role::Client, self.dep.idle_timeout())?;
                 match Control::from_bytes(&msg, Role::Client)? {
                     Control::Done => return Ok(expected),
                     Control::Infer { index } if index == expected => {

@@ -7,18 +7,28 @@
 //! ([`NOISE_PARAMS`](crate::keys::NOISE_PARAMS), `KK`: both static keys come from the
 //! deployment config) authenticates both sides, with the preamble as prologue; a party with
 //! the wrong key fails it at connection time. A responder that refuses a connection sends an
-//! empty record followed by its reason (unauthenticated, for the error message only).
+//! empty record followed by a short public reason (unauthenticated, for the error message
+//! only): `authentication failed`, `unsupported wire version N` (the initiator's own version
+//! echoed) or `connection refused`. It never names its role, its own version or the key it
+//! expected; the full reason goes to its own log. The reason the initiator receives is peer
+//! text, cleaned with [`crate::error::peer_text`] before it is shown.
+//!
+//! A responder remembers the first handshake messages it accepted recently
+//! ([`ReplayGuard`]): one recorded and sent again authenticates (Noise `KK` cannot tell) but its
+//! sender cannot finish the handshake, so it is dropped at once instead of holding the
+//! connection until a deadline.
 //!
 //! After the handshake the channel carries records `len: u16 BE | ciphertext` (at most 65 535
 //! bytes, the Noise limit) whose plaintexts concatenate into the frame stream of
 //! [`crate::frame`]. Nonces are implicit counters per direction, so a dropped, replayed or
 //! reordered record fails authentication.
 
-use crate::error::{NetError, Result};
+use crate::error::{NetError, Result, peer_text};
 use crate::frame::{self, Frame, FrameDecoder, FrameKind};
 use crate::keys::{KeyPair, NOISE_PARAMS, PublicKey};
 use knapsec_core::Role;
-use std::sync::Arc;
+use std::collections::{HashSet, VecDeque};
+use std::sync::{Arc, Mutex};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
@@ -96,6 +106,53 @@ async fn read_record<R: AsyncRead + Unpin>(r: &mut R, buf: &mut Vec<u8>) -> std:
     Ok(())
 }
 
+/// First handshake messages a responder remembers, to drop replays ([`ReplayGuard`]).
+pub const REPLAY_MEMORY: usize = 16_384;
+
+/// The first handshake messages a responder accepted recently (their BLAKE3 hashes, at most
+/// [`REPLAY_MEMORY`], oldest forgotten first: 1 MiB at most). Every honest first message
+/// carries a fresh ephemeral key, so a repeat is a replay.
+#[derive(Debug, Default)]
+pub struct ReplayGuard {
+    seen: Mutex<Remembered>,
+}
+
+/// Hashes remembered by a [`ReplayGuard`], as a set and in arrival order.
+type Remembered = (HashSet<[u8; 32]>, VecDeque<[u8; 32]>);
+
+impl ReplayGuard {
+    /// An empty guard.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Records `message`; false if it was seen before.
+    fn fresh(&self, message: &[u8]) -> bool {
+        let h = *blake3::hash(message).as_bytes();
+        // A poisoned lock only means a panic elsewhere while inserting: the sets are valid.
+        let mut g = self
+            .seen
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let (set, order) = &mut *g;
+        if !set.insert(h) {
+            return false;
+        }
+        order.push_back(h);
+        if order.len() > REPLAY_MEMORY
+            && let Some(old) = order.pop_front()
+        {
+            set.remove(&old);
+        }
+        true
+    }
+}
+
+/// Public refusal reason: the initiator's key (or ours at its end) does not authenticate.
+const REFUSED_AUTH: &str = "authentication failed";
+/// Public refusal reason for everything else the initiator can fix from its own config.
+const REFUSED: &str = "connection refused (the responder's log says why)";
+
 /// Sends a refusal notice (empty record, then the reason) and gives up the connection.
 async fn refuse(stream: &mut TcpStream, reason: &str) {
     let mut text = reason.as_bytes().to_vec();
@@ -166,7 +223,11 @@ impl SecureChannel {
                 .map_err(|e| closed_during_handshake(peer, e))?;
             return Err(NetError::Refused {
                 peer,
-                reason: String::from_utf8_lossy(&reason).into_owned(),
+                reason: format!(
+                    "{} (check the addresses, roles and public keys of the deployment config; \
+                     the {peer}'s log names the cause)",
+                    peer_text(&reason)
+                ),
             });
         }
         let mut payload = vec![0u8; MAX_RECORD];
@@ -189,11 +250,38 @@ impl SecureChannel {
     /// role or key; I/O errors.
     pub async fn respond(
         me: Role,
+        stream: TcpStream,
+        local: &KeyPair,
+        keys: &PeerKeys,
+        allowed: &[Role],
+        max_frame: usize,
+    ) -> Result<Self> {
+        Self::respond_guarded(
+            me,
+            stream,
+            local,
+            keys,
+            allowed,
+            max_frame,
+            &ReplayGuard::new(),
+        )
+        .await
+    }
+
+    /// [`SecureChannel::respond`], dropping a first handshake message that `replay` has seen
+    /// before (a listener passes the same guard for all its connections).
+    ///
+    /// # Errors
+    /// As [`SecureChannel::respond`]; [`NetError::Handshake`] (without a refusal sent) for a
+    /// replayed first message.
+    pub async fn respond_guarded(
+        me: Role,
         mut stream: TcpStream,
         local: &KeyPair,
         keys: &PeerKeys,
         allowed: &[Role],
         max_frame: usize,
+        replay: &ReplayGuard,
     ) -> Result<Self> {
         let mut pre = [0u8; PREAMBLE_LEN];
         // Until the preamble names it, report the peer as the first allowed role.
@@ -218,25 +306,34 @@ impl SecureChannel {
                 message: "the preamble names an unknown role".into(),
             });
         };
+        // (local reason for the log, public reason for the peer)
         let reason = if version != WIRE_VERSION {
-            Some(format!(
-                "the {initiator} speaks wire version {version}, the {me} speaks {WIRE_VERSION}"
+            Some((
+                format!(
+                    "the {initiator} speaks wire version {version}, the {me} speaks {WIRE_VERSION}"
+                ),
+                format!("unsupported wire version {version}"),
             ))
         } else if responder != me {
-            Some(format!(
-                "the {initiator} wants the {responder}, but this address serves the {me}"
+            Some((
+                format!("the {initiator} wants the {responder}, but this address serves the {me}"),
+                REFUSED.to_string(),
             ))
         } else if !allowed.contains(&initiator) {
-            Some(format!(
-                "the {me} does not accept connections from the {initiator} here"
+            Some((
+                format!("the {me} does not accept connections from the {initiator} here"),
+                REFUSED.to_string(),
             ))
         } else if keys.get(initiator).is_none() {
-            Some(format!("the {me} has no public key for the {initiator}"))
+            Some((
+                format!("the {me} has no public key for the {initiator}"),
+                REFUSED.to_string(),
+            ))
         } else {
             None
         };
-        if let Some(reason) = reason {
-            refuse(&mut stream, &reason).await;
+        if let Some((reason, public)) = reason {
+            refuse(&mut stream, &public).await;
             return Err(NetError::Handshake {
                 peer: initiator,
                 message: reason,
@@ -257,10 +354,17 @@ impl SecureChannel {
                  or the {initiator} does not hold this {me}'s public key",
                 remote.fingerprint()
             );
-            refuse(&mut stream, &reason).await;
+            refuse(&mut stream, REFUSED_AUTH).await;
             return Err(NetError::Handshake {
                 peer: initiator,
                 message: reason,
+            });
+        }
+        if !replay.fresh(&rec) {
+            // No answer: whoever replays it learns nothing, not even that it was noticed.
+            return Err(NetError::Handshake {
+                peer: initiator,
+                message: "a replayed first handshake message (dropped)".into(),
             });
         }
         let mut msg = vec![0u8; MAX_RECORD];

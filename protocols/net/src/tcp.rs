@@ -318,7 +318,7 @@ async fn read_loop(
                     let _ = own.send(Inbound::Goodbye(peer));
                 }
                 FrameKind::Abort | FrameKind::Data => {
-                    let reason = String::from_utf8_lossy(&f.payload).into_owned();
+                    let reason = crate::error::peer_text(&f.payload);
                     let _ = own.send(Inbound::Aborted(peer, reason.clone()));
                     let _ = other.send(Inbound::Aborted(peer, reason));
                     return;
@@ -345,6 +345,70 @@ async fn read_loop(
                 let _ = own.send(Inbound::Failed(peer, why.clone()));
                 let _ = other.send(Inbound::Failed(peer, why));
                 return;
+            }
+        }
+    }
+}
+
+impl TcpTransport {
+    /// Receives the next message from `from`, waiting at most `wait` however lively the peer
+    /// is: for a party that may legitimately stay idle (a client between two inferences),
+    /// whose keep-alives must not extend the wait without end.
+    ///
+    /// # Errors
+    /// As [`Transport::recv`]; [`TransportError::Timeout`] after `wait`.
+    pub fn recv_within(
+        &mut self,
+        from: Role,
+        wait: Duration,
+    ) -> std::result::Result<Vec<u8>, TransportError> {
+        if let Some((culprit, what)) = self.fault.clone() {
+            return Err(self.fault_error(culprit, &what, Some(from)));
+        }
+        let got = self.link(from)?.rx.recv_timeout(wait);
+        match got {
+            Err(mpsc::RecvTimeoutError::Timeout) => Err(TransportError::Timeout {
+                peer: from,
+                context: format!(" (idle for {} s){}", wait.as_secs_f64(), self.context()),
+            }),
+            other => self.received(from, other),
+        }
+    }
+
+    /// Turns what the queue of `from` gave into a message or the error it means.
+    fn received(
+        &mut self,
+        from: Role,
+        got: std::result::Result<Inbound, mpsc::RecvTimeoutError>,
+    ) -> std::result::Result<Vec<u8>, TransportError> {
+        match got {
+            Ok(Inbound::Data(v)) => {
+                self.bytes_received[from.index()] += v.len() as u64;
+                Ok(v)
+            }
+            Ok(Inbound::Goodbye(p)) => {
+                let what = "it closed the session";
+                self.fault = Some((p, what.into()));
+                Err(self.fault_error(p, what, Some(from)))
+            }
+            Ok(Inbound::Aborted(p, reason)) => {
+                self.fault = Some((p, format!("it aborted: {reason}")));
+                Err(TransportError::Io {
+                    peer: p,
+                    message: format!("aborted the session{}: {reason}", self.context()),
+                })
+            }
+            Ok(Inbound::Failed(p, what)) => {
+                self.fault = Some((p, what.clone()));
+                Err(self.fault_error(p, &what, Some(from)))
+            }
+            Err(mpsc::RecvTimeoutError::Timeout) => Err(TransportError::Timeout {
+                peer: from,
+                context: self.context(),
+            }),
+            Err(mpsc::RecvTimeoutError::Disconnected) => {
+                let what = "its connection is gone";
+                Err(self.fault_error(from, what, Some(from)))
             }
         }
     }
@@ -400,26 +464,6 @@ impl Transport for TcpTransport {
             }
         };
         match got {
-            Ok(Inbound::Data(v)) => {
-                self.bytes_received[from.index()] += v.len() as u64;
-                Ok(v)
-            }
-            Ok(Inbound::Goodbye(p)) => {
-                let what = "it closed the session";
-                self.fault = Some((p, what.into()));
-                Err(self.fault_error(p, what, Some(from)))
-            }
-            Ok(Inbound::Aborted(p, reason)) => {
-                self.fault = Some((p, format!("it aborted: {reason}")));
-                Err(TransportError::Io {
-                    peer: p,
-                    message: format!("aborted the session{}: {reason}", self.context()),
-                })
-            }
-            Ok(Inbound::Failed(p, what)) => {
-                self.fault = Some((p, what.clone()));
-                Err(self.fault_error(p, &what, Some(from)))
-            }
             Err(mpsc::RecvTimeoutError::Timeout) => Err(TransportError::Timeout {
                 peer: from,
                 context: if link.heard.at() + timeout > Instant::now() {
@@ -436,10 +480,7 @@ impl Transport for TcpTransport {
                     )
                 },
             }),
-            Err(mpsc::RecvTimeoutError::Disconnected) => {
-                let what = "its connection is gone";
-                Err(self.fault_error(from, what, Some(from)))
-            }
+            other => self.received(from, other),
         }
     }
 

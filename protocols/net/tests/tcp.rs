@@ -6,9 +6,10 @@ use knapsec_core::Role;
 use knapsec_core::transport::{Transport, TransportError};
 use knapsec_net::NetError;
 use knapsec_net::keys::KeyPair;
-use knapsec_net::secure_channel::{PeerKeys, SecureChannel};
+use knapsec_net::secure_channel::{PeerKeys, ReplayGuard, SecureChannel, WIRE_VERSION};
 use knapsec_net::tcp::TcpTransport;
 use std::time::{Duration, Instant};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 struct Mesh {
@@ -279,4 +280,189 @@ fn silent_party_times_out_and_oversized_frames_are_rejected() {
     c.send(Role::Helper, vec![0; 2000]).unwrap();
     let e = h.recv(Role::Client).unwrap_err().to_string();
     assert!(e.contains("2000 bytes exceeds the maximum of 1000"), "{e}");
+}
+
+/// Reads one record (`len: u16 BE | bytes`) of the connection format.
+async fn read_record(s: &mut TcpStream) -> std::io::Result<Vec<u8>> {
+    let mut len = [0u8; 2];
+    s.read_exact(&mut len).await?;
+    let mut buf = vec![0u8; u16::from_be_bytes(len) as usize];
+    s.read_exact(&mut buf).await?;
+    Ok(buf)
+}
+
+/// What an initiator sent before its answer came: preamble and first handshake record.
+async fn capture_first_message(mesh: &Mesh) -> Vec<u8> {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let client = mesh.keys[0].clone();
+    let server = mesh.keys[1].public;
+    let init = tokio::spawn(async move {
+        let s = TcpStream::connect(addr).await.unwrap();
+        // Never answered: the test drops the connection.
+        let _ = SecureChannel::initiate(Role::Client, Role::Server, s, &client, &server, BIG).await;
+    });
+    let (mut s, _) = listener.accept().await.unwrap();
+    let mut out = vec![0u8; 12];
+    s.read_exact(&mut out).await.unwrap();
+    let rec = read_record(&mut s).await.unwrap();
+    out.extend_from_slice(&(rec.len() as u16).to_be_bytes());
+    out.extend_from_slice(&rec);
+    drop(s);
+    let _ = init.await;
+    out
+}
+
+#[test]
+fn a_replayed_first_handshake_message_is_dropped_without_an_answer() {
+    let mesh = Mesh::new();
+    mesh.rt.block_on(async {
+        let recorded = capture_first_message(&mesh).await;
+        let guard = ReplayGuard::new();
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        for attempt in 0..2 {
+            let mut s = TcpStream::connect(addr).await.unwrap();
+            s.write_all(&recorded).await.unwrap();
+            let (stream, _) = listener.accept().await.unwrap();
+            let start = Instant::now();
+            let r = SecureChannel::respond_guarded(
+                Role::Server,
+                stream,
+                &mesh.keys[1],
+                &mesh.peers,
+                &[Role::Client],
+                BIG,
+                &guard,
+            )
+            .await;
+            if attempt == 0 {
+                // The first time it authenticates (KK cannot tell a recording) and is answered.
+                assert!(r.is_ok(), "{:?}", r.err());
+                assert!(!read_record(&mut s).await.unwrap().is_empty());
+            } else {
+                // The replay is dropped at once, without a word.
+                let e = r.unwrap_err().to_string();
+                assert!(e.contains("replayed"), "{e}");
+                assert!(start.elapsed() < Duration::from_secs(1));
+                let mut rest = Vec::new();
+                s.read_to_end(&mut rest).await.unwrap();
+                assert!(rest.is_empty(), "the replayer got {} bytes", rest.len());
+            }
+        }
+    });
+}
+
+#[test]
+fn a_refusal_before_authentication_names_no_role_version_or_key() {
+    let mesh = Mesh::new();
+    let refusal = |preamble: Vec<u8>, then: Vec<u8>| {
+        let mesh = &mesh;
+        mesh.rt.block_on(async move {
+            let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let addr = listener.local_addr().unwrap();
+            let mut s = TcpStream::connect(addr).await.unwrap();
+            s.write_all(&preamble).await.unwrap();
+            s.write_all(&then).await.unwrap();
+            let (stream, _) = listener.accept().await.unwrap();
+            let local = SecureChannel::respond(
+                Role::Server,
+                stream,
+                &mesh.keys[1],
+                &mesh.peers,
+                &[Role::Client],
+                BIG,
+            )
+            .await
+            .unwrap_err()
+            .to_string();
+            assert!(read_record(&mut s).await.unwrap().is_empty());
+            let public = String::from_utf8(read_record(&mut s).await.unwrap()).unwrap();
+            (local, public)
+        })
+    };
+    let pre = |version: u16, from: u8, to: u8| {
+        let mut p = b"KNAPSEC\0".to_vec();
+        p.extend_from_slice(&version.to_le_bytes());
+        p.extend_from_slice(&[from, to]);
+        p
+    };
+    let fingerprint = mesh.keys[0].public.fingerprint();
+    // A client asking for the helper at the server's address.
+    let (local, public) = refusal(pre(WIRE_VERSION, 0, 2), vec![]);
+    assert!(local.contains("serves the server"), "{local}");
+    // An initiator with another wire version learns only that its own is not spoken here.
+    let (local, public_v) = refusal(pre(999, 0, 1), vec![]);
+    assert!(local.contains(&format!("speaks {WIRE_VERSION}")), "{local}");
+    assert_eq!(public_v, "unsupported wire version 999");
+    // A stranger's first message does not authenticate.
+    let mut junk = vec![0, 48];
+    junk.extend_from_slice(&[7u8; 48]);
+    let (local, public_a) = refusal(pre(WIRE_VERSION, 0, 1), junk);
+    assert!(local.contains(&fingerprint.to_string()), "{local}");
+    assert_eq!(public_a, "authentication failed");
+    for p in [&public, &public_v, &public_a] {
+        let l = p.to_lowercase();
+        for secret in ["client", "server", "helper", &fingerprint.to_string()] {
+            assert!(!l.contains(secret), "{p:?} reveals {secret:?}");
+        }
+        assert!(!p.contains(&format!("version {WIRE_VERSION}")), "{p:?}");
+    }
+}
+
+#[test]
+fn a_refusal_text_is_cleaned_before_it_is_shown() {
+    let mesh = Mesh::new();
+    let e = mesh.rt.block_on(async {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let fake = tokio::spawn(async move {
+            let (mut s, _) = listener.accept().await.unwrap();
+            let mut pre = [0u8; 12];
+            s.read_exact(&mut pre).await.unwrap();
+            let _ = read_record(&mut s).await.unwrap();
+            let mut evil = b"\x1b[2J\x1b]0;pwned\x07\nERROR forged log line ".to_vec();
+            evil.extend(std::iter::repeat_n(b'x', 60_000));
+            s.write_all(&[0, 0]).await.unwrap();
+            s.write_all(&(evil.len() as u16).to_be_bytes())
+                .await
+                .unwrap();
+            s.write_all(&evil).await.unwrap();
+        });
+        let s = TcpStream::connect(addr).await.unwrap();
+        let r = SecureChannel::initiate(
+            Role::Client,
+            Role::Server,
+            s,
+            &mesh.keys[0],
+            &mesh.keys[1].public,
+            BIG,
+        )
+        .await;
+        fake.await.unwrap();
+        r.unwrap_err().to_string()
+    });
+    assert!(e.contains("refused the connection"), "{e}");
+    assert!(!e.chars().any(char::is_control), "{e:?}");
+    assert!(e.len() < 1000, "{} bytes", e.len());
+}
+
+#[test]
+fn an_idle_wait_has_its_own_limit_however_lively_the_peer() {
+    let mesh = Mesh::new();
+    let timeout = Duration::from_millis(300);
+    let [_c, mut s, _h] = mesh.transports(timeout, [BIG; 3]);
+    // The client sends keep-alives but no request: a plain receive would wait four receive
+    // timeouts, the idle wait gives up after its own limit.
+    let start = Instant::now();
+    let e = s
+        .recv_within(Role::Client, Duration::from_millis(150))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("idle for 0.15 s"), "{e}");
+    let took = start.elapsed();
+    assert!(
+        took >= Duration::from_millis(150) && took < timeout,
+        "{took:?}"
+    );
 }
