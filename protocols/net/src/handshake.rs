@@ -110,10 +110,11 @@ impl Hello {
             });
         }
         let me = self.role;
+        // Their values are peer text: cleaned before they reach a log or a terminal.
         let mismatch = |what, theirs: String, ours: String| NetError::Mismatch {
             what,
             peer,
-            theirs,
+            theirs: crate::error::clean_text(&theirs),
             me,
             ours,
         };
@@ -298,6 +299,10 @@ mod tests {
             e.contains("backend implementation") && e.contains("0.2.0") && e.contains("0.1.0"),
             "{e}"
         );
+        let mut server = hello(Role::Server);
+        server.options = format!("(evil: \"\x1b[2J\n{}\")", "x".repeat(10_000));
+        let e = client.check(&server, Role::Server).unwrap_err().to_string();
+        assert!(!e.chars().any(char::is_control) && e.len() < 1500, "{e:?}");
         let mut server = hello(Role::Server);
         server.protocol += 1;
         assert!(

@@ -584,7 +584,7 @@ impl Party {
             }
             Ok(())
         })?;
-        tracing::info!(server = %s.peer_hello.software, helper = %h.peer_hello.software, "session established");
+        tracing::info!(server = %crate::error::clean_text(&s.peer_hello.software), helper = %crate::error::clean_text(&h.peer_hello.software), "session established");
         let (mut transport, pairs) = self.transport(vec![s, h])?;
         let mut keys = handshake::session_keys(self.dep.role, &pairs)?;
         let mut stats = Vec::new();
