@@ -192,6 +192,15 @@ pub trait SecureBackend: Send + Sync {
         Ok(Box::new(OnePhase { backend: self, job }))
     }
 
+    /// Options under which the client learns only the label (classification) or the label
+    /// map (segmentation), by a secure argmax, and otherwise the same as `options`; `None` if
+    /// the backend cannot reveal labels only. The conformance kit requires it of every
+    /// private backend.
+    fn label_only_options(&self, options: &str) -> Result<Option<String>, BackendError> {
+        let _ = options;
+        Ok(None)
+    }
+
     /// The closed-form costs of one session and one inference of `model` under `options`,
     /// if the backend states them. The conformance kit requires them of every private
     /// backend and compares them with the metered traffic.

@@ -12,13 +12,19 @@
 
 use crate::ctx::{Ctx, InferenceKeys};
 use crate::error::{Result, SecureNnError};
+use crate::exec::Preprocessing;
 use crate::exec::Session;
 use crate::linear::HelperWeights;
 use crate::options::Options;
-use knapsec_core::backend::{BackendError, PartyJob, PartyOutput, SecureBackend, SessionKeys};
+use crate::profile;
+use knapsec_core::backend::{
+    BackendError, ExpectedCost, PartyJob, PartyOutput, PartySession, SecureBackend, SessionJob,
+    SessionKeys,
+};
+use knapsec_core::graph::SecureModel;
 use knapsec_core::registry::BackendRegistration;
 use knapsec_core::transport::Role;
-use rand::TryRngCore;
+use knapsec_core::transport::Transport;
 use std::sync::{Arc, Mutex};
 
 /// The masked weights of one session's linear layers.
@@ -66,14 +72,15 @@ knapsec_core::inventory::submit! {
     BackendRegistration { name: "securenn", provider: "knapsec-securenn", make: || Arc::new(SecureNn::default()) }
 }
 
-/// Bytes of each party's per-inference contribution.
-pub const CONTRIBUTION_LEN: usize = 16;
+pub use knapsec_runtime::randomness::CONTRIBUTION_LEN;
 
-/// Exchanges this inference's contributions: every party draws a fresh 16-byte value from the
-/// OS RNG and sends it to both others (one flight, six messages, 96 bytes in all), refuses a
-/// value a peer already sent in this session (`keys.contributions`), and derives the
-/// per-inference key of each pair it is in from both members' values, the model's public
-/// hash and the inference index (see [`crate::ctx`]). Returns the keys (also set in `ctx`).
+/// The label of securenn's per-inference key derivation ([`InferenceKeys::derive`]).
+pub const KEY_LABEL: &[u8] = b"knapsec-securenn inference key v2";
+
+/// Exchanges this inference's contributions with the runtime's
+/// [`knapsec_runtime::exchange_contributions`] (every party sends a fresh 16-byte value to both
+/// others: one flight, six messages, 96 bytes in all; repeats refused) and sets the derived
+/// per-inference keys in `ctx`. Returns the keys.
 ///
 /// # Errors
 /// A peer repeating a contribution ([`SecureNnError::Malformed`] naming it), the OS RNG
@@ -85,58 +92,92 @@ pub fn exchange_contributions(
     index: u64,
 ) -> Result<InferenceKeys> {
     ctx.scope("session", "contribution");
-    let me = ctx.role;
-    let mut mine = [0u8; CONTRIBUTION_LEN];
-    rand::rngs::OsRng
-        .try_fill_bytes(&mut mine)
-        .map_err(|e| SecureNnError::Input {
-            role: me,
-            message: format!("the OS random generator failed: {e}"),
-        })?;
-    let mut all = [[0u8; CONTRIBUTION_LEN]; 3];
-    all[me.index()] = mine;
-    for peer in me.others() {
-        ctx.send_bytes(peer, mine.to_vec())?;
-    }
-    for peer in me.others() {
-        let c: [u8; CONTRIBUTION_LEN] = ctx
-            .recv_bytes(peer, CONTRIBUTION_LEN)?
-            .try_into()
-            .expect("length checked");
-        if !keys.contributions.fresh(me, peer, c) {
-            return Err(SecureNnError::Malformed {
-                role: me,
-                peer,
-                layer: "session".into(),
-                op: "contribution",
-                message: format!(
-                    "the {peer} repeated a per-inference contribution it already sent in this session (inference {index}); refused"
-                ),
-            });
-        }
-        all[peer.index()] = c;
-    }
-    let derived = InferenceKeys::derive(ctx.session_keys(), model_hash, index, &all);
+    let derived = knapsec_runtime::exchange_contributions(
+        ctx.transport(),
+        keys,
+        KEY_LABEL,
+        model_hash,
+        index,
+    )?;
     ctx.set_inference(&derived);
     Ok(derived)
 }
 
+/// One party's securenn session for the runtime's phases: the weights masked in
+/// [`SecureBackend::open_session`], then per inference the contributions and the offline
+/// phase, and the online phase.
+struct PhasedSession<'a> {
+    role: Role,
+    model: &'a SecureModel,
+    session: Session<'a>,
+    keys: &'a SessionKeys,
+    model_hash: String,
+    /// The inference whose offline phase ran, its keys and preprocessing.
+    pending: Option<(u64, InferenceKeys, Preprocessing)>,
+}
+
+/// Checks the client's input size.
+fn check_input(role: Role, model: &SecureModel, input: Option<&[f32]>) -> Result<()> {
+    if role == Role::Client {
+        let numel: u32 = model.input_shape().iter().product();
+        let n = input.map_or(0, <[f32]>::len);
+        if n != numel as usize {
+            return Err(SecureNnError::Input {
+                role: Role::Client,
+                message: format!(
+                    "input has {n} values, the model expects {numel} ({:?})",
+                    model.input_shape()
+                ),
+            });
+        }
+    }
+    Ok(())
+}
+
+impl PartySession for PhasedSession<'_> {
+    fn offline(
+        &mut self,
+        inference: u64,
+        transport: &mut dyn Transport,
+    ) -> Result<(), BackendError> {
+        let mut ctx = Ctx::new(self.role, transport, self.keys);
+        let ik = exchange_contributions(&mut ctx, self.keys, &self.model_hash, inference)?;
+        let pre = self.session.offline(&mut ctx)?;
+        self.pending = Some((inference, ik, pre));
+        Ok(())
+    }
+
+    fn online(
+        &mut self,
+        inference: u64,
+        input: Option<&[f32]>,
+        transport: &mut dyn Transport,
+    ) -> Result<PartyOutput, BackendError> {
+        let Some((i, ik, pre)) = self.pending.take().filter(|p| p.0 == inference) else {
+            return Err(BackendError::Party {
+                role: self.role,
+                message: format!("online phase of inference {inference} without its offline phase"),
+            });
+        };
+        debug_assert_eq!(i, inference);
+        check_input(self.role, self.model, input)?;
+        let mut ctx = Ctx::new(self.role, transport, self.keys);
+        ctx.set_inference(&ik);
+        Ok(self.session.online(&mut ctx, &pre, input)?)
+    }
+
+    fn take_cpu_profile(&mut self) -> Vec<(&'static str, f64)> {
+        profile::take().by_name()
+    }
+}
+
 impl SecureNn {
+    /// One inference as its own visit: the contributions, then the session's setup unless
+    /// the helper still holds the masked weights of this session (a 1-byte flag to the
+    /// server), the offline and the online phase.
     fn run_party(&self, job: PartyJob<'_>) -> Result<PartyOutput> {
         let options = Options::parse(job.options)?;
-        if job.role == Role::Client {
-            let numel: u32 = job.model.input_shape().iter().product();
-            let n = job.input.map_or(0, <[f32]>::len);
-            if n != numel as usize {
-                return Err(SecureNnError::Input {
-                    role: Role::Client,
-                    message: format!(
-                        "input has {n} values, the model expects {numel} ({:?})",
-                        job.model.input_shape()
-                    ),
-                });
-            }
-        }
+        check_input(job.role, job.model, job.input)?;
         let mut session = Session::new(job.role, job.model, job.weights, options)?;
         let model_hash = job.model.public_hash();
         let session_id = {
@@ -201,6 +242,45 @@ impl SecureBackend for SecureNn {
 
     fn run(&self, job: PartyJob<'_>) -> Result<PartyOutput, BackendError> {
         self.run_party(job).map_err(BackendError::from)
+    }
+
+    fn open_session<'a>(
+        &'a self,
+        job: SessionJob<'a>,
+        transport: &mut dyn Transport,
+    ) -> Result<Box<dyn PartySession + 'a>, BackendError> {
+        let options = Options::parse(job.options)?;
+        let mut session = Session::new(job.role, job.model, job.weights, options)?;
+        let mut ctx = Ctx::new(job.role, transport, job.keys);
+        session.setup(&mut ctx)?;
+        Ok(Box::new(PhasedSession {
+            role: job.role,
+            model: job.model,
+            session,
+            keys: job.keys,
+            model_hash: job.model.public_hash(),
+            pending: None,
+        }))
+    }
+
+    fn label_only_options(&self, options: &str) -> Result<Option<String>, BackendError> {
+        let mut o = Options::parse(options)?;
+        o.reveal = crate::options::Reveal::Label;
+        Ok(Some(o.canonical()))
+    }
+
+    fn expected_cost(
+        &self,
+        model: &SecureModel,
+        options: &str,
+    ) -> Result<Option<ExpectedCost>, BackendError> {
+        let plan = crate::exec::Plan::new(model, Options::parse(options)?)?;
+        let (inference_bytes, setup_bytes) = plan.closed_form_bytes(model);
+        Ok(Some(ExpectedCost {
+            setup_bytes,
+            inference_bytes,
+            ..Default::default()
+        }))
     }
 }
 

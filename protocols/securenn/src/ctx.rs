@@ -6,10 +6,10 @@
 //! share a session key derive identical [`Prg`] streams from
 //! `(key, purpose label, stream id)`; the stream id encodes the graph node and a sub-job, so
 //! the order in which nodes draw never matters (no "fetcher" replaying the draw order,
-//! digest §10.19). Per-inference keys ([`InferenceKeys`]) are
-//! `BLAKE3-keyed(session key, model hash ‖ inference index ‖ c_a ‖ c_b)`, where `c_a`, `c_b`
-//! are fresh 16-byte contributions that *both* members of the pair draw from the OS RNG for
-//! every inference ([`crate::backend::exchange_contributions`]): no party alone, in
+//! digest §10.19). Per-inference keys ([`InferenceKeys`], from `knapsec-runtime`) are
+//! `BLAKE3-keyed(session key, label ‖ model hash ‖ inference index ‖ c_a ‖ c_b)`, where `c_a`,
+//! `c_b` are fresh 16-byte contributions that *both* members of the pair draw from the OS RNG
+//! for every inference ([`crate::backend::exchange_contributions`]): no party alone, in
 //! particular not a client replaying old values, can make an inference's masks repeat. Only
 //! the weight masks of the linear layers use the session key itself (they are fixed per
 //! session, see [`crate::linear`]).
@@ -22,69 +22,7 @@ use knapsec_core::backend::SessionKeys;
 use knapsec_core::transport::{Role, Transport};
 use knapsec_ring::Prg;
 
-/// A pair of parties that shares a key.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Pair {
-    /// The client and the server.
-    ClientServer,
-    /// The client and the helper.
-    ClientHelper,
-    /// The server and the helper.
-    ServerHelper,
-}
-
-impl Pair {
-    fn index(self) -> usize {
-        self as usize
-    }
-
-    /// The two members of the pair, in role order.
-    pub fn roles(self) -> (Role, Role) {
-        match self {
-            Pair::ClientServer => (Role::Client, Role::Server),
-            Pair::ClientHelper => (Role::Client, Role::Helper),
-            Pair::ServerHelper => (Role::Server, Role::Helper),
-        }
-    }
-}
-
-/// The per-inference keys of the pairs a party is in, by [`Pair`] index.
-#[derive(Clone, Copy, Default)]
-pub struct InferenceKeys(pub [Option<[u8; 32]>; 3]);
-
-impl std::fmt::Debug for InferenceKeys {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("InferenceKeys { .. }")
-    }
-}
-
-impl InferenceKeys {
-    /// Derives each pair's key of inference `index` from its session key, the model's public
-    /// hash and the contributions of the pair's two members (`contributions` by role index;
-    /// the entry of a party outside a pair is not used for it).
-    pub fn derive(
-        session: &[Option<[u8; 32]>; 3],
-        model_hash: &str,
-        index: u64,
-        contributions: &[[u8; 16]; 3],
-    ) -> Self {
-        let mut out = [None; 3];
-        for p in [Pair::ClientServer, Pair::ClientHelper, Pair::ServerHelper] {
-            let (a, b) = p.roles();
-            out[p.index()] = session[p.index()].map(|k| {
-                let mut h = blake3::Hasher::new_keyed(&k);
-                h.update(b"knapsec-securenn inference key v2");
-                h.update(&(model_hash.len() as u64).to_le_bytes());
-                h.update(model_hash.as_bytes());
-                h.update(&index.to_le_bytes());
-                h.update(&contributions[a.index()]);
-                h.update(&contributions[b.index()]);
-                *h.finalize().as_bytes()
-            });
-        }
-        InferenceKeys(out)
-    }
-}
+pub use knapsec_runtime::randomness::{InferenceKeys, Pair};
 
 /// Stream id of sub-job `job` of graph node `node`.
 pub fn stream(node: usize, job: usize) -> u64 {
@@ -139,8 +77,19 @@ impl<'a> Ctx<'a> {
     #[cfg(test)]
     pub fn set_nonce(&mut self, nonce: &[u8; 16]) {
         let contributions = [*nonce; 3];
-        let keys = InferenceKeys::derive(&self.session, "test", 0, &contributions);
+        let keys = InferenceKeys::derive(
+            crate::backend::KEY_LABEL,
+            &self.session,
+            "test",
+            0,
+            &contributions,
+        );
         self.set_inference(&keys);
+    }
+
+    /// The transport (for the runtime's own messages, e.g. the per-inference contributions).
+    pub fn transport(&mut self) -> &mut dyn Transport {
+        &mut *self.transport
     }
 
     /// The session keys this party holds, by [`Pair`] (client–server, client–helper,

@@ -75,6 +75,36 @@ pub enum SecureNnError {
     },
 }
 
+impl From<knapsec_runtime::RuntimeError> for SecureNnError {
+    fn from(e: knapsec_runtime::RuntimeError) -> Self {
+        use knapsec_runtime::RuntimeError as R;
+        match e {
+            R::Transport { role, op, source } => SecureNnError::Transport {
+                role,
+                layer: "session".into(),
+                op,
+                source,
+            },
+            R::Malformed {
+                role,
+                peer,
+                op,
+                message,
+            } => SecureNnError::Malformed {
+                role,
+                peer,
+                layer: "session".into(),
+                op,
+                message,
+            },
+            R::Rng { role, message } => SecureNnError::Input {
+                role,
+                message: format!("the OS random generator failed: {message}"),
+            },
+        }
+    }
+}
+
 impl From<SecureNnError> for BackendError {
     fn from(e: SecureNnError) -> Self {
         match e {

@@ -61,6 +61,37 @@ impl CpuByKind {
     }
 
     /// Adds `other` kind by kind.
+    /// The seconds by kind name (`"linear"`, `"comparison"`, `"selection"`, `"pooling"`,
+    /// `"prg"`, `"other"`), for the runtime's reports.
+    pub fn by_name(&self) -> Vec<(&'static str, f64)> {
+        vec![
+            ("linear", self.linear),
+            ("comparison", self.comparison),
+            ("selection", self.selection),
+            ("pooling", self.pooling),
+            ("prg", self.prg),
+            ("other", self.other),
+        ]
+    }
+
+    /// The inverse of [`CpuByKind::by_name`] (unknown names are ignored).
+    pub fn from_names<'a>(seconds: impl IntoIterator<Item = (&'a str, f64)>) -> Self {
+        let mut out = CpuByKind::default();
+        for (name, s) in seconds {
+            match name {
+                "linear" => out.linear += s,
+                "comparison" => out.comparison += s,
+                "selection" => out.selection += s,
+                "pooling" => out.pooling += s,
+                "prg" => out.prg += s,
+                "other" => out.other += s,
+                _ => {}
+            }
+        }
+        out
+    }
+
+    /// Adds `other` to these figures.
     pub fn merge(&mut self, other: &CpuByKind) {
         self.linear += other.linear;
         self.comparison += other.comparison;

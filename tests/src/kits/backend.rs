@@ -15,6 +15,20 @@
 //!    over the in-memory transport gives the client the logits of `knapsec-plain` within
 //!    the stated tolerance, and the server and helper nothing;
 //! 5. a party whose peer disappears returns an error (no hang).
+//!
+//! [`check_conformance`] (for every registered private backend) adds, through the runtime's
+//! phased harness ([`knapsec_runtime::simulate`]):
+//! 6. on each of the small graphs of [`kit_graphs`] — a ResNet basic block with mixed block
+//!    ReLUs and identity channels, a MobileNetV2 inverted residual (ReLU6, depthwise), max
+//!    pooling, concatenation, average and global pooling, and the secure argmax revealing
+//!    only the label (classification) or the label map (segmentation) — the client learns
+//!    what `knapsec-plain` computes (logits within the tolerance; labels equal wherever
+//!    plain's two best logits are more than twice the tolerance apart), server and helper
+//!    nothing;
+//! 7. the backend states its closed-form costs ([`SecureBackend::expected_cost`]) and
+//!    options revealing labels only ([`SecureBackend::label_only_options`]), and the metered
+//!    traffic of each graph equals the closed forms: setup bytes, bytes per inference,
+//!    offline and online bytes and online rounds where stated.
 
 use super::{KitResult, check_name, ensure};
 use knapsec_core::backend::{BackendError, PartyJob, PartyOutput, SecureBackend, SessionKeys};
@@ -23,6 +37,408 @@ use knapsec_core::graph::{ModelWeights, OutputKind, SecureModel};
 use knapsec_core::graph_build::{ConvSpec, GraphBuilder, random_weights};
 use knapsec_core::transport::Role;
 use std::time::Duration;
+
+/// One small graph of the conformance kit, with weights, an input and whether the client
+/// learns only the label (map).
+#[derive(Debug)]
+pub struct KitGraph {
+    /// What the graph covers.
+    pub name: &'static str,
+    /// Its public part.
+    pub model: SecureModel,
+    /// Random weights.
+    pub weights: ModelWeights,
+    /// The client's input.
+    pub input: Vec<f32>,
+    /// Run with the backend's label-only options.
+    pub label_only: bool,
+}
+
+fn kit_graph(
+    name: &'static str,
+    g: GraphBuilder,
+    kind: OutputKind,
+    seed: u64,
+    label_only: bool,
+) -> KitGraph {
+    let (model, _) = g.finish(kind).expect("valid kit graph");
+    let weights = random_weights(&model, seed);
+    let [c, h, w] = model.input_shape();
+    let input = (0..c * h * w)
+        .map(|i| ((i as f32) * 0.618 + seed as f32).sin() * 2.0)
+        .collect();
+    KitGraph {
+        name,
+        model,
+        weights,
+        input,
+        label_only,
+    }
+}
+
+/// A ResNet basic block (stem, two 3×3 convolutions, residual add) with mixed block ReLUs
+/// and identity channels, then global pooling and a linear layer.
+fn resnet_block(g: &mut GraphBuilder) -> knapsec_core::graph_build::NodeId {
+    let x = g.input();
+    let stem = g
+        .conv("conv1", x, ConvSpec::square(8, 3, 1, 1), Some("bn1"))
+        .expect("conv");
+    let p = |h, w| BlockSize::Patch { h, w };
+    let r0 = g
+        .block_relu(
+            "relu",
+            stem,
+            vec![
+                BlockSize::RELU,
+                p(2, 2),
+                BlockSize::Identity,
+                p(1, 3),
+                BlockSize::RELU,
+                p(3, 3),
+                BlockSize::Identity,
+                p(4, 4),
+            ],
+        )
+        .expect("relu");
+    let c1 = g
+        .conv(
+            "layer1.0.conv1",
+            r0,
+            ConvSpec::square(8, 3, 1, 1),
+            Some("layer1.0.bn1"),
+        )
+        .expect("conv");
+    let r1 = g
+        .block_relu(
+            "layer1_0_1",
+            c1,
+            vec![
+                p(2, 2),
+                BlockSize::RELU,
+                BlockSize::Identity,
+                BlockSize::Identity,
+                p(2, 4),
+                BlockSize::RELU,
+                p(8, 8),
+                BlockSize::RELU,
+            ],
+        )
+        .expect("relu");
+    let c2 = g
+        .conv(
+            "layer1.0.conv2",
+            r1,
+            ConvSpec::square(8, 3, 1, 1),
+            Some("layer1.0.bn2"),
+        )
+        .expect("conv");
+    let sum = g.add("layer1.0.add", &[c2, r0]).expect("add");
+    g.block_relu(
+        "layer1_0_2",
+        sum,
+        vec![
+            BlockSize::RELU,
+            BlockSize::Identity,
+            p(2, 2),
+            BlockSize::RELU,
+            p(3, 2),
+            BlockSize::RELU,
+            BlockSize::Identity,
+            p(1, 1),
+        ],
+    )
+    .expect("relu")
+}
+
+/// The graphs of rule 6 (see the module documentation).
+pub fn kit_graphs() -> Vec<KitGraph> {
+    let mut out = Vec::new();
+    // ResNet basic block
+    let mut g = GraphBuilder::new("kit-resnet-block", 12, [3, 8, 8]);
+    let r = resnet_block(&mut g);
+    let gap = g.global_avg_pool("avgpool", r).expect("gap");
+    g.linear("fc", gap, 5, true).expect("fc");
+    out.push(kit_graph(
+        "resnet block",
+        g,
+        OutputKind::Classification,
+        21,
+        false,
+    ));
+    // MobileNetV2 inverted residual: expand 1×1, ReLU6, depthwise 3×3, ReLU6, project 1×1,
+    // residual add
+    let mut g = GraphBuilder::new("kit-mobilenetv2-block", 12, [3, 8, 8]);
+    let x = g.input();
+    let stem = g
+        .conv(
+            "features.0.0",
+            x,
+            ConvSpec::square(4, 3, 1, 1),
+            Some("features.0.1"),
+        )
+        .expect("conv");
+    let stem = g.relu6("features_0", stem).expect("relu6");
+    let e = g
+        .conv(
+            "features.1.conv.0.0",
+            stem,
+            ConvSpec::square(12, 1, 1, 0),
+            Some("features.1.conv.0.1"),
+        )
+        .expect("conv");
+    let e = g.relu6("features_1_0", e).expect("relu6");
+    let dw = ConvSpec {
+        groups: 12,
+        ..ConvSpec::square(12, 3, 1, 1)
+    };
+    let d = g
+        .conv("features.1.conv.1.0", e, dw, Some("features.1.conv.1.1"))
+        .expect("conv");
+    let d = g.relu6("features_1_1", d).expect("relu6");
+    let pr = g
+        .conv(
+            "features.1.conv.2",
+            d,
+            ConvSpec::square(4, 1, 1, 0),
+            Some("features.1.conv.3"),
+        )
+        .expect("conv");
+    let sum = g.add("features.1.add", &[pr, stem]).expect("add");
+    let gap = g.global_avg_pool("avgpool", sum).expect("gap");
+    g.linear("classifier", gap, 5, true).expect("fc");
+    out.push(kit_graph(
+        "mobilenetv2 block",
+        g,
+        OutputKind::Classification,
+        22,
+        false,
+    ));
+    // max pooling (overlapping windows with padding, then disjoint)
+    let mut g = GraphBuilder::new("kit-maxpool", 12, [3, 9, 9]);
+    let x = g.input();
+    let c = g
+        .conv("conv1", x, ConvSpec::square(4, 3, 1, 1), Some("bn1"))
+        .expect("conv");
+    let m = g
+        .max_pool("maxpool", c, [3, 3], [2, 2], [1, 1])
+        .expect("maxpool");
+    let m = g
+        .max_pool("maxpool2", m, [2, 2], [2, 2], [0, 0])
+        .expect("maxpool");
+    let gap = g.global_avg_pool("avgpool", m).expect("gap");
+    g.linear("fc", gap, 4, true).expect("fc");
+    out.push(kit_graph(
+        "max pooling",
+        g,
+        OutputKind::Classification,
+        23,
+        false,
+    ));
+    // concatenation of two branches with block ReLUs
+    let mut g = GraphBuilder::new("kit-concat", 12, [3, 8, 8]);
+    let x = g.input();
+    let a = g
+        .conv("branch_a", x, ConvSpec::square(3, 3, 1, 1), Some("bn_a"))
+        .expect("conv");
+    let a = g
+        .block_relu("relu_a", a, vec![BlockSize::RELU; 3])
+        .expect("relu");
+    let b = g
+        .conv("branch_b", x, ConvSpec::square(2, 1, 1, 0), Some("bn_b"))
+        .expect("conv");
+    let b = g
+        .block_relu(
+            "relu_b",
+            b,
+            vec![BlockSize::Patch { h: 2, w: 2 }, BlockSize::Identity],
+        )
+        .expect("relu");
+    let cat = g.concat("concat", &[a, b, x]).expect("concat");
+    let f = g
+        .conv("fuse", cat, ConvSpec::square(4, 1, 1, 0), None)
+        .expect("conv");
+    let gap = g.global_avg_pool("avgpool", f).expect("gap");
+    g.linear("fc", gap, 4, true).expect("fc");
+    out.push(kit_graph(
+        "concatenation",
+        g,
+        OutputKind::Classification,
+        24,
+        false,
+    ));
+    // average pooling (with and without padding counted) and global pooling
+    let mut g = GraphBuilder::new("kit-avgpool", 12, [3, 9, 9]);
+    let x = g.input();
+    let c = g
+        .conv("conv1", x, ConvSpec::square(4, 3, 1, 1), Some("bn1"))
+        .expect("conv");
+    let c = g
+        .block_relu("relu", c, vec![BlockSize::RELU; 4])
+        .expect("relu");
+    let p = g
+        .avg_pool("avgpool1", c, [2, 2], [2, 2], [0, 0], true)
+        .expect("avgpool");
+    let p = g
+        .avg_pool("avgpool2", p, [3, 3], [1, 1], [1, 1], false)
+        .expect("avgpool");
+    let gap = g.global_avg_pool("avgpool", p).expect("gap");
+    g.linear("fc", gap, 4, true).expect("fc");
+    out.push(kit_graph(
+        "average pooling",
+        g,
+        OutputKind::Classification,
+        25,
+        false,
+    ));
+    // the secure argmax: the label only
+    let mut g = GraphBuilder::new("kit-argmax", 12, [3, 8, 8]);
+    let r = resnet_block(&mut g);
+    let gap = g.global_avg_pool("avgpool", r).expect("gap");
+    g.linear("fc", gap, 7, true).expect("fc");
+    out.push(kit_graph(
+        "argmax (label)",
+        g,
+        OutputKind::Classification,
+        26,
+        true,
+    ));
+    // the secure argmax per pixel: the label map only
+    let mut g = GraphBuilder::new("kit-argmax-map", 12, [3, 6, 6]);
+    let x = g.input();
+    let c = g
+        .conv("backbone", x, ConvSpec::square(6, 3, 1, 1), Some("bn"))
+        .expect("conv");
+    let c = g
+        .block_relu(
+            "relu",
+            c,
+            vec![
+                BlockSize::RELU,
+                BlockSize::Patch { h: 2, w: 3 },
+                BlockSize::Identity,
+                BlockSize::RELU,
+                BlockSize::Patch { h: 3, w: 3 },
+                BlockSize::RELU,
+            ],
+        )
+        .expect("relu");
+    let conv = ConvSpec {
+        bias: true,
+        ..ConvSpec::square(3, 1, 1, 0)
+    };
+    g.conv("classifier", c, conv, None).expect("conv");
+    out.push(kit_graph(
+        "argmax (label map)",
+        g,
+        OutputKind::Segmentation,
+        27,
+        true,
+    ));
+    out
+}
+
+/// Rules 6 and 7 for `backend` on every graph of [`kit_graphs`], with `tolerance`
+/// (absolute, in real units, per logit).
+pub fn check_conformance(backend: &dyn SecureBackend, tolerance: f32) -> KitResult {
+    let name = backend.name();
+    let label_options = backend
+        .label_only_options("")
+        .map_err(|e| format!("backend {name:?}: label-only options refused: {e}"))?
+        .ok_or_else(|| format!("backend {name:?}: states no options that reveal labels only"))?;
+    for graph in kit_graphs() {
+        let what = format!("backend {name:?}, graph {:?}", graph.name);
+        let plain = knapsec_plain::evaluate(&graph.model, &graph.weights, &graph.input)
+            .map_err(|e| format!("{what}: knapsec-plain refused it: {e}"))?;
+        let options = if graph.label_only {
+            label_options.as_str()
+        } else {
+            ""
+        };
+        let r = knapsec_runtime::simulate(
+            backend,
+            &graph.model,
+            &graph.weights,
+            &graph.input,
+            options,
+            Some(Duration::from_secs(60)),
+        )
+        .map_err(|e| format!("{what}: {e}"))?;
+        let want = plain.logits();
+        match (&r.output, graph.label_only) {
+            (PartyOutput::Logits(got), false) => {
+                ensure(got.len() == want.len(), || {
+                    format!("{what}: {} logits, expected {}", got.len(), want.len())
+                })?;
+                let worst = got
+                    .iter()
+                    .zip(&want)
+                    .map(|(a, b)| (a - b).abs())
+                    .fold(0.0f32, f32::max);
+                ensure(worst <= tolerance, || {
+                    format!(
+                        "{what}: logits differ from knapsec-plain by {worst} (> {tolerance}): {got:?} vs {want:?}"
+                    )
+                })?;
+            }
+            (PartyOutput::Labels(got), true) => {
+                let labels = plain.labels();
+                ensure(got.len() == labels.len(), || {
+                    format!("{what}: {} labels, expected {}", got.len(), labels.len())
+                })?;
+                let classes = graph.model.output_shape()[0] as usize;
+                let pixels = labels.len();
+                for (p, (&g, &l)) in got.iter().zip(&labels).enumerate() {
+                    let logit = |c: usize| want[c * pixels + p];
+                    let mut sorted: Vec<f32> = (0..classes).map(logit).collect();
+                    sorted.sort_by(|a, b| b.total_cmp(a));
+                    let clear = sorted.len() < 2 || sorted[0] - sorted[1] > 2.0 * tolerance;
+                    ensure(g == l || !clear, || {
+                        format!("{what}: pixel {p}: label {g}, knapsec-plain's is {l}")
+                    })?;
+                    ensure(
+                        (g as usize) < classes && logit(g as usize) >= sorted[0] - 2.0 * tolerance,
+                        || {
+                            format!(
+                                "{what}: pixel {p}: label {g} is not a best class of knapsec-plain's logits"
+                            )
+                        },
+                    )?;
+                }
+            }
+            (other, label_only) => {
+                return Err(format!(
+                    "{what}: the client got {other:?}, expected {}",
+                    if label_only { "labels" } else { "logits" }
+                ));
+            }
+        }
+        let cost = backend
+            .expected_cost(&graph.model, options)
+            .map_err(|e| format!("{what}: expected_cost failed: {e}"))?
+            .ok_or_else(|| format!("{what}: states no closed-form costs"))?;
+        let check = |field: &str, stated: u64, metered: u64| {
+            ensure(stated == metered, || {
+                format!("{what}: closed-form {field} {stated}, metered {metered}")
+            })
+        };
+        check("setup bytes", cost.setup_bytes, r.setup.comm.bytes)?;
+        check(
+            "bytes per inference",
+            cost.inference_bytes,
+            r.offline.comm.bytes + r.online.comm.bytes,
+        )?;
+        if let Some(b) = cost.offline_bytes {
+            check("offline bytes", b, r.offline.comm.bytes)?;
+        }
+        if let Some(b) = cost.online_bytes {
+            check("online bytes", b, r.online.comm.bytes)?;
+        }
+        if let Some(n) = cost.online_rounds {
+            check("online rounds", n, r.online.comm.rounds)?;
+        }
+    }
+    Ok(())
+}
 
 /// Runs every rule of this kit.
 pub fn check(backend: &dyn SecureBackend) -> KitResult {

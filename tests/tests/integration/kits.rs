@@ -52,3 +52,21 @@ fn securenn_agrees_with_plain_end_to_end() {
     // four truncating/dividing layers on the path: a few ulp, spread by the weights
     backend::check_end_to_end(&*r.backend("securenn").unwrap(), 0.01).unwrap();
 }
+
+#[test]
+fn every_private_backend_conforms_against_plain() {
+    let r = knapsec_builtin::registry().unwrap();
+    let mut private = Vec::new();
+    for name in r.backend_names() {
+        let b = r.backend(&name).unwrap();
+        if !b.is_private() {
+            continue;
+        }
+        private.push(name.clone());
+        // a few truncating/dividing layers on every path: a few ulp, spread by the weights
+        if let Err(e) = backend::check_conformance(&*b, 0.01) {
+            panic!("{e}");
+        }
+    }
+    assert!(private.iter().any(|n| n == "securenn"), "{private:?}");
+}

@@ -1,0 +1,18 @@
+//! knapsec-runtime: what every secure backend shares (DESIGN §2, §5), so that a backend is
+//! the protocol alone.
+//!
+//! * [`randomness`]: per-inference pair keys from the session keys and fresh contributions
+//!   of every party (the exchange and the derivation).
+//! * [`sim`]: all three parties of any [`SecureBackend`](knapsec_core::SecureBackend) as
+//!   threads of one process over the metered in-memory transport, its phases (once per
+//!   session, offline and online per inference) timed and metered apart: the harness behind
+//!   `knapsec simulate`, `knapsec bench secure` and the conformance kit.
+//! * [`error`]: the crate's error type.
+
+pub mod error;
+pub mod randomness;
+pub mod sim;
+
+pub use error::RuntimeError;
+pub use randomness::{CONTRIBUTION_LEN, InferenceKeys, Pair, exchange_contributions};
+pub use sim::{PhaseReport, SimReport, process_cpu_seconds, run_backend, simulate};

@@ -1,0 +1,435 @@
+//! All three parties of any [`SecureBackend`] in one process (threads) over the metered
+//! in-memory transport: the harness behind `knapsec simulate`, `knapsec bench secure` and the
+//! backend conformance kit (DESIGN §5).
+//!
+//! [`simulate`] drives the backend's phases ([`SecureBackend::open_session`] once per
+//! session, [`PartySession::offline`] and [`PartySession::online`] per inference) and
+//! separates them by a barrier, so that each phase is timed and metered on its own. Rounds
+//! are causal rounds ([`knapsec_net::metered`]), counted from zero in each phase. A party that
+//! fails poisons the barrier and drops its transport, so the others stop with an error
+//! instead of waiting; the reported error is the first one that is not a mere consequence
+//! (a disconnection, or "another party failed").
+
+#![allow(unsafe_code)]
+
+use knapsec_core::backend::{
+    BackendError, ExpectedCost, PartyJob, PartyOutput, PartySession, SecureBackend, SessionJob,
+    SessionKeys,
+};
+use knapsec_core::graph::{ModelWeights, SecureModel};
+use knapsec_core::transport::{Role, TransportError};
+use knapsec_net::{CommReport, Metered, RoundTracker, memory_network};
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::sync::{Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+/// Traffic and time of one phase.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct PhaseReport {
+    /// Wall-clock seconds (the slowest party).
+    pub seconds: f64,
+    /// CPU seconds of the whole process (all three parties and their worker threads) during
+    /// the phase, from [`process_cpu_seconds`]. On a loaded machine this is the figure that
+    /// does not depend on the other processes.
+    pub cpu_seconds: f64,
+    /// CPU seconds of the three party threads by op kind, summed over the parties, as the
+    /// backend reports them ([`PartySession::take_cpu_profile`]; empty if it does not).
+    pub cpu_by_kind: BTreeMap<String, f64>,
+    /// CPU seconds of the other threads of the process during the phase (`cpu_seconds` less
+    /// the party threads' by kind), where the backend reports by kind; else 0.
+    pub cpu_workers: f64,
+    /// Bytes and rounds of the phase.
+    pub comm: CommReport,
+}
+
+/// The result of a simulated session of one inference.
+#[derive(Clone, Debug, Serialize)]
+pub struct SimReport {
+    /// The backend's registry name.
+    pub backend: String,
+    /// What the client learned.
+    pub output: PartyOutput,
+    /// The once-per-session phase.
+    pub setup: PhaseReport,
+    /// The offline phase of the inference.
+    pub offline: PhaseReport,
+    /// The online phase of the inference.
+    pub online: PhaseReport,
+    /// The backend's closed-form costs, if it states them.
+    pub expected: Option<ExpectedCost>,
+}
+
+/// CPU seconds (user + system) of this process so far: `getrusage` on Unix (microseconds),
+/// else `/proc/self/stat` (clock ticks of 10 ms); 0 where unavailable.
+pub fn process_cpu_seconds() -> f64 {
+    #[cfg(unix)]
+    {
+        // SAFETY: an all-zero rusage is a valid value; getrusage only writes it.
+        let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+        // SAFETY: `ru` is valid and writable.
+        if unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) } == 0 {
+            let tv = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 * 1e-6;
+            return tv(ru.ru_utime) + tv(ru.ru_stime);
+        }
+    }
+    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
+        return 0.0;
+    };
+    // Fields after the command name (which may contain spaces) start after the last ')'.
+    let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) else {
+        return 0.0;
+    };
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    // rest[0] is field 3 (state); utime and stime are fields 14 and 15.
+    let tick = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    (tick(11) + tick(12)) / 100.0
+}
+
+/// The message of a party stopped because another failed.
+const ANOTHER_FAILED: &str = "another party failed";
+
+/// A barrier that a failing party can poison.
+struct PhaseBarrier {
+    state: Mutex<(usize, u64, bool)>,
+    cv: Condvar,
+}
+
+impl PhaseBarrier {
+    fn new() -> Self {
+        PhaseBarrier {
+            state: Mutex::new((0, 0, false)),
+            cv: Condvar::new(),
+        }
+    }
+
+    fn wait(&self, role: Role) -> Result<(), BackendError> {
+        let poisoned = || BackendError::Party {
+            role,
+            message: ANOTHER_FAILED.into(),
+        };
+        let mut s = self.state.lock().map_err(|_| poisoned())?;
+        if s.2 {
+            return Err(poisoned());
+        }
+        let generation = s.1;
+        s.0 += 1;
+        if s.0 == 3 {
+            s.0 = 0;
+            s.1 += 1;
+            self.cv.notify_all();
+            return Ok(());
+        }
+        while s.1 == generation && !s.2 {
+            s = self.cv.wait(s).map_err(|_| poisoned())?;
+        }
+        if s.2 { Err(poisoned()) } else { Ok(()) }
+    }
+
+    fn poison(&self) {
+        if let Ok(mut s) = self.state.lock() {
+            s.2 = true;
+        }
+        self.cv.notify_all();
+    }
+}
+
+struct PartyResult {
+    output: PartyOutput,
+    reports: [CommReport; 3],
+    seconds: [f64; 3],
+    cpu: [f64; 3],
+    by_kind: [Vec<(&'static str, f64)>; 3],
+}
+
+/// What one party thread runs.
+struct PartyRun<'a> {
+    role: Role,
+    backend: &'a dyn SecureBackend,
+    model: &'a SecureModel,
+    weights: Option<&'a ModelWeights>,
+    input: Option<&'a [f32]>,
+    options: &'a str,
+    keys: &'a SessionKeys,
+    tracker: &'a RoundTracker,
+    barrier: &'a PhaseBarrier,
+}
+
+impl PartyRun<'_> {
+    fn run(
+        self,
+        mut t: Metered<knapsec_net::MemoryTransport>,
+    ) -> Result<PartyResult, BackendError> {
+        let role = self.role;
+        let mut reports: [CommReport; 3] = Default::default();
+        let mut seconds = [0.0; 3];
+        let mut cpu = [0.0; 3];
+        let mut by_kind: [Vec<(&'static str, f64)>; 3] = Default::default();
+        let barrier = self.barrier;
+        let tracker = self.tracker;
+        let mut phase_end = |t: &mut Metered<_>,
+                             session: &mut dyn PartySession,
+                             k: usize,
+                             start: Instant,
+                             cpu_start: &mut f64|
+         -> Result<(), BackendError> {
+            by_kind[k] = session.take_cpu_profile();
+            barrier.wait(role)?;
+            seconds[k] = start.elapsed().as_secs_f64();
+            let now = process_cpu_seconds();
+            cpu[k] = now - *cpu_start;
+            reports[k] = t.take_report();
+            barrier.wait(role)?;
+            if role == Role::Client {
+                tracker.reset();
+            }
+            barrier.wait(role)?;
+            *cpu_start = process_cpu_seconds();
+            session.take_cpu_profile();
+            Ok(())
+        };
+        barrier.wait(role)?;
+        let mut cpu_start = process_cpu_seconds();
+        let start = Instant::now();
+        let mut session = self.backend.open_session(
+            SessionJob {
+                role,
+                model: self.model,
+                weights: self.weights,
+                options: self.options,
+                keys: self.keys,
+            },
+            &mut t,
+        )?;
+        phase_end(&mut t, session.as_mut(), 0, start, &mut cpu_start)?;
+        let start = Instant::now();
+        session.offline(0, &mut t)?;
+        phase_end(&mut t, session.as_mut(), 1, start, &mut cpu_start)?;
+        let start = Instant::now();
+        let output = session.online(0, self.input, &mut t)?;
+        phase_end(&mut t, session.as_mut(), 2, start, &mut cpu_start)?;
+        Ok(PartyResult {
+            output,
+            reports,
+            seconds,
+            cpu,
+            by_kind,
+        })
+    }
+}
+
+/// Fresh random session keys for the three parties of one process (each party's `private`
+/// seed is drawn apart).
+pub fn fresh_session_keys() -> SessionKeys {
+    SessionKeys {
+        client_server: Some(rand::random()),
+        client_helper: Some(rand::random()),
+        server_helper: Some(rand::random()),
+        ..Default::default()
+    }
+}
+
+/// True for an error that only follows from another party's failure.
+fn is_secondary(e: &BackendError) -> bool {
+    matches!(e, BackendError::Party { message, .. } if message == ANOTHER_FAILED)
+        || matches!(
+            e,
+            BackendError::Transport {
+                source: TransportError::Disconnected { .. },
+                ..
+            }
+        )
+}
+
+/// The first error that is not secondary (else the first).
+fn primary(errs: Vec<BackendError>) -> Option<BackendError> {
+    let k = errs.iter().position(|e| !is_secondary(e)).unwrap_or(0);
+    errs.into_iter().nth(k)
+}
+
+fn panic_message(p: Box<dyn std::any::Any + Send>) -> String {
+    p.downcast_ref::<String>()
+        .cloned()
+        .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
+        .unwrap_or_else(|| "panicked".into())
+}
+
+/// Runs one session of one inference of `backend` with all three parties as threads of this
+/// process, with fresh random session keys, each phase timed and metered apart. `timeout`
+/// bounds every receive (a stuck protocol becomes an error).
+///
+/// # Errors
+/// The first party's error that is not a consequence of another's (see the module
+/// documentation); a party thread that panics is reported as [`BackendError::Party`].
+pub fn simulate(
+    backend: &dyn SecureBackend,
+    model: &SecureModel,
+    weights: &ModelWeights,
+    input: &[f32],
+    options: &str,
+    timeout: Option<Duration>,
+) -> Result<SimReport, BackendError> {
+    let expected = backend.expected_cost(model, options)?;
+    let keys = fresh_session_keys();
+    let tracker = RoundTracker::new();
+    let barrier = PhaseBarrier::new();
+    let ends = memory_network().map(|mut t| {
+        t.set_timeout(timeout);
+        Metered::with_tracker(t, tracker.clone())
+    });
+    let results: Vec<Result<PartyResult, BackendError>> = std::thread::scope(|scope| {
+        let hs: Vec<_> = ends
+            .into_iter()
+            .zip(Role::ALL)
+            .map(|(t, role)| {
+                let (tracker, barrier, keys) = (&tracker, &barrier, &keys);
+                scope.spawn(move || {
+                    let mut k = keys.clone();
+                    k.private = rand::random();
+                    let r = PartyRun {
+                        role,
+                        backend,
+                        model,
+                        weights: (role == Role::Server).then_some(weights),
+                        input: (role == Role::Client).then_some(input),
+                        options,
+                        keys: &k,
+                        tracker,
+                        barrier,
+                    }
+                    .run(t);
+                    if r.is_err() {
+                        barrier.poison();
+                    }
+                    r
+                })
+            })
+            .collect();
+        hs.into_iter()
+            .zip(Role::ALL)
+            .map(|(h, role)| {
+                h.join().unwrap_or_else(|p| {
+                    Err(BackendError::Party {
+                        role,
+                        message: format!("the party thread panicked: {}", panic_message(p)),
+                    })
+                })
+            })
+            .collect()
+    });
+    if results.iter().any(Result::is_err) {
+        let errs = results.into_iter().filter_map(Result::err).collect();
+        return Err(primary(errs).expect("at least one error"));
+    }
+    let mut rs: Vec<PartyResult> = results.into_iter().map(|r| r.expect("checked")).collect();
+    let phase = |k: usize, rs: &[PartyResult]| {
+        let mut comm = CommReport::default();
+        let mut cpu_by_kind = BTreeMap::<String, f64>::new();
+        for r in rs {
+            comm.merge(&r.reports[k]);
+            for (kind, s) in &r.by_kind[k] {
+                *cpu_by_kind.entry((*kind).to_string()).or_default() += s;
+            }
+        }
+        let threads: f64 = cpu_by_kind.values().sum();
+        PhaseReport {
+            seconds: rs.iter().map(|r| r.seconds[k]).fold(0.0, f64::max),
+            cpu_seconds: rs[0].cpu[k],
+            cpu_workers: if cpu_by_kind.is_empty() {
+                0.0
+            } else {
+                (rs[0].cpu[k] - threads).max(0.0)
+            },
+            cpu_by_kind,
+            comm,
+        }
+    };
+    let (setup, offline, online) = (phase(0, &rs), phase(1, &rs), phase(2, &rs));
+    Ok(SimReport {
+        backend: backend.name().to_string(),
+        output: std::mem::replace(&mut rs[0].output, PartyOutput::Nothing),
+        setup,
+        offline,
+        online,
+        expected,
+    })
+}
+
+/// Runs one inference of `backend` through [`SecureBackend::run`] (no phase split) with its
+/// three parties as threads over the metered in-memory transport: what the client learned,
+/// the merged traffic and the wall time.
+///
+/// # Errors
+/// As [`simulate`].
+pub fn run_backend(
+    backend: &dyn SecureBackend,
+    model: &SecureModel,
+    weights: &ModelWeights,
+    input: &[f32],
+    options: &str,
+    timeout: Option<Duration>,
+) -> Result<(PartyOutput, CommReport, f64), BackendError> {
+    let keys = fresh_session_keys();
+    let tracker = RoundTracker::new();
+    let ends = memory_network().map(|mut t| {
+        t.set_timeout(timeout);
+        Metered::with_tracker(t, tracker.clone())
+    });
+    let start = Instant::now();
+    let results: Vec<Result<(PartyOutput, CommReport), BackendError>> =
+        std::thread::scope(|scope| {
+            let hs: Vec<_> = ends
+                .into_iter()
+                .zip(Role::ALL)
+                .map(|(mut t, role)| {
+                    let keys = &keys;
+                    scope.spawn(move || {
+                        let mut k = keys.clone();
+                        k.private = rand::random();
+                        let job = PartyJob {
+                            role,
+                            model,
+                            weights: (role == Role::Server).then_some(weights),
+                            input: (role == Role::Client).then_some(input),
+                            options,
+                            keys: &k,
+                            inference: 0,
+                            transport: &mut t,
+                        };
+                        let out = backend.run(job)?;
+                        Ok((out, t.report()))
+                    })
+                })
+                .collect();
+            hs.into_iter()
+                .zip(Role::ALL)
+                .map(|(h, role)| {
+                    h.join().unwrap_or_else(|p| {
+                        Err(BackendError::Party {
+                            role,
+                            message: format!("the party thread panicked: {}", panic_message(p)),
+                        })
+                    })
+                })
+                .collect()
+        });
+    let seconds = start.elapsed().as_secs_f64();
+    let mut comm = CommReport::default();
+    let mut output = PartyOutput::Nothing;
+    let mut errs = Vec::new();
+    for (r, role) in results.into_iter().zip(Role::ALL) {
+        match r {
+            Ok((o, c)) => {
+                comm.merge(&c);
+                if role == Role::Client {
+                    output = o;
+                }
+            }
+            Err(e) => errs.push(e),
+        }
+    }
+    match primary(errs) {
+        Some(e) => Err(e),
+        None => Ok((output, comm, seconds)),
+    }
+}
