@@ -8,6 +8,7 @@
 //! * [`drelu`]: approximate DReLU windows, their semantics and their calibration from data.
 //! * [`graph`]: the secure-model graph exported for secure inference (DESIGN §3);
 //!   [`graph_build`] builds one without libtorch, with random weights for tests.
+//! * [`idx`]: the IDX image format (MNIST), parsed without tch so that it can be fuzzed.
 //! * [`arch`], [`knapsack`], [`backend`], [`transport`]: plugin traits (DESIGN §4, §5).
 //! * [`registry`]: built-in plugins collected with `inventory`, plus dynamically loaded ones.
 //!
@@ -23,6 +24,7 @@ pub mod error;
 pub mod fsutil;
 pub mod graph;
 pub mod graph_build;
+pub mod idx;
 pub mod knapsack;
 pub mod layer;
 pub mod registry;

@@ -123,6 +123,45 @@ struct CheckpointState {
 const STATE_FILE: &str = "state.json";
 const WEIGHTS_FILE: &str = "weights.safetensors";
 
+/// Checks, before any step, that `network` has an output for every class of `set` (and that
+/// every label is one of them): libtorch would otherwise stop the process in the loss with
+/// "target out of bounds". The number of outputs is read from one forward pass of one image.
+pub fn check_classes(network: &Network, set: &ImageSet) -> Result<()> {
+    if set.is_empty() {
+        return Ok(());
+    }
+    let outputs = {
+        let _guard = tch::no_grad_guard();
+        let (c, h, w) = set.shape;
+        let x = Tensor::zeros(
+            [1, c as i64, h as i64, w as i64],
+            (Kind::Float, network.vs.device()),
+        );
+        let logits = network.net.forward_t(&x, false)?;
+        logits.size().get(1).copied().unwrap_or(0)
+    };
+    if set.classes as i64 > outputs {
+        return Err(NnError::Data(format!(
+            "the data set has {} classes, {} has {outputs} outputs (build it with --classes {})",
+            set.classes,
+            network.net.arch(),
+            set.classes
+        )));
+    }
+    if let Some((i, l)) = set
+        .labels
+        .iter()
+        .enumerate()
+        .find(|(_, l)| !(0..outputs).contains(*l))
+    {
+        return Err(NnError::Data(format!(
+            "image {i} has label {l}, {} has {outputs} outputs (0..{outputs})",
+            network.net.arch()
+        )));
+    }
+    Ok(())
+}
+
 /// Trains `network` on `train_set` (evaluating on `eval_set` after every epoch, if given).
 /// With `checkpoint`, resumes from it and writes it after every epoch. Returns the statistics
 /// of every epoch (those of a resumed run's earlier epochs included).
@@ -135,6 +174,10 @@ pub fn train(
 ) -> Result<Vec<EpochStats>> {
     if train_set.is_empty() {
         return Err(NnError::Data("the training set is empty".into()));
+    }
+    check_classes(network, train_set)?;
+    if let Some(set) = eval_set {
+        check_classes(network, set)?;
     }
     if config.batch_size == 0 || config.lr <= 0.0 || !config.lr.is_finite() {
         return Err(NnError::Data(format!(
@@ -267,6 +310,7 @@ pub fn evaluate(network: &Network, set: &ImageSet, batch_size: usize) -> Result<
     if set.is_empty() {
         return Err(NnError::Data("the evaluation set is empty".into()));
     }
+    check_classes(network, set)?;
     let _guard = tch::no_grad_guard();
     let device = network.vs.device();
     let (images, labels) = set.to_tensors(device)?;
@@ -484,5 +528,24 @@ mod tests {
         // 1 vs 0, pixel 1 is 0 vs 1; row 2: [2,1] vs [2,255]: pixel 2 right) in the second.
         assert_eq!((whole.valid, whole.correct), (6, 3));
         assert!((whole.pixel_accuracy() - 0.5).abs() < 1e-12);
+    }
+
+    /// The toy network has 3 outputs; a data set of 5 classes made libtorch panic with
+    /// "target out of bounds" in the first step.
+    #[test]
+    fn more_classes_than_outputs_is_an_error_before_training() {
+        let mut network = crate::distortion::tests::toy_network();
+        let set = crate::data::random_set(8, (1, 8, 8), 5, 1);
+        let config = TrainConfig {
+            epochs: 1,
+            batch_size: 4,
+            ..Default::default()
+        };
+        let e = train(&mut network, &set, None, &config, None)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("5 classes") && e.contains("3 outputs"), "{e}");
+        let e = evaluate(&network, &set, 4).unwrap_err().to_string();
+        assert!(e.contains("5 classes") && e.contains("3 outputs"), "{e}");
     }
 }

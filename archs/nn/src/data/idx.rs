@@ -1,63 +1,57 @@
 //! IDX files (MNIST, Fashion-MNIST): big-endian header `0x0000 08 D` then D u32 sizes, then
 //! u8 data. File names as distributed (`train-images-idx3-ubyte`, `t10k-labels-idx1-ubyte`),
-//! plain or gzip-compressed (`.gz`).
+//! plain or gzip-compressed (`.gz`). The header is parsed by the tch-free
+//! [`knapsec_core::idx`] (fuzzed there); files stop at [`knapsec_core::idx::MAX_IDX_BYTES`].
 
 use super::{ImageSet, Pixels, Split};
 use crate::error::{NnError, Result};
 use std::io::Read;
 use std::path::Path;
 
-/// Parses one IDX file of unsigned bytes into `(dims, data)`.
+/// Parses one IDX file of unsigned bytes into `(dims, data)` ([`knapsec_core::idx::parse`]).
 pub fn parse(bytes: &[u8], what: &str) -> Result<(Vec<usize>, Vec<u8>)> {
-    let bad = |why: String| NnError::Data(format!("{what}: {why}"));
-    if bytes.len() < 4 || bytes[0] != 0 || bytes[1] != 0 {
-        return Err(bad("not an IDX file (bad magic number)".into()));
-    }
-    if bytes[2] != 0x08 {
-        return Err(bad(format!(
-            "element type 0x{:02x} is not unsigned bytes (0x08)",
-            bytes[2]
-        )));
-    }
-    let ndims = bytes[3] as usize;
-    let header = 4 + 4 * ndims;
-    if bytes.len() < header {
-        return Err(bad("truncated header".into()));
-    }
-    let dims: Vec<usize> = (0..ndims)
-        .map(|i| u32::from_be_bytes(bytes[4 + 4 * i..8 + 4 * i].try_into().unwrap()) as usize)
-        .collect();
-    let count: usize = dims.iter().product();
-    if bytes.len() - header != count {
-        return Err(bad(format!(
-            "{} data bytes for dimensions {dims:?} ({count} expected)",
-            bytes.len() - header
-        )));
-    }
-    Ok((dims, bytes[header..].to_vec()))
+    let idx = knapsec_core::idx::parse(bytes, what).map_err(|e| NnError::Data(e.to_string()))?;
+    Ok((idx.dims, idx.data.to_vec()))
 }
 
-fn read_maybe_gz(dir: &Path, name: &str) -> Result<(Vec<u8>, String)> {
+/// Reads `dir/name`, or else `dir/name.gz` decompressed, refusing more than `limit` bytes
+/// (checked while decompressing, so a small `.gz` cannot expand without bound).
+fn read_limited(dir: &Path, name: &str, limit: u64) -> Result<(Vec<u8>, String)> {
+    let read = |path: &Path, reader: &mut dyn Read| -> Result<Vec<u8>> {
+        let mut out = Vec::new();
+        reader
+            .take(limit + 1)
+            .read_to_end(&mut out)
+            .map_err(|e| NnError::Data(format!("{}: {e}", path.display())))?;
+        if out.len() as u64 > limit {
+            return Err(NnError::Data(format!(
+                "{}: larger than {limit} bytes (the IDX size limit)",
+                path.display()
+            )));
+        }
+        Ok(out)
+    };
+    let open = |path: &Path| {
+        std::fs::File::open(path).map_err(|e| NnError::Data(format!("{}: {e}", path.display())))
+    };
     let plain = dir.join(name);
     if plain.is_file() {
-        let bytes = std::fs::read(&plain)
-            .map_err(|e| NnError::Data(format!("{}: {e}", plain.display())))?;
+        let bytes = read(&plain, &mut open(&plain)?)?;
         return Ok((bytes, plain.display().to_string()));
     }
     let gz = dir.join(format!("{name}.gz"));
     if gz.is_file() {
-        let file = std::fs::File::open(&gz)
-            .map_err(|e| NnError::Data(format!("{}: {e}", gz.display())))?;
-        let mut out = Vec::new();
-        flate2::read::GzDecoder::new(file)
-            .read_to_end(&mut out)
-            .map_err(|e| NnError::Data(format!("{}: {e}", gz.display())))?;
-        return Ok((out, gz.display().to_string()));
+        let bytes = read(&gz, &mut flate2::read::GzDecoder::new(open(&gz)?))?;
+        return Ok((bytes, gz.display().to_string()));
     }
     Err(NnError::Data(format!(
         "{}: neither {name} nor {name}.gz exists",
         dir.display()
     )))
+}
+
+fn read_maybe_gz(dir: &Path, name: &str) -> Result<(Vec<u8>, String)> {
+    read_limited(dir, name, knapsec_core::idx::MAX_IDX_BYTES)
 }
 
 /// Loads the train or test split of an MNIST-style folder.
@@ -73,6 +67,12 @@ pub fn load_split(dir: &Path, split: Split, classes: usize) -> Result<ImageSet> 
     if dims.len() != 3 || ldims.len() != 1 {
         return Err(NnError::Data(format!(
             "{img_name}: expected 3-D images and 1-D labels, got {dims:?} and {ldims:?}"
+        )));
+    }
+    if dims[1] == 0 || dims[2] == 0 {
+        return Err(NnError::Data(format!(
+            "{img_name}: images of {}x{} pixels",
+            dims[1], dims[2]
         )));
     }
     if dims[0] != ldims[0] {
@@ -122,5 +122,27 @@ mod tests {
         );
         let (d, v) = parse(b"\x00\x00\x08\x01\x00\x00\x00\x02\x05\x06", "x").unwrap();
         assert_eq!((d, v), (vec![2], vec![5, 6]));
+    }
+
+    #[test]
+    fn sizes_whose_product_overflows_are_refused() {
+        let mut huge = vec![0, 0, 8, 4];
+        huge.extend([0xff; 16]);
+        huge.extend([1, 2, 3]);
+        let e = parse(&huge, "x").unwrap_err().to_string();
+        assert!(e.contains("data bytes"), "{e}");
+    }
+
+    #[test]
+    fn gzip_bombs_stop_at_the_size_limit() {
+        // 40 MB of zeros compress to ~40 kB; with the limit set to 1 MB the reader stops.
+        let dir = tempfile::tempdir().unwrap();
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+        std::io::Write::write_all(&mut gz, &vec![0u8; 40 << 20]).unwrap();
+        std::fs::write(dir.path().join("a.gz"), gz.finish().unwrap()).unwrap();
+        let e = read_limited(dir.path(), "a", 1 << 20)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("larger than"), "{e}");
     }
 }

@@ -18,6 +18,8 @@ pub mod idx;
 pub mod segmentation;
 mod spec;
 
+#[cfg(test)]
+pub(crate) use spec::random as random_set;
 pub use spec::{DataSpec, Split};
 
 use crate::error::{NnError, Result};

@@ -64,4 +64,4 @@ pub fn into_nets(networks: Vec<Network>) -> Vec<Box<dyn BlockNet>> {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

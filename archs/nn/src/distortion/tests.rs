@@ -155,6 +155,14 @@ fn toy(hook: bool) -> Network {
     net
 }
 
+/// The toy network in `f32` with seeded weights (3 outputs, `1 × 8 × 8` input), for other
+/// modules' tests.
+pub(crate) fn toy_network() -> Network {
+    let net = Network::build_with(build_toy, &ArchOptions::default(), Device::Cpu).unwrap();
+    crate::weights::reinit_seeded(&net.vs, 11);
+    net
+}
+
 fn candidates() -> Vec<BlockSize> {
     let p = |h, w| BlockSize::Patch { h, w };
     // 8x8 and 16x16 clamp to the same patch on the 4×4 head map (and 16x16 on every map).
