@@ -341,8 +341,14 @@ impl SecureModel {
     pub fn load(dir: &Path) -> Result<Self> {
         let path = dir.join(PUBLIC_FILE);
         let text = fsutil::read_to_string(&path)?;
-        let model: SecureModel = ron::from_str(&text).map_err(|e| CoreError::parse(&path, e))?;
-        model.validate().map_err(|e| CoreError::parse(&path, e))?;
+        Self::from_ron(&text).map_err(|e| CoreError::parse(&path, e))
+    }
+
+    /// Parses the text of a `model.ron` and validates it ([`Self::validate`]).
+    pub fn from_ron(text: &str) -> Result<Self> {
+        let model: SecureModel =
+            ron::from_str(text).map_err(|e| CoreError::Graph(format!("does not parse: {e}")))?;
+        model.validate()?;
         Ok(model)
     }
 
@@ -595,15 +601,20 @@ impl ModelWeights {
     pub fn load(dir: &Path) -> Result<Self> {
         let path = dir.join(WEIGHTS_FILE);
         let bytes = fsutil::read(&path)?;
-        let st = safetensors::SafeTensors::deserialize(&bytes)
-            .map_err(|e| CoreError::parse(&path, e))?;
+        Self::from_bytes(&bytes).map_err(|e| CoreError::parse(&path, e))
+    }
+
+    /// Parses the bytes of a `weights.safetensors` (i64 little-endian tensors).
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self> {
+        let st = safetensors::SafeTensors::deserialize(bytes)
+            .map_err(|e| CoreError::Graph(format!("weights do not parse as safetensors: {e}")))?;
         let mut tensors = BTreeMap::new();
         for (name, view) in st.tensors() {
             if view.dtype() != safetensors::Dtype::I64 {
-                return Err(CoreError::parse(
-                    &path,
-                    format!("tensor {name:?} is {:?}, expected I64", view.dtype()),
-                ));
+                return Err(CoreError::Graph(format!(
+                    "tensor {name:?} is {:?}, expected I64",
+                    view.dtype()
+                )));
             }
             let data = view
                 .data()
@@ -623,7 +634,11 @@ impl ModelWeights {
 
     /// Writes `dir/weights.safetensors` atomically.
     pub fn save(&self, dir: &Path) -> Result<()> {
-        let path = dir.join(WEIGHTS_FILE);
+        fsutil::write_atomic(&dir.join(WEIGHTS_FILE), &self.to_bytes()?)
+    }
+
+    /// The bytes of `weights.safetensors`.
+    pub fn to_bytes(&self) -> Result<Vec<u8>> {
         let bytes: Vec<(String, Vec<u8>, Vec<usize>)> = self
             .tensors
             .iter()
@@ -643,9 +658,7 @@ impl ModelWeights {
                     .map_err(|e| CoreError::Graph(format!("weight {n:?}: {e}")))
             })
             .collect::<Result<_>>()?;
-        let out =
-            safetensors::serialize(views, None).map_err(|e| CoreError::Graph(e.to_string()))?;
-        fsutil::write_atomic(&path, &out)
+        safetensors::serialize(views, None).map_err(|e| CoreError::Graph(e.to_string()))
     }
 }
 

@@ -550,4 +550,19 @@ mod tests {
         assert_eq!(p.costs, vec![1, 2, 3, 4]);
         assert_eq!(p.values, vec![0.5, 0.25, 1.0, 2.0]);
     }
+
+    /// The fuzz target's seeds (`fuzz/seeds/npz_instance`, written by Python's `zipfile`, one
+    /// deflated) are instances this reader accepts.
+    #[test]
+    fn fuzz_seeds_read() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fuzz/seeds/npz_instance");
+        let mut n = 0;
+        for e in std::fs::read_dir(&dir).unwrap() {
+            let path = e.unwrap().path();
+            let p = read_instance(&path, 10).unwrap_or_else(|e| panic!("{e}"));
+            p.validate().unwrap();
+            n += 1;
+        }
+        assert_eq!(n, 3);
+    }
 }

@@ -1,0 +1,24 @@
+//! Fuzzes block specs in RON (what `BlockSpec::load` reads from `.ron`): arbitrary text gives
+//! a spec or an error, never a panic; a spec that parses serialises to RON that parses to the
+//! same spec, and checking it against a small layer table never panics.
+#![no_main]
+
+use knapsec_core::{BlockSpec, LayerTable, ReluLayer};
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| {
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
+    if let Ok(spec) = ron::from_str::<BlockSpec>(text) {
+        let again: BlockSpec = ron::from_str(&spec.to_ron()).expect("our RON parses");
+        assert_eq!(again, spec);
+        let table = LayerTable::new(
+            "fuzz",
+            vec![ReluLayer::new("a", 2, 4, 4), ReluLayer::new("b", 3, 2, 2)],
+        )
+        .expect("a valid table");
+        let _ = spec.validate(&table);
+        let _ = spec.drelus(&table);
+    }
+});
