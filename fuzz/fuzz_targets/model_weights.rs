@@ -20,7 +20,8 @@ fuzz_target!(|data: &[u8]| {
     let Ok(weights) = ModelWeights::from_bytes(data) else {
         return;
     };
-    let model = knapsec_core::graph::SecureModel::from_ron(MODEL).expect("the fixed model is valid");
+    let model =
+        knapsec_core::graph::SecureModel::from_ron(MODEL).expect("the fixed model is valid");
     let _ = weights.check_against(&model);
     if let Ok(bytes) = weights.to_bytes() {
         let again = ModelWeights::from_bytes(&bytes).expect("weights we wrote read back");
