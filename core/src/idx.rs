@@ -16,7 +16,9 @@ pub const MAX_IDX_BYTES: u64 = 2 << 30;
 /// A parsed IDX file of unsigned bytes: its dimensions and its elements (borrowed).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Idx<'a> {
+    /// The sizes of each dimension, outermost first (`[count, rows, cols]` for images).
     pub dims: Vec<usize>,
+    /// The elements in row-major order; exactly the product of `dims` bytes.
     pub data: &'a [u8],
 }
 
