@@ -961,3 +961,106 @@ fn strangers_on_the_network_cannot_stall_server_or_helper() {
         assert!(st.success(), "{role}: {}", d.log(role));
     }
 }
+
+#[test]
+fn a_client_announcing_a_frame_beyond_the_plan_ends_the_session_naming_it() {
+    use knapsec_core::backend::SecureBackend;
+    use knapsec_core::transport::Role;
+    use knapsec_net::frame::FrameKind;
+    use knapsec_net::handshake::{Control, Hello};
+    use knapsec_net::secure_channel::SecureChannel;
+    let d = Deploy::new([2, 6, 6], 6);
+    let flags = ["--sessions", "1", "--exit-on-error"];
+    let mut server = d.spawn("server", "deploy.ron", &flags, "server");
+    let mut helper = d.spawn("helper", "deploy.ron", &flags, "helper");
+    // A client holding the real client key, driven by hand: it does everything right until
+    // it announces a frame of 2 MiB, far below max_frame_mib (1 GiB) but beyond the largest
+    // message this small model's plan allows.
+    let dep = knapsec_net::Deployment::load(&d.path("deploy.ron"), Role::Client).unwrap();
+    let backend = knapsec_securenn::SecureNn::default();
+    let options = backend.canonical_options("()").unwrap();
+    let bound = backend.max_message(&d.model, "()").unwrap().unwrap();
+    let big = 2 << 20;
+    assert!(
+        (bound as usize) < big && big < dep.max_frame,
+        "bound {bound}"
+    );
+    let hello = Hello::new(
+        Role::Client,
+        [5; 16],
+        "securenn",
+        &backend.version(),
+        &options,
+        &d.model.public_hash(),
+    )
+    .unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let mut chans = Vec::new();
+        for peer in [Role::Server, Role::Helper] {
+            let address = if peer == Role::Server {
+                &dep.server_address
+            } else {
+                &dep.helper_address
+            };
+            let start = Instant::now();
+            let stream = loop {
+                match tokio::net::TcpStream::connect(address.as_str()).await {
+                    Ok(s) => break s,
+                    Err(_) if start.elapsed() < Duration::from_secs(20) => {
+                        tokio::time::sleep(Duration::from_millis(100)).await
+                    }
+                    Err(e) => panic!("the {peer} does not listen: {e}"),
+                }
+            };
+            let mut ch = SecureChannel::initiate(
+                Role::Client,
+                peer,
+                stream,
+                &dep.keypair,
+                dep.peers.get(peer).unwrap(),
+                4 << 20,
+            )
+            .await
+            .unwrap();
+            ch.send_frame(FrameKind::Data, &hello.to_bytes())
+                .await
+                .unwrap();
+            let theirs = ch.recv_frame().await.unwrap();
+            assert_eq!(theirs.kind, FrameKind::Data);
+            chans.push(ch);
+        }
+        for ch in &mut chans {
+            let ready = ch.recv_frame().await.unwrap();
+            assert_eq!(ready.payload, Control::Ready.to_bytes());
+            ch.send_frame(FrameKind::Data, &Control::Infer { index: 0 }.to_bytes())
+                .await
+                .unwrap();
+        }
+        // The server stops reading at the header, so the rest may not go through.
+        let _ = chans[0].send_frame(FrameKind::Data, &vec![0u8; big]).await;
+        // Its abort may reach this client before the connection drops.
+        if let Ok(Ok(f)) =
+            tokio::time::timeout(Duration::from_secs(20), chans[0].recv_frame()).await
+            && f.kind == FrameKind::Abort
+        {
+            let reason = String::from_utf8_lossy(&f.payload).into_owned();
+            assert!(
+                reason.contains(&format!("frame of {big} bytes")),
+                "{reason}"
+            );
+        }
+    });
+    let st = wait(&mut server, 20).expect("the server stops");
+    assert!(!st.success());
+    let log = d.log("server");
+    assert!(
+        log.contains(&format!("frame of {big} bytes exceeds the maximum of"))
+            && log.contains("client"),
+        "{log}"
+    );
+    let _ = wait(&mut helper, 20);
+}

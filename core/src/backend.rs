@@ -192,6 +192,15 @@ pub trait SecureBackend: Send + Sync {
         Ok(Box::new(OnePhase { backend: self, job }))
     }
 
+    /// An upper bound on the payload bytes of any one message this backend sends in a
+    /// session of `model` under `options` (setup and inferences), if it states one. A
+    /// deployment caps every frame at it (plus its own small messages), so that a misbehaving
+    /// peer cannot make a party buffer more. `None`: only the deployment's `max_frame_mib`.
+    fn max_message(&self, model: &SecureModel, options: &str) -> Result<Option<u64>, BackendError> {
+        let _ = (model, options);
+        Ok(None)
+    }
+
     /// Options under which the client learns only the label (classification) or the label
     /// map (segmentation), by a secure argmax, and otherwise the same as `options`; `None` if
     /// the backend cannot reveal labels only. The conformance kit requires it of every

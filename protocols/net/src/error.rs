@@ -14,7 +14,9 @@ pub type Result<T, E = NetError> = std::result::Result<T, E>;
 pub enum NetError {
     // === framing ===
     /// A frame's declared payload exceeds the maximum.
-    #[error("frame of {size} bytes exceeds the maximum of {max}")]
+    #[error(
+        "frame of {size} bytes exceeds the maximum of {max} (the largest message the session allows)"
+    )]
     FrameTooLarge {
         /// The declared payload size.
         size: usize,

@@ -246,8 +246,14 @@ pub struct Party {
     weights: Option<ModelWeights>,
     options: String,
     model_hash: String,
+    /// Largest frame payload accepted or sent: the backend's bound on its messages (at least
+    /// [`MIN_FRAME`]) if it states one, capped by the deployment's `max_frame_mib`.
+    max_frame: usize,
     rt: tokio::runtime::Runtime,
 }
+
+/// The smallest frame limit: room for hellos, control messages and abort reasons.
+pub const MIN_FRAME: usize = 64 * 1024;
 
 impl std::fmt::Debug for Party {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -385,7 +391,19 @@ impl Party {
             .build()
             .map_err(|e| NetError::Invalid(format!("cannot start the network runtime: {e}")))?;
         let model_hash = model.public_hash();
+        let max_frame = match backend
+            .max_message(&model, &dep.options)
+            .map_err(|e| NetError::Invalid(format!("backend {}: {e}", backend.name())))?
+        {
+            Some(m) => usize::try_from(m)
+                .unwrap_or(usize::MAX)
+                .max(MIN_FRAME)
+                .min(dep.max_frame),
+            None => dep.max_frame,
+        };
+        tracing::debug!(max_frame, "frame limit");
         Ok(Party {
+            max_frame,
             dep,
             backend,
             model,
@@ -399,6 +417,11 @@ impl Party {
     /// This party's role.
     pub fn role(&self) -> Role {
         self.dep.role
+    }
+
+    /// The largest frame payload this party accepts or sends (see [`MIN_FRAME`]).
+    pub fn max_frame(&self) -> usize {
+        self.max_frame
     }
 
     /// The secure model's public part.
@@ -434,7 +457,7 @@ impl Party {
                 stream,
                 &self.dep.keypair,
                 &remote,
-                self.dep.max_frame,
+                self.max_frame,
             )
             .await?;
             let mine = self.hello(session)?;
@@ -496,7 +519,7 @@ impl Party {
             channels,
             self.rt.handle().clone(),
             self.dep.recv_timeout(),
-            self.dep.max_frame,
+            self.max_frame,
         )?;
         Ok((t, pairs))
     }
@@ -647,7 +670,7 @@ impl Party {
                 Role::Server => vec![Role::Client],
                 _ => vec![Role::Client, Role::Server],
             },
-            max_frame: self.dep.max_frame,
+            max_frame: self.max_frame,
             hello_wait: self.dep.handshake_timeout(),
             replay: ReplayGuard::new(),
             pending: Mutex::new(VecDeque::new()),

@@ -9,6 +9,13 @@
 //! task decrypts and decodes frames into a `std::sync::mpsc` queue per peer, from which
 //! `recv` takes with the configured receive timeout.
 //!
+//! Memory is bounded: a frame is at most `max_frame` bytes (checked on its header, before
+//! anything is allocated), and a reader stops reading its socket while more than
+//! `2 · max_frame` payload bytes wait in its queue (TCP flow control then holds the peer), so
+//! a peer that sends faster than this party consumes makes it hold at most about
+//! `3 · max_frame` bytes per connection. Senders never wait (their queue holds only their own
+//! data), so this cannot deadlock the protocol.
+//!
 //! Silence means death: every connection's writer sends a keep-alive frame when it has had
 //! nothing to send for a while (a quarter of the receive timeout, at most 1 s), and every
 //! record that arrives marks its peer as heard. `recv` gives up on a peer only when nothing at
@@ -29,6 +36,7 @@ use crate::frame::FrameKind;
 use crate::secure_channel::{ChannelReader, ChannelWriter, LastHeard, SecureChannel};
 use knapsec_core::Role;
 use knapsec_core::transport::{Transport, TransportError};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, mpsc};
 use std::time::{Duration, Instant};
 use tokio::runtime::Handle;
@@ -60,6 +68,8 @@ struct Link {
     bytes_sent: u64,
     /// When anything last arrived from the peer.
     heard: Arc<LastHeard>,
+    /// Payload bytes waiting in `rx`.
+    queued: Arc<AtomicUsize>,
 }
 
 /// How many receive timeouts a party waits for a message from a peer that keeps sending
@@ -132,7 +142,12 @@ impl TcpTransport {
             let (tx, out_rx) = tmpsc::unbounded_channel();
             let own = in_tx[i].clone();
             let other = in_tx[1 - i].clone();
-            let reader = handle.spawn(read_loop(peer, reader, own, other));
+            let queued = Arc::new(AtomicUsize::new(0));
+            let budget = Budget {
+                queued: Arc::clone(&queued),
+                limit: max_frame.saturating_mul(2),
+            };
+            let reader = handle.spawn(read_loop(peer, reader, own, other, budget));
             let writer = handle.spawn(write_loop(
                 writer,
                 out_rx,
@@ -146,6 +161,7 @@ impl TcpTransport {
                 reader,
                 bytes_sent: 0,
                 heard,
+                queued,
             });
         }
         Ok(TcpTransport {
@@ -290,11 +306,33 @@ async fn write_loop(
     Ok(())
 }
 
+/// The bound on a reader's queue: payload bytes waiting, and how many may wait.
+struct Budget {
+    queued: Arc<AtomicUsize>,
+    limit: usize,
+}
+
+impl Budget {
+    /// Waits until `len` more bytes fit (always at once when the queue is empty), then
+    /// counts them.
+    async fn reserve(&self, len: usize) {
+        loop {
+            let q = self.queued.load(Ordering::Acquire);
+            if q == 0 || q.saturating_add(len) <= self.limit {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        self.queued.fetch_add(len, Ordering::AcqRel);
+    }
+}
+
 async fn read_loop(
     peer: Role,
     mut r: ChannelReader,
     own: mpsc::Sender<Inbound>,
     other: mpsc::Sender<Inbound>,
+    budget: Budget,
 ) {
     let mut said_goodbye = false;
     loop {
@@ -303,6 +341,7 @@ async fn read_loop(
                 // Its record already marked the peer as heard.
                 FrameKind::Alive => {}
                 FrameKind::Data if !said_goodbye => {
+                    budget.reserve(f.payload.len()).await;
                     if own.send(Inbound::Data(f.payload)).is_err() {
                         return;
                     }
@@ -384,6 +423,9 @@ impl TcpTransport {
         match got {
             Ok(Inbound::Data(v)) => {
                 self.bytes_received[from.index()] += v.len() as u64;
+                if let Some(l) = self.links.iter().find(|l| l.peer == from) {
+                    l.queued.fetch_sub(v.len(), Ordering::AcqRel);
+                }
                 Ok(v)
             }
             Ok(Inbound::Goodbye(p)) => {
@@ -506,5 +548,41 @@ impl Transport for &mut TcpTransport {
     }
     fn set_scope(&mut self, layer: &str, op: &str) {
         (**self).set_scope(layer, op)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_full_queue_holds_the_reader_until_the_consumer_takes() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let queued = Arc::new(AtomicUsize::new(0));
+        let b = Budget {
+            queued: Arc::clone(&queued),
+            limit: 100,
+        };
+        rt.block_on(async {
+            // An empty queue takes anything (one frame of at most max_frame).
+            b.reserve(150).await;
+            assert_eq!(queued.load(Ordering::Acquire), 150);
+            // A non-empty queue over its limit holds the reader …
+            let held = tokio::time::timeout(Duration::from_millis(50), b.reserve(10)).await;
+            assert!(held.is_err());
+            // … until the consumer takes.
+            queued.fetch_sub(150, Ordering::AcqRel);
+            b.reserve(60).await;
+            b.reserve(40).await;
+            assert_eq!(queued.load(Ordering::Acquire), 100);
+            assert!(
+                tokio::time::timeout(Duration::from_millis(50), b.reserve(1))
+                    .await
+                    .is_err()
+            );
+        });
     }
 }

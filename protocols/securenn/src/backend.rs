@@ -240,6 +240,11 @@ impl SecureBackend for SecureNn {
         Ok(Options::parse(options)?.canonical())
     }
 
+    fn max_message(&self, model: &SecureModel, options: &str) -> Result<Option<u64>, BackendError> {
+        let plan = crate::exec::Plan::new(model, Options::parse(options)?)?;
+        Ok(Some(plan.max_message_bytes(model)))
+    }
+
     fn run(&self, job: PartyJob<'_>) -> Result<PartyOutput, BackendError> {
         self.run_party(job).map_err(BackendError::from)
     }

@@ -11,12 +11,14 @@ use knapsec_core::graph_build::{ConvSpec, GraphBuilder, random_weights};
 use knapsec_core::transport::{Role, Transport, TransportError};
 use knapsec_net::{MemoryTransport, memory_network};
 use knapsec_securenn::ctx::{Ctx, InferenceKeys};
-use knapsec_securenn::{DreluMode, Options, Reveal, Session, nets};
+use knapsec_securenn::{DreluMode, Options, Plan, Reveal, Session, nets};
 
 /// A transport that hashes what its party sends.
 struct Hashing {
     inner: MemoryTransport,
     hash: blake3::Hasher,
+    /// The largest message sent.
+    largest: usize,
 }
 
 impl Transport for Hashing {
@@ -28,6 +30,7 @@ impl Transport for Hashing {
         self.hash.update(&[to as u8]);
         self.hash.update(&(msg.len() as u64).to_le_bytes());
         self.hash.update(&msg);
+        self.largest = self.largest.max(msg.len());
         self.inner.send(to, msg)
     }
 
@@ -65,7 +68,7 @@ fn transcript(model: &SecureModel, weights: &ModelWeights, options: Options) -> 
     let x: Vec<f32> = (0..c * h * w)
         .map(|_| (prg.next_u64() >> 11) as f32 / (1u64 << 53) as f32 * 4.0 - 2.0)
         .collect();
-    let parts: Vec<(blake3::Hash, PartyOutput)> = std::thread::scope(|s| {
+    let parts: Vec<(blake3::Hash, PartyOutput, usize)> = std::thread::scope(|s| {
         let hs: Vec<_> = memory_network()
             .into_iter()
             .zip(Role::ALL)
@@ -75,6 +78,7 @@ fn transcript(model: &SecureModel, weights: &ModelWeights, options: Options) -> 
                     let mut t = Hashing {
                         inner: t,
                         hash: blake3::Hasher::new(),
+                        largest: 0,
                     };
                     let w = (role == Role::Server).then_some(weights);
                     let mut session = Session::new(role, model, w, options).unwrap();
@@ -86,14 +90,22 @@ fn transcript(model: &SecureModel, weights: &ModelWeights, options: Options) -> 
                         let input = (role == Role::Client).then_some(&x[..]);
                         session.online(&mut ctx, &pre, input).unwrap()
                     };
-                    (t.hash.finalize(), out)
+                    (t.hash.finalize(), out, t.largest)
                 })
             })
             .collect();
         hs.into_iter().map(|h| h.join().unwrap()).collect()
     });
     let mut all = blake3::Hasher::new();
-    for (h, _) in &parts {
+    // No message is larger than the plan's bound, which a deployment makes its frame limit.
+    let bound = Plan::new(model, options).unwrap().max_message_bytes(model);
+    let largest = parts.iter().map(|p| p.2).max().unwrap() as u64;
+    assert!(
+        largest <= bound,
+        "a message of {largest} bytes, bound {bound}"
+    );
+    eprintln!("largest message {largest} bytes, plan bound {bound}");
+    for (h, _, _) in &parts {
         all.update(h.as_bytes());
     }
     match &parts[0].1 {

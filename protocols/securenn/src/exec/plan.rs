@@ -286,6 +286,25 @@ impl Plan {
             .chain(self.argmax.iter().flat_map(|t| t.levels()))
     }
 
+    /// An upper bound on the payload of any one message of a session (setup and inferences):
+    /// every message belongs to one op of one layer (or to the output reveal, or to the
+    /// per-inference contributions), so none is larger than the closed-form bytes of its op.
+    /// A deployment caps its frames at it.
+    pub fn max_message_bytes(&self, model: &SecureModel) -> u64 {
+        let mut max = self.specs().map(|s| s.bytes()).max().unwrap_or(0);
+        for n in &self.nodes {
+            if let NodePlan::Linear(l) = n {
+                max = max
+                    .max(l.setup_bytes())
+                    .max(l.offline_bytes())
+                    .max(l.online_bytes());
+            }
+        }
+        let [oc, oh, ow] = model.output_shape().map(u64::from);
+        max.max(8 * oc * oh * ow)
+            .max(crate::backend::CONTRIBUTION_LEN as u64)
+    }
+
     /// Closed-form bytes per inference (offline + online, output reveal included) and once per
     /// session (setup), for the byte-count tests and the bench.
     pub fn closed_form_bytes(&self, model: &SecureModel) -> (u64, u64) {
