@@ -444,3 +444,49 @@ fn bad_input_fails_with_one_line_and_status_1() {
     let status = knapsec(&["arch", "info"]).output().unwrap().status;
     assert_eq!(status.code(), Some(2));
 }
+
+#[test]
+fn bench_secure_runs_any_architecture_with_any_backend() {
+    let run = |backend: &str| {
+        json(&run_ok(&mut knapsec(&[
+            "bench",
+            "secure",
+            "--arch",
+            "example-tinycnn",
+            "--backend",
+            backend,
+            "--budget",
+            "50%",
+        ])))
+    };
+    let s = run("securenn");
+    assert_eq!(s["backend"], "securenn");
+    assert_eq!(s["arch"], "example-tinycnn");
+    let (off, on) = (
+        s["bytes_offline"].as_u64().unwrap(),
+        s["bytes_online"].as_u64().unwrap(),
+    );
+    assert!(on > 0 && s["rounds_online"].as_u64().unwrap() > 0, "{s}");
+    // securenn's closed form of the bytes per inference holds on the architecture's graph
+    assert_eq!(s["closed_form_bytes"].as_u64().unwrap(), off + on, "{s}");
+    assert_eq!(s["key_bytes"], 0);
+    // the cleartext oracle runs through the same harness (its one phase is online)
+    let p = run("plain");
+    assert_eq!(p["backend"], "plain");
+    assert_eq!(p["bytes_offline"], 0);
+    assert!(p["closed_form_bytes"].is_null(), "{p}");
+    // an architecture that is not registered, a backend that cannot reveal labels only
+    let e = run_err(&mut knapsec(&["bench", "secure", "--arch", "no-such-net"]));
+    assert!(e.contains("no-such-net"), "{e}");
+    let e = run_err(&mut knapsec(&[
+        "bench",
+        "secure",
+        "--arch",
+        "example-tinycnn",
+        "--backend",
+        "plain",
+        "--drelu",
+        "approx:16",
+    ]));
+    assert!(e.contains("--options"), "{e}");
+}

@@ -62,4 +62,18 @@ pub trait ArchAdapter: Send + Sync {
     fn cost(&self, block: BlockSize, layer: &ReluLayer) -> u64 {
         block.drelu_cost(layer.height, layer.width)
     }
+
+    /// The secure-model graph at `options` with the block sizes of `spec` (all ReLUs without
+    /// one) and `frac_bits` fractional bits, without libtorch: what `knapsec bench secure` and
+    /// `bench net` run with random weights. `None` if the adapter cannot build it (the
+    /// default).
+    fn secure_graph(
+        &self,
+        options: &ArchOptions,
+        spec: Option<&crate::spec::BlockSpec>,
+        frac_bits: u32,
+    ) -> Result<Option<crate::graph::SecureModel>> {
+        let _ = (options, spec, frac_bits);
+        Ok(None)
+    }
 }

@@ -47,6 +47,19 @@ impl ArchAdapter for DeepLabV3MobileNetV2 {
         DeepLabPlan::new(DEEPLABV3_MOBILENETV2, options)?.layer_table()
     }
 
+    fn secure_graph(
+        &self,
+        options: &ArchOptions,
+        spec: Option<&knapsec_core::BlockSpec>,
+        frac_bits: u32,
+    ) -> Result<Option<knapsec_core::graph::SecureModel>> {
+        Ok(Some(
+            DeepLabPlan::new(DEEPLABV3_MOBILENETV2, options)?
+                .secure_graph(spec, frac_bits)?
+                .0,
+        ))
+    }
+
     fn candidates(&self, layer: &ReluLayer) -> Vec<BlockSize> {
         reference_candidates(layer)
     }
@@ -63,6 +76,19 @@ impl ArchAdapter for DeepLabV3ResNet50 {
 
     fn layer_table(&self, options: &ArchOptions) -> Result<LayerTable> {
         DeepLabPlan::new(DEEPLABV3_RESNET50, options)?.layer_table()
+    }
+
+    fn secure_graph(
+        &self,
+        options: &ArchOptions,
+        spec: Option<&knapsec_core::BlockSpec>,
+        frac_bits: u32,
+    ) -> Result<Option<knapsec_core::graph::SecureModel>> {
+        Ok(Some(
+            DeepLabPlan::new(DEEPLABV3_RESNET50, options)?
+                .secure_graph(spec, frac_bits)?
+                .0,
+        ))
     }
 
     fn candidates(&self, layer: &ReluLayer) -> Vec<BlockSize> {

@@ -153,6 +153,17 @@ impl ArchAdapter for TinyCnn {
     fn layer_table(&self, options: &ArchOptions) -> Result<LayerTable> {
         TinyCnnPlan::new(options)?.layer_table()
     }
+
+    fn secure_graph(
+        &self,
+        options: &ArchOptions,
+        spec: Option<&knapsec_core::BlockSpec>,
+        frac_bits: u32,
+    ) -> Result<Option<knapsec_core::graph::SecureModel>> {
+        Ok(Some(
+            TinyCnnPlan::new(options)?.secure_graph(spec, frac_bits)?.0,
+        ))
+    }
 }
 
 inventory::submit! {

@@ -189,6 +189,19 @@ impl ArchAdapter for MobileNetV2ImageNet {
         ImageNetConfig::from_options(options)?.layer_table()
     }
 
+    fn secure_graph(
+        &self,
+        options: &ArchOptions,
+        spec: Option<&knapsec_core::BlockSpec>,
+        frac_bits: u32,
+    ) -> Result<Option<knapsec_core::graph::SecureModel>> {
+        Ok(Some(
+            ImageNetConfig::from_options(options)?
+                .secure_graph(spec, frac_bits)?
+                .0,
+        ))
+    }
+
     fn candidates(&self, layer: &ReluLayer) -> Vec<BlockSize> {
         reference_candidates(layer)
     }

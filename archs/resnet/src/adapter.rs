@@ -42,6 +42,18 @@ impl ArchAdapter for ResNet18Cifar {
     fn layer_table(&self, options: &ArchOptions) -> Result<LayerTable> {
         ResNetPlan::new(RESNET18_CIFAR, options)?.layer_table()
     }
+    fn secure_graph(
+        &self,
+        options: &ArchOptions,
+        spec: Option<&knapsec_core::BlockSpec>,
+        frac_bits: u32,
+    ) -> Result<Option<knapsec_core::graph::SecureModel>> {
+        Ok(Some(
+            ResNetPlan::new(RESNET18_CIFAR, options)?
+                .secure_graph(spec, frac_bits)?
+                .0,
+        ))
+    }
     fn candidates(&self, layer: &ReluLayer) -> Vec<BlockSize> {
         default_candidates(layer)
     }
@@ -56,6 +68,18 @@ impl ArchAdapter for ResNet50ImageNet {
     }
     fn layer_table(&self, options: &ArchOptions) -> Result<LayerTable> {
         ResNetPlan::new(RESNET50_IMAGENET, options)?.layer_table()
+    }
+    fn secure_graph(
+        &self,
+        options: &ArchOptions,
+        spec: Option<&knapsec_core::BlockSpec>,
+        frac_bits: u32,
+    ) -> Result<Option<knapsec_core::graph::SecureModel>> {
+        Ok(Some(
+            ResNetPlan::new(RESNET50_IMAGENET, options)?
+                .secure_graph(spec, frac_bits)?
+                .0,
+        ))
     }
     fn candidates(&self, layer: &ReluLayer) -> Vec<BlockSize> {
         default_candidates(layer)

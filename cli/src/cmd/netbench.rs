@@ -1,6 +1,7 @@
 //! `knapsec bench net`: time per image of a three-host deployment (three `knapsec party`
-//! processes, authenticated TCP) of a ResNet at a DReLU budget, at several one-way network
-//! delays, and the protocol's number of sequential rounds (issue 7).
+//! processes, authenticated TCP) of any registered architecture with any private backend at a
+//! DReLU budget, at several one-way network delays, and the protocol's number of sequential
+//! rounds (issue 7).
 //!
 //! Two modes (`--mode`, default `auto`):
 //! * `namespaces` (needs root and iproute2; `auto` picks it when it can): each party runs in
@@ -18,12 +19,9 @@
 
 use crate::context::Context;
 use anyhow::{Context as _, bail};
-use knapsec_core::graph::{ModelWeights, SecureModel};
-use knapsec_core::graph_build::random_weights;
-use knapsec_core::{BlockSpec, Role};
+use knapsec_core::Role;
 use knapsec_net::delay::DelayRelay;
 use knapsec_net::keys::KeyPair;
-use knapsec_securenn::{Options, nets, simulate};
 use serde::Serialize;
 use std::io::BufRead as _;
 use std::path::Path;
@@ -33,9 +31,21 @@ use std::time::{Duration, Instant};
 /// Arguments of `knapsec bench net`.
 #[derive(Debug, clap::Args)]
 pub struct BenchArgs {
-    /// `resnet18-cifar` or `resnet50-imagenet`.
+    /// Any registered architecture whose adapter builds its secure graph without libtorch.
     #[arg(long, default_value = "resnet18-cifar")]
     arch: String,
+    /// Architecture variant (e.g. `avgpool-stem` for resnet50-imagenet).
+    #[arg(long)]
+    variant: Option<String>,
+    /// The secure backend (`knapsec plugins list`); `knapsec party` refuses a non-private one.
+    #[arg(long, default_value = "securenn")]
+    backend: String,
+    /// DReLU of the securenn backend: `exact` or `approx:BITS[,LSB_IGNORED]`.
+    #[arg(long, default_value = "exact")]
+    drelu: String,
+    /// Options of another backend (RON text).
+    #[arg(long, default_value = "")]
+    options: String,
     /// DReLU budget: a percentage (`6%`) or a fraction (`0.06`) of the all-ReLU count.
     #[arg(long, default_value = "6%")]
     budget: String,
@@ -77,6 +87,9 @@ struct Run {
 #[derive(Serialize)]
 struct Report {
     bench: &'static str,
+    backend: String,
+    /// The backend's canonical options.
+    options: String,
     arch: String,
     budget: f64,
     drelus: u64,
@@ -84,6 +97,8 @@ struct Report {
     /// Sequential message rounds of one inference (offline + online, causal depth measured
     /// with all parties in one process; the once-per-session setup not included).
     rounds: u64,
+    /// Sequential message rounds of the online phase alone.
+    rounds_online: u64,
     setup_rounds: u64,
     /// `namespaces` or `loopback`: where the parties ran.
     mode: &'static str,
@@ -95,51 +110,10 @@ struct Report {
     cores: usize,
 }
 
-fn parse_budget(text: &str) -> anyhow::Result<f64> {
-    let t = text.trim();
-    let v = match t.strip_suffix('%') {
-        Some(p) => p.trim().parse::<f64>().map(|v| v / 100.0),
-        None => t.parse::<f64>(),
-    }
-    .map_err(|_| anyhow::anyhow!("cannot parse budget {text:?}: expected e.g. 6% or 0.06"))?;
-    if !(v > 0.0 && v <= 1.0) {
-        bail!("budget {text:?} must be in (0, 100%]");
-    }
-    Ok(v)
-}
-
 fn free_port() -> anyhow::Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
         .port())
-}
-
-/// The model of the bench: the architecture at the budget, random spec and weights.
-fn build_model(arch: &str, budget: f64, seed: u64) -> anyhow::Result<(SecureModel, ModelWeights)> {
-    let plan = knapsec_arch_resnet::ResNetPlan::new(arch, &knapsec_core::ArchOptions::default())
-        .with_context(|| {
-            format!("architecture {arch:?} (bench net knows resnet18-cifar and resnet50-imagenet)")
-        })?;
-    let table = plan.layer_table()?;
-    let shapes: Vec<_> = table
-        .layers
-        .iter()
-        .map(|l| [l.channels, l.height, l.width])
-        .collect();
-    let blocks = nets::random_spec(&shapes, budget, seed);
-    let spec = BlockSpec {
-        format: knapsec_core::spec::SPEC_FORMAT,
-        arch: table.arch.clone(),
-        layers: table
-            .layers
-            .iter()
-            .map(|l| l.name.clone())
-            .zip(blocks)
-            .collect(),
-    };
-    let (model, _) = plan.secure_graph(Some(&spec), 12)?;
-    let weights = random_weights(&model, seed);
-    Ok((model, weights))
 }
 
 fn write_npy(path: &Path, shape: [u32; 3], data: &[f32]) -> anyhow::Result<()> {
@@ -329,9 +303,12 @@ fn run_relay(spec: &str) -> anyhow::Result<()> {
 
 /// One session over `images` at `delay`: three child processes, in their namespaces when
 /// `lan` is given (relays as processes there), else on loopback (relays in this process).
+#[allow(clippy::too_many_arguments)]
 fn run_session(
     dir: &Path,
     inputs: &Path,
+    backend: &str,
+    options: &str,
     images: u64,
     delay_ms: u64,
     lan: Option<&Lan>,
@@ -392,7 +369,8 @@ fn run_session(
     helper: (address: "{helper_addr}", listen: "{helper_listen}", public_key: "keys/helper.pub"),
     private_key: "keys/{{role}}.key",
     model: "model",
-    backend: "securenn",
+    backend: "{backend}",
+    options: {options:?},
     timeouts: (connect_s: 30, handshake_s: 30, recv_s: 600, linger_s: 5),
 )"#
         ),
@@ -488,8 +466,24 @@ pub fn bench(ctx: &Context, args: BenchArgs) -> anyhow::Result<()> {
     if let Some(spec) = &args.relay {
         return run_relay(spec);
     }
-    let budget = parse_budget(&args.budget)?;
-    let (model, weights) = build_model(&args.arch, budget, args.seed)?;
+    let budget = crate::cmd::simulate::parse_budget(&args.budget)?;
+    let backend = ctx.registry()?.backend(&args.backend)?;
+    if !backend.is_private() {
+        bail!(
+            "backend {:?} is not private: knapsec party refuses it",
+            args.backend
+        );
+    }
+    let options =
+        crate::cmd::simulate::backend_options(backend.as_ref(), &args.drelu, false, &args.options)?;
+    let (model, weights) = crate::cmd::simulate::bench_model(
+        ctx,
+        &args.arch,
+        args.variant.clone(),
+        None,
+        budget,
+        args.seed,
+    )?;
     let dir = TempDir::new()?;
     let d = dir.0.as_path();
     for role in Role::ALL {
@@ -510,11 +504,12 @@ pub fn bench(ctx: &Context, args: BenchArgs) -> anyhow::Result<()> {
     // Sequential rounds: the causal depth with all parties in one process.
     let x: Vec<f32> = (0..len).map(|k| (k as f32 * 0.37).cos()).collect();
     let start = Instant::now();
-    let sim = simulate(
+    let sim = knapsec_runtime::simulate(
+        backend.as_ref(),
         &model,
         &weights,
         &x,
-        Options::default(),
+        &options,
         Some(Duration::from_secs(600)),
     )?;
     tracing::info!(
@@ -553,7 +548,15 @@ pub fn bench(ctx: &Context, args: BenchArgs) -> anyhow::Result<()> {
     let mut runs = Vec::new();
     for &delay in &args.delays_ms {
         tracing::info!("one-way delay {delay} ms ({mode})");
-        runs.push(run_session(d, &inputs, args.images, delay, lan.as_ref())?);
+        runs.push(run_session(
+            d,
+            &inputs,
+            backend.name(),
+            &options,
+            args.images,
+            delay,
+            lan.as_ref(),
+        )?);
     }
     drop(lan);
     let base = runs
@@ -568,11 +571,15 @@ pub fn bench(ctx: &Context, args: BenchArgs) -> anyhow::Result<()> {
     let goal_met = goal_bound_seconds.zip(at20).map(|(bound, t)| t <= bound);
     ctx.print_json(&Report {
         bench: "net",
+        backend: backend.name().to_string(),
+        options: options.clone(),
         arch: args.arch.clone(),
         budget,
-        drelus: sim.drelus,
+        drelus: knapsec_securenn::Plan::new(&model, knapsec_securenn::Options::default())?
+            .drelus(),
         images: args.images,
         rounds,
+        rounds_online: sim.online.comm.rounds,
         setup_rounds: sim.setup.comm.rounds,
         mode,
         emulation: if mode == "namespaces" {

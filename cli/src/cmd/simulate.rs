@@ -1,7 +1,8 @@
 //! `knapsec simulate`: one secure inference with all three parties in this process (threads
-//! over the metered in-memory transport), printing the output and a communication report;
-//! and `knapsec bench secure`: the bytes, rounds and seconds of one inference of a ResNet at
-//! a DReLU budget, with a random block spec and random weights (DESIGN §5, digest §6.13).
+//! over the metered in-memory transport, `knapsec-runtime`'s harness), printing the output and
+//! a communication report; and `knapsec bench secure`: the bytes, rounds and seconds of one
+//! inference of any registered architecture at a DReLU budget with any backend, with a
+//! random block spec and random weights (DESIGN §5, digest §6.13).
 
 use crate::context::Context;
 use anyhow::{Context as _, bail};
@@ -10,7 +11,7 @@ use knapsec_core::backend::PartyOutput;
 use knapsec_core::graph::{ModelWeights, SecureModel};
 use knapsec_core::graph_build::random_weights;
 use knapsec_net::CommReport;
-use knapsec_securenn::{DreluMode, Options, Reveal, SimReport, nets, simulate};
+use knapsec_securenn::{DreluMode, Options, Reveal, nets, simulate};
 use serde::Serialize;
 use std::io::Write;
 use std::path::PathBuf;
@@ -27,15 +28,17 @@ pub struct Args {
     /// The client's image: a `.npy` array of `C·H·W` float32/float64 values.
     #[arg(long, value_name = "FILE")]
     input: PathBuf,
-    /// The backend: `securenn` (phases timed and metered apart), `plain` (cleartext oracle),
-    /// or any other registered backend.
+    /// The backend: `securenn`, `plain` (cleartext oracle), or any other registered backend
+    /// (`knapsec plugins list`); every backend runs through its phases, each timed and
+    /// metered apart.
     #[arg(long, default_value = "securenn")]
     backend: String,
-    /// DReLU of the securenn backend: `exact`, `approx:BITS[,LSB_IGNORED]` (every site), or
+    /// DReLU of the securenn backend (another backend takes it in `--options`): `exact`, `approx:BITS[,LSB_IGNORED]` (every site), or
     /// `calibrated` (each site's window from `knapsec calibrate`).
     #[arg(long, default_value = "exact")]
     drelu: String,
-    /// Reveal only the label (map) to the client, by a secure argmax.
+    /// Reveal only the label (map) to the client, by a secure argmax (any backend that
+    /// states label-only options).
     #[arg(long)]
     label_only: bool,
     /// Refuse a DReLU window that the model's calibration data show to be too narrow for a
@@ -68,14 +71,6 @@ fn check_input(model: &SecureModel, x: &[f32], path: &std::path::Path) -> anyhow
         );
     }
     Ok(())
-}
-
-#[derive(Serialize)]
-struct GenericReport<'a> {
-    backend: &'a str,
-    output: &'a PartyOutput,
-    seconds: f64,
-    comm: &'a CommReport,
 }
 
 pub fn run(args: Args, ctx: &Context) -> anyhow::Result<()> {
@@ -140,12 +135,13 @@ pub fn run(args: Args, ctx: &Context) -> anyhow::Result<()> {
         name => {
             let registry = ctx.registry()?;
             let backend = registry.backend(name)?;
-            let options = if name == "securenn" {
-                String::new()
-            } else {
-                args.options.clone()
-            };
-            let (output, comm, seconds) = knapsec_securenn::sim::run_backend(
+            let options = backend_options(
+                backend.as_ref(),
+                &args.drelu,
+                args.label_only,
+                &args.options,
+            )?;
+            let r = knapsec_runtime::simulate(
                 backend.as_ref(),
                 &model,
                 &weights,
@@ -155,21 +151,31 @@ pub fn run(args: Args, ctx: &Context) -> anyhow::Result<()> {
             )
             .with_context(|| format!("backend {name}"))?;
             if args.json {
-                return ctx.print_json(&GenericReport {
-                    backend: name,
-                    output: &output,
-                    seconds,
-                    comm: &comm,
-                });
+                return ctx.print_json(&r);
             }
             let mut out = ctx.stdout();
-            print_output(&mut out, &output)?;
-            writeln!(
-                out,
-                "{seconds:.3} s, {} bytes, {} messages, {} rounds",
-                comm.bytes, comm.messages, comm.rounds
-            )?;
-            print_comm(&mut out, "traffic", &comm)?;
+            print_output(&mut out, &r.output)?;
+            for (name, p) in [
+                ("setup (once per session)", &r.setup),
+                ("offline", &r.offline),
+                ("online", &r.online),
+            ] {
+                writeln!(
+                    out,
+                    "{name}: {:.3} s ({:.2} CPU s), {} bytes, {} messages, {} rounds",
+                    p.seconds, p.cpu_seconds, p.comm.bytes, p.comm.messages, p.comm.rounds
+                )?;
+            }
+            if let Some(e) = &r.expected
+                && e.key_bytes > 0
+            {
+                writeln!(out, "keys held per inference: {} bytes", e.key_bytes)?;
+            }
+            print_comm(&mut out, "per-inference traffic (offline + online)", &{
+                let mut c = r.offline.comm.clone();
+                c.merge(&r.online.comm);
+                c
+            })?;
             out.flush()?;
             Ok(())
         }
@@ -241,19 +247,27 @@ fn print_comm(out: &mut impl Write, title: &str, c: &CommReport) -> anyhow::Resu
 /// Arguments of `knapsec bench secure`.
 #[derive(Debug, clap::Args)]
 pub struct BenchArgs {
-    /// `resnet18-cifar` or `resnet50-imagenet`.
+    /// Any registered architecture whose adapter builds its secure graph without libtorch
+    /// (`knapsec arch list`), e.g. `resnet18-cifar`, `resnet50-imagenet`,
+    /// `mobilenetv2-imagenet`.
     #[arg(long, default_value = "resnet18-cifar")]
     arch: String,
     /// Architecture variant (e.g. `avgpool-stem` for resnet50-imagenet, the reference's secure
     /// flows; its default stem uses max pooling).
     #[arg(long)]
     variant: Option<String>,
+    /// The secure backend (`knapsec plugins list`).
+    #[arg(long, default_value = "securenn")]
+    backend: String,
     /// DReLU budget: a percentage (`6%`) or a fraction (`0.06`) of the all-ReLU count.
     #[arg(long, default_value = "6%")]
     budget: String,
-    /// DReLU: `exact` or `approx:BITS[,LSB_IGNORED]`.
+    /// DReLU of the securenn backend: `exact` or `approx:BITS[,LSB_IGNORED]`.
     #[arg(long, default_value = "exact")]
     drelu: String,
+    /// Options of another backend (RON text).
+    #[arg(long, default_value = "")]
+    options: String,
     /// A block spec to use instead of a random one at the budget.
     #[arg(long, value_name = "FILE")]
     spec: Option<PathBuf>,
@@ -275,30 +289,44 @@ struct LayerRow {
 #[derive(Serialize)]
 struct SecureBench {
     bench: &'static str,
+    backend: String,
+    /// The backend's canonical options.
+    options: String,
     arch: String,
     variant: Option<String>,
     budget: f64,
-    drelu: DreluMode,
+    /// securenn's DReLU mode (`None` for another backend: see `options`).
+    drelu: Option<DreluMode>,
+    /// DReLUs the network evaluates (block ReLUs, ReLU6, max-pooling tournaments).
     drelus: u64,
     /// Offline + online bytes of one inference (the once-per-session setup not included).
     bytes_total: u64,
-    /// Bytes of the DReLU part (`drelu` op) per DReLU: `3(k−1) + 8`, plus `16` for the masked
-    /// opening of a 1×1 patch, counted under `select-open`.
+    /// Bytes of the `drelu` op per DReLU (securenn: `3(k−1) + 8`, plus `16` for the masked
+    /// opening of a 1×1 patch, counted under `select-open`).
     bytes_per_drelu: f64,
     bytes_offline: u64,
     bytes_online: u64,
-    closed_form_bytes: u64,
+    /// Bytes of correlated-randomness keys the parties hold per inference (the backend's
+    /// closed form; 0 for none).
+    key_bytes: u64,
+    /// The backend's closed form of `bytes_total` (`null` if it states none).
+    closed_form_bytes: Option<u64>,
     setup_bytes: u64,
+    /// Causal rounds of the online phase.
+    rounds_online: u64,
+    /// Same as `rounds_online` (kept for older readers).
     rounds: u64,
+    rounds_offline: u64,
     offline_seconds: f64,
     online_seconds: f64,
     setup_seconds: f64,
     /// Process CPU seconds of the phases (all three parties together).
     offline_cpu_seconds: f64,
     online_cpu_seconds: f64,
-    /// CPU seconds of the phases by op kind: the three party threads' (linear, comparison,
-    /// selection, pooling, prg, other) and the worker threads' (`workers`: the rayon pool,
-    /// i.e. the products of the linear layers and parallel ring operations).
+    /// CPU seconds of the phases by op kind, as the backend reports them (securenn: the
+    /// three party threads' linear, comparison, selection, pooling, prg, other) and the
+    /// worker threads' (`workers`: the rayon pool, i.e. the products of the linear layers
+    /// and parallel ring operations).
     offline_cpu: CpuBreakdown,
     online_cpu: CpuBreakdown,
     threads: usize,
@@ -309,20 +337,20 @@ struct SecureBench {
 #[derive(Serialize)]
 struct CpuBreakdown {
     #[serde(flatten)]
-    kinds: knapsec_securenn::profile::CpuByKind,
+    kinds: std::collections::BTreeMap<String, f64>,
     workers: f64,
 }
 
 impl CpuBreakdown {
-    fn of(p: &knapsec_securenn::sim::PhaseReport) -> Self {
+    fn of(p: &knapsec_runtime::PhaseReport) -> Self {
         CpuBreakdown {
-            kinds: p.cpu_by_kind,
+            kinds: p.cpu_by_kind.clone(),
             workers: p.cpu_workers,
         }
     }
 }
 
-fn parse_budget(text: &str) -> anyhow::Result<f64> {
+pub(crate) fn parse_budget(text: &str) -> anyhow::Result<f64> {
     let t = text.trim();
     let v = match t.strip_suffix('%') {
         Some(p) => p.trim().parse::<f64>().map(|v| v / 100.0),
@@ -337,73 +365,56 @@ fn parse_budget(text: &str) -> anyhow::Result<f64> {
 
 pub fn bench(ctx: &Context, args: BenchArgs) -> anyhow::Result<()> {
     let budget = parse_budget(&args.budget)?;
-    let drelu = DreluMode::parse_cli(&args.drelu)?;
-    let arch_options = knapsec_core::ArchOptions {
-        variant: args.variant.clone(),
-        ..Default::default()
-    };
-    let plan =
-        knapsec_arch_resnet::ResNetPlan::new(&args.arch, &arch_options).with_context(|| {
-            format!(
-                "architecture {:?} (bench secure knows resnet18-cifar and resnet50-imagenet)",
-                args.arch
-            )
-        })?;
-    let table = plan.layer_table()?;
-    let spec = match &args.spec {
-        Some(path) => BlockSpec::load(path, Some(&args.arch))?,
-        None => {
-            let shapes: Vec<_> = table
-                .layers
-                .iter()
-                .map(|l| [l.channels, l.height, l.width])
-                .collect();
-            let blocks = nets::random_spec(&shapes, budget, args.seed);
-            BlockSpec {
-                format: knapsec_core::spec::SPEC_FORMAT,
-                arch: table.arch.clone(),
-                layers: table
-                    .layers
-                    .iter()
-                    .map(|l| l.name.clone())
-                    .zip(blocks)
-                    .collect(),
-            }
-        }
-    };
-    let (model, _) = plan.secure_graph(Some(&spec), 12)?;
-    let weights = random_weights(&model, args.seed);
+    let backend = ctx.registry()?.backend(&args.backend)?;
+    let options = backend_options(backend.as_ref(), &args.drelu, false, &args.options)?;
+    let drelu = (backend.name() == "securenn")
+        .then(|| DreluMode::parse_cli(&args.drelu))
+        .transpose()?;
+    let (model, weights) = bench_model(
+        ctx,
+        &args.arch,
+        args.variant.clone(),
+        args.spec.as_deref(),
+        budget,
+        args.seed,
+    )?;
     let [c, h, w] = model.input_shape();
     let x: Vec<f32> = (0..c * h * w)
         .map(|i| (i as f32 * 0.7311 + args.seed as f32).sin())
         .collect();
-    let r: SimReport = simulate(
+    let drelus = knapsec_securenn::Plan::new(&model, Options::default())?.drelus();
+    let r = knapsec_runtime::simulate(
+        backend.as_ref(),
         &model,
         &weights,
         &x,
-        Options {
-            drelu,
-            reveal: Reveal::Logits,
-        },
+        &options,
         Some(TIMEOUT),
-    )?;
+    )
+    .with_context(|| format!("backend {}", args.backend))?;
     let mut comm = r.offline.comm.clone();
     comm.merge(&r.online.comm);
     let drelu_bytes = comm.op("drelu").bytes;
+    let expected = r.expected.clone();
     ctx.print_json(&SecureBench {
         bench: "secure",
+        backend: r.backend.clone(),
+        options,
         arch: args.arch.clone(),
         variant: args.variant.clone(),
         budget,
         drelu,
-        drelus: r.drelus,
+        drelus,
         bytes_total: comm.bytes,
-        bytes_per_drelu: drelu_bytes as f64 / r.drelus.max(1) as f64,
+        bytes_per_drelu: drelu_bytes as f64 / drelus.max(1) as f64,
         bytes_offline: r.offline.comm.bytes,
         bytes_online: r.online.comm.bytes,
-        closed_form_bytes: r.closed_form_bytes,
+        key_bytes: expected.as_ref().map_or(0, |e| e.key_bytes),
+        closed_form_bytes: expected.as_ref().map(|e| e.inference_bytes),
         setup_bytes: r.setup.comm.bytes,
+        rounds_online: r.online.comm.rounds,
         rounds: r.online.comm.rounds,
+        rounds_offline: r.offline.comm.rounds,
         offline_seconds: r.offline.seconds,
         online_seconds: r.online.seconds,
         setup_seconds: r.setup.seconds,
@@ -423,6 +434,87 @@ pub fn bench(ctx: &Context, args: BenchArgs) -> anyhow::Result<()> {
             })
             .collect(),
     })
+}
+
+/// The secure graph of the registered architecture `arch` (with `variant`) at `spec`, or at a
+/// random spec within `budget` (seeded), from the adapter without libtorch.
+pub(crate) fn bench_model(
+    ctx: &Context,
+    arch: &str,
+    variant: Option<String>,
+    spec: Option<&std::path::Path>,
+    budget: f64,
+    seed: u64,
+) -> anyhow::Result<(SecureModel, ModelWeights)> {
+    let registry = ctx.registry()?;
+    let adapter = registry.arch(arch)?;
+    let arch_options = knapsec_core::ArchOptions {
+        variant,
+        ..Default::default()
+    };
+    let table = adapter.layer_table(&arch_options)?;
+    let spec = match spec {
+        Some(path) => BlockSpec::load(path, Some(arch))?,
+        None => {
+            let shapes: Vec<_> = table
+                .layers
+                .iter()
+                .map(|l| [l.channels, l.height, l.width])
+                .collect();
+            let blocks = nets::random_spec(&shapes, budget, seed);
+            BlockSpec {
+                format: knapsec_core::spec::SPEC_FORMAT,
+                arch: table.arch.clone(),
+                layers: table
+                    .layers
+                    .iter()
+                    .map(|l| l.name.clone())
+                    .zip(blocks)
+                    .collect(),
+            }
+        }
+    };
+    let model = adapter
+        .secure_graph(&arch_options, Some(&spec), 12)?
+        .with_context(|| {
+            format!("architecture {arch:?} cannot build its secure graph without libtorch")
+        })?;
+    let weights = random_weights(&model, seed);
+    Ok((model, weights))
+}
+
+/// The options text of `backend` for the common flags: securenn's from `--drelu` (and
+/// `label_only`); another backend's `--options`, with `--drelu` left at `exact`.
+pub(crate) fn backend_options(
+    backend: &dyn knapsec_core::SecureBackend,
+    drelu: &str,
+    label_only: bool,
+    options: &str,
+) -> anyhow::Result<String> {
+    let base = if backend.name() == "securenn" {
+        if !options.trim().is_empty() {
+            bail!("securenn takes its options from --drelu and --label-only, not --options");
+        }
+        Options {
+            drelu: DreluMode::parse_cli(drelu)?,
+            reveal: Reveal::Logits,
+        }
+        .canonical()
+    } else {
+        if drelu != "exact" {
+            bail!(
+                "--drelu is securenn's; give backend {:?} its DReLU through --options",
+                backend.name()
+            );
+        }
+        backend.canonical_options(options)?
+    };
+    if !label_only {
+        return Ok(base);
+    }
+    backend
+        .label_only_options(&base)?
+        .with_context(|| format!("backend {:?} cannot reveal labels only", backend.name()))
 }
 
 fn rayon_threads() -> usize {
