@@ -9,6 +9,7 @@
 //! | `knapsack` | `knapsec-knapsack` (knapsack strategies) |
 //! | `plain`    | `knapsec-plain` (cleartext fixed-point backend) |
 //! | `securenn` | `knapsec-securenn` (3PC backend) |
+//! | `fss`      | `knapsec-fss` (3PC backend, the helper deals FSS keys) |
 //! | `archs`    | `knapsec-arch-resnet`, `knapsec-arch-mobilenet`, `knapsec-arch-deeplab` (tch-free descriptions) |
 //! | `example-arch` | `knapsec-arch-example` (`example-tinycnn`, the template of docs/plugins.md's "Add an architecture") |
 //! | `torch`    | the tch networks of those crates and `knapsec-nn` (needs libtorch) |
@@ -28,6 +29,8 @@ use knapsec_arch_mobilenet as _;
 use knapsec_arch_resnet as _;
 #[cfg(feature = "knapsack")]
 use knapsec_knapsack as _;
+#[cfg(feature = "fss")]
+use knapsec_fss as _;
 #[cfg(feature = "torch")]
 use knapsec_nn as _;
 #[cfg(feature = "plain")]
@@ -47,6 +50,8 @@ pub const ENABLED_FEATURES: &[&str] = &[
     "plain",
     #[cfg(feature = "securenn")]
     "securenn",
+    #[cfg(feature = "fss")]
+    "fss",
     #[cfg(feature = "archs")]
     "archs",
     #[cfg(feature = "example-arch")]

@@ -1,24 +1,29 @@
 //! The `fss` backend plugin: runs one party of one inference over any
 //! [`Transport`](knapsec_core::transport::Transport), registered with `inventory`.
 //!
-//! Message flow of one [`SecureBackend::run`]: the per-inference contributions and keys
-//! (`securenn`'s [`exchange_contributions`]: every party contributes fresh randomness to each
-//! inference's pair keys); the helper tells the server (1 byte) whether it still holds this
-//! session's masked weights, and if not the server sends them (once per session); then the
-//! offline phase (the helper deals the comparison keys and masks, [`crate::gate`]; the
+//! Phases ([`SecureBackend::open_session`], [`PartySession`]): once per session the helper
+//! tells the server (1 byte) whether it still holds this session's masked weights, and if not
+//! the server sends them; per inference, offline: the contributions and keys (`securenn`'s
+//! [`exchange_contributions`]: every party contributes fresh randomness to each inference's
+//! pair keys), then the offline work (the helper deals the comparison keys and masks, [`crate::gate`]; the
 //! client's shares of the linear layers, [`crate::exec`]) and the online phase. The helper
 //! keeps the masked weights of its [`SESSIONS_KEPT`] most recently used sessions.
 
 use crate::error::{FssError, Result};
-use crate::exec::Session;
-use knapsec_core::backend::{BackendError, PartyJob, PartyOutput, SecureBackend};
+use crate::exec::{Plan, Preprocessing, Session};
+use knapsec_core::backend::{
+    BackendError, ExpectedCost, PartyJob, PartyOutput, PartySession, SecureBackend, SessionJob,
+    SessionKeys, run_phases,
+};
+use knapsec_core::graph::SecureModel;
 use knapsec_core::registry::BackendRegistration;
 use knapsec_core::transport::Role;
+use knapsec_core::transport::Transport;
 use knapsec_ring::Prg;
 use knapsec_securenn::backend::exchange_contributions;
-use knapsec_securenn::ctx::Ctx;
+use knapsec_securenn::ctx::{Ctx, InferenceKeys};
 use knapsec_securenn::linear::HelperWeights;
-use knapsec_securenn::{Options, SecureNnError};
+use knapsec_securenn::{Options, SecureNnError, profile};
 use rand::TryRngCore;
 use std::sync::{Arc, Mutex};
 
@@ -59,33 +64,19 @@ impl Fss {
         }
     }
 
-    fn run_party(&self, job: PartyJob<'_>) -> Result<PartyOutput> {
+    /// The session's setup: the helper says whether it holds the masked weights, the server
+    /// sends them if not.
+    fn open<'a>(&self, job: SessionJob<'a>, transport: &mut dyn Transport) -> Result<Session<'a>> {
         let options = Options::parse(job.options)?;
-        if job.role == Role::Client {
-            let numel: u32 = job.model.input_shape().iter().product();
-            let n = job.input.map_or(0, <[f32]>::len);
-            if n != numel as usize {
-                return Err(SecureNnError::Input {
-                    role: Role::Client,
-                    message: format!(
-                        "input has {n} values, the model expects {numel} ({:?})",
-                        job.model.input_shape()
-                    ),
-                }
-                .into());
-            }
-        }
         let mut session = Session::new(job.role, job.model, job.weights, options)?;
-        let model_hash = job.model.public_hash();
         let session_id = {
             let mut h = blake3::Hasher::new();
             h.update(b"knapsec-fss session");
-            h.update(model_hash.as_bytes());
+            h.update(job.model.public_hash().as_bytes());
             h.update(&job.keys.server_helper.unwrap_or_default());
             *h.finalize().as_bytes()
         };
-        let mut ctx = Ctx::new(job.role, job.transport, job.keys);
-        exchange_contributions(&mut ctx, job.keys, &model_hash, job.inference)?;
+        let mut ctx = Ctx::new(job.role, transport, job.keys);
         ctx.scope("session", "setup");
         match job.role {
             Role::Helper => {
@@ -107,21 +98,96 @@ impl Fss {
             }
             Role::Client => {}
         }
-        let mut private = if job.role == Role::Helper {
+        Ok(session)
+    }
+}
+
+/// One party's state for the inferences of a session.
+struct FssSession<'a> {
+    session: Session<'a>,
+    keys: &'a SessionKeys,
+    model_hash: String,
+    /// The preprocessing of the inference whose offline phase ran last, with its keys.
+    pre: Option<(u64, Preprocessing, InferenceKeys)>,
+}
+
+impl FssSession<'_> {
+    fn offline(&mut self, inference: u64, transport: &mut dyn Transport) -> Result<()> {
+        let role = self.session.role;
+        let mut ctx = Ctx::new(role, transport, self.keys);
+        let ik = exchange_contributions(&mut ctx, self.keys, &self.model_hash, inference)?;
+        let mut private = if role == Role::Helper {
+            // The dealer's own randomness (the masked decision bits), fresh per inference.
             let mut seed = [0u8; 32];
             rand::rngs::OsRng
                 .try_fill_bytes(&mut seed)
                 .map_err(|e| SecureNnError::Input {
-                    role: Role::Helper,
+                    role,
                     message: format!("the OS random generator failed: {e}"),
                 })?;
             Some(Prg::new(&seed, "fss/dealer"))
         } else {
             None
         };
-        let mut pre = session.offline(&mut ctx, private.as_mut())?;
-        drop(private.take());
-        session.online(&mut ctx, &mut pre, job.input)
+        let pre = self.session.offline(&mut ctx, private.as_mut())?;
+        self.pre = Some((inference, pre, ik));
+        Ok(())
+    }
+
+    fn online(
+        &mut self,
+        inference: u64,
+        input: Option<&[f32]>,
+        transport: &mut dyn Transport,
+    ) -> Result<PartyOutput> {
+        let role = self.session.role;
+        let (done, mut pre, ik) = self.pre.take().ok_or_else(|| SecureNnError::Input {
+            role,
+            message: format!("inference {inference}: online phase without its offline phase"),
+        })?;
+        if done != inference {
+            return Err(SecureNnError::Input {
+                role,
+                message: format!(
+                    "inference {inference}: the offline phase ran for inference {done}"
+                ),
+            }
+            .into());
+        }
+        let mut ctx = Ctx::new(role, transport, self.keys);
+        ctx.set_inference(&ik);
+        self.session.online(&mut ctx, &mut pre, input)
+    }
+}
+
+impl PartySession for FssSession<'_> {
+    fn offline(
+        &mut self,
+        inference: u64,
+        transport: &mut dyn Transport,
+    ) -> std::result::Result<(), BackendError> {
+        FssSession::offline(self, inference, transport).map_err(BackendError::from)
+    }
+
+    fn online(
+        &mut self,
+        inference: u64,
+        input: Option<&[f32]>,
+        transport: &mut dyn Transport,
+    ) -> std::result::Result<PartyOutput, BackendError> {
+        FssSession::online(self, inference, input, transport).map_err(BackendError::from)
+    }
+
+    fn take_cpu_profile(&mut self) -> Vec<(&'static str, f64)> {
+        let p = profile::take();
+        vec![
+            ("linear", p.linear),
+            ("comparison", p.comparison),
+            ("selection", p.selection),
+            ("pooling", p.pooling),
+            ("prg", p.prg),
+            ("other", p.other),
+        ]
     }
 }
 
@@ -143,6 +209,38 @@ impl SecureBackend for Fss {
     }
 
     fn run(&self, job: PartyJob<'_>) -> std::result::Result<PartyOutput, BackendError> {
-        self.run_party(job).map_err(BackendError::from)
+        run_phases(self, job)
+    }
+
+    fn open_session<'a>(
+        &'a self,
+        job: SessionJob<'a>,
+        transport: &mut dyn Transport,
+    ) -> std::result::Result<Box<dyn PartySession + 'a>, BackendError> {
+        let session = self.open(job, transport)?;
+        Ok(Box::new(FssSession {
+            session,
+            keys: job.keys,
+            model_hash: job.model.public_hash(),
+            pre: None,
+        }))
+    }
+
+    fn expected_cost(
+        &self,
+        model: &SecureModel,
+        options: &str,
+    ) -> std::result::Result<Option<ExpectedCost>, BackendError> {
+        let options = Options::parse(options).map_err(FssError::from)?;
+        let cf = Plan::new(model, options)?.closed_form(model);
+        Ok(Some(ExpectedCost {
+            // the helper's one-byte "setup needed" flag included (a fresh session)
+            setup_bytes: cf.setup + 1,
+            offline_bytes: Some(cf.offline),
+            online_bytes: Some(cf.online),
+            inference_bytes: cf.offline + cf.online,
+            online_rounds: Some(cf.online_rounds),
+            key_bytes: 2 * cf.key_bytes,
+        }))
     }
 }

@@ -161,6 +161,7 @@ pub fn unpack_bits(bytes: &[u8], n: usize) -> Vec<u8> {
 /// Generates one key pair per `alphas[k]` for `f(y) = [y < α_k]` on `n`-bit inputs
 /// (`n ≤ 64`; bits of `α` above `n` are ignored), from the parties' root seeds `roots[0][k]`,
 /// `roots[1][k]`. Returns the correction words both keys share.
+#[allow(clippy::needless_range_loop)]
 pub fn generate(prg: &Prg, n: u32, alphas: &[u64], roots: [&[u128]; 2]) -> Corrections {
     assert!(n <= 64, "DCF inputs of at most 64 bits");
     let count = alphas.len();
@@ -221,6 +222,7 @@ pub fn generate(prg: &Prg, n: u32, alphas: &[u64], roots: [&[u128]; 2]) -> Corre
 /// Evaluates party `party`'s (0 or 1) keys — root seeds `roots`, shared corrections `cw` — at
 /// the inputs `xs` (bits above `n` ignored): writes this party's share bit of `[x_k < α_k]`
 /// to `out[k]`.
+#[allow(clippy::needless_range_loop)]
 pub fn eval(prg: &Prg, party: u8, roots: &[u128], cw: &Corrections, xs: &[u64], out: &mut [u8]) {
     let n = cw.n;
     let nn = n as usize;

@@ -115,6 +115,9 @@ pub struct ClosedForm {
     /// DCF key bytes one of client and server receives and holds per inference (the
     /// corrections; root seeds come from the pairwise PRGs).
     pub key_bytes: u64,
+    /// Causal rounds of the online phase: the input, two per gate (the gates run one after
+    /// the other), the reveal.
+    pub online_rounds: u64,
 }
 
 fn usz(a: [u32; 2]) -> [usize; 2] {
@@ -355,7 +358,9 @@ impl Plan {
             offline: 6 * knapsec_securenn::backend::CONTRIBUTION_LEN as u64,
             ..ClosedForm::default()
         };
+        c.online_rounds = 2;
         for s in self.specs() {
+            c.online_rounds += 2;
             let (off, on) = gate::bytes(s);
             c.offline += off;
             c.online += on;
@@ -1156,7 +1161,6 @@ impl<'m> Session<'m> {
             let winner = tree.run(&mut runner, ctx, n, cands)?;
             share = winner.into_iter().nth(1).unwrap_or_default();
         }
-        drop(runner);
         pre.linear = linear_pre;
         Ok(share)
     }

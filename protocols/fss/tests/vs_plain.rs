@@ -65,6 +65,14 @@ fn run_registered(
     .unwrap();
     let cf = Plan::new(model, options).unwrap().closed_form(model);
     assert_eq!(comm.bytes, cf.setup + cf.offline + cf.online + 1);
+    // the costs the backend states
+    let stated = backend
+        .expected_cost(model, &options.canonical())
+        .unwrap()
+        .expect("fss states its costs");
+    assert_eq!(stated.setup_bytes + stated.inference_bytes, comm.bytes);
+    assert_eq!(stated.online_rounds, Some(cf.online_rounds));
+    assert_eq!(stated.key_bytes, 2 * cf.key_bytes);
     output
 }
 

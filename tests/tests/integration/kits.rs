@@ -68,5 +68,7 @@ fn every_private_backend_conforms_against_plain() {
             panic!("{e}");
         }
     }
-    assert!(private.iter().any(|n| n == "securenn"), "{private:?}");
+    for name in ["securenn", "fss"] {
+        assert!(private.iter().any(|n| n == name), "{name}: {private:?}");
+    }
 }
