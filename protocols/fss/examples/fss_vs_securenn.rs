@@ -4,7 +4,7 @@
 //!
 //! ```text
 //! cargo run --release -p knapsec-fss --example fss_vs_securenn -- resnet18-cifar 0.06 exact
-//! cargo run --release -p knapsec-fss --example fss_vs_securenn -- resnet50-imagenet 0.06 approx:16
+//! cargo run --release -p knapsec-fss --example fss_vs_securenn -- resnet50-imagenet 0.06 approx:16 avgpool-stem
 //! ```
 
 use knapsec_core::graph_build::random_weights;
@@ -17,8 +17,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let arch = args.first().map_or("resnet18-cifar", String::as_str);
     let budget: f64 = args.get(1).map_or(Ok(0.06), |s| s.parse())?;
     let drelu = DreluMode::parse_cli(args.get(2).map_or("exact", String::as_str))?;
+    let variant = args.get(3).cloned();
     let seed = 0u64;
-    let plan = knapsec_arch_resnet::ResNetPlan::new(arch, &knapsec_core::ArchOptions::default())?;
+    let arch_options = knapsec_core::ArchOptions {
+        variant: variant.clone(),
+        ..Default::default()
+    };
+    let plan = knapsec_arch_resnet::ResNetPlan::new(arch, &arch_options)?;
     let table = plan.layer_table()?;
     let shapes: Vec<_> = table
         .layers
@@ -49,8 +54,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let s = knapsec_securenn::simulate(&model, &weights, &x, options, timeout)?;
     let f = knapsec_fss::simulate(&model, &weights, &x, options, timeout)?;
     let same = s.output == f.output;
+    let vname = variant.as_deref().unwrap_or("standard");
     println!(
-        "{{\"backend\":\"securenn\",\"arch\":\"{arch}\",\"budget\":{budget},\"drelu\":\"{drelu:?}\",\"drelus\":{},\"rounds_online\":{},\"bytes_online\":{},\"bytes_offline\":{},\"key_bytes\":0,\"offline_seconds\":{:.3},\"online_seconds\":{:.3},\"offline_cpu_seconds\":{:.3},\"online_cpu_seconds\":{:.3}}}",
+        "{{\"backend\":\"securenn\",\"arch\":\"{arch}\",\"variant\":\"{vname}\",\"budget\":{budget},\"drelu\":\"{drelu:?}\",\"drelus\":{},\"rounds_online\":{},\"bytes_online\":{},\"bytes_offline\":{},\"key_bytes\":0,\"offline_seconds\":{:.3},\"online_seconds\":{:.3},\"offline_cpu_seconds\":{:.3},\"online_cpu_seconds\":{:.3}}}",
         s.drelus,
         s.online.comm.rounds,
         s.online.comm.bytes,
@@ -61,7 +67,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         s.online.cpu_seconds,
     );
     println!(
-        "{{\"backend\":\"fss\",\"arch\":\"{arch}\",\"budget\":{budget},\"drelu\":\"{drelu:?}\",\"drelus\":{},\"rounds_online\":{},\"bytes_online\":{},\"bytes_offline\":{},\"key_bytes\":{},\"held_bytes\":{:?},\"offline_seconds\":{:.3},\"online_seconds\":{:.3},\"offline_cpu_seconds\":{:.3},\"online_cpu_seconds\":{:.3},\"logits_equal_securenn\":{same}}}",
+        "{{\"backend\":\"fss\",\"arch\":\"{arch}\",\"variant\":\"{vname}\",\"budget\":{budget},\"drelu\":\"{drelu:?}\",\"drelus\":{},\"rounds_online\":{},\"bytes_online\":{},\"bytes_offline\":{},\"key_bytes\":{},\"held_bytes\":{:?},\"offline_seconds\":{:.3},\"online_seconds\":{:.3},\"offline_cpu_seconds\":{:.3},\"online_cpu_seconds\":{:.3},\"logits_equal_securenn\":{same}}}",
         f.drelus,
         f.online.comm.rounds,
         f.online.comm.bytes,
