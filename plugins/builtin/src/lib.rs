@@ -27,10 +27,10 @@ use knapsec_arch_example as _;
 use knapsec_arch_mobilenet as _;
 #[cfg(feature = "archs")]
 use knapsec_arch_resnet as _;
-#[cfg(feature = "knapsack")]
-use knapsec_knapsack as _;
 #[cfg(feature = "fss")]
 use knapsec_fss as _;
+#[cfg(feature = "knapsack")]
+use knapsec_knapsack as _;
 #[cfg(feature = "torch")]
 use knapsec_nn as _;
 #[cfg(feature = "plain")]

@@ -15,6 +15,10 @@ pub enum FssError {
     /// cannot run, bad input or a ring kernel (the error names party, layer and op).
     #[error(transparent)]
     Party(#[from] SecureNnError),
+    /// The runtime's per-inference contribution exchange failed (transport, a repeated
+    /// contribution, the OS random generator).
+    #[error(transparent)]
+    Runtime(#[from] knapsec_runtime::RuntimeError),
     /// A peer sent a value outside its domain (e.g. a DCF key of the wrong size).
     #[error("{role}, layer {layer:?}: malformed message from the {peer}: {message}")]
     Malformed {
@@ -33,6 +37,7 @@ impl From<FssError> for BackendError {
     fn from(e: FssError) -> Self {
         match e {
             FssError::Party(e) => e.into(),
+            FssError::Runtime(e) => e.into(),
             FssError::Malformed { role, .. } => BackendError::Party {
                 role,
                 message: e.to_string(),

@@ -355,7 +355,7 @@ impl Plan {
     /// one-byte "setup needed" flag excluded, as in `securenn`).
     pub fn closed_form(&self, model: &SecureModel) -> ClosedForm {
         let mut c = ClosedForm {
-            offline: 6 * knapsec_securenn::backend::CONTRIBUTION_LEN as u64,
+            offline: 6 * knapsec_runtime::CONTRIBUTION_LEN as u64,
             ..ClosedForm::default()
         };
         c.online_rounds = 2;

@@ -5,6 +5,7 @@
 //! harness; the preprocessing each party holds between the phases (DCF keys and masks) is
 //! reported too.
 
+use crate::backend::exchange;
 use crate::error::{FssError, Result};
 use crate::exec::{ClosedForm, Plan, Session};
 use knapsec_core::backend::{PartyOutput, SessionKeys};
@@ -12,9 +13,9 @@ use knapsec_core::graph::{ModelWeights, SecureModel};
 use knapsec_core::transport::Role;
 use knapsec_net::{CommReport, Metered, RoundTracker, memory_network};
 use knapsec_ring::Prg;
-use knapsec_securenn::backend::exchange_contributions;
+use knapsec_runtime::process_cpu_seconds;
 use knapsec_securenn::ctx::Ctx;
-use knapsec_securenn::sim::{PhaseReport, process_cpu_seconds};
+use knapsec_securenn::sim::PhaseReport;
 use knapsec_securenn::{Options, SecureNnError, profile};
 use std::sync::{Condvar, Mutex};
 use std::time::{Duration, Instant};
@@ -133,7 +134,7 @@ fn party(
     let start = Instant::now();
     let (mut pre, ik) = {
         let mut ctx = Ctx::new(role, &mut t, keys);
-        let ik = exchange_contributions(&mut ctx, keys, &model.public_hash(), 0)?;
+        let ik = exchange(&mut ctx, keys, &model.public_hash(), 0)?;
         let mut private = (role == Role::Helper).then(|| Prg::new(&keys.private, "fss/dealer"));
         (session.offline(&mut ctx, private.as_mut())?, ik)
     };

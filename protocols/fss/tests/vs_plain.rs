@@ -42,8 +42,8 @@ fn run(model: &SecureModel, weights: &ModelWeights, x: &[f32], options: Options)
     r
 }
 
-/// The registered backend, one party per thread (`PartyJob`s): the same output as the
-/// simulation's, and the bytes of the closed form plus the helper's setup flag.
+/// The registered backend through the runtime's phased harness: the same output as this
+/// crate's simulation, and the costs it states equal the metered ones phase by phase.
 fn run_registered(
     model: &SecureModel,
     weights: &ModelWeights,
@@ -54,26 +54,22 @@ fn run_registered(
         .unwrap()
         .backend("fss")
         .expect("fss is registered");
-    let (output, comm, _) = knapsec_securenn::sim::run_backend(
+    let options = backend.canonical_options(&options.canonical()).unwrap();
+    let r = knapsec_runtime::simulate(
         backend.as_ref(),
         model,
         weights,
         x,
-        &backend.canonical_options(&options.canonical()).unwrap(),
+        &options,
         Some(Duration::from_secs(60)),
     )
     .unwrap();
-    let cf = Plan::new(model, options).unwrap().closed_form(model);
-    assert_eq!(comm.bytes, cf.setup + cf.offline + cf.online + 1);
-    // the costs the backend states
-    let stated = backend
-        .expected_cost(model, &options.canonical())
-        .unwrap()
-        .expect("fss states its costs");
-    assert_eq!(stated.setup_bytes + stated.inference_bytes, comm.bytes);
-    assert_eq!(stated.online_rounds, Some(cf.online_rounds));
-    assert_eq!(stated.key_bytes, 2 * cf.key_bytes);
-    output
+    let stated = r.expected.expect("fss states its costs");
+    assert_eq!(stated.setup_bytes, r.setup.comm.bytes);
+    assert_eq!(stated.offline_bytes, Some(r.offline.comm.bytes));
+    assert_eq!(stated.online_bytes, Some(r.online.comm.bytes));
+    assert_eq!(stated.online_rounds, Some(r.online.comm.rounds));
+    r.output
 }
 
 fn logits(r: &SimReport) -> Vec<f32> {
