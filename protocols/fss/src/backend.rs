@@ -252,6 +252,15 @@ impl SecureBackend for Fss {
         }))
     }
 
+    fn max_message(
+        &self,
+        model: &SecureModel,
+        options: &str,
+    ) -> std::result::Result<Option<u64>, BackendError> {
+        let options = Options::parse(options).map_err(FssError::from)?;
+        Ok(Some(Plan::new(model, options)?.max_message(model)))
+    }
+
     fn label_only_options(
         &self,
         options: &str,

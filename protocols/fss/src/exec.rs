@@ -351,6 +351,27 @@ impl Plan {
         self.specs().map(|s| s.patches() as u64).sum()
     }
 
+    /// The payload bytes of the largest single message of a session (setup and one
+    /// inference), for the deployment's frame cap.
+    pub fn max_message(&self, model: &SecureModel) -> u64 {
+        let mut m = knapsec_runtime::CONTRIBUTION_LEN as u64;
+        for s in self.specs() {
+            let (px, np) = (s.pixels as u64, s.patches() as u64);
+            m = m
+                .max(gate::key_bytes(s))
+                .max(8 * px + np.div_ceil(8))
+                .max(8 * np);
+        }
+        for n in &self.nodes {
+            if let NodePlan::Linear(l) = n {
+                m = m.max(l.setup_bytes()).max(l.offline_bytes());
+            }
+        }
+        let [ic, ih, iw] = model.input_shape().map(u64::from);
+        let [oc, oh, ow] = model.output_shape().map(u64::from);
+        m.max(8 * ic * ih * iw).max(8 * oc * oh * ow)
+    }
+
     /// Closed-form bytes of a session's setup and of one inference's phases (the helper's
     /// one-byte "setup needed" flag excluded, as in `securenn`).
     pub fn closed_form(&self, model: &SecureModel) -> ClosedForm {

@@ -69,6 +69,15 @@ fn run_registered(
     assert_eq!(stated.offline_bytes, Some(r.offline.comm.bytes));
     assert_eq!(stated.online_bytes, Some(r.online.comm.bytes));
     assert_eq!(stated.online_rounds, Some(r.online.comm.rounds));
+    // no message above the stated bound (the largest message is at least the input)
+    let bound = backend.max_message(model, &options).unwrap().unwrap();
+    let [c, h, w] = model.input_shape().map(u64::from);
+    assert!(bound >= 8 * c * h * w);
+    for phase in [&r.setup, &r.offline, &r.online] {
+        for counts in phase.comm.ops.values() {
+            assert!(counts.messages == 0 || counts.bytes / counts.messages <= bound);
+        }
+    }
     r.output
 }
 
