@@ -8,6 +8,7 @@
 //! Errors are printed as one line, `error: cause: cause…`, with exit status 1; usage errors
 //! (clap) exit with status 2. Output to a closed pipe (`knapsec … | head`) ends quietly.
 
+mod alloc;
 mod args;
 mod cmd;
 mod context;
@@ -109,6 +110,7 @@ impl Command {
 }
 
 fn main() -> ExitCode {
+    alloc::keep_freed_memory();
     let cli = Cli::parse();
     ui::init_logging(&cli.global);
     let ctx = Context::new(cli.global);

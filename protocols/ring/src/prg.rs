@@ -68,6 +68,12 @@ impl Prg {
 
     /// Fills `out` with keystream bytes.
     pub fn fill_bytes(&mut self, out: &mut [u8]) {
+        self.fill(out, false);
+    }
+
+    /// Fills `out` with keystream bytes; `zeroed`: `out` holds only zeros already (a fresh
+    /// zeroed allocation), so the keystream is XORed in without clearing it first.
+    fn fill(&mut self, out: &mut [u8], zeroed: bool) {
         // Serve from the buffer first so that the stream is independent of draw sizes.
         let from_buf = out.len().min(BUF - self.pos);
         out[..from_buf].copy_from_slice(&self.buf[self.pos..self.pos + from_buf]);
@@ -77,7 +83,9 @@ impl Prg {
             return;
         }
         if rest.len() >= BUF {
-            rest.fill(0);
+            if !zeroed {
+                rest.fill(0);
+            }
             self.cipher.apply_keystream(rest);
         } else {
             self.refill();
@@ -109,8 +117,13 @@ impl Prg {
 
     /// `n` uniform ring elements.
     pub fn u64s(&mut self, n: usize) -> Vec<u64> {
+        // A zeroed allocation of this size comes from fresh zero pages: not clearing it
+        // again saves a pass over memory.
         let mut v = vec![0u64; n];
-        self.fill_u64(&mut v);
+        self.fill(bytemuck::cast_slice_mut(&mut v), true);
+        if cfg!(target_endian = "big") {
+            v.iter_mut().for_each(|x| *x = u64::from_le(*x));
+        }
         v
     }
 
@@ -123,7 +136,7 @@ impl Prg {
     /// `n` uniform bits (each `0` or `1`), eight per keystream byte.
     pub fn bits(&mut self, n: usize) -> Vec<u8> {
         let mut bytes = vec![0u8; n.div_ceil(8)];
-        self.fill_bytes(&mut bytes);
+        self.fill(&mut bytes, true);
         (0..n).map(|i| (bytes[i / 8] >> (i % 8)) & 1).collect()
     }
 
@@ -423,6 +436,10 @@ mod tests {
         parts.push(p.next_u64());
         parts.extend(p.u64s(298));
         assert_eq!(parts, whole);
+        // a buffer that held other values gets the same stream as a fresh one
+        let mut reused = vec![0xAAAA_AAAA_AAAA_AAAAu64; 3000];
+        Prg::new(&K, "x").fill_u64(&mut reused);
+        assert_eq!(reused, whole);
     }
 
     #[test]

@@ -163,7 +163,7 @@ impl PartySession for PhasedSession<'_> {
         check_input(self.role, self.model, input)?;
         let mut ctx = Ctx::new(self.role, transport, self.keys);
         ctx.set_inference(&ik);
-        Ok(self.session.online(&mut ctx, &pre, input)?)
+        Ok(self.session.online(&mut ctx, pre, input)?)
     }
 
     fn take_cpu_profile(&mut self) -> Vec<(&'static str, f64)> {
@@ -219,7 +219,7 @@ impl SecureNn {
             Role::Client => {}
         }
         let pre = session.offline(&mut ctx)?;
-        session.online(&mut ctx, &pre, job.input)
+        session.online(&mut ctx, pre, job.input)
     }
 }
 

@@ -224,7 +224,7 @@ pub fn offline(
 pub fn online(
     ctx: &mut Ctx<'_>,
     spec: &LinearSpec,
-    pre: &LinearPre,
+    pre: LinearPre,
     x: &RingTensor,
     w: Option<&LayerWeights>,
 ) -> Result<RingTensor> {
@@ -239,7 +239,7 @@ pub fn online(
             let e = x.sub(&a).map_err(|e| ctx.ring_err(e))?;
             drop((a, lin));
             ctx.send_u64(Role::Server, e.data())?;
-            Ok(y0.clone())
+            Ok(y0)
         }
         (Role::Server, LinearPre::Server) => {
             let w = w.ok_or_else(|| SecureNnError::Input {

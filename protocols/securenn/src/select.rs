@@ -175,28 +175,30 @@ impl SelectSpec {
     }
 }
 
-/// Common PrivateCompare randomness of client and server.
+/// Common PrivateCompare randomness of client and server (`rho` is drawn into the buffer
+/// the messages are then written over, see [`client_server`]).
 #[derive(Clone, Debug, Default)]
 struct PcRand {
     beta: Vec<u8>,
     s: Vec<u8>,
-    rho: Vec<u8>,
     rot: Vec<u32>,
 }
 
 impl PcRand {
-    fn draw(mut prg: Prg, patches: usize, n: usize) -> Self {
+    /// Draws `β`, `s`, then `ρ` into `rho` (`patches · n` bytes), then the rotations: the
+    /// order of the common stream.
+    fn draw(mut prg: Prg, patches: usize, n: usize, rho: &mut [u8]) -> Self {
         let beta = prg.bits(patches);
         let mut s = prg.mod_p(patches * n, (P - 1) as u8).expect("p ≥ 2");
         s.iter_mut().for_each(|v| *v += 1);
-        let rho = prg.mod_p(patches * n, P as u8).expect("p ≥ 2");
+        prg.mod_p_into(rho, P as u8).expect("p ≥ 2");
         let rot = prg
             .below_many(n as u64, patches)
             .expect("n ≥ 1")
             .into_iter()
             .map(|v| v as u32)
             .collect();
-        PcRand { beta, s, rho, rot }
+        PcRand { beta, s, rot }
     }
 }
 
@@ -234,6 +236,10 @@ const U_LABEL: &str = "securenn/select/u";
 const H_LABEL: &str = "securenn/select/h";
 const HM_LABEL: &str = "securenn/select/hm";
 const PC_LABEL: &str = "securenn/select/pc";
+
+/// Patches per chunk of PrivateCompare messages (the client's bit shares are drawn one chunk
+/// at a time: `CHUNK · n` bytes instead of `n` bytes per patch of the layer).
+const CHUNK: usize = 1 << 14;
 
 /// The offline phase of one selection (stream `stream` of the PRGs); the helper sends the
 /// server its bit shares.
@@ -427,24 +433,26 @@ fn client_server(
         .zip(&mine)
         .for_each(|(a, b)| *a = a.wrapping_add(*b));
     drop((mine, sel_span));
-    // 2. PrivateCompare messages, with the randomness of this layer drawn now
+    // 2. PrivateCompare messages, with the randomness of this layer drawn now. The common
+    // randomness comes whole (its parts follow each other in one stream), `ρ` drawn into the
+    // message buffer and overwritten chunk by chunk; the client's bit shares, a stream of
+    // their own, are drawn chunk by chunk; all of it is dropped before the helper's answer
+    // is awaited.
     ctx.scope(&layer, "drelu");
     let prg = span(OpKind::Prg);
-    let pc = PcRand::draw(ctx.prg(Pair::ClientServer, PC_LABEL, stream)?, np, n);
-    let drawn;
-    let u: &[u8] = match u {
-        Some(u) => u,
-        None => {
-            drawn = ctx
-                .prg(Pair::ClientHelper, U_LABEL, stream)?
-                .mod_p(np * n, P as u8)
-                .expect("p");
-            &drawn
-        }
+    let mut d = vec![0u8; np * n];
+    let pc = PcRand::draw(
+        ctx.prg(Pair::ClientServer, PC_LABEL, stream)?,
+        np,
+        n,
+        &mut d,
+    );
+    let mut u_prg = match u {
+        Some(_) => None,
+        None => Some(ctx.prg(Pair::ClientHelper, U_LABEL, stream)?),
     };
     drop(prg);
     let cmp = span(OpKind::Comparison);
-    let mut d = vec![0u8; np * n];
     let mut zbit = vec![0u8; np];
     let mut r = vec![0u64; np];
     let mask = if n == 64 { u64::MAX } else { (1u64 << n) - 1 };
@@ -457,19 +465,39 @@ fn client_server(
         zbit[g] = ((z >> (t + n as u32)) & 1) as u8;
     }
     if n > 0 {
-        compare::Messages {
-            j,
-            n,
-            r: &r,
-            beta: &pc.beta,
-            u,
-            s: &pc.s,
-            rho: &pc.rho,
-            rot: &pc.rot,
+        let chunk = CHUNK.min(np) * n;
+        let mut rho = vec![0u8; chunk];
+        let mut us = vec![0u8; if u_prg.is_some() { chunk } else { 0 }];
+        for start in (0..np).step_by(CHUNK) {
+            let end = (start + CHUNK).min(np);
+            let (a, b) = (start * n, end * n);
+            let rho = &mut rho[..b - a];
+            rho.copy_from_slice(&d[a..b]);
+            let us: &[u8] = match (u, u_prg.as_mut()) {
+                (Some(u), _) => &u[a..b],
+                (None, Some(prg)) => {
+                    let _prg = span(OpKind::Prg);
+                    let buf = &mut us[..b - a];
+                    prg.mod_p_into(buf, P as u8).expect("p");
+                    buf
+                }
+                (None, None) => unreachable!("the client draws its bit shares"),
+            };
+            compare::Messages {
+                j,
+                n,
+                r: &r[start..end],
+                beta: &pc.beta[start..end],
+                u: us,
+                s: &pc.s[a..b],
+                rho,
+                rot: &pc.rot[start..end],
+            }
+            .write(byte_level(), &mut d[a..b]);
         }
-        .write(byte_level(), &mut d);
     }
-    drop(cmp);
+    let PcRand { beta, s, rot } = pc;
+    drop((s, rot, r, u_prg, cmp));
     ctx.send_bytes(Role::Helper, d)?;
     // 3. shares of h and h·m
     let (h, hm) = if j == 0 {
@@ -488,7 +516,7 @@ fn client_server(
     let mut y = vec![0u64; m_len];
     let sel = spec.sel();
     for g in 0..np {
-        let notp = 1 ^ zbit[g] ^ pc.beta[g];
+        let notp = 1 ^ zbit[g] ^ beta[g];
         // b_j = [j = 0]·¬p + h_j·(1 − 2¬p); sign = 1 − 2¬p = ±1
         let (b, neg) = if notp == 1 {
             ((1 - u64::from(j)).wrapping_sub(h[g]), true)
@@ -626,6 +654,19 @@ pub(crate) mod tests {
     fn exact_drelu_on_random_values_of_every_magnitude() {
         let mut prg = Prg::new(&[4; 32], "vals");
         let vals: Vec<i64> = (0..2000)
+            .map(|i| (prg.next_u64() as i64) >> (i % 64))
+            .collect();
+        let got = drelu(&vals, DreluMode::Exact);
+        for (a, b) in vals.iter().zip(&got) {
+            assert_eq!(*b, u8::from(*a >= 0), "a = {a}");
+        }
+    }
+
+    #[test]
+    fn exact_drelu_over_several_message_chunks() {
+        // More patches than two chunks of PrivateCompare messages, the last one partial.
+        let mut prg = Prg::new(&[6; 32], "vals");
+        let vals: Vec<i64> = (0..2 * CHUNK + 3)
             .map(|i| (prg.next_u64() as i64) >> (i % 64))
             .collect();
         let got = drelu(&vals, DreluMode::Exact);

@@ -88,7 +88,7 @@ fn transcript(model: &SecureModel, weights: &ModelWeights, options: Options) -> 
                         ctx.set_inference(&pinned_inference_keys(ctx.session_keys()));
                         let pre = session.offline(&mut ctx).unwrap();
                         let input = (role == Role::Client).then_some(&x[..]);
-                        session.online(&mut ctx, &pre, input).unwrap()
+                        session.online(&mut ctx, pre, input).unwrap()
                     };
                     (t.hash.finalize(), out, t.largest)
                 })

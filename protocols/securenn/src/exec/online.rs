@@ -22,7 +22,7 @@ impl Session<'_> {
     pub fn online(
         &self,
         ctx: &mut Ctx<'_>,
-        pre: &Preprocessing,
+        mut pre: Preprocessing,
         input: Option<&[f32]>,
     ) -> Result<PartyOutput> {
         let role = self.role;
@@ -90,7 +90,9 @@ impl Session<'_> {
                 }
                 NodePlan::Linear(l) => {
                     ctx.scope(&gnode.name, "linear");
-                    let lp = pre.linear[i].as_ref().expect("linear preprocessing");
+                    // Each layer's preprocessing is dropped once used: a party holds only
+                    // what the layers still to run need.
+                    let lp = pre.linear[i].take().expect("linear preprocessing");
                     let w = self.weights[i].as_ref();
                     let x = if party {
                         get(0)
@@ -133,7 +135,9 @@ impl Session<'_> {
                                     }
                                 }
                             }
-                            let y = select::online(ctx, s, &pre.select[i][0], &v)?;
+                            let sel = std::mem::take(&mut pre.select[i]);
+                            let y = select::online(ctx, s, &sel[0], &v)?;
+                            drop((sel, v));
                             if party {
                                 let mut out = get(0).clone();
                                 let mut k = 0;
@@ -164,7 +168,9 @@ impl Session<'_> {
                         let six = if role == Role::Client { 6u64 << f } else { 0 };
                         v.extend(x.iter().map(|a| a.wrapping_sub(six)));
                     }
-                    let y = select::online(ctx, spec, &pre.select[i][0], &v)?;
+                    let sel = std::mem::take(&mut pre.select[i]);
+                    let y = select::online(ctx, spec, &sel[0], &v)?;
+                    drop((sel, v));
                     if party {
                         let m = y.len() / 2;
                         let d = (0..m).map(|k| y[k].wrapping_sub(y[m + k])).collect();
@@ -221,7 +227,9 @@ impl Session<'_> {
                     } else {
                         Vec::new()
                     };
-                    let max = tree.online(ctx, &pre.select[i], taps, party)?;
+                    let sel = std::mem::take(&mut pre.select[i]);
+                    let max = tree.online(ctx, &sel, taps, party)?;
+                    drop(sel);
                     if party {
                         RingTensor::from_vec(&shape, max.into_iter().next().unwrap_or_default())
                             .map_err(|e| ring(ctx, e))?
@@ -270,13 +278,14 @@ impl Session<'_> {
             }
         }
         let out = vals[n - 1].take().unwrap_or_default();
+        drop(vals);
         self.reveal(ctx, pre, out)
     }
 
     fn reveal(
         &self,
         ctx: &mut Ctx<'_>,
-        pre: &Preprocessing,
+        pre: Preprocessing,
         out: RingTensor,
     ) -> Result<PartyOutput> {
         let role = self.role;
