@@ -7,7 +7,7 @@
 //!
 //! * [`engine`]: the batched engine (passes start at the layer, (variant, image) rows stacked
 //!   along the batch, exact copies skipped image by image, one worker per core) and the
-//!   reference's one-variant schedule.
+//!   reference's one-variant schedule; `worker` measures one work unit on one thread.
 //! * [`metric`]: the [`DistortionMetric`] trait; [`OutputMse`] is the reference's metric.
 //! * [`sample`]: seeded sample selection and weight fingerprints (provenance).
 //! * [`store`]: work units, shards (`i/n`), checkpoints (partial tables, atomic) and merging.
@@ -23,6 +23,7 @@ pub mod engine;
 pub mod metric;
 pub mod sample;
 pub mod store;
+mod worker;
 
 pub use engine::{ExtractConfig, ExtractStats, Progress, Schedule, extract, parse_device};
 pub use metric::{DistortionMetric, OutputMse};
