@@ -16,7 +16,7 @@ use knapsec_core::graph::SecureModel;
 use knapsec_core::graph_build::ParamSource;
 use knapsec_core::{ArchOptions, ReluLayer};
 use knapsec_nn::Result;
-use knapsec_nn::net::{BlockNet, NetRegistration};
+use knapsec_nn::net::{BlockNet, BlockNetParts, GraphSource, NetRegistration};
 use knapsec_nn::slots::{SlotId, SlotKind, Slots};
 #[cfg(test)]
 use tch::Kind;
@@ -122,7 +122,8 @@ impl AsppHead {
         })
     }
 
-    fn forward(&self, slots: &Slots, x: &Tensor, train: bool) -> Tensor {
+    fn forward(&self, parts: &BlockNetParts, x: &Tensor, train: bool) -> Tensor {
+        let slots = &parts.slots;
         let (n, _, h, w) = x.size4().expect("the head's input is 4-D");
         let pooled = x.mean_dim([2i64, 3].as_slice(), true, x.kind());
         let ip = slots.run(self.slots[0], &self.image_pool.forward(&pooled, train));
@@ -132,7 +133,7 @@ impl AsppHead {
         }
         let cat = Tensor::cat(&outs, 1);
         let y = slots.run(self.slots[5], &self.bottleneck.forward(&cat, train));
-        y.dropout(0.1, train).apply(&self.conv_seg)
+        parts.dropout(&y, 0.1, train).apply(&self.conv_seg)
     }
 }
 
@@ -140,11 +141,10 @@ impl AsppHead {
 #[derive(Debug)]
 pub struct DeepLabV3 {
     plan: DeepLabPlan,
-    options: ArchOptions,
-    blocks: Vec<String>,
     backbone: BackboneNet,
     head: AsppHead,
-    slots: Slots,
+    /// Name, options, input shape, blocks, slots and graph source.
+    parts: BlockNetParts,
 }
 
 fn resnet_units(
@@ -247,13 +247,23 @@ impl DeepLabV3 {
         };
         let blocks = plan.block_names();
         let head = AsppHead::new(root, &plan, &mut slots, blocks.len() - 1)?;
+        let parts = BlockNetParts::new(
+            plan.arch,
+            options.clone(),
+            [
+                plan.input.0.into(),
+                plan.input.1.into(),
+                plan.input.2.into(),
+            ],
+            blocks,
+            slots,
+            Some(Box::new(plan.clone())),
+        );
         Ok(DeepLabV3 {
             plan,
-            options: options.clone(),
-            blocks,
             backbone,
             head,
-            slots,
+            parts,
         })
     }
 
@@ -263,41 +273,42 @@ impl DeepLabV3 {
     }
 }
 
+impl GraphSource for DeepLabPlan {
+    fn secure_graph(
+        &self,
+        spec: Option<&knapsec_core::BlockSpec>,
+        frac_bits: u32,
+    ) -> knapsec_core::Result<(SecureModel, Vec<ParamSource>)> {
+        DeepLabPlan::secure_graph(self, spec, frac_bits)
+    }
+}
+
 impl BlockNet for DeepLabV3 {
-    fn arch(&self) -> &str {
-        self.plan.arch
+    fn parts(&self) -> &BlockNetParts {
+        &self.parts
     }
 
-    fn options(&self) -> &ArchOptions {
-        &self.options
-    }
-
-    fn input_shape(&self) -> [i64; 3] {
-        let (c, h, w) = self.plan.input;
-        [c.into(), h.into(), w.into()]
-    }
-
-    fn block_names(&self) -> &[String] {
-        &self.blocks
+    fn parts_mut(&mut self) -> &mut BlockNetParts {
+        &mut self.parts
     }
 
     fn run_block(&self, index: usize, x: &Tensor, train: bool) -> Tensor {
-        if index + 1 == self.blocks.len() {
-            return self.head.forward(&self.slots, x, train);
+        if index + 1 == self.parts.blocks.len() {
+            return self.head.forward(&self.parts, x, train);
         }
         match &self.backbone {
             BackboneNet::MobileNetV2(b) => {
                 if index == 0 {
-                    b.run_stem(&self.slots, x, train)
+                    b.run_stem(&self.parts.slots, x, train)
                 } else {
-                    b.run_block(&self.slots, index - 1, x, train)
+                    b.run_block(&self.parts.slots, index - 1, x, train)
                 }
             }
             BackboneNet::ResNet50 { stem, pool, units } => {
                 if index == 0 {
                     let mut y = x.shallow_clone();
                     for (conv, slot) in stem {
-                        y = self.slots.run(*slot, &conv.forward(&y, train));
+                        y = self.parts.slots.run(*slot, &conv.forward(&y, train));
                     }
                     return match pool {
                         StemPool::Avg => {
@@ -307,30 +318,19 @@ impl BlockNet for DeepLabV3 {
                     };
                 }
                 let u = &units[index - 1];
-                let mut y = self.slots.run(u.slots[0], &u.conv1.forward(x, train));
-                y = self.slots.run(u.slots[1], &u.conv2.forward(&y, train));
+                let mut y = self.parts.slots.run(u.slots[0], &u.conv1.forward(x, train));
+                y = self
+                    .parts
+                    .slots
+                    .run(u.slots[1], &u.conv2.forward(&y, train));
                 y = u.conv3.forward(&y, train);
                 let shortcut = match &u.downsample {
                     Some(d) => d.forward(x, train),
                     None => x.shallow_clone(),
                 };
-                self.slots.run(u.slots[2], &(y + shortcut))
+                self.parts.slots.run(u.slots[2], &(y + shortcut))
             }
         }
-    }
-
-    fn slots(&self) -> &Slots {
-        &self.slots
-    }
-
-    fn slots_mut(&mut self) -> &mut Slots {
-        &mut self.slots
-    }
-
-    fn secure_graph(&self, frac_bits: u32) -> Result<(SecureModel, Vec<ParamSource>)> {
-        Ok(self
-            .plan
-            .secure_graph(Some(&self.slots.to_spec()), frac_bits)?)
     }
 }
 
@@ -464,13 +464,14 @@ mod tests {
 
     #[test]
     fn forward_from_blocks_and_export_at_65() {
-        tch::manual_seed(3);
+        let mut rng = knapsec_nn::random::seeded(3);
         for (arch, build, _) in cases() {
             let mut network = Network::build_with(build, &at65(), Device::Cpu).unwrap();
             // random BN statistics too, so that folding is exercised
             knapsec_nn::weights::reinit_seeded(&network.vs, 3);
             let classes = if arch == DEEPLABV3_RESNET50 { 21 } else { 150 };
-            let x = Tensor::randn([1, 3, 65, 65], (Kind::Float, Device::Cpu));
+            let x =
+                knapsec_nn::random::randn(&mut rng, &[1, 3, 65, 65], (Kind::Float, Device::Cpu));
             let outs = network.net.block_outputs(&x, false).unwrap();
             let y = outs.last().unwrap();
             assert_eq!(y.size(), [1, classes, 9, 9], "{arch}");
@@ -536,7 +537,11 @@ mod tests {
     #[test]
     fn image_pooling_is_a_broadcast() {
         // The head's image-pooling branch equals bilinear resizing of the 1×1 map.
-        let t = Tensor::randn([2, 5, 1, 1], (Kind::Float, Device::Cpu));
+        let t = knapsec_nn::random::randn(
+            &mut knapsec_nn::random::seeded(4),
+            &[2, 5, 1, 1],
+            (Kind::Float, Device::Cpu),
+        );
         let e = t.expand([2, 5, 7, 9], false);
         let r = t.upsample_bilinear2d([7, 9], false, None, None);
         assert!(e.allclose(&r, 1e-6, 1e-6, false));

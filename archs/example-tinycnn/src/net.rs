@@ -8,21 +8,19 @@ use knapsec_core::ArchOptions;
 use knapsec_core::graph::SecureModel;
 use knapsec_core::graph_build::ParamSource;
 use knapsec_nn::Result;
-use knapsec_nn::net::{BlockNet, NetRegistration};
+use knapsec_nn::net::{BlockNet, BlockNetParts, GraphSource, NetRegistration};
 use knapsec_nn::slots::{SlotId, SlotKind, Slots};
 use tch::{Kind, Tensor, nn};
 
 /// `example-tinycnn` as a block-structured network.
 #[derive(Debug)]
 pub struct TinyCnnNet {
-    plan: TinyCnnPlan,
-    options: ArchOptions,
-    blocks: Vec<String>,
     conv1: nn::Conv2D,
     conv2: nn::Conv2D,
     fc: nn::Linear,
-    slots: Slots,
     relu: [SlotId; 2],
+    /// Name, options, input shape, blocks, slots and graph source.
+    parts: BlockNetParts,
 }
 
 impl TinyCnnNet {
@@ -41,59 +39,55 @@ impl TinyCnnNet {
             padding: 1,
             ..Default::default()
         };
+        let parts = BlockNetParts::new(
+            NAME,
+            options.clone(),
+            [
+                plan.input.0.into(),
+                plan.input.1.into(),
+                plan.input.2.into(),
+            ],
+            vec!["block1".into(), "block2".into()],
+            slots,
+            Some(Box::new(plan.clone())),
+        );
         Ok(TinyCnnNet {
             conv1: nn::conv2d(root / "conv1", plan.input.0.into(), w, 3, conv(1)),
             conv2: nn::conv2d(root / "conv2", w, 2 * w, 3, conv(2)),
             fc: nn::linear(root / "fc", 2 * w, plan.classes.into(), Default::default()),
-            blocks: vec!["block1".into(), "block2".into()],
-            options: options.clone(),
-            plan,
-            slots,
             relu,
+            parts,
         })
     }
 }
 
+impl GraphSource for TinyCnnPlan {
+    fn secure_graph(
+        &self,
+        spec: Option<&knapsec_core::BlockSpec>,
+        frac_bits: u32,
+    ) -> knapsec_core::Result<(SecureModel, Vec<ParamSource>)> {
+        TinyCnnPlan::secure_graph(self, spec, frac_bits)
+    }
+}
+
 impl BlockNet for TinyCnnNet {
-    fn arch(&self) -> &str {
-        NAME
+    fn parts(&self) -> &BlockNetParts {
+        &self.parts
     }
 
-    fn options(&self) -> &ArchOptions {
-        &self.options
-    }
-
-    fn input_shape(&self) -> [i64; 3] {
-        let (c, h, w) = self.plan.input;
-        [c.into(), h.into(), w.into()]
-    }
-
-    fn block_names(&self) -> &[String] {
-        &self.blocks
+    fn parts_mut(&mut self) -> &mut BlockNetParts {
+        &mut self.parts
     }
 
     fn run_block(&self, index: usize, x: &Tensor, _train: bool) -> Tensor {
         if index == 0 {
-            self.slots.run(self.relu[0], &x.apply(&self.conv1))
+            self.parts.slots.run(self.relu[0], &x.apply(&self.conv1))
         } else {
-            let y = self.slots.run(self.relu[1], &x.apply(&self.conv2));
+            let y = self.parts.slots.run(self.relu[1], &x.apply(&self.conv2));
             y.mean_dim([2i64, 3].as_slice(), false, Kind::Float)
                 .apply(&self.fc)
         }
-    }
-
-    fn slots(&self) -> &Slots {
-        &self.slots
-    }
-
-    fn slots_mut(&mut self) -> &mut Slots {
-        &mut self.slots
-    }
-
-    fn secure_graph(&self, frac_bits: u32) -> Result<(SecureModel, Vec<ParamSource>)> {
-        Ok(self
-            .plan
-            .secure_graph(Some(&self.slots.to_spec()), frac_bits)?)
     }
 }
 

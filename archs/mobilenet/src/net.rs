@@ -16,7 +16,7 @@ use crate::{Activation, ImageNetConfig, NAME};
 use knapsec_core::graph::SecureModel;
 use knapsec_core::graph_build::ParamSource;
 use knapsec_core::{ArchOptions, ReluLayer};
-use knapsec_nn::net::{BlockNet, NetRegistration};
+use knapsec_nn::net::{BlockNet, BlockNetParts, GraphSource, NetRegistration};
 use knapsec_nn::slots::{SlotId, SlotKind, Slots};
 use knapsec_nn::{NnError, Result};
 use tch::nn::{self, ModuleT};
@@ -207,12 +207,10 @@ impl MobileNetV2Backbone {
 /// torchvision's ImageNet MobileNetV2 as a block-structured network.
 #[derive(Debug)]
 pub struct MobileNetV2 {
-    config: ImageNetConfig,
-    options: ArchOptions,
-    blocks: Vec<String>,
     backbone: MobileNetV2Backbone,
     classifier: nn::Linear,
-    slots: Slots,
+    /// Name, options, input shape, blocks, slots and graph source.
+    parts: BlockNetParts,
 }
 
 impl MobileNetV2 {
@@ -249,64 +247,59 @@ impl MobileNetV2 {
                 .map(|b| format!("layer{}_{}", b.stage, b.index)),
         );
         blocks.push("conv2".into());
-        Ok(MobileNetV2 {
-            config,
-            options: options.clone(),
+        let parts = BlockNetParts::new(
+            NAME,
+            options.clone(),
+            [
+                config.input_channels.into(),
+                config.height.into(),
+                config.width.into(),
+            ],
             blocks,
+            slots,
+            Some(Box::new(config)),
+        );
+        Ok(MobileNetV2 {
             backbone,
             classifier,
-            slots,
+            parts,
         })
     }
 }
 
+impl GraphSource for ImageNetConfig {
+    fn secure_graph(
+        &self,
+        spec: Option<&knapsec_core::BlockSpec>,
+        frac_bits: u32,
+    ) -> knapsec_core::Result<(SecureModel, Vec<ParamSource>)> {
+        ImageNetConfig::secure_graph(self, spec, frac_bits)
+    }
+}
+
 impl BlockNet for MobileNetV2 {
-    fn arch(&self) -> &str {
-        NAME
+    fn parts(&self) -> &BlockNetParts {
+        &self.parts
     }
 
-    fn options(&self) -> &ArchOptions {
-        &self.options
-    }
-
-    fn input_shape(&self) -> [i64; 3] {
-        [
-            self.config.input_channels.into(),
-            self.config.height.into(),
-            self.config.width.into(),
-        ]
-    }
-
-    fn block_names(&self) -> &[String] {
-        &self.blocks
+    fn parts_mut(&mut self) -> &mut BlockNetParts {
+        &mut self.parts
     }
 
     fn run_block(&self, index: usize, x: &Tensor, train: bool) -> Tensor {
         let n = self.backbone.num_blocks();
         if index == 0 {
-            self.backbone.run_stem(&self.slots, x, train)
+            self.backbone.run_stem(&self.parts.slots, x, train)
         } else if index <= n {
-            self.backbone.run_block(&self.slots, index - 1, x, train)
+            self.backbone
+                .run_block(&self.parts.slots, index - 1, x, train)
         } else {
-            let y = self.backbone.run_last(&self.slots, x, train);
-            y.mean_dim([2i64, 3].as_slice(), false, Kind::Float)
-                .dropout(0.2, train)
+            let y = self.backbone.run_last(&self.parts.slots, x, train);
+            let pooled = y.mean_dim([2i64, 3].as_slice(), false, Kind::Float);
+            self.parts
+                .dropout(&pooled, 0.2, train)
                 .apply(&self.classifier)
         }
-    }
-
-    fn slots(&self) -> &Slots {
-        &self.slots
-    }
-
-    fn slots_mut(&mut self) -> &mut Slots {
-        &mut self.slots
-    }
-
-    fn secure_graph(&self, frac_bits: u32) -> Result<(SecureModel, Vec<ParamSource>)> {
-        Ok(self
-            .config
-            .secure_graph(Some(&self.slots.to_spec()), frac_bits)?)
     }
 }
 
@@ -366,12 +359,14 @@ mod tests {
 
     #[test]
     fn forward_from_any_block_and_export_agree() {
-        tch::manual_seed(1);
+        let mut rng = knapsec_nn::random::seeded(1);
         for variant in ["relu6", "relu"] {
             let mut network = Network::build_with(build, &small(variant), Device::Cpu).unwrap();
             // random BN statistics too, so that folding is exercised
             knapsec_nn::weights::reinit_seeded(&network.vs, 1);
-            let x = Tensor::randn([2, 3, 40, 36], (Kind::Float, Device::Cpu)) * 3.0;
+            let x =
+                knapsec_nn::random::randn(&mut rng, &[2, 3, 40, 36], (Kind::Float, Device::Cpu))
+                    * 3.0;
             let outs = network.net.block_outputs(&x, false).unwrap();
             let y = outs.last().unwrap();
             assert_eq!(y.size(), [2, 7]);

@@ -285,9 +285,14 @@ mod tests {
             vec![BlockSize::Zero; 2],
             vec![BlockSize::RELU; 2],
         ];
+        let mut rng = crate::random::seeded(1);
         for blocks in cases {
             let c = blocks.len();
-            let x = Tensor::randn([1, c as i64, h, w], (Kind::Float, tch::Device::Cpu));
+            let x = crate::random::randn(
+                &mut rng,
+                &[1, c as i64, h, w],
+                (Kind::Float, tch::Device::Cpu),
+            );
             let xs: Vec<f32> = Vec::try_from(x.flatten(0, -1)).unwrap();
             let br = BlockRelu::new(blocks.clone()).unwrap();
             let y: Vec<f32> = Vec::try_from(br.forward(&x).unwrap().flatten(0, -1)).unwrap();
@@ -303,10 +308,11 @@ mod tests {
     fn cpu_kernel_equals_the_tensor_ops() {
         let mut mixed = mixed();
         mixed.push(p(2, 4));
+        let mut rng = crate::random::seeded(2);
         for kind in [Kind::Float, Kind::Double] {
             for (h, w) in [(7, 5), (8, 8), (1, 1), (13, 3)] {
                 let br = BlockRelu::new(mixed.clone()).unwrap();
-                let x = Tensor::randn([3, 9, h, w], (kind, tch::Device::Cpu));
+                let x = crate::random::randn(&mut rng, &[3, 9, h, w], (kind, tch::Device::Cpu));
                 // a non-contiguous input takes the kernel path too
                 let xt = x.transpose(2, 3).contiguous().transpose(2, 3);
                 let want = br.mask_by_tensor_ops(&x);
@@ -324,8 +330,12 @@ mod tests {
             BlockSize::RELU,
             BlockSize::Zero,
         ];
-        let x =
-            Tensor::randn([2, 4, 5, 5], (Kind::Float, tch::Device::Cpu)).set_requires_grad(true);
+        let x = crate::random::randn(
+            &mut crate::random::seeded(3),
+            &[2, 4, 5, 5],
+            (Kind::Float, tch::Device::Cpu),
+        )
+        .set_requires_grad(true);
         let br = BlockRelu::new(blocks).unwrap();
         let y = br.forward(&x).unwrap();
         y.sum(Kind::Float).backward();

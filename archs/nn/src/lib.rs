@@ -7,6 +7,8 @@
 //! * [`data`]: data-set loaders (IDX, CIFAR binary, image folders, random).
 //! * [`train`]: training, fine-tuning (block ReLUs in place) and evaluation.
 //! * [`weights`]: safetensors weight files with PyTorch `state_dict` names.
+//! * [`random`]: seeded random tensors, permutations and dropout (never tch's global
+//!   generator, which parallel tests share).
 //! * [`export`]: BatchNorm folding and fixed-point export to the secure-model graph; a float
 //!   evaluator of secure models.
 //!
@@ -20,6 +22,7 @@ pub mod distortion;
 pub mod error;
 pub mod export;
 pub mod net;
+pub mod random;
 pub mod slots;
 pub mod train;
 pub mod weights;
@@ -27,7 +30,10 @@ pub mod weights;
 pub use block_relu::BlockRelu;
 pub use error::{NnError, Result};
 pub use export::{DEFAULT_FRAC_BITS, eval_graph, export};
-pub use net::{BlockNet, NetBuilder, NetRegistration, Network, net_builder, net_names};
+pub use net::{
+    BlockNet, BlockNetParts, GraphSource, NetBuilder, NetRegistration, Network, net_builder,
+    net_names,
+};
 pub use slots::{Activation, Slot, SlotId, SlotKind, Slots};
 
 /// Re-exported so that architecture crates use the same tch and inventory as this crate.

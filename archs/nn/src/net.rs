@@ -11,41 +11,142 @@
 //! the `VarStore` that owns its weights.
 
 use crate::error::{NnError, Result};
+use crate::random::{self, SeededRng};
 use crate::slots::{Activation, Slots};
 use knapsec_core::graph_build::ParamSource;
 use knapsec_core::{ArchOptions, BlockSpec, graph::SecureModel};
+use std::sync::Mutex;
 use tch::{Device, Tensor, nn};
+
+/// The source of a network's secure-model graph: the architecture's (tch-free) plan, which
+/// builds the graph with the block sizes of a spec.
+pub trait GraphSource: Send + Sync + std::fmt::Debug {
+    /// The secure-model graph with the block sizes of `spec` (the architecture's defaults for
+    /// layers it lacks), and the `state_dict` sources of its weights.
+    fn secure_graph(
+        &self,
+        spec: Option<&BlockSpec>,
+        frac_bits: u32,
+    ) -> knapsec_core::Result<(SecureModel, Vec<ParamSource>)>;
+}
+
+/// What every [`BlockNet`] holds the same way, behind the trait's provided accessors: a
+/// network keeps one of these and returns it from [`BlockNet::parts`] and
+/// [`BlockNet::parts_mut`].
+#[derive(Debug)]
+pub struct BlockNetParts {
+    /// Architecture name (the registry key).
+    pub arch: String,
+    /// The options the network was built with.
+    pub options: ArchOptions,
+    /// Input shape `(C, H, W)` the network was built for.
+    pub input_shape: [i64; 3],
+    /// Block names in execution order.
+    pub blocks: Vec<String>,
+    /// The activation slots.
+    pub slots: Slots,
+    /// Where the secure graph comes from (`None`: the network has none, and
+    /// [`BlockNet::secure_graph`] says so).
+    pub graph: Option<Box<dyn GraphSource>>,
+    /// The network's own generator for what it draws in training (dropout masks), seeded
+    /// by [`Self::seed`] (the trainer does so every epoch); never tch's global one.
+    random: Mutex<SeededRng>,
+}
+
+impl BlockNetParts {
+    /// The parts of a network; its generator starts from seed 0.
+    pub fn new(
+        arch: impl Into<String>,
+        options: ArchOptions,
+        input_shape: [i64; 3],
+        blocks: Vec<String>,
+        slots: Slots,
+        graph: Option<Box<dyn GraphSource>>,
+    ) -> Self {
+        BlockNetParts {
+            arch: arch.into(),
+            options,
+            input_shape,
+            blocks,
+            slots,
+            graph,
+            random: Mutex::new(random::seeded(0)),
+        }
+    }
+
+    /// Re-seeds the network's generator.
+    pub fn seed(&self, seed: u64) {
+        *self.random.lock().unwrap_or_else(|e| e.into_inner()) = random::seeded(seed);
+    }
+
+    /// Dropout with probability `p` in training (the identity otherwise), its mask drawn from
+    /// the network's generator ([`random::dropout`]).
+    pub fn dropout(&self, x: &Tensor, p: f64, train: bool) -> Tensor {
+        if !train {
+            return x.shallow_clone();
+        }
+        let mut rng = self.random.lock().unwrap_or_else(|e| e.into_inner());
+        random::dropout(&mut *rng, x, p, train)
+    }
+}
 
 /// A network as a sequence of named blocks with named activation slots.
 ///
-/// Implementors provide the blocks, the slots and the secure graph; everything else has a
-/// default. Tensors are `[N, C, H, W]`; `train` selects BatchNorm's training mode (tch's
-/// `ModuleT` convention).
+/// Implementors provide their [`BlockNetParts`] and the blocks; everything else has a default.
+/// Tensors are `[N, C, H, W]`; `train` selects BatchNorm's training mode (tch's `ModuleT`
+/// convention).
 pub trait BlockNet: Send + std::fmt::Debug {
-    /// Architecture name (the registry key).
-    fn arch(&self) -> &str;
+    /// The parts every network holds the same way.
+    fn parts(&self) -> &BlockNetParts;
 
-    /// The options the network was built with.
-    fn options(&self) -> &ArchOptions;
-
-    /// Input shape `(C, H, W)` the network was built for.
-    fn input_shape(&self) -> [i64; 3];
-
-    /// Block names in execution order (e.g. `stem`, `layer1_0`, …).
-    fn block_names(&self) -> &[String];
+    /// The parts, mutably (to swap activations).
+    fn parts_mut(&mut self) -> &mut BlockNetParts;
 
     /// Runs block `index` on `x`, the output of block `index - 1` (the image for block 0).
     fn run_block(&self, index: usize, x: &Tensor, train: bool) -> Tensor;
 
+    /// Architecture name (the registry key).
+    fn arch(&self) -> &str {
+        &self.parts().arch
+    }
+
+    /// The options the network was built with.
+    fn options(&self) -> &ArchOptions {
+        &self.parts().options
+    }
+
+    /// Input shape `(C, H, W)` the network was built for.
+    fn input_shape(&self) -> [i64; 3] {
+        self.parts().input_shape
+    }
+
+    /// Block names in execution order (e.g. `stem`, `layer1_0`, …).
+    fn block_names(&self) -> &[String] {
+        &self.parts().blocks
+    }
+
     /// The activation slots.
-    fn slots(&self) -> &Slots;
+    fn slots(&self) -> &Slots {
+        &self.parts().slots
+    }
 
     /// The activation slots, mutably (to swap activations).
-    fn slots_mut(&mut self) -> &mut Slots;
+    fn slots_mut(&mut self) -> &mut Slots {
+        &mut self.parts_mut().slots
+    }
 
     /// The secure-model graph of the network with its current activations baked in, and the
     /// `state_dict` sources of its weights (see [`crate::export`]).
-    fn secure_graph(&self, frac_bits: u32) -> Result<(SecureModel, Vec<ParamSource>)>;
+    fn secure_graph(&self, frac_bits: u32) -> Result<(SecureModel, Vec<ParamSource>)> {
+        let parts = self.parts();
+        match &parts.graph {
+            Some(g) => Ok(g.secure_graph(Some(&parts.slots.to_spec()), frac_bits)?),
+            None => Err(NnError::Export {
+                arch: parts.arch.clone(),
+                message: "the network has no secure graph".into(),
+            }),
+        }
+    }
 
     /// Maps a key of a foreign checkpoint to this network's `state_dict` key (e.g. torchvision
     /// names to OpenMMLab names); the default keeps the key.

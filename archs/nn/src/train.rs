@@ -14,6 +14,8 @@
 use crate::data::ImageSet;
 use crate::error::{NnError, Result};
 use crate::net::Network;
+use crate::random;
+use rand::Rng;
 use serde::{Deserialize, Serialize};
 use std::path::Path;
 use std::time::Instant;
@@ -56,7 +58,7 @@ pub struct TrainConfig {
     pub schedule: Schedule,
     /// Warm-up length in epochs (linear from 0 to `lr`).
     pub warmup_epochs: f64,
-    /// Seed of the shuffling.
+    /// Seed of the shuffling, the flips and dropout.
     pub seed: u64,
     /// Random horizontal flips of the training images.
     pub flip: bool,
@@ -236,14 +238,25 @@ pub fn train(
     bar.set_prefix(format!("train {}", network.net.arch()));
     for epoch in state.epochs_done..config.epochs {
         let start = Instant::now();
-        tch::manual_seed(config.seed as i64 * 1000 + epoch as i64);
-        let order = Tensor::randperm(n, (Kind::Int64, device));
+        // The order, the flips and the network's dropout draw from generators seeded by (seed,
+        // epoch): a resumed run repeats the epochs it would have run, and runs in parallel
+        // threads do not share tch's global generator.
+        let mut rng = random::seeded(config.seed.wrapping_mul(1000).wrapping_add(epoch as u64));
+        network.net.parts().seed(rng.random());
+        let order = random::randperm(&mut rng, n, device);
         let (mut loss_sum, mut correct, mut seen) = (0.0, 0i64, 0i64);
         for step in 0..steps_per_epoch {
             let idx = order.narrow(0, step * batch, batch.min(n - step * batch));
             let mut x = images.index_select(0, &idx);
             if config.flip {
-                let flip = Tensor::rand([idx.size()[0], 1, 1, 1], (Kind::Float, device)).lt(0.5);
+                let coin = random::uniform(
+                    &mut rng,
+                    &[idx.size()[0], 1, 1, 1],
+                    0.0,
+                    1.0,
+                    (Kind::Float, device),
+                );
+                let flip = coin.lt(0.5);
                 x = x.flip([3]).where_self(&flip, &x);
             }
             let y = labels.index_select(0, &idx);

@@ -97,10 +97,16 @@ pub fn forward_backward(
     iterations: u32,
 ) -> Result<Figures> {
     tch::set_num_threads(threads);
+    // The weights come from tch's initialisers (this runs in its own process, `knapsec
+    // bench`); the input from a seeded generator of its own.
     tch::manual_seed(0);
     let mut net = Network::build(arch, options, Device::Cpu)?;
     let [c, h, w] = net.net.input_shape();
-    let x = Tensor::randn([batch, c, h, w], (Kind::Float, Device::Cpu));
+    let x = knapsec_nn::random::randn(
+        &mut knapsec_nn::random::seeded(0),
+        &[batch, c, h, w],
+        (Kind::Float, Device::Cpu),
+    );
     let relu_s = time_passes(&net, &x, iterations);
     let spec = mixed_spec(net.net.as_ref());
     let table = net.net.slots().layer_table()?;

@@ -10,7 +10,7 @@ use knapsec_core::ArchOptions;
 use knapsec_core::graph::SecureModel;
 use knapsec_core::graph_build::ParamSource;
 use knapsec_nn::Result;
-use knapsec_nn::net::{BlockNet, ChannelChange, NetRegistration};
+use knapsec_nn::net::{BlockNet, BlockNetParts, ChannelChange, GraphSource, NetRegistration};
 use knapsec_nn::slots::{SlotId, SlotKind, Slots};
 use tch::Tensor;
 use tch::nn::{self, ModuleT};
@@ -74,13 +74,12 @@ struct ResUnit {
 #[derive(Debug)]
 pub struct ResNet {
     plan: ResNetPlan,
-    options: ArchOptions,
-    blocks: Vec<String>,
     stem: ConvBn,
     stem_slot: SlotId,
     units: Vec<ResUnit>,
     fc: nn::Linear,
-    slots: Slots,
+    /// Name, options, input shape, blocks, slots and graph source.
+    parts: BlockNetParts,
 }
 
 fn unit_path<'a>(root: &nn::Path<'a>, u: &Unit) -> nn::Path<'a> {
@@ -186,15 +185,25 @@ impl ResNet {
             plan.classes.into(),
             Default::default(),
         );
+        let parts = BlockNetParts::new(
+            plan.arch,
+            options.clone(),
+            [
+                plan.input.0.into(),
+                plan.input.1.into(),
+                plan.input.2.into(),
+            ],
+            plan.block_names(),
+            slots,
+            Some(Box::new(plan.clone())),
+        );
         Ok(ResNet {
-            blocks: plan.block_names(),
             plan,
-            options: options.clone(),
             stem,
             stem_slot,
             units,
             fc,
-            slots,
+            parts,
         })
     }
 
@@ -209,7 +218,7 @@ impl ResNet {
                 y = unit.convs[k].forward(&y, train);
             }
             if k + 1 < n {
-                y = self.slots.run(unit.slots[k], &y);
+                y = self.parts.slots.run(unit.slots[k], &y);
             }
         }
         y
@@ -231,27 +240,31 @@ impl ResNet {
     }
 }
 
+impl GraphSource for ResNetPlan {
+    fn secure_graph(
+        &self,
+        spec: Option<&knapsec_core::BlockSpec>,
+        frac_bits: u32,
+    ) -> knapsec_core::Result<(SecureModel, Vec<ParamSource>)> {
+        ResNetPlan::secure_graph(self, spec, frac_bits)
+    }
+}
+
 impl BlockNet for ResNet {
-    fn arch(&self) -> &str {
-        self.plan.arch
+    fn parts(&self) -> &BlockNetParts {
+        &self.parts
     }
 
-    fn options(&self) -> &ArchOptions {
-        &self.options
-    }
-
-    fn input_shape(&self) -> [i64; 3] {
-        let (c, h, w) = self.plan.input;
-        [c.into(), h.into(), w.into()]
-    }
-
-    fn block_names(&self) -> &[String] {
-        &self.blocks
+    fn parts_mut(&mut self) -> &mut BlockNetParts {
+        &mut self.parts
     }
 
     fn run_block(&self, index: usize, x: &Tensor, train: bool) -> Tensor {
         if index == 0 {
-            let y = self.slots.run(self.stem_slot, &self.stem.forward(x, train));
+            let y = self
+                .parts
+                .slots
+                .run(self.stem_slot, &self.stem.forward(x, train));
             return match self.plan.pool {
                 StemPool::None => y,
                 StemPool::Max => y.max_pool2d([3, 3], [2, 2], [1, 1], [1, 1], false),
@@ -265,6 +278,7 @@ impl BlockNet for ResNet {
             None => x.shallow_clone(),
         };
         let out = self
+            .parts
             .slots
             .run(unit.slots[unit.convs.len() - 1], &(y + shortcut));
         self.head(index, out)
@@ -313,7 +327,7 @@ impl BlockNet for ResNet {
             grouped[1] = shortcut.size()[0];
             let sum =
                 (y.view(grouped.as_slice()) + shortcut.unsqueeze(0)).view(y.size().as_slice());
-            self.slots.run(unit.slots[n - 1], &sum)
+            self.parts.slots.run(unit.slots[n - 1], &sum)
         };
         Ok(self.head(index, out))
     }
@@ -365,28 +379,15 @@ impl BlockNet for ResNet {
         let block = ui + 1;
         let out = self.head(
             block,
-            self.slots
+            self.parts
+                .slots
                 .run(unit.slots[unit.convs.len() - 1], &(branch + shortcut)),
         );
-        if block + 1 < self.blocks.len() {
+        if block + 1 < self.parts.blocks.len() {
             self.forward_from(block + 1, &out, false)
         } else {
             Ok(out)
         }
-    }
-
-    fn slots(&self) -> &Slots {
-        &self.slots
-    }
-
-    fn slots_mut(&mut self) -> &mut Slots {
-        &mut self.slots
-    }
-
-    fn secure_graph(&self, frac_bits: u32) -> Result<(SecureModel, Vec<ParamSource>)> {
-        Ok(self
-            .plan
-            .secure_graph(Some(&self.slots.to_spec()), frac_bits)?)
     }
 
     fn import_key(&self, key: &str) -> String {

@@ -39,12 +39,16 @@ fn example_arch_is_in_the_registry() {
 fn example_network_builds_by_name_runs_and_exports() {
     use knapsec_core::{BlockSize, BlockSpec};
     use knapsec_nn::net::{Network, net_names};
-    use knapsec_nn::tch::{Device, Kind, Tensor};
+    use knapsec_nn::tch::{Device, Kind};
 
     assert!(net_names().contains(&"example-tinycnn"));
     let mut network =
         Network::build("example-tinycnn", &ArchOptions::default(), Device::Cpu).unwrap();
-    let x = Tensor::randn([4, 1, 28, 28], (Kind::Float, Device::Cpu));
+    let x = knapsec_nn::random::randn(
+        &mut knapsec_nn::random::seeded(1),
+        &[4, 1, 28, 28],
+        (Kind::Float, Device::Cpu),
+    );
     let y = network.net.forward_t(&x, false).unwrap();
     assert_eq!(y.size(), [4, 10]);
     let mut spec = BlockSpec::new("example-tinycnn");

@@ -3,11 +3,9 @@
 use super::store::{self, RunInfo, Shard};
 use super::*;
 use crate::error::NnError;
-use crate::net::{BlockNet, Network};
+use crate::net::{BlockNet, BlockNetParts, Network};
 use crate::slots::{SlotId, SlotKind, Slots};
 use knapsec_core::distortion::{DistortionTable, Provenance};
-use knapsec_core::graph::SecureModel;
-use knapsec_core::graph_build::ParamSource;
 use knapsec_core::{ArchOptions, BlockSize, ReluLayer};
 use std::sync::Arc;
 use tch::nn::{self, ModuleT};
@@ -18,15 +16,13 @@ use tch::{Device, Kind, Tensor};
 /// With option variant `"hook"` it overrides `run_block_after_slot` for the `res` block.
 #[derive(Debug)]
 struct Toy {
-    options: ArchOptions,
-    blocks: Vec<String>,
+    parts: BlockNetParts,
     stem: nn::Conv2D,
     bn: nn::BatchNorm,
     c1: nn::Conv2D,
     c2: nn::Conv2D,
     head: nn::Conv2D,
     fc: nn::Linear,
-    slots: Slots,
     ids: [SlotId; 4],
     hook: bool,
 }
@@ -53,15 +49,20 @@ fn build_toy(options: &ArchOptions, p: &nn::Path) -> crate::Result<Box<dyn Block
         slots.add(ReluLayer::new("head", 6, 4, 4), 2, SlotKind::Relu)?,
     ];
     Ok(Box::new(Toy {
-        options: options.clone(),
-        blocks: vec!["stem".into(), "res".into(), "head".into()],
+        parts: BlockNetParts::new(
+            "toy",
+            options.clone(),
+            [1, 8, 8],
+            vec!["stem".into(), "res".into(), "head".into()],
+            slots,
+            None,
+        ),
         stem: conv(p, "stem", 1, 4),
         bn: nn::batch_norm2d(p / "bn", 4, Default::default()),
         c1: conv(p, "c1", 4, 4),
         c2: conv(p, "c2", 4, 4),
         head: conv(p, "head", 4, 6),
         fc: nn::linear(p / "fc", 6, 3, Default::default()),
-        slots,
         ids,
         hook: options.variant.as_deref() == Some("hook"),
     }))
@@ -75,32 +76,27 @@ impl Toy {
 }
 
 impl BlockNet for Toy {
-    fn arch(&self) -> &str {
-        "toy"
+    fn parts(&self) -> &BlockNetParts {
+        &self.parts
     }
-    fn options(&self) -> &ArchOptions {
-        &self.options
-    }
-    fn input_shape(&self) -> [i64; 3] {
-        [1, 8, 8]
-    }
-    fn block_names(&self) -> &[String] {
-        &self.blocks
+    fn parts_mut(&mut self) -> &mut BlockNetParts {
+        &mut self.parts
     }
     fn run_block(&self, index: usize, x: &Tensor, train: bool) -> Tensor {
         match index {
             0 => self
+                .parts
                 .slots
                 .run(self.ids[0], &self.bn.forward_t(&x.apply(&self.stem), train)),
             1 => {
-                let y = self.slots.run(self.ids[1], &x.apply(&self.c1));
-                self.slots.run(self.ids[2], &(y.apply(&self.c2) + x))
+                let y = self.parts.slots.run(self.ids[1], &x.apply(&self.c1));
+                self.parts.slots.run(self.ids[2], &(y.apply(&self.c2) + x))
             }
             _ => {
                 let y = x
                     .avg_pool2d([2, 2], [2, 2], [0, 0], false, true, None::<i64>)
                     .apply(&self.head);
-                self.finish_head(&self.slots.run(self.ids[3], &y))
+                self.finish_head(&self.parts.slots.run(self.ids[3], &y))
             }
         }
     }
@@ -121,19 +117,7 @@ impl BlockNet for Toy {
         let y = act.apply(&self.c2);
         let v = crate::net::stacked_variants("toy", &y, input)?;
         let sum = y.view([v, input.size()[0], 4, 8, 8]) + input.unsqueeze(0);
-        Ok(self.slots.run(self.ids[2], &sum.view([-1, 4, 8, 8])))
-    }
-    fn slots(&self) -> &Slots {
-        &self.slots
-    }
-    fn slots_mut(&mut self) -> &mut Slots {
-        &mut self.slots
-    }
-    fn secure_graph(&self, _frac_bits: u32) -> crate::Result<(SecureModel, Vec<ParamSource>)> {
-        Err(NnError::Export {
-            arch: "toy".into(),
-            message: "the test network has no secure graph".into(),
-        })
+        Ok(self.parts.slots.run(self.ids[2], &sum.view([-1, 4, 8, 8])))
     }
 }
 
@@ -464,13 +448,13 @@ fn bad_inputs_are_refused() {
 /// stacked rows.
 #[test]
 fn channel_change_convolution_equals_the_stacked_one() {
-    tch::manual_seed(5);
+    let mut rng = crate::random::seeded(5);
     let opts = (Kind::Double, Device::Cpu);
-    let clean = Tensor::randn([3, 4, 6, 6], opts);
-    let weight = Tensor::randn([5, 4, 3, 3], opts);
+    let clean = crate::random::randn(&mut rng, &[3, 4, 6, 6], opts);
+    let weight = crate::random::randn(&mut rng, &[5, 4, 3, 3], opts);
     let images = Tensor::from_slice(&[2i64, 0, 0, 1, 2]);
     let channels = [1i64, 1, 3, 3, 0];
-    let values = Tensor::randn([5, 1, 6, 6], opts);
+    let values = crate::random::randn(&mut rng, &[5, 1, 6, 6], opts);
     let change = crate::net::ChannelChange {
         clean: &clean,
         images: &images,
