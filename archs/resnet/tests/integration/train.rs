@@ -7,6 +7,7 @@ use knapsec_core::{ArchOptions, BlockSize, BlockSpec};
 use knapsec_nn::Network;
 use knapsec_nn::data::{ImageSet, Pixels};
 use knapsec_nn::train::{Schedule, TrainConfig, evaluate, train};
+use knapsec_nn::weights::reinit_seeded;
 
 fn options() -> ArchOptions {
     ArchOptions {
@@ -60,8 +61,8 @@ fn config(epochs: usize) -> TrainConfig {
 
 #[test]
 fn training_reduces_the_loss() {
-    tch::manual_seed(3);
     let mut net = Network::build("resnet18-cifar", &options(), tch::Device::Cpu).unwrap();
+    reinit_seeded(&net.vs, 3);
     let set = tiny_set();
     let history = train(&mut net, &set, None, &config(8), None).unwrap();
     assert_eq!(history.len(), 8);
@@ -76,14 +77,14 @@ fn training_reduces_the_loss() {
 #[test]
 fn checkpointed_training_resumes_after_the_last_epoch() {
     let dir = tempfile::tempdir().unwrap();
-    tch::manual_seed(5);
     let mut net = Network::build("resnet18-cifar", &options(), tch::Device::Cpu).unwrap();
+    reinit_seeded(&net.vs, 5);
     let set = tiny_set();
     let first = train(&mut net, &set, None, &config(2), Some(dir.path())).unwrap();
     assert_eq!(first.len(), 2);
     // A fresh network resumes from the checkpoint: two epochs are not run again.
-    tch::manual_seed(99);
     let mut resumed = Network::build("resnet18-cifar", &options(), tch::Device::Cpu).unwrap();
+    reinit_seeded(&resumed.vs, 99);
     let history = train(&mut resumed, &set, None, &config(3), Some(dir.path())).unwrap();
     assert_eq!(history.len(), 3);
     assert_eq!(&history[..2], &first[..]);
@@ -94,8 +95,8 @@ fn checkpointed_training_resumes_after_the_last_epoch() {
 
 #[test]
 fn fine_tuning_with_block_relus_in_place() {
-    tch::manual_seed(7);
     let mut net = Network::build("resnet18-cifar", &options(), tch::Device::Cpu).unwrap();
+    reinit_seeded(&net.vs, 7);
     let table = net.net.slots().layer_table().unwrap();
     let mut spec = BlockSpec::uniform(&table, BlockSize::Patch { h: 2, w: 2 });
     spec.layers.get_mut("stem").unwrap()[0] = BlockSize::Identity;

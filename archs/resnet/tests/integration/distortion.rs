@@ -10,12 +10,12 @@ use knapsec_core::distortion::{DistortionTable, Provenance};
 use knapsec_core::{ArchAdapter, ArchOptions};
 use knapsec_nn::Network;
 use knapsec_nn::distortion::{self as engine, ExtractConfig, OutputMse, Schedule, sample, store};
+use knapsec_nn::random;
 use knapsec_nn::tch::{Device, Kind};
 use std::sync::Arc;
 
 #[test]
 fn engine_equals_reference_schedule_on_resnet18() {
-    knapsec_nn::tch::manual_seed(3);
     let options = ArchOptions {
         input_height: Some(8),
         input_width: Some(8),
@@ -24,15 +24,29 @@ fn engine_equals_reference_schedule_on_resnet18() {
         ..Default::default()
     };
     let mut net = Network::build(RESNET18_CIFAR, &options, Device::Cpu).unwrap();
-    // f64, so that the two schedules agree far below the tolerance; non-trivial BN statistics.
+    // f64, so that the two schedules agree far below the tolerance; seeded weights with
+    // non-trivial BN statistics.
     net.vs.set_kind(Kind::Double);
+    knapsec_nn::weights::reinit_seeded(&net.vs, 3);
+    let mut rng = random::seeded(3);
     knapsec_nn::tch::no_grad(|| {
-        for (name, mut t) in net.vs.variables() {
-            if name.ends_with("running_var") {
-                let _ = t.uniform_(0.5, 2.0);
+        let variables: std::collections::BTreeMap<_, _> = net.vs.variables().into_iter().collect();
+        for (name, mut t) in variables {
+            let range = if name.ends_with("running_var") {
+                (0.5, 2.0)
             } else if name.ends_with("running_mean") || name.ends_with("bn1.bias") {
-                let _ = t.uniform_(-0.3, 0.3);
-            }
+                (-0.3, 0.3)
+            } else {
+                continue;
+            };
+            let fresh = random::uniform(
+                &mut rng,
+                &t.size(),
+                range.0,
+                range.1,
+                (t.kind(), t.device()),
+            );
+            t.copy_(&fresh);
         }
     });
     let layers = ResNet18Cifar.layer_table(&options).unwrap();

@@ -5,7 +5,7 @@
 use knapsec_arch_resnet as _;
 use knapsec_core::graph::{ModelWeights, Op, SecureModel};
 use knapsec_core::{ArchOptions, BlockSize, BlockSpec};
-use knapsec_nn::{BlockNet, Network, NnError, eval_graph};
+use knapsec_nn::{BlockNet, Network, NnError, eval_graph, random};
 use tch::{Device, Kind, Tensor};
 
 fn small18() -> ArchOptions {
@@ -107,7 +107,6 @@ fn reference_size_resnet50_block_structure() {
 
 #[test]
 fn forward_from_any_block_equals_the_full_forward() {
-    tch::manual_seed(1);
     let mut net = Network::build(
         "resnet50-imagenet",
         &small50(Some("avgpool-stem")),
@@ -118,7 +117,11 @@ fn forward_from_any_block_equals_the_full_forward() {
     knapsec_nn::weights::reinit_seeded(&net.vs, 1);
     let spec = mixed_spec(net.net.as_ref());
     net.net.apply_spec(&spec).unwrap();
-    let x = Tensor::randn([2, 3, 45, 38], (Kind::Float, Device::Cpu));
+    let x = random::randn(
+        &mut random::seeded(1),
+        &[2, 3, 45, 38],
+        (Kind::Float, Device::Cpu),
+    );
     let outs = net.net.block_outputs(&x, false).unwrap();
     let full = net.net.forward_t(&x, false).unwrap();
     assert_eq!(full.size(), vec![2, 7]);
@@ -190,7 +193,11 @@ fn stem_spec_keeps_the_pool_in_the_maxpool_variant() {
     let ops: Vec<&Op> = model.nodes.iter().map(|n| &n.op).collect();
     assert!(matches!(ops[2], Op::BlockRelu { layer, .. } if layer == "stem"));
     assert!(matches!(ops[3], Op::MaxPool { .. }));
-    let x = Tensor::randn([1, 3, 45, 38], (Kind::Float, Device::Cpu));
+    let x = random::randn(
+        &mut random::seeded(2),
+        &[1, 3, 45, 38],
+        (Kind::Float, Device::Cpu),
+    );
     assert_eq!(net.net.run_block(0, &x, false).size(), vec![1, 4, 12, 10]);
 }
 
@@ -298,14 +305,18 @@ fn rewrite(
 
 #[test]
 fn weights_save_load_and_errors() {
-    tch::manual_seed(7);
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("w.safetensors");
     let a = Network::build("resnet18-cifar", &small18(), Device::Cpu).unwrap();
     knapsec_nn::weights::reinit_seeded(&a.vs, 7);
     a.save_weights(&path).unwrap();
-    let x = Tensor::randn([2, 1, 28, 28], (Kind::Float, Device::Cpu));
+    let x = random::randn(
+        &mut random::seeded(7),
+        &[2, 1, 28, 28],
+        (Kind::Float, Device::Cpu),
+    );
     let mut b = Network::build("resnet18-cifar", &small18(), Device::Cpu).unwrap();
+    knapsec_nn::weights::reinit_seeded(&b.vs, 8);
     assert!(
         max_abs(
             &a.net.forward_t(&x, false).unwrap(),
