@@ -1,0 +1,260 @@
+//! Unit tests of the secure-model graph: validation, shapes, weights and their files.
+
+use super::*;
+
+fn tiny() -> (SecureModel, ModelWeights) {
+    let nodes = vec![
+        Node {
+            name: "input".into(),
+            op: Op::Input,
+            inputs: vec![],
+            shape: [1, 4, 4],
+        },
+        Node {
+            name: "conv".into(),
+            op: Op::Conv2d {
+                weight: "conv.w".into(),
+                bias: Some("conv.b".into()),
+                kernel: [3, 3],
+                stride: [1, 1],
+                padding: [1, 1],
+                dilation: [1, 1],
+                groups: 1,
+            },
+            inputs: vec![0],
+            shape: [2, 4, 4],
+        },
+        Node {
+            name: "relu".into(),
+            op: Op::BlockRelu {
+                layer: "relu".into(),
+                blocks: vec![BlockSize::RELU, BlockSize::Identity],
+            },
+            inputs: vec![1],
+            shape: [2, 4, 4],
+        },
+    ];
+    let model = SecureModel {
+        format: MODEL_FORMAT,
+        arch: "toy".into(),
+        frac_bits: 12,
+        output_kind: OutputKind::Segmentation,
+        nodes,
+        calibration: None,
+    };
+    let mut w = ModelWeights::default();
+    w.tensors.insert(
+        "conv.w".into(),
+        FixedTensor {
+            shape: vec![2, 1, 3, 3],
+            data: (0..18).collect(),
+        },
+    );
+    w.tensors.insert(
+        "conv.b".into(),
+        FixedTensor {
+            shape: vec![2],
+            data: vec![-5, 7],
+        },
+    );
+    (model, w)
+}
+
+#[test]
+fn format_1_still_loads_and_calibration_needs_format_2() {
+    use crate::drelu::{Calibration, CalibrationTarget, DreluWindow, SiteCalibration};
+    let (mut m, _) = tiny();
+    m.format = 1;
+    let text = ron::to_string(&m).unwrap();
+    assert!(!text.contains("calibration"), "{text}");
+    let back: SecureModel = ron::from_str(&text).unwrap();
+    back.validate().unwrap();
+    m.calibration = Some(Calibration {
+        data: "x".into(),
+        samples: 1,
+        target: CalibrationTarget::default(),
+        sites: vec![SiteCalibration {
+            node: 2,
+            name: "relu".into(),
+            kind: SiteKind::BlockRelu,
+            window: DreluWindow {
+                bits: 12,
+                lsb_ignored: 3,
+            },
+            stats: Default::default(),
+        }],
+    });
+    assert!(m.validate().unwrap_err().to_string().contains("version 2"));
+    m.format = MODEL_FORMAT;
+    m.validate().unwrap();
+    let hash = m.public_hash();
+    m.calibration.as_mut().unwrap().sites[0].window.bits = 13;
+    assert_ne!(m.public_hash(), hash, "the hash covers the windows");
+    m.calibration.as_mut().unwrap().sites[0].node = 1;
+    assert!(
+        m.validate()
+            .unwrap_err()
+            .to_string()
+            .contains("not a DReLU site")
+    );
+}
+
+#[test]
+fn round_trip_and_hash() {
+    let (m, w) = tiny();
+    m.validate().unwrap();
+    w.check_against(&m).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    m.save(dir.path()).unwrap();
+    w.save(dir.path()).unwrap();
+    let m2 = SecureModel::load(dir.path()).unwrap();
+    assert_eq!(m2, m);
+    assert_eq!(m2.public_hash(), m.public_hash());
+    assert_eq!(ModelWeights::load(dir.path()).unwrap(), w);
+    assert_eq!(m.drelus(), 16);
+    let mut other = m.clone();
+    other.frac_bits = 13;
+    assert_ne!(other.public_hash(), m.public_hash());
+}
+
+#[test]
+fn structural_errors_name_the_node() {
+    let (mut m, mut w) = tiny();
+    m.nodes[2].inputs = vec![2];
+    assert!(
+        m.validate()
+            .unwrap_err()
+            .to_string()
+            .contains("node 2 (relu)")
+    );
+    let (m, _) = tiny();
+    w.tensors.get_mut("conv.w").unwrap().data.pop();
+    assert!(
+        w.check_against(&m)
+            .unwrap_err()
+            .to_string()
+            .contains("conv.w")
+    );
+}
+
+#[test]
+fn fixed_point() {
+    assert_eq!(encode_fixed(1.5, 12), 6144);
+    assert_eq!(decode_fixed(-6144, 12), -1.5);
+}
+
+fn conv_op(kernel: u32, stride: u32, padding: u32, groups: u32) -> Op {
+    Op::Conv2d {
+        weight: "conv.w".into(),
+        bias: None,
+        kernel: [kernel; 2],
+        stride: [stride; 2],
+        padding: [padding; 2],
+        dilation: [1, 1],
+        groups,
+    }
+}
+
+/// `validate`'s error for `tiny()` after `edit`.
+fn invalid(edit: impl FnOnce(&mut SecureModel)) -> String {
+    let (mut m, _) = tiny();
+    edit(&mut m);
+    m.validate().unwrap_err().to_string()
+}
+
+#[test]
+fn groups_must_divide_both_channel_counts() {
+    // 1 input channel, 2 outputs, 4 groups: the executors divided by `out / groups = 0`.
+    let e = invalid(|m| m.nodes[1].op = conv_op(3, 1, 1, 4));
+    assert!(e.contains("node 1 (conv)") && e.contains("groups"), "{e}");
+    let e = invalid(|m| m.nodes[1].op = conv_op(3, 1, 1, 0));
+    assert!(e.contains("groups"), "{e}");
+}
+
+#[test]
+fn frac_bits_have_a_maximum() {
+    let e = invalid(|m| m.frac_bits = MAX_FRAC_BITS + 1);
+    assert!(e.contains("fractional bits"), "{e}");
+    let (mut m, _) = tiny();
+    m.frac_bits = MAX_FRAC_BITS;
+    m.validate().unwrap();
+}
+
+#[test]
+fn recorded_shapes_must_match_the_inferred_ones() {
+    let e = invalid(|m| m.nodes[1].shape = [2, 5, 4]);
+    assert!(
+        e.contains("node 1 (conv)") && e.contains("[2, 4, 4]"),
+        "{e}"
+    );
+    // The ReLU's shape follows from the (consistent) conv.
+    let e = invalid(|m| {
+        m.nodes[1].shape = [2, 2, 2];
+        m.nodes[1].op = conv_op(3, 2, 1, 1);
+        m.nodes[2].shape = [2, 4, 4];
+    });
+    assert!(e.contains("node 2 (relu)"), "{e}");
+    let e = invalid(|m| m.nodes[1].op = conv_op(0, 1, 1, 1));
+    assert!(e.contains("kernel"), "{e}");
+    let e = invalid(|m| m.nodes[1].op = conv_op(3, 0, 1, 1));
+    assert!(e.contains("stride"), "{e}");
+    let e = invalid(|m| m.nodes[1].op = conv_op(9, 1, 1, 1));
+    assert!(e.contains("does not fit"), "{e}");
+}
+
+#[test]
+fn huge_shapes_are_refused_not_overflowed() {
+    let e = invalid(|m| {
+        m.nodes[0].shape = [1, u32::MAX, u32::MAX];
+        m.nodes[1].shape = [2, u32::MAX, u32::MAX];
+        m.nodes[2].shape = [2, u32::MAX, u32::MAX];
+    });
+    assert!(e.contains("too large"), "{e}");
+    let e = invalid(|m| {
+        m.nodes[1].op = conv_op(u32::MAX, 1, u32::MAX, 1);
+    });
+    assert!(e.contains("node 1"), "{e}");
+    let e = invalid(|m| m.nodes[0].shape = [1, 0, 4]);
+    assert!(e.contains("node 0"), "{e}");
+}
+
+#[test]
+fn every_op_is_shape_checked() {
+    // A linear layer on a 2x2 map and a pool padded past half its window.
+    let (mut m, _) = tiny();
+    m.nodes.push(Node {
+        name: "fc".into(),
+        op: Op::Linear {
+            weight: "fc.w".into(),
+            bias: None,
+        },
+        inputs: vec![2],
+        shape: [3, 1, 1],
+    });
+    let e = m.validate().unwrap_err().to_string();
+    assert!(e.contains("node 3 (fc)") && e.contains("[C, 1, 1]"), "{e}");
+    let (mut m, _) = tiny();
+    m.nodes.push(Node {
+        name: "pool".into(),
+        op: Op::MaxPool {
+            kernel: [2, 2],
+            stride: [1, 1],
+            padding: [2, 2],
+        },
+        inputs: vec![2],
+        shape: [2, 7, 7],
+    });
+    let e = m.validate().unwrap_err().to_string();
+    assert!(e.contains("padding"), "{e}");
+    let (mut m, _) = tiny();
+    m.nodes.push(Node {
+        name: "cat".into(),
+        op: Op::Concat,
+        inputs: vec![2, 0],
+        shape: [3, 4, 4],
+    });
+    m.validate().unwrap();
+    m.nodes[3].shape = [4, 4, 4];
+    let e = m.validate().unwrap_err().to_string();
+    assert!(e.contains("[3, 4, 4]"), "{e}");
+}
