@@ -284,7 +284,8 @@ impl SecureBackend for Fss {
             online_bytes: Some(cf.online),
             inference_bytes: cf.offline + cf.online,
             online_rounds: Some(cf.online_rounds),
-            key_bytes: 2 * cf.key_bytes,
+            // what client and server hold between the phases: keys, masks, shares
+            key_bytes: cf.held_bytes,
         }))
     }
 }

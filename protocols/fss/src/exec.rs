@@ -115,6 +115,9 @@ pub struct ClosedForm {
     /// DCF key bytes one of client and server receives and holds per inference (the
     /// corrections; root seeds come from the pairwise PRGs).
     pub key_bytes: u64,
+    /// Bytes of preprocessing client and server hold between the phases (keys, masks and the
+    /// client's linear shares at the server), summed over both; the helper holds none.
+    pub held_bytes: u64,
     /// Causal rounds of the online phase: the input, two per gate (the gates run one after
     /// the other), the reveal.
     pub online_rounds: u64,
@@ -386,11 +389,13 @@ impl Plan {
             c.offline += off;
             c.online += on;
             c.key_bytes += gate::key_bytes(s);
+            c.held_bytes += gate::held_bytes(s);
         }
         for n in &self.nodes {
             if let NodePlan::Linear(l) = n {
                 c.setup += l.setup_bytes();
                 c.offline += 2 * l.offline_bytes();
+                c.held_bytes += l.offline_bytes();
             }
         }
         let [ic, ih, iw] = model.input_shape().map(u64::from);

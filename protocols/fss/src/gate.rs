@@ -91,6 +91,15 @@ pub fn key_bytes(spec: &SelectSpec) -> u64 {
     Corrections::wire_bytes(spec.n, spec.patches()) as u64
 }
 
+/// Bytes client and server together hold for this gate between the phases (as
+/// [`GatePre::held_bytes`] counts them: the key corrections with one byte per final bit, the
+/// server's half opening, bits, and shares).
+pub fn held_bytes(spec: &SelectSpec) -> u64 {
+    let (m, np) = (spec.pixels as u64, spec.patches() as u64);
+    let keys = 16 * u64::from(spec.n) * np + np;
+    2 * keys + 8 * m + np + 8 * np + 8 * m
+}
+
 /// One party's preprocessing of one gate.
 #[derive(Clone, Debug)]
 pub enum GatePre {

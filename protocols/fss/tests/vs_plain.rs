@@ -38,6 +38,12 @@ fn run(model: &SecureModel, weights: &ModelWeights, x: &[f32], options: Options)
     // client and server each hold their keys' corrections
     assert_eq!(r.key_bytes, cf.key_bytes, "{}: key bytes", model.arch);
     assert!(r.held_bytes[0] >= r.key_bytes && r.held_bytes[1] >= r.key_bytes);
+    assert_eq!(
+        r.held_bytes[0] + r.held_bytes[1],
+        cf.held_bytes,
+        "{}: held",
+        model.arch
+    );
     assert_eq!(r.held_bytes[2], 0, "the helper keeps nothing");
     r
 }
@@ -54,6 +60,7 @@ fn run_registered(
         .unwrap()
         .backend("fss")
         .expect("fss is registered");
+    let cf = Plan::new(model, options).unwrap().closed_form(model);
     let options = backend.canonical_options(&options.canonical()).unwrap();
     let r = knapsec_runtime::simulate(
         backend.as_ref(),
@@ -69,6 +76,7 @@ fn run_registered(
     assert_eq!(stated.offline_bytes, Some(r.offline.comm.bytes));
     assert_eq!(stated.online_bytes, Some(r.online.comm.bytes));
     assert_eq!(stated.online_rounds, Some(r.online.comm.rounds));
+    assert_eq!(stated.key_bytes, cf.held_bytes);
     // no message above the stated bound (the largest message is at least the input)
     let bound = backend.max_message(model, &options).unwrap().unwrap();
     let [c, h, w] = model.input_shape().map(u64::from);
