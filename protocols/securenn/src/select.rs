@@ -271,6 +271,7 @@ pub fn offline(ctx: &mut Ctx<'_>, spec: &SelectSpec, stream: u64) -> Result<Sele
             drop(prg);
             let _cmp = span(OpKind::Comparison);
             let mut xj = vec![0u8; np];
+            let mut bits = [0u8; 64];
             for g in 0..np {
                 let u = &mut u1[g * n..(g + 1) * n];
                 let mut x = 0u64;
@@ -279,17 +280,45 @@ pub fn offline(ctx: &mut Ctx<'_>, spec: &SelectSpec, stream: u64) -> Result<Sele
                 xj[g] = ((x >> (t + n as u32)) & 1) as u8;
                 // The window's bits from the most significant, then the server's share
                 // bit − u₀ mod 67 in place of u₀ (u₀ < 67: bit + 67 − u₀ ∈ [1, 68] needs one
-                // conditional subtraction).
-                let w = x >> t;
-                for (i, a) in u.iter_mut().enumerate() {
-                    let bit = ((w >> (n - 1 - i)) & 1) as u8;
+                // conditional subtraction, a minimum: below 67 the subtraction wraps above).
+                if n > 0 {
+                    window_bits(x >> t, n, &mut bits);
+                }
+                for (a, &bit) in u.iter_mut().zip(&bits[..n]) {
                     let v = bit + P as u8 - *a;
-                    *a = if v >= P as u8 { v - P as u8 } else { v };
+                    *a = v.min(v.wrapping_sub(P as u8));
                 }
             }
             ctx.send_bytes(Role::Server, u1)?;
             Ok(SelectPre::Helper { stream, xj })
         }
+    }
+}
+
+/// Byte `j` of entry `b` is bit `j` of `b`: eight bits spread to eight bytes by one lookup.
+const SPREAD: [u64; 256] = {
+    let mut t = [0u64; 256];
+    let mut b = 0;
+    while b < 256 {
+        let mut j = 0;
+        while j < 8 {
+            t[b] |= (((b >> j) & 1) as u64) << (8 * j);
+            j += 1;
+        }
+        b += 1;
+    }
+    t
+};
+
+/// Writes the low `n` bits of `w` (`1 ≤ n ≤ 63`) to `out[..n]`, one per byte, the most
+/// significant first: `out[i]` = bit `n − 1 − i`.
+#[inline]
+fn window_bits(w: u64, n: usize, out: &mut [u8; 64]) {
+    // Bit n − 1 − i moves to bit i.
+    let r = (w << (64 - n)).reverse_bits();
+    for (k, chunk) in out.chunks_exact_mut(8).enumerate() {
+        let byte = (r >> (8 * k)) as u8;
+        chunk.copy_from_slice(&SPREAD[usize::from(byte)].to_le_bytes());
     }
 }
 
@@ -659,6 +688,21 @@ pub(crate) mod tests {
         let got = drelu(&vals, DreluMode::Exact);
         for (a, b) in vals.iter().zip(&got) {
             assert_eq!(*b, u8::from(*a >= 0), "a = {a}");
+        }
+    }
+
+    #[test]
+    fn window_bits_are_the_bits_from_the_most_significant() {
+        let mut prg = Prg::new(&[7; 32], "bits");
+        let mut out = [0u8; 64];
+        for n in 1..64 {
+            for _ in 0..20 {
+                let w = prg.next_u64();
+                window_bits(w, n, &mut out);
+                for (i, &b) in out[..n].iter().enumerate() {
+                    assert_eq!(u64::from(b), (w >> (n - 1 - i)) & 1, "n {n} i {i}");
+                }
+            }
         }
     }
 
