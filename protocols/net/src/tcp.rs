@@ -237,6 +237,13 @@ impl TcpTransport {
             };
             let _ = link.tx.send(msg);
             drop(link.tx);
+            // A peer silent for a whole receive timeout (a dead party or a cut link) would only
+            // make this party wait out the linger: its last frame is sent, not waited for.
+            if link.heard.at() + self.recv_timeout <= Instant::now() {
+                link.writer.abort();
+                link.reader.abort();
+                continue;
+            }
             // The queue stays open until the end, so that the reader keeps draining the
             // socket until the peer's end-of-stream.
             tasks.push((link.writer, link.reader, link.rx));
