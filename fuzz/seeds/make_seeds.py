@@ -151,3 +151,13 @@ def idx(dims, data):
 
 put("idx", "images.idx3", idx([2, 3, 3], range(18)))
 put("idx", "labels.idx1", idx([4], [0, 9, 3, 1]))
+
+
+# --- architecture options (RON) ---------------------------------------------------------------
+put("arch_options", "default.ron", b"()\n")
+put("arch_options", "fashion.ron",
+    b"(input_channels: Some(1), input_height: Some(28), input_width: Some(28), classes: Some(10))\n")
+put("arch_options", "cifar.ron",
+    b"(input_height: Some(32), input_width: Some(32), base_width: Some(16), classes: Some(100))\n")
+put("arch_options", "relu.ron", b'(input_height: Some(512), input_width: Some(512), variant: Some("relu"))\n')
+put("arch_options", "huge.ron", b'(input_height: Some(4294967295), input_width: Some(1), variant: Some("x"))\n')
