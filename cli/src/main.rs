@@ -80,6 +80,17 @@ enum Command {
 }
 
 impl Command {
+    /// Whether the command runs secure inference (`simulate`, `party`, `bench secure`,
+    /// `bench net`): those keep freed memory for reuse ([`alloc`]); the others (libtorch's
+    /// training among them) keep the allocator's defaults.
+    fn runs_secure_inference(&self) -> bool {
+        match self {
+            Command::Simulate(_) | Command::Party(_) => true,
+            Command::Bench(b) => b.runs_secure_inference(),
+            _ => false,
+        }
+    }
+
     fn run(self, ctx: &Context) -> anyhow::Result<()> {
         match self {
             Command::Plugins(args) => cmd::plugins::run(args, ctx),
@@ -110,8 +121,10 @@ impl Command {
 }
 
 fn main() -> ExitCode {
-    alloc::keep_freed_memory();
     let cli = Cli::parse();
+    if cli.command.runs_secure_inference() {
+        alloc::keep_freed_memory();
+    }
     ui::init_logging(&cli.global);
     let ctx = Context::new(cli.global);
     match cli.command.run(&ctx) {

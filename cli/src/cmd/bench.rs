@@ -68,6 +68,13 @@ enum BenchCommand {
     },
 }
 
+impl Args {
+    /// Whether this bench runs secure inference (`secure`, `net`).
+    pub fn runs_secure_inference(&self) -> bool {
+        matches!(self.command, BenchCommand::Secure(_) | BenchCommand::Net(_))
+    }
+}
+
 pub fn run(args: Args, ctx: &Context) -> anyhow::Result<()> {
     match args.command {
         BenchCommand::Plugins { repeat, options } => plugins(ctx, repeat, &options),
