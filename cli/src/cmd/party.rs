@@ -1,5 +1,5 @@
 //! `knapsec party`: runs one party of a three-host deployment described by a `deploy.ron`
-//! (see `knapsec_net::deploy` and docs/deployment.md).
+//! (see `knapsec_runtime::deploy` and docs/deployment.md).
 //!
 //! The server and the helper serve sessions until stopped (or `--sessions N`); a session that
 //! fails is logged and the next one served (`--exit-on-error` stops instead). A backend that
@@ -13,8 +13,8 @@ use crate::context::Context;
 use anyhow::{Context as _, bail};
 use knapsec_core::Role;
 use knapsec_core::backend::PartyOutput;
-use knapsec_net::party::InferenceStats;
-use knapsec_net::{Deployment, Party, ServeOptions};
+use knapsec_runtime::party::InferenceStats;
+use knapsec_runtime::{Deployment, Party, ServeOptions};
 use serde::Serialize;
 use std::path::{Path, PathBuf};
 

@@ -967,8 +967,8 @@ fn a_client_announcing_a_frame_beyond_the_plan_ends_the_session_naming_it() {
     use knapsec_core::backend::SecureBackend;
     use knapsec_core::transport::Role;
     use knapsec_net::frame::FrameKind;
-    use knapsec_net::handshake::{Control, Hello};
     use knapsec_net::secure_channel::SecureChannel;
+    use knapsec_runtime::handshake::{Control, Hello};
     let d = Deploy::new([2, 6, 6], 6);
     let flags = ["--sessions", "1", "--exit-on-error"];
     let mut server = d.spawn("server", "deploy.ron", &flags, "server");
@@ -976,7 +976,7 @@ fn a_client_announcing_a_frame_beyond_the_plan_ends_the_session_naming_it() {
     // A client holding the real client key, driven by hand: it does everything right until
     // it announces a frame of 2 MiB, far below max_frame_mib (1 GiB) but beyond the largest
     // message this small model's plan allows.
-    let dep = knapsec_net::Deployment::load(&d.path("deploy.ron"), Role::Client).unwrap();
+    let dep = knapsec_runtime::Deployment::load(&d.path("deploy.ron"), Role::Client).unwrap();
     let backend = knapsec_securenn::SecureNn::default();
     let options = backend.canonical_options("()").unwrap();
     let bound = backend.max_message(&d.model, "()").unwrap().unwrap();

@@ -24,6 +24,7 @@
 
 use crate::error::{NetError, Result};
 use knapsec_core::Role;
+use rand::TryRngCore;
 use std::path::{Path, PathBuf};
 
 /// First word of every key file.
@@ -271,7 +272,7 @@ fn write_key(path: &Path, role: Role, kind: KeyKind, key: &[u8; 32], replace: bo
         path: path.to_path_buf(),
         source,
     };
-    let suffix: [u8; 8] = crate::handshake::random_bytes()?;
+    let suffix: [u8; 8] = random_bytes()?;
     let name = path
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
@@ -344,7 +345,7 @@ fn read_key(path: &Path, role: Role, kind: KeyKind) -> Result<[u8; 32]> {
 }
 
 /// Lower-case hex of `bytes`.
-pub(crate) fn hex(bytes: &[u8]) -> String {
+pub fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
@@ -357,6 +358,18 @@ fn unhex(s: &str) -> Option<[u8; 32]> {
         *o = u8::from_str_radix(&s[2 * i..2 * i + 2], 16).ok()?;
     }
     Some(out)
+}
+
+/// `n` bytes from the operating system's RNG.
+///
+/// # Errors
+/// If the OS RNG fails.
+pub fn random_bytes<const N: usize>() -> Result<[u8; N]> {
+    let mut out = [0u8; N];
+    rand::rngs::OsRng
+        .try_fill_bytes(&mut out)
+        .map_err(|e| NetError::Invalid(format!("OS random generator: {e}")))?;
+    Ok(out)
 }
 
 #[cfg(test)]

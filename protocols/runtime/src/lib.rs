@@ -7,11 +7,22 @@
 //!   threads of one process over the metered in-memory transport, its phases (once per
 //!   session, offline and online per inference) timed and metered apart: the harness behind
 //!   `knapsec simulate`, `knapsec bench secure` and the conformance kit.
+//! * [`handshake`]: the session hello (versions, backend, options, model hash) and the
+//!   derivation of the session's PRG keys.
+//! * [`deploy`]: the `deploy.ron` deployment config.
+//! * [`party`]: the party driver behind `knapsec party`, over `knapsec-net`'s authenticated
+//!   TCP transport (its errors are `knapsec-net`'s [`NetError`](knapsec_net::NetError)).
 //! * [`error`]: the crate's error type.
 
+pub mod deploy;
 pub mod error;
+pub mod handshake;
+pub mod party;
 pub mod randomness;
 pub mod sim;
+
+pub use deploy::Deployment;
+pub use party::{Party, ServeOptions};
 
 pub use error::RuntimeError;
 pub use randomness::{CONTRIBUTION_LEN, InferenceKeys, Pair, exchange_contributions};

@@ -4,7 +4,7 @@
 #![no_main]
 
 use knapsec_core::Role;
-use knapsec_net::handshake::{Control, Hello};
+use knapsec_runtime::handshake::{Control, Hello};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

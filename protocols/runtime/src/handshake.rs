@@ -14,11 +14,10 @@
 //! both hellos' secret nonces (which only travel encrypted), domain-separated by the pair's
 //! roles; each party's private seed comes from the OS RNG per inference.
 
-use crate::error::{NetError, Result};
-use crate::keys::hex;
 use knapsec_core::Role;
 use knapsec_core::backend::SessionKeys;
-use rand::TryRngCore;
+use knapsec_net::error::{NetError, Result};
+use knapsec_net::keys::hex;
 use serde::{Deserialize, Serialize};
 
 /// Version of the session protocol (hello, control messages, key derivation). Parties with
@@ -114,7 +113,7 @@ impl Hello {
         let mismatch = |what, theirs: String, ours: String| NetError::Mismatch {
             what,
             peer,
-            theirs: crate::error::clean_text(&theirs),
+            theirs: knapsec_net::error::clean_text(&theirs),
             me,
             ours,
         };
@@ -198,17 +197,7 @@ impl Control {
     }
 }
 
-/// `n` bytes from the operating system's RNG.
-///
-/// # Errors
-/// If the OS RNG fails.
-pub fn random_bytes<const N: usize>() -> Result<[u8; N]> {
-    let mut out = [0u8; N];
-    rand::rngs::OsRng
-        .try_fill_bytes(&mut out)
-        .map_err(|e| NetError::Invalid(format!("OS random generator: {e}")))?;
-    Ok(out)
-}
+pub use knapsec_net::keys::random_bytes;
 
 /// The key a pair shares for a whole session, from its connection's handshake hash and both
 /// hellos (the initiator's first).

@@ -2,10 +2,13 @@
 //!
 //! A **session** is one client's visit: the client connects to the server and the helper,
 //! the server connects to the helper, every connection is authenticated
-//! ([`crate::secure_channel`]) and starts with a hello exchange ([`crate::handshake`]);
+//! ([`knapsec_net::secure_channel`]) and starts with a hello exchange ([`crate::handshake`]);
 //! then the client runs its inputs one after another (a [`Control::Infer`] to both others
 //! before each, [`Control::Done`] at the end) and everybody closes cleanly. Server and
-//! helper serve sessions one after another, any number of inferences each.
+//! helper serve sessions one after another, any number of inferences each. Every party drives
+//! the backend through its phases: the once-per-session phase at the session's first
+//! inference, then each inference's offline and online phases
+//! ([`knapsec_core::backend::PartySession`]).
 //!
 //! Connection directions: client → server, client → helper, server → helper, so the client
 //! needs no listening port.
@@ -26,20 +29,20 @@
 //! the layer; server and helper log it and serve the next session (or exit non-zero with
 //! [`ServeOptions::keep_going`] off). Between two inferences the client may stay idle for the
 //! deployment's `idle_s`, not `recv_s`. Text a peer sends (abort reasons) is cleaned with
-//! [`crate::error::peer_text`] before it is logged or shown.
+//! [`knapsec_net::error::peer_text`] before it is logged or shown.
 
 use crate::deploy::Deployment;
-use crate::error::{NetError, Result, peer_text};
-use crate::frame::FrameKind;
 use crate::handshake::{self, Control, Hello};
-use crate::keys::KeyPair;
-use crate::metered::{CommReport, Metered};
-use crate::secure_channel::{PeerKeys, ReplayGuard, SecureChannel};
-use crate::tcp::TcpTransport;
 use knapsec_core::Role;
-use knapsec_core::backend::{PartyJob, PartyOutput, SecureBackend, SessionKeys};
+use knapsec_core::backend::{PartyOutput, PartySession, SecureBackend, SessionJob, SessionKeys};
 use knapsec_core::graph::{ModelWeights, SecureModel};
 use knapsec_core::transport::Transport;
+use knapsec_net::error::{NetError, Result, peer_text};
+use knapsec_net::frame::FrameKind;
+use knapsec_net::keys::KeyPair;
+use knapsec_net::metered::{CommReport, Metered};
+use knapsec_net::secure_channel::{PeerKeys, ReplayGuard, SecureChannel};
+use knapsec_net::tcp::TcpTransport;
 use std::collections::VecDeque;
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
@@ -225,7 +228,7 @@ pub struct InferenceStats {
     pub index: u64,
     /// Wall-clock time of the inference at this party.
     pub seconds: f64,
-    /// What this party sent; `rounds` are its flights (see [`crate::metered`]).
+    /// What this party sent; `rounds` are its flights (see [`knapsec_net::metered`]).
     pub comm: CommReport,
 }
 
@@ -524,33 +527,36 @@ impl Party {
         Ok((t, pairs))
     }
 
-    /// Runs inference `index` with the session's `keys` (one value for the whole session,
-    /// so that the backend sees every contribution of it); the private seed is drawn afresh.
-    fn run_one(
-        &self,
+    /// Runs inference `index` through the backend's phases: at the session's first
+    /// inference its once-per-session phase ([`SecureBackend::open_session`], kept in
+    /// `session` for the following inferences), then the offline and the online phase. The
+    /// session's `keys` are one value for the whole session, so that the backend sees every
+    /// contribution of it. The first inference's figures include the once-per-session work.
+    fn run_one<'s>(
+        &'s self,
         transport: &mut TcpTransport,
-        keys: &mut SessionKeys,
+        session: &mut Option<Box<dyn PartySession + 's>>,
+        keys: &'s SessionKeys,
         index: u64,
         input: Option<&[f32]>,
     ) -> Result<(PartyOutput, InferenceStats)> {
-        keys.private = handshake::random_bytes()?;
         transport.set_scope("", "");
         let start = Instant::now();
         let mut metered = Metered::new(transport);
-        let job = PartyJob {
-            role: self.dep.role,
-            model: &self.model,
-            weights: self.weights.as_ref(),
-            input,
-            options: &self.options,
-            keys,
-            inference: index,
-            transport: &mut metered,
-        };
-        let out = self
-            .backend
-            .run(job)
-            .map_err(|source| NetError::Backend { index, source })?;
+        let err = |source| NetError::Backend { index, source };
+        if session.is_none() {
+            let job = SessionJob {
+                role: self.dep.role,
+                model: &self.model,
+                weights: self.weights.as_ref(),
+                options: &self.options,
+                keys,
+            };
+            *session = Some(self.backend.open_session(job, &mut metered).map_err(err)?);
+        }
+        let s = session.as_mut().expect("opened above");
+        s.offline(index, &mut metered).map_err(err)?;
+        let out = s.online(index, input, &mut metered).map_err(err)?;
         let stats = InferenceStats {
             index,
             seconds: start.elapsed().as_secs_f64(),
@@ -607,9 +613,10 @@ impl Party {
             }
             Ok(())
         })?;
-        tracing::info!(server = %crate::error::clean_text(&s.peer_hello.software), helper = %crate::error::clean_text(&h.peer_hello.software), "session established");
+        tracing::info!(server = %knapsec_net::error::clean_text(&s.peer_hello.software), helper = %knapsec_net::error::clean_text(&h.peer_hello.software), "session established");
         let (mut transport, pairs) = self.transport(vec![s, h])?;
-        let mut keys = handshake::session_keys(self.dep.role, &pairs)?;
+        let keys = handshake::session_keys(self.dep.role, &pairs)?;
+        let mut backend_session = None;
         let mut stats = Vec::new();
         let result = (|| {
             for (i, input) in inputs.iter().enumerate() {
@@ -617,7 +624,13 @@ impl Party {
                 for p in Role::Client.others() {
                     transport.send(p, Control::Infer { index }.to_bytes())?;
                 }
-                let (out, st) = self.run_one(&mut transport, &mut keys, index, Some(input))?;
+                let (out, st) = self.run_one(
+                    &mut transport,
+                    &mut backend_session,
+                    &keys,
+                    index,
+                    Some(input),
+                )?;
                 on_output(i, out, &st)?;
                 stats.push(st);
             }
@@ -825,7 +838,8 @@ impl Party {
             }
         })?;
         let (mut transport, pairs) = self.transport(links)?;
-        let mut keys = handshake::session_keys(me, &pairs)?;
+        let keys = handshake::session_keys(me, &pairs)?;
+        let mut backend_session = None;
         let mut expected = 0u64;
         let result = (|| {
             loop {
@@ -834,7 +848,8 @@ impl Party {
                 match Control::from_bytes(&msg, Role::Client)? {
                     Control::Done => return Ok(expected),
                     Control::Infer { index } if index == expected => {
-                        let (_, st) = self.run_one(&mut transport, &mut keys, index, None)?;
+                        let (_, st) =
+                            self.run_one(&mut transport, &mut backend_session, &keys, index, None)?;
                         tracing::info!(role = %me, index, seconds = st.seconds, bytes_sent = st.comm.bytes, "inference served");
                         expected += 1;
                     }

@@ -21,10 +21,10 @@
 //! )
 //! ```
 
-use crate::error::{NetError, Result};
-use crate::keys::{self, KeyPair, PublicKey};
-use crate::secure_channel::PeerKeys;
 use knapsec_core::Role;
+use knapsec_net::error::{NetError, Result};
+use knapsec_net::keys::{self, KeyPair, PublicKey};
+use knapsec_net::secure_channel::PeerKeys;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
