@@ -182,6 +182,14 @@ impl GraphBuilder {
         Ok(self.push(module, op, vec![input], [c.out_channels, oh, ow]))
     }
 
+    /// Sets the BatchNorm epsilon of the parameters added last (a convolution with a folded
+    /// BatchNorm whose epsilon is not PyTorch's default 1e-5).
+    pub fn set_last_bn_eps(&mut self, eps: f64) {
+        if let Some(p) = self.params.last_mut() {
+            p.bn_eps = eps;
+        }
+    }
+
     /// A fully connected layer `module` on a `[C, 1, 1]` input.
     pub fn linear(&mut self, module: &str, input: NodeId, out: u32, bias: bool) -> Result<NodeId> {
         let [_, h, w] = self.check_id(module, input)?;

@@ -10,6 +10,8 @@
 //!   [`graph_build`] builds one without libtorch, with random weights for tests.
 //! * [`idx`]: the IDX image format (MNIST), parsed without tch so that it can be fuzzed.
 //! * [`arch`], [`knapsack`], [`backend`], [`transport`]: plugin traits (DESIGN §4, §5).
+//! * [`netdesc`]: one network description (a DAG of ops, shapes inferred, one slot per ReLU)
+//!   from which the layer table and the secure graph come (DESIGN §4).
 //! * [`registry`]: built-in plugins collected with `inventory`, plus dynamically loaded ones.
 //!
 //! This crate depends on neither tch nor tokio.
@@ -27,6 +29,7 @@ pub mod graph_build;
 pub mod idx;
 pub mod knapsack;
 pub mod layer;
+pub mod netdesc;
 pub mod registry;
 pub mod spec;
 pub mod spec_pickle;

@@ -45,7 +45,30 @@ pub struct BackendRegistration {
     pub make: fn() -> Arc<dyn SecureBackend>,
 }
 
+/// Link-time registration of a source of architectures named `PREFIX:REST` (e.g.
+/// `onnx:model.onnx`): wherever an architecture name is accepted, a name with this prefix is
+/// loaded by `load(REST)` instead of looked up.
+pub struct ArchSourceRegistration {
+    /// The prefix before the colon, e.g. `"onnx"`.
+    pub prefix: &'static str,
+    /// The crate that registers it.
+    pub provider: &'static str,
+    /// Loads the architecture named `PREFIX:REST` from `REST`; the adapter's name is the
+    /// whole name.
+    pub load: fn(&str) -> Result<Arc<dyn ArchAdapter>>,
+}
+
+/// The registered source for an architecture name of the form `PREFIX:REST`, and `REST`.
+pub fn arch_source(name: &str) -> Option<(&'static ArchSourceRegistration, &str)> {
+    let (prefix, rest) = name.split_once(':')?;
+    inventory::iter::<ArchSourceRegistration>
+        .into_iter()
+        .find(|r| r.prefix == prefix)
+        .map(|r| (r, rest))
+}
+
 inventory::collect!(ArchRegistration);
+inventory::collect!(ArchSourceRegistration);
 inventory::collect!(StrategyRegistration);
 inventory::collect!(BackendRegistration);
 
@@ -244,7 +267,14 @@ impl Registry {
     }
 
     /// The architecture named `name`, or an error listing those there are.
+    /// A name `PREFIX:REST` with a registered [`ArchSourceRegistration`] (e.g. `onnx:PATH`)
+    /// is loaded from that source.
     pub fn arch(&self, name: &str) -> Result<Arc<dyn ArchAdapter>> {
+        if !self.archs.contains_key(name)
+            && let Some((source, rest)) = arch_source(name)
+        {
+            return (source.load)(rest);
+        }
         lookup(&self.archs, PluginKind::Architecture, name)
     }
 
