@@ -58,6 +58,12 @@ pub trait ArchAdapter: Send + Sync {
         candidates::generate(layer.height, layer.width, 16)
     }
 
+    /// A listing of the network's ops, shapes and slots for `knapsec arch info`, where the
+    /// adapter has one (imported networks); the default has none.
+    fn network_summary(&self) -> Option<String> {
+        None
+    }
+
     /// DReLU cost of a choice on one channel of `layer`; the default is `ceil(H/h)·ceil(W/w)`.
     fn cost(&self, block: BlockSize, layer: &ReluLayer) -> u64 {
         block.drelu_cost(layer.height, layer.width)

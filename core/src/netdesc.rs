@@ -309,17 +309,15 @@ impl NetDesc {
             _ => {}
         }
         let [c, h, w] = shapes[0];
-        let window = |k: [u32; 2], s: [u32; 2], p: [u32; 4], d: [u32; 2], ceil: bool| {
-            match (
-                window_out_padded(h, k[0], s[0], p[0], p[2], d[0], ceil),
-                window_out_padded(w, k[1], s[1], p[1], p[3], d[1], ceil),
-            ) {
-                (Some(oh), Some(ow)) => Ok((oh, ow)),
-                _ => Err(self.err(
-                    name,
-                    format!("window {k:?} (stride {s:?}, pads {p:?}) does not fit a {h}x{w} input"),
-                )),
-            }
+        let window = |k: [u32; 2], s: [u32; 2], p: [u32; 4], d: [u32; 2], ceil: bool| match (
+            window_out_padded(h, k[0], s[0], p[0], p[2], d[0], ceil),
+            window_out_padded(w, k[1], s[1], p[1], p[3], d[1], ceil),
+        ) {
+            (Some(oh), Some(ow)) => Ok((oh, ow)),
+            _ => Err(self.err(
+                name,
+                format!("window {k:?} (stride {s:?}, pads {p:?}) does not fit a {h}x{w} input"),
+            )),
         };
         Ok(match op {
             DescOp::Input => unreachable!("refused above"),
@@ -353,10 +351,9 @@ impl NetDesc {
             }
             DescOp::Act { .. } | DescOp::Add => {
                 if let Some(s) = shapes.iter().find(|s| **s != shapes[0]) {
-                    return Err(self.err(
-                        name,
-                        format!("cannot add shapes {:?} and {s:?}", shapes[0]),
-                    ));
+                    return Err(
+                        self.err(name, format!("cannot add shapes {:?} and {s:?}", shapes[0]))
+                    );
                 }
                 shapes[0]
             }
@@ -437,9 +434,12 @@ impl NetDesc {
             self.nodes
                 .iter()
                 .filter_map(|n| match &n.op {
-                    DescOp::Act { slot, .. } => {
-                        Some(ReluLayer::new(slot.clone(), n.shape[0], n.shape[1], n.shape[2]))
-                    }
+                    DescOp::Act { slot, .. } => Some(ReluLayer::new(
+                        slot.clone(),
+                        n.shape[0],
+                        n.shape[1],
+                        n.shape[2],
+                    )),
                     _ => None,
                 })
                 .collect(),
@@ -490,7 +490,10 @@ impl NetDesc {
                 }
                 (
                     DescOp::Linear {
-                        module, bias, out: o, ..
+                        module,
+                        bias,
+                        out: o,
+                        ..
                     },
                     Some(i),
                 ) => {
@@ -738,7 +741,14 @@ impl NetDesc {
                     ..
                 } => format!(
                     "  k{}x{} s{}x{} pads {:?} d{}x{} g{}",
-                    kernel[0], kernel[1], stride[0], stride[1], pads, dilation[0], dilation[1], groups
+                    kernel[0],
+                    kernel[1],
+                    stride[0],
+                    stride[1],
+                    pads,
+                    dilation[0],
+                    dilation[1],
+                    groups
                 ),
                 DescOp::MaxPool {
                     kernel,
@@ -798,7 +808,10 @@ mod tests {
         assert_eq!(window_out_padded(6, 3, 2, 0, 0, 1, true), Some(3));
         assert_eq!(window_out_padded(5, 2, 2, 1, 1, 1, true), Some(3));
         assert_eq!(window_out_padded(2, 3, 1, 0, 0, 1, false), None);
-        assert_eq!(window_out_padded(u32::MAX, 1, 1, u32::MAX, 0, 1, false), None);
+        assert_eq!(
+            window_out_padded(u32::MAX, 1, 1, u32::MAX, 0, 1, false),
+            None
+        );
     }
 
     #[test]
@@ -859,7 +872,8 @@ mod tests {
         assert_eq!(params.len(), 3);
         assert_eq!(d.param_shapes().len(), 1 + 4 + 1 + 2);
         let mut spec = BlockSpec::new("toy");
-        spec.layers.insert("r2".into(), vec![BlockSize::Identity; 4]);
+        spec.layers
+            .insert("r2".into(), vec![BlockSize::Identity; 4]);
         assert_eq!(d.secure_graph(Some(&spec), 12).unwrap().0.drelus(), 4 * 64);
         spec.layers.insert("nope".into(), vec![]);
         assert!(d.secure_graph(Some(&spec), 12).is_err());

@@ -5,6 +5,8 @@
 //! * [`net`]: the [`BlockNet`] trait (a network as named blocks; run from any block), the
 //!   registry of network builders ([`NetRegistration`]) and [`Network`] (net + weights).
 //! * [`data`]: data-set loaders (IDX, CIFAR binary, image folders, random).
+//! * [`interp`]: [`DescNet`], the interpreter that runs any network description
+//!   (`knapsec_core::netdesc`), with the distortion fast path for every slot-reading convolution.
 //! * [`train`]: training, fine-tuning (block ReLUs in place) and evaluation.
 //! * [`weights`]: safetensors weight files with PyTorch `state_dict` names.
 //! * [`random`]: seeded random tensors, permutations and dropout (never tch's global
@@ -21,6 +23,7 @@ pub mod data;
 pub mod distortion;
 pub mod error;
 pub mod export;
+pub mod interp;
 pub mod net;
 pub mod random;
 pub mod slots;
@@ -30,6 +33,7 @@ pub mod weights;
 pub use block_relu::BlockRelu;
 pub use error::{NnError, Result};
 pub use export::{DEFAULT_FRAC_BITS, eval_graph, export};
+pub use interp::DescNet;
 pub use net::{
     BlockNet, BlockNetParts, GraphSource, NetBuilder, NetRegistration, Network, net_builder,
     net_names,

@@ -433,6 +433,31 @@ pub struct NetRegistration {
 
 inventory::collect!(NetRegistration);
 
+/// Builds the network of an architecture named `PREFIX:REST` from `REST` (e.g. an ONNX file).
+pub type NetSourceBuilder = fn(&str, &ArchOptions, &nn::Path) -> Result<Box<dyn BlockNet>>;
+
+/// Link-time registration of a source of networks for architecture names `PREFIX:REST`, the
+/// tch side of `knapsec_core::registry::ArchSourceRegistration`.
+pub struct NetSourceRegistration {
+    /// The prefix before the colon, e.g. `"onnx"`.
+    pub prefix: &'static str,
+    /// The crate that registers it.
+    pub provider: &'static str,
+    /// The builder, given `REST`.
+    pub build: NetSourceBuilder,
+}
+
+inventory::collect!(NetSourceRegistration);
+
+/// The registered network source for a name `PREFIX:REST`, and `REST`.
+pub fn net_source(name: &str) -> Option<(NetSourceBuilder, &str)> {
+    let (prefix, rest) = name.split_once(':')?;
+    inventory::iter::<NetSourceRegistration>
+        .into_iter()
+        .find(|r| r.prefix == prefix)
+        .map(|r| (r.build, rest))
+}
+
 /// Names of every network builder linked in, sorted.
 pub fn net_names() -> Vec<&'static str> {
     let mut names: Vec<&'static str> = inventory::iter::<NetRegistration>
@@ -478,7 +503,16 @@ pub struct Network {
 
 impl Network {
     /// Builds the registered network `arch` on `device` with freshly initialised weights.
+    /// A name `PREFIX:REST` with a registered [`NetSourceRegistration`] (e.g. `onnx:PATH`)
+    /// is built by that source.
     pub fn build(arch: &str, options: &ArchOptions, device: Device) -> Result<Self> {
+        if !net_names().contains(&arch)
+            && let Some((build, rest)) = net_source(arch)
+        {
+            let vs = nn::VarStore::new(device);
+            let net = build(rest, options, &vs.root())?;
+            return Ok(Network { vs, net });
+        }
         Self::build_with(net_builder(arch)?, options, device)
     }
 
