@@ -14,7 +14,7 @@
 //! other readers get the stacked rows, and the pass goes on to the end of the network.
 
 use crate::error::{NnError, Result};
-use crate::net::{BlockNet, ChannelChange};
+use crate::net::{BlockNet, BlockNetParts, ChannelChange, GraphSource};
 use crate::slots::{SlotId, SlotKind, Slots};
 use knapsec_core::graph::{OutputKind, SecureModel};
 use knapsec_core::graph_build::ParamSource;
@@ -28,13 +28,12 @@ use tch::{Kind, Tensor, nn};
 #[derive(Debug)]
 pub struct DescNet {
     desc: NetDesc,
-    options: ArchOptions,
-    blocks: Vec<String>,
+    /// Name, options, input shape, blocks, slots and graph source (the description).
+    parts: BlockNetParts,
     /// Node range of each block (node 0, the input, belongs to none).
     ranges: Vec<Range<usize>>,
     params: HashMap<String, Tensor>,
     bns: HashMap<usize, nn::BatchNorm>,
-    slots: Slots,
     slot_of_node: HashMap<usize, SlotId>,
     node_of_slot: Vec<usize>,
     import: HashMap<String, String>,
@@ -83,7 +82,7 @@ impl DescNet {
                 block_of[i] = b;
             }
         }
-        let blocks = ranges
+        let blocks: Vec<String> = ranges
             .iter()
             .map(|r| desc.nodes[r.end - 1].name.clone())
             .collect();
@@ -172,14 +171,20 @@ impl DescNet {
                 _ => {}
             }
         }
+        let parts = BlockNetParts::new(
+            desc.arch.clone(),
+            options.clone(),
+            desc.input_shape().map(i64::from),
+            blocks,
+            slots,
+            Some(Box::new(desc.clone())),
+        );
         Ok(DescNet {
             desc,
-            options: options.clone(),
-            blocks,
+            parts,
             ranges,
             params,
             bns,
-            slots,
             slot_of_node,
             node_of_slot,
             import,
@@ -263,7 +268,7 @@ impl DescNet {
                 }
             }
             DescOp::BatchNorm { .. } => x.apply_t(&self.bns[&i], train),
-            DescOp::Act { .. } => self.slots.run(self.slot_of_node[&i], x),
+            DescOp::Act { .. } => self.parts.slots.run(self.slot_of_node[&i], x),
             DescOp::MaxPool {
                 kernel,
                 stride,
@@ -479,21 +484,23 @@ fn pad_lrtb(p: &[u32; 4]) -> [i64; 4] {
     ]
 }
 
+impl GraphSource for NetDesc {
+    fn secure_graph(
+        &self,
+        spec: Option<&knapsec_core::BlockSpec>,
+        frac_bits: u32,
+    ) -> knapsec_core::Result<(SecureModel, Vec<ParamSource>)> {
+        NetDesc::secure_graph(self, spec, frac_bits)
+    }
+}
+
 impl BlockNet for DescNet {
-    fn arch(&self) -> &str {
-        &self.desc.arch
+    fn parts(&self) -> &BlockNetParts {
+        &self.parts
     }
 
-    fn options(&self) -> &ArchOptions {
-        &self.options
-    }
-
-    fn input_shape(&self) -> [i64; 3] {
-        self.desc.input_shape().map(i64::from)
-    }
-
-    fn block_names(&self) -> &[String] {
-        &self.blocks
+    fn parts_mut(&mut self) -> &mut BlockNetParts {
+        &mut self.parts
     }
 
     fn run_block(&self, index: usize, x: &Tensor, train: bool) -> Tensor {
@@ -584,20 +591,6 @@ impl BlockNet for DescNet {
         } else {
             Ok(y)
         }
-    }
-
-    fn slots(&self) -> &Slots {
-        &self.slots
-    }
-
-    fn slots_mut(&mut self) -> &mut Slots {
-        &mut self.slots
-    }
-
-    fn secure_graph(&self, frac_bits: u32) -> Result<(SecureModel, Vec<ParamSource>)> {
-        Ok(self
-            .desc
-            .secure_graph(Some(&self.slots.to_spec()), frac_bits)?)
     }
 
     fn import_key(&self, key: &str) -> String {

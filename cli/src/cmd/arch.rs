@@ -81,6 +81,9 @@ struct Info<'a> {
     channels: u64,
     drelus: u64,
     per_layer: Vec<LayerInfo<'a>>,
+    /// The imported network's ops, shapes and slots (ONNX), one line per node.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    graph: Option<Vec<String>>,
 }
 
 #[derive(Serialize)]
@@ -117,6 +120,7 @@ fn info_of(table: &LayerTable, input: Option<Input>) -> Info<'_> {
                 drelus: l.drelus(),
             })
             .collect(),
+        graph: None,
     }
 }
 
@@ -132,7 +136,10 @@ fn info(ctx: &Context, name: &str, json: bool, options: &ArchOptionArgs) -> anyh
         height: opts.input_height,
         width: opts.input_width,
     });
-    let info = info_of(&table, input);
+    let mut info = info_of(&table, input);
+    info.graph = arch
+        .network_summary()
+        .map(|s| s.lines().map(str::to_string).collect());
     if json {
         return ctx.print_json(&info);
     }
@@ -160,6 +167,12 @@ fn info(ctx: &Context, name: &str, json: bool, options: &ArchOptionArgs) -> anyh
             "{:nw$}  {:>6}  {:>5}  {:>5}  {:>10}",
             l.name, l.channels, l.height, l.width, l.drelus
         )?;
+    }
+    if let Some(graph) = &info.graph {
+        writeln!(out, "\nGRAPH (node, op, name, [inputs], C x H x W, slot)")?;
+        for line in graph {
+            writeln!(out, "{line}")?;
+        }
     }
     Ok(out.flush()?)
 }

@@ -572,8 +572,10 @@ pub struct ExportArgs {
     pub arch: String,
     #[command(flatten)]
     pub options: ArchOptionArgs,
+    /// Trained weights (required, except for `onnx:PATH`, whose initializers are the weights
+    /// unless this replaces them).
     #[arg(long, value_name = "W.safetensors")]
-    pub weights: PathBuf,
+    pub weights: Option<PathBuf>,
     /// Block spec baked into the secure model (plain ReLUs everywhere without it).
     #[arg(long)]
     pub spec: Option<PathBuf>,
@@ -608,7 +610,14 @@ pub struct ExportArgs {
 /// BatchNorm folded, fixed-point weights.
 pub fn run_export(a: ExportArgs, ctx: &Context) -> anyhow::Result<()> {
     let mut network = build_network(ctx, &a.arch, &a.options, 0)?;
-    network.load_weights(&a.weights)?;
+    match &a.weights {
+        Some(w) => network.load_weights(w)?,
+        None if knapsec_core::registry::arch_source(&a.arch).is_some() => {}
+        None => anyhow::bail!(
+            "export of {} needs --weights (only an imported network such as onnx:PATH carries its own)",
+            a.arch
+        ),
+    }
     if let Some(spec) = &a.spec {
         load_spec(&mut network, spec)?;
     }

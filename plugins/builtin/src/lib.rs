@@ -26,6 +26,8 @@ use knapsec_arch_example as _;
 #[cfg(feature = "archs")]
 use knapsec_arch_mobilenet as _;
 #[cfg(feature = "archs")]
+use knapsec_arch_onnx as _;
+#[cfg(feature = "archs")]
 use knapsec_arch_resnet as _;
 #[cfg(feature = "fss")]
 use knapsec_fss as _;
