@@ -32,7 +32,7 @@ pub struct Args {
     /// Client: where to write the results (JSON).
     #[arg(short, long, value_name = "FILE")]
     output: Option<PathBuf>,
-    /// Server and helper: exit (successfully) after this many sessions.
+    /// Server and helper: exit after this many sessions (successfully if none failed).
     #[arg(long, value_name = "N")]
     sessions: Option<u64>,
     /// Server and helper: exit with the error of the first session that fails (by default a

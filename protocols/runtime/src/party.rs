@@ -235,7 +235,8 @@ pub struct InferenceStats {
 /// How server and helper serve.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct ServeOptions {
-    /// Stop (successfully) after this many sessions; `None`: serve until killed.
+    /// Stop after this many sessions (successfully if none failed); `None`: serve until
+    /// killed.
     pub sessions: Option<u64>,
     /// Log a failed session and wait for the next one instead of exiting with its error.
     pub keep_going: bool,
@@ -654,7 +655,8 @@ impl Party {
     /// Serves sessions as the server or the helper.
     ///
     /// # Errors
-    /// The first failed session (unless `keep_going`), or a listening socket that cannot be opened.
+    /// The first failed session (without `keep_going`; with it, the last failed one after
+    /// all `sessions` were served), or a listening socket that cannot be opened.
     pub fn serve(&self, opts: ServeOptions) -> Result<u64> {
         let me = self.dep.role;
         if me == Role::Client {
@@ -691,21 +693,29 @@ impl Party {
         let (tx, mut rx) = mpsc::channel(QUEUE);
         let acceptor = self.rt.spawn(listen(listener, gate, tx));
         let mut done = 0u64;
-        let mut outcome = Ok(());
+        // With a session count, the exit says whether all of them succeeded: the error of
+        // the last failed one, once all have been served (or at once without `keep_going`).
+        let mut failed = None;
         while opts.sessions.is_none_or(|n| done < n) {
             let result = self.session(&mut rx);
             done += 1;
             match result {
                 Ok(n) => tracing::info!(role = %me, inferences = n, "session finished"),
-                Err(e) if opts.keep_going => tracing::error!(role = %me, "session failed: {e}"),
+                Err(e) if opts.keep_going => {
+                    tracing::error!(role = %me, "session failed: {e}");
+                    failed = Some(e);
+                }
                 Err(e) => {
-                    outcome = Err(e);
+                    failed = Some(e);
                     break;
                 }
             }
         }
         acceptor.abort();
-        outcome.map(|()| done)
+        match failed {
+            Some(e) => Err(e),
+            None => Ok(done),
+        }
     }
 
     /// After the first connection of a session failed its handshake with `e` (a mismatch, an
