@@ -35,7 +35,13 @@ use crate::net::{BlockNet, Network, net_builder};
 /// `count` independent copies of `network` (same architecture, options, weights and
 /// activations), one per worker thread.
 pub fn replicas(network: &Network, count: usize) -> Result<Vec<Network>> {
-    replicas_with(network, net_builder(network.net.arch())?, count)
+    let arch = network.net.arch();
+    if !crate::net::net_names().contains(&arch) && crate::net::net_source(arch).is_some() {
+        // A network from a source (`onnx:PATH`) is built by name.
+        let (options, device) = (network.net.options(), network.vs.device());
+        return replicate(network, count, || Network::build(arch, options, device));
+    }
+    replicas_with(network, net_builder(arch)?, count)
 }
 
 /// Like [`replicas`] for a network built by an explicit builder (tests, unregistered
@@ -45,10 +51,20 @@ pub fn replicas_with(
     build: crate::net::NetBuilder,
     count: usize,
 ) -> Result<Vec<Network>> {
+    replicate(network, count, || {
+        Network::build_with(build, network.net.options(), network.vs.device())
+    })
+}
+
+fn replicate(
+    network: &Network,
+    count: usize,
+    build: impl Fn() -> Result<Network>,
+) -> Result<Vec<Network>> {
     let spec = network.net.slots().to_spec();
     (0..count)
         .map(|_| {
-            let mut copy = Network::build_with(build, network.net.options(), network.vs.device())?;
+            let mut copy = build()?;
             if copy.vs.kind() != network.vs.kind() {
                 copy.vs.set_kind(network.vs.kind());
             }
