@@ -478,6 +478,19 @@ fn wait_for_log(party: &mut Party, text: &str, secs: u64) {
     }
 }
 
+/// Waits (at most 60 s) for the client to finish its session successfully; on failure shows
+/// its log and those of `others`.
+fn expect_success(client: &mut Party, others: &[&Party]) {
+    let status = client.wait(60.0).expect("the client finishes");
+    if !status.success() {
+        let logs: String = others
+            .iter()
+            .map(|p| format!("\n{}:\n{}", p.log.display(), p.log()))
+            .collect();
+        panic!("the client failed:\n{}{logs}", client.log());
+    }
+}
+
 fn done(test: &str, t0: Instant) {
     say(&format!(
         "{test}: {:.1} s (namespaces included)",
@@ -498,14 +511,7 @@ fn three_hosts_give_the_results_of_simulate() {
     let mut helper = site.party("helper", "helper", &["--sessions", "1"], "helper");
     let inputs = site.inputs(4, "a");
     let (mut client, results) = site.client(&inputs, "results.json", "client");
-    let status = client.wait(60.0).expect("the client finishes");
-    assert!(
-        status.success(),
-        "client:\n{}\nserver:\n{}\nhelper:\n{}",
-        client.log(),
-        server.log(),
-        helper.log()
-    );
+    expect_success(&mut client, &[&server, &helper]);
     site.check_results(&results, 4);
     assert!(server.wait(20.0).expect("the server exits").success());
     assert!(helper.wait(20.0).expect("the helper exits").success());
@@ -604,14 +610,7 @@ fn a_helper_killed_and_restarted_serves_the_next_session() {
     let mut helper = site.party("helper", "helper", &["--sessions", "1"], "helper-2");
     let inputs = site.inputs(3, "b");
     let (mut client, results) = site.client(&inputs, "results-2.json", "client-2");
-    let status = client.wait(60.0).expect("the client finishes");
-    assert!(
-        status.success(),
-        "client:\n{}\nserver:\n{}\nhelper:\n{}",
-        client.log(),
-        server.log(),
-        helper.log()
-    );
+    expect_success(&mut client, &[&server, &helper]);
     site.check_results(&results, 3);
     assert!(helper.wait(20.0).expect("the helper exits").success());
     server.kill();
@@ -653,13 +652,7 @@ fn a_fourth_host_with_the_wrong_key_cannot_take_part() {
     assert!(!site.host("stranger").join("results.json").exists());
     // The server refused it, saying from where, and keeps serving: the real client succeeds.
     let (mut client, results) = site.client(&inputs, "results.json", "client");
-    let status = client.wait(60.0).expect("the client finishes");
-    assert!(
-        status.success(),
-        "client:\n{}\nserver:\n{}",
-        client.log(),
-        server.log()
-    );
+    expect_success(&mut client, &[&server]);
     site.check_results(&results, 1);
     assert!(server.wait(20.0).expect("the server exits").success());
     assert!(helper.wait(20.0).expect("the helper exits").success());
