@@ -13,7 +13,9 @@
 //! The parts: `plan` turns the graph into public per-node work (the same on all three
 //! parties) and the closed-form byte counts; `offline` holds the session (weights, set-up)
 //! and the per-inference preprocessing; `online` runs the nodes on shares and reveals the
-//! output; `tournament` is the pairwise knock-out behind both max pooling and the argmax.
+//! output; `tournament` is the pairwise knock-out behind both max pooling and the argmax;
+//! [`ops`] the share-local parts of the ops. The plan, the tournament and the ops are
+//! public: the `fss` backend runs the same plan and schedule with its own gates.
 //!
 //! Fixed-point semantics per op (the same as `knapsec-plain`, up to the stated errors):
 //! linear layers compute the product at `2f` fractional bits, truncate by `f` (local shift,
@@ -27,13 +29,10 @@
 
 mod offline;
 mod online;
+pub mod ops;
 mod plan;
 mod tournament;
 
 pub use offline::{Preprocessing, Session};
-pub use plan::Plan;
-
-/// A graph shape `[C, H, W]` as tensor dimensions.
-fn dims(s: [u32; 3]) -> Vec<usize> {
-    s.iter().map(|&v| v as usize).collect()
-}
+pub use plan::{NodePlan, Plan};
+pub use tournament::Tournament;

@@ -60,7 +60,7 @@ impl<'m> Session<'m> {
                     role,
                     message: e.to_string(),
                 })?;
-            for (i, n) in plan.nodes.iter().enumerate() {
+            for (i, n) in plan.nodes().iter().enumerate() {
                 if let NodePlan::Linear(l) = n {
                     let bad = |e: knapsec_core::CoreError| SecureNnError::Input {
                         role,
@@ -104,6 +104,17 @@ impl<'m> Session<'m> {
         &self.plan
     }
 
+    /// The model this session runs.
+    pub fn model(&self) -> &'m SecureModel {
+        self.model
+    }
+
+    /// The server's weights (prepared for the session) and bias of node `node`; `None` on the
+    /// other parties and for nodes without weights.
+    pub fn layer_weights(&self, node: usize) -> Option<&(LayerWeights, Option<Vec<u64>>)> {
+        self.weights.get(node)?.as_ref()
+    }
+
     /// The helper's masked weights per node (after setup).
     pub fn masked(&self) -> &[Option<HelperWeights>] {
         &self.masked
@@ -117,7 +128,7 @@ impl<'m> Session<'m> {
     /// True if the helper holds the masked weights (setup done).
     pub fn is_set_up(&self) -> bool {
         self.plan
-            .nodes
+            .nodes()
             .iter()
             .zip(&self.masked)
             .all(|(n, m)| !matches!(n, NodePlan::Linear(_)) || m.is_some())
@@ -125,7 +136,7 @@ impl<'m> Session<'m> {
 
     /// The per-session setup: the server sends `F = W − B` of every linear layer to the helper.
     pub fn setup(&mut self, ctx: &mut Ctx<'_>) -> Result<()> {
-        for (i, n) in self.plan.nodes.iter().enumerate() {
+        for (i, n) in self.plan.nodes().iter().enumerate() {
             let NodePlan::Linear(l) = n else { continue };
             ctx.scope(&self.model.nodes[i].name, "setup");
             match self.role {
@@ -143,13 +154,13 @@ impl<'m> Session<'m> {
 
     /// The offline phase of one inference (needs the nonce set in `ctx`).
     pub fn offline(&self, ctx: &mut Ctx<'_>) -> Result<Preprocessing> {
-        let n = self.plan.nodes.len();
+        let n = self.plan.nodes().len();
         let mut pre = Preprocessing {
             linear: Vec::with_capacity(n),
             select: Vec::with_capacity(n),
             argmax: Vec::new(),
         };
-        for (i, node) in self.plan.nodes.iter().enumerate() {
+        for (i, node) in self.plan.nodes().iter().enumerate() {
             let name = &self.model.nodes[i].name;
             let mut lin = None;
             let mut sel = Vec::new();
@@ -172,7 +183,7 @@ impl<'m> Session<'m> {
             pre.select.push(sel);
         }
         ctx.scope("output", "drelu");
-        if let Some(t) = &self.plan.argmax {
+        if let Some(t) = self.plan.argmax() {
             pre.argmax = t.offline(ctx, n)?;
         }
         Ok(pre)

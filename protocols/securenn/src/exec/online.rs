@@ -3,18 +3,16 @@
 //! use), and the output is revealed to the client only: its logits, or just the label (map)
 //! through the secure argmax.
 
-use super::dims;
 use super::offline::{Preprocessing, Session};
+use super::ops::{self, dims};
 use super::plan::NodePlan;
 use crate::ctx::{Ctx, Pair, stream};
 use crate::error::{Result, SecureNnError};
 use crate::linear;
-use crate::profile::{OpKind, span};
 use crate::select;
 use knapsec_core::backend::PartyOutput;
-use knapsec_core::block::BlockSize;
 use knapsec_core::transport::Role;
-use knapsec_ring::{RingTensor, TapPadding, fixed, global_sum, window_sums, window_taps};
+use knapsec_ring::RingTensor;
 
 impl Session<'_> {
     /// The online phase: the client passes its input (`C·H·W` reals); returns what this party
@@ -30,17 +28,11 @@ impl Session<'_> {
         let f = model.frac_bits;
         let n = model.nodes.len();
         // Last use of every node, to free shares early.
-        let mut last_use = vec![0usize; n];
-        for (i, node) in model.nodes.iter().enumerate() {
-            for &j in &node.inputs {
-                last_use[j] = i;
-            }
-        }
-        last_use[n - 1] = n;
+        let last_use = ops::last_use(model);
         let party = role != Role::Helper;
         let mut vals: Vec<Option<RingTensor>> = vec![None; n];
         let ring = |ctx: &Ctx<'_>, e| ctx.ring_err(e);
-        for (i, node) in self.plan.nodes.iter().enumerate() {
+        for (i, node) in self.plan.nodes().iter().enumerate() {
             let gnode = &model.nodes[i];
             let shape = dims(gnode.shape);
             let get = |k: usize| -> &RingTensor {
@@ -58,22 +50,8 @@ impl Session<'_> {
                                 role,
                                 message: "the client needs an input".into(),
                             })?;
-                            if x.len() != numel {
-                                return Err(SecureNnError::Input {
-                                    role,
-                                    message: format!(
-                                        "input has {} values, the model expects {numel} ({:?})",
-                                        x.len(),
-                                        gnode.shape
-                                    ),
-                                });
-                            }
-                            if let Some(bad) = x.iter().position(|v| !v.is_finite()) {
-                                return Err(SecureNnError::Input {
-                                    role,
-                                    message: format!("input value {bad} is not finite"),
-                                });
-                            }
+                            ops::check_input(x, numel, gnode.shape)
+                                .map_err(|message| SecureNnError::Input { role, message })?;
                             let mut t =
                                 RingTensor::encode_f32(&shape, x, f).map_err(|e| ring(ctx, e))?;
                             let r = ctx
@@ -115,49 +93,20 @@ impl Session<'_> {
                 NodePlan::BlockRelu { chans, hw, spec } => {
                     ctx.scope(&gnode.name, "relu");
                     match spec {
-                        None if party => {
-                            let mut x = get(0).clone();
-                            for (c, b) in chans.iter().enumerate() {
-                                if *b == BlockSize::Zero {
-                                    x.data_mut()[c * hw..(c + 1) * hw].fill(0);
-                                }
-                            }
-                            x
-                        }
+                        None if party => ops::zero_channels(chans, *hw, get(0).clone()),
                         None => RingTensor::zeros(&[0]),
                         Some(s) => {
-                            let x = if party { get(0).data() } else { &[][..] };
-                            let mut v = Vec::with_capacity(if party { s.pixels } else { 0 });
-                            if party {
-                                for (c, b) in chans.iter().enumerate() {
-                                    if matches!(b, BlockSize::Patch { .. }) {
-                                        v.extend_from_slice(&x[c * hw..(c + 1) * hw]);
-                                    }
-                                }
-                            }
+                            let v = if party {
+                                ops::patch_values(chans, *hw, get(0).data(), s.pixels)
+                            } else {
+                                Vec::new()
+                            };
                             let sel = std::mem::take(&mut pre.select[i]);
                             let y = select::online(ctx, s, &sel[0], &v)?;
                             drop((sel, v));
-                            let all_active =
-                                chans.iter().all(|b| matches!(b, BlockSize::Patch { .. }));
-                            if party && all_active {
-                                // Every channel selected: the outputs in order, no copy.
-                                RingTensor::from_vec(&shape, y).map_err(|e| ring(ctx, e))?
-                            } else if party {
-                                let mut out = get(0).clone();
-                                let mut k = 0;
-                                for (c, b) in chans.iter().enumerate() {
-                                    let dst = &mut out.data_mut()[c * hw..(c + 1) * hw];
-                                    match b {
-                                        BlockSize::Patch { .. } => {
-                                            dst.copy_from_slice(&y[k * hw..(k + 1) * hw]);
-                                            k += 1;
-                                        }
-                                        BlockSize::Zero => dst.fill(0),
-                                        BlockSize::Identity => {}
-                                    }
-                                }
-                                out
+                            if party {
+                                ops::scatter_patches(chans, *hw, get(0), y)
+                                    .map_err(|e| ring(ctx, e))?
                             } else {
                                 RingTensor::zeros(&[0])
                             }
@@ -166,51 +115,18 @@ impl Session<'_> {
                 }
                 NodePlan::Relu6 { spec } => {
                     ctx.scope(&gnode.name, "relu6");
-                    let mut v = Vec::new();
-                    if party {
-                        let x = get(0).data();
-                        v.extend_from_slice(x);
+                    let v = if party {
                         let six = if role == Role::Client { 6u64 << f } else { 0 };
-                        v.extend(x.iter().map(|a| a.wrapping_sub(six)));
-                    }
+                        ops::relu6_values(get(0).data(), six)
+                    } else {
+                        Vec::new()
+                    };
                     let sel = std::mem::take(&mut pre.select[i]);
                     let y = select::online(ctx, spec, &sel[0], &v)?;
                     drop((sel, v));
                     if party {
-                        let m = y.len() / 2;
-                        let d = (0..m).map(|k| y[k].wrapping_sub(y[m + k])).collect();
-                        RingTensor::from_vec(&shape, d).map_err(|e| ring(ctx, e))?
-                    } else {
-                        RingTensor::zeros(&[0])
-                    }
-                }
-                NodePlan::AvgPool {
-                    kernel,
-                    stride,
-                    padding,
-                    counts,
-                } => {
-                    if party {
-                        let _pool = span(OpKind::Pooling);
-                        let mut s = window_sums(get(0), *kernel, *stride, *padding)
-                            .map_err(|e| ring(ctx, e))?;
-                        let plane = counts.len();
-                        for (k, v) in s.data_mut().iter_mut().enumerate() {
-                            *v = (*v as i64).div_euclid(counts[k % plane].max(1) as i64) as u64;
-                        }
-                        s
-                    } else {
-                        RingTensor::zeros(&[0])
-                    }
-                }
-                NodePlan::GlobalAvgPool { count } => {
-                    if party {
-                        let _pool = span(OpKind::Pooling);
-                        let mut s = global_sum(get(0)).map_err(|e| ring(ctx, e))?;
-                        s.data_mut()
-                            .iter_mut()
-                            .for_each(|v| *v = (*v as i64).div_euclid(*count as i64) as u64);
-                        s
+                        RingTensor::from_vec(&shape, ops::relu6_output(&y))
+                            .map_err(|e| ring(ctx, e))?
                     } else {
                         RingTensor::zeros(&[0])
                     }
@@ -222,13 +138,9 @@ impl Session<'_> {
                     tree,
                 } => {
                     ctx.scope(&gnode.name, "maxpool");
-                    let taps: Vec<Vec<Vec<u64>>> = if party {
-                        let _pool = span(OpKind::Pooling);
-                        window_taps(get(0), *kernel, *stride, *padding, TapPadding::Edge)
+                    let taps = if party {
+                        ops::pool_candidates(get(0), *kernel, *stride, *padding)
                             .map_err(|e| ring(ctx, e))?
-                            .into_iter()
-                            .map(|t| vec![t.into_vec()])
-                            .collect()
                     } else {
                         Vec::new()
                     };
@@ -242,28 +154,12 @@ impl Session<'_> {
                         RingTensor::zeros(&[0])
                     }
                 }
-                NodePlan::Add => {
+                local => {
                     if party {
-                        let mut s = get(0).clone();
-                        for k in 1..gnode.inputs.len() {
-                            s.add_assign(get(k)).map_err(|e| ring(ctx, e))?;
-                        }
-                        s
-                    } else {
-                        RingTensor::zeros(&[0])
-                    }
-                }
-                NodePlan::Concat => {
-                    if party {
-                        let parts: Vec<&RingTensor> = (0..gnode.inputs.len()).map(get).collect();
-                        RingTensor::concat_channels(&parts).map_err(|e| ring(ctx, e))?
-                    } else {
-                        RingTensor::zeros(&[0])
-                    }
-                }
-                NodePlan::Broadcast { h, w } => {
-                    if party {
-                        get(0).broadcast_hw(*h, *w).map_err(|e| ring(ctx, e))?
+                        let inputs: Vec<&RingTensor> = (0..gnode.inputs.len()).map(get).collect();
+                        ops::local(local, &inputs)
+                            .expect("every other op is local")
+                            .map_err(|e| ring(ctx, e))?
                     } else {
                         RingTensor::zeros(&[0])
                     }
@@ -297,22 +193,13 @@ impl Session<'_> {
         let party = role != Role::Helper;
         ctx.scope("output", "reveal");
         let mut share = out.into_vec();
-        if let Some(tree) = &self.plan.argmax {
+        if let Some(tree) = self.plan.argmax() {
             ctx.scope("output", "argmax");
             let [_, oh, ow] = self.model.output_shape().map(|v| v as usize);
             let size = oh * ow;
             // candidates: (value, index) shares per class
-            let cands: Vec<Vec<Vec<u64>>> = if party {
-                share
-                    .chunks(size)
-                    .enumerate()
-                    .map(|(c, v)| {
-                        vec![
-                            v.to_vec(),
-                            vec![if role == Role::Client { c as u64 } else { 0 }; size],
-                        ]
-                    })
-                    .collect()
+            let cands = if party {
+                ops::argmax_candidates(&share, size, role == Role::Client)
             } else {
                 Vec::new()
             };
@@ -328,22 +215,12 @@ impl Session<'_> {
             Role::Helper => Ok(PartyOutput::Nothing),
             Role::Client => {
                 let other = ctx.recv_u64(Role::Server, share.len())?;
-                let full: Vec<u64> = share
-                    .iter()
-                    .zip(&other)
-                    .map(|(a, b)| a.wrapping_add(*b))
-                    .collect();
-                if self.plan.argmax.is_none() {
-                    Ok(PartyOutput::Logits(
-                        full.iter()
-                            .map(|&v| fixed::decode(v, self.model.frac_bits) as f32)
-                            .collect(),
-                    ))
-                } else {
-                    Ok(PartyOutput::Labels(
-                        full.iter().map(|&v| v as u32).collect(),
-                    ))
-                }
+                Ok(ops::reveal(
+                    &share,
+                    &other,
+                    self.plan.argmax().is_some(),
+                    self.model.frac_bits,
+                ))
             }
         }
     }

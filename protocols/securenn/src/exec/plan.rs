@@ -2,8 +2,12 @@
 //! parties (DESIGN §5): the linear layers' shapes, the selection batches of every ReLU, block
 //! ReLU (digest §6.11), ReLU6 and max pooling (§6.14), the argmax, and the closed-form bytes
 //! of a session and of one inference.
+//!
+//! The plan is backend-independent in what it decides (window per DReLU site, linear shapes,
+//! block groups, tournament levels): the `fss` backend runs the same [`Plan`] and states its
+//! own closed forms over [`Plan::nodes`] and [`Plan::specs`].
 
-use super::dims;
+use super::ops::dims;
 use super::tournament::Tournament;
 use crate::error::{Result, SecureNnError};
 use crate::linear::LinearSpec;
@@ -16,37 +20,62 @@ use knapsec_ring::{Conv2dParams, window_counts};
 
 /// What one node does, with everything public precomputed.
 #[derive(Clone, Debug)]
-pub(super) enum NodePlan {
+pub enum NodePlan {
+    /// The client's input.
     Input,
+    /// A convolution or fully connected layer.
     Linear(LinearSpec),
+    /// A (block) ReLU: one selection batch over its patch channels, none if every channel is
+    /// identity or zero.
     BlockRelu {
+        /// The block size of every channel.
         chans: Vec<BlockSize>,
+        /// Pixels per channel.
         hw: usize,
+        /// The selections over the patch channels (pixels channel-major among them).
         spec: Option<SelectSpec>,
     },
+    /// ReLU6 as `ReLU(x) − ReLU(x − 6)`: one batch over `[x, x − 6]`.
     Relu6 {
+        /// The selections over both halves.
         spec: SelectSpec,
     },
+    /// Average pooling (floor division of the window sums).
     AvgPool {
+        /// Window height and width.
         kernel: [usize; 2],
+        /// Stride.
         stride: [usize; 2],
+        /// Zero padding.
         padding: [usize; 2],
+        /// The divisor of every output pixel of one plane.
         counts: Vec<u64>,
     },
+    /// Max pooling as a knock-out over the window's taps (edge padding).
     MaxPool {
+        /// Window height and width.
         kernel: [usize; 2],
+        /// Stride.
         stride: [usize; 2],
+        /// Padding (edge-replicated).
         padding: [usize; 2],
         /// The knock-out over the window's taps.
         tree: Tournament,
     },
+    /// Global average pooling.
     GlobalAvgPool {
+        /// The divisor (`H·W`, at least 1).
         count: u64,
     },
+    /// Element-wise sum of the inputs.
     Add,
+    /// Channel concatenation.
     Concat,
+    /// A `[C, 1, 1]` value broadcast to `H × W`.
     Broadcast {
+        /// Output height.
         h: usize,
+        /// Output width.
         w: usize,
     },
 }
@@ -54,9 +83,9 @@ pub(super) enum NodePlan {
 /// The public plan of a model under some options.
 #[derive(Clone, Debug)]
 pub struct Plan {
-    pub(super) nodes: Vec<NodePlan>,
+    nodes: Vec<NodePlan>,
     /// The secure argmax over the output classes, when only the label is revealed.
-    pub(super) argmax: Option<Tournament>,
+    argmax: Option<Tournament>,
     options: Options,
 }
 
@@ -268,12 +297,24 @@ impl Plan {
         self.options
     }
 
+    /// The work of every node, in graph order.
+    pub fn nodes(&self) -> &[NodePlan] {
+        &self.nodes
+    }
+
+    /// The secure argmax over the output classes, when only the label is revealed.
+    pub fn argmax(&self) -> Option<&Tournament> {
+        self.argmax.as_ref()
+    }
+
     /// Total DReLUs of one inference (network and argmax).
     pub fn drelus(&self) -> u64 {
         self.specs().map(|s| s.patches() as u64).sum()
     }
 
-    fn specs(&self) -> impl Iterator<Item = &SelectSpec> {
+    /// Every selection batch of one inference in the order they run: the nodes' (one per
+    /// ReLU-family layer, one per max-pool level), then the argmax's levels.
+    pub fn specs(&self) -> impl Iterator<Item = &SelectSpec> {
         self.nodes
             .iter()
             .flat_map(|n| match n {

@@ -10,16 +10,19 @@
 //! earlier candidate wins (the argmax keeps the lower index). One level is one batch of
 //! secure selections ([`crate::select`]): `pairs·size` decisions, each selecting its `lanes`
 //! differences.
+//!
+//! The plan and the schedule ([`Tournament::run`]) are shared by every backend: `securenn`
+//! runs each level with [`crate::select`], the `fss` backend with its key-based gate.
 
 use crate::ctx::{Ctx, stream};
-use crate::error::Result;
+use crate::error::{Result, SecureNnError};
 use crate::options::DreluMode;
 use crate::profile::{OpKind, span};
 use crate::select::{self, Groups, SelectPre, SelectSpec};
 
 /// The public plan of one tournament (the same on all three parties).
 #[derive(Clone, Debug)]
-pub(super) struct Tournament {
+pub struct Tournament {
     /// Candidates entering the first level.
     candidates: usize,
     /// Elements per lane.
@@ -35,12 +38,7 @@ impl Tournament {
     /// comparing under `mode`. Per level the selected values are laid out lane-major:
     /// `[lane 0: pairs·size, lane 1: pairs·size, …]`, decision `g` selecting element `g` of
     /// every lane.
-    pub(super) fn new(
-        candidates: usize,
-        size: usize,
-        lanes: usize,
-        mode: DreluMode,
-    ) -> Result<Self> {
+    pub fn new(candidates: usize, size: usize, lanes: usize, mode: DreluMode) -> Result<Self> {
         let mut levels = Vec::new();
         let mut left = candidates;
         while left > 1 {
@@ -71,7 +69,7 @@ impl Tournament {
     }
 
     /// The selection batches, one per level.
-    pub(super) fn levels(&self) -> &[SelectSpec] {
+    pub fn levels(&self) -> &[SelectSpec] {
         &self.levels
     }
 
@@ -91,16 +89,36 @@ impl Tournament {
         &self,
         ctx: &mut Ctx<'_>,
         pre: &[SelectPre],
-        mut cands: Vec<Vec<Vec<u64>>>,
+        cands: Vec<Vec<Vec<u64>>>,
         party: bool,
     ) -> Result<Vec<Vec<u64>>> {
+        self.run(cands, party, |k, s, d| {
+            let p = pre.get(k).ok_or_else(|| SecureNnError::Input {
+                role: ctx.role,
+                message: format!("no preprocessing for tournament level {k}"),
+            })?;
+            select::online(ctx, s, p, d)
+        })
+    }
+
+    /// The schedule of the knock-out, for any selection protocol: `level(k, spec, d)` runs
+    /// level `k`'s batch of selections on this party's differences `d` (lane-major, see
+    /// [`Tournament::new`]; empty where the party computes nothing) and returns its shares of
+    /// `DReLU(a₀ − b₀)·d`. `computing` says whether this party holds the candidates
+    /// (`candidates × lanes × size`); returns its shares of the winner's lanes, or nothing.
+    pub fn run<E>(
+        &self,
+        mut cands: Vec<Vec<Vec<u64>>>,
+        computing: bool,
+        mut level: impl FnMut(usize, &SelectSpec, &[u64]) -> std::result::Result<Vec<u64>, E>,
+    ) -> std::result::Result<Vec<Vec<u64>>, E> {
         let size = self.size;
         let mut left = self.candidates;
-        for (s, p) in self.levels.iter().zip(pre) {
+        for (k, s) in self.levels.iter().enumerate() {
             let pairs = left / 2;
             let n = pairs * size;
             let mut d = Vec::new();
-            if party {
+            if computing {
                 let _pool = span(OpKind::Pooling);
                 d.reserve(s.pixels);
                 for lane in 0..self.lanes {
@@ -114,8 +132,9 @@ impl Tournament {
                     }
                 }
             }
-            let y = select::online(ctx, s, p, &d)?;
-            if party {
+            let y = level(k, s, &d)?;
+            drop(d);
+            if computing {
                 let _pool = span(OpKind::Pooling);
                 let mut next = Vec::with_capacity(cands.len() - pairs);
                 for q in 0..pairs {
@@ -140,7 +159,7 @@ impl Tournament {
             }
             left -= pairs;
         }
-        Ok(if party {
+        Ok(if computing {
             cands.pop().unwrap_or_default()
         } else {
             Vec::new()
