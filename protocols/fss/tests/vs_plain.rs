@@ -1,25 +1,18 @@
-//! Every op of the `fss` backend against `knapsec-plain` (the oracle), with the tolerance of
-//! its fixed-point semantics (`securenn`'s), its bytes against their closed forms, and its
-//! online rounds.
+//! Every op of the `fss` backend against `knapsec-plain` (the oracle) on its shared cases
+//! ([`knapsec_plain::cases`], with the tolerance of the fixed-point semantics, `securenn`'s),
+//! its bytes against their closed forms, and its online rounds. The approximate windows'
+//! bit-for-bit agreement with the oracle's emulation runs in the backend conformance kit
+//! (`tests/src/kits/backend.rs`), for every private backend.
 
 use knapsec_core::backend::PartyOutput;
 use knapsec_core::block::BlockSize;
-use knapsec_core::graph::{ModelWeights, OutputKind, SecureModel};
-use knapsec_core::graph_build::{ConvSpec, GraphBuilder, random_weights};
+use knapsec_core::graph::{ModelWeights, SecureModel};
+use knapsec_core::graph_build::random_weights;
 use knapsec_fss as _;
 use knapsec_fss::{Plan, SimReport, simulate};
+use knapsec_plain::cases::{self, Case, input};
 use knapsec_securenn::{DreluMode, Options, Reveal, nets};
 use std::time::Duration;
-
-const F: u32 = 12;
-
-fn input(model: &SecureModel, seed: u64) -> Vec<f32> {
-    let [c, h, w] = model.input_shape();
-    let mut prg = knapsec_ring::Prg::with_stream(&[7; 32], "test-input", seed);
-    (0..c * h * w)
-        .map(|_| (prg.next_u64() >> 11) as f32 / (1u64 << 53) as f32 * 4.0 - 2.0)
-        .collect()
-}
 
 fn run(model: &SecureModel, weights: &ModelWeights, x: &[f32], options: Options) -> SimReport {
     let r = simulate(model, weights, x, options, Some(Duration::from_secs(60))).unwrap();
@@ -96,45 +89,16 @@ fn logits(r: &SimReport) -> Vec<f32> {
     }
 }
 
-/// Secure vs plain: every output within `[lo, hi]` ulps of plain.
-fn check(model: &SecureModel, weights: &ModelWeights, lo: i64, hi: i64) -> SimReport {
-    let x = input(model, 1);
-    let plain = knapsec_plain::evaluate(model, weights, &x).unwrap();
-    let r = run(model, weights, &x, Options::default());
-    let got = logits(&r);
-    let want = plain.fixed.to_i64();
-    assert_eq!(got.len(), want.len());
-    for (k, (g, w)) in got.iter().zip(&want).enumerate() {
-        let g = (f64::from(*g) * f64::from(1u32 << F)).round() as i64;
-        assert!(
-            (lo..=hi).contains(&(g - w)),
-            "{}: element {k}: secure {g}, plain {w}",
-            model.arch
-        );
-    }
+/// Runs a case with the default options and checks it against the oracle.
+fn check(case: &Case) -> SimReport {
+    let r = run(&case.model, &case.weights, &case.input, Options::default());
+    case.check(&r.output).unwrap();
     r
-}
-
-fn finish(g: GraphBuilder) -> (SecureModel, ModelWeights) {
-    let (m, _) = g.finish(OutputKind::Segmentation).unwrap();
-    let w = random_weights(&m, 3);
-    (m, w)
 }
 
 #[test]
 fn block_relu_is_exact_with_mixed_blocks_and_its_bytes_match() {
-    let mut g = GraphBuilder::new("brelu", F, [6, 7, 5]);
-    let blocks = vec![
-        BlockSize::RELU,
-        BlockSize::Patch { h: 2, w: 3 },
-        BlockSize::Identity,
-        BlockSize::Zero,
-        BlockSize::Patch { h: 3, w: 3 },
-        BlockSize::Patch { h: 7, w: 5 },
-    ];
-    g.block_relu("l", g.input(), blocks).unwrap();
-    let (m, w) = finish(g);
-    let r = check(&m, &w, 0, 0);
+    let r = check(&cases::mixed_block_relu());
     // M = 4 active channels · 35 pixels; N = 35 + 4·2 + 3·2 + 1 patches; n = 63
     let (mm, n) = (4 * 35u64, 35 + 8 + 6 + 1u64);
     assert_eq!(r.drelus, n);
@@ -148,69 +112,19 @@ fn block_relu_is_exact_with_mixed_blocks_and_its_bytes_match() {
 
 #[test]
 fn relu6_maxpool_add_concat_broadcast_are_exact() {
-    let mut g = GraphBuilder::new("misc", F, [3, 8, 8]);
-    let a = g.relu6("r6", g.input()).unwrap();
-    let p = g.max_pool("mp", a, [3, 3], [2, 2], [1, 1]).unwrap();
-    let q = g
-        .max_pool("mp2", g.input(), [2, 2], [2, 2], [0, 0])
-        .unwrap();
-    let s = g.add("add", &[p, q]).unwrap();
-    let c = g.concat("cat", &[s, q]).unwrap();
-    g.block_relu("relu", c, vec![BlockSize::RELU; 6]).unwrap();
-    let (m, w) = finish(g);
-    let r = check(&m, &w, 0, 0);
+    let r = check(&cases::misc_ops());
     assert_eq!(r.drelus, 2 * 192 + 8 * 3 * 16 + 3 * 3 * 16 + 6 * 16);
     // input 1; relu6 2; the pools' 4 + 2 levels 2 each (one after the other); relu 2;
     // reveal 1
     assert_eq!(r.online.comm.rounds, 1 + 2 + 4 * 2 + 2 * 2 + 2 + 1);
-
-    let mut g = GraphBuilder::new("broadcast", F, [4, 1, 1]);
-    let b = g.broadcast("bc", g.input(), 3, 2).unwrap();
-    g.block_relu("relu", b, vec![BlockSize::Patch { h: 2, w: 2 }; 4])
-        .unwrap();
-    let (m, w) = finish(g);
-    check(&m, &w, 0, 0);
+    check(&cases::broadcast());
 }
 
 #[test]
 fn linear_layers_are_within_one_truncation_and_free_online() {
-    let specs: Vec<(&str, ConvSpec)> = vec![
-        ("c3", ConvSpec::square(5, 3, 1, 1)),
-        (
-            "strided-dilated",
-            ConvSpec {
-                dilation: [2, 2],
-                ..ConvSpec::square(4, 3, 2, 2)
-            },
-        ),
-        (
-            "grouped",
-            ConvSpec {
-                groups: 2,
-                ..ConvSpec::square(4, 3, 1, 1)
-            },
-        ),
-        (
-            "depthwise",
-            ConvSpec {
-                groups: 4,
-                ..ConvSpec::square(4, 3, 1, 1)
-            },
-        ),
-        (
-            "pointwise",
-            ConvSpec {
-                bias: true,
-                ..ConvSpec::square(6, 1, 1, 0)
-            },
-        ),
-    ];
-    for (name, spec) in specs {
-        let mut g = GraphBuilder::new(name, F, [4, 9, 9]);
-        let bn = if spec.bias { None } else { Some("bn") };
-        g.conv("conv", g.input(), spec, bn).unwrap();
-        let (m, w) = finish(g);
-        let r = check(&m, &w, -1, 0);
+    for case in cases::conv_cases() {
+        let (name, m) = (case.name, &case.model);
+        let r = check(&case);
         let y: u64 = m.output_shape().iter().map(|&v| u64::from(v)).product();
         assert_eq!(r.offline.comm.bytes, 16 * y + 96, "{name}");
         assert_eq!(r.online.comm.bytes, 8 * 4 * 81 + 8 * y, "{name}");
@@ -219,31 +133,8 @@ fn linear_layers_are_within_one_truncation_and_free_online() {
             "{name}: the input, then the reveal"
         );
     }
-    let mut g = GraphBuilder::new("fc", F, [8, 5, 5]);
-    let a = g
-        .avg_pool("ap", g.input(), [3, 3], [2, 2], [1, 1], true)
-        .unwrap();
-    let b = g
-        .avg_pool("ap2", g.input(), [3, 3], [2, 2], [1, 1], false)
-        .unwrap();
-    let s = g.add("add", &[a, b]).unwrap();
-    let gap = g.global_avg_pool("gap", s).unwrap();
-    g.linear("fc", gap, 7, true).unwrap();
-    let (m, w) = finish(g);
-    // the same bound as securenn's: each floor division of a share is off by −1..0 ulp
-    let fc = w
-        .tensors
-        .values()
-        .find(|t| t.shape.len() == 2)
-        .expect("the fc weight");
-    let cols = fc.shape[1];
-    let (mut pos, mut neg) = (0i64, 0i64);
-    for row in fc.data.chunks(cols) {
-        pos = pos.max(row.iter().filter(|&&v| v > 0).sum());
-        neg = neg.max(-row.iter().filter(|&&v| v < 0).sum::<i64>());
-    }
-    let spread = |sum: i64| (3 * sum + (1 << F) - 1) >> F;
-    let _ = check(&m, &w, -spread(pos) - 2, spread(neg) + 1);
+    // the same bounds as securenn's: each floor division of a share is off by −1..0 ulp
+    check(&cases::pooled_linear());
 }
 
 #[test]
@@ -301,7 +192,6 @@ fn deeplab_like_graph_gives_the_plain_label_map() {
     let model = nets::deeplab_like(16, 8, 5, blocks).unwrap();
     let weights = random_weights(&model, 5);
     let x = input(&model, 4);
-    let plain = knapsec_plain::evaluate(&model, &weights, &x).unwrap();
     let r = run(
         &model,
         &weights,
@@ -314,25 +204,7 @@ fn deeplab_like_graph_gives_the_plain_label_map() {
     let PartyOutput::Labels(got) = &r.output else {
         panic!("labels expected")
     };
-    let want = plain.labels();
-    let logits = plain.fixed.to_i64();
-    let [c, h, w] = model.output_shape().map(|v| v as usize);
-    let mut differ = 0;
-    for p in 0..h * w {
-        if got[p] != want[p] {
-            let mut col: Vec<i64> = (0..c).map(|k| logits[k * h * w + p]).collect();
-            col.sort();
-            assert!(
-                col[c - 1] - col[c - 2] <= 64,
-                "pixel {p}: label {} vs {} with margin {}",
-                got[p],
-                want[p],
-                col[c - 1] - col[c - 2]
-            );
-            differ += 1;
-        }
-    }
-    assert!(differ <= 1, "{differ} pixels differ");
+    cases::check_label_map(&model, &weights, &x, got, 64, 1).unwrap();
 }
 
 #[test]
@@ -385,128 +257,4 @@ fn approximate_keys_are_sized_to_the_compared_bits() {
     );
     // online bytes do not depend on the window
     assert_eq!(e.online.comm.bytes, a.online.comm.bytes);
-}
-
-/// Runs `model` on `x` under each `(mode, choice)` securely and in the plain emulation and
-/// checks they agree bit for bit; returns how many modes changed the exact result.
-fn agree_bit_for_bit(
-    model: &SecureModel,
-    weights: &ModelWeights,
-    x: &[f32],
-    modes: &[(DreluMode, knapsec_core::drelu::DreluChoice)],
-) -> usize {
-    use knapsec_plain::{DreluEmulation, evaluate_with};
-    let exact = knapsec_plain::evaluate(model, weights, x).unwrap().logits();
-    let mut changed = 0;
-    for &(mode, choice) in modes {
-        let emu = |seed| {
-            evaluate_with(model, weights, x, &DreluEmulation { choice, seed }, None)
-                .unwrap()
-                .logits()
-        };
-        let plain = emu(1);
-        // Differently seeded stand-in masks agree: no decision depends on the mask.
-        assert_eq!(plain, emu(2), "{choice}: a decision depends on the mask");
-        let secure = logits(&run(
-            model,
-            weights,
-            x,
-            Options {
-                drelu: mode,
-                reveal: Reveal::Logits,
-            },
-        ));
-        assert_eq!(secure, plain, "{}: {choice}: secure differs", model.arch);
-        changed += usize::from(plain != exact);
-    }
-    changed
-}
-
-fn uniform_modes() -> Vec<(DreluMode, knapsec_core::drelu::DreluChoice)> {
-    [(16, 0), (12, 4), (6, 3), (20, 1), (9, 6)]
-        .into_iter()
-        .map(|(bits, lsb_ignored)| {
-            let w = knapsec_core::drelu::DreluWindow { bits, lsb_ignored };
-            (w.into(), knapsec_core::drelu::DreluChoice::Uniform(w))
-        })
-        .collect()
-}
-
-/// Input values `k · 2^10` ulps (multiples of 0.25), `k` uniform in `−64..=64`, plus `extra`
-/// ulps where `plus_one` says.
-fn coarse_input(n: usize, seed: u64, plus_one: impl Fn(usize) -> bool) -> Vec<f32> {
-    let mut prg = knapsec_ring::Prg::with_stream(&[3; 32], "bit-for-bit", seed);
-    (0..n)
-        .map(|i| {
-            let k = (prg.next_u64() % 129) as i64 - 64;
-            (k * 1024 + i64::from(plus_one(i))) as f32 / (1u32 << F) as f32
-        })
-        .collect()
-}
-
-// The compared values below have their low 10 bits zero (windows here ignore at most 10:
-// `t + ⌈log₂ area⌉ ≤ 6 + 4`), so the secure decision never depends on the helper's mask and
-// must equal the emulation's exactly, wrap-around included (values reach ±16, beyond most
-// windows).
-
-#[test]
-fn approximate_block_relu_equals_the_plain_emulation_bit_for_bit() {
-    let mut g = GraphBuilder::new("brelu-approx", F, [4, 7, 5]);
-    let blocks = vec![
-        BlockSize::RELU,
-        BlockSize::Patch { h: 2, w: 3 },
-        BlockSize::Identity,
-        BlockSize::Patch { h: 3, w: 3 },
-    ];
-    g.block_relu("relu", g.input(), blocks.clone()).unwrap();
-    let (model, weights) = finish(g);
-    // block ReLUs compare `sum − 1`: one pixel per patch gets +1 ulp, so `sum − 1` ≡ 0.
-    let (h, w) = (7usize, 5usize);
-    let x = coarse_input(4 * h * w, 1, |i| {
-        let (c, y, xx) = (i / (h * w), (i % (h * w)) / w, i % w);
-        match blocks[c] {
-            BlockSize::Patch { h: bh, w: bw } => y % bh as usize == 0 && xx % bw as usize == 0,
-            _ => false,
-        }
-    });
-    let changed = agree_bit_for_bit(&model, &weights, &x, &uniform_modes());
-    assert!(changed >= 2, "only {changed} modes changed the result");
-}
-
-#[test]
-fn approximate_relu6_and_max_pool_equal_the_plain_emulation_bit_for_bit() {
-    use knapsec_core::drelu::{
-        Calibration, CalibrationTarget, DreluChoice, DreluWindow, SiteCalibration, SiteStats,
-    };
-    let mut g = GraphBuilder::new("relu6-pool-approx", F, [3, 8, 8]);
-    let r = g.relu6("r6", g.input()).unwrap();
-    let p = g.max_pool("pool", r, [3, 3], [2, 2], [1, 1]).unwrap();
-    g.max_pool("pool2", p, [2, 2], [1, 1], [0, 0]).unwrap();
-    let (mut model, weights) = finish(g);
-    let x = coarse_input(3 * 64, 2, |_| false);
-    let mut modes = uniform_modes();
-    // per-site windows from a calibration: each site its own
-    let sites = model.drelu_sites();
-    let windows =
-        [(14, 5), (8, 2), (11, 0)].map(|(bits, lsb_ignored)| DreluWindow { bits, lsb_ignored });
-    model.calibration = Some(Calibration {
-        data: "test".into(),
-        samples: 0,
-        target: CalibrationTarget::default(),
-        sites: sites
-            .iter()
-            .zip(windows)
-            .map(|(&(i, kind), window)| SiteCalibration {
-                node: i as u32,
-                name: model.nodes[i].name.clone(),
-                kind,
-                window,
-                stats: SiteStats::default(),
-            })
-            .collect(),
-    });
-    model.validate().unwrap();
-    modes.push((DreluMode::Calibrated, DreluChoice::Calibrated));
-    let changed = agree_bit_for_bit(&model, &weights, &x, &modes);
-    assert!(changed >= 2, "only {changed} modes changed the result");
 }

@@ -44,9 +44,12 @@
 //! * [`eval`]: [`evaluate`] (output only), [`evaluate_trace`] (every node), [`eval_node`].
 //! * [`float`]: the same graph in `f64`, for real-valued tolerance tests.
 //! * [`backend`]: the `plain` [`knapsec_core::SecureBackend`] plugin (no privacy, see there).
+//! * [`cases`]: the small graphs every secure backend is compared with this oracle on, with
+//!   the bounds of the contract above.
 
 pub mod approx;
 pub mod backend;
+pub mod cases;
 pub mod error;
 pub mod eval;
 pub mod float;

@@ -122,13 +122,7 @@ fn transcript(model: &SecureModel, weights: &ModelWeights, options: Options) -> 
 
 fn misc() -> (SecureModel, ModelWeights) {
     let mut g = GraphBuilder::new("misc", 12, [3, 8, 8]);
-    let a = g.relu6("r6", g.input()).unwrap();
-    let p = g.max_pool("mp", a, [3, 3], [2, 2], [1, 1]).unwrap();
-    let q = g
-        .max_pool("mp2", g.input(), [2, 2], [2, 2], [0, 0])
-        .unwrap();
-    let s = g.add("add", &[p, q]).unwrap();
-    let c = g.concat("cat", &[s, q]).unwrap();
+    let c = knapsec_plain::cases::misc_trunk(&mut g);
     let c = g
         .conv("conv", c, ConvSpec::square(6, 3, 1, 1), Some("bn"))
         .unwrap();

@@ -29,13 +29,27 @@
 //!    options revealing labels only ([`SecureBackend::label_only_options`]), and the metered
 //!    traffic of each graph equals the closed forms: setup bytes, bytes per inference,
 //!    offline and online bytes and online rounds where stated.
+//!
+//! [`check_fixed_point`] (part of [`check_conformance`]) holds the backend to the fixed-point
+//! contract of `knapsec-plain` (its crate documentation), on the oracle's shared cases
+//! ([`knapsec_plain::cases`]), which the backends' own tests run for their byte counts too:
+//! 8. ops without truncation (block ReLU with patch, identity and zero channels, ReLU6, max
+//!    pooling, add, concat, broadcast) agree bit for bit; each convolution within one
+//!    truncation (`−1..0` ulp); average pooling and a linear layer within the bounds the
+//!    weights give; metered traffic equals the closed forms (rule 7);
+//! 9. under approximate DReLU windows (the options' `drelu` field: `Approx(bits,
+//!    lsb_ignored)`, uniform or `Calibrated` per site) the logits equal the oracle's emulation
+//!    ([`knapsec_plain::evaluate_with`]) bit for bit on inputs where no decision depends on
+//!    the helper's masks.
 
 use super::{KitResult, check_name, ensure};
 use knapsec_core::backend::{BackendError, PartyJob, PartyOutput, SecureBackend, SessionKeys};
 use knapsec_core::block::BlockSize;
+use knapsec_core::drelu::DreluChoice;
 use knapsec_core::graph::{ModelWeights, OutputKind, SecureModel};
-use knapsec_core::graph_build::{ConvSpec, GraphBuilder, random_weights};
+use knapsec_core::graph_build::{ConvSpec, GraphBuilder, NodeId, random_weights};
 use knapsec_core::transport::Role;
+use knapsec_runtime::SimReport;
 use std::time::Duration;
 
 /// One small graph of the conformance kit, with weights, an input and whether the client
@@ -78,7 +92,7 @@ fn kit_graph(
 
 /// A ResNet basic block (stem, two 3×3 convolutions, residual add) with mixed block ReLUs
 /// and identity channels, then global pooling and a linear layer.
-fn resnet_block(g: &mut GraphBuilder) -> knapsec_core::graph_build::NodeId {
+fn resnet_block(g: &mut GraphBuilder) -> NodeId {
     let x = g.input();
     let stem = g
         .conv("conv1", x, ConvSpec::square(8, 3, 1, 1), Some("bn1"))
@@ -150,195 +164,258 @@ fn resnet_block(g: &mut GraphBuilder) -> knapsec_core::graph_build::NodeId {
     .expect("relu")
 }
 
-/// The graphs of rule 6 (see the module documentation).
-pub fn kit_graphs() -> Vec<KitGraph> {
-    let mut out = Vec::new();
-    // ResNet basic block
-    let mut g = GraphBuilder::new("kit-resnet-block", 12, [3, 8, 8]);
-    let r = resnet_block(&mut g);
-    let gap = g.global_avg_pool("avgpool", r).expect("gap");
-    g.linear("fc", gap, 5, true).expect("fc");
-    out.push(kit_graph(
-        "resnet block",
-        g,
-        OutputKind::Classification,
-        21,
-        false,
-    ));
-    // MobileNetV2 inverted residual: expand 1×1, ReLU6, depthwise 3×3, ReLU6, project 1×1,
-    // residual add
-    let mut g = GraphBuilder::new("kit-mobilenetv2-block", 12, [3, 8, 8]);
-    let x = g.input();
-    let stem = g
-        .conv(
-            "features.0.0",
-            x,
-            ConvSpec::square(4, 3, 1, 1),
-            Some("features.0.1"),
-        )
-        .expect("conv");
-    let stem = g.relu6("features_0", stem).expect("relu6");
-    let e = g
-        .conv(
-            "features.1.conv.0.0",
-            stem,
-            ConvSpec::square(12, 1, 1, 0),
-            Some("features.1.conv.0.1"),
-        )
-        .expect("conv");
-    let e = g.relu6("features_1_0", e).expect("relu6");
-    let dw = ConvSpec {
-        groups: 12,
-        ..ConvSpec::square(12, 3, 1, 1)
-    };
-    let d = g
-        .conv("features.1.conv.1.0", e, dw, Some("features.1.conv.1.1"))
-        .expect("conv");
-    let d = g.relu6("features_1_1", d).expect("relu6");
-    let pr = g
-        .conv(
-            "features.1.conv.2",
-            d,
-            ConvSpec::square(4, 1, 1, 0),
-            Some("features.1.conv.3"),
-        )
-        .expect("conv");
-    let sum = g.add("features.1.add", &[pr, stem]).expect("add");
-    let gap = g.global_avg_pool("avgpool", sum).expect("gap");
-    g.linear("classifier", gap, 5, true).expect("fc");
-    out.push(kit_graph(
-        "mobilenetv2 block",
-        g,
-        OutputKind::Classification,
-        22,
-        false,
-    ));
-    // max pooling (overlapping windows with padding, then disjoint)
-    let mut g = GraphBuilder::new("kit-maxpool", 12, [3, 9, 9]);
-    let x = g.input();
-    let c = g
-        .conv("conv1", x, ConvSpec::square(4, 3, 1, 1), Some("bn1"))
-        .expect("conv");
-    let m = g
-        .max_pool("maxpool", c, [3, 3], [2, 2], [1, 1])
-        .expect("maxpool");
-    let m = g
-        .max_pool("maxpool2", m, [2, 2], [2, 2], [0, 0])
-        .expect("maxpool");
-    let gap = g.global_avg_pool("avgpool", m).expect("gap");
-    g.linear("fc", gap, 4, true).expect("fc");
-    out.push(kit_graph(
-        "max pooling",
-        g,
-        OutputKind::Classification,
-        23,
-        false,
-    ));
-    // concatenation of two branches with block ReLUs
-    let mut g = GraphBuilder::new("kit-concat", 12, [3, 8, 8]);
-    let x = g.input();
-    let a = g
-        .conv("branch_a", x, ConvSpec::square(3, 3, 1, 1), Some("bn_a"))
-        .expect("conv");
-    let a = g
-        .block_relu("relu_a", a, vec![BlockSize::RELU; 3])
-        .expect("relu");
-    let b = g
-        .conv("branch_b", x, ConvSpec::square(2, 1, 1, 0), Some("bn_b"))
-        .expect("conv");
-    let b = g
-        .block_relu(
-            "relu_b",
-            b,
-            vec![BlockSize::Patch { h: 2, w: 2 }, BlockSize::Identity],
-        )
-        .expect("relu");
-    let cat = g.concat("concat", &[a, b, x]).expect("concat");
-    let f = g
-        .conv("fuse", cat, ConvSpec::square(4, 1, 1, 0), None)
-        .expect("conv");
-    let gap = g.global_avg_pool("avgpool", f).expect("gap");
-    g.linear("fc", gap, 4, true).expect("fc");
-    out.push(kit_graph(
-        "concatenation",
-        g,
-        OutputKind::Classification,
-        24,
-        false,
-    ));
-    // average pooling (with and without padding counted) and global pooling
-    let mut g = GraphBuilder::new("kit-avgpool", 12, [3, 9, 9]);
-    let x = g.input();
-    let c = g
-        .conv("conv1", x, ConvSpec::square(4, 3, 1, 1), Some("bn1"))
-        .expect("conv");
-    let c = g
-        .block_relu("relu", c, vec![BlockSize::RELU; 4])
-        .expect("relu");
-    let p = g
-        .avg_pool("avgpool1", c, [2, 2], [2, 2], [0, 0], true)
-        .expect("avgpool");
-    let p = g
-        .avg_pool("avgpool2", p, [3, 3], [1, 1], [1, 1], false)
-        .expect("avgpool");
-    let gap = g.global_avg_pool("avgpool", p).expect("gap");
-    g.linear("fc", gap, 4, true).expect("fc");
-    out.push(kit_graph(
-        "average pooling",
-        g,
-        OutputKind::Classification,
-        25,
-        false,
-    ));
-    // the secure argmax: the label only
-    let mut g = GraphBuilder::new("kit-argmax", 12, [3, 8, 8]);
-    let r = resnet_block(&mut g);
-    let gap = g.global_avg_pool("avgpool", r).expect("gap");
-    g.linear("fc", gap, 7, true).expect("fc");
-    out.push(kit_graph(
-        "argmax (label)",
-        g,
-        OutputKind::Classification,
-        26,
-        true,
-    ));
-    // the secure argmax per pixel: the label map only
-    let mut g = GraphBuilder::new("kit-argmax-map", 12, [3, 6, 6]);
-    let x = g.input();
-    let c = g
-        .conv("backbone", x, ConvSpec::square(6, 3, 1, 1), Some("bn"))
-        .expect("conv");
-    let c = g
-        .block_relu(
-            "relu",
-            c,
-            vec![
-                BlockSize::RELU,
-                BlockSize::Patch { h: 2, w: 3 },
-                BlockSize::Identity,
-                BlockSize::RELU,
-                BlockSize::Patch { h: 3, w: 3 },
-                BlockSize::RELU,
-            ],
-        )
-        .expect("relu");
-    let conv = ConvSpec {
-        bias: true,
-        ..ConvSpec::square(3, 1, 1, 0)
-    };
-    g.conv("classifier", c, conv, None).expect("conv");
-    out.push(kit_graph(
-        "argmax (label map)",
-        g,
-        OutputKind::Segmentation,
-        27,
-        true,
-    ));
-    out
+/// A convolution of the kit's graphs (every one is valid by construction).
+fn conv(g: &mut GraphBuilder, name: &str, x: NodeId, spec: ConvSpec, bn: Option<&str>) -> NodeId {
+    g.conv(name, x, spec, bn).expect("conv")
 }
 
-/// Rules 6 and 7 for `backend` on every graph of [`kit_graphs`], with `tolerance`
-/// (absolute, in real units, per logit).
+/// A classifier of the kit: `body` from the input, then global average pooling and a linear
+/// layer `fc` to `classes` logits.
+#[allow(clippy::too_many_arguments)]
+fn classifier(
+    name: &'static str,
+    arch: &str,
+    input: [u32; 3],
+    fc: &str,
+    classes: u32,
+    seed: u64,
+    label_only: bool,
+    body: impl FnOnce(&mut GraphBuilder, NodeId) -> NodeId,
+) -> KitGraph {
+    let mut g = GraphBuilder::new(arch, 12, input);
+    let x = g.input();
+    let y = body(&mut g, x);
+    let gap = g.global_avg_pool("avgpool", y).expect("gap");
+    g.linear(fc, gap, classes, true).expect("fc");
+    kit_graph(name, g, OutputKind::Classification, seed, label_only)
+}
+
+/// The graphs of rule 6 (see the module documentation).
+pub fn kit_graphs() -> Vec<KitGraph> {
+    let p = |h, w| BlockSize::Patch { h, w };
+    let resnet = |g: &mut GraphBuilder, _| resnet_block(g);
+    vec![
+        classifier(
+            "resnet block",
+            "kit-resnet-block",
+            [3, 8, 8],
+            "fc",
+            5,
+            21,
+            false,
+            resnet,
+        ),
+        // MobileNetV2 inverted residual: expand 1×1, ReLU6, depthwise 3×3, ReLU6, project
+        // 1×1, residual add
+        classifier(
+            "mobilenetv2 block",
+            "kit-mobilenetv2-block",
+            [3, 8, 8],
+            "classifier",
+            5,
+            22,
+            false,
+            |g, x| {
+                let stem = conv(
+                    g,
+                    "features.0.0",
+                    x,
+                    ConvSpec::square(4, 3, 1, 1),
+                    Some("features.0.1"),
+                );
+                let stem = g.relu6("features_0", stem).expect("relu6");
+                let e = conv(
+                    g,
+                    "features.1.conv.0.0",
+                    stem,
+                    ConvSpec::square(12, 1, 1, 0),
+                    Some("features.1.conv.0.1"),
+                );
+                let e = g.relu6("features_1_0", e).expect("relu6");
+                let dw = ConvSpec {
+                    groups: 12,
+                    ..ConvSpec::square(12, 3, 1, 1)
+                };
+                let d = conv(g, "features.1.conv.1.0", e, dw, Some("features.1.conv.1.1"));
+                let d = g.relu6("features_1_1", d).expect("relu6");
+                let pr = conv(
+                    g,
+                    "features.1.conv.2",
+                    d,
+                    ConvSpec::square(4, 1, 1, 0),
+                    Some("features.1.conv.3"),
+                );
+                g.add("features.1.add", &[pr, stem]).expect("add")
+            },
+        ),
+        // max pooling (overlapping windows with padding, then disjoint)
+        classifier(
+            "max pooling",
+            "kit-maxpool",
+            [3, 9, 9],
+            "fc",
+            4,
+            23,
+            false,
+            |g, x| {
+                let c = conv(g, "conv1", x, ConvSpec::square(4, 3, 1, 1), Some("bn1"));
+                let m = g
+                    .max_pool("maxpool", c, [3, 3], [2, 2], [1, 1])
+                    .expect("maxpool");
+                g.max_pool("maxpool2", m, [2, 2], [2, 2], [0, 0])
+                    .expect("maxpool")
+            },
+        ),
+        // concatenation of two branches with block ReLUs
+        classifier(
+            "concatenation",
+            "kit-concat",
+            [3, 8, 8],
+            "fc",
+            4,
+            24,
+            false,
+            |g, x| {
+                let a = conv(g, "branch_a", x, ConvSpec::square(3, 3, 1, 1), Some("bn_a"));
+                let a = g
+                    .block_relu("relu_a", a, vec![BlockSize::RELU; 3])
+                    .expect("relu");
+                let b = conv(g, "branch_b", x, ConvSpec::square(2, 1, 1, 0), Some("bn_b"));
+                let b = g
+                    .block_relu("relu_b", b, vec![p(2, 2), BlockSize::Identity])
+                    .expect("relu");
+                let cat = g.concat("concat", &[a, b, x]).expect("concat");
+                conv(g, "fuse", cat, ConvSpec::square(4, 1, 1, 0), None)
+            },
+        ),
+        // average pooling (with and without padding counted) and global pooling
+        classifier(
+            "average pooling",
+            "kit-avgpool",
+            [3, 9, 9],
+            "fc",
+            4,
+            25,
+            false,
+            |g, x| {
+                let c = conv(g, "conv1", x, ConvSpec::square(4, 3, 1, 1), Some("bn1"));
+                let c = g
+                    .block_relu("relu", c, vec![BlockSize::RELU; 4])
+                    .expect("relu");
+                let q = g
+                    .avg_pool("avgpool1", c, [2, 2], [2, 2], [0, 0], true)
+                    .expect("avgpool");
+                g.avg_pool("avgpool2", q, [3, 3], [1, 1], [1, 1], false)
+                    .expect("avgpool")
+            },
+        ),
+        // the secure argmax: the label only
+        classifier(
+            "argmax (label)",
+            "kit-argmax",
+            [3, 8, 8],
+            "fc",
+            7,
+            26,
+            true,
+            resnet,
+        ),
+        // the secure argmax per pixel: the label map only
+        {
+            let mut g = GraphBuilder::new("kit-argmax-map", 12, [3, 6, 6]);
+            let x = g.input();
+            let c = conv(
+                &mut g,
+                "backbone",
+                x,
+                ConvSpec::square(6, 3, 1, 1),
+                Some("bn"),
+            );
+            let blocks = vec![
+                BlockSize::RELU,
+                p(2, 3),
+                BlockSize::Identity,
+                BlockSize::RELU,
+                p(3, 3),
+                BlockSize::RELU,
+            ];
+            let c = g.block_relu("relu", c, blocks).expect("relu");
+            let head = ConvSpec {
+                bias: true,
+                ..ConvSpec::square(3, 1, 1, 0)
+            };
+            conv(&mut g, "classifier", c, head, None);
+            kit_graph("argmax (label map)", g, OutputKind::Segmentation, 27, true)
+        },
+    ]
+}
+
+/// The worst absolute difference between `got` and `want`, checked against `tolerance`.
+fn compare_logits(what: &str, got: &[f32], want: &[f32], tolerance: f32) -> KitResult {
+    ensure(got.len() == want.len(), || {
+        format!("{what}: {} logits, expected {}", got.len(), want.len())
+    })?;
+    let worst = got
+        .iter()
+        .zip(want)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0f32, f32::max);
+    ensure(worst <= tolerance, || {
+        format!(
+            "{what}: logits differ from knapsec-plain by {worst} (> {tolerance}): {got:?} vs {want:?}"
+        )
+    })
+}
+
+/// One inference of `backend` through the runtime's phased harness; rule 7: the metered
+/// traffic equals the closed forms the backend states.
+fn run_metered(
+    backend: &dyn SecureBackend,
+    what: &str,
+    model: &SecureModel,
+    weights: &ModelWeights,
+    input: &[f32],
+    options: &str,
+) -> Result<SimReport, String> {
+    let r = knapsec_runtime::simulate(
+        backend,
+        model,
+        weights,
+        input,
+        options,
+        Some(Duration::from_secs(60)),
+    )
+    .map_err(|e| format!("{what}: {e}"))?;
+    let cost = backend
+        .expected_cost(model, options)
+        .map_err(|e| format!("{what}: expected_cost failed: {e}"))?
+        .ok_or_else(|| format!("{what}: states no closed-form costs"))?;
+    let check = |field: &str, stated: u64, metered: u64| {
+        ensure(stated == metered, || {
+            format!("{what}: closed-form {field} {stated}, metered {metered}")
+        })
+    };
+    check("setup bytes", cost.setup_bytes, r.setup.comm.bytes)?;
+    check(
+        "bytes per inference",
+        cost.inference_bytes,
+        r.offline.comm.bytes + r.online.comm.bytes,
+    )?;
+    let optional = [
+        ("offline bytes", cost.offline_bytes, r.offline.comm.bytes),
+        ("online bytes", cost.online_bytes, r.online.comm.bytes),
+        ("online rounds", cost.online_rounds, r.online.comm.rounds),
+    ];
+    for (field, stated, metered) in optional {
+        if let Some(stated) = stated {
+            check(field, stated, metered)?;
+        }
+    }
+    Ok(r)
+}
+
+/// Rules 6 to 9 for `backend` on every graph of [`kit_graphs`] (logits within `tolerance`,
+/// absolute, in real units, per logit) and every case of [`knapsec_plain::cases`].
 pub fn check_conformance(backend: &dyn SecureBackend, tolerance: f32) -> KitResult {
     let name = backend.name();
     let label_options = backend
@@ -354,32 +431,17 @@ pub fn check_conformance(backend: &dyn SecureBackend, tolerance: f32) -> KitResu
         } else {
             ""
         };
-        let r = knapsec_runtime::simulate(
+        let r = run_metered(
             backend,
+            &what,
             &graph.model,
             &graph.weights,
             &graph.input,
             options,
-            Some(Duration::from_secs(60)),
-        )
-        .map_err(|e| format!("{what}: {e}"))?;
+        )?;
         let want = plain.logits();
         match (&r.output, graph.label_only) {
-            (PartyOutput::Logits(got), false) => {
-                ensure(got.len() == want.len(), || {
-                    format!("{what}: {} logits, expected {}", got.len(), want.len())
-                })?;
-                let worst = got
-                    .iter()
-                    .zip(&want)
-                    .map(|(a, b)| (a - b).abs())
-                    .fold(0.0f32, f32::max);
-                ensure(worst <= tolerance, || {
-                    format!(
-                        "{what}: logits differ from knapsec-plain by {worst} (> {tolerance}): {got:?} vs {want:?}"
-                    )
-                })?;
-            }
+            (PartyOutput::Logits(got), false) => compare_logits(&what, got, &want, tolerance)?,
             (PartyOutput::Labels(got), true) => {
                 let labels = plain.labels();
                 ensure(got.len() == labels.len(), || {
@@ -412,30 +474,74 @@ pub fn check_conformance(backend: &dyn SecureBackend, tolerance: f32) -> KitResu
                 ));
             }
         }
-        let cost = backend
-            .expected_cost(&graph.model, options)
-            .map_err(|e| format!("{what}: expected_cost failed: {e}"))?
-            .ok_or_else(|| format!("{what}: states no closed-form costs"))?;
-        let check = |field: &str, stated: u64, metered: u64| {
-            ensure(stated == metered, || {
-                format!("{what}: closed-form {field} {stated}, metered {metered}")
-            })
+    }
+    check_fixed_point(backend)
+}
+
+/// The options of a backend that computes every DReLU under `choice` and reveals the logits
+/// (the `drelu` field of DESIGN §4's backend options).
+fn window_options(choice: DreluChoice) -> String {
+    let drelu = match choice {
+        DreluChoice::Exact => "Exact".to_string(),
+        DreluChoice::Uniform(w) => {
+            format!("Approx(bits: {}, lsb_ignored: {})", w.bits, w.lsb_ignored)
+        }
+        DreluChoice::Calibrated => "Calibrated".to_string(),
+    };
+    format!("(drelu: {drelu}, reveal: Logits)")
+}
+
+/// Rules 8 and 9: the fixed-point contract of `knapsec-plain` on its cases, and bit-for-bit
+/// agreement with its emulation of approximate DReLU windows.
+pub fn check_fixed_point(backend: &dyn SecureBackend) -> KitResult {
+    let name = backend.name();
+    for case in knapsec_plain::cases::all() {
+        let what = format!("backend {name:?}, case {:?}", case.name);
+        let r = run_metered(backend, &what, &case.model, &case.weights, &case.input, "")?;
+        case.check(&r.output)
+            .map_err(|e| format!("backend {name:?}: {e}"))?;
+    }
+    let windows = [
+        knapsec_plain::cases::approx_block_relu(),
+        knapsec_plain::cases::approx_relu6_pool(),
+    ];
+    for case in windows {
+        let what = format!("backend {name:?}, windows on {:?}", case.model.arch);
+        let mut failure = None;
+        let mut secure = |choice| {
+            let run = backend
+                .canonical_options(&window_options(choice))
+                .map_err(|e| format!("{what}: options {choice} refused: {e}"))
+                .and_then(|options| {
+                    run_metered(
+                        backend,
+                        &what,
+                        &case.model,
+                        &case.weights,
+                        &case.input,
+                        &options,
+                    )
+                });
+            match run {
+                Ok(SimReport {
+                    output: PartyOutput::Logits(v),
+                    ..
+                }) => v,
+                Ok(r) => {
+                    failure.get_or_insert(format!("{what}: expected logits, got {:?}", r.output));
+                    Vec::new()
+                }
+                Err(e) => {
+                    failure.get_or_insert(e);
+                    Vec::new()
+                }
+            }
         };
-        check("setup bytes", cost.setup_bytes, r.setup.comm.bytes)?;
-        check(
-            "bytes per inference",
-            cost.inference_bytes,
-            r.offline.comm.bytes + r.online.comm.bytes,
-        )?;
-        if let Some(b) = cost.offline_bytes {
-            check("offline bytes", b, r.offline.comm.bytes)?;
+        let agreed = case.check(&mut secure);
+        if let Some(e) = failure {
+            return Err(e);
         }
-        if let Some(b) = cost.online_bytes {
-            check("online bytes", b, r.online.comm.bytes)?;
-        }
-        if let Some(n) = cost.online_rounds {
-            check("online rounds", n, r.online.comm.rounds)?;
-        }
+        agreed.map_err(|e| format!("{what}: {e}"))?;
     }
     Ok(())
 }
@@ -590,23 +696,7 @@ pub fn check_end_to_end(backend: &dyn SecureBackend, tolerance: f32) -> KitResul
     let client = results.next().expect("three results");
     match client {
         Ok(PartyOutput::Logits(got)) => {
-            ensure(got.len() == want.len(), || {
-                format!(
-                    "backend {name:?}: {} logits, expected {}",
-                    got.len(),
-                    want.len()
-                )
-            })?;
-            let worst = got
-                .iter()
-                .zip(&want)
-                .map(|(a, b)| (a - b).abs())
-                .fold(0.0f32, f32::max);
-            ensure(worst <= tolerance, || {
-                format!(
-                    "backend {name:?}: logits differ from knapsec-plain by {worst} (> {tolerance}): {got:?} vs {want:?}"
-                )
-            })?;
+            compare_logits(&format!("backend {name:?}"), &got, &want, tolerance)?;
         }
         Ok(other) => {
             return Err(format!(
