@@ -126,14 +126,8 @@ fn misc() -> (SecureModel, ModelWeights) {
     let c = g
         .conv("conv", c, ConvSpec::square(6, 3, 1, 1), Some("bn"))
         .unwrap();
-    let blocks = vec![
-        BlockSize::RELU,
-        BlockSize::Patch { h: 2, w: 3 },
-        BlockSize::Identity,
-        BlockSize::Zero,
-        BlockSize::Patch { h: 3, w: 3 },
-        BlockSize::Patch { h: 4, w: 4 },
-    ];
+    let mut blocks = knapsec_plain::cases::mixed_blocks();
+    blocks[5] = BlockSize::Patch { h: 4, w: 4 };
     g.block_relu("relu", c, blocks).unwrap();
     let (m, _) = g.finish(OutputKind::Segmentation).unwrap();
     let w = random_weights(&m, 3);

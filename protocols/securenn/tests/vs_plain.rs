@@ -5,7 +5,6 @@
 //! (`tests/src/kits/backend.rs`), for every private backend.
 
 use knapsec_core::backend::PartyOutput;
-use knapsec_core::block::BlockSize;
 use knapsec_core::graph::{ModelWeights, SecureModel};
 use knapsec_core::graph_build::random_weights;
 use knapsec_plain::cases::{self, Case, input};
@@ -93,35 +92,41 @@ fn linear_layers_are_within_one_truncation() {
     check(&cases::pooled_linear());
 }
 
-#[test]
-fn resnet18_shaped_network_gives_the_plain_label() {
-    let shapes: Vec<_> = nets::resnet18_cifar_layers(8)
+/// A ResNet18-CIFAR-shaped network of `width` with a random block spec keeping `ratio` of the
+/// DReLUs, random weights, and an input.
+fn resnet18(width: u32, ratio: f64, seeds: [u64; 3]) -> (SecureModel, ModelWeights, Vec<f32>) {
+    let shapes: Vec<_> = nets::resnet18_cifar_layers(width)
         .into_iter()
         .map(|(_, s)| s)
         .collect();
-    let spec = nets::random_spec(&shapes, 0.1, 2);
-    let model = nets::resnet18_cifar(8, 10, Some(&spec)).unwrap();
-    let weights = random_weights(&model, 11);
+    let spec = nets::random_spec(&shapes, ratio, seeds[0]);
+    let model = nets::resnet18_cifar(width, 10, Some(&spec)).unwrap();
+    let weights = random_weights(&model, seeds[1]);
+    let x = input(&model, seeds[2]);
+    (model, weights, x)
+}
+
+// The labels of whole networks (and the logits under a window) against plain: the backend kit,
+// `check_networks`, for every private backend.
+
+#[test]
+fn resnet18_shaped_network_is_close_to_plain_and_its_bytes_match() {
     for seed in 0..2 {
-        let x = input(&model, seed);
-        let plain = knapsec_plain::evaluate(&model, &weights, &x).unwrap();
-        let r = run(
-            &model,
-            &weights,
-            &x,
-            Options {
-                drelu: DreluMode::Exact,
-                reveal: Reveal::Label,
-            },
-        );
-        assert_eq!(r.output, PartyOutput::Labels(plain.labels()), "seed {seed}");
+        let (model, weights, x) = resnet18(8, 0.1, [2, 11, seed]);
+        let label = Options {
+            drelu: DreluMode::Exact,
+            reveal: Reveal::Label,
+        };
+        let r = run(&model, &weights, &x, label);
+        assert!(matches!(r.output, PartyOutput::Labels(_)));
         assert_eq!(
             r.offline.comm.bytes + r.online.comm.bytes,
             r.closed_form_bytes
         );
-        let r = run(&model, &weights, &x, Options::default());
-        let got = logits(&r);
-        let want = plain.logits();
+        let got = logits(&run(&model, &weights, &x, Options::default()));
+        let want = knapsec_plain::evaluate(&model, &weights, &x)
+            .unwrap()
+            .logits();
         let worst = got
             .iter()
             .zip(&want)
@@ -139,82 +144,22 @@ fn resnet18_shaped_network_gives_the_plain_label() {
 }
 
 #[test]
-fn deeplab_like_graph_gives_the_plain_label_map() {
-    let blocks = (0..8)
-        .map(|c| {
-            if c % 3 == 0 {
-                BlockSize::Patch { h: 2, w: 2 }
-            } else {
-                BlockSize::RELU
-            }
-        })
-        .collect();
-    let model = nets::deeplab_like(16, 8, 5, blocks).unwrap();
-    let weights = random_weights(&model, 5);
-    let x = input(&model, 4);
-    let r = run(
-        &model,
-        &weights,
-        &x,
-        Options {
-            drelu: DreluMode::Exact,
-            reveal: Reveal::Label,
+fn approximate_drelu_saves_its_compared_bits() {
+    let (model, weights, x) = resnet18(4, 0.2, [3, 12, 9]);
+    let [exact, approx] = [
+        DreluMode::Exact,
+        DreluMode::Approx {
+            bits: 20,
+            lsb_ignored: 0,
         },
-    );
-    let PartyOutput::Labels(got) = &r.output else {
-        panic!("labels expected")
-    };
-    // pixels whose top two logits are within the truncation noise may differ
-    cases::check_label_map(&model, &weights, &x, got, 64, 1).unwrap();
-}
-
-#[test]
-fn approximate_drelu_network_matches_plain_within_its_window() {
-    // small activations (inputs in ±2, weights ~1/sqrt(fan_in)) stay inside a 20-bit window
-    let shapes: Vec<_> = nets::resnet18_cifar_layers(4)
-        .into_iter()
-        .map(|(_, s)| s)
-        .collect();
-    let spec = nets::random_spec(&shapes, 0.2, 3);
-    let model = nets::resnet18_cifar(4, 10, Some(&spec)).unwrap();
-    let weights = random_weights(&model, 12);
-    let x = input(&model, 9);
-    let plain = knapsec_plain::evaluate(&model, &weights, &x).unwrap();
-    let exact = run(
-        &model,
-        &weights,
-        &x,
-        Options {
-            drelu: DreluMode::Exact,
+    ]
+    .map(|drelu| {
+        let options = Options {
+            drelu,
             reveal: Reveal::Logits,
-        },
-    );
-    let approx = run(
-        &model,
-        &weights,
-        &x,
-        Options {
-            drelu: DreluMode::Approx {
-                bits: 20,
-                lsb_ignored: 0,
-            },
-            reveal: Reveal::Logits,
-        },
-    );
-    let (e, a, p) = (logits(&exact), logits(&approx), plain.logits());
-    let diff = |u: &[f32], v: &[f32]| {
-        u.iter()
-            .zip(v)
-            .map(|(a, b)| (a - b).abs())
-            .fold(0.0f32, f32::max)
-    };
-    // both carry the truncation noise of 20 layers; inside its window approx adds nothing
-    assert!(
-        diff(&e, &p) < 0.2 && diff(&a, &p) < 0.2,
-        "exact {} approx {}",
-        diff(&e, &p),
-        diff(&a, &p)
-    );
+        };
+        run(&model, &weights, &x, options)
+    });
     // fewer bytes: 3·(19 − 63) per DReLU
     let saved = (exact.offline.comm.bytes + exact.online.comm.bytes)
         - (approx.offline.comm.bytes + approx.online.comm.bytes);

@@ -41,15 +41,21 @@
 //!    lsb_ignored)`, uniform or `Calibrated` per site) the logits equal the oracle's emulation
 //!    ([`knapsec_plain::evaluate_with`]) bit for bit on inputs where no decision depends on
 //!    the helper's masks.
+//!
+//! [`check_networks`] (part of [`check_conformance`]) adds whole networks:
+//! 10. a ResNet18-CIFAR-shaped network with a mixed block spec reveals plain's label, a
+//!     DeepLab-like one plain's label map (up to pixels within the noise), and a narrow
+//!     ResNet18 under exact DReLU and a 20-bit window gives logits within 0.2 of plain's.
 
 use super::{KitResult, check_name, ensure};
 use knapsec_core::backend::{BackendError, PartyJob, PartyOutput, SecureBackend, SessionKeys};
 use knapsec_core::block::BlockSize;
-use knapsec_core::drelu::DreluChoice;
+use knapsec_core::drelu::{DreluChoice, DreluWindow};
 use knapsec_core::graph::{ModelWeights, OutputKind, SecureModel};
 use knapsec_core::graph_build::{ConvSpec, GraphBuilder, NodeId, random_weights};
 use knapsec_core::transport::Role;
 use knapsec_runtime::SimReport;
+use knapsec_securenn::nets;
 use std::time::Duration;
 
 /// One small graph of the conformance kit, with weights, an input and whether the client
@@ -169,185 +175,149 @@ fn conv(g: &mut GraphBuilder, name: &str, x: NodeId, spec: ConvSpec, bn: Option<
     g.conv(name, x, spec, bn).expect("conv")
 }
 
-/// A classifier of the kit: `body` from the input, then global average pooling and a linear
-/// layer `fc` to `classes` logits.
-#[allow(clippy::too_many_arguments)]
-fn classifier(
-    name: &'static str,
-    arch: &str,
-    input: [u32; 3],
-    fc: &str,
-    classes: u32,
-    seed: u64,
-    label_only: bool,
-    body: impl FnOnce(&mut GraphBuilder, NodeId) -> NodeId,
-) -> KitGraph {
-    let mut g = GraphBuilder::new(arch, 12, input);
-    let x = g.input();
-    let y = body(&mut g, x);
-    let gap = g.global_avg_pool("avgpool", y).expect("gap");
-    g.linear(fc, gap, classes, true).expect("fc");
-    kit_graph(name, g, OutputKind::Classification, seed, label_only)
+/// The body of a classifier of the kit, from its input to the features pooled by its head.
+type Body = fn(&mut GraphBuilder, NodeId) -> NodeId;
+
+/// A classifier of the kit: what it covers, its arch name, input shape, head name, classes,
+/// weight seed, whether it reveals the label only, and its body.
+type Classifier = (
+    &'static str,
+    &'static str,
+    [u32; 3],
+    &'static str,
+    u32,
+    u64,
+    bool,
+    Body,
+);
+
+/// MobileNetV2 inverted residual after a stem: expand 1×1, ReLU6, depthwise 3×3, ReLU6,
+/// project 1×1, residual add.
+fn mobilenet_block(g: &mut GraphBuilder, x: NodeId) -> NodeId {
+    let sq = ConvSpec::square;
+    let stem = conv(g, "features.0.0", x, sq(4, 3, 1, 1), Some("features.0.1"));
+    let stem = g.relu6("features_0", stem).expect("relu6");
+    let e = conv(
+        g,
+        "features.1.conv.0.0",
+        stem,
+        sq(12, 1, 1, 0),
+        Some("features.1.conv.0.1"),
+    );
+    let e = g.relu6("features_1_0", e).expect("relu6");
+    let dw = ConvSpec {
+        groups: 12,
+        ..sq(12, 3, 1, 1)
+    };
+    let d = conv(g, "features.1.conv.1.0", e, dw, Some("features.1.conv.1.1"));
+    let d = g.relu6("features_1_1", d).expect("relu6");
+    let pr = conv(
+        g,
+        "features.1.conv.2",
+        d,
+        sq(4, 1, 1, 0),
+        Some("features.1.conv.3"),
+    );
+    g.add("features.1.add", &[pr, stem]).expect("add")
+}
+
+/// Max pooling: overlapping windows with padding, then disjoint.
+fn max_pools(g: &mut GraphBuilder, x: NodeId) -> NodeId {
+    let c = conv(g, "conv1", x, ConvSpec::square(4, 3, 1, 1), Some("bn1"));
+    let m = g
+        .max_pool("maxpool", c, [3, 3], [2, 2], [1, 1])
+        .expect("maxpool");
+    g.max_pool("maxpool2", m, [2, 2], [2, 2], [0, 0])
+        .expect("maxpool")
+}
+
+/// Concatenation of two branches with block ReLUs and the input.
+fn two_branches(g: &mut GraphBuilder, x: NodeId) -> NodeId {
+    let a = conv(g, "branch_a", x, ConvSpec::square(3, 3, 1, 1), Some("bn_a"));
+    let a = g
+        .block_relu("relu_a", a, vec![BlockSize::RELU; 3])
+        .expect("relu");
+    let b = conv(g, "branch_b", x, ConvSpec::square(2, 1, 1, 0), Some("bn_b"));
+    let blocks = vec![BlockSize::Patch { h: 2, w: 2 }, BlockSize::Identity];
+    let b = g.block_relu("relu_b", b, blocks).expect("relu");
+    let cat = g.concat("concat", &[a, b, x]).expect("concat");
+    conv(g, "fuse", cat, ConvSpec::square(4, 1, 1, 0), None)
+}
+
+/// Average pooling with and without padding counted.
+fn avg_pools(g: &mut GraphBuilder, x: NodeId) -> NodeId {
+    let c = conv(g, "conv1", x, ConvSpec::square(4, 3, 1, 1), Some("bn1"));
+    let c = g
+        .block_relu("relu", c, vec![BlockSize::RELU; 4])
+        .expect("relu");
+    let q = g
+        .avg_pool("avgpool1", c, [2, 2], [2, 2], [0, 0], true)
+        .expect("avgpool");
+    g.avg_pool("avgpool2", q, [3, 3], [1, 1], [1, 1], false)
+        .expect("avgpool")
 }
 
 /// The graphs of rule 6 (see the module documentation).
 pub fn kit_graphs() -> Vec<KitGraph> {
-    let p = |h, w| BlockSize::Patch { h, w };
-    let resnet = |g: &mut GraphBuilder, _| resnet_block(g);
-    vec![
-        classifier(
-            "resnet block",
-            "kit-resnet-block",
-            [3, 8, 8],
-            "fc",
-            5,
-            21,
-            false,
-            resnet,
-        ),
-        // MobileNetV2 inverted residual: expand 1×1, ReLU6, depthwise 3×3, ReLU6, project
-        // 1×1, residual add
-        classifier(
-            "mobilenetv2 block",
-            "kit-mobilenetv2-block",
-            [3, 8, 8],
-            "classifier",
-            5,
-            22,
-            false,
-            |g, x| {
-                let stem = conv(
-                    g,
-                    "features.0.0",
-                    x,
-                    ConvSpec::square(4, 3, 1, 1),
-                    Some("features.0.1"),
-                );
-                let stem = g.relu6("features_0", stem).expect("relu6");
-                let e = conv(
-                    g,
-                    "features.1.conv.0.0",
-                    stem,
-                    ConvSpec::square(12, 1, 1, 0),
-                    Some("features.1.conv.0.1"),
-                );
-                let e = g.relu6("features_1_0", e).expect("relu6");
-                let dw = ConvSpec {
-                    groups: 12,
-                    ..ConvSpec::square(12, 3, 1, 1)
-                };
-                let d = conv(g, "features.1.conv.1.0", e, dw, Some("features.1.conv.1.1"));
-                let d = g.relu6("features_1_1", d).expect("relu6");
-                let pr = conv(
-                    g,
-                    "features.1.conv.2",
-                    d,
-                    ConvSpec::square(4, 1, 1, 0),
-                    Some("features.1.conv.3"),
-                );
-                g.add("features.1.add", &[pr, stem]).expect("add")
-            },
-        ),
-        // max pooling (overlapping windows with padding, then disjoint)
-        classifier(
-            "max pooling",
-            "kit-maxpool",
-            [3, 9, 9],
-            "fc",
-            4,
-            23,
-            false,
-            |g, x| {
-                let c = conv(g, "conv1", x, ConvSpec::square(4, 3, 1, 1), Some("bn1"));
-                let m = g
-                    .max_pool("maxpool", c, [3, 3], [2, 2], [1, 1])
-                    .expect("maxpool");
-                g.max_pool("maxpool2", m, [2, 2], [2, 2], [0, 0])
-                    .expect("maxpool")
-            },
-        ),
-        // concatenation of two branches with block ReLUs
-        classifier(
-            "concatenation",
-            "kit-concat",
-            [3, 8, 8],
-            "fc",
-            4,
-            24,
-            false,
-            |g, x| {
-                let a = conv(g, "branch_a", x, ConvSpec::square(3, 3, 1, 1), Some("bn_a"));
-                let a = g
-                    .block_relu("relu_a", a, vec![BlockSize::RELU; 3])
-                    .expect("relu");
-                let b = conv(g, "branch_b", x, ConvSpec::square(2, 1, 1, 0), Some("bn_b"));
-                let b = g
-                    .block_relu("relu_b", b, vec![p(2, 2), BlockSize::Identity])
-                    .expect("relu");
-                let cat = g.concat("concat", &[a, b, x]).expect("concat");
-                conv(g, "fuse", cat, ConvSpec::square(4, 1, 1, 0), None)
-            },
-        ),
-        // average pooling (with and without padding counted) and global pooling
-        classifier(
-            "average pooling",
-            "kit-avgpool",
-            [3, 9, 9],
-            "fc",
-            4,
-            25,
-            false,
-            |g, x| {
-                let c = conv(g, "conv1", x, ConvSpec::square(4, 3, 1, 1), Some("bn1"));
-                let c = g
-                    .block_relu("relu", c, vec![BlockSize::RELU; 4])
-                    .expect("relu");
-                let q = g
-                    .avg_pool("avgpool1", c, [2, 2], [2, 2], [0, 0], true)
-                    .expect("avgpool");
-                g.avg_pool("avgpool2", q, [3, 3], [1, 1], [1, 1], false)
-                    .expect("avgpool")
-            },
-        ),
+    let resnet: Body = |g, _| resnet_block(g);
+    // every classifier ends in global average pooling and a linear head
+    #[rustfmt::skip]
+    let classifiers: [Classifier; 6] = [
+        ("resnet block", "kit-resnet-block", [3, 8, 8], "fc", 5, 21, false, resnet),
+        ("mobilenetv2 block", "kit-mobilenetv2-block", [3, 8, 8], "classifier", 5, 22, false,
+            mobilenet_block),
+        ("max pooling", "kit-maxpool", [3, 9, 9], "fc", 4, 23, false, max_pools),
+        ("concatenation", "kit-concat", [3, 8, 8], "fc", 4, 24, false, two_branches),
+        ("average pooling", "kit-avgpool", [3, 9, 9], "fc", 4, 25, false, avg_pools),
         // the secure argmax: the label only
-        classifier(
-            "argmax (label)",
-            "kit-argmax",
-            [3, 8, 8],
-            "fc",
-            7,
-            26,
-            true,
-            resnet,
-        ),
-        // the secure argmax per pixel: the label map only
-        {
-            let mut g = GraphBuilder::new("kit-argmax-map", 12, [3, 6, 6]);
-            let x = g.input();
-            let c = conv(
-                &mut g,
-                "backbone",
-                x,
-                ConvSpec::square(6, 3, 1, 1),
-                Some("bn"),
-            );
-            let blocks = vec![
-                BlockSize::RELU,
-                p(2, 3),
-                BlockSize::Identity,
-                BlockSize::RELU,
-                p(3, 3),
-                BlockSize::RELU,
-            ];
-            let c = g.block_relu("relu", c, blocks).expect("relu");
-            let head = ConvSpec {
-                bias: true,
-                ..ConvSpec::square(3, 1, 1, 0)
-            };
-            conv(&mut g, "classifier", c, head, None);
-            kit_graph("argmax (label map)", g, OutputKind::Segmentation, 27, true)
-        },
-    ]
+        ("argmax (label)", "kit-argmax", [3, 8, 8], "fc", 7, 26, true, resnet),
+    ];
+    let mut out: Vec<KitGraph> = classifiers
+        .into_iter()
+        .map(
+            |(name, arch, input, head, classes, seed, label_only, body)| {
+                let mut g = GraphBuilder::new(arch, 12, input);
+                let x = g.input();
+                let y = body(&mut g, x);
+                let gap = g.global_avg_pool("avgpool", y).expect("gap");
+                g.linear(head, gap, classes, true).expect("fc");
+                kit_graph(name, g, OutputKind::Classification, seed, label_only)
+            },
+        )
+        .collect();
+    // the secure argmax per pixel: the label map only
+    let mut g = GraphBuilder::new("kit-argmax-map", 12, [3, 6, 6]);
+    let x = g.input();
+    let c = conv(
+        &mut g,
+        "backbone",
+        x,
+        ConvSpec::square(6, 3, 1, 1),
+        Some("bn"),
+    );
+    let p = |h, w| BlockSize::Patch { h, w };
+    let blocks = vec![
+        BlockSize::RELU,
+        p(2, 3),
+        BlockSize::Identity,
+        BlockSize::RELU,
+        p(3, 3),
+        BlockSize::RELU,
+    ];
+    let c = g.block_relu("relu", c, blocks).expect("relu");
+    let head = ConvSpec {
+        bias: true,
+        ..ConvSpec::square(3, 1, 1, 0)
+    };
+    conv(&mut g, "classifier", c, head, None);
+    out.push(kit_graph(
+        "argmax (label map)",
+        g,
+        OutputKind::Segmentation,
+        27,
+        true,
+    ));
+    out
 }
 
 /// The worst absolute difference between `got` and `want`, checked against `tolerance`.
@@ -414,7 +384,7 @@ fn run_metered(
     Ok(r)
 }
 
-/// Rules 6 to 9 for `backend` on every graph of [`kit_graphs`] (logits within `tolerance`,
+/// Rules 6 to 10 for `backend` on every graph of [`kit_graphs`] (logits within `tolerance`,
 /// absolute, in real units, per logit) and every case of [`knapsec_plain::cases`].
 pub fn check_conformance(backend: &dyn SecureBackend, tolerance: f32) -> KitResult {
     let name = backend.name();
@@ -475,7 +445,8 @@ pub fn check_conformance(backend: &dyn SecureBackend, tolerance: f32) -> KitResu
             }
         }
     }
-    check_fixed_point(backend)
+    check_fixed_point(backend)?;
+    check_networks(backend)
 }
 
 /// The options of a backend that computes every DReLU under `choice` and reveals the logits
@@ -542,6 +513,95 @@ pub fn check_fixed_point(backend: &dyn SecureBackend) -> KitResult {
             return Err(e);
         }
         agreed.map_err(|e| format!("{what}: {e}"))?;
+    }
+    Ok(())
+}
+
+/// A ResNet18-CIFAR-shaped graph of `width` with a random block spec keeping `ratio` of the
+/// DReLUs (`seed`), and random weights (`weight_seed`).
+pub fn resnet18_shaped(
+    width: u32,
+    ratio: f64,
+    seed: u64,
+    weight_seed: u64,
+) -> (SecureModel, ModelWeights) {
+    let shapes: Vec<_> = nets::resnet18_cifar_layers(width)
+        .into_iter()
+        .map(|(_, s)| s)
+        .collect();
+    let spec = nets::random_spec(&shapes, ratio, seed);
+    let model = nets::resnet18_cifar(width, 10, Some(&spec)).expect("a valid network");
+    let weights = random_weights(&model, weight_seed);
+    (model, weights)
+}
+
+/// Rule 10 for `backend`: whole networks against `knapsec-plain` — a ResNet18-CIFAR-shaped one
+/// with a mixed block spec reveals plain's label; a DeepLab-like one reveals plain's label map
+/// (pixels whose two best logits are within 64 ulps may differ, at most one); a narrow
+/// ResNet18 under exact DReLU and a 20-bit window (`label_only` options aside, the window
+/// options of rule 9) gives logits within 0.2 of plain's (the truncation noise of 20 layers;
+/// inside its window the approximation adds nothing).
+pub fn check_networks(backend: &dyn SecureBackend) -> KitResult {
+    let name = backend.name();
+    let label_options = backend
+        .label_only_options("")
+        .map_err(|e| format!("backend {name:?}: label-only options refused: {e}"))?
+        .unwrap_or_default();
+    let run = |what: &str, model, weights, x: &[f32], options: &str| {
+        run_metered(backend, what, model, weights, x, options).map(|r| r.output)
+    };
+    let (model, weights) = resnet18_shaped(8, 0.06, 2, 11);
+    for seed in 0..2 {
+        let what = format!("backend {name:?}, resnet18-shaped, input {seed}");
+        let x = knapsec_plain::cases::input(&model, seed);
+        let plain = knapsec_plain::evaluate(&model, &weights, &x).map_err(|e| e.to_string())?;
+        let got = run(&what, &model, &weights, &x, &label_options)?;
+        ensure(got == PartyOutput::Labels(plain.labels()), || {
+            format!(
+                "{what}: {got:?}, knapsec-plain's label {:?}",
+                plain.labels()
+            )
+        })?;
+    }
+    let blocks = (0..8)
+        .map(|c| {
+            if c % 3 == 0 {
+                BlockSize::Patch { h: 2, w: 2 }
+            } else {
+                BlockSize::RELU
+            }
+        })
+        .collect();
+    let model = nets::deeplab_like(16, 8, 5, blocks).map_err(|e| e.to_string())?;
+    let weights = random_weights(&model, 5);
+    let x = knapsec_plain::cases::input(&model, 4);
+    let what = format!("backend {name:?}, deeplab-like");
+    match run(&what, &model, &weights, &x, &label_options)? {
+        PartyOutput::Labels(got) => {
+            knapsec_plain::cases::check_label_map(&model, &weights, &x, &got, 64, 1)
+                .map_err(|e| format!("{what}: {e}"))?
+        }
+        other => return Err(format!("{what}: expected a label map, got {other:?}")),
+    }
+    // small activations (inputs in ±2, weights ~1/sqrt(fan_in)) stay inside a 20-bit window
+    let (model, weights) = resnet18_shaped(4, 0.2, 3, 12);
+    let x = knapsec_plain::cases::input(&model, 9);
+    let plain = knapsec_plain::evaluate(&model, &weights, &x)
+        .map_err(|e| e.to_string())?
+        .logits();
+    let window = DreluWindow {
+        bits: 20,
+        lsb_ignored: 0,
+    };
+    for choice in [DreluChoice::Exact, DreluChoice::Uniform(window)] {
+        let what = format!("backend {name:?}, narrow resnet18 under {choice}");
+        let options = backend
+            .canonical_options(&window_options(choice))
+            .map_err(|e| format!("{what}: options refused: {e}"))?;
+        match run(&what, &model, &weights, &x, &options)? {
+            PartyOutput::Logits(got) => compare_logits(&what, &got, &plain, 0.2)?,
+            other => return Err(format!("{what}: expected logits, got {other:?}")),
+        }
     }
     Ok(())
 }

@@ -115,27 +115,12 @@ impl<'m> Session<'m> {
             return Ok(PartyOutput::Nothing);
         }
         let share = walk(self, ctx, Phase::Online, pre, input, None)?;
-        self.reveal(ctx, share)
-    }
-
-    /// The server sends its share of the output to the client, who adds both.
-    fn reveal(&self, ctx: &mut Ctx<'_>, share: Vec<u64>) -> Result<PartyOutput> {
-        ctx.scope("output", "reveal");
-        match self.role {
-            Role::Server => {
-                ctx.send_u64(Role::Client, &share)?;
-                Ok(PartyOutput::Nothing)
-            }
-            Role::Helper => Ok(PartyOutput::Nothing),
-            Role::Client => {
-                let other = ctx.recv_u64(Role::Server, share.len())?;
-                Ok(ops::reveal(
-                    &share,
-                    &other,
-                    self.plan().argmax().is_some(),
-                    self.shared.model().frac_bits,
-                ))
-            }
-        }
+        let labels = self.plan().argmax().is_some();
+        Ok(ops::reveal(
+            ctx,
+            &share,
+            labels,
+            self.shared.model().frac_bits,
+        )?)
     }
 }

@@ -130,14 +130,7 @@ pub(super) fn walk(
                         ctx.prg(Pair::ClientHelper, INPUT_LABEL, st)?.ring(&shape)
                     };
                     if role == Role::Client && phase == Phase::Online {
-                        let x = input.ok_or_else(|| SecureNnError::Input {
-                            role,
-                            message: "the client needs an input".into(),
-                        })?;
-                        ops::check_input(x, numel, gnode.shape)
-                            .map_err(|message| SecureNnError::Input { role, message })?;
-                        let mut t =
-                            RingTensor::encode_f32(&shape, x, f).map_err(|e| ring(ctx, e))?;
+                        let mut t = ops::client_input(ctx, input, gnode.shape, f)?;
                         t.add_assign(&a).map_err(|e| ring(ctx, e))?;
                         ctx.send_u64(Role::Server, t.data())?;
                     }

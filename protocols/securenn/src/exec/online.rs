@@ -43,17 +43,9 @@ impl Session<'_> {
             let out: RingTensor = match node {
                 NodePlan::Input => {
                     ctx.scope(&gnode.name, "input");
-                    let numel: usize = shape.iter().product();
                     match role {
                         Role::Client => {
-                            let x = input.ok_or_else(|| SecureNnError::Input {
-                                role,
-                                message: "the client needs an input".into(),
-                            })?;
-                            ops::check_input(x, numel, gnode.shape)
-                                .map_err(|message| SecureNnError::Input { role, message })?;
-                            let mut t =
-                                RingTensor::encode_f32(&shape, x, f).map_err(|e| ring(ctx, e))?;
+                            let mut t = ops::client_input(ctx, input, gnode.shape, f)?;
                             let r = ctx
                                 .prg(Pair::ClientServer, "securenn/input", stream(i, 0))?
                                 .ring(&shape);
@@ -191,7 +183,6 @@ impl Session<'_> {
     ) -> Result<PartyOutput> {
         let role = self.role;
         let party = role != Role::Helper;
-        ctx.scope("output", "reveal");
         let mut share = out.into_vec();
         if let Some(tree) = self.plan.argmax() {
             ctx.scope("output", "argmax");
@@ -205,23 +196,12 @@ impl Session<'_> {
             };
             let winner = tree.online(ctx, &pre.argmax, cands, party)?;
             share = winner.into_iter().nth(1).unwrap_or_default();
-            ctx.scope("output", "reveal");
         }
-        match role {
-            Role::Server => {
-                ctx.send_u64(Role::Client, &share)?;
-                Ok(PartyOutput::Nothing)
-            }
-            Role::Helper => Ok(PartyOutput::Nothing),
-            Role::Client => {
-                let other = ctx.recv_u64(Role::Server, share.len())?;
-                Ok(ops::reveal(
-                    &share,
-                    &other,
-                    self.plan.argmax().is_some(),
-                    self.model.frac_bits,
-                ))
-            }
-        }
+        ops::reveal(
+            ctx,
+            &share,
+            self.plan.argmax().is_some(),
+            self.model.frac_bits,
+        )
     }
 }

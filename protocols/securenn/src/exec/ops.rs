@@ -2,14 +2,17 @@
 //! shares (DESIGN §5, digest §6.11, §6.14): the local ops (average and global average pooling
 //! by floor division of each share, add, concat, broadcast), the gathering and scattering
 //! around a block ReLU's selections, ReLU6's two halves, the candidates of max pooling and of
-//! the argmax, the input checks and the decoding of the revealed output. `securenn`'s online
+//! the argmax, the client's input and the reveal of the output. `securenn`'s online
 //! phase and the `fss` backend's walks both call them, so both compute the same shares.
 
 use super::plan::NodePlan;
+use crate::ctx::Ctx;
+use crate::error::{Result, SecureNnError};
 use crate::profile::{OpKind, span};
 use knapsec_core::backend::PartyOutput;
 use knapsec_core::block::BlockSize;
 use knapsec_core::graph::SecureModel;
+use knapsec_core::transport::Role;
 use knapsec_ring::{
     RingError, RingTensor, TapPadding, fixed, global_sum, window_sums, window_taps,
 };
@@ -37,7 +40,10 @@ pub fn last_use(model: &SecureModel) -> Vec<usize> {
 
 /// Runs a local op (average and global average pooling, add, concat, broadcast) on this
 /// party's shares of its inputs; `None` for the ops that need the other parties.
-pub fn local(node: &NodePlan, inputs: &[&RingTensor]) -> Option<Result<RingTensor, RingError>> {
+pub fn local(
+    node: &NodePlan,
+    inputs: &[&RingTensor],
+) -> Option<std::result::Result<RingTensor, RingError>> {
     let r = match node {
         NodePlan::AvgPool {
             kernel,
@@ -105,7 +111,7 @@ pub fn scatter_patches(
     hw: usize,
     x: &RingTensor,
     y: Vec<u64>,
-) -> Result<RingTensor, RingError> {
+) -> std::result::Result<RingTensor, RingError> {
     if chans.iter().all(|b| matches!(b, BlockSize::Patch { .. })) {
         // Every channel selected: the outputs in order, no copy.
         return RingTensor::from_vec(x.dims(), y);
@@ -146,7 +152,7 @@ pub fn pool_candidates(
     kernel: [usize; 2],
     stride: [usize; 2],
     padding: [usize; 2],
-) -> Result<Vec<Vec<Vec<u64>>>, RingError> {
+) -> std::result::Result<Vec<Vec<Vec<u64>>>, RingError> {
     let _pool = span(OpKind::Pooling);
     Ok(window_taps(x, kernel, stride, padding, TapPadding::Edge)?
         .into_iter()
@@ -164,27 +170,54 @@ pub fn argmax_candidates(share: &[u64], size: usize, client: bool) -> Vec<Vec<Ve
         .collect()
 }
 
-/// Checks the client's input: `numel` finite values. The message names what is wrong.
-pub fn check_input(x: &[f32], numel: usize, shape: [u32; 3]) -> Result<(), String> {
+/// The client's input encoded at `frac_bits`: present, `C·H·W` values for the graph's input
+/// `shape`, all finite; the error names what is wrong.
+pub fn client_input(
+    ctx: &Ctx<'_>,
+    input: Option<&[f32]>,
+    shape: [u32; 3],
+    frac_bits: u32,
+) -> Result<RingTensor> {
+    let role = ctx.role;
+    let bad = |message: String| SecureNnError::Input { role, message };
+    let x = input.ok_or_else(|| bad("the client needs an input".into()))?;
+    let numel: usize = shape.iter().map(|&v| v as usize).product();
     if x.len() != numel {
-        return Err(format!(
+        return Err(bad(format!(
             "input has {} values, the model expects {numel} ({shape:?})",
             x.len()
-        ));
+        )));
     }
-    if let Some(bad) = x.iter().position(|v| !v.is_finite()) {
-        return Err(format!("input value {bad} is not finite"));
+    if let Some(k) = x.iter().position(|v| !v.is_finite()) {
+        return Err(bad(format!("input value {k} is not finite")));
     }
-    Ok(())
+    RingTensor::encode_f32(&dims(shape), x, frac_bits).map_err(|e| ctx.ring_err(e))
 }
 
-/// What the client learns from the two shares of the output: the labels after the argmax, or
-/// the decoded logits.
-pub fn reveal(mine: &[u64], other: &[u64], labels: bool, frac_bits: u32) -> PartyOutput {
-    let full = mine.iter().zip(other).map(|(a, b)| a.wrapping_add(*b));
-    if labels {
-        PartyOutput::Labels(full.map(|v| v as u32).collect())
-    } else {
-        PartyOutput::Logits(full.map(|v| fixed::decode(v, frac_bits) as f32).collect())
+/// Reveals the output to the client: the server sends its share, the client adds both and
+/// learns the labels after the argmax (`labels`) or the decoded logits; server and helper
+/// learn nothing.
+pub fn reveal(
+    ctx: &mut Ctx<'_>,
+    share: &[u64],
+    labels: bool,
+    frac_bits: u32,
+) -> Result<PartyOutput> {
+    ctx.scope("output", "reveal");
+    match ctx.role {
+        Role::Server => {
+            ctx.send_u64(Role::Client, share)?;
+            Ok(PartyOutput::Nothing)
+        }
+        Role::Helper => Ok(PartyOutput::Nothing),
+        Role::Client => {
+            let other = ctx.recv_u64(Role::Server, share.len())?;
+            let full = share.iter().zip(&other).map(|(a, b)| a.wrapping_add(*b));
+            Ok(if labels {
+                PartyOutput::Labels(full.map(|v| v as u32).collect())
+            } else {
+                PartyOutput::Logits(full.map(|v| fixed::decode(v, frac_bits) as f32).collect())
+            })
+        }
     }
 }
