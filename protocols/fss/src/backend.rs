@@ -41,16 +41,9 @@ pub fn exchange(
     model_hash: &str,
     index: u64,
 ) -> Result<InferenceKeys> {
-    ctx.scope("session", "contribution");
-    let derived = knapsec_runtime::exchange_contributions(
-        ctx.transport(),
-        keys,
-        KEY_LABEL,
-        model_hash,
-        index,
-    )?;
-    ctx.set_inference(&derived);
-    Ok(derived)
+    Ok(knapsec_securenn::backend::exchange_keyed(
+        ctx, keys, KEY_LABEL, model_hash, index,
+    )?)
 }
 
 /// The masked weights of one session's linear layers.
@@ -205,16 +198,13 @@ impl PartySession for FssSession<'_> {
     }
 
     fn take_cpu_profile(&mut self) -> Vec<(&'static str, f64)> {
-        let p = profile::take();
-        vec![
-            ("linear", p.linear),
-            ("comparison", p.comparison),
-            ("selection", p.selection),
-            ("pooling", p.pooling),
-            ("prg", p.prg),
-            ("other", p.other),
-        ]
+        profile::take().by_name()
     }
+}
+
+/// The plan of `model` under the RON `options`.
+fn plan(model: &SecureModel, options: &str) -> Result<Plan> {
+    Plan::new(model, Options::parse(options)?)
 }
 
 impl SecureBackend for Fss {
@@ -257,8 +247,7 @@ impl SecureBackend for Fss {
         model: &SecureModel,
         options: &str,
     ) -> std::result::Result<Option<u64>, BackendError> {
-        let options = Options::parse(options).map_err(FssError::from)?;
-        Ok(Some(Plan::new(model, options)?.max_message(model)))
+        Ok(Some(plan(model, options)?.max_message(model)))
     }
 
     fn label_only_options(
@@ -275,8 +264,7 @@ impl SecureBackend for Fss {
         model: &SecureModel,
         options: &str,
     ) -> std::result::Result<Option<ExpectedCost>, BackendError> {
-        let options = Options::parse(options).map_err(FssError::from)?;
-        let cf = Plan::new(model, options)?.closed_form(model);
+        let cf = plan(model, options)?.closed_form(model);
         Ok(Some(ExpectedCost {
             // the helper's one-byte "setup needed" flag included (a fresh session)
             setup_bytes: cf.setup + 1,

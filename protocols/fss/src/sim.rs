@@ -14,10 +14,10 @@ use knapsec_core::transport::Role;
 use knapsec_net::{CommReport, Metered, RoundTracker, memory_network};
 use knapsec_ring::Prg;
 use knapsec_runtime::process_cpu_seconds;
+use knapsec_runtime::sim::{ANOTHER_FAILED, PhaseBarrier, run_parties};
 use knapsec_securenn::ctx::Ctx;
 use knapsec_securenn::sim::PhaseReport;
 use knapsec_securenn::{Options, SecureNnError, profile};
-use std::sync::{Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 /// The result of a simulated inference.
@@ -39,44 +39,6 @@ pub struct SimReport {
     pub key_bytes: u64,
     /// Bytes of preprocessing held between the phases: client, server, helper.
     pub held_bytes: [u64; 3],
-}
-
-/// A barrier that a failing party can poison.
-struct PhaseBarrier {
-    state: Mutex<(usize, u64, bool)>,
-    cv: Condvar,
-}
-
-impl PhaseBarrier {
-    fn wait(&self, role: Role) -> Result<()> {
-        let poisoned = || SecureNnError::Thread {
-            role,
-            message: "another party failed".into(),
-        };
-        let mut s = self.state.lock().map_err(|_| poisoned())?;
-        if s.2 {
-            return Err(poisoned().into());
-        }
-        let generation = s.1;
-        s.0 += 1;
-        if s.0 == 3 {
-            s.0 = 0;
-            s.1 += 1;
-            self.cv.notify_all();
-            return Ok(());
-        }
-        while s.1 == generation && !s.2 {
-            s = self.cv.wait(s).map_err(|_| poisoned())?;
-        }
-        if s.2 { Err(poisoned().into()) } else { Ok(()) }
-    }
-
-    fn poison(&self) {
-        if let Ok(mut s) = self.state.lock() {
-            s.2 = true;
-        }
-        self.cv.notify_all();
-    }
 }
 
 struct PartyResult {
@@ -102,6 +64,12 @@ fn party(
     keys: &SessionKeys,
 ) -> Result<PartyResult> {
     let mut session = Session::new(role, model, weights, options)?;
+    let wait = || {
+        barrier.wait(role).map_err(|_| SecureNnError::Thread {
+            role,
+            message: ANOTHER_FAILED.into(),
+        })
+    };
     let mut reports: [CommReport; 3] = Default::default();
     let mut seconds = [0.0; 3];
     let mut cpu = [0.0; 3];
@@ -109,20 +77,20 @@ fn party(
     let mut phase_end =
         |t: &mut Metered<_>, k: usize, start: Instant, cpu_start: &mut f64| -> Result<()> {
             by_kind[k] = profile::take();
-            barrier.wait(role)?;
+            wait()?;
             seconds[k] = start.elapsed().as_secs_f64();
             cpu[k] = process_cpu_seconds() - *cpu_start;
             reports[k] = t.take_report();
-            barrier.wait(role)?;
+            wait()?;
             if role == Role::Client {
                 tracker.reset();
             }
-            barrier.wait(role)?;
+            wait()?;
             *cpu_start = process_cpu_seconds();
             profile::take();
             Ok(())
         };
-    barrier.wait(role)?;
+    wait()?;
     let mut cpu_start = process_cpu_seconds();
     profile::take();
     let start = Instant::now();
@@ -176,49 +144,26 @@ pub fn simulate(
         ..SessionKeys::default()
     };
     let tracker = RoundTracker::new();
-    let barrier = PhaseBarrier {
-        state: Mutex::new((0, 0, false)),
-        cv: Condvar::new(),
-    };
+    let barrier = PhaseBarrier::new();
     let ends = memory_network().map(|mut t| {
         t.set_timeout(timeout);
         Metered::with_tracker(t, tracker.clone())
     });
-    let results: Vec<Result<PartyResult>> = std::thread::scope(|scope| {
-        let hs: Vec<_> = ends
-            .into_iter()
-            .zip(Role::ALL)
-            .map(|(t, role)| {
-                let (tracker, barrier, keys) = (&tracker, &barrier, &keys);
-                scope.spawn(move || {
-                    let mut k = keys.clone();
-                    k.private = rand::random();
-                    let w = (role == Role::Server).then_some(weights);
-                    let x = (role == Role::Client).then_some(input);
-                    let r = party(role, t, tracker, barrier, model, w, x, options, &k);
-                    if r.is_err() {
-                        barrier.poison();
-                    }
-                    r
-                })
-            })
-            .collect();
-        hs.into_iter()
-            .zip(Role::ALL)
-            .map(|(h, role)| {
-                h.join().unwrap_or_else(|_| {
-                    Err(SecureNnError::Thread {
-                        role,
-                        message: "panicked".into(),
-                    }
-                    .into())
-                })
-            })
-            .collect()
+    let panicked = |role, message| FssError::from(SecureNnError::Thread { role, message });
+    let results = run_parties(ends, panicked, |role, t| {
+        let mut k = keys.clone();
+        k.private = rand::random();
+        let w = (role == Role::Server).then_some(weights);
+        let x = (role == Role::Client).then_some(input);
+        let r = party(role, t, &tracker, &barrier, model, w, x, options, &k);
+        if r.is_err() {
+            barrier.poison();
+        }
+        r
     });
     if results.iter().any(|r| r.is_err()) {
         let secondary = |e: &FssError| {
-            matches!(e, FssError::Party(SecureNnError::Thread { message, .. }) if message == "another party failed")
+            matches!(e, FssError::Party(SecureNnError::Thread { message, .. }) if message == ANOTHER_FAILED)
                 || matches!(
                     e,
                     FssError::Party(SecureNnError::Transport {

@@ -87,23 +87,36 @@ pub fn process_cpu_seconds() -> f64 {
 }
 
 /// The message of a party stopped because another failed.
-const ANOTHER_FAILED: &str = "another party failed";
+pub const ANOTHER_FAILED: &str = "another party failed";
 
-/// A barrier that a failing party can poison.
-struct PhaseBarrier {
+/// A barrier between the phases of the three party threads of one process, which a failing
+/// party poisons so that the others stop instead of waiting for ever. Backends with their
+/// own in-process harness (the `fss` backend's, which also reports what each party holds
+/// between the phases) use it too.
+#[derive(Debug)]
+pub struct PhaseBarrier {
     state: Mutex<(usize, u64, bool)>,
     cv: Condvar,
 }
 
+impl Default for PhaseBarrier {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl PhaseBarrier {
-    fn new() -> Self {
+    /// A barrier for three parties.
+    pub fn new() -> Self {
         PhaseBarrier {
             state: Mutex::new((0, 0, false)),
             cv: Condvar::new(),
         }
     }
 
-    fn wait(&self, role: Role) -> Result<(), BackendError> {
+    /// Waits until all three parties arrive; an error ([`BackendError::Party`] with
+    /// [`ANOTHER_FAILED`]) once a party has poisoned the barrier.
+    pub fn wait(&self, role: Role) -> Result<(), BackendError> {
         let poisoned = || BackendError::Party {
             role,
             message: ANOTHER_FAILED.into(),
@@ -126,7 +139,8 @@ impl PhaseBarrier {
         if s.2 { Err(poisoned()) } else { Ok(()) }
     }
 
-    fn poison(&self) {
+    /// Marks the barrier failed and wakes every waiting party.
+    pub fn poison(&self) {
         if let Ok(mut s) = self.state.lock() {
             s.2 = true;
         }
@@ -247,6 +261,39 @@ fn primary(errs: Vec<BackendError>) -> Option<BackendError> {
     errs.into_iter().nth(k)
 }
 
+/// Runs `party(role, end)` for the three roles on threads of this process (each with its
+/// transport end, in [`Role::ALL`] order) and returns their results in that order; a thread
+/// that panics gives `panicked(role, message)`.
+pub fn run_parties<X: Send, T: Send, E: Send>(
+    ends: [X; 3],
+    panicked: impl Fn(Role, String) -> E,
+    party: impl Fn(Role, X) -> Result<T, E> + Sync,
+) -> Vec<Result<T, E>> {
+    let party = &party;
+    std::thread::scope(|scope| {
+        let hs: Vec<_> = ends
+            .into_iter()
+            .zip(Role::ALL)
+            .map(|(t, role)| scope.spawn(move || party(role, t)))
+            .collect();
+        hs.into_iter()
+            .zip(Role::ALL)
+            .map(|(h, role)| {
+                h.join()
+                    .unwrap_or_else(|p| Err(panicked(role, panic_message(p))))
+            })
+            .collect()
+    })
+}
+
+/// A party thread that panicked, as the runtime reports it.
+fn panicked(role: Role, message: String) -> BackendError {
+    BackendError::Party {
+        role,
+        message: format!("the party thread panicked: {message}"),
+    }
+}
+
 fn panic_message(p: Box<dyn std::any::Any + Send>) -> String {
     p.downcast_ref::<String>()
         .cloned()
@@ -277,45 +324,25 @@ pub fn simulate(
         t.set_timeout(timeout);
         Metered::with_tracker(t, tracker.clone())
     });
-    let results: Vec<Result<PartyResult, BackendError>> = std::thread::scope(|scope| {
-        let hs: Vec<_> = ends
-            .into_iter()
-            .zip(Role::ALL)
-            .map(|(t, role)| {
-                let (tracker, barrier, keys) = (&tracker, &barrier, &keys);
-                scope.spawn(move || {
-                    let mut k = keys.clone();
-                    k.private = rand::random();
-                    let r = PartyRun {
-                        role,
-                        backend,
-                        model,
-                        weights: (role == Role::Server).then_some(weights),
-                        input: (role == Role::Client).then_some(input),
-                        options,
-                        keys: &k,
-                        tracker,
-                        barrier,
-                    }
-                    .run(t);
-                    if r.is_err() {
-                        barrier.poison();
-                    }
-                    r
-                })
-            })
-            .collect();
-        hs.into_iter()
-            .zip(Role::ALL)
-            .map(|(h, role)| {
-                h.join().unwrap_or_else(|p| {
-                    Err(BackendError::Party {
-                        role,
-                        message: format!("the party thread panicked: {}", panic_message(p)),
-                    })
-                })
-            })
-            .collect()
+    let results = run_parties(ends, panicked, |role, t| {
+        let mut k = keys.clone();
+        k.private = rand::random();
+        let r = PartyRun {
+            role,
+            backend,
+            model,
+            weights: (role == Role::Server).then_some(weights),
+            input: (role == Role::Client).then_some(input),
+            options,
+            keys: &k,
+            tracker: &tracker,
+            barrier: &barrier,
+        }
+        .run(t);
+        if r.is_err() {
+            barrier.poison();
+        }
+        r
     });
     if results.iter().any(Result::is_err) {
         let errs = results.into_iter().filter_map(Result::err).collect();
@@ -376,43 +403,22 @@ pub fn run_backend(
         Metered::with_tracker(t, tracker.clone())
     });
     let start = Instant::now();
-    let results: Vec<Result<(PartyOutput, CommReport), BackendError>> =
-        std::thread::scope(|scope| {
-            let hs: Vec<_> = ends
-                .into_iter()
-                .zip(Role::ALL)
-                .map(|(mut t, role)| {
-                    let keys = &keys;
-                    scope.spawn(move || {
-                        let mut k = keys.clone();
-                        k.private = rand::random();
-                        let job = PartyJob {
-                            role,
-                            model,
-                            weights: (role == Role::Server).then_some(weights),
-                            input: (role == Role::Client).then_some(input),
-                            options,
-                            keys: &k,
-                            inference: 0,
-                            transport: &mut t,
-                        };
-                        let out = backend.run(job)?;
-                        Ok((out, t.report()))
-                    })
-                })
-                .collect();
-            hs.into_iter()
-                .zip(Role::ALL)
-                .map(|(h, role)| {
-                    h.join().unwrap_or_else(|p| {
-                        Err(BackendError::Party {
-                            role,
-                            message: format!("the party thread panicked: {}", panic_message(p)),
-                        })
-                    })
-                })
-                .collect()
-        });
+    let results = run_parties(ends, panicked, |role, mut t| {
+        let mut k = keys.clone();
+        k.private = rand::random();
+        let job = PartyJob {
+            role,
+            model,
+            weights: (role == Role::Server).then_some(weights),
+            input: (role == Role::Client).then_some(input),
+            options,
+            keys: &k,
+            inference: 0,
+            transport: &mut t,
+        };
+        let out = backend.run(job)?;
+        Ok((out, t.report()))
+    });
     let seconds = start.elapsed().as_secs_f64();
     let mut comm = CommReport::default();
     let mut output = PartyOutput::Nothing;

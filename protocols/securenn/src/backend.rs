@@ -91,14 +91,21 @@ pub fn exchange_contributions(
     model_hash: &str,
     index: u64,
 ) -> Result<InferenceKeys> {
+    exchange_keyed(ctx, keys, KEY_LABEL, model_hash, index)
+}
+
+/// [`exchange_contributions`] under a backend's own key `label` (a backend that runs this
+/// crate's contexts, such as `fss`, derives keys distinct from securenn's).
+pub fn exchange_keyed(
+    ctx: &mut Ctx<'_>,
+    keys: &SessionKeys,
+    label: &[u8],
+    model_hash: &str,
+    index: u64,
+) -> Result<InferenceKeys> {
     ctx.scope("session", "contribution");
-    let derived = knapsec_runtime::exchange_contributions(
-        ctx.transport(),
-        keys,
-        KEY_LABEL,
-        model_hash,
-        index,
-    )?;
+    let derived =
+        knapsec_runtime::exchange_contributions(ctx.transport(), keys, label, model_hash, index)?;
     ctx.set_inference(&derived);
     Ok(derived)
 }

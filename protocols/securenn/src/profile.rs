@@ -60,7 +60,6 @@ impl CpuByKind {
         }
     }
 
-    /// Adds `other` kind by kind.
     /// The seconds by kind name (`"linear"`, `"comparison"`, `"selection"`, `"pooling"`,
     /// `"prg"`, `"other"`), for the runtime's reports.
     pub fn by_name(&self) -> Vec<(&'static str, f64)> {

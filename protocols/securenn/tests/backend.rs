@@ -38,6 +38,16 @@ fn model() -> (
     (m, w)
 }
 
+/// Fixed pair keys (a zero private seed), so that two runs are the same session.
+fn fixed_keys() -> SessionKeys {
+    SessionKeys {
+        client_server: Some([1; 32]),
+        client_helper: Some([2; 32]),
+        server_helper: Some([3; 32]),
+        ..SessionKeys::default()
+    }
+}
+
 #[test]
 fn backend_runs_and_the_helper_keeps_the_masked_weights() {
     let (m, w) = model();
@@ -71,13 +81,7 @@ fn backend_runs_and_the_helper_keeps_the_masked_weights() {
     );
 
     // A second inference with the same keys reuses the helper's cached masked weights.
-    let keys = SessionKeys {
-        client_server: Some([1; 32]),
-        client_helper: Some([2; 32]),
-        server_helper: Some([3; 32]),
-        private: [0; 32],
-        ..SessionKeys::default()
-    };
+    let keys = fixed_keys();
     let mut setups = Vec::new();
     for _ in 0..2 {
         let ends = memory_network().map(Metered::new);
@@ -125,13 +129,7 @@ fn a_missing_helper_is_an_error_naming_it() {
     let [c, s, h] = memory_network();
     drop(h);
     let backend = SecureNn::default();
-    let keys = SessionKeys {
-        client_server: Some([1; 32]),
-        client_helper: Some([2; 32]),
-        server_helper: Some([3; 32]),
-        private: [0; 32],
-        ..SessionKeys::default()
-    };
+    let keys = fixed_keys();
     let errs: Vec<String> = std::thread::scope(|sc| {
         let run = |role: Role, mut t: knapsec_net::MemoryTransport| {
             let (m, w, x, keys, backend) = (&m, &w, &x, &keys, &backend);
@@ -289,12 +287,7 @@ fn replayed_inference(
 
 #[test]
 fn a_client_replaying_its_randomness_in_a_session_is_refused() {
-    let keys = SessionKeys {
-        client_server: Some([1; 32]),
-        client_helper: Some([2; 32]),
-        server_helper: Some([3; 32]),
-        ..SessionKeys::default()
-    };
+    let keys = fixed_keys();
     let mut first = [None, None, None];
     let (outs, _) = replayed_inference(&keys, &mut first, false, 0);
     assert!(outs.iter().all(Result::is_ok), "{outs:?}");
@@ -317,12 +310,7 @@ fn a_replayed_client_contribution_still_gets_fresh_masks() {
     // mask, so the masked values the helper opens to the client differ between two runs of
     // the same inference (with the client's nonce alone they were equal: `conv(A, F) + R`
     // with the same `A` and `R`).
-    let keys = SessionKeys {
-        client_server: Some([1; 32]),
-        client_helper: Some([2; 32]),
-        server_helper: Some([3; 32]),
-        ..SessionKeys::default()
-    };
+    let keys = fixed_keys();
     let mut first = [None, None, None];
     let (outs, a) = replayed_inference(&keys, &mut first, false, 0);
     assert!(outs.iter().all(Result::is_ok), "{outs:?}");
