@@ -14,6 +14,7 @@
 //!   TCP transport (its errors are `knapsec-net`'s [`NetError`](knapsec_net::NetError)).
 //! * [`error`]: the crate's error type.
 
+pub mod batch;
 pub mod deploy;
 pub mod error;
 pub mod handshake;
@@ -26,4 +27,4 @@ pub use party::{Party, ServeOptions};
 
 pub use error::RuntimeError;
 pub use randomness::{CONTRIBUTION_LEN, InferenceKeys, Pair, exchange_contributions};
-pub use sim::{PhaseReport, SimReport, process_cpu_seconds, run_backend, simulate};
+pub use sim::{PhaseReport, SimReport, process_cpu_seconds, run_backend, simulate, simulate_batch};

@@ -12,6 +12,7 @@
 
 #![allow(unsafe_code)]
 
+use crate::batch::run_lanes;
 use knapsec_core::backend::{
     BackendError, ExpectedCost, PartyJob, PartyOutput, PartySession, SecureBackend, SessionJob,
     SessionKeys,
@@ -48,8 +49,15 @@ pub struct PhaseReport {
 pub struct SimReport {
     /// The backend's registry name.
     pub backend: String,
-    /// What the client learned.
+    /// What the client learned (of the first image, in a batch).
     pub output: PartyOutput,
+    /// What the client learned of each image of the batch, in order (`outputs[0]` is
+    /// `output`); one entry without a batch.
+    #[serde(skip)]
+    pub outputs: Vec<PartyOutput>,
+    /// Images in the inference: each phase carries all of them in the rounds of one image
+    /// ([`crate::batch`]).
+    pub batch: usize,
     /// The once-per-session phase.
     pub setup: PhaseReport,
     /// The offline phase of the inference.
@@ -149,7 +157,7 @@ impl PhaseBarrier {
 }
 
 struct PartyResult {
-    output: PartyOutput,
+    outputs: Vec<PartyOutput>,
     reports: [CommReport; 3],
     seconds: [f64; 3],
     cpu: [f64; 3],
@@ -162,11 +170,22 @@ struct PartyRun<'a> {
     backend: &'a dyn SecureBackend,
     model: &'a SecureModel,
     weights: Option<&'a ModelWeights>,
-    input: Option<&'a [f32]>,
+    /// The client's images (one per lane); `None` at server and helper.
+    inputs: Option<&'a [&'a [f32]]>,
+    /// Images in the batch.
+    lanes: usize,
     options: &'a str,
     keys: &'a SessionKeys,
     tracker: &'a RoundTracker,
     barrier: &'a PhaseBarrier,
+}
+
+/// The error of lanes that did not follow one message schedule.
+fn diverged(source: TransportError) -> BackendError {
+    BackendError::Transport {
+        layer: "batch".into(),
+        source,
+    }
 }
 
 impl PartyRun<'_> {
@@ -182,12 +201,12 @@ impl PartyRun<'_> {
         let barrier = self.barrier;
         let tracker = self.tracker;
         let mut phase_end = |t: &mut Metered<_>,
-                             session: &mut dyn PartySession,
+                             sessions: &mut [Box<dyn PartySession + '_>],
                              k: usize,
                              start: Instant,
                              cpu_start: &mut f64|
          -> Result<(), BackendError> {
-            by_kind[k] = session.take_cpu_profile();
+            by_kind[k] = merge_profiles(sessions);
             barrier.wait(role)?;
             seconds[k] = start.elapsed().as_secs_f64();
             let now = process_cpu_seconds();
@@ -199,37 +218,69 @@ impl PartyRun<'_> {
             }
             barrier.wait(role)?;
             *cpu_start = process_cpu_seconds();
-            session.take_cpu_profile();
+            merge_profiles(sessions);
             Ok(())
         };
         barrier.wait(role)?;
         let mut cpu_start = process_cpu_seconds();
         let start = Instant::now();
-        let mut session = self.backend.open_session(
-            SessionJob {
-                role,
-                model: self.model,
-                weights: self.weights,
-                options: self.options,
-                keys: self.keys,
-            },
+        let job = SessionJob {
+            role,
+            model: self.model,
+            weights: self.weights,
+            options: self.options,
+            keys: self.keys,
+        };
+        let backend = self.backend;
+        let mut sessions = run_lanes(
             &mut t,
+            vec![(); self.lanes],
+            |_, (), lane| backend.open_session(job, lane),
+            diverged,
         )?;
-        phase_end(&mut t, session.as_mut(), 0, start, &mut cpu_start)?;
+        phase_end(&mut t, &mut sessions, 0, start, &mut cpu_start)?;
         let start = Instant::now();
-        session.offline(0, &mut t)?;
-        phase_end(&mut t, session.as_mut(), 1, start, &mut cpu_start)?;
+        run_lanes(
+            &mut t,
+            sessions.iter_mut().collect(),
+            |j, s, lane| s.offline(j as u64, lane),
+            diverged,
+        )?;
+        phase_end(&mut t, &mut sessions, 1, start, &mut cpu_start)?;
         let start = Instant::now();
-        let output = session.online(0, self.input, &mut t)?;
-        phase_end(&mut t, session.as_mut(), 2, start, &mut cpu_start)?;
+        let inputs: Vec<Option<&[f32]>> = match self.inputs {
+            Some(xs) => xs.iter().map(|x| Some(*x)).collect(),
+            None => vec![None; self.lanes],
+        };
+        let outputs = run_lanes(
+            &mut t,
+            sessions.iter_mut().zip(inputs).collect(),
+            |j, (s, x), lane| s.online(j as u64, x, lane),
+            diverged,
+        )?;
+        phase_end(&mut t, &mut sessions, 2, start, &mut cpu_start)?;
         Ok(PartyResult {
-            output,
+            outputs,
             reports,
             seconds,
             cpu,
             by_kind,
         })
     }
+}
+
+/// The CPU profiles of the lanes' sessions, summed by op kind (resetting them).
+fn merge_profiles(sessions: &mut [Box<dyn PartySession + '_>]) -> Vec<(&'static str, f64)> {
+    let mut sum: Vec<(&'static str, f64)> = Vec::new();
+    for s in sessions {
+        for (kind, secs) in s.take_cpu_profile() {
+            match sum.iter_mut().find(|(k, _)| *k == kind) {
+                Some((_, v)) => *v += secs,
+                None => sum.push((kind, secs)),
+            }
+        }
+    }
+    sum
 }
 
 /// Fresh random session keys for the three parties of one process (each party's `private`
@@ -316,6 +367,28 @@ pub fn simulate(
     options: &str,
     timeout: Option<Duration>,
 ) -> Result<SimReport, BackendError> {
+    simulate_batch(backend, model, weights, &[input], options, timeout)
+}
+
+/// As [`simulate`], with a batch of images in one inference: each image runs in a lane
+/// ([`crate::batch`]), every round carries all of them, so the phases' rounds are those of
+/// one image. `inputs` must not be empty.
+///
+/// # Errors
+/// As [`simulate`]; an empty batch is [`BackendError::Options`].
+pub fn simulate_batch(
+    backend: &dyn SecureBackend,
+    model: &SecureModel,
+    weights: &ModelWeights,
+    inputs: &[&[f32]],
+    options: &str,
+    timeout: Option<Duration>,
+) -> Result<SimReport, BackendError> {
+    if inputs.is_empty() {
+        return Err(BackendError::Options(
+            "a batch needs at least one image".into(),
+        ));
+    }
     let expected = backend.expected_cost(model, options)?;
     let keys = fresh_session_keys();
     let tracker = RoundTracker::new();
@@ -332,7 +405,8 @@ pub fn simulate(
             backend,
             model,
             weights: (role == Role::Server).then_some(weights),
-            input: (role == Role::Client).then_some(input),
+            inputs: (role == Role::Client).then_some(inputs),
+            lanes: inputs.len(),
             options,
             keys: &k,
             tracker: &tracker,
@@ -372,9 +446,12 @@ pub fn simulate(
         }
     };
     let (setup, offline, online) = (phase(0, &rs), phase(1, &rs), phase(2, &rs));
+    let outputs = std::mem::take(&mut rs[0].outputs);
     Ok(SimReport {
         backend: backend.name().to_string(),
-        output: std::mem::replace(&mut rs[0].output, PartyOutput::Nothing),
+        output: outputs[0].clone(),
+        outputs,
+        batch: inputs.len(),
         setup,
         offline,
         online,
