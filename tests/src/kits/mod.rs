@@ -12,6 +12,7 @@
 
 pub mod arch;
 pub mod backend;
+pub mod batch;
 pub mod strategy;
 
 /// The result of a kit: `Err` says which plugin broke which rule.

@@ -72,3 +72,17 @@ fn every_private_backend_conforms_against_plain() {
         assert!(private.iter().any(|n| n == name), "{name}: {private:?}");
     }
 }
+
+#[test]
+fn every_private_backend_runs_a_batch_in_the_rounds_of_one_image() {
+    let r = knapsec_builtin::registry().unwrap();
+    for name in r.backend_names() {
+        let b = r.backend(&name).unwrap();
+        if !b.is_private() {
+            continue;
+        }
+        if let Err(e) = knapsec_tests::kits::batch::check_batch(&*b, 3, 0.01) {
+            panic!("{e}");
+        }
+    }
+}
