@@ -167,6 +167,23 @@ pub struct SecureModel {
 }
 
 impl SecureModel {
+    /// A model of the current format, without calibration.
+    pub fn new(
+        arch: impl Into<String>,
+        frac_bits: u32,
+        output_kind: OutputKind,
+        nodes: Vec<Node>,
+    ) -> Self {
+        SecureModel {
+            format: MODEL_FORMAT,
+            arch: arch.into(),
+            frac_bits,
+            output_kind,
+            nodes,
+            calibration: None,
+        }
+    }
+
     /// `[C, H, W]` of the input image.
     pub fn input_shape(&self) -> Shape {
         self.nodes.first().map(|n| n.shape).unwrap_or([0; 3])

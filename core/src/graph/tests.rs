@@ -34,29 +34,10 @@ fn tiny() -> (SecureModel, ModelWeights) {
             shape: [2, 4, 4],
         },
     ];
-    let model = SecureModel {
-        format: MODEL_FORMAT,
-        arch: "toy".into(),
-        frac_bits: 12,
-        output_kind: OutputKind::Segmentation,
-        nodes,
-        calibration: None,
-    };
-    let mut w = ModelWeights::default();
-    w.tensors.insert(
-        "conv.w".into(),
-        FixedTensor {
-            shape: vec![2, 1, 3, 3],
-            data: (0..18).collect(),
-        },
-    );
-    w.tensors.insert(
-        "conv.b".into(),
-        FixedTensor {
-            shape: vec![2],
-            data: vec![-5, 7],
-        },
-    );
+    let model = SecureModel::new("toy", 12, OutputKind::Segmentation, nodes);
+    let w = ModelWeights::default()
+        .with("conv.w", vec![2, 1, 3, 3], (0..18).collect())
+        .with("conv.b", vec![2], vec![-5, 7]);
     (model, w)
 }
 

@@ -24,6 +24,13 @@ pub struct ModelWeights {
 }
 
 impl ModelWeights {
+    /// These weights with the tensor `name` of `shape` holding `data` (row-major).
+    pub fn with(mut self, name: impl Into<String>, shape: Vec<usize>, data: Vec<i64>) -> Self {
+        self.tensors
+            .insert(name.into(), FixedTensor { shape, data });
+        self
+    }
+
     /// The tensor `name`, or an error naming it.
     pub fn get(&self, name: &str) -> Result<&FixedTensor> {
         self.tensors

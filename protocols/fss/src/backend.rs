@@ -4,9 +4,11 @@
 //! Phases ([`SecureBackend::open_session`], [`PartySession`]): once per session the helper
 //! tells the server (1 byte) whether it still holds this session's masked weights, and if not
 //! the server sends them; per inference, offline: the contributions and keys (`securenn`'s
-//! [`exchange`]: every party contributes fresh randomness to each inference's pair keys), then the offline work (the helper deals the comparison keys and masks, [`crate::gate`]; the
-//! client's shares of the linear layers, [`crate::exec`]) and the online phase. The helper
-//! keeps the masked weights of its [`SESSIONS_KEPT`] most recently used sessions.
+//! [`exchange_keyed`] under this backend's [`KEY_LABEL`]: every party contributes fresh
+//! randomness to each inference's pair keys), then the offline work (the helper deals the
+//! comparison keys and masks, [`crate::gate`]; the client's shares of the linear layers,
+//! [`crate::exec`]) and the online phase. The helper keeps the masked weights of its
+//! [`SESSIONS_KEPT`] most recently used sessions.
 
 use crate::error::{FssError, Result};
 use crate::exec::{Plan, Preprocessing, Session};
@@ -19,6 +21,7 @@ use knapsec_core::registry::BackendRegistration;
 use knapsec_core::transport::Role;
 use knapsec_core::transport::Transport;
 use knapsec_ring::Prg;
+use knapsec_securenn::backend::exchange_keyed;
 use knapsec_securenn::ctx::{Ctx, InferenceKeys};
 use knapsec_securenn::linear::HelperWeights;
 use knapsec_securenn::{Options, SecureNnError, profile};
@@ -28,23 +31,6 @@ use std::sync::{Arc, Mutex};
 /// The label of this backend's per-inference key derivation (distinct from `securenn`'s, so
 /// that the two backends never draw the same streams from one session's keys).
 pub const KEY_LABEL: &[u8] = b"knapsec-fss inference key v1";
-
-/// Exchanges inference `index`'s contributions (the runtime's
-/// [`knapsec_runtime::exchange_contributions`]: a fresh 16-byte value from every party to
-/// both others, repeats refused) and sets the derived per-inference keys in `ctx`.
-///
-/// # Errors
-/// A repeated or malformed contribution, the OS random generator, or the transport.
-pub fn exchange(
-    ctx: &mut Ctx<'_>,
-    keys: &SessionKeys,
-    model_hash: &str,
-    index: u64,
-) -> Result<InferenceKeys> {
-    Ok(knapsec_securenn::backend::exchange_keyed(
-        ctx, keys, KEY_LABEL, model_hash, index,
-    )?)
-}
 
 /// The masked weights of one session's linear layers.
 type Masked = Arc<Vec<Option<HelperWeights>>>;
@@ -134,7 +120,7 @@ impl FssSession<'_> {
     fn offline(&mut self, inference: u64, transport: &mut dyn Transport) -> Result<()> {
         let role = self.session.role;
         let mut ctx = Ctx::new(role, transport, self.keys);
-        let ik = exchange(&mut ctx, self.keys, &self.model_hash, inference)?;
+        let ik = exchange_keyed(&mut ctx, self.keys, KEY_LABEL, &self.model_hash, inference)?;
         let mut private = if role == Role::Helper {
             // The dealer's own randomness (the masked decision bits), fresh per inference.
             let mut seed = [0u8; 32];

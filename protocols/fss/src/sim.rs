@@ -5,7 +5,7 @@
 //! harness; the preprocessing each party holds between the phases (DCF keys and masks) is
 //! reported too.
 
-use crate::backend::exchange;
+use crate::backend::KEY_LABEL;
 use crate::error::{FssError, Result};
 use crate::exec::{ClosedForm, Plan, Session};
 use knapsec_core::backend::{PartyOutput, SessionKeys};
@@ -15,6 +15,7 @@ use knapsec_net::{CommReport, Metered, RoundTracker, memory_network};
 use knapsec_ring::Prg;
 use knapsec_runtime::process_cpu_seconds;
 use knapsec_runtime::sim::{ANOTHER_FAILED, PhaseBarrier, run_parties};
+use knapsec_securenn::backend::exchange_keyed;
 use knapsec_securenn::ctx::Ctx;
 use knapsec_securenn::sim::PhaseReport;
 use knapsec_securenn::{Options, SecureNnError, profile};
@@ -102,7 +103,7 @@ fn party(
     let start = Instant::now();
     let (mut pre, ik) = {
         let mut ctx = Ctx::new(role, &mut t, keys);
-        let ik = exchange(&mut ctx, keys, &model.public_hash(), 0)?;
+        let ik = exchange_keyed(&mut ctx, keys, KEY_LABEL, &model.public_hash(), 0)?;
         let mut private = (role == Role::Helper).then(|| Prg::new(&keys.private, "fss/dealer"));
         (session.offline(&mut ctx, private.as_mut())?, ik)
     };

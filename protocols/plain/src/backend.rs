@@ -201,7 +201,7 @@ inventory::submit! {
 mod tests {
     use super::*;
     use knapsec_core::backend::SessionKeys;
-    use knapsec_core::graph::{MODEL_FORMAT, Node, OutputKind};
+    use knapsec_core::graph::{Node, OutputKind};
     use knapsec_core::transport::{Transport, TransportError};
     use std::collections::VecDeque;
     use std::sync::{Arc as StdArc, Mutex};
@@ -266,29 +266,10 @@ mod tests {
                 shape: [3, 1, 1],
             },
         ];
-        let model = SecureModel {
-            format: MODEL_FORMAT,
-            arch: "t".into(),
-            frac_bits: 8,
-            output_kind: OutputKind::Classification,
-            nodes,
-            calibration: None,
-        };
-        let mut w = ModelWeights::default();
-        w.tensors.insert(
-            "w".into(),
-            FixedTensor {
-                shape: vec![3, 2],
-                data: vec![256, 0, 0, 256, -256, 0],
-            },
-        );
-        w.tensors.insert(
-            "b".into(),
-            FixedTensor {
-                shape: vec![3],
-                data: vec![0, 128, 0],
-            },
-        );
+        let model = SecureModel::new("t", 8, OutputKind::Classification, nodes);
+        let w = ModelWeights::default()
+            .with("w", vec![3, 2], vec![256, 0, 0, 256, -256, 0])
+            .with("b", vec![3], vec![0, 128, 0]);
         (model, w)
     }
 

@@ -402,7 +402,6 @@ pub fn block_relu(x: &RingTensor, blocks: &[BlockSize]) -> knapsec_ring::Result<
 #[cfg(test)]
 mod tests {
     use super::*;
-    use knapsec_core::graph::{FixedTensor, MODEL_FORMAT};
 
     const F: u32 = 8;
 
@@ -416,14 +415,7 @@ mod tests {
     }
 
     fn model(nodes: Vec<Node>, kind: OutputKind) -> SecureModel {
-        SecureModel {
-            format: MODEL_FORMAT,
-            arch: "test".into(),
-            frac_bits: F,
-            output_kind: kind,
-            nodes,
-            calibration: None,
-        }
+        SecureModel::new("test", F, kind, nodes)
     }
 
     fn fixed(v: f64) -> i64 {
@@ -467,21 +459,9 @@ mod tests {
             [1, 2, 2],
             [1, 1, 1],
         );
-        let mut w = ModelWeights::default();
-        w.tensors.insert(
-            "w".into(),
-            FixedTensor {
-                shape: vec![1, 1, 2, 2],
-                data: vec![fixed(0.5), fixed(-0.25), 3, 0],
-            },
-        );
-        w.tensors.insert(
-            "b".into(),
-            FixedTensor {
-                shape: vec![1],
-                data: vec![fixed(1.0)],
-            },
-        );
+        let w = ModelWeights::default()
+            .with("w", vec![1, 1, 2, 2], vec![fixed(0.5), fixed(-0.25), 3, 0])
+            .with("b", vec![1], vec![fixed(1.0)]);
         let x = [1.0f32, 2.0, -1.0 / 256.0, 7.0];
         let out = evaluate(&m, &w, &x).unwrap();
         // products at 2^16: 256·128 + 512·(−64) + (−1)·3 + 0 = −3 → floor(−3 / 256) = −1, + 256.
@@ -499,13 +479,10 @@ mod tests {
             [3, 1, 1],
             [2, 1, 1],
         );
-        let mut w = ModelWeights::default();
-        w.tensors.insert(
-            "w".into(),
-            FixedTensor {
-                shape: vec![2, 3],
-                data: vec![fixed(1.0), fixed(2.0), 0, fixed(-1.0), 0, fixed(0.5)],
-            },
+        let w = ModelWeights::default().with(
+            "w",
+            vec![2, 3],
+            vec![fixed(1.0), fixed(2.0), 0, fixed(-1.0), 0, fixed(0.5)],
         );
         let out = evaluate(&m, &w, &[1.5, -0.5, 3.0]).unwrap();
         assert_eq!(out.fixed.to_i64(), vec![fixed(0.5), fixed(0.0)]);

@@ -253,7 +253,7 @@ pub fn evaluate_f64(
 mod tests {
     use super::*;
     use crate::eval::evaluate;
-    use knapsec_core::graph::{FixedTensor, MODEL_FORMAT, Node, OutputKind, encode_fixed};
+    use knapsec_core::graph::{FixedTensor, Node, OutputKind, encode_fixed};
     use proptest::prelude::*;
 
     const F: u32 = 16;
@@ -329,14 +329,7 @@ mod tests {
                 [5, 1, 1],
             ),
         ];
-        SecureModel {
-            format: MODEL_FORMAT,
-            arch: "t".into(),
-            frac_bits: F,
-            output_kind: OutputKind::Classification,
-            nodes,
-            calibration: None,
-        }
+        SecureModel::new("t", F, OutputKind::Classification, nodes)
     }
 
     fn weights(c: u32, vals: &[f64]) -> ModelWeights {
@@ -404,14 +397,7 @@ mod tests {
                 shape: [1, 1, 3],
             },
         ];
-        let m = SecureModel {
-            format: MODEL_FORMAT,
-            arch: "t".into(),
-            frac_bits: F,
-            output_kind: OutputKind::Segmentation,
-            nodes,
-            calibration: None,
-        };
+        let m = SecureModel::new("t", F, OutputKind::Segmentation, nodes);
         let w = ModelWeights::default();
         let x = [1.0f32, -0.5, -0.25];
         let real = evaluate_f64(&m, &w, &x).unwrap();
@@ -445,22 +431,8 @@ mod tests {
                 shape: [2, 3, 3],
             },
         ];
-        let m = SecureModel {
-            format: MODEL_FORMAT,
-            arch: "t".into(),
-            frac_bits: F,
-            output_kind: OutputKind::Segmentation,
-            nodes,
-            calibration: None,
-        };
-        let mut w = ModelWeights::default();
-        w.tensors.insert(
-            "w".into(),
-            FixedTensor {
-                shape: vec![2, 1, 1, 1],
-                data: vec![1 << F, 1 << F],
-            },
-        );
+        let m = SecureModel::new("t", F, OutputKind::Segmentation, nodes);
+        let w = ModelWeights::default().with("w", vec![2, 1, 1, 1], vec![1 << F, 1 << F]);
         let x = [0.5f32; 36];
         for e in [
             evaluate_f64(&m, &w, &x).unwrap_err().to_string(),

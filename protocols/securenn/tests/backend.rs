@@ -4,17 +4,14 @@
 
 use knapsec_core::backend::{PartyJob, PartyOutput, SecureBackend, SessionKeys};
 use knapsec_core::block::BlockSize;
-use knapsec_core::graph::OutputKind;
+use knapsec_core::graph::{ModelWeights, OutputKind, SecureModel};
 use knapsec_core::graph_build::{ConvSpec, GraphBuilder, random_weights};
 use knapsec_core::transport::{Role, Transport, TransportError};
 use knapsec_net::{Metered, memory_network};
 use knapsec_securenn::{SecureNn, sim::run_backend};
 use std::time::Duration;
 
-fn model() -> (
-    knapsec_core::graph::SecureModel,
-    knapsec_core::graph::ModelWeights,
-) {
+fn model() -> (SecureModel, ModelWeights) {
     let mut g = GraphBuilder::new("tiny", 12, [2, 6, 6]);
     let c = g
         .conv("conv", g.input(), ConvSpec::square(4, 3, 1, 1), Some("bn"))
@@ -36,6 +33,27 @@ fn model() -> (
     let (m, _) = g.finish(OutputKind::Classification).unwrap();
     let w = random_weights(&m, 1);
     (m, w)
+}
+
+/// One party's job of inference `inference` of `model` with the default options: the server
+/// gets the weights, the client the input.
+fn job<'a>(
+    role: Role,
+    (model, weights, input): (&'a SecureModel, &'a ModelWeights, &'a [f32]),
+    keys: &'a SessionKeys,
+    inference: u64,
+    transport: &'a mut dyn Transport,
+) -> PartyJob<'a> {
+    PartyJob {
+        role,
+        model,
+        weights: (role == Role::Server).then_some(weights),
+        input: (role == Role::Client).then_some(input),
+        options: "",
+        keys,
+        inference,
+        transport,
+    }
 }
 
 /// Fixed pair keys (a zero private seed), so that two runs are the same session.
@@ -92,16 +110,7 @@ fn backend_runs_and_the_helper_keeps_the_masked_weights() {
                 .map(|(mut t, role)| {
                     let (m, w, x, keys, backend) = (&m, &w, &x, &keys, &backend);
                     s.spawn(move || {
-                        let job = PartyJob {
-                            role,
-                            model: m,
-                            weights: (role == Role::Server).then_some(w),
-                            input: (role == Role::Client).then_some(x.as_slice()),
-                            options: "",
-                            keys,
-                            inference: 0,
-                            transport: &mut t,
-                        };
+                        let job = job(role, (m, w, x), keys, 0, &mut t);
                         let out = backend.run(job).unwrap();
                         (out, t.report())
                     })
@@ -135,16 +144,7 @@ fn a_missing_helper_is_an_error_naming_it() {
             let (m, w, x, keys, backend) = (&m, &w, &x, &keys, &backend);
             sc.spawn(move || {
                 t.set_timeout(Some(Duration::from_secs(10)));
-                let job = PartyJob {
-                    role,
-                    model: m,
-                    weights: (role == Role::Server).then_some(w),
-                    input: (role == Role::Client).then_some(x.as_slice()),
-                    options: "",
-                    keys,
-                    inference: 0,
-                    transport: &mut t as &mut dyn Transport,
-                };
+                let job = job(role, (m, w, x), keys, 0, &mut t);
                 backend.run(job).unwrap_err().to_string()
             })
         };
@@ -253,16 +253,7 @@ fn replayed_inference(
                         sent: [false; 3],
                         received: Vec::new(),
                     };
-                    let job = PartyJob {
-                        role,
-                        model: m,
-                        weights: (role == Role::Server).then_some(w),
-                        input: (role == Role::Client).then_some(x.as_slice()),
-                        options: "",
-                        keys,
-                        inference: index,
-                        transport: &mut r,
-                    };
+                    let job = job(role, (m, w, x), keys, index, &mut r);
                     let out = backend.run(job).map_err(|e| e.to_string());
                     let received = std::mem::take(&mut r.received);
                     (out, received, firsts)

@@ -100,9 +100,7 @@ fn kit_graph(
 /// and identity channels, then global pooling and a linear layer.
 fn resnet_block(g: &mut GraphBuilder) -> NodeId {
     let x = g.input();
-    let stem = g
-        .conv("conv1", x, ConvSpec::square(8, 3, 1, 1), Some("bn1"))
-        .expect("conv");
+    let stem = conv(g, "conv1", x, ConvSpec::square(8, 3, 1, 1), Some("bn1"));
     let p = |h, w| BlockSize::Patch { h, w };
     let r0 = g
         .block_relu(
@@ -120,14 +118,13 @@ fn resnet_block(g: &mut GraphBuilder) -> NodeId {
             ],
         )
         .expect("relu");
-    let c1 = g
-        .conv(
-            "layer1.0.conv1",
-            r0,
-            ConvSpec::square(8, 3, 1, 1),
-            Some("layer1.0.bn1"),
-        )
-        .expect("conv");
+    let c1 = conv(
+        g,
+        "layer1.0.conv1",
+        r0,
+        ConvSpec::square(8, 3, 1, 1),
+        Some("layer1.0.bn1"),
+    );
     let r1 = g
         .block_relu(
             "layer1_0_1",
@@ -144,14 +141,13 @@ fn resnet_block(g: &mut GraphBuilder) -> NodeId {
             ],
         )
         .expect("relu");
-    let c2 = g
-        .conv(
-            "layer1.0.conv2",
-            r1,
-            ConvSpec::square(8, 3, 1, 1),
-            Some("layer1.0.bn2"),
-        )
-        .expect("conv");
+    let c2 = conv(
+        g,
+        "layer1.0.conv2",
+        r1,
+        ConvSpec::square(8, 3, 1, 1),
+        Some("layer1.0.bn2"),
+    );
     let sum = g.add("layer1.0.add", &[c2, r0]).expect("add");
     g.block_relu(
         "layer1_0_2",
@@ -639,9 +635,13 @@ pub fn check(backend: &dyn SecureBackend) -> KitResult {
 pub fn all_ops_model() -> (SecureModel, ModelWeights, Vec<f32>) {
     let mut g = GraphBuilder::new("kit-all-ops", 12, [3, 10, 10]);
     let x = g.input();
-    let c = g
-        .conv("conv1", x, ConvSpec::square(6, 3, 1, 1), Some("bn1"))
-        .expect("conv");
+    let c = conv(
+        &mut g,
+        "conv1",
+        x,
+        ConvSpec::square(6, 3, 1, 1),
+        Some("bn1"),
+    );
     let blocks = vec![
         BlockSize::RELU,
         BlockSize::Patch { h: 2, w: 2 },
