@@ -21,9 +21,8 @@ use knapsec_core::registry::BackendRegistration;
 use knapsec_core::transport::Role;
 use knapsec_core::transport::Transport;
 use knapsec_ring::Prg;
-use knapsec_securenn::backend::exchange_keyed;
+use knapsec_securenn::backend::{SessionCache, exchange_keyed};
 use knapsec_securenn::ctx::{Ctx, InferenceKeys};
-use knapsec_securenn::linear::HelperWeights;
 use knapsec_securenn::{Options, SecureNnError, profile};
 use rand::TryRngCore;
 use std::sync::{Arc, Mutex};
@@ -32,17 +31,14 @@ use std::sync::{Arc, Mutex};
 /// that the two backends never draw the same streams from one session's keys).
 pub const KEY_LABEL: &[u8] = b"knapsec-fss inference key v1";
 
-/// The masked weights of one session's linear layers.
-type Masked = Arc<Vec<Option<HelperWeights>>>;
-
-/// Sessions whose masked weights a helper keeps.
-pub const SESSIONS_KEPT: usize = 4;
+/// Sessions whose masked weights a helper keeps (`securenn`'s limit).
+pub use knapsec_securenn::backend::SESSIONS_KEPT;
 
 /// The function-secret-sharing backend.
 #[derive(Debug, Default)]
 pub struct Fss {
     /// Helper: masked weights of the most recently used sessions, least recent first.
-    cache: Mutex<Vec<([u8; 32], Masked)>>,
+    cache: Mutex<SessionCache>,
 }
 
 knapsec_core::inventory::submit! {
@@ -50,25 +46,6 @@ knapsec_core::inventory::submit! {
 }
 
 impl Fss {
-    fn cached(&self, id: &[u8; 32]) -> Option<Masked> {
-        let mut c = self.cache.lock().ok()?;
-        let i = c.iter().position(|(k, _)| k == id)?;
-        let e = c.remove(i);
-        let m = Arc::clone(&e.1);
-        c.push(e);
-        Some(m)
-    }
-
-    fn keep(&self, id: [u8; 32], masked: Masked) {
-        if let Ok(mut c) = self.cache.lock() {
-            c.retain(|(k, _)| *k != id);
-            if c.len() >= SESSIONS_KEPT {
-                c.remove(0);
-            }
-            c.push((id, masked));
-        }
-    }
-
     /// The session's setup: the helper says whether it holds the masked weights, the server
     /// sends them if not.
     fn open<'a>(&self, job: SessionJob<'a>, transport: &mut dyn Transport) -> Result<Session<'a>> {
@@ -82,27 +59,7 @@ impl Fss {
             *h.finalize().as_bytes()
         };
         let mut ctx = Ctx::new(job.role, transport, job.keys);
-        ctx.scope("session", "setup");
-        match job.role {
-            Role::Helper => {
-                let cached = self.cached(&session_id);
-                ctx.send_bytes(Role::Server, vec![u8::from(cached.is_some())])?;
-                match cached {
-                    Some(m) => session.set_masked(m.as_ref().clone()),
-                    None => {
-                        session.setup(&mut ctx)?;
-                        self.keep(session_id, Arc::new(session.masked().to_vec()));
-                    }
-                }
-            }
-            Role::Server => {
-                let flag = ctx.recv_bytes(Role::Helper, 1)?;
-                if flag[0] == 0 {
-                    session.setup(&mut ctx)?;
-                }
-            }
-            Role::Client => {}
-        }
+        session.setup_cached(&mut ctx, &self.cache, session_id)?;
         Ok(session)
     }
 }

@@ -28,7 +28,7 @@ use knapsec_core::transport::Transport;
 use std::sync::{Arc, Mutex};
 
 /// The masked weights of one session's linear layers.
-type Masked = Arc<Vec<Option<HelperWeights>>>;
+pub type Masked = Arc<Vec<Option<HelperWeights>>>;
 
 /// Sessions whose masked weights a helper keeps (a ResNet50's are about 400 MB: `F` and the
 /// ring kernel's second operands of it, made once per session).
@@ -36,14 +36,17 @@ pub const SESSIONS_KEPT: usize = 4;
 
 /// The helper's masked weights of its most recently used sessions, least recent first: a
 /// helper serving many sessions keeps at most [`SESSIONS_KEPT`] of them.
+///
+/// Shared by the backends that run this crate's linear setup (`fss` too): see
+/// [`Session::setup_cached`].
 #[derive(Debug, Default)]
-struct SessionCache {
+pub struct SessionCache {
     entries: Vec<([u8; 32], Masked)>,
 }
 
 impl SessionCache {
     /// The weights of session `id`, which becomes the most recently used.
-    fn get(&mut self, id: &[u8; 32]) -> Option<Masked> {
+    pub fn get(&mut self, id: &[u8; 32]) -> Option<Masked> {
         let i = self.entries.iter().position(|(k, _)| k == id)?;
         let entry = self.entries.remove(i);
         let masked = Arc::clone(&entry.1);
@@ -52,7 +55,7 @@ impl SessionCache {
     }
 
     /// Keeps the weights of session `id`, dropping the least recently used beyond the limit.
-    fn put(&mut self, id: [u8; 32], masked: Masked) {
+    pub fn put(&mut self, id: [u8; 32], masked: Masked) {
         self.entries.retain(|(k, _)| *k != id);
         if self.entries.len() >= SESSIONS_KEPT {
             self.entries.remove(0);
@@ -195,36 +198,7 @@ impl SecureNn {
         };
         let mut ctx = Ctx::new(job.role, job.transport, job.keys);
         exchange_contributions(&mut ctx, job.keys, &model_hash, job.inference)?;
-        ctx.scope("session", "setup");
-        match job.role {
-            Role::Helper => {
-                let cached = self
-                    .cache
-                    .lock()
-                    .map_err(|_| SecureNnError::Thread {
-                        role: Role::Helper,
-                        message: "cache poisoned".into(),
-                    })?
-                    .get(&session_id);
-                ctx.send_bytes(Role::Server, vec![u8::from(cached.is_some())])?;
-                match cached {
-                    Some(m) => session.set_masked(m.as_ref().clone()),
-                    None => {
-                        session.setup(&mut ctx)?;
-                        if let Ok(mut c) = self.cache.lock() {
-                            c.put(session_id, Arc::new(session.masked().to_vec()));
-                        }
-                    }
-                }
-            }
-            Role::Server => {
-                let flag = ctx.recv_bytes(Role::Helper, 1)?;
-                if flag[0] == 0 {
-                    session.setup(&mut ctx)?;
-                }
-            }
-            Role::Client => {}
-        }
+        session.setup_cached(&mut ctx, &self.cache, session_id)?;
         let pre = session.offline(&mut ctx)?;
         session.online(&mut ctx, pre, job.input)
     }

@@ -10,10 +10,12 @@ use knapsec_core::backend::PartyOutput;
 use knapsec_core::graph::{ModelWeights, SecureModel};
 use knapsec_core::transport::Role;
 use knapsec_ring::Prg;
+use knapsec_securenn::backend::SessionCache;
 use knapsec_securenn::ctx::Ctx;
 use knapsec_securenn::exec::ops;
 use knapsec_securenn::linear::HelperWeights;
 use knapsec_securenn::{Options, SecureNnError};
+use std::sync::Mutex;
 
 /// One party's preprocessing of one inference.
 #[derive(Debug, Default)]
@@ -83,6 +85,17 @@ impl<'m> Session<'m> {
     /// helper (`securenn`'s setup).
     pub fn setup(&mut self, ctx: &mut Ctx<'_>) -> Result<()> {
         Ok(self.shared.setup(ctx)?)
+    }
+
+    /// The setup unless the helper still holds session `id`'s masked weights in `cache`
+    /// (`securenn`'s [`knapsec_securenn::Session::setup_cached`]).
+    pub fn setup_cached(
+        &mut self,
+        ctx: &mut Ctx<'_>,
+        cache: &Mutex<SessionCache>,
+        id: [u8; 32],
+    ) -> Result<()> {
+        Ok(self.shared.setup_cached(ctx, cache, id)?)
     }
 
     /// The offline phase of one inference (per-inference keys set in `ctx`); the helper

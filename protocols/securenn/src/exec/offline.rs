@@ -5,6 +5,7 @@
 //! [`crate::select`]).
 
 use super::plan::{NodePlan, Plan};
+use crate::backend::SessionCache;
 use crate::ctx::{Ctx, stream};
 use crate::error::{Result, SecureNnError};
 use crate::linear::{self, HelperWeights, LayerWeights, LinearPre};
@@ -13,6 +14,7 @@ use crate::select::{self, SelectPre};
 use knapsec_core::graph::{ModelWeights, SecureModel};
 use knapsec_core::transport::Role;
 use knapsec_ring::RingTensor;
+use std::sync::{Arc, Mutex};
 
 /// One party's preprocessing of one inference.
 #[derive(Debug)]
@@ -148,6 +150,45 @@ impl<'m> Session<'m> {
                 Role::Helper => self.masked[i] = Some(linear::setup_helper(ctx, l)?),
                 Role::Client => {}
             }
+        }
+        Ok(())
+    }
+
+    /// The per-session setup unless the helper still holds the masked weights of session
+    /// `id` in `cache`: the helper tells the server (1 byte) whether it does, the server sends
+    /// them if not, and the helper keeps what it receives.
+    pub fn setup_cached(
+        &mut self,
+        ctx: &mut Ctx<'_>,
+        cache: &Mutex<SessionCache>,
+        id: [u8; 32],
+    ) -> Result<()> {
+        ctx.scope("session", "setup");
+        let role = self.role;
+        let poisoned = || SecureNnError::Thread {
+            role,
+            message: "cache poisoned".into(),
+        };
+        match role {
+            Role::Helper => {
+                let cached = cache.lock().map_err(|_| poisoned())?.get(&id);
+                ctx.send_bytes(Role::Server, vec![u8::from(cached.is_some())])?;
+                match cached {
+                    Some(m) => self.set_masked(m.as_ref().clone()),
+                    None => {
+                        self.setup(ctx)?;
+                        let masked = Arc::new(self.masked.clone());
+                        cache.lock().map_err(|_| poisoned())?.put(id, masked);
+                    }
+                }
+            }
+            Role::Server => {
+                let flag = ctx.recv_bytes(Role::Helper, 1)?;
+                if flag[0] == 0 {
+                    self.setup(ctx)?;
+                }
+            }
+            Role::Client => {}
         }
         Ok(())
     }
