@@ -145,25 +145,17 @@ mod tests {
     use knapsec_core::block::BlockSize;
     use knapsec_core::drelu::{DreluChoice, DreluWindow, SiteStats};
     use knapsec_core::graph::{ModelWeights, OutputKind, SecureModel};
-    use knapsec_core::graph_build::{ConvSpec, GraphBuilder, random_weights};
+    use knapsec_core::graph_build::{GraphBuilder, random_weights};
 
     fn net() -> (SecureModel, ModelWeights) {
         let mut g = GraphBuilder::new("approx", 12, [3, 8, 8]);
-        let c = g
-            .conv("conv", g.input(), ConvSpec::square(4, 3, 1, 1), Some("bn"))
-            .unwrap();
-        let r = g
-            .block_relu(
-                "relu",
-                c,
-                vec![
-                    BlockSize::RELU,
-                    BlockSize::Patch { h: 2, w: 3 },
-                    BlockSize::Identity,
-                    BlockSize::Patch { h: 3, w: 3 },
-                ],
-            )
-            .unwrap();
+        let blocks = vec![
+            BlockSize::RELU,
+            BlockSize::Patch { h: 2, w: 3 },
+            BlockSize::Identity,
+            BlockSize::Patch { h: 3, w: 3 },
+        ];
+        let r = crate::cases::conv_block_relu(&mut g, blocks);
         let p = g.max_pool("pool", r, [3, 3], [2, 2], [1, 1]).unwrap();
         g.relu6("r6", p).unwrap();
         let (m, _) = g.finish(OutputKind::Segmentation).unwrap();

@@ -123,6 +123,15 @@ pub fn misc_ops() -> Case {
     Case::new("relu6, max pool, add, concat", g, (0, 0))
 }
 
+/// A 4-channel 3×3 convolution `conv` (BatchNorm `bn`) of the input, then a block ReLU
+/// `relu` with `blocks`: the start of the small graphs of several tests.
+pub fn conv_block_relu(g: &mut GraphBuilder, blocks: Vec<BlockSize>) -> NodeId {
+    let c = g
+        .conv("conv", g.input(), ConvSpec::square(4, 3, 1, 1), Some("bn"))
+        .expect("conv");
+    g.block_relu("relu", c, blocks).expect("relu")
+}
+
 /// The trunk of [`misc_ops`] on a `[3, 8, 8]` input: ReLU6, a 3×3 max pool (stride 2,
 /// padding 1) of it and a 2×2 one of the input, their sum, concatenated with the latter
 /// (6 channels of 4×4).

@@ -5,7 +5,7 @@
 use knapsec_core::backend::{PartyJob, PartyOutput, SecureBackend, SessionKeys};
 use knapsec_core::block::BlockSize;
 use knapsec_core::graph::{ModelWeights, OutputKind, SecureModel};
-use knapsec_core::graph_build::{ConvSpec, GraphBuilder, random_weights};
+use knapsec_core::graph_build::{GraphBuilder, random_weights};
 use knapsec_core::transport::{Role, Transport, TransportError};
 use knapsec_net::{Metered, memory_network};
 use knapsec_securenn::{SecureNn, sim::run_backend};
@@ -13,21 +13,13 @@ use std::time::Duration;
 
 fn model() -> (SecureModel, ModelWeights) {
     let mut g = GraphBuilder::new("tiny", 12, [2, 6, 6]);
-    let c = g
-        .conv("conv", g.input(), ConvSpec::square(4, 3, 1, 1), Some("bn"))
-        .unwrap();
-    let r = g
-        .block_relu(
-            "relu",
-            c,
-            vec![
-                BlockSize::RELU,
-                BlockSize::Patch { h: 2, w: 2 },
-                BlockSize::Identity,
-                BlockSize::RELU,
-            ],
-        )
-        .unwrap();
+    let blocks = vec![
+        BlockSize::RELU,
+        BlockSize::Patch { h: 2, w: 2 },
+        BlockSize::Identity,
+        BlockSize::RELU,
+    ];
+    let r = knapsec_plain::cases::conv_block_relu(&mut g, blocks);
     let p = g.global_avg_pool("gap", r).unwrap();
     g.linear("fc", p, 3, true).unwrap();
     let (m, _) = g.finish(OutputKind::Classification).unwrap();

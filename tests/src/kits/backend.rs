@@ -282,15 +282,10 @@ pub fn kit_graphs() -> Vec<KitGraph> {
         )
         .collect();
     // the secure argmax per pixel: the label map only
+    let sq = ConvSpec::square;
     let mut g = GraphBuilder::new("kit-argmax-map", 12, [3, 6, 6]);
     let x = g.input();
-    let c = conv(
-        &mut g,
-        "backbone",
-        x,
-        ConvSpec::square(6, 3, 1, 1),
-        Some("bn"),
-    );
+    let c = conv(&mut g, "backbone", x, sq(6, 3, 1, 1), Some("bn"));
     let p = |h, w| BlockSize::Patch { h, w };
     let blocks = vec![
         BlockSize::RELU,
@@ -633,15 +628,10 @@ pub fn check(backend: &dyn SecureBackend) -> KitResult {
 
 /// The small all-ops graph of rule 4, its random weights and an input.
 pub fn all_ops_model() -> (SecureModel, ModelWeights, Vec<f32>) {
+    let sq = ConvSpec::square;
     let mut g = GraphBuilder::new("kit-all-ops", 12, [3, 10, 10]);
     let x = g.input();
-    let c = conv(
-        &mut g,
-        "conv1",
-        x,
-        ConvSpec::square(6, 3, 1, 1),
-        Some("bn1"),
-    );
+    let c = conv(&mut g, "conv1", x, sq(6, 3, 1, 1), Some("bn1"));
     let blocks = vec![
         BlockSize::RELU,
         BlockSize::Patch { h: 2, w: 2 },

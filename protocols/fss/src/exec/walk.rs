@@ -212,14 +212,10 @@ pub(super) fn walk(
                 }
             }
             local => {
-                if computing {
-                    let inputs: Vec<&RingTensor> = (0..gnode.inputs.len()).map(get).collect();
-                    ops::local(local, &inputs)
-                        .expect("every other op is local")
-                        .map_err(|e| ring(ctx, e))?
-                } else {
-                    empty()
-                }
+                let inputs: Vec<&RingTensor> = (0..gnode.inputs.len()).map(get).collect();
+                ops::local(local, &inputs, computing)
+                    .expect("every other op is local")
+                    .map_err(|e| ring(ctx, e))?
             }
         };
         if computing && out.len() != numel {

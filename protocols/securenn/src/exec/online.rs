@@ -147,14 +147,10 @@ impl Session<'_> {
                     }
                 }
                 local => {
-                    if party {
-                        let inputs: Vec<&RingTensor> = (0..gnode.inputs.len()).map(get).collect();
-                        ops::local(local, &inputs)
-                            .expect("every other op is local")
-                            .map_err(|e| ring(ctx, e))?
-                    } else {
-                        RingTensor::zeros(&[0])
-                    }
+                    let inputs: Vec<&RingTensor> = (0..gnode.inputs.len()).map(get).collect();
+                    ops::local(local, &inputs, party)
+                        .expect("every other op is local")
+                        .map_err(|e| ring(ctx, e))?
                 }
             };
             if party && out.len() != shape.iter().product::<usize>() {

@@ -39,11 +39,24 @@ pub fn last_use(model: &SecureModel) -> Vec<usize> {
 }
 
 /// Runs a local op (average and global average pooling, add, concat, broadcast) on this
-/// party's shares of its inputs; `None` for the ops that need the other parties.
+/// party's shares of its inputs, or gives an empty share where the party holds no values in
+/// this phase (`computing` false); `None` for the ops that need the other parties.
 pub fn local(
     node: &NodePlan,
     inputs: &[&RingTensor],
+    computing: bool,
 ) -> Option<std::result::Result<RingTensor, RingError>> {
+    if !computing {
+        return matches!(
+            node,
+            NodePlan::AvgPool { .. }
+                | NodePlan::GlobalAvgPool { .. }
+                | NodePlan::Add
+                | NodePlan::Concat
+                | NodePlan::Broadcast { .. }
+        )
+        .then(|| Ok(RingTensor::zeros(&[0])));
+    }
     let r = match node {
         NodePlan::AvgPool {
             kernel,
