@@ -50,7 +50,12 @@ impl Fss {
     /// sends them if not.
     fn open<'a>(&self, job: SessionJob<'a>, transport: &mut dyn Transport) -> Result<Session<'a>> {
         let options = Options::parse(job.options)?;
-        let mut session = Session::new(job.role, job.model, job.weights, options)?;
+        let mut session = Session::from(knapsec_securenn::Session::new(
+            job.role,
+            job.model,
+            job.weights,
+            options,
+        )?);
         let session_id = {
             let mut h = blake3::Hasher::new();
             h.update(b"knapsec-fss session");

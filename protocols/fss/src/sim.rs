@@ -64,7 +64,9 @@ fn party(
     options: Options,
     keys: &SessionKeys,
 ) -> Result<PartyResult> {
-    let mut session = Session::new(role, model, weights, options)?;
+    let mut session = Session::from(knapsec_securenn::Session::new(
+        role, model, weights, options,
+    )?);
     let wait = || {
         barrier.wait(role).map_err(|_| SecureNnError::Thread {
             role,

@@ -133,23 +133,34 @@ fn linear_layers_are_within_one_truncation_and_free_online() {
 // The labels of whole networks (and the logits under a window) against plain: the backend kit,
 // `check_networks`, for every private backend.
 
-#[test]
-fn resnet18_cifar_with_a_mixed_block_spec_has_its_rounds() {
-    let shapes: Vec<_> = nets::resnet18_cifar_layers(8)
+/// A ResNet18-CIFAR-shaped network of `width` whose random block spec keeps `ratio` of the
+/// DReLUs (`seeds`: spec, weights, input), with the spec's blocks.
+fn resnet(
+    width: u32,
+    ratio: f64,
+    [spec_seed, weight_seed, input_seed]: [u64; 3],
+) -> (SecureModel, ModelWeights, Vec<f32>, Vec<BlockSize>) {
+    let shapes: Vec<_> = nets::resnet18_cifar_layers(width)
         .into_iter()
         .map(|(_, s)| s)
         .collect();
-    let spec = nets::random_spec(&shapes, 0.06, 2);
+    let spec = nets::random_spec(&shapes, ratio, spec_seed);
+    let model = nets::resnet18_cifar(width, 10, Some(&spec)).unwrap();
+    let weights = random_weights(&model, weight_seed);
+    let x = input(&model, input_seed);
+    (model, weights, x, spec.into_iter().flatten().collect())
+}
+
+#[test]
+fn resnet18_cifar_with_a_mixed_block_spec_has_its_rounds() {
+    let (model, weights, x, blocks) = resnet(8, 0.06, [2, 11, 0]);
     // the spec mixes ReLUs, patches and identity channels
-    let all: Vec<&BlockSize> = spec.iter().flatten().collect();
     assert!(
-        all.iter()
+        blocks
+            .iter()
             .any(|b| matches!(b, BlockSize::Patch { h, w } if h * w > 1))
     );
-    assert!(all.contains(&&BlockSize::Identity), "{all:?}");
-    let model = nets::resnet18_cifar(8, 10, Some(&spec)).unwrap();
-    let weights = random_weights(&model, 11);
-    let x = input(&model, 0);
+    assert!(blocks.contains(&BlockSize::Identity), "{blocks:?}");
     let label = Options {
         drelu: DreluMode::Exact,
         reveal: Reveal::Label,
@@ -162,14 +173,7 @@ fn resnet18_cifar_with_a_mixed_block_spec_has_its_rounds() {
 
 #[test]
 fn approximate_keys_are_sized_to_the_compared_bits() {
-    let shapes: Vec<_> = nets::resnet18_cifar_layers(4)
-        .into_iter()
-        .map(|(_, s)| s)
-        .collect();
-    let spec = nets::random_spec(&shapes, 0.2, 3);
-    let model = nets::resnet18_cifar(4, 10, Some(&spec)).unwrap();
-    let weights = random_weights(&model, 12);
-    let x = input(&model, 9);
+    let (model, weights, x, _) = resnet(4, 0.2, [3, 12, 9]);
     let [exact, approx] = [
         DreluMode::Exact,
         DreluMode::Approx {

@@ -159,49 +159,42 @@ pub fn evaluate_f64(
                 kernel,
                 stride,
                 padding,
-                count_include_pad,
-            } => {
-                let [kh, kw] = kernel.map(|v| v as isize);
-                for ch in 0..c {
-                    for oy in 0..oh {
-                        for ox in 0..ow {
-                            let y0 = (oy * stride[0] as usize) as isize - padding[0] as isize;
-                            let x0 = (ox * stride[1] as usize) as isize - padding[1] as isize;
-                            let (mut s, mut n) = (0.0, 0.0);
-                            for y in y0..y0 + kh {
-                                for xx in x0..x0 + kw {
-                                    if let Some(v) = x.at(ch, y, xx) {
-                                        s += v;
-                                        n += 1.0;
-                                    }
-                                }
-                            }
-                            let d = if *count_include_pad {
-                                (kh * kw) as f64
-                            } else {
-                                n
-                            };
-                            out[(ch * oh + oy) * ow + ox] = s / d;
-                        }
-                    }
-                }
+                ..
             }
-            Op::MaxPool {
+            | Op::MaxPool {
                 kernel,
                 stride,
                 padding,
             } => {
+                // average: the window's sum over its size (or its in-bounds count); max: the
+                // largest in-bounds value
+                let average = match &node.op {
+                    Op::AvgPool {
+                        count_include_pad, ..
+                    } => Some(*count_include_pad),
+                    _ => None,
+                };
                 let [kh, kw] = kernel.map(|v| v as isize);
                 for ch in 0..c {
                     for oy in 0..oh {
                         for ox in 0..ow {
                             let y0 = (oy * stride[0] as usize) as isize - padding[0] as isize;
                             let x0 = (ox * stride[1] as usize) as isize - padding[1] as isize;
-                            let m = (y0..y0 + kh)
+                            let values = (y0..y0 + kh)
                                 .flat_map(|y| (x0..x0 + kw).map(move |xx| (y, xx)))
-                                .filter_map(|(y, xx)| x.at(ch, y, xx))
-                                .fold(f64::NEG_INFINITY, f64::max);
-                            out[(ch * oh + oy) * ow + ox] = m;
+                                .filter_map(|(y, xx)| x.at(ch, y, xx));
+                            out[(ch * oh + oy) * ow + ox] = match average {
+                                Some(count_include_pad) => {
+                                    let (s, n) =
+                                        values.fold((0.0, 0.0), |(s, n), v| (s + v, n + 1.0));
+                                    s / if count_include_pad {
+                                        (kh * kw) as f64
+                                    } else {
+                                        n
+                                    }
+                                }
+                                None => values.fold(f64::NEG_INFINITY, f64::max),
+                            };
                         }
                     }
                 }

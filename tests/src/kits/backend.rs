@@ -100,70 +100,22 @@ fn kit_graph(
 /// and identity channels, then global pooling and a linear layer.
 fn resnet_block(g: &mut GraphBuilder) -> NodeId {
     let x = g.input();
-    let stem = conv(g, "conv1", x, ConvSpec::square(8, 3, 1, 1), Some("bn1"));
-    let p = |h, w| BlockSize::Patch { h, w };
-    let r0 = g
-        .block_relu(
-            "relu",
-            stem,
-            vec![
-                BlockSize::RELU,
-                p(2, 2),
-                BlockSize::Identity,
-                p(1, 3),
-                BlockSize::RELU,
-                p(3, 3),
-                BlockSize::Identity,
-                p(4, 4),
-            ],
-        )
-        .expect("relu");
-    let c1 = conv(
-        g,
-        "layer1.0.conv1",
-        r0,
-        ConvSpec::square(8, 3, 1, 1),
-        Some("layer1.0.bn1"),
+    let k3 = ConvSpec::square(8, 3, 1, 1);
+    let (p, relu, id) = (
+        |h, w| BlockSize::Patch { h, w },
+        BlockSize::RELU,
+        BlockSize::Identity,
     );
-    let r1 = g
-        .block_relu(
-            "layer1_0_1",
-            c1,
-            vec![
-                p(2, 2),
-                BlockSize::RELU,
-                BlockSize::Identity,
-                BlockSize::Identity,
-                p(2, 4),
-                BlockSize::RELU,
-                p(8, 8),
-                BlockSize::RELU,
-            ],
-        )
-        .expect("relu");
-    let c2 = conv(
-        g,
-        "layer1.0.conv2",
-        r1,
-        ConvSpec::square(8, 3, 1, 1),
-        Some("layer1.0.bn2"),
-    );
+    let stem = conv(g, "conv1", x, k3, Some("bn1"));
+    let blocks = vec![relu, p(2, 2), id, p(1, 3), relu, p(3, 3), id, p(4, 4)];
+    let r0 = g.block_relu("relu", stem, blocks).expect("relu");
+    let c1 = conv(g, "layer1.0.conv1", r0, k3, Some("layer1.0.bn1"));
+    let blocks = vec![p(2, 2), relu, id, id, p(2, 4), relu, p(8, 8), relu];
+    let r1 = g.block_relu("layer1_0_1", c1, blocks).expect("relu");
+    let c2 = conv(g, "layer1.0.conv2", r1, k3, Some("layer1.0.bn2"));
     let sum = g.add("layer1.0.add", &[c2, r0]).expect("add");
-    g.block_relu(
-        "layer1_0_2",
-        sum,
-        vec![
-            BlockSize::RELU,
-            BlockSize::Identity,
-            p(2, 2),
-            BlockSize::RELU,
-            p(3, 2),
-            BlockSize::RELU,
-            BlockSize::Identity,
-            p(1, 1),
-        ],
-    )
-    .expect("relu")
+    let blocks = vec![relu, id, p(2, 2), relu, p(3, 2), relu, id, p(1, 1)];
+    g.block_relu("layer1_0_2", sum, blocks).expect("relu")
 }
 
 /// A convolution of the kit's graphs (every one is valid by construction).

@@ -7,14 +7,13 @@ use super::walk::{Phase, walk};
 use crate::error::Result;
 use crate::gate::GatePre;
 use knapsec_core::backend::PartyOutput;
-use knapsec_core::graph::{ModelWeights, SecureModel};
 use knapsec_core::transport::Role;
 use knapsec_ring::Prg;
+use knapsec_securenn::SecureNnError;
 use knapsec_securenn::backend::SessionCache;
 use knapsec_securenn::ctx::Ctx;
 use knapsec_securenn::exec::ops;
 use knapsec_securenn::linear::HelperWeights;
-use knapsec_securenn::{Options, SecureNnError};
 use std::sync::Mutex;
 
 /// One party's preprocessing of one inference.
@@ -52,20 +51,18 @@ pub struct Session<'m> {
     pub(super) shared: knapsec_securenn::Session<'m>,
 }
 
-impl<'m> Session<'m> {
-    /// A session for `role`; the server must pass its weights.
-    pub fn new(
-        role: Role,
-        model: &'m SecureModel,
-        weights: Option<&ModelWeights>,
-        options: Options,
-    ) -> Result<Self> {
-        Ok(Session {
-            role,
-            shared: knapsec_securenn::Session::new(role, model, weights, options)?,
-        })
+impl<'m> From<knapsec_securenn::Session<'m>> for Session<'m> {
+    /// This backend's session over `securenn`'s session state (made with
+    /// [`knapsec_securenn::Session::new`]: the server passes its weights).
+    fn from(shared: knapsec_securenn::Session<'m>) -> Self {
+        Session {
+            role: shared.role,
+            shared,
+        }
     }
+}
 
+impl<'m> Session<'m> {
     /// The plan.
     pub fn plan(&self) -> &knapsec_securenn::Plan {
         self.shared.plan()

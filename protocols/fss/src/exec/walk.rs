@@ -195,12 +195,8 @@ pub(super) fn walk(
                 tree,
             } => {
                 ctx.scope(&gnode.name, op("maxpool"));
-                let taps = if computing {
-                    ops::pool_candidates(get(0), *kernel, *stride, *padding)
-                        .map_err(|e| ring(ctx, e))?
-                } else {
-                    Vec::new()
-                };
+                let taps = ops::pool_candidates(get(0), [*kernel, *stride, *padding], computing)
+                    .map_err(|e| ring(ctx, e))?;
                 let max = tree.run(taps, computing, |k, s, d| {
                     runner.gate(ctx, s, stream(i, k), d)
                 })?;

@@ -130,12 +130,8 @@ impl Session<'_> {
                     tree,
                 } => {
                     ctx.scope(&gnode.name, "maxpool");
-                    let taps = if party {
-                        ops::pool_candidates(get(0), *kernel, *stride, *padding)
-                            .map_err(|e| ring(ctx, e))?
-                    } else {
-                        Vec::new()
-                    };
+                    let taps = ops::pool_candidates(get(0), [*kernel, *stride, *padding], party)
+                        .map_err(|e| ring(ctx, e))?;
                     let sel = std::mem::take(&mut pre.select[i]);
                     let max = tree.online(ctx, &sel, taps, party)?;
                     drop(sel);

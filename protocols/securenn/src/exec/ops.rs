@@ -159,13 +159,16 @@ pub fn relu6_output(y: &[u64]) -> Vec<u64> {
     (0..m).map(|k| y[k].wrapping_sub(y[m + k])).collect()
 }
 
-/// Max pooling's tournament candidates: one per tap of the window (edge padding), one lane.
+/// Max pooling's tournament candidates: one per tap of the window (edge padding), one lane;
+/// none where the party holds no values in this phase (`computing` false).
 pub fn pool_candidates(
     x: &RingTensor,
-    kernel: [usize; 2],
-    stride: [usize; 2],
-    padding: [usize; 2],
+    [kernel, stride, padding]: [[usize; 2]; 3],
+    computing: bool,
 ) -> std::result::Result<Vec<Vec<Vec<u64>>>, RingError> {
+    if !computing {
+        return Ok(Vec::new());
+    }
     let _pool = span(OpKind::Pooling);
     Ok(window_taps(x, kernel, stride, padding, TapPadding::Edge)?
         .into_iter()
