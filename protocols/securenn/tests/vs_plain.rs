@@ -2,7 +2,7 @@
 //! ([`knapsec_plain::cases`], with the tolerance of its fixed-point semantics), and the bytes
 //! of each phase against their closed forms. The approximate windows' bit-for-bit agreement
 //! with the oracle's emulation runs in the backend conformance kit
-//! (`tests/src/kits/backend.rs`), for every private backend.
+//! (`tests/src/kits/backend/`), for every private backend.
 
 use knapsec_core::backend::PartyOutput;
 use knapsec_core::graph::{ModelWeights, SecureModel};
