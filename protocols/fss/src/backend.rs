@@ -64,7 +64,9 @@ impl Fss {
             *h.finalize().as_bytes()
         };
         let mut ctx = Ctx::new(job.role, transport, job.keys);
-        session.setup_cached(&mut ctx, &self.cache, session_id)?;
+        session
+            .shared_mut()
+            .setup_cached(&mut ctx, &self.cache, session_id)?;
         Ok(session)
     }
 }

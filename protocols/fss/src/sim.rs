@@ -99,7 +99,7 @@ fn party(
     let start = Instant::now();
     {
         let mut ctx = Ctx::new(role, &mut t, keys);
-        session.setup(&mut ctx)?;
+        session.shared_mut().setup(&mut ctx)?;
     }
     phase_end(&mut t, 0, start, &mut cpu_start)?;
     let start = Instant::now();

@@ -93,12 +93,13 @@ impl LinearStep<'_> {
         };
         Ok(match (role, phase) {
             (Role::Helper, Phase::Offline) => {
-                let fw = session.masked()[i]
-                    .as_ref()
-                    .ok_or_else(|| SecureNnError::Input {
-                        role,
-                        message: format!("layer {name:?}: no setup state (masked weights)"),
-                    })?;
+                let fw =
+                    session.shared.masked()[i]
+                        .as_ref()
+                        .ok_or_else(|| SecureNnError::Input {
+                            role,
+                            message: format!("layer {name:?}: no setup state (masked weights)"),
+                        })?;
                 let x = input(ctx)?;
                 let r = mask_r(ctx)?;
                 let lin = span(OpKind::Linear);

@@ -10,11 +10,8 @@ use knapsec_core::backend::PartyOutput;
 use knapsec_core::transport::Role;
 use knapsec_ring::Prg;
 use knapsec_securenn::SecureNnError;
-use knapsec_securenn::backend::SessionCache;
 use knapsec_securenn::ctx::Ctx;
 use knapsec_securenn::exec::ops;
-use knapsec_securenn::linear::HelperWeights;
-use std::sync::Mutex;
 
 /// One party's preprocessing of one inference.
 #[derive(Debug, Default)]
@@ -68,31 +65,10 @@ impl<'m> Session<'m> {
         self.shared.plan()
     }
 
-    /// The helper's masked weights per node (after setup).
-    pub fn masked(&self) -> &[Option<HelperWeights>] {
-        self.shared.masked()
-    }
-
-    /// Installs masked weights kept from an earlier setup of the same session (helper).
-    pub fn set_masked(&mut self, masked: Vec<Option<HelperWeights>>) {
-        self.shared.set_masked(masked);
-    }
-
-    /// The per-session setup: the server sends `F = W − B` of every linear layer to the
-    /// helper (`securenn`'s setup).
-    pub fn setup(&mut self, ctx: &mut Ctx<'_>) -> Result<()> {
-        Ok(self.shared.setup(ctx)?)
-    }
-
-    /// The setup unless the helper still holds session `id`'s masked weights in `cache`
-    /// (`securenn`'s [`knapsec_securenn::Session::setup_cached`]).
-    pub fn setup_cached(
-        &mut self,
-        ctx: &mut Ctx<'_>,
-        cache: &Mutex<SessionCache>,
-        id: [u8; 32],
-    ) -> Result<()> {
-        Ok(self.shared.setup_cached(ctx, cache, id)?)
+    /// `securenn`'s session state: the per-session setup ([`knapsec_securenn::Session::setup`],
+    /// [`knapsec_securenn::Session::setup_cached`]) and the helper's masked weights.
+    pub fn shared_mut(&mut self) -> &mut knapsec_securenn::Session<'m> {
+        &mut self.shared
     }
 
     /// The offline phase of one inference (per-inference keys set in `ctx`); the helper

@@ -424,16 +424,11 @@ pub fn check_end_to_end(backend: &dyn SecureBackend, tolerance: f32) -> KitResul
     let plain = knapsec_plain::evaluate(&model, &weights, &input)
         .map_err(|e| format!("knapsec-plain refused the kit's model: {e}"))?;
     let want = plain.logits();
-    let results = run_three(
-        backend,
-        &model,
-        &weights,
-        &input,
-        "",
-        false,
-        Duration::from_secs(60),
-    );
-    let mut results = results.into_iter();
+    let run = |drop_helper, secs| {
+        let timeout = Duration::from_secs(secs);
+        run_three(backend, &model, &weights, &input, "", drop_helper, timeout)
+    };
+    let mut results = run(false, 60).into_iter();
     let client = results.next().expect("three results");
     match client {
         Ok(PartyOutput::Logits(got)) => {
@@ -453,16 +448,7 @@ pub fn check_end_to_end(backend: &dyn SecureBackend, tolerance: f32) -> KitResul
             Err(e) => return Err(format!("backend {name:?}: the {role} failed: {e}")),
         }
     }
-    let results = run_three(
-        backend,
-        &model,
-        &weights,
-        &input,
-        "",
-        true,
-        Duration::from_secs(20),
-    );
-    for r in results {
+    for r in run(true, 20) {
         ensure(r.is_err(), || {
             format!("backend {name:?}: a party succeeded although the helper never came")
         })?;
