@@ -52,10 +52,14 @@ pub struct BenchArgs {
     /// One-way delays to measure, in milliseconds; 0 is direct loopback.
     #[arg(long, value_delimiter = ',', default_value = "0,1,20")]
     delays_ms: Vec<u64>,
-    /// Images per session; the first also carries the once-per-session setup and is
-    /// reported apart.
-    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(2..))]
-    images: u64,
+    /// Images per session (default: three inferences' worth, `3 × --batch`); the first
+    /// inference also carries the once-per-session setup and is reported apart.
+    #[arg(long)]
+    images: Option<u64>,
+    /// Images per inference (`knapsec party --batch`): every round carries all of them; a
+    /// multiple of it is sent in each session, at least two inferences' worth.
+    #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=256))]
+    batch: u32,
     /// Seed of the random spec, weights and inputs.
     #[arg(long, default_value_t = 1)]
     seed: u64,
@@ -74,13 +78,17 @@ pub struct BenchArgs {
 #[derive(Serialize)]
 struct Run {
     one_way_delay_ms: u64,
-    /// Mean over the images after the first.
+    /// Seconds of an inference divided by its images, mean over the inferences after the
+    /// first.
     seconds_per_image: f64,
+    /// The same of the first inference (which carries the once-per-session setup).
     first_image_seconds: f64,
+    /// The same of every inference, in order.
     per_image_seconds: Vec<f64>,
-    /// Bytes the client sent per image (after the first).
+    /// Bytes the client sent per image (the last inference's, divided by its images).
     client_bytes_per_image: u64,
-    /// Times the client waited for a peer before sending, per image (after the first).
+    /// Times the client waited for a peer before sending, per inference (the last one; a
+    /// batch's images share them).
     client_flights_per_image: u64,
 }
 
@@ -94,6 +102,8 @@ struct Report {
     budget: f64,
     drelus: u64,
     images: u64,
+    /// Images per inference.
+    batch: u32,
     /// Sequential message rounds of one inference (offline + online, causal depth measured
     /// with all parties in one process; the once-per-session setup not included).
     rounds: u64,
@@ -310,6 +320,7 @@ fn run_session(
     backend: &str,
     options: &str,
     images: u64,
+    batch: u32,
     delay_ms: u64,
     lan: Option<&Lan>,
 ) -> anyhow::Result<Run> {
@@ -372,6 +383,7 @@ fn run_session(
     backend: "{backend}",
     options: {options:?},
     timeouts: (connect_s: 30, handshake_s: 30, recv_s: 600, linger_s: 5),
+    max_batch: {batch},
 )"#
         ),
     )?;
@@ -396,6 +408,8 @@ fn run_session(
             &inputs.display().to_string(),
             "-o",
             &out.display().to_string(),
+            "--batch",
+            &batch.to_string(),
         ],
     )?;
     let client = client.0.wait()?;
@@ -430,17 +444,23 @@ fn run_session(
             results.len()
         );
     }
-    let secs: Vec<f64> = results
+    // Every image of an inference reports the inference's figures: one row per inference.
+    let per_inference: Vec<&serde_json::Value> = results
         .iter()
-        .map(|r| r["stats"]["seconds"].as_f64().unwrap_or(f64::NAN))
+        .step_by(batch as usize)
+        .map(|r| &r["stats"])
         .collect();
-    let last = &results[results.len() - 1]["stats"]["comm"];
+    let secs: Vec<f64> = per_inference
+        .iter()
+        .map(|st| st["seconds"].as_f64().unwrap_or(f64::NAN) / f64::from(batch))
+        .collect();
+    let last = &per_inference[per_inference.len() - 1]["comm"];
     Ok(Run {
         one_way_delay_ms: delay_ms,
         seconds_per_image: secs[1..].iter().sum::<f64>() / (secs.len() - 1) as f64,
         first_image_seconds: secs[0],
         per_image_seconds: secs,
-        client_bytes_per_image: last["bytes"].as_u64().unwrap_or(0),
+        client_bytes_per_image: last["bytes"].as_u64().unwrap_or(0) / u64::from(batch),
         client_flights_per_image: last["rounds"].as_u64().unwrap_or(0),
     })
 }
@@ -484,6 +504,15 @@ pub fn bench(ctx: &Context, args: BenchArgs) -> anyhow::Result<()> {
         budget,
         args.seed,
     )?;
+    let batch = u64::from(args.batch);
+    let images = args.images.unwrap_or(3 * batch);
+    if images < 2 * batch || !images.is_multiple_of(batch) {
+        bail!(
+            "--images {images} with --batch {batch}: send a multiple of the batch, at least two \
+             inferences' worth (e.g. --images {})",
+            3 * batch
+        );
+    }
     let dir = TempDir::new()?;
     let d = dir.0.as_path();
     for role in Role::ALL {
@@ -495,7 +524,7 @@ pub fn bench(ctx: &Context, args: BenchArgs) -> anyhow::Result<()> {
     let len = shape.iter().map(|&v| v as usize).product::<usize>();
     let inputs = d.join("inputs");
     std::fs::create_dir_all(&inputs)?;
-    for i in 0..args.images {
+    for i in 0..images {
         let x: Vec<f32> = (0..len)
             .map(|k| (k as f32 * 0.7311 + (args.seed + i) as f32).sin())
             .collect();
@@ -553,7 +582,8 @@ pub fn bench(ctx: &Context, args: BenchArgs) -> anyhow::Result<()> {
             &inputs,
             backend.name(),
             &options,
-            args.images,
+            images,
+            args.batch,
             delay,
             lan.as_ref(),
         )?);
@@ -577,7 +607,8 @@ pub fn bench(ctx: &Context, args: BenchArgs) -> anyhow::Result<()> {
         budget,
         drelus: knapsec_securenn::Plan::new(&model, knapsec_securenn::Options::default())?
             .drelus(),
-        images: args.images,
+        images,
+        batch: args.batch,
         rounds,
         rounds_online: sim.online.comm.rounds,
         setup_rounds: sim.setup.comm.rounds,

@@ -7,7 +7,7 @@
 //! command line or in the plugin-set file are loaded (never the `KNAPSEC_PLUGIN_PATH`
 //! folders). The client
 //! runs one session over its inputs (one `.npy` image, or every `.npy` in a folder, in name
-//! order) and writes the results as JSON to `--output`, atomically, once all are known.
+//! order; `--batch N` images per inference) and writes the results as JSON to `--output`, atomically, once all are known.
 
 use crate::context::Context;
 use anyhow::{Context as _, bail};
@@ -32,6 +32,10 @@ pub struct Args {
     /// Client: where to write the results (JSON).
     #[arg(short, long, value_name = "FILE")]
     output: Option<PathBuf>,
+    /// Client: images per inference. Every round of a batch carries all its images, so a
+    /// batch costs the rounds of one image; the deployment's `max_batch` bounds it.
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    batch: usize,
     /// Server and helper: exit after this many sessions (successfully if none failed).
     #[arg(long, value_name = "N")]
     sessions: Option<u64>,
@@ -80,8 +84,10 @@ pub fn run(args: Args, ctx: &Context) -> anyhow::Result<()> {
             }
         }
         _ => {
-            if args.input.is_some() || args.output.is_some() {
-                bail!("--input and --output are for the client; the {role} takes no input");
+            if args.input.is_some() || args.output.is_some() || args.batch != 1 {
+                bail!(
+                    "--input, --output and --batch are for the client; the {role} takes no input"
+                );
             }
         }
     }
@@ -145,7 +151,7 @@ pub fn run(args: Args, ctx: &Context) -> anyhow::Result<()> {
         images.push(x);
     }
     let mut results = Vec::new();
-    party.run_client(&images, |i, out, stats| {
+    party.run_client(&images, args.batch, |i, out, stats| {
         let label = match &out {
             PartyOutput::Logits(v) => argmax(v),
             _ => None,
@@ -182,7 +188,7 @@ fn argmax(v: &[f32]) -> Option<usize> {
 }
 
 /// The input file, or the `.npy` files of the input folder sorted by name.
-fn input_files(input: &Path) -> anyhow::Result<Vec<PathBuf>> {
+pub(crate) fn input_files(input: &Path) -> anyhow::Result<Vec<PathBuf>> {
     if !input.is_dir() {
         if !input.is_file() {
             bail!("{}: no such file or folder", input.display());

@@ -25,9 +25,14 @@ pub struct Args {
     /// The secure-model folder (`model.ron` + `weights.safetensors`).
     #[arg(long, value_name = "DIR")]
     model: PathBuf,
-    /// The client's image: a `.npy` array of `C·H·W` float32/float64 values.
-    #[arg(long, value_name = "FILE")]
+    /// The client's image: a `.npy` array of `C·H·W` float32/float64 values, or a folder of
+    /// them (the first `--batch` in name order).
+    #[arg(long, value_name = "FILE|DIR")]
     input: PathBuf,
+    /// Images in the inference: every round carries all of them, so the batch costs the
+    /// rounds of one image; needs a folder `--input` with at least this many images.
+    #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=256))]
+    batch: u32,
     /// The backend: `securenn`, `plain` (cleartext oracle), or any other registered backend
     /// (`knapsec plugins list`); every backend runs through its phases, each timed and
     /// metered apart.
@@ -73,12 +78,36 @@ fn check_input(model: &SecureModel, x: &[f32], path: &std::path::Path) -> anyhow
     Ok(())
 }
 
+/// The first `batch` images of `input` (a file, or a folder read in name order).
+fn read_inputs(
+    model: &SecureModel,
+    input: &std::path::Path,
+    batch: usize,
+) -> anyhow::Result<Vec<Vec<f32>>> {
+    let files = crate::cmd::party::input_files(input)?;
+    if files.len() < batch {
+        bail!(
+            "--batch {batch} needs {batch} images, {} has {}",
+            input.display(),
+            files.len()
+        );
+    }
+    files[..batch]
+        .iter()
+        .map(|f| {
+            let x = crate::cmd::party::read_npy(f)?;
+            check_input(model, &x, f)?;
+            Ok(x)
+        })
+        .collect()
+}
+
 pub fn run(args: Args, ctx: &Context) -> anyhow::Result<()> {
     let (model, weights) = load(&args.model)?;
-    let x = crate::cmd::party::read_npy(&args.input)?;
-    check_input(&model, &x, &args.input)?;
-    match args.backend.as_str() {
-        "securenn" => {
+    let inputs = read_inputs(&model, &args.input, args.batch as usize)?;
+    let x = &inputs[0];
+    match (args.backend.as_str(), args.batch) {
+        ("securenn", 1) => {
             let drelu = DreluMode::parse_cli(&args.drelu)?;
             crate::cmd::calibrate::guard(&model, drelu.choice(), args.strict)?;
             let reveal = if args.label_only {
@@ -89,7 +118,7 @@ pub fn run(args: Args, ctx: &Context) -> anyhow::Result<()> {
             let report = simulate(
                 &model,
                 &weights,
-                &x,
+                x,
                 Options { drelu, reveal },
                 Some(TIMEOUT),
             )?;
@@ -132,7 +161,7 @@ pub fn run(args: Args, ctx: &Context) -> anyhow::Result<()> {
             out.flush()?;
             Ok(())
         }
-        name => {
+        (name, _) => {
             let registry = ctx.registry()?;
             let backend = registry.backend(name)?;
             let options = backend_options(
@@ -141,20 +170,36 @@ pub fn run(args: Args, ctx: &Context) -> anyhow::Result<()> {
                 args.label_only,
                 &args.options,
             )?;
-            let r = knapsec_runtime::simulate(
+            if name == "securenn" {
+                let drelu = DreluMode::parse_cli(&args.drelu)?;
+                crate::cmd::calibrate::guard(&model, drelu.choice(), args.strict)?;
+            }
+            let refs: Vec<&[f32]> = inputs.iter().map(Vec::as_slice).collect();
+            let r = knapsec_runtime::simulate_batch(
                 backend.as_ref(),
                 &model,
                 &weights,
-                &x,
+                &refs,
                 &options,
                 Some(TIMEOUT),
             )
             .with_context(|| format!("backend {name}"))?;
             if args.json {
-                return ctx.print_json(&r);
+                return ctx.print_json(&BatchJson {
+                    report: &r,
+                    outputs: &r.outputs,
+                });
             }
             let mut out = ctx.stdout();
-            print_output(&mut out, &r.output)?;
+            if r.batch > 1 {
+                writeln!(out, "batch of {} images in one inference", r.batch)?;
+            }
+            for (j, o) in r.outputs.iter().enumerate() {
+                if r.batch > 1 {
+                    write!(out, "image {j}: ")?;
+                }
+                print_output(&mut out, o)?;
+            }
             for (name, p) in [
                 ("setup (once per session)", &r.setup),
                 ("offline", &r.offline),
@@ -180,6 +225,14 @@ pub fn run(args: Args, ctx: &Context) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+/// `simulate --json` of the runtime's harness: the report and every image's output.
+#[derive(Serialize)]
+struct BatchJson<'a> {
+    #[serde(flatten)]
+    report: &'a knapsec_runtime::SimReport,
+    outputs: &'a [PartyOutput],
 }
 
 fn print_output(out: &mut impl Write, output: &PartyOutput) -> anyhow::Result<()> {
@@ -274,6 +327,10 @@ pub struct BenchArgs {
     /// Seed of the random spec, weights and input.
     #[arg(long, default_value_t = 1)]
     seed: u64,
+    /// Images in the inference (random, seeded): every round carries all of them; the
+    /// figures are the batch's, `seconds_per_image` divides offline + online by it.
+    #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=256))]
+    batch: u32,
     /// Accepted for symmetry with the other benches: the output is always JSON.
     #[arg(long)]
     json: bool,
@@ -289,6 +346,10 @@ struct LayerRow {
 #[derive(Serialize)]
 struct SecureBench {
     bench: &'static str,
+    /// Images in the inference; every figure below is the batch's.
+    batch: usize,
+    /// Offline + online seconds divided by `batch`.
+    seconds_per_image: f64,
     backend: String,
     /// The backend's canonical options.
     options: String,
@@ -379,15 +440,20 @@ pub fn bench(ctx: &Context, args: BenchArgs) -> anyhow::Result<()> {
         args.seed,
     )?;
     let [c, h, w] = model.input_shape();
-    let x: Vec<f32> = (0..c * h * w)
-        .map(|i| (i as f32 * 0.7311 + args.seed as f32).sin())
+    let xs: Vec<Vec<f32>> = (0..args.batch)
+        .map(|j| {
+            (0..c * h * w)
+                .map(|i| (i as f32 * 0.7311 + args.seed as f32 + j as f32 * 0.37).sin())
+                .collect()
+        })
         .collect();
+    let refs: Vec<&[f32]> = xs.iter().map(Vec::as_slice).collect();
     let drelus = knapsec_securenn::Plan::new(&model, Options::default())?.drelus();
-    let r = knapsec_runtime::simulate(
+    let r = knapsec_runtime::simulate_batch(
         backend.as_ref(),
         &model,
         &weights,
-        &x,
+        &refs,
         &options,
         Some(TIMEOUT),
     )
@@ -398,6 +464,8 @@ pub fn bench(ctx: &Context, args: BenchArgs) -> anyhow::Result<()> {
     let expected = r.expected.clone();
     ctx.print_json(&SecureBench {
         bench: "secure",
+        batch: r.batch,
+        seconds_per_image: (r.offline.seconds + r.online.seconds) / r.batch as f64,
         backend: r.backend.clone(),
         options,
         arch: args.arch.clone(),

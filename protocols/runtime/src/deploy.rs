@@ -131,6 +131,18 @@ pub struct DeployConfig {
     /// Largest message accepted from a peer, in MiB.
     #[serde(default = "default_max_frame")]
     pub max_frame_mib: u64,
+    /// Most images a client may send in one inference (`knapsec party --batch N`); server
+    /// and helper refuse a larger batch. Every frame limit scales with it (a batch's message
+    /// carries every image's), so it also bounds what a client can make them hold.
+    #[serde(default = "default_max_batch")]
+    pub max_batch: u32,
+}
+
+/// The largest `max_batch` a deployment accepts.
+pub const MAX_BATCH: u32 = 256;
+
+fn default_max_batch() -> u32 {
+    1
 }
 
 /// A loaded config for one role: paths resolved, keys read and cross-checked.
@@ -160,6 +172,8 @@ pub struct Deployment {
     pub timeouts: Timeouts,
     /// Largest message accepted from a peer, in bytes.
     pub max_frame: usize,
+    /// Most images in one inference.
+    pub max_batch: u32,
 }
 
 impl Deployment {
@@ -252,6 +266,12 @@ impl Deployment {
                 cfg.max_frame_mib
             )));
         }
+        if cfg.max_batch == 0 || cfg.max_batch > MAX_BATCH {
+            return Err(bad(format!(
+                "max_batch must be between 1 and {MAX_BATCH}, not {}",
+                cfg.max_batch
+            )));
+        }
         let t = &cfg.timeouts;
         if t.connect_s == 0 || t.handshake_s == 0 || t.recv_s == 0 {
             return Err(bad("timeouts must be at least 1 s".into()));
@@ -275,6 +295,7 @@ impl Deployment {
             options: cfg.options,
             timeouts: cfg.timeouts,
             max_frame: (cfg.max_frame_mib as usize) << 20,
+            max_batch: cfg.max_batch,
         })
     }
 

@@ -165,7 +165,7 @@ impl Hello {
 
 /// Messages of the session loop: `Ready` from the server and the helper to the client once
 /// all three connections of the session stand (the client sends nothing before both), then
-/// `Infer`/`Done` from the client to the server and the helper.
+/// `Infer`/`Batch`/`Done` from the client to the server and the helper.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Control {
     /// Run inference number `index` (0, 1, 2, … in order).
@@ -177,6 +177,15 @@ pub enum Control {
     Done,
     /// The sender has all its connections of the session.
     Ready,
+    /// Run the `count` images of a batch as inferences `index … index + count − 1` in
+    /// lockstep ([`crate::batch`]); `count` is at least 2 and at most the deployment's
+    /// `max_batch` (one image is an [`Control::Infer`]).
+    Batch {
+        /// The index of the batch's first image.
+        index: u64,
+        /// Images in the batch.
+        count: u32,
+    },
 }
 
 impl Control {
