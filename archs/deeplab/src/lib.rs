@@ -12,101 +12,43 @@
 //! Candidates are the reference's presets for each map side (`256x256`, `128x128`,
 //! `64x64`, and `1x1` for the image-pooling layer `decode_0`) where the map is square and such
 //! a preset exists, otherwise generated patches up to 16 per side
-//! (`knapsec_arch_mobilenet::reference_candidates`).
+//! (`knapsec_arch_kit::reference_candidates`).
 
 #[cfg(feature = "torch")]
 pub mod net;
 pub mod plan;
 
-use knapsec_arch_mobilenet::reference_candidates;
-use knapsec_core::inventory;
-use knapsec_core::registry::ArchRegistration;
-use knapsec_core::{ArchAdapter, ArchOptions, BlockSize, LayerTable, ReluLayer, Result};
-use std::sync::Arc;
+use knapsec_arch_kit::reference_candidates;
 
 pub use plan::{DEEPLABV3_MOBILENETV2, DEEPLABV3_RESNET50, DeepLabPlan};
 
-/// The adapter of `deeplabv3-mobilenetv2`.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct DeepLabV3MobileNetV2;
-
-/// The adapter of `deeplabv3-resnet50`.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct DeepLabV3ResNet50;
-
-impl ArchAdapter for DeepLabV3MobileNetV2 {
-    fn name(&self) -> &str {
-        DEEPLABV3_MOBILENETV2
-    }
-
-    fn description(&self) -> &str {
-        "DeepLabV3, MobileNetV2 backbone (mmseg, output stride 8, ASPP head), 3x512x512 input, 150 classes (ADE20K)"
-    }
-
-    fn layer_table(&self, options: &ArchOptions) -> Result<LayerTable> {
-        DeepLabPlan::new(DEEPLABV3_MOBILENETV2, options)?.layer_table()
-    }
-
-    fn secure_graph(
-        &self,
-        options: &ArchOptions,
-        spec: Option<&knapsec_core::BlockSpec>,
-        frac_bits: u32,
-    ) -> Result<Option<knapsec_core::graph::SecureModel>> {
-        Ok(Some(
-            DeepLabPlan::new(DEEPLABV3_MOBILENETV2, options)?
-                .secure_graph(spec, frac_bits)?
-                .0,
-        ))
-    }
-
-    fn candidates(&self, layer: &ReluLayer) -> Vec<BlockSize> {
-        reference_candidates(layer)
+knapsec_arch_kit::plan_adapter! {
+    /// The adapter of `deeplabv3-mobilenetv2`.
+    pub struct DeepLabV3MobileNetV2 {
+        name: DEEPLABV3_MOBILENETV2,
+        provider: "knapsec-arch-deeplab",
+        description: "DeepLabV3, MobileNetV2 backbone (mmseg, output stride 8, ASPP head), 3x512x512 input, 150 classes (ADE20K)",
+        plan: DeepLabPlan = |options| DeepLabPlan::new(DEEPLABV3_MOBILENETV2, options),
+        candidates: reference_candidates,
     }
 }
 
-impl ArchAdapter for DeepLabV3ResNet50 {
-    fn name(&self) -> &str {
-        DEEPLABV3_RESNET50
+knapsec_arch_kit::plan_adapter! {
+    /// The adapter of `deeplabv3-resnet50`.
+    pub struct DeepLabV3ResNet50 {
+        name: DEEPLABV3_RESNET50,
+        provider: "knapsec-arch-deeplab",
+        description: "DeepLabV3, ResNet-50 V1c backbone with AvgPool stem (mmseg, output stride 8, ASPP head), 3x512x512 input, 21 classes (VOC)",
+        plan: DeepLabPlan = |options| DeepLabPlan::new(DEEPLABV3_RESNET50, options),
+        candidates: reference_candidates,
     }
-
-    fn description(&self) -> &str {
-        "DeepLabV3, ResNet-50 V1c backbone with AvgPool stem (mmseg, output stride 8, ASPP head), 3x512x512 input, 21 classes (VOC)"
-    }
-
-    fn layer_table(&self, options: &ArchOptions) -> Result<LayerTable> {
-        DeepLabPlan::new(DEEPLABV3_RESNET50, options)?.layer_table()
-    }
-
-    fn secure_graph(
-        &self,
-        options: &ArchOptions,
-        spec: Option<&knapsec_core::BlockSpec>,
-        frac_bits: u32,
-    ) -> Result<Option<knapsec_core::graph::SecureModel>> {
-        Ok(Some(
-            DeepLabPlan::new(DEEPLABV3_RESNET50, options)?
-                .secure_graph(spec, frac_bits)?
-                .0,
-        ))
-    }
-
-    fn candidates(&self, layer: &ReluLayer) -> Vec<BlockSize> {
-        reference_candidates(layer)
-    }
-}
-
-inventory::submit! {
-    ArchRegistration { name: DEEPLABV3_MOBILENETV2, provider: "knapsec-arch-deeplab", make: || Arc::new(DeepLabV3MobileNetV2) }
-}
-inventory::submit! {
-    ArchRegistration { name: DEEPLABV3_RESNET50, provider: "knapsec-arch-deeplab", make: || Arc::new(DeepLabV3ResNet50) }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use knapsec_core::candidates::preset;
+    use knapsec_core::{ArchAdapter, ArchOptions, BlockSize};
 
     #[test]
     fn candidates_are_the_reference_presets() {

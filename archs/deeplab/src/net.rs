@@ -7,44 +7,27 @@
 //! secure graph's `Op::Broadcast`).
 
 use crate::plan::{
-    ASPP_CHANNELS, ASPP_DILATIONS, Backbone, Bottleneck, DEEPLABV3_MOBILENETV2, DEEPLABV3_RESNET50,
-    DeepLabPlan, StemPool,
+    ASPP_CHANNELS, ASPP_DILATIONS, Backbone, DEEPLABV3_MOBILENETV2, DEEPLABV3_RESNET50, DeepLabPlan,
 };
-use knapsec_arch_mobilenet::geometry::{ConvNames, Naming};
-use knapsec_arch_mobilenet::net::{ConvBn, MobileNetV2Backbone, sub_path};
-use knapsec_core::graph::SecureModel;
-use knapsec_core::graph_build::ParamSource;
-use knapsec_core::{ArchOptions, ReluLayer};
+use knapsec_arch_mobilenet::geometry::Naming;
+use knapsec_arch_mobilenet::net::MobileNetV2Backbone;
+use knapsec_arch_resnet::net::ResNetBackbone;
+use knapsec_core::ArchOptions;
 use knapsec_nn::Result;
-use knapsec_nn::net::{BlockNet, BlockNetParts, GraphSource, NetRegistration};
+use knapsec_nn::conv_bn::{ConvBn, sub_path};
+use knapsec_nn::net::{BlockNet, BlockNetParts, input_shape, plan_graph};
 use knapsec_nn::slots::{SlotId, SlotKind, Slots};
 #[cfg(test)]
 use tch::Kind;
 use tch::{Tensor, nn};
-
-fn names(conv: String, bn: String) -> ConvNames {
-    ConvNames { conv, bn }
-}
-
-#[derive(Debug)]
-struct ResUnit {
-    conv1: ConvBn,
-    conv2: ConvBn,
-    conv3: ConvBn,
-    downsample: Option<ConvBn>,
-    slots: [SlotId; 3],
-}
 
 // One backbone per network: the size of the larger variant costs nothing.
 #[allow(clippy::large_enum_variant)]
 #[derive(Debug)]
 enum BackboneNet {
     MobileNetV2(MobileNetV2Backbone),
-    ResNet50 {
-        stem: Vec<(ConvBn, SlotId)>,
-        pool: StemPool,
-        units: Vec<ResUnit>,
-    },
+    /// The one tch ResNet of `knapsec-arch-resnet`, dilated by the plan.
+    ResNet50(ResNetBackbone),
 }
 
 #[derive(Debug)]
@@ -66,10 +49,8 @@ impl AsppHead {
         }
         let image_pool = ConvBn::new(
             root,
-            &names(
-                "decode_head.image_pool.1.conv".into(),
-                "decode_head.image_pool.1.bn".into(),
-            ),
+            "decode_head.image_pool.1.conv",
+            "decode_head.image_pool.1.bn",
             plan.head_in,
             c,
             1,
@@ -83,21 +64,19 @@ impl AsppHead {
             .enumerate()
             .map(|(i, &d)| {
                 let m = format!("decode_head.aspp_modules.{i}");
-                let n = names(format!("{m}.conv"), format!("{m}.bn"));
+                let (conv, bn) = (format!("{m}.conv"), format!("{m}.bn"));
                 if d == 1 {
-                    ConvBn::new(root, &n, plan.head_in, c, 1, 1, 0, 1, 1)
+                    ConvBn::new(root, &conv, &bn, plan.head_in, c, 1, 1, 0, 1, 1)
                 } else {
-                    ConvBn::new(root, &n, plan.head_in, c, 3, 1, d, d, 1)
+                    ConvBn::new(root, &conv, &bn, plan.head_in, c, 3, 1, d, d, 1)
                 }
             })
             .collect();
         let n = ASPP_DILATIONS.len() as u32 + 1;
         let bottleneck = ConvBn::new(
             root,
-            &names(
-                "decode_head.bottleneck.conv".into(),
-                "decode_head.bottleneck.bn".into(),
-            ),
+            "decode_head.bottleneck.conv",
+            "decode_head.bottleneck.bn",
             n * c,
             c,
             3,
@@ -147,60 +126,6 @@ pub struct DeepLabV3 {
     parts: BlockNetParts,
 }
 
-fn resnet_units(
-    root: &nn::Path,
-    units: &[Bottleneck],
-    layers: &[ReluLayer],
-    slots: &mut Slots,
-) -> Result<Vec<ResUnit>> {
-    let mut out = Vec::with_capacity(units.len());
-    for (k, u) in units.iter().enumerate() {
-        let m = &u.module;
-        let nm = |i: u32| names(format!("{m}.conv{i}"), format!("{m}.bn{i}"));
-        let conv1 = ConvBn::new(root, &nm(1), u.in_channels, u.planes, 1, 1, 0, 1, 1);
-        let conv2 = ConvBn::new(
-            root,
-            &nm(2),
-            u.planes,
-            u.planes,
-            3,
-            u.stride,
-            u.dilation,
-            u.dilation,
-            1,
-        );
-        let conv3 = ConvBn::new(root, &nm(3), u.planes, u.out_channels, 1, 1, 0, 1, 1);
-        let downsample = u.downsample.then(|| {
-            let n = names(format!("{m}.downsample.0"), format!("{m}.downsample.1"));
-            ConvBn::new(
-                root,
-                &n,
-                u.in_channels,
-                u.out_channels,
-                1,
-                u.stride,
-                0,
-                1,
-                1,
-            )
-        });
-        let l = &layers[3 + 3 * k..6 + 3 * k];
-        let ids = [
-            slots.add(l[0].clone(), k + 1, SlotKind::Relu)?,
-            slots.add(l[1].clone(), k + 1, SlotKind::Relu)?,
-            slots.add(l[2].clone(), k + 1, SlotKind::Relu)?,
-        ];
-        out.push(ResUnit {
-            conv1,
-            conv2,
-            conv3,
-            downsample,
-            slots: ids,
-        });
-    }
-    Ok(out)
-}
-
 impl DeepLabV3 {
     /// Builds architecture `arch` at `options` under `root`.
     pub fn new(arch: &str, options: &ArchOptions, root: &nn::Path) -> Result<Self> {
@@ -224,25 +149,8 @@ impl DeepLabV3 {
                     0,
                 )?)
             }
-            Backbone::ResNet50 { pool, units, .. } => {
-                let mut stem = Vec::with_capacity(3);
-                let mut cin = plan.input.0;
-                for (i, (out, stride)) in [(32u32, 2u32), (32, 1), (64, 1)].into_iter().enumerate()
-                {
-                    let n = names(
-                        format!("backbone.stem.{}", 3 * i),
-                        format!("backbone.stem.{}", 3 * i + 1),
-                    );
-                    let conv = ConvBn::new(root, &n, cin, out, 3, stride, 1, 1, 1);
-                    stem.push((conv, slots.add(layers[i].clone(), 0, SlotKind::Relu)?));
-                    cin = out;
-                }
-                let units = resnet_units(root, units, &layers, &mut slots)?;
-                BackboneNet::ResNet50 {
-                    stem,
-                    pool: *pool,
-                    units,
-                }
+            Backbone::ResNet50(resnet) => {
+                BackboneNet::ResNet50(ResNetBackbone::new(root, resnet, &mut slots)?)
             }
         };
         let blocks = plan.block_names();
@@ -250,14 +158,10 @@ impl DeepLabV3 {
         let parts = BlockNetParts::new(
             plan.arch,
             options.clone(),
-            [
-                plan.input.0.into(),
-                plan.input.1.into(),
-                plan.input.2.into(),
-            ],
+            input_shape(plan.input),
             blocks,
             slots,
-            Some(Box::new(plan.clone())),
+            plan_graph(plan.clone(), DeepLabPlan::secure_graph),
         );
         Ok(DeepLabV3 {
             plan,
@@ -273,24 +177,8 @@ impl DeepLabV3 {
     }
 }
 
-impl GraphSource for DeepLabPlan {
-    fn secure_graph(
-        &self,
-        spec: Option<&knapsec_core::BlockSpec>,
-        frac_bits: u32,
-    ) -> knapsec_core::Result<(SecureModel, Vec<ParamSource>)> {
-        DeepLabPlan::secure_graph(self, spec, frac_bits)
-    }
-}
-
 impl BlockNet for DeepLabV3 {
-    fn parts(&self) -> &BlockNetParts {
-        &self.parts
-    }
-
-    fn parts_mut(&mut self) -> &mut BlockNetParts {
-        &mut self.parts
-    }
+    knapsec_nn::block_net_parts!(parts);
 
     fn run_block(&self, index: usize, x: &Tensor, train: bool) -> Tensor {
         if index + 1 == self.parts.blocks.len() {
@@ -304,31 +192,12 @@ impl BlockNet for DeepLabV3 {
                     b.run_block(&self.parts.slots, index - 1, x, train)
                 }
             }
-            BackboneNet::ResNet50 { stem, pool, units } => {
+            BackboneNet::ResNet50(b) => {
                 if index == 0 {
-                    let mut y = x.shallow_clone();
-                    for (conv, slot) in stem {
-                        y = self.parts.slots.run(*slot, &conv.forward(&y, train));
-                    }
-                    return match pool {
-                        StemPool::Avg => {
-                            y.avg_pool2d([3, 3], [2, 2], [1, 1], false, true, None::<i64>)
-                        }
-                        StemPool::Max => y.max_pool2d([3, 3], [2, 2], [1, 1], [1, 1], false),
-                    };
+                    b.run_stem(&self.parts.slots, x, train)
+                } else {
+                    b.run_unit(&self.parts.slots, index - 1, x, train)
                 }
-                let u = &units[index - 1];
-                let mut y = self.parts.slots.run(u.slots[0], &u.conv1.forward(x, train));
-                y = self
-                    .parts
-                    .slots
-                    .run(u.slots[1], &u.conv2.forward(&y, train));
-                y = u.conv3.forward(&y, train);
-                let shortcut = match &u.downsample {
-                    Some(d) => d.forward(x, train),
-                    None => x.shallow_clone(),
-                };
-                self.parts.slots.run(u.slots[2], &(y + shortcut))
             }
         }
     }
@@ -346,12 +215,12 @@ fn build_resnet50(options: &ArchOptions, root: &nn::Path) -> Result<Box<dyn Bloc
     Ok(Box::new(DeepLabV3::new(DEEPLABV3_RESNET50, options, root)?))
 }
 
-knapsec_nn::inventory::submit! {
-    NetRegistration { name: DEEPLABV3_MOBILENETV2, provider: "knapsec-arch-deeplab", build: build_mobilenetv2 }
-}
-knapsec_nn::inventory::submit! {
-    NetRegistration { name: DEEPLABV3_RESNET50, provider: "knapsec-arch-deeplab", build: build_resnet50 }
-}
+knapsec_nn::register_net!(
+    DEEPLABV3_MOBILENETV2,
+    "knapsec-arch-deeplab",
+    build_mobilenetv2
+);
+knapsec_nn::register_net!(DEEPLABV3_RESNET50, "knapsec-arch-deeplab", build_resnet50);
 
 #[cfg(test)]
 mod tests {

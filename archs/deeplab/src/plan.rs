@@ -15,6 +15,8 @@
 //!   `contract_dilation` (the first block of a dilated stage uses half the dilation).
 //!   Unlike the reference's `MyBottleneck` (digest §10.2) `relu_1` runs once, after
 //!   conv1/bn1, and `relu_2` after conv2/bn2, so every `layerR_B_2` entry of a spec is live.
+//!   The backbone is the one ResNet plan of `knapsec-arch-kit`
+//!   ([`ResNetPlan::deeplab_v1c50`]), not a second ResNet.
 //!
 //! The decode head is mmseg's `ASPPHead` (in 320 or 2048 channels, 512 channels, dilations
 //! 1/12/24/36): an image-pooling branch (global average pool → 1×1 conv → BN → ReLU →
@@ -32,12 +34,14 @@
 //! Blocks (where distortion runs from): the backbone's (`conv1`, `layerR_B` for MobileNetV2;
 //! `stem`, `layerR_B` for the ResNet) and `decode` (the head).
 
-use knapsec_arch_mobilenet::geometry::{
-    self, MobileNetV2Geometry, Naming, activation_node, window_out,
-};
+use knapsec_arch_kit::options::{invalid as bad, positive};
+use knapsec_arch_kit::spec::{activation_node, check_spec_layers};
+use knapsec_arch_mobilenet::geometry::{MobileNetV2Geometry, Naming};
 use knapsec_core::graph::{OutputKind, SecureModel};
 use knapsec_core::graph_build::{ConvSpec, GraphBuilder, NodeId, ParamSource};
 use knapsec_core::{ArchOptions, BlockSpec, CoreError, LayerTable, ReluLayer, Result};
+
+pub use knapsec_arch_kit::resnet::{ResNetPlan, StemPool};
 
 /// Registry name of DeepLabV3 with the MobileNetV2 backbone (ADE20K).
 pub const DEEPLABV3_MOBILENETV2: &str = "deeplabv3-mobilenetv2";
@@ -48,40 +52,6 @@ pub const DEEPLABV3_RESNET50: &str = "deeplabv3-resnet50";
 pub const ASPP_CHANNELS: u32 = 512;
 /// Dilations of the four ASPP branches (the first is a 1×1 convolution).
 pub const ASPP_DILATIONS: [u32; 4] = [1, 12, 24, 36];
-
-/// The ResNet stem's pooling.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum StemPool {
-    /// `AvgPool2d(3, 2, 1)`, padding counted (the reference's `AvgPoolResNetSeg`).
-    Avg,
-    /// `MaxPool2d(3, 2, 1)` (mmseg's `ResNetV1c`).
-    Max,
-}
-
-/// One bottleneck of the dilated ResNet-50.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Bottleneck {
-    /// Block name, `layer{R}_{B}`.
-    pub name: String,
-    /// `state_dict` prefix, `backbone.layer{R}.{B}`.
-    pub module: String,
-    /// Input channels.
-    pub in_channels: u32,
-    /// Width of the inner convolutions.
-    pub planes: u32,
-    /// Output channels (`4 · planes`).
-    pub out_channels: u32,
-    /// Stride of the 3×3 convolution (and of the projection shortcut).
-    pub stride: u32,
-    /// Dilation (= padding) of the 3×3 convolution.
-    pub dilation: u32,
-    /// Input map size.
-    pub in_hw: (u32, u32),
-    /// Output map size.
-    pub out_hw: (u32, u32),
-    /// A 1×1 projection shortcut (`downsample.0` conv + `downsample.1` BN).
-    pub downsample: bool,
-}
 
 /// The backbone of a DeepLabV3.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -94,14 +64,7 @@ pub enum Backbone {
         relu6: bool,
     },
     /// mmseg's dilated `ResNetV1c`-50 (deep stem of three 3×3 convolutions).
-    ResNet50 {
-        /// The pooling after the stem.
-        pool: StemPool,
-        /// Map size after the stem convolutions.
-        stem_hw: (u32, u32),
-        /// The bottlenecks, in order.
-        units: Vec<Bottleneck>,
-    },
+    ResNet50(ResNetPlan),
 }
 
 /// Everything needed to build one DeepLabV3 at one set of options.
@@ -119,69 +82,6 @@ pub struct DeepLabPlan {
     pub head_in: u32,
     /// Map size of the backbone's output and of the logits.
     pub out_hw: (u32, u32),
-}
-
-fn bad(arch: &str, option: &str, why: impl std::fmt::Display) -> CoreError {
-    CoreError::Invalid(format!("architecture {arch:?}: option {option} {why}"))
-}
-
-fn positive(arch: &str, option: &str, v: Option<u32>, default: u32) -> Result<u32> {
-    match v {
-        Some(0) => Err(bad(arch, option, "must be at least 1")),
-        Some(v) => Ok(v),
-        None => Ok(default),
-    }
-}
-
-fn out_hw(arch: &str, hw: (u32, u32), k: u32, s: u32, p: u32, d: u32) -> Result<(u32, u32)> {
-    match (window_out(hw.0, k, s, p, d), window_out(hw.1, k, s, p, d)) {
-        (Some(h), Some(w)) => Ok((h, w)),
-        _ => Err(bad(
-            arch,
-            "input_height/input_width",
-            format!("{}x{} is too small for this network", hw.0, hw.1),
-        )),
-    }
-}
-
-/// The dilated ResNet-50's bottlenecks and the map size after its stem (conv stride 2 + pool).
-fn resnet50_units(arch: &str, input_hw: (u32, u32)) -> Result<((u32, u32), Vec<Bottleneck>)> {
-    let stem_hw = out_hw(arch, input_hw, 3, 2, 1, 1)?;
-    let mut hw = out_hw(arch, stem_hw, 3, 2, 1, 1)?;
-    let depths = [3u32, 4, 6, 3];
-    let strides = [1u32, 2, 1, 1];
-    let dilations = [1u32, 1, 2, 4];
-    let mut in_channels = 64;
-    let mut units = Vec::new();
-    for r in 0..4 {
-        let planes = 64u32 << r;
-        for b in 0..depths[r] {
-            let stride = if b == 0 { strides[r] } else { 1 };
-            // contract_dilation: the first block of a dilated stage uses half the dilation.
-            let dilation = if b == 0 && dilations[r] > 1 {
-                dilations[r] / 2
-            } else {
-                dilations[r]
-            };
-            let next = out_hw(arch, hw, 3, stride, dilation, dilation)?;
-            let out_channels = planes * 4;
-            units.push(Bottleneck {
-                name: format!("layer{}_{b}", r + 1),
-                module: format!("backbone.layer{}.{b}", r + 1),
-                in_channels,
-                planes,
-                out_channels,
-                stride,
-                dilation,
-                in_hw: hw,
-                out_hw: next,
-                downsample: stride != 1 || in_channels != out_channels,
-            });
-            in_channels = out_channels;
-            hw = next;
-        }
-    }
-    Ok((stem_hw, units))
 }
 
 impl DeepLabPlan {
@@ -234,18 +134,9 @@ impl DeepLabPlan {
                     ));
                 }
             };
-            let (stem_hw, units) = resnet50_units(arch, (h, w))?;
-            let out = units.last().expect("ResNet-50 has units").out_hw;
-            (
-                Backbone::ResNet50 {
-                    pool,
-                    stem_hw,
-                    units,
-                },
-                2048,
-                out,
-                21,
-            )
+            let resnet = ResNetPlan::deeplab_v1c50(arch, (c, h, w), pool)?;
+            let (channels, out) = resnet.out_shape();
+            (Backbone::ResNet50(resnet), channels, out, 21)
         };
         let classes = positive(arch, "classes", options.classes, default_classes)?;
         Ok(DeepLabPlan {
@@ -269,36 +160,16 @@ impl DeepLabPlan {
                         .map(|b| format!("layer{}_{}", b.stage, b.index)),
                 )
                 .collect(),
-            Backbone::ResNet50 { units, .. } => std::iter::once("stem".to_string())
-                .chain(units.iter().map(|u| u.name.clone()))
-                .collect::<Vec<_>>(),
+            Backbone::ResNet50(resnet) => resnet.block_names(),
         };
         names.push("decode".into());
         names
     }
 
-    /// The ReLU layers of bottleneck `u` (`_1` after conv1, `_2` after conv2, `_3` after the
-    /// addition).
-    pub fn unit_layers(u: &Bottleneck) -> [ReluLayer; 3] {
-        let (ih, iw) = u.in_hw;
-        let (oh, ow) = u.out_hw;
-        [
-            ReluLayer::new(format!("{}_1", u.name), u.planes, ih, iw),
-            ReluLayer::new(format!("{}_2", u.name), u.planes, oh, ow),
-            ReluLayer::new(format!("{}_3", u.name), u.out_channels, oh, ow),
-        ]
-    }
-
     /// The ResNet stem's layers `stem_2`, `stem_5`, `stem_8` (empty for MobileNetV2).
     pub fn stem_layers(&self) -> Vec<ReluLayer> {
         match &self.backbone {
-            Backbone::ResNet50 {
-                stem_hw: (h, w), ..
-            } => vec![
-                ReluLayer::new("stem_2", 32, *h, *w),
-                ReluLayer::new("stem_5", 32, *h, *w),
-                ReluLayer::new("stem_8", 64, *h, *w),
-            ],
+            Backbone::ResNet50(resnet) => resnet.stem_layers(),
             Backbone::MobileNetV2 { .. } => vec![],
         }
     }
@@ -319,13 +190,7 @@ impl DeepLabPlan {
                 .into_iter()
                 .map(|(n, c, h, w)| ReluLayer::new(n, c, h, w))
                 .collect(),
-            Backbone::ResNet50 { units, .. } => {
-                let mut layers = self.stem_layers();
-                for u in units {
-                    layers.extend(Self::unit_layers(u));
-                }
-                layers
-            }
+            Backbone::ResNet50(resnet) => resnet.layers(),
         })
     }
 
@@ -350,7 +215,7 @@ impl DeepLabPlan {
         frac_bits: u32,
     ) -> Result<(SecureModel, Vec<ParamSource>)> {
         let layers = self.layers()?;
-        geometry::check_spec_layers(self.arch, &layers, spec)?;
+        check_spec_layers(self.arch, &layers, spec)?;
         let (c, h, w) = self.input;
         let mut g = GraphBuilder::new(self.arch, frac_bits, [c, h, w]);
         let backbone = self.backbone_layers()?;
@@ -358,71 +223,13 @@ impl DeepLabPlan {
             Backbone::MobileNetV2 { geometry, relu6 } => {
                 geometry.add_to_graph(&mut g, Naming::OpenMmlab, &backbone, spec, *relu6)?
             }
-            Backbone::ResNet50 { pool, units, .. } => {
-                self.resnet_graph(&mut g, *pool, units, &backbone, spec)?
+            Backbone::ResNet50(resnet) => {
+                let input = g.input();
+                resnet.add_backbone(&mut g, input, spec)?
             }
         };
         self.head_graph(&mut g, x, spec)?;
         g.finish(OutputKind::Segmentation)
-    }
-
-    fn resnet_graph(
-        &self,
-        g: &mut GraphBuilder,
-        pool: StemPool,
-        units: &[Bottleneck],
-        layers: &[ReluLayer],
-        spec: Option<&BlockSpec>,
-    ) -> Result<NodeId> {
-        let mut x = g.input();
-        for (i, (out, stride)) in [(32u32, 2u32), (32, 1), (64, 1)].into_iter().enumerate() {
-            let conv = format!("backbone.stem.{}", 3 * i);
-            let bn = format!("backbone.stem.{}", 3 * i + 1);
-            x = g.conv(&conv, x, ConvSpec::square(out, 3, stride, 1), Some(&bn))?;
-            x = activation_node(g, &layers[i], x, spec, false)?;
-        }
-        x = match pool {
-            StemPool::Avg => g.avg_pool("backbone.maxpool", x, [3, 3], [2, 2], [1, 1], true)?,
-            StemPool::Max => g.max_pool("backbone.maxpool", x, [3, 3], [2, 2], [1, 1])?,
-        };
-        for (k, u) in units.iter().enumerate() {
-            let l = &layers[3 + 3 * k..6 + 3 * k];
-            let m = &u.module;
-            let shortcut = if u.downsample {
-                let s = ConvSpec::square(u.out_channels, 1, u.stride, 0);
-                g.conv(
-                    &format!("{m}.downsample.0"),
-                    x,
-                    s,
-                    Some(&format!("{m}.downsample.1")),
-                )?
-            } else {
-                x
-            };
-            let mut y = g.conv(
-                &format!("{m}.conv1"),
-                x,
-                ConvSpec::square(u.planes, 1, 1, 0),
-                Some(&format!("{m}.bn1")),
-            )?;
-            y = activation_node(g, &l[0], y, spec, false)?;
-            let conv2 = ConvSpec {
-                padding: [u.dilation, u.dilation],
-                dilation: [u.dilation, u.dilation],
-                ..ConvSpec::square(u.planes, 3, u.stride, u.dilation)
-            };
-            y = g.conv(&format!("{m}.conv2"), y, conv2, Some(&format!("{m}.bn2")))?;
-            y = activation_node(g, &l[1], y, spec, false)?;
-            y = g.conv(
-                &format!("{m}.conv3"),
-                y,
-                ConvSpec::square(u.out_channels, 1, 1, 0),
-                Some(&format!("{m}.bn3")),
-            )?;
-            y = g.add(&format!("{m}.add"), &[y, shortcut])?;
-            x = activation_node(g, &l[2], y, spec, false)?;
-        }
-        Ok(x)
     }
 
     fn head_graph(
@@ -541,10 +348,10 @@ mod tests {
             &ReluLayer::new("layer4_2_3", 2048, 64, 64)
         );
         assert_eq!(plan.block_names().len(), 1 + 16 + 1);
-        let Backbone::ResNet50 { units, .. } = &plan.backbone else {
+        let Backbone::ResNet50(resnet) = &plan.backbone else {
             panic!()
         };
-        let dil: Vec<u32> = units.iter().map(|u| u.dilation).collect();
+        let dil: Vec<u32> = resnet.units.iter().map(|u| u.dilation).collect();
         // layer1 and layer2 undilated; layer3 (2) and layer4 (4) start at half their dilation.
         assert_eq!(dil, [1, 1, 1, 1, 1, 1, 1, 1, 2, 2, 2, 2, 2, 2, 4, 4]);
     }

@@ -11,12 +11,12 @@
 //! An architecture crate has two halves:
 //!
 //! 1. **Description** (this file, no tch): a plan built from `ArchOptions` that gives the
-//!    layer table and the secure-model graph ([`TinyCnnPlan`]), an [`ArchAdapter`]
-//!    ([`TinyCnn`]), and one `inventory::submit!` of an `ArchRegistration`.
+//!    layer table and the secure-model graph ([`TinyCnnPlan`]), and one
+//!    `knapsec_arch_kit::plan_adapter!` that declares the `ArchAdapter` ([`TinyCnn`]) and
+//!    registers it.
 //! 2. **Network** (`net`, behind the cargo feature `torch`): a type implementing
 //!    `knapsec_nn::BlockNet` (named blocks, one named slot per ReLU, the secure graph with the
-//!    current activations) and one `inventory::submit!` of a `knapsec_nn::NetRegistration`
-//!    under the same name.
+//!    current activations) and one `knapsec_nn::register_net!` under the same name.
 //!
 //! Then one `use knapsec_arch_example as _;` line (behind a feature) in the
 //! `knapsec-builtin` facade links it into the CLI and the tests.
@@ -24,14 +24,10 @@
 #[cfg(feature = "torch")]
 pub mod net;
 
+use knapsec_arch_kit::spec::{activation_node, check_spec_layers};
 use knapsec_core::graph::{OutputKind, SecureModel};
 use knapsec_core::graph_build::{ConvSpec, GraphBuilder, ParamSource, window_out};
-use knapsec_core::inventory;
-use knapsec_core::registry::ArchRegistration;
-use knapsec_core::{
-    ArchAdapter, ArchOptions, BlockSize, BlockSpec, CoreError, LayerTable, ReluLayer, Result,
-};
-use std::sync::Arc;
+use knapsec_core::{ArchOptions, BlockSpec, CoreError, LayerTable, ReluLayer, Result};
 
 /// Registry name.
 pub const NAME: &str = "example-tinycnn";
@@ -96,23 +92,7 @@ impl TinyCnnPlan {
         frac_bits: u32,
     ) -> Result<(SecureModel, Vec<ParamSource>)> {
         let table = self.layer_table()?;
-        for (name, blocks) in spec.map(|s| &s.layers).into_iter().flatten() {
-            let layer = table.get(name).ok_or_else(|| CoreError::UnknownLayer {
-                arch: NAME.into(),
-                layer: name.clone(),
-            })?;
-            if blocks.len() != layer.channels as usize {
-                return Err(CoreError::WrongChannelCount {
-                    layer: name.clone(),
-                    expected: layer.channels as usize,
-                    found: blocks.len(),
-                });
-            }
-        }
-        let blocks = |l: &ReluLayer| {
-            spec.and_then(|s| s.layers.get(&l.name).cloned())
-                .unwrap_or_else(|| vec![BlockSize::RELU; l.channels as usize])
-        };
+        check_spec_layers(NAME, &table.layers, spec)?;
         let (c, h, w) = self.input;
         let mut g = GraphBuilder::new(NAME, frac_bits, [c, h, w]);
         let with_bias = |s: ConvSpec| ConvSpec { bias: true, ..s };
@@ -122,57 +102,35 @@ impl TinyCnnPlan {
             with_bias(ConvSpec::square(self.width, 3, 1, 1)),
             None,
         )?;
-        x = g.block_relu("relu1", x, blocks(&table.layers[0]))?;
+        x = activation_node(&mut g, &table.layers[0], x, spec, false)?;
         x = g.conv(
             "conv2",
             x,
             with_bias(ConvSpec::square(2 * self.width, 3, 2, 1)),
             None,
         )?;
-        x = g.block_relu("relu2", x, blocks(&table.layers[1]))?;
+        x = activation_node(&mut g, &table.layers[1], x, spec, false)?;
         let pooled = g.global_avg_pool("pool", x)?;
         g.linear("fc", pooled, self.classes, true)?;
         g.finish(OutputKind::Classification)
     }
 }
 
-/// The architecture adapter of `example-tinycnn` (default candidates: every patch up to
-/// 16×16 plus identity).
-#[derive(Clone, Copy, Debug, Default)]
-pub struct TinyCnn;
-
-impl ArchAdapter for TinyCnn {
-    fn name(&self) -> &str {
-        NAME
+knapsec_arch_kit::plan_adapter! {
+    /// The architecture adapter of `example-tinycnn` (default candidates: every patch up to
+    /// 16×16 plus identity).
+    pub struct TinyCnn {
+        name: NAME,
+        provider: "knapsec-arch-example",
+        description: "Example: 2 conv + 2 ReLU + linear, 1x28x28 input, 10 classes (template for new architectures)",
+        plan: TinyCnnPlan = |options| TinyCnnPlan::new(options),
     }
-
-    fn description(&self) -> &str {
-        "Example: 2 conv + 2 ReLU + linear, 1x28x28 input, 10 classes (template for new architectures)"
-    }
-
-    fn layer_table(&self, options: &ArchOptions) -> Result<LayerTable> {
-        TinyCnnPlan::new(options)?.layer_table()
-    }
-
-    fn secure_graph(
-        &self,
-        options: &ArchOptions,
-        spec: Option<&knapsec_core::BlockSpec>,
-        frac_bits: u32,
-    ) -> Result<Option<knapsec_core::graph::SecureModel>> {
-        Ok(Some(
-            TinyCnnPlan::new(options)?.secure_graph(spec, frac_bits)?.0,
-        ))
-    }
-}
-
-inventory::submit! {
-    ArchRegistration { name: NAME, provider: "knapsec-arch-example", make: || Arc::new(TinyCnn) }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use knapsec_core::{ArchAdapter, BlockSize};
 
     #[test]
     fn table_and_graph() {

@@ -5,10 +5,8 @@
 
 use crate::{NAME, TinyCnnPlan};
 use knapsec_core::ArchOptions;
-use knapsec_core::graph::SecureModel;
-use knapsec_core::graph_build::ParamSource;
 use knapsec_nn::Result;
-use knapsec_nn::net::{BlockNet, BlockNetParts, GraphSource, NetRegistration};
+use knapsec_nn::net::{BlockNet, BlockNetParts, input_shape, plan_graph};
 use knapsec_nn::slots::{SlotId, SlotKind, Slots};
 use tch::{Kind, Tensor, nn};
 
@@ -42,14 +40,10 @@ impl TinyCnnNet {
         let parts = BlockNetParts::new(
             NAME,
             options.clone(),
-            [
-                plan.input.0.into(),
-                plan.input.1.into(),
-                plan.input.2.into(),
-            ],
+            input_shape(plan.input),
             vec!["block1".into(), "block2".into()],
             slots,
-            Some(Box::new(plan.clone())),
+            plan_graph(plan.clone(), TinyCnnPlan::secure_graph),
         );
         Ok(TinyCnnNet {
             conv1: nn::conv2d(root / "conv1", plan.input.0.into(), w, 3, conv(1)),
@@ -61,24 +55,8 @@ impl TinyCnnNet {
     }
 }
 
-impl GraphSource for TinyCnnPlan {
-    fn secure_graph(
-        &self,
-        spec: Option<&knapsec_core::BlockSpec>,
-        frac_bits: u32,
-    ) -> knapsec_core::Result<(SecureModel, Vec<ParamSource>)> {
-        TinyCnnPlan::secure_graph(self, spec, frac_bits)
-    }
-}
-
 impl BlockNet for TinyCnnNet {
-    fn parts(&self) -> &BlockNetParts {
-        &self.parts
-    }
-
-    fn parts_mut(&mut self) -> &mut BlockNetParts {
-        &mut self.parts
-    }
+    knapsec_nn::block_net_parts!(parts);
 
     fn run_block(&self, index: usize, x: &Tensor, _train: bool) -> Tensor {
         if index == 0 {
@@ -91,10 +69,6 @@ impl BlockNet for TinyCnnNet {
     }
 }
 
-fn build(options: &ArchOptions, root: &nn::Path) -> Result<Box<dyn BlockNet>> {
-    Ok(Box::new(TinyCnnNet::new(options, root)?))
-}
-
-knapsec_nn::inventory::submit! {
-    NetRegistration { name: NAME, provider: "knapsec-arch-example", build }
-}
+knapsec_nn::register_net!(NAME, "knapsec-arch-example", |options, root| {
+    TinyCnnNet::new(options, root)
+});

@@ -8,7 +8,7 @@
 //! `(1,2,2,1,1,1,1)`, dilations `(1,1,1,2,2,4,4)`).
 
 use knapsec_core::graph_build::{ConvSpec, GraphBuilder, NodeId};
-use knapsec_core::{BlockSize, BlockSpec, CoreError, ReluLayer, Result};
+use knapsec_core::{BlockSpec, CoreError, ReluLayer, Result};
 
 /// Output side of a convolution or pooling window (PyTorch's floor formula), with checked
 /// arithmetic; the same function as the graph validator's.
@@ -295,56 +295,8 @@ impl Naming {
     }
 }
 
-/// The activation node of ReLU layer `layer` in a secure graph: the block sizes `spec` gives
-/// it, else the network's own activation (`relu6` → `Op::Relu6`, otherwise a plain ReLU).
-/// Checks that a spec entry has the layer's channel count.
-pub fn activation_node(
-    g: &mut GraphBuilder,
-    layer: &ReluLayer,
-    x: NodeId,
-    spec: Option<&BlockSpec>,
-    relu6: bool,
-) -> Result<NodeId> {
-    match spec.and_then(|s| s.layers.get(&layer.name)) {
-        Some(blocks) => {
-            if blocks.len() != layer.channels as usize {
-                return Err(CoreError::WrongChannelCount {
-                    layer: layer.name.clone(),
-                    expected: layer.channels as usize,
-                    found: blocks.len(),
-                });
-            }
-            g.block_relu(&layer.name, x, blocks.clone())
-        }
-        None if relu6 => g.relu6(&layer.name, x),
-        None => g.block_relu(
-            &layer.name,
-            x,
-            vec![BlockSize::RELU; layer.channels as usize],
-        ),
-    }
-}
-
-/// Checks that every layer `spec` names exists in `layers` (the channel counts are checked
-/// where the layers are built) and that the spec is for `arch` (or names no architecture).
-pub fn check_spec_layers(arch: &str, layers: &[ReluLayer], spec: Option<&BlockSpec>) -> Result<()> {
-    let Some(spec) = spec else { return Ok(()) };
-    if !spec.arch.is_empty() && spec.arch != arch {
-        return Err(CoreError::WrongArchitecture {
-            expected: arch.into(),
-            found: spec.arch.clone(),
-        });
-    }
-    for name in spec.layers.keys() {
-        if !layers.iter().any(|l| &l.name == name) {
-            return Err(CoreError::UnknownLayer {
-                arch: arch.into(),
-                layer: name.clone(),
-            });
-        }
-    }
-    Ok(())
-}
+/// The activation node of a layer and the spec check, shared by every built-in.
+pub use knapsec_arch_kit::spec::{activation_node, check_spec_layers};
 
 impl MobileNetV2Geometry {
     /// Adds the backbone to a secure graph: stem, inverted residuals (with their additions),

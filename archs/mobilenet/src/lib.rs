@@ -41,15 +41,9 @@ pub mod geometry;
 #[cfg(feature = "torch")]
 pub mod net;
 
-use knapsec_core::candidates;
 use knapsec_core::graph::{OutputKind, SecureModel};
 use knapsec_core::graph_build::{GraphBuilder, ParamSource};
-use knapsec_core::inventory;
-use knapsec_core::registry::ArchRegistration;
-use knapsec_core::{
-    ArchAdapter, ArchOptions, BlockSize, BlockSpec, CoreError, LayerTable, ReluLayer, Result,
-};
-use std::sync::Arc;
+use knapsec_core::{ArchOptions, BlockSpec, CoreError, LayerTable, ReluLayer, Result};
 
 pub use geometry::{MobileNetV2Geometry, Naming};
 
@@ -78,17 +72,7 @@ impl Activation {
     }
 }
 
-/// The reference's candidate list for a layer: its preset for the map side when the map is
-/// square and a preset of that side exists (digest §1.4, §4.4, §4.5), otherwise every patch up
-/// to 16 per side plus identity.
-pub fn reference_candidates(layer: &ReluLayer) -> Vec<BlockSize> {
-    if layer.height == layer.width
-        && let Ok(preset) = candidates::preset_for_side(layer.height)
-    {
-        return preset;
-    }
-    candidates::generate(layer.height, layer.width, 16)
-}
+pub use knapsec_arch_kit::reference_candidates;
 
 /// Validated options of `mobilenetv2-imagenet`.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -157,7 +141,7 @@ impl ImageNetConfig {
         frac_bits: u32,
     ) -> Result<(SecureModel, Vec<ParamSource>)> {
         let layers = self.layers()?;
-        geometry::check_spec_layers(NAME, &layers, spec)?;
+        knapsec_arch_kit::check_spec_layers(NAME, &layers, spec)?;
         let geometry = self.geometry();
         let mut g = GraphBuilder::new(
             NAME,
@@ -172,48 +156,21 @@ impl ImageNetConfig {
     }
 }
 
-/// The architecture adapter of torchvision's ImageNet MobileNetV2.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct MobileNetV2ImageNet;
-
-impl ArchAdapter for MobileNetV2ImageNet {
-    fn name(&self) -> &str {
-        NAME
+knapsec_arch_kit::plan_adapter! {
+    /// The architecture adapter of torchvision's ImageNet MobileNetV2.
+    pub struct MobileNetV2ImageNet {
+        name: NAME,
+        provider: "knapsec-arch-mobilenet",
+        description: "MobileNetV2 (torchvision ImageNet classifier, ReLU6 or ReLU), 3x224x224 input, 1000 classes",
+        plan: ImageNetConfig = |options| ImageNetConfig::from_options(options),
+        candidates: reference_candidates,
     }
-
-    fn description(&self) -> &str {
-        "MobileNetV2 (torchvision ImageNet classifier, ReLU6 or ReLU), 3x224x224 input, 1000 classes"
-    }
-
-    fn layer_table(&self, options: &ArchOptions) -> Result<LayerTable> {
-        ImageNetConfig::from_options(options)?.layer_table()
-    }
-
-    fn secure_graph(
-        &self,
-        options: &ArchOptions,
-        spec: Option<&knapsec_core::BlockSpec>,
-        frac_bits: u32,
-    ) -> Result<Option<knapsec_core::graph::SecureModel>> {
-        Ok(Some(
-            ImageNetConfig::from_options(options)?
-                .secure_graph(spec, frac_bits)?
-                .0,
-        ))
-    }
-
-    fn candidates(&self, layer: &ReluLayer) -> Vec<BlockSize> {
-        reference_candidates(layer)
-    }
-}
-
-inventory::submit! {
-    ArchRegistration { name: NAME, provider: "knapsec-arch-mobilenet", make: || Arc::new(MobileNetV2ImageNet) }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use knapsec_core::{ArchAdapter, BlockSize, candidates};
 
     #[test]
     fn imagenet_layer_table() {

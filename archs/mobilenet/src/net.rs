@@ -13,67 +13,33 @@
 
 use crate::geometry::{ConvNames, MobileNetV2Geometry, Naming, STEM_CHANNELS};
 use crate::{Activation, ImageNetConfig, NAME};
-use knapsec_core::graph::SecureModel;
-use knapsec_core::graph_build::ParamSource;
 use knapsec_core::{ArchOptions, ReluLayer};
-use knapsec_nn::net::{BlockNet, BlockNetParts, GraphSource, NetRegistration};
+use knapsec_nn::net::{BlockNet, BlockNetParts, input_shape, plan_graph};
 use knapsec_nn::slots::{SlotId, SlotKind, Slots};
 use knapsec_nn::{NnError, Result};
-use tch::nn::{self, ModuleT};
+use tch::nn;
 use tch::{Kind, Tensor};
 
-/// The `nn::Path` of a dotted `state_dict` prefix (`features.1.conv.0.0`) under `root`.
-pub fn sub_path<'a>(root: &nn::Path<'a>, dotted: &str) -> nn::Path<'a> {
-    let mut parts = dotted.split('.');
-    let first = root.sub(parts.next().unwrap_or_default());
-    parts.fold(first, |p, s| p.sub(s))
-}
+/// The convolution + BatchNorm unit and the dotted-path helper, shared with every built-in.
+pub use knapsec_nn::conv_bn::{ConvBn, sub_path};
 
-/// A convolution without bias followed by a BatchNorm (eps 1e-5), under `state_dict` names.
-#[derive(Debug)]
-pub struct ConvBn {
-    conv: nn::Conv2D,
-    bn: nn::BatchNorm,
-}
-
-impl ConvBn {
-    /// A `k × k` convolution `cin → cout` with the given stride, padding, dilation and groups.
-    #[allow(clippy::too_many_arguments)]
-    pub fn new(
-        root: &nn::Path,
-        names: &ConvNames,
-        cin: u32,
-        cout: u32,
-        k: u32,
-        stride: u32,
-        padding: u32,
-        dilation: u32,
-        groups: u32,
-    ) -> Self {
-        let cfg = nn::ConvConfig {
-            stride: stride.into(),
-            padding: padding.into(),
-            dilation: dilation.into(),
-            groups: groups.into(),
-            bias: false,
-            ..Default::default()
-        };
-        ConvBn {
-            conv: nn::conv2d(
-                sub_path(root, &names.conv),
-                cin.into(),
-                cout.into(),
-                k.into(),
-                cfg,
-            ),
-            bn: nn::batch_norm2d(sub_path(root, &names.bn), cout.into(), Default::default()),
-        }
-    }
-
-    /// `bn(conv(x))`, BatchNorm in training mode when `train`.
-    pub fn forward(&self, x: &Tensor, train: bool) -> Tensor {
-        self.bn.forward_t(&x.apply(&self.conv), train)
-    }
+/// [`ConvBn::new`] under a backbone's [`ConvNames`].
+#[allow(clippy::too_many_arguments)]
+fn conv_bn(
+    root: &nn::Path,
+    names: &ConvNames,
+    cin: u32,
+    cout: u32,
+    k: u32,
+    stride: u32,
+    padding: u32,
+    dilation: u32,
+    groups: u32,
+) -> ConvBn {
+    let ConvNames { conv, bn } = names;
+    ConvBn::new(
+        root, conv, bn, cin, cout, k, stride, padding, dilation, groups,
+    )
 }
 
 #[derive(Debug)]
@@ -117,7 +83,7 @@ impl MobileNetV2Backbone {
             })?;
             slots.add(layer, block, kind)
         };
-        let stem = ConvBn::new(
+        let stem = conv_bn(
             root,
             &naming.stem(),
             geometry.in_channels,
@@ -134,15 +100,15 @@ impl MobileNetV2Backbone {
             let block = first_block + 1 + k;
             let expand = match naming.expand(b) {
                 Some(n) => {
-                    let conv = ConvBn::new(root, &n, b.in_channels, b.mid_channels, 1, 1, 0, 1, 1);
+                    let conv = conv_bn(root, &n, b.in_channels, b.mid_channels, 1, 1, 0, 1, 1);
                     Some((conv, add_slot(slots, block)?))
                 }
                 None => None,
             };
             let (m, d) = (b.mid_channels, b.dilation);
-            let depthwise = ConvBn::new(root, &naming.depthwise(b), m, m, 3, b.stride, d, d, m);
+            let depthwise = conv_bn(root, &naming.depthwise(b), m, m, 3, b.stride, d, d, m);
             let depthwise_slot = add_slot(slots, block)?;
-            let project = ConvBn::new(root, &naming.project(b), m, b.out_channels, 1, 1, 0, 1, 1);
+            let project = conv_bn(root, &naming.project(b), m, b.out_channels, 1, 1, 0, 1, 1);
             blocks.push(InvertedResidualModule {
                 expand,
                 depthwise,
@@ -157,7 +123,7 @@ impl MobileNetV2Backbone {
                     .blocks
                     .last()
                     .map_or(STEM_CHANNELS, |b| b.out_channels);
-                let conv = ConvBn::new(root, &naming.last(geometry), cin, c, 1, 1, 0, 1, 1);
+                let conv = conv_bn(root, &naming.last(geometry), cin, c, 1, 1, 0, 1, 1);
                 Some((
                     conv,
                     add_slot(slots, first_block + 1 + geometry.blocks.len())?,
@@ -250,14 +216,10 @@ impl MobileNetV2 {
         let parts = BlockNetParts::new(
             NAME,
             options.clone(),
-            [
-                config.input_channels.into(),
-                config.height.into(),
-                config.width.into(),
-            ],
+            input_shape((config.input_channels, config.height, config.width)),
             blocks,
             slots,
-            Some(Box::new(config)),
+            plan_graph(config, ImageNetConfig::secure_graph),
         );
         Ok(MobileNetV2 {
             backbone,
@@ -267,24 +229,8 @@ impl MobileNetV2 {
     }
 }
 
-impl GraphSource for ImageNetConfig {
-    fn secure_graph(
-        &self,
-        spec: Option<&knapsec_core::BlockSpec>,
-        frac_bits: u32,
-    ) -> knapsec_core::Result<(SecureModel, Vec<ParamSource>)> {
-        ImageNetConfig::secure_graph(self, spec, frac_bits)
-    }
-}
-
 impl BlockNet for MobileNetV2 {
-    fn parts(&self) -> &BlockNetParts {
-        &self.parts
-    }
-
-    fn parts_mut(&mut self) -> &mut BlockNetParts {
-        &mut self.parts
-    }
+    knapsec_nn::block_net_parts!(parts);
 
     fn run_block(&self, index: usize, x: &Tensor, train: bool) -> Tensor {
         let n = self.backbone.num_blocks();
@@ -307,9 +253,7 @@ fn build(options: &ArchOptions, root: &nn::Path) -> Result<Box<dyn BlockNet>> {
     Ok(Box::new(MobileNetV2::new(options, root)?))
 }
 
-knapsec_nn::inventory::submit! {
-    NetRegistration { name: NAME, provider: "knapsec-arch-mobilenet", build }
-}
+knapsec_nn::register_net!(NAME, "knapsec-arch-mobilenet", build);
 
 #[cfg(test)]
 mod tests {

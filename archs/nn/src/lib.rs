@@ -1,6 +1,7 @@
 //! knapsec-nn: the torch side shared by every architecture (DESIGN §2, §4).
 //!
 //! * [`block_relu`]: the plaintext block ReLU module (digest §1.1).
+//! * [`conv_bn`]: the convolution + BatchNorm unit of every built-in network.
 //! * [`slots`]: named activation slots that can be swapped (ReLU ↔ block ReLU ↔ identity).
 //! * [`net`]: the [`BlockNet`] trait (a network as named blocks; run from any block), the
 //!   registry of network builders ([`NetRegistration`]) and [`Network`] (net + weights).
@@ -19,6 +20,7 @@
 
 mod block_mask;
 pub mod block_relu;
+pub mod conv_bn;
 pub mod data;
 pub mod distortion;
 pub mod error;
@@ -31,6 +33,7 @@ pub mod train;
 pub mod weights;
 
 pub use block_relu::BlockRelu;
+pub use conv_bn::ConvBn;
 pub use error::{NnError, Result};
 pub use export::{DEFAULT_FRAC_BITS, eval_graph, export};
 pub use interp::DescNet;

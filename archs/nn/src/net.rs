@@ -30,6 +30,84 @@ pub trait GraphSource: Send + Sync + std::fmt::Debug {
     ) -> knapsec_core::Result<(SecureModel, Vec<ParamSource>)>;
 }
 
+/// A plan and the function that builds its secure graph, as a [`GraphSource`]: what an
+/// architecture's network keeps (see [`plan_graph`]).
+pub struct PlanGraph<P> {
+    plan: P,
+    build: PlanGraphFn<P>,
+}
+
+/// Builds a plan's secure-model graph for a spec (e.g. `ResNetPlan::secure_graph`).
+pub type PlanGraphFn<P> =
+    fn(&P, Option<&BlockSpec>, u32) -> knapsec_core::Result<(SecureModel, Vec<ParamSource>)>;
+
+impl<P: std::fmt::Debug> std::fmt::Debug for PlanGraph<P> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("PlanGraph").field(&self.plan).finish()
+    }
+}
+
+impl<P: Send + Sync + std::fmt::Debug> GraphSource for PlanGraph<P> {
+    fn secure_graph(
+        &self,
+        spec: Option<&BlockSpec>,
+        frac_bits: u32,
+    ) -> knapsec_core::Result<(SecureModel, Vec<ParamSource>)> {
+        (self.build)(&self.plan, spec, frac_bits)
+    }
+}
+
+/// The graph source of [`BlockNetParts::new`] for a network built from `plan`, whose secure
+/// graph `build` makes: `plan_graph(plan.clone(), ResNetPlan::secure_graph)`.
+pub fn plan_graph<P: Send + Sync + std::fmt::Debug + 'static>(
+    plan: P,
+    build: PlanGraphFn<P>,
+) -> Option<Box<dyn GraphSource>> {
+    Some(Box::new(PlanGraph { plan, build }))
+}
+
+/// Input shape `[C, H, W]` of [`BlockNetParts::new`] from a plan's `(C, H, W)`.
+pub fn input_shape((c, h, w): (u32, u32, u32)) -> [i64; 3] {
+    [c.into(), h.into(), w.into()]
+}
+
+/// The two accessors of [`BlockNet`] that every network writes the same way, for a network
+/// that keeps its [`BlockNetParts`] in field `$field`: `knapsec_nn::block_net_parts!(parts);`
+/// inside `impl BlockNet for …`.
+#[macro_export]
+macro_rules! block_net_parts {
+    ($field:ident) => {
+        fn parts(&self) -> &$crate::net::BlockNetParts {
+            &self.$field
+        }
+
+        fn parts_mut(&mut self) -> &mut $crate::net::BlockNetParts {
+            &mut self.$field
+        }
+    };
+}
+
+/// Registers a network builder under an architecture name (a [`NetRegistration`]): either a
+/// [`NetBuilder`] function, or `|options, root| expr` where `expr` is a
+/// `Result<impl BlockNet>` (the network's constructor).
+#[macro_export]
+macro_rules! register_net {
+    ($name:expr, $provider:expr, |$options:ident, $root:ident| $build:expr) => {
+        $crate::inventory::submit! {
+            $crate::net::NetRegistration {
+                name: $name,
+                provider: $provider,
+                build: |$options, $root| Ok(Box::new($build?)),
+            }
+        }
+    };
+    ($name:expr, $provider:expr, $build:path) => {
+        $crate::inventory::submit! {
+            $crate::net::NetRegistration { name: $name, provider: $provider, build: $build }
+        }
+    };
+}
+
 /// What every [`BlockNet`] holds the same way, behind the trait's provided accessors: a
 /// network keeps one of these and returns it from [`BlockNet::parts`] and
 /// [`BlockNet::parts_mut`].

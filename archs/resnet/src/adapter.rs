@@ -6,96 +6,41 @@
 //! (every patch up to 16 per side, plus identity).
 
 use crate::plan::{RESNET18_CIFAR, RESNET50_IMAGENET, ResNetPlan};
-use knapsec_core::registry::ArchRegistration;
-use knapsec_core::{
-    ArchAdapter, ArchOptions, BlockSize, LayerTable, ReluLayer, Result, candidates,
-};
-use std::sync::Arc;
+use knapsec_core::{BlockSize, ReluLayer};
 
 /// Reference preset for square maps that have one, else the generated set (cap 16).
 pub fn default_candidates(layer: &ReluLayer) -> Vec<BlockSize> {
-    if layer.height == layer.width
-        && let Ok(preset) = candidates::preset_for_side(layer.height)
-    {
-        return preset;
-    }
-    candidates::generate(layer.height, layer.width, 16)
+    knapsec_arch_kit::reference_candidates(layer)
 }
 
-/// `resnet18-cifar`: mmcls `ResNet_CIFAR` depth 18 (3×3 stride-1 stem, no pooling,
-/// BasicBlocks), input 3×32×32, 100 classes.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct ResNet18Cifar;
-
-/// `resnet50-imagenet`: mmcls ResNet-50 (style "pytorch"), input 3×224×224, 1000 classes;
-/// variants `maxpool-stem` (default) and `avgpool-stem`.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct ResNet50ImageNet;
-
-impl ArchAdapter for ResNet18Cifar {
-    fn name(&self) -> &str {
-        RESNET18_CIFAR
-    }
-    fn description(&self) -> &str {
-        "ResNet-18 for CIFAR (3x3 stem, no pooling, BasicBlocks; 3x32x32, 100 classes; options: input size and channels, classes, base_width)"
-    }
-    fn layer_table(&self, options: &ArchOptions) -> Result<LayerTable> {
-        ResNetPlan::new(RESNET18_CIFAR, options)?.layer_table()
-    }
-    fn secure_graph(
-        &self,
-        options: &ArchOptions,
-        spec: Option<&knapsec_core::BlockSpec>,
-        frac_bits: u32,
-    ) -> Result<Option<knapsec_core::graph::SecureModel>> {
-        Ok(Some(
-            ResNetPlan::new(RESNET18_CIFAR, options)?
-                .secure_graph(spec, frac_bits)?
-                .0,
-        ))
-    }
-    fn candidates(&self, layer: &ReluLayer) -> Vec<BlockSize> {
-        default_candidates(layer)
+knapsec_arch_kit::plan_adapter! {
+    /// `resnet18-cifar`: mmcls `ResNet_CIFAR` depth 18 (3×3 stride-1 stem, no pooling,
+    /// BasicBlocks), input 3×32×32, 100 classes.
+    pub struct ResNet18Cifar {
+        name: RESNET18_CIFAR,
+        provider: "knapsec-arch-resnet",
+        description: "ResNet-18 for CIFAR (3x3 stem, no pooling, BasicBlocks; 3x32x32, 100 classes; options: input size and channels, classes, base_width)",
+        plan: ResNetPlan = |options| ResNetPlan::new(RESNET18_CIFAR, options),
+        candidates: default_candidates,
     }
 }
 
-impl ArchAdapter for ResNet50ImageNet {
-    fn name(&self) -> &str {
-        RESNET50_IMAGENET
+knapsec_arch_kit::plan_adapter! {
+    /// `resnet50-imagenet`: mmcls ResNet-50 (style "pytorch"), input 3×224×224, 1000 classes;
+    /// variants `maxpool-stem` (default) and `avgpool-stem`.
+    pub struct ResNet50ImageNet {
+        name: RESNET50_IMAGENET,
+        provider: "knapsec-arch-resnet",
+        description: "ResNet-50 for ImageNet (Bottlenecks, style pytorch; 3x224x224, 1000 classes; variants maxpool-stem, avgpool-stem)",
+        plan: ResNetPlan = |options| ResNetPlan::new(RESNET50_IMAGENET, options),
+        candidates: default_candidates,
     }
-    fn description(&self) -> &str {
-        "ResNet-50 for ImageNet (Bottlenecks, style pytorch; 3x224x224, 1000 classes; variants maxpool-stem, avgpool-stem)"
-    }
-    fn layer_table(&self, options: &ArchOptions) -> Result<LayerTable> {
-        ResNetPlan::new(RESNET50_IMAGENET, options)?.layer_table()
-    }
-    fn secure_graph(
-        &self,
-        options: &ArchOptions,
-        spec: Option<&knapsec_core::BlockSpec>,
-        frac_bits: u32,
-    ) -> Result<Option<knapsec_core::graph::SecureModel>> {
-        Ok(Some(
-            ResNetPlan::new(RESNET50_IMAGENET, options)?
-                .secure_graph(spec, frac_bits)?
-                .0,
-        ))
-    }
-    fn candidates(&self, layer: &ReluLayer) -> Vec<BlockSize> {
-        default_candidates(layer)
-    }
-}
-
-knapsec_core::inventory::submit! {
-    ArchRegistration { name: RESNET18_CIFAR, provider: "knapsec-arch-resnet", make: || Arc::new(ResNet18Cifar) }
-}
-knapsec_core::inventory::submit! {
-    ArchRegistration { name: RESNET50_IMAGENET, provider: "knapsec-arch-resnet", make: || Arc::new(ResNet50ImageNet) }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use knapsec_core::{ArchAdapter, ArchOptions};
 
     fn totals(a: &dyn ArchAdapter, o: &ArchOptions) -> (usize, u64, u64) {
         let t = a.layer_table(o).unwrap();

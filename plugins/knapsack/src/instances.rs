@@ -1,9 +1,12 @@
 //! Synthetic but realistic knapsack instances shaped exactly like the reference networks.
 //!
-//! * [`reference_table`]: the layer tables of the four networks the reference ships, transcribed
-//!   from its parameter files (digest §4.2–4.5) — **these are the reference's tables**, kept here
-//!   so that the generator runs without the architecture plugins; the conformance tests check
-//!   that they agree with the registered adapters where those exist.
+//! * [`reference_table`]: the layer tables of the four networks the reference ships (digest
+//!   §4.2–4.5), without the architecture plugins (and without tch): the three ResNets come from
+//!   the one ResNet plan (`knapsec_arch_kit::resnet`, tch-free, which the ResNet and DeepLab
+//!   architectures build from); `deeplabv3-mobilenetv2`'s backbone is transcribed from the
+//!   reference's parameter files (its geometry lives in `knapsec-arch-mobilenet`, whose tch
+//!   network this crate must not pull in). The conformance tests check that all four agree with
+//!   the registered adapters.
 //! * [`reference_candidates`]: the reference's candidate preset for a layer (its
 //!   `BLOCK_SIZES_<H>x<H>` list, digest §1.4, via [`candidates::preset_for_side`]).
 //! * [`synthetic_distortion`]: a seeded distortion table on such a network. The model: a
@@ -15,52 +18,43 @@
 //!   preset (e.g. `7x7` twice in `14x14`) are dropped, keeping the first.
 
 use crate::{Error, Result};
+use knapsec_arch_kit::resnet::{RESNET18_CIFAR, RESNET50_IMAGENET, ResNetPlan, StemPool};
 use knapsec_core::distortion::{DistortionTable, Provenance};
-use knapsec_core::{BlockSize, LayerTable, ReluLayer, candidates};
+use knapsec_core::{ArchOptions, BlockSize, LayerTable, ReluLayer, candidates};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 /// The reference networks, in the order of the paper's figures.
 pub const REFERENCE_ARCHS: [&str; 4] = [
-    "resnet18-cifar",
-    "resnet50-imagenet",
+    RESNET18_CIFAR,
+    RESNET50_IMAGENET,
     "deeplabv3-mobilenetv2",
     "deeplabv3-resnet50",
 ];
 
+/// The DeepLabV3 decode head's layers: `decode_0` (image pooling, 1×1) and `decode_1`…`decode_5`
+/// (512 channels at the backbone's output side `hw`).
+fn decode_layers(hw: u32) -> impl Iterator<Item = ReluLayer> {
+    std::iter::once(ReluLayer::new("decode_0", 512, 1, 1))
+        .chain((1..=5).map(move |k| ReluLayer::new(format!("decode_{k}"), 512, hw, hw)))
+}
+
 /// The reference's layer table of `arch` (one of [`REFERENCE_ARCHS`]).
 pub fn reference_table(arch: &str) -> Result<LayerTable> {
-    let mut layers: Vec<ReluLayer> = Vec::new();
-    let mut add = |name: String, c: u32, hw: u32| layers.push(ReluLayer::new(name, c, hw, hw));
-    match arch {
-        "resnet18-cifar" => {
-            add("stem".into(), 64, 32);
-            for (stage, c, hw) in [(1, 64, 32), (2, 128, 16), (3, 256, 8), (4, 512, 4)] {
-                for b in 0..2 {
-                    for k in 1..=2 {
-                        add(format!("layer{stage}_{b}_{k}"), c, hw);
-                    }
-                }
-            }
+    let layers: Vec<ReluLayer> = match arch {
+        RESNET18_CIFAR | RESNET50_IMAGENET => {
+            ResNetPlan::new(arch, &ArchOptions::default())?.layers()
         }
-        "resnet50-imagenet" => {
-            add("stem".into(), 64, 112);
-            // (stage, blocks, width, input side, output side)
-            for (stage, blocks, w, hin, hout) in [
-                (1, 3, 64, 56, 56),
-                (2, 4, 128, 56, 28),
-                (3, 6, 256, 28, 14),
-                (4, 3, 512, 14, 7),
-            ] {
-                for b in 0..blocks {
-                    let h1 = if b == 0 { hin } else { hout };
-                    add(format!("layer{stage}_{b}_1"), w, h1);
-                    add(format!("layer{stage}_{b}_2"), w, hout);
-                    add(format!("layer{stage}_{b}_3"), 4 * w, hout);
-                }
-            }
+        "deeplabv3-resnet50" => {
+            let plan =
+                ResNetPlan::deeplab_v1c50("deeplabv3-resnet50", (3, 512, 512), StemPool::Avg)?;
+            let (_, (hw, _)) = plan.out_shape();
+            plan.layers().into_iter().chain(decode_layers(hw)).collect()
         }
         "deeplabv3-mobilenetv2" => {
+            let mut layers = Vec::new();
+            let mut add =
+                |name: String, c: u32, hw: u32| layers.push(ReluLayer::new(name, c, hw, hw));
             add("conv1".into(), 32, 256);
             add("layer1_0_0".into(), 32, 256);
             // (stage, blocks, in channels of block 0, out channels, input side, output side)
@@ -72,7 +66,6 @@ pub fn reference_table(arch: &str) -> Result<LayerTable> {
                 (6, 3, 96, 160, 64, 64),
                 (7, 1, 160, 320, 64, 64),
             ] {
-                let _ = cout;
                 for b in 0..blocks {
                     // expansion 6: hidden width = 6 × the block's input channels
                     let hidden = 6 * if b == 0 { cin } else { cout };
@@ -84,32 +77,8 @@ pub fn reference_table(arch: &str) -> Result<LayerTable> {
                     add(format!("layer{stage}_{b}_1"), hidden, hout);
                 }
             }
-            add("decode_0".into(), 512, 1);
-            for k in 1..=5 {
-                add(format!("decode_{k}"), 512, 64);
-            }
-        }
-        "deeplabv3-resnet50" => {
-            add("stem_2".into(), 32, 256);
-            add("stem_5".into(), 32, 256);
-            add("stem_8".into(), 64, 256);
-            for (stage, blocks, w, hin, hout) in [
-                (1, 3, 64, 128, 128),
-                (2, 4, 128, 128, 64),
-                (3, 6, 256, 64, 64),
-                (4, 3, 512, 64, 64),
-            ] {
-                for b in 0..blocks {
-                    let h1 = if b == 0 { hin } else { hout };
-                    add(format!("layer{stage}_{b}_1"), w, h1);
-                    add(format!("layer{stage}_{b}_2"), w, hout);
-                    add(format!("layer{stage}_{b}_3"), 4 * w, hout);
-                }
-            }
-            add("decode_0".into(), 512, 1);
-            for k in 1..=5 {
-                add(format!("decode_{k}"), 512, 64);
-            }
+            layers.extend(decode_layers(64));
+            layers
         }
         other => {
             return Err(Error::Invalid(format!(
@@ -117,7 +86,7 @@ pub fn reference_table(arch: &str) -> Result<LayerTable> {
                 REFERENCE_ARCHS.join(", ")
             )));
         }
-    }
+    };
     Ok(LayerTable::new(arch, layers)?)
 }
 

@@ -3,8 +3,13 @@
 //! layers, 32×32 input) and a DeepLab-like head (ASPP with image pooling: global average
 //! pooling, 1×1 conv, broadcast, concat), plus random block specs at a DReLU budget.
 //! Layer names follow the reference (`stem`, `layer1_0_1`, ...). The architecture crates
-//! build the real graphs; these exist so that this crate can test and bench on its own.
+//! build the real graphs; these exist so that this crate can test and bench on its own. The
+//! ResNet's layers and units come from the one ResNet plan (`knapsec_arch_kit::resnet`,
+//! tch-free); its graph keeps its own short node names (`stem.conv`, `layer1.0.conv1`, …),
+//! which the pinned transcripts of this crate's tests depend on.
 
+use knapsec_arch_kit::resnet::{RESNET18_CIFAR, ResNetPlan};
+use knapsec_core::ArchOptions;
 use knapsec_core::block::BlockSize;
 use knapsec_core::graph::{OutputKind, SecureModel, Shape};
 use knapsec_core::graph_build::{ConvSpec, GraphBuilder, NodeId};
@@ -79,21 +84,25 @@ pub fn random_spec(layers: &[Shape], ratio: f64, seed: u64) -> Vec<Vec<BlockSize
         .collect()
 }
 
+/// The ResNet18-CIFAR plan with base width `width` on a 3×32×32 input.
+fn resnet18_cifar_plan(width: u32, classes: u32) -> knapsec_core::Result<ResNetPlan> {
+    let options = ArchOptions {
+        base_width: Some(width),
+        classes: Some(classes),
+        ..Default::default()
+    };
+    ResNetPlan::new(RESNET18_CIFAR, &options)
+}
+
 /// The ReLU layers of [`resnet18_cifar`] with width `w` (64 for the real network): names and
-/// shapes, in order.
+/// shapes, in order (none for width 0, which the plan refuses).
 pub fn resnet18_cifar_layers(width: u32) -> Vec<(String, Shape)> {
-    let mut out = vec![("stem".to_string(), [width, 32, 32])];
-    for (stage, (mult, hw)) in [(1, 32), (2, 16), (4, 8), (8, 4)].into_iter().enumerate() {
-        for block in 0..2 {
-            for r in 1..=2 {
-                out.push((
-                    format!("layer{}_{block}_{r}", stage + 1),
-                    [width * mult, hw, hw],
-                ));
-            }
-        }
-    }
-    out
+    resnet18_cifar_plan(width, 1)
+        .map(|p| p.layers())
+        .unwrap_or_default()
+        .into_iter()
+        .map(|l| (l.name, [l.channels, l.height, l.width]))
+        .collect()
 }
 
 fn bn_conv(
@@ -113,47 +122,45 @@ pub fn resnet18_cifar(
     classes: u32,
     spec: Option<&[Vec<BlockSize>]>,
 ) -> knapsec_core::Result<SecureModel> {
-    let layers = resnet18_cifar_layers(width);
+    let plan = resnet18_cifar_plan(width, classes)?;
+    let layers = plan.layers();
     let blocks = |i: usize| -> Vec<BlockSize> {
         spec.map(|s| s[i].clone())
-            .unwrap_or_else(|| vec![BlockSize::RELU; layers[i].1[0] as usize])
+            .unwrap_or_else(|| vec![BlockSize::RELU; layers[i].channels as usize])
     };
-    let mut g = GraphBuilder::new("resnet18-cifar", 12, [3, 32, 32]);
+    let mut g = GraphBuilder::new(RESNET18_CIFAR, 12, [3, 32, 32]);
     let inp = g.input();
     let stem = bn_conv(&mut g, "stem.conv", inp, ConvSpec::square(width, 3, 1, 1))?;
     let mut x = g.block_relu("stem", stem, blocks(0))?;
     let mut li = 1;
-    for (stage, mult) in [1u32, 2, 4, 8].into_iter().enumerate() {
-        for block in 0..2 {
-            let stride = if stage > 0 && block == 0 { 2 } else { 1 };
-            let p = format!("layer{}.{block}", stage + 1);
-            let c1 = bn_conv(
+    for u in &plan.units {
+        let p = u.module.strip_prefix("backbone.").unwrap_or(&u.module);
+        let c1 = bn_conv(
+            &mut g,
+            &format!("{p}.conv1"),
+            x,
+            ConvSpec::square(u.planes, 3, u.stride, 1),
+        )?;
+        let r1 = g.block_relu(&layers[li].name, c1, blocks(li))?;
+        let c2 = bn_conv(
+            &mut g,
+            &format!("{p}.conv2"),
+            r1,
+            ConvSpec::square(u.out_channels, 3, 1, 1),
+        )?;
+        let short = if u.downsample {
+            bn_conv(
                 &mut g,
-                &format!("{p}.conv1"),
+                &format!("{p}.downsample"),
                 x,
-                ConvSpec::square(width * mult, 3, stride, 1),
-            )?;
-            let r1 = g.block_relu(&layers[li].0, c1, blocks(li))?;
-            let c2 = bn_conv(
-                &mut g,
-                &format!("{p}.conv2"),
-                r1,
-                ConvSpec::square(width * mult, 3, 1, 1),
-            )?;
-            let short = if stride != 1 || g.shape(x)[0] != width * mult {
-                bn_conv(
-                    &mut g,
-                    &format!("{p}.downsample"),
-                    x,
-                    ConvSpec::square(width * mult, 1, stride, 0),
-                )?
-            } else {
-                x
-            };
-            let sum = g.add(&format!("{p}.add"), &[c2, short])?;
-            x = g.block_relu(&layers[li + 1].0, sum, blocks(li + 1))?;
-            li += 2;
-        }
+                ConvSpec::square(u.out_channels, 1, u.stride, 0),
+            )?
+        } else {
+            x
+        };
+        let sum = g.add(&format!("{p}.add"), &[c2, short])?;
+        x = g.block_relu(&layers[li + 1].name, sum, blocks(li + 1))?;
+        li += 2;
     }
     let gap = g.global_avg_pool("neck.gap", x)?;
     g.linear("head.fc", gap, classes, true)?;

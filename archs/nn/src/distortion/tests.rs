@@ -76,12 +76,8 @@ impl Toy {
 }
 
 impl BlockNet for Toy {
-    fn parts(&self) -> &BlockNetParts {
-        &self.parts
-    }
-    fn parts_mut(&mut self) -> &mut BlockNetParts {
-        &mut self.parts
-    }
+    crate::block_net_parts!(parts);
+
     fn run_block(&self, index: usize, x: &Tensor, train: bool) -> Tensor {
         match index {
             0 => self
