@@ -86,3 +86,57 @@ fn every_private_backend_runs_a_batch_in_the_rounds_of_one_image() {
         }
     }
 }
+
+/// Both DeepLabV3 networks at a small input (random weights, every ReLU kept): every private
+/// backend reveals plain's label map, up to pixels whose two best logits are within the
+/// truncation noise of the deep network (checked by `check_label_map`).
+#[test]
+fn every_private_backend_reveals_plains_label_map_on_both_deeplabs() {
+    let r = knapsec_builtin::registry().unwrap();
+    let small = ArchOptions {
+        input_height: Some(17),
+        input_width: Some(17),
+        ..Default::default()
+    };
+    for arch in ["deeplabv3-resnet50", "deeplabv3-mobilenetv2"] {
+        let model = r
+            .arch(arch)
+            .unwrap()
+            .secure_graph(&small, None, 12)
+            .unwrap()
+            .expect("deeplab builds its secure graph without libtorch");
+        let weights = knapsec_core::graph_build::random_weights(&model, 3);
+        let x = knapsec_plain::cases::input(&model, 1);
+        for name in r.backend_names() {
+            let b = r.backend(&name).unwrap();
+            if !b.is_private() {
+                continue;
+            }
+            let options = b.label_only_options("").unwrap().unwrap();
+            let rep = knapsec_runtime::simulate(
+                &*b,
+                &model,
+                &weights,
+                &x,
+                &options,
+                Some(std::time::Duration::from_secs(600)),
+            )
+            .unwrap_or_else(|e| panic!("{arch} with {name}: {e}"));
+            let knapsec_core::backend::PartyOutput::Labels(got) = rep.output else {
+                panic!(
+                    "{arch} with {name}: expected a label map, got {:?}",
+                    rep.output
+                );
+            };
+            knapsec_plain::cases::check_label_map(
+                &model,
+                &weights,
+                &x,
+                &got,
+                256,
+                got.len() / 50 + 1,
+            )
+            .unwrap_or_else(|e| panic!("{arch} with {name}: {e}"));
+        }
+    }
+}
