@@ -15,13 +15,20 @@
 //! values of a patch in the byte lanes of one vector (the prefix sum by six shifted additions
 //! reduced mod 67 in 8-bit lanes, the products in 16-bit lanes, the rotation by one
 //! two-source permute); and a portable copy (prefix sums without reduction in the dependency
-//! chain, the rest in loops the compiler vectorises), compiled plain and with AVX2. All give
-//! the values of the scalar reference in the tests.
+//! chain, the rest in loops the compiler vectorises), compiled plain and with AVX2. Short
+//! windows (`2 ≤ n ≤ 32`, the approximate DReLU's) take a fourth, [`packed`]: `⌊64/n⌋`
+//! patches in one AVX-512 vector, so that the cost of a patch falls with `n`. All give the
+//! values of the scalar reference in the tests.
 
 #![allow(unsafe_code)]
 
+#[cfg(target_arch = "x86_64")]
+mod packed;
+
 use crate::select::P;
 use knapsec_ring::simd::ByteLevel;
+#[cfg(target_arch = "x86_64")]
+use packed::packs;
 
 /// The public inputs and common randomness of a batch of patches.
 pub(crate) struct Messages<'a> {
@@ -57,6 +64,9 @@ impl Messages<'_> {
         match level {
             #[cfg(target_arch = "x86_64")]
             // SAFETY: `byte_level` (or a test running the levels it lists) found AVX-512 BW.
+            ByteLevel::Avx512Bw if packs(self.n) => unsafe { packed::messages(self, out) },
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: as above.
             ByteLevel::Avx512Bw => unsafe { messages_avx512(self, out) },
             #[cfg(target_arch = "x86_64")]
             // SAFETY: as above, AVX2.
@@ -300,6 +310,9 @@ pub(crate) fn zero_found(level: ByteLevel, n: usize, d0: &[u8], d1: &[u8], found
     match level {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: `byte_level` (or a test running the levels it lists) found AVX-512 BW.
+        ByteLevel::Avx512Bw if packs(n) => unsafe { packed::zero_found(n, d0, d1, found) },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: as above.
         ByteLevel::Avx512Bw => unsafe { zero_found_avx512(n, d0, d1, found) },
         #[cfg(target_arch = "x86_64")]
         // SAFETY: as above, AVX2.
@@ -458,7 +471,9 @@ mod tests {
 
     #[test]
     fn every_level_equals_the_reference() {
-        for n in [1usize, 2, 7, 15, 16, 31, 32, 33, 47, 63, 64] {
+        for n in [
+            1usize, 2, 3, 5, 7, 9, 11, 12, 13, 15, 16, 17, 21, 31, 32, 33, 47, 63, 64,
+        ] {
             let np = 200;
             let Inputs {
                 r,
@@ -505,7 +520,7 @@ mod tests {
 
     #[test]
     fn the_helper_finds_exactly_the_zeros() {
-        for n in [1usize, 5, 32, 63, 64] {
+        for n in [1usize, 2, 5, 7, 13, 21, 32, 33, 63, 64] {
             let np = 300;
             let mut prg = Prg::with_stream(&[4; 32], "zero-found", n as u64);
             let d0 = prg.mod_p(np * n, P as u8).unwrap();

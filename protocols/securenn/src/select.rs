@@ -43,164 +43,24 @@
 //! carry no information about higher bits). In exact mode (`k = 64`, `t = 0`) it is exact
 //! for every 64-bit input.
 
+//!
+//! The public spec of a batch is in [`spec`], the online part of client and server in
+//! [`party`]; the helper's parts and the offline phase are here.
+
+mod party;
+mod spec;
+
+pub use spec::{Groups, SelectSpec};
+
 use crate::compare;
 use crate::ctx::{Ctx, Pair};
 use crate::error::{Result, SecureNnError};
-use crate::options::DreluMode;
 use crate::profile::{OpKind, span};
 use knapsec_core::transport::Role;
-use knapsec_ring::Prg;
 use knapsec_ring::simd::byte_level;
 
 /// The prime of PrivateCompare (digest §6.2).
 pub const P: u32 = 67;
-
-/// Groups of pixel indices (patches): either one group per pixel, or compressed rows.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Groups {
-    /// `n` groups, group `i` = `{i}`.
-    Singles(usize),
-    /// Group `g` = `idx[ptr[g]..ptr[g + 1]]`.
-    Csr {
-        /// Start of each group in `idx` (one more entry than groups).
-        ptr: Vec<usize>,
-        /// Pixel indices of all groups, group after group.
-        idx: Vec<u32>,
-    },
-}
-
-impl Groups {
-    /// Number of groups.
-    pub fn len(&self) -> usize {
-        match self {
-            Groups::Singles(n) => *n,
-            Groups::Csr { ptr, .. } => ptr.len().saturating_sub(1),
-        }
-    }
-
-    /// True if there is no group.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
-    /// Calls `f(pixel)` for every pixel of group `g`.
-    #[inline]
-    fn for_each(&self, g: usize, mut f: impl FnMut(usize)) {
-        match self {
-            Groups::Singles(_) => f(g),
-            Groups::Csr { ptr, idx } => idx[ptr[g]..ptr[g + 1]].iter().for_each(|&i| f(i as usize)),
-        }
-    }
-
-    fn size(&self, g: usize) -> usize {
-        match self {
-            Groups::Singles(_) => 1,
-            Groups::Csr { ptr, .. } => ptr[g + 1] - ptr[g],
-        }
-    }
-}
-
-/// One batch of secure selections (public: all three parties build the same spec).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct SelectSpec {
-    /// Number of pixel values `M`.
-    pub pixels: usize,
-    /// The patches: pixels summed for each decision.
-    pub cmp: Groups,
-    /// The pixels multiplied by each decision (`None`: the patch's own pixels). Every pixel
-    /// belongs to at most one group; pixels in none get 0.
-    pub sel: Option<Groups>,
-    /// Subtracted from every patch sum before the sign test: 1 gives `[sum > 0]`, 0 gives
-    /// `[sum ≥ 0]`.
-    pub offset: u64,
-    /// Compared bits `n = k − 1`.
-    pub n: u32,
-    /// Ignored low bits `t'` of each patch.
-    pub shift: Vec<u8>,
-}
-
-impl SelectSpec {
-    /// A spec over `pixels` values with patches `cmp`, under `mode` (see the module docs for
-    /// how the window follows the patch area).
-    pub fn new(
-        pixels: usize,
-        cmp: Groups,
-        sel: Option<Groups>,
-        offset: u64,
-        mode: DreluMode,
-    ) -> Result<Self> {
-        mode.validate()?;
-        // The window arithmetic is `knapsec-core`'s, shared with the plain oracle.
-        let window = mode.uniform_window().ok_or_else(|| {
-            SecureNnError::Options(
-                "a selection needs one window: resolve `Calibrated` per site first".into(),
-            )
-        })?;
-        let k = window.bits;
-        let shift = (0..cmp.len())
-            .map(|g| window.shift(cmp.size(g)) as u8)
-            .collect();
-        if let Some(s) = &sel
-            && s.len() != cmp.len()
-        {
-            return Err(SecureNnError::Options(format!(
-                "{} selection groups for {} patches",
-                s.len(),
-                cmp.len()
-            )));
-        }
-        Ok(SelectSpec {
-            pixels,
-            cmp,
-            sel,
-            offset,
-            n: k - 1,
-            shift,
-        })
-    }
-
-    /// Number of decisions (DReLUs).
-    pub fn patches(&self) -> usize {
-        self.cmp.len()
-    }
-
-    fn sel(&self) -> &Groups {
-        self.sel.as_ref().unwrap_or(&self.cmp)
-    }
-
-    /// Bytes of one call (online + offline), the closed form of the module docs.
-    pub fn bytes(&self) -> u64 {
-        let (m, n) = (self.pixels as u64, self.patches() as u64);
-        24 * m + (3 * u64::from(self.n) + 8) * n
-    }
-}
-
-/// Common PrivateCompare randomness of client and server (`rho` is drawn into the buffer
-/// the messages are then written over, see [`client_server`]).
-#[derive(Clone, Debug, Default)]
-struct PcRand {
-    beta: Vec<u8>,
-    s: Vec<u8>,
-    rot: Vec<u32>,
-}
-
-impl PcRand {
-    /// Draws `β`, `s`, then `ρ` into `rho` (`patches · n` bytes), then the rotations: the
-    /// order of the common stream.
-    fn draw(mut prg: Prg, patches: usize, n: usize, rho: &mut [u8]) -> Self {
-        let beta = prg.bits(patches);
-        let mut s = prg.mod_p(patches * n, (P - 1) as u8).expect("p ≥ 2");
-        s.iter_mut().for_each(|v| *v += 1);
-        prg.mod_p_into(rho, P as u8).expect("p ≥ 2");
-        let rot = prg
-            .below_many(n as u64, patches)
-            .expect("n ≥ 1")
-            .into_iter()
-            .map(|v| v as u32)
-            .collect();
-        PcRand { beta, s, rot }
-    }
-}
 
 /// One party's preprocessing for one [`SelectSpec`]: only what came over the network or
 /// took the helper's sums to make. What a party draws from a PRG it shares (the masks `m`,
@@ -236,10 +96,6 @@ const U_LABEL: &str = "securenn/select/u";
 const H_LABEL: &str = "securenn/select/h";
 const HM_LABEL: &str = "securenn/select/hm";
 const PC_LABEL: &str = "securenn/select/pc";
-
-/// Patches per chunk of PrivateCompare messages (the client's bit shares are drawn one chunk
-/// at a time: `CHUNK · n` bytes instead of `n` bytes per patch of the layer).
-const CHUNK: usize = 1 << 14;
 
 /// The offline phase of one selection (stream `stream` of the PRGs); the helper sends the
 /// server its bit shares.
@@ -405,173 +261,23 @@ pub fn online(
             Ok(Vec::new())
         }
         (Role::Client, SelectPre::Client { stream }) => {
-            client_server(ctx, spec, *stream, None, values)
+            party::client_server(ctx, spec, *stream, None, values)
         }
         (Role::Server, SelectPre::Server { stream, u }) => {
-            client_server(ctx, spec, *stream, Some(u), values)
+            party::client_server(ctx, spec, *stream, Some(u), values)
         }
         (role, _) => Err(bad(role, "preprocessing of another party".into())),
     }
 }
 
-/// The online phase of client (`u = None`: its bit shares come from its PRG with the
-/// helper) and server (`u`: the shares the helper sent offline).
-fn client_server(
-    ctx: &mut Ctx<'_>,
-    spec: &SelectSpec,
-    stream: u64,
-    u: Option<&Vec<u8>>,
-    values: &[u64],
-) -> Result<Vec<u64>> {
-    let (m_len, np, n) = (spec.pixels, spec.patches(), spec.n as usize);
-    let layer = ctx.layer().to_string();
-    if values.len() != m_len {
-        return Err(SecureNnError::Input {
-            role: ctx.role,
-            message: format!(
-                "layer {layer:?}: {} pixel shares, expected {m_len}",
-                values.len()
-            ),
-        });
-    }
-    let j = u32::from(ctx.role == Role::Server);
-    let peer = if j == 0 { Role::Server } else { Role::Client };
-    // 1. open v + m
-    ctx.scope(&layer, "select-open");
-    let m = {
-        let _prg = span(OpKind::Prg);
-        let pair = if j == 0 {
-            Pair::ClientHelper
-        } else {
-            Pair::ServerHelper
-        };
-        ctx.prg(pair, M_LABEL, stream)?.u64s(m_len)
-    };
-    let m = &m[..];
-    let sel_span = span(OpKind::Selection);
-    let mine: Vec<u64> = values
-        .iter()
-        .zip(m)
-        .map(|(v, m)| v.wrapping_add(*m))
-        .collect();
-    drop(sel_span);
-    ctx.send_u64(peer, &mine)?;
-    let mut w = ctx.recv_u64(peer, m_len)?;
-    let sel_span = span(OpKind::Selection);
-    w.iter_mut()
-        .zip(&mine)
-        .for_each(|(a, b)| *a = a.wrapping_add(*b));
-    drop((mine, sel_span));
-    // 2. PrivateCompare messages, with the randomness of this layer drawn now. The common
-    // randomness comes whole (its parts follow each other in one stream), `ρ` drawn into the
-    // message buffer and overwritten chunk by chunk; the client's bit shares, a stream of
-    // their own, are drawn chunk by chunk; all of it is dropped before the helper's answer
-    // is awaited.
-    ctx.scope(&layer, "drelu");
-    let prg = span(OpKind::Prg);
-    let mut d = vec![0u8; np * n];
-    let pc = PcRand::draw(
-        ctx.prg(Pair::ClientServer, PC_LABEL, stream)?,
-        np,
-        n,
-        &mut d,
-    );
-    let mut u_prg = match u {
-        Some(_) => None,
-        None => Some(ctx.prg(Pair::ClientHelper, U_LABEL, stream)?),
-    };
-    drop(prg);
-    let cmp = span(OpKind::Comparison);
-    let mut zbit = vec![0u8; np];
-    let mut r = vec![0u64; np];
-    let mask = if n == 64 { u64::MAX } else { (1u64 << n) - 1 };
-    for g in 0..np {
-        let mut z = 0u64;
-        spec.cmp.for_each(g, |i| z = z.wrapping_add(w[i]));
-        z = z.wrapping_sub(spec.offset);
-        let t = u32::from(spec.shift[g]);
-        r[g] = (z >> t) & mask;
-        zbit[g] = ((z >> (t + n as u32)) & 1) as u8;
-    }
-    if n > 0 {
-        let chunk = CHUNK.min(np) * n;
-        let mut rho = vec![0u8; chunk];
-        let mut us = vec![0u8; if u_prg.is_some() { chunk } else { 0 }];
-        for start in (0..np).step_by(CHUNK) {
-            let end = (start + CHUNK).min(np);
-            let (a, b) = (start * n, end * n);
-            let rho = &mut rho[..b - a];
-            rho.copy_from_slice(&d[a..b]);
-            let us: &[u8] = match (u, u_prg.as_mut()) {
-                (Some(u), _) => &u[a..b],
-                (None, Some(prg)) => {
-                    let _prg = span(OpKind::Prg);
-                    let buf = &mut us[..b - a];
-                    prg.mod_p_into(buf, P as u8).expect("p");
-                    buf
-                }
-                (None, None) => unreachable!("the client draws its bit shares"),
-            };
-            compare::Messages {
-                j,
-                n,
-                r: &r[start..end],
-                beta: &pc.beta[start..end],
-                u: us,
-                s: &pc.s[a..b],
-                rho,
-                rot: &pc.rot[start..end],
-            }
-            .write(byte_level(), &mut d[a..b]);
-        }
-    }
-    let PcRand { beta, s, rot } = pc;
-    drop((s, rot, r, u_prg, cmp));
-    ctx.send_bytes(Role::Helper, d)?;
-    // 3. shares of h and h·m
-    let (h, hm) = if j == 0 {
-        let _prg = span(OpKind::Prg);
-        (
-            ctx.prg(Pair::ClientHelper, H_LABEL, stream)?.u64s(np),
-            ctx.prg(Pair::ClientHelper, HM_LABEL, stream)?.u64s(m_len),
-        )
-    } else {
-        let h = ctx.recv_u64(Role::Helper, np)?;
-        ctx.scope(&layer, "select-mult");
-        (h, ctx.recv_u64(Role::Helper, m_len)?)
-    };
-    // 4. local products
-    let _sel = span(OpKind::Selection);
-    let mut y = vec![0u64; m_len];
-    let sel = spec.sel();
-    for g in 0..np {
-        let notp = 1 ^ zbit[g] ^ beta[g];
-        // b_j = [j = 0]·¬p + h_j·(1 − 2¬p); sign = 1 − 2¬p = ±1
-        let (b, neg) = if notp == 1 {
-            ((1 - u64::from(j)).wrapping_sub(h[g]), true)
-        } else {
-            (h[g], false)
-        };
-        sel.for_each(g, |i| {
-            let mut v = b.wrapping_mul(w[i]);
-            if notp == 1 {
-                v = v.wrapping_sub(m[i]);
-            }
-            y[i] = if neg {
-                v.wrapping_add(hm[i])
-            } else {
-                v.wrapping_sub(hm[i])
-            };
-        });
-    }
-    Ok(y)
-}
-
 #[cfg(test)]
 pub(crate) mod tests {
+    use super::party::CHUNK;
     use super::*;
+    use crate::options::DreluMode;
     use knapsec_core::backend::SessionKeys;
     use knapsec_net::{CommReport, Metered, memory_network};
+    use knapsec_ring::Prg;
 
     /// Shares `values` (client gets `v − r`, server `r`), runs `spec` with three threads, and
     /// returns the reconstructed outputs and the merged traffic report.

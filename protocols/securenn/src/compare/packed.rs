@@ -1,0 +1,260 @@
+//! The AVX-512 BW copy of [`super`]'s kernels for short windows (`2 ≤ n ≤ 32` compared
+//! bits, the approximate DReLU's, digest §6.12): a batch's patches lie `n` bytes after one
+//! another in every input and in the messages, so one vector holds `⌊64/n⌋` whole patches
+//! (four at `n = 13`) instead of one. The prefix sums are segmented (each doubling step adds
+//! only into lanes at least that far into their patch), the per-patch choices (`q`, `β`, the
+//! all-ones case) become lane masks built from the patches' scalars, and the rotation is one
+//! two-source permute whose index adds each lane's patch base to its rotated position. The
+//! values are those of the one-patch copy and of the scalar reference (tested in `super`).
+
+#![cfg(target_arch = "x86_64")]
+#![allow(unsafe_code)]
+
+use super::Messages;
+use crate::select::P;
+
+/// Whether the packed kernels take windows of `n` compared bits: at least two patches fit in
+/// a vector, and a single bit (`n = 1`, 64 patches) is left to the one-patch copy.
+pub(super) fn packs(n: usize) -> bool {
+    (2..=32).contains(&n)
+}
+
+/// The lane mask of the first `len ≤ 64` lanes.
+#[inline(always)]
+fn first_lanes(len: usize) -> u64 {
+    if len >= 64 {
+        u64::MAX
+    } else {
+        (1u64 << len) - 1
+    }
+}
+
+/// Where each lane sits for patches of `n` lanes: its position in its patch, its patch's
+/// index in the vector and first lane (16-bit lanes, for the permutes).
+struct Lanes {
+    pos: [u16; 64],
+    patch: [u16; 64],
+    base: [u16; 64],
+}
+
+impl Lanes {
+    fn new(n: usize) -> Self {
+        let per = 64 / n;
+        let mut l = Lanes {
+            pos: [0; 64],
+            patch: [0; 64],
+            base: [0; 64],
+        };
+        for i in 0..64 {
+            // Lanes past the last whole patch are never stored: keep them in range.
+            let t = (i / n).min(per - 1);
+            l.pos[i] = (i - t * n).min(n - 1) as u16;
+            l.patch[i] = t as u16;
+            l.base[i] = (t * n) as u16;
+        }
+        l
+    }
+
+    /// Lanes at position `≥ k` of their patch.
+    fn at_least(&self, k: u16) -> u64 {
+        self.pos
+            .iter()
+            .enumerate()
+            .fold(0, |m, (i, &p)| m | (u64::from(p >= k) << i))
+    }
+}
+
+/// Every patch's message, `⌊64/n⌋` patches a vector (`packs(n)`; `write` checked the sizes).
+#[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+pub(super) fn messages(m: &Messages<'_>, out: &mut [u8]) {
+    use std::arch::x86_64::*;
+    let (j, n) = (m.j, m.n);
+    debug_assert!(packs(n));
+    let per = 64 / n;
+    let seg = (1u64 << n) - 1;
+    let lanes = Lanes::new(n);
+    let first = !lanes.at_least(1);
+    // Doubling steps of the segmented prefix sum: shift k adds into lanes at position ≥ k.
+    let steps = [1u16, 2, 4, 8, 16].map(|k| lanes.at_least(k));
+    let zero = _mm512_setzero_si512();
+    let p8 = _mm512_set1_epi8(P as i8);
+    let one8 = _mm512_set1_epi8(1);
+    let c68 = _mm512_set1_epi8(P as i8 + 1);
+    let one_minus = _mm512_set1_epi8(if j == 0 { P as i8 + 1 } else { P as i8 });
+    let p16 = _mm512_set1_epi16(P as i16);
+    let m16 = _mm512_set1_epi16(978);
+    let n16 = _mm512_set1_epi16(n as i16);
+    // The all-ones case with β = 1: the client's c is (0, 1, 1, …), the server's 0.
+    let special = if j == 0 {
+        _mm512_maskz_mov_epi8(!first, one8)
+    } else {
+        zero
+    };
+    // SAFETY: each table holds 64 u16 = two 64-byte vectors.
+    let load2 = |t: &[u16; 64]| unsafe {
+        (
+            _mm512_loadu_si512(t.as_ptr().cast()),
+            _mm512_loadu_si512(t.as_ptr().add(32).cast()),
+        )
+    };
+    let (pos_lo, pos_hi) = load2(&lanes.pos);
+    let (patch_lo, patch_hi) = load2(&lanes.patch);
+    let (base_lo, base_hi) = load2(&lanes.base);
+    let red8 = |x: __m512i| _mm512_min_epu8(x, _mm512_sub_epi8(x, p8));
+    let red16 = |x: __m512i| {
+        let q = _mm512_mulhi_epu16(x, m16);
+        let x = _mm512_sub_epi16(x, _mm512_mullo_epi16(q, p16));
+        _mm512_min_epu16(x, _mm512_sub_epi16(x, p16))
+    };
+    let up16 = |x: __m512i| _mm512_alignr_epi32::<12>(x, zero);
+    let up1 = |x: __m512i| _mm512_alignr_epi8::<15>(x, up16(x));
+    let up2 = |x: __m512i| _mm512_alignr_epi8::<14>(x, up16(x));
+    let up4 = |x: __m512i| _mm512_alignr_epi32::<15>(x, zero);
+    let up8 = |x: __m512i| _mm512_alignr_epi32::<14>(x, zero);
+    let widen = |x: __m512i| {
+        (
+            _mm512_cvtepu8_epi16(_mm512_castsi512_si256(x)),
+            _mm512_cvtepu8_epi16(_mm512_extracti64x4_epi64::<1>(x)),
+        )
+    };
+    // out lane o takes lane base + (pos − rot) mod n of its patch
+    let index = |pos: __m512i, base: __m512i, rot: __m512i| {
+        let t = _mm512_sub_epi16(pos, rot);
+        let t = _mm512_mask_add_epi16(t, _mm512_cmplt_epu16_mask(pos, rot), t, n16);
+        _mm512_add_epi16(t, base)
+    };
+    let np = m.r.len();
+    let mut g0 = 0;
+    while g0 < np {
+        let cnt = per.min(np - g0);
+        let live = first_lanes(cnt * n);
+        let off = g0 * n;
+        // SAFETY: `write` checked n bytes per patch in u, s, rho and out, and patches
+        // g0..g0 + cnt exist; masked loads and stores touch only their cnt·n lanes.
+        let (ub, sb, rb) = unsafe {
+            (
+                _mm512_maskz_loadu_epi8(live, m.u.as_ptr().add(off).cast()),
+                _mm512_maskz_loadu_epi8(live, m.s.as_ptr().add(off).cast()),
+                _mm512_maskz_loadu_epi8(live, m.rho.as_ptr().add(off).cast()),
+            )
+        };
+        // The patches' scalars as lane masks: q's bits (lane i ↔ bit n − 1 − i of its
+        // patch), β = 1, and β = 1 with r all ones.
+        let (mut kq, mut kb, mut ks) = (0u64, 0u64, 0u64);
+        for t in 0..cnt {
+            let (r, beta) = (m.r[g0 + t], m.beta[g0 + t]);
+            let sh = t * n;
+            let q = if beta == 0 {
+                r
+            } else {
+                kb |= seg << sh;
+                if r == seg {
+                    ks |= seg << sh;
+                }
+                r + 1
+            };
+            // r + 1 = 2^n (the all-ones case) has no bit in the window.
+            kq |= ((q.reverse_bits() >> (64 - n)) & seg) << sh;
+        }
+        let qv = _mm512_maskz_mov_epi8(kq, one8);
+        let w = _mm512_mask_blend_epi8(kq, ub, red8(_mm512_sub_epi8(one_minus, ub)));
+        // inclusive prefix sums within each patch, mod 67, then exclusive
+        let step = |acc: __m512i, k: usize, up: __m512i| {
+            red8(_mm512_mask_add_epi8(acc, steps[k], acc, up))
+        };
+        let mut acc = step(w, 0, up1(w));
+        if n > 2 {
+            acc = step(acc, 1, up2(acc));
+        }
+        if n > 4 {
+            acc = step(acc, 2, up4(acc));
+        }
+        if n > 8 {
+            acc = step(acc, 3, up8(acc));
+        }
+        if n > 16 {
+            acc = step(acc, 4, up16(acc));
+        }
+        let acc = _mm512_maskz_mov_epi8(steps[0], up1(acc));
+        let (b0, b1) = if j == 0 {
+            (
+                // β = 0: q_i + 68 − u_i ∈ [2, 69]; β = 1: u_i + 1 − q_i ∈ [0, 67]
+                red8(_mm512_sub_epi8(_mm512_add_epi8(c68, qv), ub)),
+                red8(_mm512_sub_epi8(_mm512_add_epi8(ub, one8), qv)),
+            )
+        } else {
+            // β = 0: 67 − u_i ∈ [1, 67]; β = 1: u_i
+            (red8(_mm512_sub_epi8(p8, ub)), ub)
+        };
+        let c = red8(_mm512_add_epi8(_mm512_mask_blend_epi8(kb, b0, b1), acc));
+        let c = _mm512_mask_blend_epi8(ks, c, special);
+        // s·c ± ρ mod 67 in 16-bit lanes (at most 66·66 + 67)
+        let (s_lo, s_hi) = widen(sb);
+        let (c_lo, c_hi) = widen(c);
+        let (r_lo, r_hi) = widen(rb);
+        let (mk_lo, mk_hi) = if j == 0 {
+            (r_lo, r_hi)
+        } else {
+            (_mm512_sub_epi16(p16, r_lo), _mm512_sub_epi16(p16, r_hi))
+        };
+        let v_lo = red16(_mm512_add_epi16(_mm512_mullo_epi16(s_lo, c_lo), mk_lo));
+        let v_hi = red16(_mm512_add_epi16(_mm512_mullo_epi16(s_hi, c_hi), mk_hi));
+        // The patches' rotations (cnt ≤ 32 of them) in 16-bit lanes, then one per lane.
+        // SAFETY: rot holds a value per patch; the masked loads touch patches g0..g0 + cnt.
+        let rot = unsafe {
+            let rp = m.rot.as_ptr().add(g0);
+            let a = _mm512_maskz_loadu_epi32(first_lanes(cnt) as u16, rp.cast());
+            let b = if cnt > 16 {
+                _mm512_maskz_loadu_epi32(first_lanes(cnt - 16) as u16, rp.add(16).cast())
+            } else {
+                zero
+            };
+            _mm512_inserti64x4::<1>(
+                _mm512_castsi256_si512(_mm512_cvtepi32_epi16(a)),
+                _mm512_cvtepi32_epi16(b),
+            )
+        };
+        let rot_lo = _mm512_permutexvar_epi16(patch_lo, rot);
+        let rot_hi = _mm512_permutexvar_epi16(patch_hi, rot);
+        let o_lo = _mm512_permutex2var_epi16(v_lo, index(pos_lo, base_lo, rot_lo), v_hi);
+        let o_hi = _mm512_permutex2var_epi16(v_lo, index(pos_hi, base_hi, rot_hi), v_hi);
+        let bytes = _mm512_inserti64x4::<1>(
+            _mm512_castsi256_si512(_mm512_cvtepi16_epi8(o_lo)),
+            _mm512_cvtepi16_epi8(o_hi),
+        );
+        // SAFETY: as for the loads.
+        unsafe { _mm512_mask_storeu_epi8(out.as_mut_ptr().add(off).cast(), live, bytes) };
+        g0 += cnt;
+    }
+}
+
+/// The helper's search for a zero, `⌊64/n⌋` patches a vector (`packs(n)`; the caller
+/// checked the sizes).
+#[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+pub(super) fn zero_found(n: usize, d0: &[u8], d1: &[u8], found: &mut [u8]) {
+    use std::arch::x86_64::*;
+    debug_assert!(packs(n));
+    let per = 64 / n;
+    let seg = (1u64 << n) - 1;
+    let p8 = _mm512_set1_epi8(P as i8);
+    let mut g0 = 0;
+    while g0 < found.len() {
+        let cnt = per.min(found.len() - g0);
+        let live = first_lanes(cnt * n);
+        // SAFETY: n bytes per patch in d0 and d1; masked loads touch only patches
+        // g0..g0 + cnt.
+        let t = unsafe {
+            _mm512_add_epi8(
+                _mm512_maskz_loadu_epi8(live, d0.as_ptr().add(g0 * n).cast()),
+                _mm512_maskz_loadu_epi8(live, d1.as_ptr().add(g0 * n).cast()),
+            )
+        };
+        let hit = (_mm512_cmpeq_epi8_mask(t, _mm512_setzero_si512())
+            | _mm512_cmpeq_epi8_mask(t, p8))
+            & live;
+        for (t, f) in found[g0..g0 + cnt].iter_mut().enumerate() {
+            *f = u8::from((hit >> (t * n)) & seg != 0);
+        }
+        g0 += cnt;
+    }
+}
