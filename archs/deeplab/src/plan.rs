@@ -281,19 +281,9 @@ impl DeepLabPlan {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use knapsec_arch_kit::spec::{graph_activations, layer_shapes};
     use knapsec_core::BlockSize;
     use knapsec_core::graph::Op;
-
-    fn activations(model: &SecureModel) -> Vec<(String, [u32; 3])> {
-        model
-            .nodes
-            .iter()
-            .filter_map(|n| match &n.op {
-                Op::BlockRelu { layer, .. } | Op::Relu6 { layer } => Some((layer.clone(), n.shape)),
-                _ => None,
-            })
-            .collect()
-    }
 
     #[test]
     fn mobilenetv2_table_at_512() {
@@ -376,12 +366,11 @@ mod tests {
                 vec![BlockSize::Patch { h: 3, w: 3 }; 512],
             );
             let (model, params) = plan.secure_graph(Some(&spec), 12).unwrap();
-            let expected: Vec<(String, [u32; 3])> = table
-                .layers
-                .iter()
-                .map(|l| (l.name.clone(), [l.channels, l.height, l.width]))
-                .collect();
-            assert_eq!(activations(&model), expected, "{arch}");
+            assert_eq!(
+                graph_activations(&model),
+                layer_shapes(&table.layers),
+                "{arch}"
+            );
             assert_eq!(model.output_shape(), [plan.classes, 9, 9]);
             assert_eq!(model.output_kind, OutputKind::Segmentation);
             assert_eq!(model.nodes[1].name, first_conv);

@@ -2,6 +2,7 @@
 //! a layer the network lacks, or with the wrong channel count is refused naming it), and the
 //! secure-graph node of one activation layer.
 
+use knapsec_core::graph::{Op, SecureModel};
 use knapsec_core::graph_build::{GraphBuilder, NodeId};
 use knapsec_core::{BlockSize, BlockSpec, CoreError, ReluLayer, Result};
 
@@ -64,6 +65,28 @@ pub fn activation_node(
     }
 }
 
+/// The activation nodes of a secure model (block ReLUs and ReLU6s) as `(layer, [C, H, W])`, in
+/// graph order: what [`layer_shapes`] of the architecture's layer table must equal (DESIGN §4:
+/// the layer table and the secure graph agree).
+pub fn graph_activations(model: &SecureModel) -> Vec<(String, [u32; 3])> {
+    model
+        .nodes
+        .iter()
+        .filter_map(|n| match &n.op {
+            Op::BlockRelu { layer, .. } | Op::Relu6 { layer } => Some((layer.clone(), n.shape)),
+            _ => None,
+        })
+        .collect()
+}
+
+/// The layers as `(name, [C, H, W])`, to compare with [`graph_activations`].
+pub fn layer_shapes(layers: &[ReluLayer]) -> Vec<(String, [u32; 3])> {
+    layers
+        .iter()
+        .map(|l| (l.name.clone(), [l.channels, l.height, l.width]))
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -87,5 +110,28 @@ mod tests {
         spec.layers.insert("c".into(), vec![]);
         let e = check_spec_layers("net", &layers, Some(&spec)).unwrap_err();
         assert!(e.to_string().contains("c"), "{e}");
+    }
+
+    #[test]
+    fn activation_nodes_follow_the_spec() {
+        let layers = [ReluLayer::new("a", 2, 4, 4), ReluLayer::new("b", 2, 4, 4)];
+        let mut spec = BlockSpec::new("net");
+        spec.layers
+            .insert("b".into(), vec![BlockSize::Patch { h: 2, w: 2 }; 2]);
+        let mut g = GraphBuilder::new("net", 12, [2, 4, 4]);
+        let mut x = g.input();
+        x = activation_node(&mut g, &layers[0], x, Some(&spec), true).unwrap();
+        activation_node(&mut g, &layers[1], x, Some(&spec), true).unwrap();
+        let model = g
+            .finish(knapsec_core::graph::OutputKind::Segmentation)
+            .unwrap()
+            .0;
+        assert_eq!(graph_activations(&model), layer_shapes(&layers));
+        assert!(matches!(model.nodes[1].op, Op::Relu6 { .. }));
+        assert_eq!(model.drelus(), 2 * 2 * 2);
+        spec.layers.insert("a".into(), vec![BlockSize::RELU; 3]);
+        let mut g = GraphBuilder::new("net", 12, [2, 4, 4]);
+        let x = g.input();
+        assert!(activation_node(&mut g, &layers[0], x, Some(&spec), false).is_err());
     }
 }

@@ -219,20 +219,8 @@ mod tests {
             vec![BlockSize::Patch { h: 2, w: 2 }; 192],
         );
         let (model, params) = cfg.secure_graph(Some(&spec), 12).unwrap();
-        let acts: Vec<(String, [u32; 3])> = model
-            .nodes
-            .iter()
-            .filter_map(|n| match &n.op {
-                Op::BlockRelu { layer, .. } | Op::Relu6 { layer } => Some((layer.clone(), n.shape)),
-                _ => None,
-            })
-            .collect();
-        let expected: Vec<(String, [u32; 3])> = table
-            .layers
-            .iter()
-            .map(|l| (l.name.clone(), [l.channels, l.height, l.width]))
-            .collect();
-        assert_eq!(acts, expected);
+        use knapsec_arch_kit::spec::{graph_activations, layer_shapes};
+        assert_eq!(graph_activations(&model), layer_shapes(&table.layers));
         assert_eq!(
             model.drelus(),
             192 * 14 * 14,

@@ -11,7 +11,7 @@
 //! convolution, global average pooling, dropout 0.2 in training, `classifier.1`), returning
 //! `[N, classes]` logits.
 
-use crate::geometry::{ConvNames, MobileNetV2Geometry, Naming, STEM_CHANNELS};
+use crate::geometry::{MobileNetV2Geometry, Naming, STEM_CHANNELS};
 use crate::{Activation, ImageNetConfig, NAME};
 use knapsec_core::{ArchOptions, ReluLayer};
 use knapsec_nn::net::{BlockNet, BlockNetParts, input_shape, plan_graph};
@@ -22,25 +22,6 @@ use tch::{Kind, Tensor};
 
 /// The convolution + BatchNorm unit and the dotted-path helper, shared with every built-in.
 pub use knapsec_nn::conv_bn::{ConvBn, sub_path};
-
-/// [`ConvBn::new`] under a backbone's [`ConvNames`].
-#[allow(clippy::too_many_arguments)]
-fn conv_bn(
-    root: &nn::Path,
-    names: &ConvNames,
-    cin: u32,
-    cout: u32,
-    k: u32,
-    stride: u32,
-    padding: u32,
-    dilation: u32,
-    groups: u32,
-) -> ConvBn {
-    let ConvNames { conv, bn } = names;
-    ConvBn::new(
-        root, conv, bn, cin, cout, k, stride, padding, dilation, groups,
-    )
-}
 
 #[derive(Debug)]
 struct InvertedResidualModule {
@@ -83,9 +64,11 @@ impl MobileNetV2Backbone {
             })?;
             slots.add(layer, block, kind)
         };
-        let stem = conv_bn(
+        let stem_names = naming.stem();
+        let stem = ConvBn::new(
             root,
-            &naming.stem(),
+            &stem_names.conv,
+            &stem_names.bn,
             geometry.in_channels,
             STEM_CHANNELS,
             3,
@@ -100,15 +83,28 @@ impl MobileNetV2Backbone {
             let block = first_block + 1 + k;
             let expand = match naming.expand(b) {
                 Some(n) => {
-                    let conv = conv_bn(root, &n, b.in_channels, b.mid_channels, 1, 1, 0, 1, 1);
+                    let conv = ConvBn::new(
+                        root,
+                        &n.conv,
+                        &n.bn,
+                        b.in_channels,
+                        b.mid_channels,
+                        1,
+                        1,
+                        0,
+                        1,
+                        1,
+                    );
                     Some((conv, add_slot(slots, block)?))
                 }
                 None => None,
             };
             let (m, d) = (b.mid_channels, b.dilation);
-            let depthwise = conv_bn(root, &naming.depthwise(b), m, m, 3, b.stride, d, d, m);
+            let n = naming.depthwise(b);
+            let depthwise = ConvBn::new(root, &n.conv, &n.bn, m, m, 3, b.stride, d, d, m);
             let depthwise_slot = add_slot(slots, block)?;
-            let project = conv_bn(root, &naming.project(b), m, b.out_channels, 1, 1, 0, 1, 1);
+            let n = naming.project(b);
+            let project = ConvBn::new(root, &n.conv, &n.bn, m, b.out_channels, 1, 1, 0, 1, 1);
             blocks.push(InvertedResidualModule {
                 expand,
                 depthwise,
@@ -123,7 +119,8 @@ impl MobileNetV2Backbone {
                     .blocks
                     .last()
                     .map_or(STEM_CHANNELS, |b| b.out_channels);
-                let conv = conv_bn(root, &naming.last(geometry), cin, c, 1, 1, 0, 1, 1);
+                let n = naming.last(geometry);
+                let conv = ConvBn::new(root, &n.conv, &n.bn, cin, c, 1, 1, 0, 1, 1);
                 Some((
                     conv,
                     add_slot(slots, first_block + 1 + geometry.blocks.len())?,

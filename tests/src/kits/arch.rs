@@ -205,41 +205,20 @@ mod tests {
     #[test]
     fn broken_adapters_fail_naming_the_rule() {
         let o = ArchOptions::default();
-        let e = check(
-            &Toy {
-                duplicate_layer: true,
-                ..Default::default()
-            },
-            &o,
-        )
-        .unwrap_err();
-        assert!(e.contains("appears twice"), "{e}");
-        let e = check(
-            &Toy {
-                no_identity: true,
-                ..Default::default()
-            },
-            &o,
-        )
-        .unwrap_err();
-        assert!(e.contains("lack identity"), "{e}");
-        let e = check(
-            &Toy {
-                square_cost: true,
-                ..Default::default()
-            },
-            &o,
-        )
-        .unwrap_err();
-        assert!(e.contains("ceil(H/h)*ceil(W/w)"), "{e}");
-        let e = check(
-            &Toy {
-                accepts_any_variant: true,
-                ..Default::default()
-            },
-            &o,
-        )
-        .unwrap_err();
-        assert!(e.contains("unknown variant"), "{e}");
+        let toy = |set: fn(&mut Toy)| {
+            let mut t = Toy::default();
+            set(&mut t);
+            t
+        };
+        let broken = [
+            (toy(|t| t.duplicate_layer = true), "appears twice"),
+            (toy(|t| t.no_identity = true), "lack identity"),
+            (toy(|t| t.square_cost = true), "ceil(H/h)*ceil(W/w)"),
+            (toy(|t| t.accepts_any_variant = true), "unknown variant"),
+        ];
+        for (toy, rule) in &broken {
+            let e = check(toy, &o).unwrap_err();
+            assert!(e.contains(rule), "{e}");
+        }
     }
 }
