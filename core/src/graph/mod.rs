@@ -135,6 +135,45 @@ pub enum Op {
     },
 }
 
+/// The window of a convolution ([`Op::conv_geometry`]): what its output shape and its
+/// sliding window depend on, apart from the weights.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ConvGeometry {
+    /// Kernel height and width.
+    pub kernel: [u32; 2],
+    /// Stride, vertical and horizontal.
+    pub stride: [u32; 2],
+    /// Zero padding on each side, vertical and horizontal.
+    pub padding: [u32; 2],
+    /// Spacing between kernel taps, vertical and horizontal.
+    pub dilation: [u32; 2],
+    /// Channel groups.
+    pub groups: u32,
+}
+
+impl Op {
+    /// The window of a convolution; `None` for every other op.
+    pub fn conv_geometry(&self) -> Option<ConvGeometry> {
+        match *self {
+            Op::Conv2d {
+                kernel,
+                stride,
+                padding,
+                dilation,
+                groups,
+                ..
+            } => Some(ConvGeometry {
+                kernel,
+                stride,
+                padding,
+                dilation,
+                groups,
+            }),
+            _ => None,
+        }
+    }
+}
+
 /// A node: an op, the nodes it reads, and the shape it produces.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Node {

@@ -54,19 +54,20 @@ pub fn infer_shape(
     let [c, h, w] = first;
     let shape = match op {
         Op::Input => recorded,
-        Op::Conv2d {
-            kernel,
-            stride,
-            padding,
-            dilation,
-            groups,
-            ..
-        } => {
-            positive("kernel", *kernel)?;
-            positive("stride", *stride)?;
-            positive("dilation", *dilation)?;
+        Op::Conv2d { .. } => {
+            let geo = op.conv_geometry().expect("a convolution");
+            let (kernel, stride, padding, dilation, groups) = (
+                geo.kernel,
+                geo.stride,
+                geo.padding,
+                geo.dilation,
+                geo.groups,
+            );
+            positive("kernel", kernel)?;
+            positive("stride", stride)?;
+            positive("dilation", dilation)?;
             let out = recorded[0];
-            if *groups == 0 || !c.is_multiple_of(*groups) || !out.is_multiple_of(*groups) {
+            if groups == 0 || !c.is_multiple_of(groups) || !out.is_multiple_of(groups) {
                 return Err(format!(
                     "{c} -> {out} channels cannot form {groups} groups (groups must divide both)"
                 ));

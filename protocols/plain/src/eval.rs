@@ -253,15 +253,19 @@ pub fn eval_node(
         Op::Conv2d {
             weight: wname,
             bias,
-            kernel,
-            stride,
-            padding,
-            dilation,
-            groups,
+            ..
         } => {
-            let p = Conv2dParams::from_graph(*kernel, *stride, *padding, *dilation, *groups);
+            let geo = node.op.conv_geometry().expect("a convolution");
+            let kernel = geo.kernel;
+            let p = Conv2dParams::from_graph(
+                geo.kernel,
+                geo.stride,
+                geo.padding,
+                geo.dilation,
+                geo.groups,
+            );
             let (c, _, _) = x.chw().map_err(err)?;
-            let g = (*groups).max(1) as usize;
+            let g = geo.groups.max(1) as usize;
             let w = weight(
                 weights,
                 wname,

@@ -67,18 +67,13 @@ pub fn evaluate_f64(
         let mut out = vec![0.0f64; oc * oh * ow];
         match &node.op {
             Op::Input => return Err(PlainError::Input("only node 0 may be the input".into())),
-            Op::Conv2d {
-                weight,
-                bias,
-                kernel,
-                stride,
-                padding,
-                dilation,
-                groups,
-            } => {
+            Op::Conv2d { weight, bias, .. } => {
+                let geo = node.op.conv_geometry().expect("a convolution");
+                let (kernel, stride, padding, dilation) =
+                    (geo.kernel, geo.stride, geo.padding, geo.dilation);
                 let wt = decoded(weights, weight, f)?;
                 let b = bias.as_ref().map(|b| decoded(weights, b, f)).transpose()?;
-                let g = (*groups).max(1) as usize;
+                let g = geo.groups.max(1) as usize;
                 let (cg, og) = (c / g, oc / g);
                 let [kh, kw] = kernel.map(|v| v as usize);
                 for o in 0..oc {

@@ -156,18 +156,17 @@ impl Plan {
             let [c, h, w] = node.shape.map(|v| v as usize);
             let plan = match &node.op {
                 Op::Input => NodePlan::Input,
-                Op::Conv2d {
-                    weight,
-                    bias,
-                    kernel,
-                    stride,
-                    padding,
-                    dilation,
-                    groups,
-                } => {
-                    let p =
-                        Conv2dParams::from_graph(*kernel, *stride, *padding, *dilation, *groups);
-                    let g = (*groups).max(1) as usize;
+                Op::Conv2d { weight, bias, .. } => {
+                    let geo = node.op.conv_geometry().expect("a convolution");
+                    let kernel = geo.kernel;
+                    let p = Conv2dParams::from_graph(
+                        geo.kernel,
+                        geo.stride,
+                        geo.padding,
+                        geo.dilation,
+                        geo.groups,
+                    );
+                    let g = geo.groups.max(1) as usize;
                     if !(input[0] as usize).is_multiple_of(g) || !c.is_multiple_of(g) {
                         return Err(unsupported(format!(
                             "groups {g} do not divide channels {} -> {c}",
