@@ -385,16 +385,21 @@ pub(crate) mod tests {
         assert_eq!(got, want);
     }
 
-    #[test]
-    fn exact_drelu_on_random_values_of_every_magnitude() {
-        let mut prg = Prg::new(&[4; 32], "vals");
-        let vals: Vec<i64> = (0..2000)
+    /// `n` random values of every magnitude (seeded by `seed`) through the exact DReLU.
+    fn check_exact_drelu(seed: u8, n: usize) {
+        let mut prg = Prg::new(&[seed; 32], "vals");
+        let vals: Vec<i64> = (0..n)
             .map(|i| (prg.next_u64() as i64) >> (i % 64))
             .collect();
         let got = drelu(&vals, DreluMode::Exact);
         for (a, b) in vals.iter().zip(&got) {
             assert_eq!(*b, u8::from(*a >= 0), "a = {a}");
         }
+    }
+
+    #[test]
+    fn exact_drelu_on_random_values_of_every_magnitude() {
+        check_exact_drelu(4, 2000);
     }
 
     #[test]
@@ -415,14 +420,7 @@ pub(crate) mod tests {
     #[test]
     fn exact_drelu_over_several_message_chunks() {
         // More patches than two chunks of PrivateCompare messages, the last one partial.
-        let mut prg = Prg::new(&[6; 32], "vals");
-        let vals: Vec<i64> = (0..2 * CHUNK + 3)
-            .map(|i| (prg.next_u64() as i64) >> (i % 64))
-            .collect();
-        let got = drelu(&vals, DreluMode::Exact);
-        for (a, b) in vals.iter().zip(&got) {
-            assert_eq!(*b, u8::from(*a >= 0), "a = {a}");
-        }
+        check_exact_drelu(6, 2 * CHUNK + 3);
     }
 
     #[test]
