@@ -64,6 +64,13 @@ pub trait ArchAdapter: Send + Sync {
         None
     }
 
+    /// Whether the network's source carries its trained weights (an ONNX file with its
+    /// initializers inside), so that training, evaluation and export run without `--weights`.
+    /// The default (a builder of descriptions) does not.
+    fn own_weights(&self) -> bool {
+        false
+    }
+
     /// DReLU cost of a choice on one channel of `layer`; the default is `ceil(H/h)·ceil(W/w)`.
     fn cost(&self, block: BlockSize, layer: &ReluLayer) -> u64 {
         block.drelu_cost(layer.height, layer.width)

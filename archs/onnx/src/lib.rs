@@ -99,6 +99,26 @@ impl ArchAdapter for OnnxArch {
     fn network_summary(&self) -> Option<String> {
         Some(self.imported.desc.summary())
     }
+
+    /// True unless the file is graph-only (initializers with external data).
+    fn own_weights(&self) -> bool {
+        self.imported.missing.is_empty()
+    }
+
+    /// The description's secure graph ([`knapsec_core::netdesc::NetDesc::secure_graph`]):
+    /// BatchNorm folded into its convolution; a node without a secure form (asymmetric
+    /// padding, ceil-mode pooling that changes the size, a resize of a map larger than 1×1)
+    /// is refused naming the node.
+    fn secure_graph(
+        &self,
+        options: &ArchOptions,
+        spec: Option<&knapsec_core::BlockSpec>,
+        frac_bits: u32,
+    ) -> knapsec_core::Result<Option<knapsec_core::graph::SecureModel>> {
+        check_options(&self.name, options)?;
+        let (model, _) = self.imported.desc.secure_graph(spec, frac_bits)?;
+        Ok(Some(model))
+    }
 }
 
 fn load_source(rest: &str) -> knapsec_core::Result<Arc<dyn ArchAdapter>> {

@@ -1,7 +1,8 @@
 //! The tch side of ONNX import (cargo feature `torch`): `onnx:PATH` networks are the
 //! `knapsec-nn` interpreter ([`knapsec_nn::DescNet`]) running the imported description, with
 //! the ONNX initializers as weights (a `--weights` file, keyed by initializer names or by the
-//! description's names, replaces them afterwards).
+//! description's names, replaces them afterwards; a graph-only file's external initializers
+//! keep the interpreter's initialisation until it does).
 
 use crate::{PREFIX, check_options, load};
 use knapsec_core::ArchOptions;
@@ -19,6 +20,10 @@ pub fn build(path: &str, options: &ArchOptions, root: &nn::Path) -> knapsec_nn::
     let import: HashMap<String, String> = imported.keys.clone().into_iter().collect();
     let mut net = DescNet::new(imported.desc, options, root, import)?;
     for (key, w) in &imported.weights {
+        if imported.missing.contains(key) {
+            // A graph-only file: the interpreter's initialisation stands until `--weights`.
+            continue;
+        }
         let shape: Vec<i64> = w.shape.iter().map(|&d| d as i64).collect();
         net.set_param(key, &Tensor::from_slice(&w.data).reshape(shape.as_slice()))?;
     }
