@@ -60,8 +60,9 @@ fn finish(
 pub fn run_pipeline(a: PipelineArgs, ctx: &Context) -> anyhow::Result<()> {
     let text = std::fs::read_to_string(&a.config)
         .with_context(|| format!("cannot read {}", a.config.display()))?;
-    let config: PipelineConfig = ron::from_str(&text)
+    let mut config: PipelineConfig = ron::from_str(&text)
         .with_context(|| format!("{}: invalid pipeline configuration", a.config.display()))?;
+    config.resolve_paths(a.config.parent().unwrap_or(std::path::Path::new("")));
     let report = pipeline::run(ctx, &config, &a.output)?;
     finish(ctx, &report, &a.output, a.json)
 }

@@ -72,9 +72,10 @@ pub struct FinetuneArgs {
     /// Block spec (.ron, .json or reference .pickle) whose block ReLUs are put in place.
     #[arg(long)]
     pub spec: PathBuf,
-    /// Weights to start from (the baseline).
+    /// Weights to start from (the baseline; for `onnx:PATH` the file's initializers when
+    /// left out).
     #[arg(long, value_name = "W.safetensors")]
-    pub weights: PathBuf,
+    pub weights: Option<PathBuf>,
     #[command(flatten)]
     pub train: TrainArgs,
 }
@@ -86,7 +87,9 @@ pub struct EvalArgs {
     pub arch: Option<String>,
     #[command(flatten)]
     pub options: ArchOptionArgs,
-    #[arg(long, value_name = "W.safetensors", required_unless_present = "model")]
+    /// Weights (required with --arch, except for `onnx:PATH`, whose initializers are the
+    /// weights unless this replaces them).
+    #[arg(long, value_name = "W.safetensors")]
     pub weights: Option<PathBuf>,
     /// Evaluate this secure model's fixed-point network in the clear instead, under each
     /// DReLU mode of --drelu side by side (the plain oracle emulates approximate windows bit
@@ -238,6 +241,26 @@ pub fn build_network(
     )?)
 }
 
+/// Loads `weights` into `network`; without them, keeps the weights an imported network
+/// carries (an `onnx:PATH` file's initializers), and refuses any other architecture.
+pub(crate) fn load_weights_or_own(
+    ctx: &Context,
+    network: &mut Network,
+    arch: &str,
+    weights: Option<&Path>,
+    command: &str,
+) -> anyhow::Result<()> {
+    match weights {
+        Some(w) => network.load_weights(w)?,
+        None if ctx.registry()?.arch(arch)?.own_weights() => {}
+        None => bail!(
+            "{command} of {arch} needs --weights (only an imported network whose file holds its \
+             weights, such as onnx:PATH with its initializers inside, carries its own)"
+        ),
+    }
+    Ok(())
+}
+
 fn load_spec(network: &mut Network, path: &Path) -> anyhow::Result<BlockSpec> {
     let spec = BlockSpec::load(path, Some(network.net.arch()))?;
     let table = network.net.slots().layer_table()?;
@@ -319,18 +342,18 @@ pub fn run_train_in(ctx: &Context, a: TrainArgs) -> anyhow::Result<()> {
 }
 
 pub fn run_finetune(a: FinetuneArgs, ctx: &Context) -> anyhow::Result<()> {
-    run_finetune_in(ctx, a.train, &a.weights, &a.spec)
+    run_finetune_in(ctx, a.train, a.weights.as_deref(), &a.spec)
 }
 
 /// `knapsec finetune` with arguments built in code (the pipeline).
 pub fn run_finetune_in(
     ctx: &Context,
     a: TrainArgs,
-    weights: &Path,
+    weights: Option<&Path>,
     spec: &Path,
 ) -> anyhow::Result<()> {
     let mut network = build_network(ctx, &a.arch, &a.options, a.seed)?;
-    network.load_weights(weights)?;
+    load_weights_or_own(ctx, &mut network, &a.arch, weights, "fine-tuning")?;
     load_spec(&mut network, spec)?;
     run_training(ctx, network, &a, Some(spec))
 }
@@ -388,14 +411,14 @@ pub fn evaluate_weights(
     ctx: &Context,
     arch: &str,
     options: &ArchOptionArgs,
-    weights: &Path,
+    weights: Option<&Path>,
     spec: Option<&Path>,
     data: &str,
     subset: Option<usize>,
     batch: usize,
 ) -> anyhow::Result<EvalSummary> {
     let mut network = build_network(ctx, arch, options, 0)?;
-    network.load_weights(weights)?;
+    load_weights_or_own(ctx, &mut network, arch, weights, "evaluation")?;
     let table = network.net.slots().layer_table()?;
     let drelus = match spec {
         Some(p) => load_spec(&mut network, p)?.drelus(&table),
@@ -443,11 +466,11 @@ pub fn reference_labels(
     ctx: &Context,
     arch: &str,
     options: &ArchOptionArgs,
-    weights: &Path,
+    weights: Option<&Path>,
     samples: &[crate::cmd::calibrate::Sample],
 ) -> anyhow::Result<Vec<usize>> {
     let mut network = build_network(ctx, arch, options, 0)?;
-    network.load_weights(weights)?;
+    load_weights_or_own(ctx, &mut network, arch, weights, "evaluation")?;
     let [c, h, w] = network.net.input_shape();
     let mut out = Vec::with_capacity(samples.len());
     for chunk in samples.chunks(32) {
@@ -482,7 +505,7 @@ fn run_eval_model(a: &EvalArgs, dir: &Path, ctx: &Context) -> anyhow::Result<()>
     };
     let limit = a.subset.unwrap_or(usize::MAX);
     let reference = match (&a.arch, &a.weights) {
-        (Some(arch), Some(w)) => {
+        (Some(arch), w) => {
             let samples = load_images(
                 &a.data,
                 Part::Test,
@@ -490,10 +513,16 @@ fn run_eval_model(a: &EvalArgs, dir: &Path, ctx: &Context) -> anyhow::Result<()>
                 model.output_shape()[0] as usize,
                 limit,
             )?;
-            Some(reference_labels(ctx, arch, &a.options, w, &samples)?)
+            Some(reference_labels(
+                ctx,
+                arch,
+                &a.options,
+                w.as_deref(),
+                &samples,
+            )?)
         }
         (None, None) => None,
-        _ => bail!("--arch and --weights go together"),
+        (None, Some(_)) => bail!("--weights needs --arch"),
     };
     let s = eval_model(
         dir,
@@ -517,14 +546,14 @@ pub fn run_eval(a: EvalArgs, ctx: &Context) -> anyhow::Result<()> {
     if let Some(dir) = a.model.clone() {
         return run_eval_model(&a, &dir, ctx);
     }
-    let (Some(arch), Some(weights)) = (&a.arch, &a.weights) else {
-        bail!("--arch and --weights are needed (or --model)");
+    let Some(arch) = &a.arch else {
+        bail!("--arch (with --weights) is needed, or --model");
     };
     let s = evaluate_weights(
         ctx,
         arch,
         &a.options,
-        weights,
+        a.weights.as_deref(),
         a.spec.as_deref(),
         &a.data,
         a.subset,
@@ -610,14 +639,7 @@ pub struct ExportArgs {
 /// BatchNorm folded, fixed-point weights.
 pub fn run_export(a: ExportArgs, ctx: &Context) -> anyhow::Result<()> {
     let mut network = build_network(ctx, &a.arch, &a.options, 0)?;
-    match &a.weights {
-        Some(w) => network.load_weights(w)?,
-        None if knapsec_core::registry::arch_source(&a.arch).is_some() => {}
-        None => anyhow::bail!(
-            "export of {} needs --weights (only an imported network such as onnx:PATH carries its own)",
-            a.arch
-        ),
-    }
+    load_weights_or_own(ctx, &mut network, &a.arch, a.weights.as_deref(), "export")?;
     if let Some(spec) = &a.spec {
         load_spec(&mut network, spec)?;
     }

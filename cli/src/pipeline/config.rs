@@ -40,6 +40,9 @@ pub enum Baseline {
     Train(TrainSettings),
     /// Use these weights (.safetensors, PyTorch state_dict names).
     Load(String),
+    /// Use the weights an imported network carries (`arch: "onnx:PATH"`: the file's
+    /// initializers), saved as the baseline's weights file.
+    Imported,
 }
 
 /// Distortion extraction settings.
@@ -134,8 +137,10 @@ impl Default for CalibrationSettings {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct PipelineConfig {
-    /// Architecture (see `knapsec arch list`).
+    /// Architecture (see `knapsec arch list`), or an imported network `onnx:PATH`, its path
+    /// relative to the configuration file's folder ([`PipelineConfig::resolve_paths`]).
     pub arch: String,
+    /// Architecture options; `()` for an imported network (its file fixes them).
     pub options: ArchOptions,
     /// Data set (`fashion-mnist`, `mnist:DIR`, `cifar10:DIR`, `cifar100:DIR`, `folder:DIR`).
     pub data: String,
@@ -195,8 +200,33 @@ impl Default for PipelineConfig {
 }
 
 impl PipelineConfig {
+    /// Makes the path of a `PREFIX:PATH` architecture (`onnx:net.onnx`) that is relative
+    /// resolve against `base`, the configuration file's folder.
+    pub fn resolve_paths(&mut self, base: &std::path::Path) {
+        if let Some((prefix, rest)) = self.arch.split_once(':')
+            && knapsec_core::registry::arch_source(&self.arch).is_some()
+            && std::path::Path::new(rest).is_relative()
+        {
+            self.arch = format!("{prefix}:{}", base.join(rest).display());
+        }
+    }
+
     /// Checks what can be checked before running anything.
     pub fn validate(&self) -> anyhow::Result<()> {
+        let imported = knapsec_core::registry::arch_source(&self.arch).is_some();
+        if imported && self.options != ArchOptions::default() {
+            anyhow::bail!(
+                "arch {:?}: an imported network's file fixes its input size and classes; \
+                 write `options: ()` (the default options are the demo's)",
+                self.arch
+            );
+        }
+        if !imported && self.baseline == Baseline::Imported {
+            anyhow::bail!(
+                "baseline: Imported needs an imported network (arch \"onnx:PATH\"), not {:?}",
+                self.arch
+            );
+        }
         if self.budgets.is_empty() {
             anyhow::bail!("the configuration lists no budgets");
         }

@@ -5,7 +5,7 @@
 //!
 //! | stage | output | how |
 //! |---|---|---|
-//! | baseline | `baseline/weights.safetensors`, `baseline/eval.json` | train (checkpointed every epoch) or load |
+//! | baseline | `baseline/weights.safetensors`, `baseline/eval.json` | train (checkpointed every epoch), load, or an imported network's own weights |
 //! | distortion | `distortion/table.safetensors` | `knapsec distortion … --resume` |
 //! | knapsack | `runs/<budget>-<strategy>/spec.ron`, `knapsack.json` | `knapsec knapsack` per budget and strategy (and `uniform`) |
 //! | fine-tune | `runs/…/weights.safetensors`, `eval_before.json`, `eval.json` | block ReLUs in place, then top-1 |
@@ -70,6 +70,25 @@ pub fn run(ctx: &Context, config: &PipelineConfig, out: &Path) -> anyhow::Result
     // === baseline ===
     let (baseline_weights, train_seconds) = match &config.baseline {
         Baseline::Load(path) => (PathBuf::from(path), None),
+        Baseline::Imported => {
+            let w = out.join("baseline/weights.safetensors");
+            if !w.exists() {
+                stage(ctx, "baseline: the imported network's own weights");
+                let mut network =
+                    crate::cmd::train::build_network(ctx, &config.arch, &arch_args, 0)?;
+                crate::cmd::train::load_weights_or_own(
+                    ctx,
+                    &mut network,
+                    &config.arch,
+                    None,
+                    "baseline: Imported",
+                )?;
+                network.save_weights(&w)?;
+            } else {
+                skipped(ctx, "baseline weights", &w);
+            }
+            (w, None)
+        }
         Baseline::Train(settings) => {
             let w = out.join("baseline/weights.safetensors");
             let summary = out.join("baseline/train.json");
@@ -212,7 +231,7 @@ pub fn run(ctx: &Context, config: &PipelineConfig, out: &Path) -> anyhow::Result
                     &tune_summary,
                     &dir.join("checkpoint"),
                 );
-                run_finetune_in(ctx, args, &baseline_weights, &spec_path)?;
+                run_finetune_in(ctx, args, Some(&baseline_weights), &spec_path)?;
                 timer.add("fine-tuning", t);
             }
             let after = cached_eval(
@@ -645,7 +664,7 @@ fn cached_eval(
         ctx,
         &config.arch,
         arch,
-        weights,
+        Some(weights),
         spec,
         &config.data,
         config.eval_subset,
