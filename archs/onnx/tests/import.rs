@@ -161,6 +161,27 @@ fn unsupported_ops_are_listed_before_any_work() {
 }
 
 #[test]
+fn efficientnet_b0_exported_by_torch_is_refused_in_one_list() {
+    // torchvision's EfficientNet-B0 (make_torch_fixtures.py): SiLU exported as Sigmoid · Mul,
+    // squeeze-and-excitation's scaling as Mul; nothing else is missing.
+    let err = load(&fixture("efficientnet_b0.onnx")).unwrap_err();
+    let OnnxError::Unsupported { .. } = &err else {
+        panic!("not refused as unsupported: {err}");
+    };
+    let msg = err.to_string();
+    for part in [
+        "unsupported ONNX operators: Mul (nodes /features/features.0/features.0.2/Mul, ",
+        "Sigmoid (nodes /features/features.0/features.0.2/Sigmoid, ",
+        "and 57 more",
+        "supported: Add, AveragePool, BatchNormalization",
+    ] {
+        assert!(msg.contains(part), "{part:?} not in {msg}");
+    }
+    let listed = msg.split("; supported:").next().unwrap();
+    assert_eq!(listed.matches(" (nodes ").count(), 2, "{msg}");
+}
+
+#[test]
 fn opsets_outside_11_to_21_are_refused() {
     for (version, ok) in [(10, false), (11, true), (21, true), (22, false)] {
         let model = ModelProto {

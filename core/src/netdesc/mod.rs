@@ -356,10 +356,6 @@ impl NetDesc {
         }
     }
 
-    /// The secure-model graph with the block sizes of `spec` (slots it does not name keep
-    /// their activation), and the `state_dict` sources of its weights. A BatchNorm folds into
-    /// the convolution it reads when it is that convolution's only reader; ops the secure
-
     /// A human-readable listing: one line per node with its op, inputs, shape and slot.
     pub fn summary(&self) -> String {
         let mut s = String::new();
