@@ -242,3 +242,57 @@ fn registry_loads_onnx_names() {
     ));
     let _ = Op::Input;
 }
+
+#[test]
+fn the_adapter_builds_the_secure_graph_without_libtorch() {
+    let registry = Registry::builtin().unwrap();
+    let name = format!("onnx:{}", fixture("squeezenet1_1_64.onnx").display());
+    let adapter = registry.arch(&name).unwrap();
+    let table = adapter.layer_table(&ArchOptions::default()).unwrap();
+    let model = adapter
+        .secure_graph(&ArchOptions::default(), None, 12)
+        .unwrap()
+        .expect("an imported network has a secure graph");
+    model.validate().unwrap();
+    let relus: Vec<&str> = model
+        .nodes
+        .iter()
+        .filter_map(|n| match &n.op {
+            Op::BlockRelu { layer, .. } => Some(layer.as_str()),
+            _ => None,
+        })
+        .collect();
+    let slots: Vec<&str> = table.layers.iter().map(|l| l.name.as_str()).collect();
+    assert_eq!(relus, slots);
+    // The three ceil-mode max poolings keep their size at 64x64, so they have a secure form.
+    let pools = model
+        .nodes
+        .iter()
+        .filter(|n| matches!(n.op, Op::MaxPool { .. }))
+        .count();
+    assert_eq!(pools, 3);
+    assert!(
+        adapter
+            .secure_graph(
+                &ArchOptions {
+                    classes: Some(3),
+                    ..Default::default()
+                },
+                None,
+                12
+            )
+            .is_err()
+    );
+    // ops_zoo's nearest-neighbour upsampling of a 6x6 map has none: refused naming the node.
+    let zoo = registry
+        .arch(&format!("onnx:{}", fixture("ops_zoo.onnx").display()))
+        .unwrap();
+    let err = zoo
+        .secure_graph(&ArchOptions::default(), None, 12)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("node \"up_Resize\" (resize) has no secure-graph form"),
+        "{err}"
+    );
+}

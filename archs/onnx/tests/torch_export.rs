@@ -303,3 +303,17 @@ fn mobilenet_v2_with_torchvision_weights_matches_torchvision() {
         assert_eq!(i64::from(out.labels()[0]), want, "photograph {i}");
     }
 }
+
+#[test]
+fn fmnist_small_carries_its_weights_and_equals_pytorch() {
+    let name = "fmnist_small.onnx";
+    let imported = knapsec_arch_onnx::load(&fixture(name)).unwrap();
+    assert!(imported.missing.is_empty());
+    let network = Network::build(&arch(name), &ArchOptions::default(), Device::Cpu).unwrap();
+    let got = logits(&network, &test_input([2, 1, 28, 28]));
+    let diff = max_abs(&got, &reference("fmnist_small.ref.json"));
+    assert!(
+        diff < 1e-4,
+        "interpreter and PyTorch logits differ by {diff}"
+    );
+}

@@ -257,3 +257,86 @@ fn a_killed_distortion_run_resumes_to_the_same_table() {
         }
     }
 }
+
+/// The pipeline on an imported network (`fmnist_small.onnx`: a small CNN with BatchNorm, max
+/// pooling and a Concat, trained on Fashion-MNIST and exported by PyTorch; see knapsec-arch-
+/// onnx's fixtures): its own weights as the baseline, distortion, knapsack, fine-tuning,
+/// export and secure inference, whose labels equal the plaintext ones. The `onnx:` path is
+/// relative to the configuration's folder.
+#[test]
+fn pipeline_runs_an_imported_onnx_network_end_to_end() {
+    let tmp = tempfile::tempdir().unwrap();
+    let onnx = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../archs/onnx/tests/fixtures/fmnist_small.onnx");
+    std::fs::create_dir(tmp.path().join("nets")).unwrap();
+    std::fs::copy(&onnx, tmp.path().join("nets/fmnist_small.onnx")).unwrap();
+    let config = tmp.path().join("pipeline.ron");
+    std::fs::write(
+        &config,
+        r#"(
+    arch: "onnx:nets/fmnist_small.onnx",
+    options: (),
+    data: "fashion-mnist",
+    eval_subset: Some(200),
+    baseline: Imported,
+    distortion: (samples: 4, batch: 4, seed: 1),
+    budgets: ["30%"],
+    strategy: "mckp-exact",
+    compare_uniform: false,
+    finetune: (epochs: 1, lr: 0.01, batch: 32, warmup: 0.0, train_subset: Some(512)),
+    secure: (images: 2, budget: Some("30%"), backend: "securenn", drelu: "exact", frac_bits: 12),
+)"#,
+    )
+    .unwrap();
+    let out = tmp.path().join("out");
+    let done = pipeline(&config, &out).output().unwrap();
+    let stderr = String::from_utf8_lossy(&done.stderr);
+    assert!(done.status.success(), "pipeline failed:\n{stderr}");
+    assert!(
+        stderr.contains("the imported network's own weights"),
+        "{stderr}"
+    );
+    let report: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("report.json")).unwrap()).unwrap();
+    assert!(
+        report["arch"]
+            .as_str()
+            .unwrap()
+            .ends_with("nets/fmnist_small.onnx"),
+        "{}",
+        report["arch"]
+    );
+    // Trained on Fashion-MNIST: far above chance on the first 200 test images.
+    let base = report["baseline"]["accuracy"].as_f64().unwrap();
+    assert!(base > 0.6, "baseline accuracy {base}");
+    let runs = report["runs"].as_array().unwrap();
+    assert_eq!(runs.len(), 1);
+    let total = report["baseline"]["drelus"].as_u64().unwrap();
+    assert!(
+        runs[0]["drelus"].as_u64().unwrap() * 10 <= total * 3,
+        "{}",
+        runs[0]
+    );
+    assert!((0.0..=1.0).contains(&runs[0]["accuracy"].as_f64().unwrap()));
+    let secure = &report["secure"];
+    assert_eq!(secure["images"], 2);
+    assert_eq!(secure["labels_agree"], true);
+    assert_eq!(secure["secure_labels"], secure["plain_labels"]);
+    assert!(out.join("secure/model/model.ron").exists());
+}
+
+#[test]
+fn an_imported_network_takes_no_architecture_options() {
+    let tmp = tempfile::tempdir().unwrap();
+    let config = tmp.path().join("p.ron");
+    std::fs::write(&config, "(arch: \"onnx:net.onnx\", baseline: Imported)").unwrap();
+    let out = pipeline(&config, &tmp.path().join("o")).output().unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("options: ()"), "{stderr}");
+    std::fs::write(&config, "(baseline: Imported)").unwrap();
+    let out = pipeline(&config, &tmp.path().join("o")).output().unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("needs an imported network"), "{stderr}");
+}
