@@ -50,7 +50,8 @@ enum Command {
     #[cfg(feature = "torch")]
     Distortion(cmd::distortion::Args),
     /// Choose one patch size per channel under a DReLU budget (multiple-choice knapsack).
-    Knapsack(cmd::knapsack::Args),
+    // Boxed: its arguments are by far the largest, and the enum is as large as its largest variant.
+    Knapsack(Box<cmd::knapsack::Args>),
     /// Make and inspect the key pairs that authenticate the parties of a deployment.
     Keys(cmd::keys::Args),
     /// Run one party (client, server or helper) of a deployment over TCP.
@@ -99,7 +100,7 @@ impl Command {
             Command::Bench(args) => cmd::bench::run(args, ctx),
             #[cfg(feature = "torch")]
             Command::Distortion(args) => cmd::distortion::run(args, ctx),
-            Command::Knapsack(args) => cmd::knapsack::run(args, ctx),
+            Command::Knapsack(args) => cmd::knapsack::run(*args, ctx),
             Command::Keys(args) => cmd::keys::run(args, ctx),
             Command::Party(args) => cmd::party::run(args, ctx),
             #[cfg(feature = "torch")]
