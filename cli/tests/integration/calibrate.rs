@@ -3,58 +3,12 @@
 //! part, `simulate` and `eval --model` warn about a window too narrow for the calibration data
 //! (an error with `--strict`), and `eval --model` reports exact and calibrated side by side.
 
+use crate::support::{Lcg, fails, knapsec, ok, p, write_images};
 use knapsec_core::block::BlockSize;
 use knapsec_core::graph::{OutputKind, SecureModel};
 use knapsec_core::graph_build::{ConvSpec, GraphBuilder, random_weights};
 use serde_json::Value;
 use std::path::Path;
-use std::process::{Command, Output};
-
-fn knapsec(args: &[&str]) -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_knapsec"));
-    c.args(args)
-        .env_remove("KNAPSEC_PLUGIN_PATH")
-        .env_remove("KNAPSEC_LOG")
-        .env("NO_COLOR", "1");
-    c
-}
-
-fn run(c: &mut Command) -> (Output, String, String) {
-    let out = c.output().expect("knapsec runs");
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert!(!stderr.contains("panicked at"), "{c:?}: {stderr}");
-    (out, stdout, stderr)
-}
-
-fn ok(c: &mut Command) -> (String, String) {
-    let (out, stdout, stderr) = run(c);
-    assert!(out.status.success(), "{c:?} failed: {stderr}");
-    (stdout, stderr)
-}
-
-fn fails(c: &mut Command) -> String {
-    let (out, _, stderr) = run(c);
-    assert_eq!(out.status.code(), Some(1), "{c:?}: {stderr}");
-    stderr
-}
-
-/// A little-endian f32 `.npy` file of shape `shape`.
-fn write_npy(path: &Path, data: &[f32], shape: [u32; 3]) {
-    let mut header = format!(
-        "{{'descr': '<f4', 'fortran_order': False, 'shape': ({}, {}, {}), }}",
-        shape[0], shape[1], shape[2]
-    );
-    while (10 + header.len() + 1) % 64 != 0 {
-        header.push(' ');
-    }
-    header.push('\n');
-    let mut out = b"\x93NUMPY\x01\x00".to_vec();
-    out.extend((header.len() as u16).to_le_bytes());
-    out.extend(header.as_bytes());
-    out.extend(data.iter().flat_map(|v| v.to_le_bytes()));
-    std::fs::write(path, out).unwrap();
-}
 
 /// conv → ReLU with patches → conv → ReLU6 → max pool → global pool → linear, with random
 /// weights, and `n` images in ±4 in each of `cal/` and `test/`.
@@ -82,26 +36,11 @@ fn setup(dir: &Path, n: u64) -> SecureModel {
     let m = dir.join("model");
     model.save(&m).unwrap();
     weights.save(&m).unwrap();
-    let mut state = 1u64;
+    let mut rng = Lcg(1);
     for part in ["cal", "test"] {
-        std::fs::create_dir_all(dir.join(part)).unwrap();
-        for i in 0..n {
-            let x: Vec<f32> = (0..200)
-                .map(|_| {
-                    state = state
-                        .wrapping_mul(6364136223846793005)
-                        .wrapping_add(1442695040888963407);
-                    ((state >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0) * 4.0
-                })
-                .collect();
-            write_npy(&dir.join(format!("{part}/img{i}.npy")), &x, [2, 10, 10]);
-        }
+        write_images(&dir.join(part), n as usize, [2, 10, 10], &mut rng, 4.0);
     }
     model
-}
-
-fn p(path: &Path) -> &str {
-    path.to_str().unwrap()
 }
 
 #[test]
@@ -178,7 +117,7 @@ fn calibrate_writes_windows_and_the_guard_rails_hold() {
 
     // simulate: a window too narrow is warned about, naming the site and the observed range;
     // --strict refuses it; the calibrated windows pass silently.
-    let input = dir.join("test/img0.npy");
+    let input = dir.join("test/img000.npy");
     let sim = |drelu: &str, strict: bool| {
         let mut c = knapsec(&[
             "simulate",

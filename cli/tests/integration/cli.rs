@@ -1,59 +1,13 @@
 //! End-to-end tests of the `knapsec` binary: plugin sets, `arch`, `spec`, and error hygiene
 //! (one-line `error: …` on stderr, exit status 1, no panic, no half-written output).
 
+use crate::support::{json, knapsec, run_err, run_ok};
 use knapsec_core::spec::BlockSpec;
 use knapsec_tests::fixtures::{fixture, plugin_libraries};
-use serde_json::Value;
 use std::path::Path;
-use std::process::{Command, Output};
-
-fn knapsec(args: &[&str]) -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_knapsec"));
-    c.args(args)
-        .env_remove("KNAPSEC_PLUGIN_PATH")
-        .env_remove("KNAPSEC_LOG");
-    c
-}
 
 fn example() -> &'static str {
     plugin_libraries().example.to_str().expect("UTF-8 path")
-}
-
-fn run_ok(c: &mut Command) -> String {
-    let out = c.output().expect("knapsec runs");
-    assert!(
-        out.status.success(),
-        "{c:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).expect("UTF-8 output")
-}
-
-/// Runs a command that must fail cleanly; returns its one-line error.
-fn run_err(c: &mut Command) -> String {
-    let out: Output = c.output().expect("knapsec runs");
-    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert_eq!(
-        out.status.code(),
-        Some(1),
-        "{c:?}: status {:?}, stderr {stderr}",
-        out.status
-    );
-    assert!(stderr.starts_with("error: "), "{c:?}: {stderr}");
-    assert_eq!(
-        stderr.trim_end().lines().count(),
-        1,
-        "{c:?}: not one line: {stderr}"
-    );
-    assert!(
-        !stderr.contains("panicked at"),
-        "knapsec itself panicked: {stderr}"
-    );
-    stderr
-}
-
-fn json(text: &str) -> Value {
-    serde_json::from_str(text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"))
 }
 
 #[test]
@@ -226,59 +180,19 @@ fn a_reference_pickle_converts_to_ron_and_json_without_loss() {
 
 #[test]
 fn validation_names_the_first_mismatching_layer() {
-    let ok = run_ok(&mut knapsec(&[
-        "spec",
-        "validate",
-        "--arch",
-        "example-tinynet",
-        "--plugin",
-        example(),
-        fixture("reference_specs/tinynet_mixed.pickle")
-            .to_str()
-            .unwrap(),
-    ]));
+    // `spec validate --arch example-tinynet EXTRA SPEC` with the example plugin.
+    let validate = |extra: &[&str], spec: &Path| {
+        let mut c = knapsec(&["spec", "validate", "--arch", "example-tinynet"]);
+        c.args(extra).args(["--plugin", example()]).arg(spec);
+        c
+    };
+    let mixed = fixture("reference_specs/tinynet_mixed.pickle");
+    let ok = run_ok(&mut validate(&[], &mixed));
     assert!(
         ok.starts_with("ok: ") && ok.contains("example-tinynet"),
         "{ok}"
     );
 
-    // A spec of another network: its first layer, "stem", is unknown here.
-    let e = run_err(&mut knapsec(&[
-        "spec",
-        "validate",
-        "--arch",
-        "example-tinynet",
-        "--plugin",
-        example(),
-        fixture("reference_specs/resnet_like.pickle")
-            .to_str()
-            .unwrap(),
-    ]));
-    assert!(
-        e.contains("\"stem\"") && e.contains("resnet_like.pickle"),
-        "{e}"
-    );
-
-    // The right layers at another width: the first layer's channel count is named.
-    let e = run_err(&mut knapsec(&[
-        "spec",
-        "validate",
-        "--arch",
-        "example-tinynet",
-        "--base-width",
-        "4",
-        "--plugin",
-        example(),
-        fixture("reference_specs/tinynet_mixed.pickle")
-            .to_str()
-            .unwrap(),
-    ]));
-    assert!(
-        e.contains("\"conv1\"") && e.contains("8 channels") && e.contains('4'),
-        "{e}"
-    );
-
-    // A RON spec that names another architecture.
     let dir = tempfile::tempdir().unwrap();
     let ron = dir.path().join("other.ron");
     std::fs::write(
@@ -286,19 +200,26 @@ fn validation_names_the_first_mismatching_layer() {
         r#"(format: 1, arch: "resnet18-cifar", layers: {"stem": [(1, 1)]})"#,
     )
     .unwrap();
-    let e = run_err(&mut knapsec(&[
-        "spec",
-        "validate",
-        "--arch",
-        "example-tinynet",
-        "--plugin",
-        example(),
-        ron.to_str().unwrap(),
-    ]));
-    assert!(
-        e.contains("resnet18-cifar") && e.contains("\"stem\""),
-        "{e}"
-    );
+    let cases: [(&[&str], &Path, &[&str]); 3] = [
+        // A spec of another network: its first layer, "stem", is unknown here.
+        (
+            &[],
+            &fixture("reference_specs/resnet_like.pickle"),
+            &["\"stem\"", "resnet_like.pickle"],
+        ),
+        // The right layers at another width: the first layer's channel count is named.
+        (
+            &["--base-width", "4"],
+            &mixed,
+            &["\"conv1\"", "8 channels", "4"],
+        ),
+        // A RON spec that names another architecture.
+        (&[], &ron, &["resnet18-cifar", "\"stem\""]),
+    ];
+    for (extra, spec, needles) in cases {
+        let e = run_err(&mut validate(extra, spec));
+        assert!(needles.iter().all(|n| e.contains(n)), "{e}");
+    }
 }
 
 #[test]
@@ -371,78 +292,60 @@ fn bad_input_fails_with_one_line_and_status_1() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("out.ron");
     let o = out.to_str().unwrap();
-    let e = run_err(&mut knapsec(&["arch", "info", "no-such-arch"]));
-    assert!(e.contains("no-such-arch"), "{e}");
-    let e = run_err(&mut knapsec(&[
-        "--plugin",
-        "no/such/lib.so",
-        "plugins",
-        "list",
-    ]));
-    assert!(
-        e.contains("no/such/lib.so") && e.contains("no such file"),
-        "{e}"
-    );
     let text = dir.path().join("libtext.so");
     std::fs::write(&text, "not a library").unwrap();
-    let e = run_err(&mut knapsec(&[
-        "plugins",
-        "list",
-        "--plugin",
-        text.to_str().unwrap(),
-    ]));
-    assert!(e.contains("not a loadable shared library"), "{e}");
-    let e = run_err(&mut knapsec(&[
-        "plugins",
-        "list",
-        "--plugin",
-        plugin_libraries().future_abi.to_str().unwrap(),
-    ]));
-    assert!(e.contains("version 99") && e.contains("version 1"), "{e}");
-    let e = run_err(&mut knapsec(&[
-        "arch",
-        "info",
-        "faulty-panics",
-        "--plugin",
-        plugin_libraries().faulty.to_str().unwrap(),
-    ]));
-    assert!(
-        e.contains("panicked") && e.contains("exploded on purpose"),
-        "{e}"
-    );
-
-    let pickle = fixture("reference_specs/tinynet_mixed.pickle");
-    let e = run_err(&mut knapsec(&[
-        "spec",
-        "convert",
-        pickle.to_str().unwrap(),
-        o,
-    ]));
-    assert!(e.contains("--arch"), "{e}");
-    let e = run_err(&mut knapsec(&[
-        "spec",
-        "convert",
-        pickle.to_str().unwrap(),
-        "out.yaml",
-        "--arch",
-        "x",
-    ]));
-    assert!(e.contains("out.yaml") && e.contains("extension"), "{e}");
     let garbage = dir.path().join("garbage.pickle");
     std::fs::write(&garbage, b"\x80\x04garbage").unwrap();
-    let e = run_err(&mut knapsec(&[
-        "spec",
-        "convert",
-        garbage.to_str().unwrap(),
-        o,
-        "--arch",
-        "x",
-    ]));
-    assert!(e.contains("garbage.pickle"), "{e}");
+    let libs = plugin_libraries();
+    let pickle = fixture("reference_specs/tinynet_mixed.pickle");
+    let s = |path: &Path| path.to_str().unwrap().to_string();
+    // (arguments, what the one-line error must say)
+    let cases: Vec<(Vec<String>, &[&str])> = vec![
+        (args(&["arch", "info", "no-such-arch"]), &["no-such-arch"]),
+        (
+            args(&["--plugin", "no/such/lib.so", "plugins", "list"]),
+            &["no/such/lib.so", "no such file"],
+        ),
+        (
+            args(&["plugins", "list", "--plugin", &s(&text)]),
+            &["not a loadable shared library"],
+        ),
+        (
+            args(&["plugins", "list", "--plugin", &s(&libs.future_abi)]),
+            &["version 99", "version 1"],
+        ),
+        (
+            args(&[
+                "arch",
+                "info",
+                "faulty-panics",
+                "--plugin",
+                &s(&libs.faulty),
+            ]),
+            &["panicked", "exploded on purpose"],
+        ),
+        (args(&["spec", "convert", &s(&pickle), o]), &["--arch"]),
+        (
+            args(&["spec", "convert", &s(&pickle), "out.yaml", "--arch", "x"]),
+            &["out.yaml", "extension"],
+        ),
+        (
+            args(&["spec", "convert", &s(&garbage), o, "--arch", "x"]),
+            &["garbage.pickle"],
+        ),
+    ];
+    for (args, needles) in cases {
+        let e = run_err(&mut knapsec(&args));
+        assert!(needles.iter().all(|n| e.contains(n)), "{args:?}: {e}");
+    }
     assert!(!out.exists(), "a failed conversion left {o}");
     // Usage errors are clap's (status 2).
     let status = knapsec(&["arch", "info"]).output().unwrap().status;
     assert_eq!(status.code(), Some(2));
+}
+
+fn args(a: &[&str]) -> Vec<String> {
+    a.iter().map(|s| s.to_string()).collect()
 }
 
 #[test]

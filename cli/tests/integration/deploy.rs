@@ -3,139 +3,15 @@
 //! row, results checked against a cleartext evaluation of the same fixed-point model,
 //! handshake refusals (model, options, keys), and each role killed mid-inference.
 
-use knapsec_core::BlockSize;
-use knapsec_core::graph::{
-    FixedTensor, MODEL_FORMAT, ModelWeights, Node, Op, OutputKind, SecureModel, decode_fixed,
+use crate::support::{
+    FRAC, Lcg, Party, argmax, check_against_simulate, client_args, deploy_ron, expect_success,
+    free_port, keys_gen, knapsec, knapsec_logged, logits, ok, read_npy, result_rows, small_model,
+    write_images,
 };
-use std::io::Read;
+use knapsec_core::BlockSize;
+use knapsec_core::graph::{ModelWeights, Op, SecureModel, decode_fixed};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
-
-const FRAC: u32 = 12;
-
-fn knapsec() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_knapsec"));
-    c.env_remove("KNAPSEC_PLUGIN_PATH")
-        .env("KNAPSEC_LOG", "info")
-        .env("NO_COLOR", "1");
-    c
-}
-
-/// A deterministic stream of small reals in [-1, 1).
-struct Lcg(u64);
-impl Lcg {
-    fn next(&mut self) -> f64 {
-        self.0 = self
-            .0
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        ((self.0 >> 11) as f64 / (1u64 << 53) as f64) * 2.0 - 1.0
-    }
-}
-
-/// conv3×3 (in→c) → block ReLU → conv3×3 (c→c) → ReLU → global average pool → linear (c→4).
-fn model(input: [u32; 3], c: u32, seed: u64) -> (SecureModel, ModelWeights) {
-    let [ci, h, w] = input;
-    let conv = |name: &str| Op::Conv2d {
-        weight: format!("{name}.weight"),
-        bias: Some(format!("{name}.bias")),
-        kernel: [3, 3],
-        stride: [1, 1],
-        padding: [1, 1],
-        dilation: [1, 1],
-        groups: 1,
-    };
-    let blocks: Vec<BlockSize> = (0..c)
-        .map(|k| match k % 3 {
-            0 => BlockSize::RELU,
-            1 => BlockSize::patch(2, 2).unwrap(),
-            _ => BlockSize::Identity,
-        })
-        .collect();
-    let nodes = vec![
-        Node {
-            name: "input".into(),
-            op: Op::Input,
-            inputs: vec![],
-            shape: input,
-        },
-        Node {
-            name: "conv1".into(),
-            op: conv("conv1"),
-            inputs: vec![0],
-            shape: [c, h, w],
-        },
-        Node {
-            name: "relu1".into(),
-            op: Op::BlockRelu {
-                layer: "relu1".into(),
-                blocks,
-            },
-            inputs: vec![1],
-            shape: [c, h, w],
-        },
-        Node {
-            name: "conv2".into(),
-            op: conv("conv2"),
-            inputs: vec![2],
-            shape: [c, h, w],
-        },
-        Node {
-            name: "relu2".into(),
-            op: Op::BlockRelu {
-                layer: "relu2".into(),
-                blocks: vec![BlockSize::RELU; c as usize],
-            },
-            inputs: vec![3],
-            shape: [c, h, w],
-        },
-        Node {
-            name: "pool".into(),
-            op: Op::GlobalAvgPool,
-            inputs: vec![4],
-            shape: [c, 1, 1],
-        },
-        Node {
-            name: "fc".into(),
-            op: Op::Linear {
-                weight: "fc.weight".into(),
-                bias: Some("fc.bias".into()),
-            },
-            inputs: vec![5],
-            shape: [4, 1, 1],
-        },
-    ];
-    let m = SecureModel {
-        format: MODEL_FORMAT,
-        arch: "deploy-test".into(),
-        frac_bits: FRAC,
-        output_kind: OutputKind::Classification,
-        nodes,
-        calibration: None,
-    };
-    let mut rng = Lcg(seed);
-    let mut t = |shape: Vec<usize>, scale: f64| {
-        let n = shape.iter().product();
-        let data = (0..n)
-            .map(|_| knapsec_core::graph::encode_fixed(rng.next() * scale, FRAC))
-            .collect();
-        FixedTensor { shape, data }
-    };
-    let mut wts = ModelWeights::default();
-    let (ci, c) = (ci as usize, c as usize);
-    wts.tensors
-        .insert("conv1.weight".into(), t(vec![c, ci, 3, 3], 0.5));
-    wts.tensors.insert("conv1.bias".into(), t(vec![c], 0.1));
-    wts.tensors
-        .insert("conv2.weight".into(), t(vec![c, c, 3, 3], 0.3));
-    wts.tensors.insert("conv2.bias".into(), t(vec![c], 0.1));
-    wts.tensors.insert("fc.weight".into(), t(vec![4, c], 1.0));
-    wts.tensors.insert("fc.bias".into(), t(vec![4], 0.1));
-    m.validate().unwrap();
-    wts.check_against(&m).unwrap();
-    (m, wts)
-}
 
 /// The same network in the clear, in f64 (the oracle).
 fn cleartext(m: &SecureModel, w: &ModelWeights, x: &[f32]) -> Vec<f64> {
@@ -222,38 +98,13 @@ fn cleartext(m: &SecureModel, w: &ModelWeights, x: &[f32]) -> Vec<f64> {
     acts.pop().unwrap()
 }
 
-/// Writes a float32 C-order .npy file.
-fn write_npy(path: &Path, shape: [u32; 3], data: &[f32]) {
-    let mut header = format!(
-        "{{'descr': '<f4', 'fortran_order': False, 'shape': ({}, {}, {}), }}",
-        shape[0], shape[1], shape[2]
-    );
-    while (10 + header.len() + 1) % 64 != 0 {
-        header.push(' ');
-    }
-    header.push('\n');
-    let mut bytes = b"\x93NUMPY\x01\x00".to_vec();
-    bytes.extend_from_slice(&(header.len() as u16).to_le_bytes());
-    bytes.extend_from_slice(header.as_bytes());
-    for v in data {
-        bytes.extend_from_slice(&v.to_le_bytes());
-    }
-    std::fs::write(path, bytes).unwrap();
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 struct Deploy {
     dir: tempfile::TempDir,
     input_shape: [u32; 3],
     model: SecureModel,
     weights: ModelWeights,
+    /// The server's and the helper's ports in `deploy.ron`.
+    ports: (u16, u16),
 }
 
 impl Deploy {
@@ -261,29 +112,18 @@ impl Deploy {
     fn new(input: [u32; 3], channels: u32) -> Self {
         let dir = tempfile::tempdir().unwrap();
         for role in ["client", "server", "helper"] {
-            let out = knapsec()
-                .args(["keys", "gen", "--role", role, "-o"])
-                .arg(dir.path().join("keys"))
-                .output()
-                .unwrap();
-            assert!(
-                out.status.success(),
-                "{}",
-                String::from_utf8_lossy(&out.stderr)
-            );
+            keys_gen(knapsec_logged(), role, &dir.path().join("keys"));
         }
-        let (model, weights) = model(input, channels, 7);
-        let mdir = dir.path().join("model");
-        std::fs::create_dir_all(&mdir).unwrap();
-        model.save(&mdir).unwrap();
-        weights.save(&mdir).unwrap();
+        let (model, weights) = small_model("deploy-test", input, channels, 7);
+        save_model(&dir.path().join("model"), &model, &weights);
         let d = Deploy {
             dir,
             input_shape: input,
             model,
             weights,
+            ports: (free_port(), free_port()),
         };
-        d.write_config("deploy.ron", "model", "()");
+        d.write_config("deploy.ron", Config::new(d.ports));
         d
     }
 
@@ -291,158 +131,63 @@ impl Deploy {
         self.dir.path().join(p)
     }
 
-    fn write_config(&self, name: &str, model: &str, options: &str) {
-        let (sp, hp) = (free_port(), free_port());
-        self.write_config_ports(
-            name,
-            model,
-            options,
-            sp,
-            hp,
-            "keys/client.pub",
-            "keys/{role}.key",
-        );
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    fn write_config_ports(
-        &self,
-        name: &str,
-        model: &str,
-        options: &str,
-        sp: u16,
-        hp: u16,
-        client_pub: &str,
-        key: &str,
-    ) {
-        let text = format!(
-            r#"(
-    format: 1,
-    client: (public_key: "{client_pub}"),
-    server: (address: "127.0.0.1:{sp}", public_key: "keys/server.pub"),
-    helper: (address: "127.0.0.1:{hp}", public_key: "keys/helper.pub"),
-    private_key: "{key}",
-    model: "{model}",
-    backend: "securenn",
-    options: "{options}",
-    timeouts: (connect_s: 10, handshake_s: 5, recv_s: 20, linger_s: 2),
-)"#
+    fn write_config(&self, name: &str, c: Config) {
+        let (sp, hp) = c.ports;
+        let text = deploy_ron(
+            &format!("127.0.0.1:{sp}"),
+            &format!("127.0.0.1:{hp}"),
+            c.keys,
+            c.model,
+            c.options,
+            "(connect_s: 10, handshake_s: 5, recv_s: 20, linger_s: 2)",
         );
         std::fs::write(self.path(name), text).unwrap();
     }
 
-    /// The ports of a config written by `write_config`.
-    fn ports(&self, name: &str) -> (u16, u16) {
-        let text = std::fs::read_to_string(self.path(name)).unwrap();
-        let port = |tag: &str| {
-            let i = text.find(tag).unwrap() + tag.len();
-            let s = &text[i..];
-            let a = s.find("127.0.0.1:").unwrap() + 10;
-            s[a..a + s[a..].find('"').unwrap()].parse().unwrap()
-        };
-        (port("server:"), port("helper:"))
-    }
-
+    /// `n` images in `inputs-SEED/`.
     fn inputs(&self, n: usize, seed: u64) -> PathBuf {
         let dir = self.path(&format!("inputs-{seed}"));
-        std::fs::create_dir_all(&dir).unwrap();
-        let len: usize = self.input_shape.iter().map(|&d| d as usize).product();
-        let mut rng = Lcg(seed);
-        for i in 0..n {
-            let x: Vec<f32> = (0..len).map(|_| rng.next() as f32).collect();
-            write_npy(&dir.join(format!("img{i:03}.npy")), self.input_shape, &x);
-        }
+        write_images(&dir, n, self.input_shape, &mut Lcg(seed), 1.0);
         dir
     }
 
     /// Starts a party with stderr captured to `log-NAME.txt`.
-    fn spawn(&self, role: &str, config: &str, extra: &[&str], log: &str) -> Child {
-        let err = std::fs::File::create(self.path(&format!("log-{log}.txt"))).unwrap();
-        knapsec()
-            .args(["party", "--role", role, "--config"])
-            .arg(self.path(config))
-            .args(extra)
-            .stdout(Stdio::null())
-            .stderr(err)
-            .spawn()
-            .unwrap()
+    fn spawn(
+        &self,
+        role: &str,
+        config: &str,
+        extra: &[impl AsRef<std::ffi::OsStr>],
+        log: &str,
+    ) -> Party {
+        Party::spawn(
+            knapsec_logged(),
+            role,
+            self.path(config),
+            extra,
+            self.path(&format!("log-{log}.txt")),
+        )
     }
 
-    fn log(&self, log: &str) -> String {
-        let mut s = String::new();
-        std::fs::File::open(self.path(&format!("log-{log}.txt")))
-            .unwrap()
-            .read_to_string(&mut s)
-            .unwrap();
-        s
+    /// Starts the server and the helper of `config`, each with `flags`.
+    fn serve(&self, config: &str, flags: &[&str]) -> (Party, Party) {
+        (
+            self.spawn("server", config, flags, "server"),
+            self.spawn("helper", config, flags, "helper"),
+        )
     }
-}
 
-/// Waits at most `secs` for `child`; kills it and returns `None` on timeout.
-fn wait(child: &mut Child, secs: u64) -> Option<ExitStatus> {
-    let start = Instant::now();
-    while start.elapsed() < Duration::from_secs(secs) {
-        if let Some(s) = child.try_wait().unwrap() {
-            return Some(s);
-        }
-        std::thread::sleep(Duration::from_millis(20));
+    /// A client of `config` over `inputs`, writing `out`.
+    fn client(&self, config: &str, inputs: &Path, out: &Path, log: &str) -> Party {
+        self.spawn("client", config, &client_args(inputs, out), log)
     }
-    let _ = child.kill();
-    let _ = child.wait();
-    None
-}
 
-fn read_npy_f32(path: &Path) -> Vec<f32> {
-    let bytes = std::fs::read(path).unwrap();
-    let hl = u16::from_le_bytes([bytes[8], bytes[9]]) as usize;
-    bytes[10 + hl..]
-        .chunks_exact(4)
-        .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
-        .collect()
-}
-
-#[test]
-fn three_processes_serve_several_inferences_and_clients() {
-    let d = Deploy::new([2, 6, 6], 6);
-    let mut server = d.spawn("server", "deploy.ron", &["--sessions", "2"], "server");
-    let mut helper = d.spawn("helper", "deploy.ron", &["--sessions", "2"], "helper");
-    // First client: a folder of three images; second client: one file.
-    let inputs = d.inputs(3, 11);
-    for (k, input) in [inputs.clone(), inputs.join("img001.npy")]
-        .into_iter()
-        .enumerate()
-    {
-        let out = d.path(&format!("result{k}.json"));
-        let mut client = knapsec()
-            .args(["party", "--role", "client", "--config"])
-            .arg(d.path("deploy.ron"))
-            .arg("--input")
-            .arg(&input)
-            .arg("-o")
-            .arg(&out)
-            .spawn()
-            .unwrap();
-        let status = wait(&mut client, 60).expect("the client finishes");
-        assert!(
-            status.success(),
-            "client {k} failed; server log:\n{}\nhelper log:\n{}",
-            d.log("server"),
-            d.log("helper")
-        );
-        let report: serde_json::Value =
-            serde_json::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap();
-        assert_eq!(report["model_hash"], d.model.public_hash());
-        let results = report["results"].as_array().unwrap();
-        assert_eq!(results.len(), if k == 0 { 3 } else { 1 });
-        for r in results {
+    /// Checks a client's result file: `n` results, each close to the cleartext evaluation and
+    /// labelled by it; with `simulate`, each also equal to `knapsec simulate` of its input.
+    fn check_results(&self, out: &Path, n: usize, simulate: bool) {
+        for r in result_rows(out, &self.model.public_hash(), n) {
             let file = PathBuf::from(r["input"].as_str().unwrap());
-            let want = cleartext(&d.model, &d.weights, &read_npy_f32(&file));
-            let got: Vec<f64> = r["output"]["Logits"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|v| v.as_f64().unwrap())
-                .collect();
+            let want = cleartext(&self.model, &self.weights, &read_npy(&file));
+            let got = logits(&r);
             assert_eq!(got.len(), want.len());
             for (g, w) in got.iter().zip(&want) {
                 assert!(
@@ -451,112 +196,94 @@ fn three_processes_serve_several_inferences_and_clients() {
                     file.display()
                 );
             }
-            let label = (0..want.len())
-                .max_by(|&a, &b| want[a].total_cmp(&want[b]))
-                .unwrap();
-            assert_eq!(r["label"].as_u64().unwrap() as usize, label);
+            assert_eq!(r["label"].as_u64().unwrap() as usize, argmax(&want));
             assert!(r["stats"]["comm"]["bytes"].as_u64().unwrap() > 0);
-            // The same inference by `knapsec simulate` (three parties in one process).
-            let sim = knapsec()
-                .args(["simulate", "--json", "--model"])
-                .arg(d.path("model"))
-                .arg("--input")
-                .arg(&file)
-                .output()
-                .unwrap();
-            assert!(
-                sim.status.success(),
-                "{}",
-                String::from_utf8_lossy(&sim.stderr)
-            );
-            let sim: serde_json::Value = serde_json::from_slice(&sim.stdout).unwrap();
-            let sim: Vec<f64> = sim["output"]["Logits"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|v| v.as_f64().unwrap())
-                .collect();
-            // Identical up to the last bits of the fixed point: local truncations are off by
-            // one ulp with a probability that depends on the random shares.
-            let ulp = 1.0 / (1u64 << FRAC) as f64;
-            let diff = got
-                .iter()
-                .zip(&sim)
-                .map(|(g, s)| (g - s).abs())
-                .fold(0.0, f64::max);
-            eprintln!(
-                "largest difference deployed vs simulated: {diff} ({} ulp)",
-                diff / ulp
-            );
-            assert!(diff <= 4.0 * ulp, "deployed {got:?} vs simulated {sim:?}");
+            if simulate {
+                check_against_simulate(&self.path("model"), &file, &got);
+            }
         }
     }
+}
+
+/// What a `deploy.ron` of these tests varies.
+struct Config<'a> {
+    ports: (u16, u16),
+    model: &'a str,
+    options: &'a str,
+    /// The folder of the client's public key and of each role's private key.
+    keys: &'a str,
+}
+
+impl Config<'_> {
+    fn new(ports: (u16, u16)) -> Self {
+        Config {
+            ports,
+            model: "model",
+            options: "()",
+            keys: "keys",
+        }
+    }
+}
+
+fn save_model(dir: &Path, model: &SecureModel, weights: &ModelWeights) {
+    std::fs::create_dir_all(dir).unwrap();
+    model.save(dir).unwrap();
+    weights.save(dir).unwrap();
+}
+
+#[test]
+fn three_processes_serve_several_inferences_and_clients() {
+    let d = Deploy::new([2, 6, 6], 6);
+    let (mut server, mut helper) = d.serve("deploy.ron", &["--sessions", "2"]);
+    // First client: a folder of three images; second client: one file.
+    let inputs = d.inputs(3, 11);
+    for (k, (input, n)) in [(inputs.clone(), 3), (inputs.join("img001.npy"), 1)]
+        .into_iter()
+        .enumerate()
+    {
+        let out = d.path(&format!("result{k}.json"));
+        let mut client = d.client("deploy.ron", &input, &out, &format!("client{k}"));
+        expect_success(&mut client, &[&server, &helper]);
+        d.check_results(&out, n, true);
+    }
     // Two sessions served: both exit successfully.
-    assert!(
-        wait(&mut server, 20).expect("server exits").success(),
-        "{}",
-        d.log("server")
-    );
-    assert!(
-        wait(&mut helper, 20).expect("helper exits").success(),
-        "{}",
-        d.log("helper")
-    );
+    server.succeeds(20.0, "server");
+    helper.succeeds(20.0, "helper");
 }
 
 /// Starts server and helper with `server_cfg`/`helper_cfg` (and `--exit-on-error`), runs a
-/// client with `client_cfg`; returns the three exit statuses (within 20 s) and the client's
-/// stderr.
-fn run_mismatch(
-    d: &Deploy,
-    server_cfg: &str,
-    helper_cfg: &str,
-    client_cfg: &str,
-) -> ([ExitStatus; 3], String) {
+/// client with `client_cfg`; returns the three parties, stopped (within 20 s).
+fn run_mismatch(d: &Deploy, server_cfg: &str, helper_cfg: &str, client_cfg: &str) -> [Party; 3] {
     let mut server = d.spawn("server", server_cfg, &["--exit-on-error"], "server");
     let mut helper = d.spawn("helper", helper_cfg, &["--exit-on-error"], "helper");
     let input = d.inputs(1, 5);
-    let mut client = d.spawn(
-        "client",
-        client_cfg,
-        &[
-            "--input",
-            input.to_str().unwrap(),
-            "-o",
-            d.path("r.json").to_str().unwrap(),
-        ],
-        "client",
-    );
-    let c = wait(&mut client, 20).expect("the client stops");
-    let s = wait(&mut server, 20).expect("the server stops");
-    let h = wait(&mut helper, 20).expect("the helper stops");
-    ([c, s, h], d.log("client"))
+    let mut client = d.client(client_cfg, &input, &d.path("r.json"), "client");
+    for (p, who) in [
+        (&mut client, "client"),
+        (&mut server, "server"),
+        (&mut helper, "helper"),
+    ] {
+        let st = p.exits(20.0, who);
+        assert!(!st.success(), "the {who} must stop with an error");
+    }
+    [client, server, helper]
 }
 
 #[test]
 fn handshake_refuses_mismatched_models_and_options() {
     let d = Deploy::new([1, 4, 4], 3);
     // Another model (other weights do not matter; another shape changes the public part).
-    let (other, other_w) = model([1, 4, 4], 4, 9);
-    let odir = d.path("other-model");
-    std::fs::create_dir_all(&odir).unwrap();
-    other.save(&odir).unwrap();
-    other_w.save(&odir).unwrap();
-    let (sp, hp) = d.ports("deploy.ron");
-    d.write_config_ports(
+    let (other, other_w) = small_model("deploy-test", [1, 4, 4], 4, 9);
+    save_model(&d.path("other-model"), &other, &other_w);
+    d.write_config(
         "server-other.ron",
-        "other-model",
-        "()",
-        sp,
-        hp,
-        "keys/client.pub",
-        "keys/{role}.key",
+        Config {
+            model: "other-model",
+            ..Config::new(d.ports)
+        },
     );
-    let (st, client_err) = run_mismatch(&d, "server-other.ron", "deploy.ron", "deploy.ron");
-    assert!(
-        st.iter().all(|s| !s.success()),
-        "all three must stop with an error: {st:?}"
-    );
+    let [client, _, helper] = run_mismatch(&d, "server-other.ron", "deploy.ron", "deploy.ron");
+    let client_err = client.log();
     assert!(
         client_err.contains("model hash") && client_err.contains("differs"),
         "{client_err}"
@@ -565,7 +292,7 @@ fn handshake_refuses_mismatched_models_and_options() {
         client_err.contains(&other.public_hash()) && client_err.contains(&d.model.public_hash()),
         "{client_err}"
     );
-    let helper_err = d.log("helper");
+    let helper_err = helper.log();
     assert!(
         helper_err.contains("model hash"),
         "the helper says why it stopped: {helper_err}"
@@ -573,23 +300,21 @@ fn handshake_refuses_mismatched_models_and_options() {
     assert!(!d.path("r.json").exists(), "no output on failure");
 
     // Same model, other protocol options on the helper.
-    let (sp, hp) = (free_port(), free_port());
-    for (name, opts) in [
+    let ports = (free_port(), free_port());
+    for (name, options) in [
         ("a.ron", "()"),
         ("b.ron", "(drelu: Approx(bits: 20, lsb_ignored: 4))"),
     ] {
-        d.write_config_ports(
+        d.write_config(
             name,
-            "model",
-            opts,
-            sp,
-            hp,
-            "keys/client.pub",
-            "keys/{role}.key",
+            Config {
+                options,
+                ..Config::new(ports)
+            },
         );
     }
-    let (st, client_err) = run_mismatch(&d, "a.ron", "b.ron", "a.ron");
-    assert!(st.iter().all(|s| !s.success()), "{st:?}");
+    let [client, server, _] = run_mismatch(&d, "a.ron", "b.ron", "a.ron");
+    let client_err = client.log();
     assert!(
         client_err.contains("backend options") && client_err.contains("Approx"),
         "{client_err}"
@@ -597,7 +322,7 @@ fn handshake_refuses_mismatched_models_and_options() {
     // The server learns the reason when the abort message reaches it before the helper's
     // connection closes; otherwise its error names the helper that went away (a known race
     // in abort propagation, seen once in CI runs).
-    let server_err = d.log("server");
+    let server_err = server.log();
     assert!(
         server_err.contains("backend options") || server_err.contains("helper"),
         "{server_err}"
@@ -608,61 +333,36 @@ fn handshake_refuses_mismatched_models_and_options() {
 fn a_party_with_the_wrong_key_is_refused() {
     let d = Deploy::new([1, 4, 4], 3);
     // An impostor client with its own key pair, which the server and helper do not know.
-    let out = knapsec()
-        .args(["keys", "gen", "--role", "client", "-o"])
-        .arg(d.path("impostor"))
-        .output()
-        .unwrap();
-    assert!(out.status.success());
-    let (sp, hp) = d.ports("deploy.ron");
-    d.write_config_ports(
+    keys_gen(knapsec_logged(), "client", &d.path("impostor"));
+    d.write_config(
         "impostor.ron",
-        "model",
-        "()",
-        sp,
-        hp,
-        "impostor/client.pub",
-        "impostor/{role}.key",
+        Config {
+            keys: "impostor",
+            ..Config::new(d.ports)
+        },
     );
-    let mut server = d.spawn("server", "deploy.ron", &["--sessions", "1"], "server");
-    let mut helper = d.spawn("helper", "deploy.ron", &["--sessions", "1"], "helper");
+    let (mut server, mut helper) = d.serve("deploy.ron", &["--sessions", "1"]);
     let input = d.inputs(1, 3);
-    let out = knapsec()
-        .args(["party", "--role", "client", "--config"])
-        .arg(d.path("impostor.ron"))
-        .arg("--input")
-        .arg(&input)
-        .arg("-o")
-        .arg(d.path("r.json"))
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success());
+    let client = |config: &str| {
+        let mut c = knapsec_logged();
+        c.args(["party", "--role", "client", "--config"])
+            .arg(d.path(config))
+            .args(client_args(&input, &d.path("r.json")));
+        c
+    };
+    let err = crate::support::fails(&mut client("impostor.ron"));
     assert!(
         err.contains("refused the connection") && err.contains("authentication failed"),
         "{err}"
     );
     // The server and helper refused the connection but keep serving: the real client succeeds.
-    let out = knapsec()
-        .args(["party", "--role", "client", "--config"])
-        .arg(d.path("deploy.ron"))
-        .arg("--input")
-        .arg(&input)
-        .arg("-o")
-        .arg(d.path("r.json"))
-        .output()
-        .unwrap();
+    ok(&mut client("deploy.ron"));
+    server.succeeds(20.0, "server");
+    helper.succeeds(20.0, "helper");
     assert!(
-        out.status.success(),
+        server.log().contains("refused a connection"),
         "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(wait(&mut server, 20).expect("server exits").success());
-    assert!(wait(&mut helper, 20).expect("helper exits").success());
-    assert!(
-        d.log("server").contains("refused a connection"),
-        "{}",
-        d.log("server")
+        server.log()
     );
 }
 
@@ -672,61 +372,25 @@ fn killing_any_party_mid_inference_stops_the_others_within_10_s() {
     let d = Deploy::new([3, 24, 24], 16);
     let inputs = d.inputs(200, 17);
     for (victim, order) in [("client", 0usize), ("server", 1), ("helper", 2)] {
-        let (sp, hp) = (free_port(), free_port());
         let cfg = format!("kill-{victim}.ron");
-        d.write_config_ports(
-            &cfg,
-            "model",
-            "()",
-            sp,
-            hp,
-            "keys/client.pub",
-            "keys/{role}.key",
-        );
+        d.write_config(&cfg, Config::new((free_port(), free_port())));
         let out = d.path("never.json");
+        let log = |role: &str| format!("{victim}-{role}");
         let mut kids = [
-            d.spawn(
-                "client",
-                &cfg,
-                &[
-                    "--input",
-                    inputs.to_str().unwrap(),
-                    "-o",
-                    out.to_str().unwrap(),
-                ],
-                &format!("{victim}-client"),
-            ),
-            d.spawn(
-                "server",
-                &cfg,
-                &["--exit-on-error"],
-                &format!("{victim}-server"),
-            ),
-            d.spawn(
-                "helper",
-                &cfg,
-                &["--exit-on-error"],
-                &format!("{victim}-helper"),
-            ),
+            d.client(&cfg, &inputs, &out, &log("client")),
+            d.spawn("server", &cfg, &["--exit-on-error"], &log("server")),
+            d.spawn("helper", &cfg, &["--exit-on-error"], &log("helper")),
         ];
         // Wait until the server has served two inferences: the session is well under way.
-        let start = Instant::now();
-        while !d.log(&format!("{victim}-server")).contains("index=1") {
-            assert!(
-                start.elapsed() < Duration::from_secs(60),
-                "no progress: {}",
-                d.log(&format!("{victim}-server"))
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        kids[order].kill().unwrap();
-        kids[order].wait().unwrap();
+        kids[1].wait_for_log("index=1", 60);
+        kids[order].kill();
         let killed_at = Instant::now();
         for (i, role) in ["client", "server", "helper"].iter().enumerate() {
             if i == order {
                 continue;
             }
-            let status = wait(&mut kids[i], 15)
+            let status = kids[i]
+                .wait(15.0)
                 .unwrap_or_else(|| panic!("the {role} hangs after the {victim} died"));
             assert!(
                 killed_at.elapsed() < Duration::from_secs(10),
@@ -737,11 +401,7 @@ fn killing_any_party_mid_inference_stops_the_others_within_10_s() {
                 !status.success(),
                 "the {role} must fail when the {victim} dies"
             );
-            let log = d.log(&format!("{victim}-{role}"));
-            let last = log
-                .lines()
-                .rfind(|l| l.starts_with("error:"))
-                .unwrap_or_else(|| panic!("no error line: {log}"));
+            let last = kids[i].error_line();
             eprintln!("{victim} killed, {role}: {last}");
             assert!(
                 last.contains(victim),
@@ -767,9 +427,8 @@ fn a_cleartext_backend_is_refused_unless_insecure_cleartext_and_then_warns() {
     .unwrap();
     for role in ["server", "helper"] {
         let mut p = d.spawn(role, "plain.ron", &["--sessions", "1"], role);
-        let st = wait(&mut p, 20).expect("a refused party exits");
-        assert!(!st.success());
-        let log = d.log(role);
+        assert!(!p.exits(20.0, role).success());
+        let log = p.log();
         assert!(
             log.contains("not private") && log.contains("--insecure-cleartext"),
             "{log}"
@@ -777,31 +436,25 @@ fn a_cleartext_backend_is_refused_unless_insecure_cleartext_and_then_warns() {
     }
     // With the flag the three parties run it, and each one warns.
     let flag = ["--sessions", "1", "--insecure-cleartext"];
-    let mut server = d.spawn("server", "plain.ron", &flag, "server");
-    let mut helper = d.spawn("helper", "plain.ron", &flag, "helper");
     let input = d.inputs(1, 4);
     let out = d.path("plain.json");
-    let mut client = d.spawn(
-        "client",
-        "plain.ron",
-        &[
-            "--input",
-            input.to_str().unwrap(),
-            "-o",
-            out.to_str().unwrap(),
-            "--insecure-cleartext",
-        ],
-        "client",
-    );
-    for (p, role) in [
-        (&mut client, "client"),
-        (&mut server, "server"),
-        (&mut helper, "helper"),
-    ] {
-        let st = wait(p, 30).unwrap_or_else(|| panic!("the {role} hangs"));
-        let log = d.log(role);
-        assert!(st.success(), "{role}: {log}");
-        assert!(log.contains("INSECURE"), "the {role} warns: {log}");
+    let mut client_flags = client_args(&input, &out).to_vec();
+    client_flags.push("--insecure-cleartext".into());
+    let mut parties = [
+        (
+            d.spawn("client", "plain.ron", &client_flags, "client"),
+            "client",
+        ),
+        (d.spawn("server", "plain.ron", &flag, "server"), "server"),
+        (d.spawn("helper", "plain.ron", &flag, "helper"), "helper"),
+    ];
+    for (p, role) in &mut parties {
+        p.succeeds(30.0, role);
+        assert!(
+            p.log().contains("INSECURE"),
+            "the {role} warns: {}",
+            p.log()
+        );
     }
     assert!(out.exists());
 }
@@ -814,48 +467,13 @@ fn a_party_never_loads_the_plugin_path_folders() {
     let plugins = d.path("plugins");
     std::fs::create_dir_all(&plugins).unwrap();
     std::fs::write(plugins.join("libevil.so"), b"not a shared library").unwrap();
-    let listed = knapsec()
-        .args(["plugins", "list"])
-        .env("KNAPSEC_PLUGIN_PATH", &plugins)
-        .output()
-        .unwrap();
-    assert!(
-        !listed.status.success(),
-        "the plugin path is read by other commands"
+    crate::support::fails(knapsec(&["plugins", "list"]).env("KNAPSEC_PLUGIN_PATH", &plugins));
+    // knapsec party must ignore KNAPSEC_PLUGIN_PATH.
+    ok(
+        knapsec(&["party", "--role", "server", "--sessions", "0", "--config"])
+            .arg(d.path("deploy.ron"))
+            .env("KNAPSEC_PLUGIN_PATH", &plugins),
     );
-    let out = knapsec()
-        .args(["party", "--role", "server", "--sessions", "0", "--config"])
-        .arg(d.path("deploy.ron"))
-        .env("KNAPSEC_PLUGIN_PATH", &plugins)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "knapsec party must ignore KNAPSEC_PLUGIN_PATH: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-/// Checks a client's result file: `n` results, each close to the cleartext evaluation.
-fn check_results(d: &Deploy, out: &Path, n: usize) {
-    let report: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(out).unwrap()).unwrap();
-    let results = report["results"].as_array().unwrap();
-    assert_eq!(results.len(), n);
-    for r in results {
-        let file = PathBuf::from(r["input"].as_str().unwrap());
-        let want = cleartext(&d.model, &d.weights, &read_npy_f32(&file));
-        let got: Vec<f64> = r["output"]["Logits"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|v| v.as_f64().unwrap())
-            .collect();
-        assert_eq!(got.len(), want.len());
-        for (g, w) in got.iter().zip(&want) {
-            assert!((g - w).abs() < 0.02, "secure {got:?} vs cleartext {want:?}");
-        }
-    }
 }
 
 /// Strangers on the network against one port until `stop`: `idle` connections opened once
@@ -903,36 +521,18 @@ fn strangers(
 #[test]
 fn strangers_on_the_network_cannot_stall_server_or_helper() {
     let d = Deploy::new([2, 6, 6], 6);
-    let (sp, hp) = d.ports("deploy.ron");
+    let (sp, hp) = d.ports;
     // Three sessions; even with --exit-on-error the strangers must not make one fail.
     let flags = ["--sessions", "3", "--exit-on-error"];
-    let mut server = d.spawn("server", "deploy.ron", &flags, "server");
-    let mut helper = d.spawn("helper", "deploy.ron", &flags, "helper");
+    let (mut server, mut helper) = d.serve("deploy.ron", &flags);
     let inputs = d.inputs(2, 5);
     let run_client = |k: usize| {
         let out = d.path(&format!("r{k}.json"));
         let start = Instant::now();
-        let mut client = d.spawn(
-            "client",
-            "deploy.ron",
-            &[
-                "--input",
-                inputs.to_str().unwrap(),
-                "-o",
-                out.to_str().unwrap(),
-            ],
-            &format!("client{k}"),
-        );
-        let status = wait(&mut client, 60).expect("the client finishes");
+        let mut client = d.client("deploy.ron", &inputs, &out, &format!("client{k}"));
+        expect_success(&mut client, &[&server, &helper]);
         let took = start.elapsed();
-        assert!(
-            status.success(),
-            "client {k}:\n{}\nserver:\n{}\nhelper:\n{}",
-            d.log(&format!("client{k}")),
-            d.log("server"),
-            d.log("helper")
-        );
-        check_results(&d, &out, 2);
+        d.check_results(&out, 2, false);
         took
     };
     // The first run also waits for server and helper to listen; the second is the reference.
@@ -956,10 +556,8 @@ fn strangers_on_the_network_cannot_stall_server_or_helper() {
         loaded <= unloaded + Duration::from_secs(2),
         "loaded {loaded:?} vs unloaded {unloaded:?}"
     );
-    for (p, role) in [(&mut server, "server"), (&mut helper, "helper")] {
-        let st = wait(p, 20).unwrap_or_else(|| panic!("the {role} hangs"));
-        assert!(st.success(), "{role}: {}", d.log(role));
-    }
+    server.succeeds(20.0, "server");
+    helper.succeeds(20.0, "helper");
 }
 
 #[test]
@@ -971,8 +569,7 @@ fn a_client_announcing_a_frame_beyond_the_plan_ends_the_session_naming_it() {
     use knapsec_runtime::handshake::{Control, Hello};
     let d = Deploy::new([2, 6, 6], 6);
     let flags = ["--sessions", "1", "--exit-on-error"];
-    let mut server = d.spawn("server", "deploy.ron", &flags, "server");
-    let mut helper = d.spawn("helper", "deploy.ron", &flags, "helper");
+    let (mut server, mut helper) = d.serve("deploy.ron", &flags);
     // A client holding the real client key, driven by hand: it does everything right until
     // it announces a frame of 2 MiB, far below max_frame_mib (1 GiB) but beyond the largest
     // message this small model's plan allows.
@@ -1054,13 +651,12 @@ fn a_client_announcing_a_frame_beyond_the_plan_ends_the_session_naming_it() {
             );
         }
     });
-    let st = wait(&mut server, 20).expect("the server stops");
-    assert!(!st.success());
-    let log = d.log("server");
+    assert!(!server.exits(20.0, "server").success());
+    let log = server.log();
     assert!(
         log.contains(&format!("frame of {big} bytes exceeds the maximum of"))
             && log.contains("client"),
         "{log}"
     );
-    let _ = wait(&mut helper, 20);
+    let _ = helper.wait(20.0);
 }

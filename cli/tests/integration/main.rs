@@ -8,3 +8,4 @@ mod knapsack;
 mod netns;
 mod pipeline;
 mod slurm;
+mod support;

@@ -4,9 +4,11 @@
 //! retraining it; a `knapsec distortion` run killed mid-way resumes to the same table.
 #![cfg(feature = "torch")]
 
+use crate::support::{
+    assert_running, assert_tables_bitwise_equal, kill, knapsec, ok, small_distortion, wait_until,
+};
 use std::path::Path;
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
 
 const CONFIG: &str = r#"(
     arch: "resnet18-cifar",
@@ -52,12 +54,23 @@ fn write_idx(dir: &Path, n: usize) {
     }
 }
 
+/// Kills `child` (SIGKILL) as soon as it has written `file`, which it must within `secs`.
+fn kill_once_it_exists(child: &mut std::process::Child, file: &Path, secs: u64) {
+    wait_until(
+        secs,
+        10,
+        || {
+            assert_running(child, &format!("{} existed", file.display()));
+            file.exists()
+        },
+        || format!("no {} after {secs} s", file.display()),
+    );
+    kill(child);
+}
+
 fn pipeline(config: &Path, out: &Path) -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_knapsec"));
-    cmd.args(["pipeline", "--config"])
-        .arg(config)
-        .arg("-o")
-        .arg(out);
+    let mut cmd = knapsec(&["pipeline", "--config"]);
+    cmd.arg(config).arg("-o").arg(out);
     cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
     cmd
 }
@@ -74,20 +87,7 @@ fn tiny_pipeline_completes_and_resumes_after_a_kill() {
     // First run: killed as soon as the baseline weights exist.
     let mut child = pipeline(&config, &out).spawn().unwrap();
     let baseline = out.join("baseline/weights.safetensors");
-    let start = Instant::now();
-    while !baseline.exists() {
-        assert!(
-            child.try_wait().unwrap().is_none(),
-            "the pipeline ended before its baseline existed"
-        );
-        assert!(
-            start.elapsed() < Duration::from_secs(300),
-            "no baseline after 300 s"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    child.kill().unwrap();
-    child.wait().unwrap();
+    kill_once_it_exists(&mut child, &baseline, 300);
     assert!(!out.join("report.json").exists());
 
     // Second run: resumes (the baseline is not trained again) and completes.
@@ -161,33 +161,19 @@ fn bad_configurations_are_refused_with_a_reason() {
 /// `knapsec distortion` (reference schedule, one worker, so that values are bitwise
 /// reproducible) on a small random-weight network.
 fn distortion(out: &Path, resume: bool) -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_knapsec"));
-    cmd.args([
-        "distortion",
-        "--arch",
-        "resnet18-cifar",
-        "--input-size",
-        "16",
-        "16",
-        "--input-channels",
-        "1",
-        "--classes",
-        "5",
-        "--base-width",
-        "4",
+    let mut cmd = knapsec(&["distortion"]);
+    cmd.args(small_distortion(&[
         "--samples",
         "2",
         "--batch",
         "2",
-        "--workers",
-        "1",
         "--chunk",
         "1",
         "--schedule",
         "single",
         "-q",
         "-o",
-    ])
+    ]))
     .arg(out);
     if resume {
         cmd.arg("--resume");
@@ -207,26 +193,14 @@ fn variants_run(stderr: &str) -> u64 {
 fn a_killed_distortion_run_resumes_to_the_same_table() {
     let tmp = tempfile::tempdir().unwrap();
     let whole = tmp.path().join("whole.safetensors");
-    let done = distortion(&whole, false).output().unwrap();
-    let stderr = String::from_utf8_lossy(&done.stderr);
-    assert!(done.status.success(), "{stderr}");
+    let (_, stderr) = ok(&mut distortion(&whole, false));
     let total = variants_run(&stderr);
 
     // Killed (SIGKILL) once its first checkpoint exists.
     let resumed = tmp.path().join("resumed.safetensors");
     let partial = tmp.path().join("resumed.safetensors.partial");
     let mut child = distortion(&resumed, false).spawn().unwrap();
-    let start = Instant::now();
-    while !partial.exists() {
-        assert!(
-            child.try_wait().unwrap().is_none(),
-            "the run ended before its first checkpoint"
-        );
-        assert!(start.elapsed() < Duration::from_secs(120), "no checkpoint");
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    child.kill().unwrap();
-    child.wait().unwrap();
+    kill_once_it_exists(&mut child, &partial, 120);
     assert!(!resumed.exists(), "a killed run left a table");
 
     // Without --resume the checkpoint is not overwritten.
@@ -234,28 +208,15 @@ fn a_killed_distortion_run_resumes_to_the_same_table() {
     assert!(!refused.status.success());
     assert!(String::from_utf8_lossy(&refused.stderr).contains("--resume"));
 
-    let done = distortion(&resumed, true).output().unwrap();
-    let stderr = String::from_utf8_lossy(&done.stderr);
-    assert!(done.status.success(), "{stderr}");
+    let (_, stderr) = ok(&mut distortion(&resumed, true));
     let rerun = variants_run(&stderr);
     assert!(
         rerun < total,
         "the resumed run measured {rerun} of {total} variants: finished work was redone"
     );
     assert!(!partial.exists());
-    let load = |p: &Path| knapsec_core::distortion::DistortionTable::load(p).unwrap();
-    let (a, b) = (load(&resumed), load(&whole));
-    assert_eq!(a.provenance, b.provenance);
-    for ((name, x), y) in a.layers.iter().zip(b.layers.values()) {
-        assert_eq!(x.candidates, y.candidates, "{name}");
-        for (i, (p, q)) in x.values.iter().zip(&y.values).enumerate() {
-            // One worker with the same torch threads: the same arithmetic, bit for bit.
-            assert!(
-                p.to_bits() == q.to_bits(),
-                "{name} cell {i}: resumed {p} vs uninterrupted {q}"
-            );
-        }
-    }
+    // One worker with the same torch threads: the same arithmetic, bit for bit.
+    assert_tables_bitwise_equal(&resumed, &whole);
 }
 
 /// The pipeline on an imported network (`fmnist_small.onnx`: a small CNN with BatchNorm, max

@@ -10,41 +10,19 @@
 //! says why it skips, or fails when `KNAPSEC_REQUIRE_SYSTEM_TESTS=1` (as in CI).
 #![cfg(feature = "torch")]
 
-use knapsec_core::distortion::DistortionTable;
+use crate::support::{
+    assert_tables_bitwise_equal, found, is_root, say, small_distortion, system_test_runs,
+    wait_until,
+};
 use knapsec_nn::distortion::{Shard, store};
-use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+const TEST: &str = "distortion_job_array_on_a_local_slurm_cluster";
+
 fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
-/// Says on the test's real stderr (not captured by the harness) why the test does not run;
-/// fails instead when the environment requires the system tests.
-fn skip(why: &str) {
-    if std::env::var_os("KNAPSEC_REQUIRE_SYSTEM_TESTS").is_some_and(|v| v == "1") {
-        panic!("KNAPSEC_REQUIRE_SYSTEM_TESTS=1 but the Slurm test cannot run: {why}");
-    }
-    let _ = writeln!(
-        std::io::stderr(),
-        "SKIPPED distortion_job_array_on_a_local_slurm_cluster: {why}"
-    );
-}
-
-fn is_root() -> bool {
-    Command::new("id")
-        .arg("-u")
-        .output()
-        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
-}
-
-fn found(program: &str) -> bool {
-    Command::new("sh")
-        .args(["-c", &format!("command -v {program}")])
-        .output()
-        .is_ok_and(|o| o.status.success())
 }
 
 /// The cluster of one test run; stopped (all its daemons) on drop, also when the test fails.
@@ -127,6 +105,12 @@ impl Cluster {
         }
     }
 
+    /// Waits (at most 300 s) until the merge job of the run in `run` has completed.
+    fn wait_merged(&self, merge: &str, run: &Path) {
+        let underway = ["PENDING", "RUNNING", "CONFIGURING", "COMPLETING"];
+        self.wait_for(merge, &["COMPLETED"], &underway, 300, run);
+    }
+
     fn logs(&self) -> String {
         let mut s = String::new();
         for f in ["log/slurmctld.log", "log/slurmd.log"] {
@@ -171,31 +155,20 @@ fn job_logs(run: &Path) -> String {
 /// The small configuration: `resnet18-cifar` at base width 4 on 16×16 greyscale inputs,
 /// random weights and images, one worker (bitwise reproducible), 2 channels per work unit,
 /// a checkpoint after every unit (so that a shard of 30 units can be killed after its first).
-const DISTORTION_ARGS: &[&str] = &[
-    "--arch",
-    "resnet18-cifar",
-    "--input-size",
-    "16",
-    "16",
-    "--input-channels",
-    "1",
-    "--classes",
-    "5",
-    "--base-width",
-    "4",
-    "--samples",
-    "16",
-    "--batch",
-    "8",
-    "--seed",
-    "3",
-    "--workers",
-    "1",
-    "--chunk",
-    "2",
-    "--checkpoint-every",
-    "0",
-];
+fn distortion_args() -> Vec<String> {
+    small_distortion(&[
+        "--samples",
+        "16",
+        "--batch",
+        "8",
+        "--seed",
+        "3",
+        "--chunk",
+        "2",
+        "--checkpoint-every",
+        "0",
+    ])
+}
 
 /// Submits the run with the script as the docs show it; returns (array job, merge job).
 fn submit(cluster: &Cluster, run: &Path) -> (String, String) {
@@ -207,7 +180,7 @@ fn submit(cluster: &Cluster, run: &Path) -> (String, String) {
         .arg("-o")
         .arg(run.join("table.safetensors"))
         .args(["--sbatch", "--cpus-per-task=1", "--"])
-        .args(DISTORTION_ARGS)
+        .args(distortion_args())
         .output()
         .unwrap();
     assert!(
@@ -221,28 +194,6 @@ fn submit(cluster: &Cluster, run: &Path) -> (String, String) {
         panic!("distortion.sh printed {ids:?}, not 'ARRAY MERGE'");
     };
     (array, merge)
-}
-
-fn assert_bitwise_equal(a: &Path, b: &Path) {
-    let (x, y) = (
-        DistortionTable::load(a).unwrap(),
-        DistortionTable::load(b).unwrap(),
-    );
-    assert_eq!(x.arch, y.arch);
-    assert_eq!(x.provenance, y.provenance);
-    assert!(x.layers.keys().eq(y.layers.keys()));
-    for ((name, p), q) in x.layers.iter().zip(y.layers.values()) {
-        assert_eq!(p.candidates, q.candidates, "{name}");
-        assert_eq!(p.values.len(), q.values.len(), "{name}");
-        for (i, (u, v)) in p.values.iter().zip(&q.values).enumerate() {
-            assert!(
-                u.to_bits() == v.to_bits(),
-                "{name} cell {i}: {} has {u}, {} has {v}",
-                a.display(),
-                b.display()
-            );
-        }
-    }
 }
 
 /// Work units of shard `index/count` in a checkpoint: (done, total).
@@ -259,19 +210,21 @@ fn units_done(partial: &Path, chunk: usize, index: usize, count: usize) -> (usiz
 
 #[test]
 fn distortion_job_array_on_a_local_slurm_cluster() {
-    if !is_root() {
-        skip("needs root (it starts munged, slurmctld and slurmd)");
-        return;
-    }
     let missing: Vec<&str> = ["munged", "slurmctld", "slurmd", "sbatch", "scontrol"]
         .into_iter()
         .filter(|p| !found(p))
         .collect();
-    if !missing.is_empty() {
-        skip(&format!(
+    let why = if !is_root() {
+        Some("needs root (it starts munged, slurmctld and slurmd)".to_string())
+    } else if !missing.is_empty() {
+        Some(format!(
             "{} not installed (apt-get install slurm-wlm munge; .ci/run does)",
             missing.join(", ")
-        ));
+        ))
+    } else {
+        None
+    };
+    if !system_test_runs(TEST, why) {
         return;
     }
     let t0 = Instant::now();
@@ -289,7 +242,7 @@ fn distortion_job_array_on_a_local_slurm_cluster() {
     let whole = tmp.path().join("whole.safetensors");
     let out = Command::new(env!("CARGO_BIN_EXE_knapsec"))
         .arg("distortion")
-        .args(DISTORTION_ARGS)
+        .args(distortion_args())
         .arg("-o")
         .arg(&whole)
         .output()
@@ -304,17 +257,11 @@ fn distortion_job_array_on_a_local_slurm_cluster() {
     // 1. The job array and the merge, undisturbed.
     let run1 = tmp.path().join("run1");
     let (array, merge) = submit(&cluster, &run1);
-    cluster.wait_for(
-        &merge,
-        &["COMPLETED"],
-        &["PENDING", "RUNNING", "CONFIGURING", "COMPLETING"],
-        300,
-        &run1,
-    );
+    cluster.wait_merged(&merge, &run1);
     for i in 0..4 {
         assert_eq!(cluster.state(&format!("{array}_{i}")), "COMPLETED");
     }
-    assert_bitwise_equal(&run1.join("table.safetensors"), &whole);
+    assert_tables_bitwise_equal(&run1.join("table.safetensors"), &whole);
     let first_run = t0.elapsed() - started - unsharded;
 
     // 2. Task 3 killed mid-run once it has checkpointed, requeued, resumed.
@@ -323,19 +270,18 @@ fn distortion_job_array_on_a_local_slurm_cluster() {
     let (array, merge) = submit(&cluster, &run2);
     let task = format!("{array}_3");
     let partial = run2.join("part-3.safetensors.partial");
-    let start = Instant::now();
-    while !partial.exists() {
-        assert!(
-            !run2.join("part-3.safetensors").exists(),
-            "task 3 finished before it could be killed: make the configuration larger"
-        );
-        assert!(
-            start.elapsed() < Duration::from_secs(300),
-            "task 3 wrote no checkpoint\n{}",
-            job_logs(&run2)
-        );
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    wait_until(
+        300,
+        5,
+        || {
+            assert!(
+                !run2.join("part-3.safetensors").exists(),
+                "task 3 finished before it could be killed: make the configuration larger"
+            );
+            partial.exists()
+        },
+        || format!("task 3 wrote no checkpoint\n{}", job_logs(&run2)),
+    );
     assert_eq!(cluster.state(&task), "RUNNING");
     cluster.run("scancel", &["--signal=KILL", &task]);
     cluster.wait_for(
@@ -369,13 +315,7 @@ fn distortion_job_array_on_a_local_slurm_cluster() {
             &format!("Dependency=afterok:{}", deps.join(":")),
         ],
     );
-    cluster.wait_for(
-        &merge,
-        &["COMPLETED"],
-        &["PENDING", "RUNNING", "CONFIGURING", "COMPLETING"],
-        300,
-        &run2,
-    );
+    cluster.wait_merged(&merge, &run2);
     assert_eq!(cluster.state(&task), "COMPLETED");
     let log = std::fs::read_to_string(run2.join("logs/part-3.log")).unwrap();
     assert!(
@@ -402,11 +342,10 @@ fn distortion_job_array_on_a_local_slurm_cluster() {
         !partial.exists(),
         "the finished task removed its checkpoint"
     );
-    assert_bitwise_equal(&run2.join("table.safetensors"), &whole);
+    assert_tables_bitwise_equal(&run2.join("table.safetensors"), &whole);
     let second_run = t1.elapsed();
     drop(cluster);
-    let _ = writeln!(
-        std::io::stderr(),
+    say(&format!(
         "slurm test: cluster up in {:.1} s, unsharded run {:.1} s, job array + merge {:.1} s, \
          killed/requeued run {:.1} s (task 3 resumed {done} of {total} units), total {:.1} s",
         started.as_secs_f64(),
@@ -414,5 +353,5 @@ fn distortion_job_array_on_a_local_slurm_cluster() {
         first_run.as_secs_f64(),
         second_run.as_secs_f64(),
         t0.elapsed().as_secs_f64()
-    );
+    ));
 }
