@@ -53,3 +53,30 @@ impl ArchOptionArgs {
         Ok(o)
     }
 }
+
+/// The secure inference both `bench secure` and `bench net` measure: an architecture's secure
+/// graph with a random block spec at a DReLU budget, run by a backend.
+#[derive(Debug, Clone, Args)]
+pub struct SecureBenchArgs {
+    /// Any registered architecture whose adapter builds its secure graph without libtorch
+    /// (`knapsec arch list`), e.g. `resnet18-cifar`, `resnet50-imagenet`,
+    /// `mobilenetv2-imagenet`.
+    #[arg(long, default_value = "resnet18-cifar")]
+    pub arch: String,
+    /// Architecture variant (e.g. `avgpool-stem` for resnet50-imagenet, the reference's secure
+    /// flows; its default stem uses max pooling).
+    #[arg(long)]
+    pub variant: Option<String>,
+    /// The secure backend (`knapsec plugins list`); `knapsec party` refuses a non-private one.
+    #[arg(long, default_value = "securenn")]
+    pub backend: String,
+    /// DReLU budget: a percentage (`6%`) or a fraction (`0.06`) of the all-ReLU count.
+    #[arg(long, default_value = "6%")]
+    pub budget: String,
+    /// DReLU of the securenn backend: `exact` or `approx:BITS[,LSB_IGNORED]`.
+    #[arg(long, default_value = "exact")]
+    pub drelu: String,
+    /// Options of another backend (RON text).
+    #[arg(long, default_value = "")]
+    pub options: String,
+}

@@ -31,24 +31,8 @@ use std::time::{Duration, Instant};
 /// Arguments of `knapsec bench net`.
 #[derive(Debug, clap::Args)]
 pub struct BenchArgs {
-    /// Any registered architecture whose adapter builds its secure graph without libtorch.
-    #[arg(long, default_value = "resnet18-cifar")]
-    arch: String,
-    /// Architecture variant (e.g. `avgpool-stem` for resnet50-imagenet).
-    #[arg(long)]
-    variant: Option<String>,
-    /// The secure backend (`knapsec plugins list`); `knapsec party` refuses a non-private one.
-    #[arg(long, default_value = "securenn")]
-    backend: String,
-    /// DReLU of the securenn backend: `exact` or `approx:BITS[,LSB_IGNORED]`.
-    #[arg(long, default_value = "exact")]
-    drelu: String,
-    /// Options of another backend (RON text).
-    #[arg(long, default_value = "")]
-    options: String,
-    /// DReLU budget: a percentage (`6%`) or a fraction (`0.06`) of the all-ReLU count.
-    #[arg(long, default_value = "6%")]
-    budget: String,
+    #[command(flatten)]
+    graph: crate::args::SecureBenchArgs,
     /// One-way delays to measure, in milliseconds; 0 is direct loopback.
     #[arg(long, value_delimiter = ',', default_value = "0,1,20")]
     delays_ms: Vec<u64>,
@@ -486,20 +470,24 @@ pub fn bench(ctx: &Context, args: BenchArgs) -> anyhow::Result<()> {
     if let Some(spec) = &args.relay {
         return run_relay(spec);
     }
-    let budget = crate::cmd::simulate::parse_budget(&args.budget)?;
-    let backend = ctx.registry()?.backend(&args.backend)?;
+    let budget = crate::cmd::simulate::parse_budget(&args.graph.budget)?;
+    let backend = ctx.registry()?.backend(&args.graph.backend)?;
     if !backend.is_private() {
         bail!(
             "backend {:?} is not private: knapsec party refuses it",
-            args.backend
+            args.graph.backend
         );
     }
-    let options =
-        crate::cmd::simulate::backend_options(backend.as_ref(), &args.drelu, false, &args.options)?;
+    let options = crate::cmd::simulate::backend_options(
+        backend.as_ref(),
+        &args.graph.drelu,
+        false,
+        &args.graph.options,
+    )?;
     let (model, weights) = crate::cmd::simulate::bench_model(
         ctx,
-        &args.arch,
-        args.variant.clone(),
+        &args.graph.arch,
+        args.graph.variant.clone(),
         None,
         budget,
         args.seed,
@@ -603,7 +591,7 @@ pub fn bench(ctx: &Context, args: BenchArgs) -> anyhow::Result<()> {
         bench: "net",
         backend: backend.name().to_string(),
         options: options.clone(),
-        arch: args.arch.clone(),
+        arch: args.graph.arch.clone(),
         budget,
         drelus: knapsec_securenn::Plan::new(&model, knapsec_securenn::Options::default())?
             .drelus(),

@@ -133,11 +133,7 @@ pub fn run(args: Args, ctx: &Context) -> anyhow::Result<()> {
                 ("offline", &report.offline),
                 ("online", &report.online),
             ] {
-                writeln!(
-                    out,
-                    "{name}: {:.3} s ({:.2} CPU s), {} bytes, {} messages, {} rounds",
-                    p.seconds, p.cpu_seconds, p.comm.bytes, p.comm.messages, p.comm.rounds
-                )?;
+                print_phase(&mut out, name, p.seconds, p.cpu_seconds, &p.comm)?;
                 let k = &p.cpu_by_kind;
                 if p.cpu_seconds > 0.0 {
                     writeln!(
@@ -153,13 +149,7 @@ pub fn run(args: Args, ctx: &Context) -> anyhow::Result<()> {
                     )?;
                 }
             }
-            print_comm(&mut out, "per-inference traffic (offline + online)", &{
-                let mut c = report.offline.comm.clone();
-                c.merge(&report.online.comm);
-                c
-            })?;
-            out.flush()?;
-            Ok(())
+            print_traffic(&mut out, &report.offline.comm, &report.online.comm)
         }
         (name, _) => {
             let registry = ctx.registry()?;
@@ -205,24 +195,14 @@ pub fn run(args: Args, ctx: &Context) -> anyhow::Result<()> {
                 ("offline", &r.offline),
                 ("online", &r.online),
             ] {
-                writeln!(
-                    out,
-                    "{name}: {:.3} s ({:.2} CPU s), {} bytes, {} messages, {} rounds",
-                    p.seconds, p.cpu_seconds, p.comm.bytes, p.comm.messages, p.comm.rounds
-                )?;
+                print_phase(&mut out, name, p.seconds, p.cpu_seconds, &p.comm)?;
             }
             if let Some(e) = &r.expected
                 && e.key_bytes > 0
             {
                 writeln!(out, "keys held per inference: {} bytes", e.key_bytes)?;
             }
-            print_comm(&mut out, "per-inference traffic (offline + online)", &{
-                let mut c = r.offline.comm.clone();
-                c.merge(&r.online.comm);
-                c
-            })?;
-            out.flush()?;
-            Ok(())
+            print_traffic(&mut out, &r.offline.comm, &r.online.comm)
         }
     }
 }
@@ -259,6 +239,35 @@ fn print_output(out: &mut impl Write, output: &PartyOutput) -> anyhow::Result<()
         PartyOutput::Labels(l) => writeln!(out, "label map: {} pixels", l.len())?,
         PartyOutput::Nothing => writeln!(out, "(no output)")?,
     }
+    Ok(())
+}
+
+/// One phase's figures: wall and CPU time, bytes, messages, rounds.
+fn print_phase(
+    out: &mut impl Write,
+    name: &str,
+    seconds: f64,
+    cpu_seconds: f64,
+    c: &CommReport,
+) -> anyhow::Result<()> {
+    writeln!(
+        out,
+        "{name}: {seconds:.3} s ({cpu_seconds:.2} CPU s), {} bytes, {} messages, {} rounds",
+        c.bytes, c.messages, c.rounds
+    )?;
+    Ok(())
+}
+
+/// The traffic of one inference (offline + online), then flushes `out`.
+fn print_traffic(
+    out: &mut impl Write,
+    offline: &CommReport,
+    online: &CommReport,
+) -> anyhow::Result<()> {
+    let mut c = offline.clone();
+    c.merge(online);
+    print_comm(out, "per-inference traffic (offline + online)", &c)?;
+    out.flush()?;
     Ok(())
 }
 
@@ -300,27 +309,8 @@ fn print_comm(out: &mut impl Write, title: &str, c: &CommReport) -> anyhow::Resu
 /// Arguments of `knapsec bench secure`.
 #[derive(Debug, clap::Args)]
 pub struct BenchArgs {
-    /// Any registered architecture whose adapter builds its secure graph without libtorch
-    /// (`knapsec arch list`), e.g. `resnet18-cifar`, `resnet50-imagenet`,
-    /// `mobilenetv2-imagenet`.
-    #[arg(long, default_value = "resnet18-cifar")]
-    arch: String,
-    /// Architecture variant (e.g. `avgpool-stem` for resnet50-imagenet, the reference's secure
-    /// flows; its default stem uses max pooling).
-    #[arg(long)]
-    variant: Option<String>,
-    /// The secure backend (`knapsec plugins list`).
-    #[arg(long, default_value = "securenn")]
-    backend: String,
-    /// DReLU budget: a percentage (`6%`) or a fraction (`0.06`) of the all-ReLU count.
-    #[arg(long, default_value = "6%")]
-    budget: String,
-    /// DReLU of the securenn backend: `exact` or `approx:BITS[,LSB_IGNORED]`.
-    #[arg(long, default_value = "exact")]
-    drelu: String,
-    /// Options of another backend (RON text).
-    #[arg(long, default_value = "")]
-    options: String,
+    #[command(flatten)]
+    graph: crate::args::SecureBenchArgs,
     /// A block spec to use instead of a random one at the budget.
     #[arg(long, value_name = "FILE")]
     spec: Option<PathBuf>,
@@ -425,16 +415,21 @@ pub(crate) fn parse_budget(text: &str) -> anyhow::Result<f64> {
 }
 
 pub fn bench(ctx: &Context, args: BenchArgs) -> anyhow::Result<()> {
-    let budget = parse_budget(&args.budget)?;
-    let backend = ctx.registry()?.backend(&args.backend)?;
-    let options = backend_options(backend.as_ref(), &args.drelu, false, &args.options)?;
+    let budget = parse_budget(&args.graph.budget)?;
+    let backend = ctx.registry()?.backend(&args.graph.backend)?;
+    let options = backend_options(
+        backend.as_ref(),
+        &args.graph.drelu,
+        false,
+        &args.graph.options,
+    )?;
     let drelu = (backend.name() == "securenn")
-        .then(|| DreluMode::parse_cli(&args.drelu))
+        .then(|| DreluMode::parse_cli(&args.graph.drelu))
         .transpose()?;
     let (model, weights) = bench_model(
         ctx,
-        &args.arch,
-        args.variant.clone(),
+        &args.graph.arch,
+        args.graph.variant.clone(),
         args.spec.as_deref(),
         budget,
         args.seed,
@@ -457,7 +452,7 @@ pub fn bench(ctx: &Context, args: BenchArgs) -> anyhow::Result<()> {
         &options,
         Some(TIMEOUT),
     )
-    .with_context(|| format!("backend {}", args.backend))?;
+    .with_context(|| format!("backend {}", args.graph.backend))?;
     let mut comm = r.offline.comm.clone();
     comm.merge(&r.online.comm);
     let drelu_bytes = comm.op("drelu").bytes;
@@ -468,8 +463,8 @@ pub fn bench(ctx: &Context, args: BenchArgs) -> anyhow::Result<()> {
         seconds_per_image: (r.offline.seconds + r.online.seconds) / r.batch as f64,
         backend: r.backend.clone(),
         options,
-        arch: args.arch.clone(),
-        variant: args.variant.clone(),
+        arch: args.graph.arch.clone(),
+        variant: args.graph.variant.clone(),
         budget,
         drelu,
         drelus,
