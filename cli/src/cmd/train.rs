@@ -618,21 +618,9 @@ pub struct ExportArgs {
     /// `knapsec calibrate --data`).
     #[arg(long, value_name = "SPEC")]
     pub calibrate: Option<String>,
-    /// With --calibrate: sample images.
-    #[arg(long, value_name = "N", default_value_t = 64)]
-    pub samples: usize,
-    /// With --calibrate: as `knapsec calibrate --target-error`.
-    #[arg(long, value_name = "E", default_value_t = 1e-2)]
-    pub target_error: f64,
-    /// With --calibrate: as `knapsec calibrate --margin-bits`.
-    #[arg(long, value_name = "B", default_value_t = 2)]
-    pub margin_bits: u32,
-    /// With --calibrate: as `knapsec calibrate --max-bits`.
-    #[arg(long, value_name = "K", default_value_t = 64)]
-    pub max_bits: u32,
-    /// With --calibrate: a window too narrow for the data is an error, not a warning.
-    #[arg(long)]
-    pub strict: bool,
+    /// With --calibrate: how the windows are chosen (as for `knapsec calibrate`).
+    #[command(flatten)]
+    pub window: crate::cmd::calibrate::WindowArgs,
 }
 
 /// `knapsec export`: a trained network (with its block spec) as a secure model (DESIGN §3):
@@ -658,13 +646,7 @@ pub fn run_export(a: ExportArgs, ctx: &Context) -> anyhow::Result<()> {
         &model.public_hash()[..16]
     )?;
     if let Some(data) = &a.calibrate {
-        let target = knapsec_core::drelu::CalibrationTarget {
-            margin_bits: a.margin_bits,
-            target_error: a.target_error,
-            max_bits: a.max_bits,
-        };
-        let s =
-            crate::cmd::calibrate::calibrate(&a.output, None, data, a.samples, target, a.strict)?;
+        let s = a.window.calibrate(&a.output, None, data)?;
         for w in &s.warnings {
             eprintln!("warning: {w}");
         }

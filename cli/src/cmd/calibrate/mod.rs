@@ -44,6 +44,20 @@ pub struct Args {
     /// `npy:PATH` (a `.npy` image of the model's input shape, or a folder of them).
     #[arg(long)]
     pub data: String,
+    #[command(flatten)]
+    pub window: WindowArgs,
+    /// Write the calibrated model to this folder instead (weights copied).
+    #[arg(short, long, value_name = "DIR")]
+    pub output: Option<PathBuf>,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// How the approximate-DReLU windows are chosen (`knapsec calibrate`, and `knapsec export
+/// --calibrate`).
+#[derive(Debug, Clone, clap::Args)]
+pub struct WindowArgs {
     /// Number of sample images.
     #[arg(long, value_name = "N", default_value_t = 64)]
     pub samples: usize,
@@ -61,12 +75,23 @@ pub struct Args {
     /// Refuse (non-zero exit, nothing written) when a window is too narrow for the data.
     #[arg(long)]
     pub strict: bool,
-    /// Write the calibrated model to this folder instead (weights copied).
-    #[arg(short, long, value_name = "DIR")]
-    pub output: Option<PathBuf>,
-    /// Print JSON instead of a table.
-    #[arg(long)]
-    pub json: bool,
+}
+
+impl WindowArgs {
+    /// Calibrates the model in `dir` on `data` with these settings ([`calibrate`]).
+    pub fn calibrate(
+        &self,
+        dir: &Path,
+        output: Option<&Path>,
+        data: &str,
+    ) -> anyhow::Result<CalibrationSummary> {
+        let target = CalibrationTarget {
+            margin_bits: self.margin_bits,
+            target_error: self.target_error,
+            max_bits: self.max_bits,
+        };
+        calibrate(dir, output, data, self.samples, target, self.strict)
+    }
 }
 
 /// One row of the per-site table.
@@ -187,7 +212,8 @@ pub fn load_images(
     load_data_set(data, part, shape, classes, limit)
 }
 
-#[cfg(feature = "torch")]
+/// A data set of `knapsec train` (see [`load_images`]); this build needs the `torch` feature
+/// for them.
 fn load_data_set(
     data: &str,
     part: Part,
@@ -195,52 +221,51 @@ fn load_data_set(
     classes: usize,
     limit: usize,
 ) -> anyhow::Result<Vec<Sample>> {
-    use knapsec_nn::data::{DataSpec, Split};
-    let spec: DataSpec = data.parse()?;
-    let split = match part {
-        Part::Train => Split::Train,
-        Part::Test => Split::Test,
-    };
-    let mut set = spec
-        .load(split)
-        .with_context(|| format!("cannot load data set {data:?}"))?
-        .take(limit);
-    let (c, h, w) = set.shape;
-    let [mc, mh, mw] = shape.map(|v| v as usize);
-    if c != mc {
-        bail!("data set {data:?} has {c}-channel images, the model wants {mc}");
+    #[cfg(not(feature = "torch"))]
+    {
+        let _ = (part, shape, classes, limit);
+        bail!(
+            "data set {data:?}: this build has no image data sets (feature `torch`); use npy:PATH"
+        )
     }
-    if (h, w) != (mh, mw) {
-        if h <= mh && w <= mw {
-            set = set.pad_to(mh, mw)?;
-        } else {
-            bail!("data set {data:?} has {h}x{w} images, the model wants {mh}x{mw}");
+    #[cfg(feature = "torch")]
+    {
+        use knapsec_nn::data::{DataSpec, Split};
+        let spec: DataSpec = data.parse()?;
+        let split = match part {
+            Part::Train => Split::Train,
+            Part::Test => Split::Test,
+        };
+        let mut set = spec
+            .load(split)
+            .with_context(|| format!("cannot load data set {data:?}"))?
+            .take(limit);
+        let (c, h, w) = set.shape;
+        let [mc, mh, mw] = shape.map(|v| v as usize);
+        if c != mc {
+            bail!("data set {data:?} has {c}-channel images, the model wants {mc}");
         }
-    }
-    let (images, _) = set.to_tensors(knapsec_nn::tch::Device::Cpu)?;
-    // Labels only mean something in the model's label space: a folder of photographs of one
-    // made-up class does not give ImageNet labels.
-    let labelled = set.classes == classes;
-    (0..set.len())
-        .map(|i| {
-            Ok(Sample {
-                name: format!("{i}"),
-                values: Vec::<f32>::try_from(images.get(i as i64).reshape([-1]))?,
-                label: labelled.then(|| set.labels[i]),
+        if (h, w) != (mh, mw) {
+            if h <= mh && w <= mw {
+                set = set.pad_to(mh, mw)?;
+            } else {
+                bail!("data set {data:?} has {h}x{w} images, the model wants {mh}x{mw}");
+            }
+        }
+        let (images, _) = set.to_tensors(knapsec_nn::tch::Device::Cpu)?;
+        // Labels only mean something in the model's label space: a folder of photographs of one
+        // made-up class does not give ImageNet labels.
+        let labelled = set.classes == classes;
+        (0..set.len())
+            .map(|i| {
+                Ok(Sample {
+                    name: format!("{i}"),
+                    values: Vec::<f32>::try_from(images.get(i as i64).reshape([-1]))?,
+                    label: labelled.then(|| set.labels[i]),
+                })
             })
-        })
-        .collect()
-}
-
-#[cfg(not(feature = "torch"))]
-fn load_data_set(
-    data: &str,
-    _part: Part,
-    _shape: [u32; 3],
-    _classes: usize,
-    _limit: usize,
-) -> anyhow::Result<Vec<Sample>> {
-    bail!("data set {data:?}: this build has no image data sets (feature `torch`); use npy:PATH")
+            .collect()
+    }
 }
 
 /// Records the compared values of every site of `model` on `samples` (exact DReLUs).
@@ -421,19 +446,7 @@ pub fn calibrate(
 }
 
 pub fn run(a: Args, ctx: &Context) -> anyhow::Result<()> {
-    let target = CalibrationTarget {
-        margin_bits: a.margin_bits,
-        target_error: a.target_error,
-        max_bits: a.max_bits,
-    };
-    let s = calibrate(
-        &a.model,
-        a.output.as_deref(),
-        &a.data,
-        a.samples,
-        target,
-        a.strict,
-    )?;
+    let s = a.window.calibrate(&a.model, a.output.as_deref(), &a.data)?;
     for w in &s.warnings {
         tracing::warn!("{w}");
         eprintln!("warning: {w}");
