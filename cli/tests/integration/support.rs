@@ -140,6 +140,7 @@ pub fn write_images(dir: &Path, n: usize, shape: [u32; 3], rng: &mut Lcg, scale:
 
 /// Polls `ready` (every `every_ms`) until it holds; fails with `why()` after `secs` seconds.
 /// `ready` may fail the test itself, e.g. when the process it waits on ended early.
+#[cfg(feature = "torch")]
 pub fn wait_until(
     secs: u64,
     every_ms: u64,
@@ -391,10 +392,10 @@ pub fn check_against_simulate(model: &Path, input: &Path, got: &[f64]) -> Vec<f6
         .zip(&want)
         .map(|(g, s)| (g - s).abs())
         .fold(0.0, f64::max);
-    say(&format!(
+    eprintln!(
         "largest difference deployed vs simulated: {diff} ({} ulp)",
         diff / ulp
-    ));
+    );
     assert!(
         diff <= 4.0 * ulp,
         "{}: deployed {got:?} vs simulated {want:?}",
