@@ -195,14 +195,7 @@ impl DistortionTable {
                 )));
             }
         }
-        if d.values.len() != d.channels * d.k() {
-            return Err(CoreError::Invalid(format!(
-                "distortion table, layer {name:?}: {} values for {} channels x {} candidates",
-                d.values.len(),
-                d.channels,
-                d.k()
-            )));
-        }
+        self.check_shape(name, d)?;
         for c in 0..d.channels {
             for (k, &v) in d.row(c).iter().enumerate() {
                 if !(v.is_finite() && v >= 0.0) {

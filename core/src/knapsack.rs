@@ -44,16 +44,21 @@ pub struct McKpProblem {
 }
 
 impl McKpProblem {
-    /// Builds an instance from per-class option lists `(cost, value)`.
-    pub fn from_classes(classes: &[Vec<(u64, f64)>], budget: u64) -> Self {
-        let mut p = McKpProblem {
+    /// An instance without classes (add them by pushing options and offsets).
+    pub fn empty(budget: u64) -> Self {
+        McKpProblem {
             costs: Vec::new(),
             values: Vec::new(),
             offsets: vec![0],
             budget,
             blocks: None,
             maps: None,
-        };
+        }
+    }
+
+    /// Builds an instance from per-class option lists `(cost, value)`.
+    pub fn from_classes(classes: &[Vec<(u64, f64)>], budget: u64) -> Self {
+        let mut p = McKpProblem::empty(budget);
         for class in classes {
             for &(c, v) in class {
                 p.costs.push(c);
@@ -99,6 +104,34 @@ impl McKpProblem {
             value += v[k];
         }
         (cost, value)
+    }
+
+    /// The least finite value of any choice within the budget, by trying every choice: the
+    /// reference optimum of tiny instances in tests (the count of choices is the product of the
+    /// class sizes). `None` when no choice fits.
+    pub fn exhaustive_optimum(&self) -> Option<f64> {
+        let n = self.classes();
+        let mut best: Option<f64> = None;
+        let mut choice = vec![0usize; n];
+        loop {
+            let (cost, value) = self.evaluate(&choice);
+            if cost <= self.budget && value.is_finite() {
+                best = Some(best.map_or(value, |b| b.min(value)));
+            }
+            // The next choice, as an odometer over the classes.
+            let mut i = 0;
+            loop {
+                if i == n {
+                    return best;
+                }
+                choice[i] += 1;
+                if choice[i] < self.class(i).0.len() {
+                    break;
+                }
+                choice[i] = 0;
+                i += 1;
+            }
+        }
     }
 
     /// Sum over classes of the cheapest finite option: the least any solution costs

@@ -45,6 +45,15 @@ pub struct LayerTable {
 }
 
 impl LayerTable {
+    /// `(name, channels, height, width)` of every layer, in network order: what
+    /// `knapsec arch info` lists.
+    pub fn shapes(&self) -> Vec<(&str, u32, u32, u32)> {
+        self.layers
+            .iter()
+            .map(|l| (l.name.as_str(), l.channels, l.height, l.width))
+            .collect()
+    }
+
     /// Builds a table, refusing duplicate names and empty layers.
     pub fn new(arch: impl Into<String>, layers: Vec<ReluLayer>) -> Result<Self> {
         let arch = arch.into();

@@ -15,35 +15,23 @@ use serde::Serialize;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+/// Link-time registration of a plugin of kind `P` (a trait object): one of
+/// [`ArchRegistration`], [`StrategyRegistration`], [`BackendRegistration`].
+pub struct Registration<P: ?Sized + 'static> {
+    /// Registry name.
+    pub name: &'static str,
+    /// The crate that registers it (shown by `plugins list`).
+    pub provider: &'static str,
+    /// Builds the plugin.
+    pub make: fn() -> Arc<P>,
+}
+
 /// Link-time registration of an architecture adapter.
-pub struct ArchRegistration {
-    /// Registry name.
-    pub name: &'static str,
-    /// The crate that registers it (shown by `plugins list`).
-    pub provider: &'static str,
-    /// Builds the adapter.
-    pub make: fn() -> Arc<dyn ArchAdapter>,
-}
-
+pub type ArchRegistration = Registration<dyn ArchAdapter>;
 /// Link-time registration of a knapsack strategy.
-pub struct StrategyRegistration {
-    /// Registry name.
-    pub name: &'static str,
-    /// The crate that registers it (shown by `plugins list`).
-    pub provider: &'static str,
-    /// Builds the strategy.
-    pub make: fn() -> Arc<dyn KnapsackStrategy>,
-}
-
+pub type StrategyRegistration = Registration<dyn KnapsackStrategy>;
 /// Link-time registration of a secure backend.
-pub struct BackendRegistration {
-    /// Registry name.
-    pub name: &'static str,
-    /// The crate that registers it (shown by `plugins list`).
-    pub provider: &'static str,
-    /// Builds the backend.
-    pub make: fn() -> Arc<dyn SecureBackend>,
-}
+pub type BackendRegistration = Registration<dyn SecureBackend>;
 
 /// Link-time registration of a source of architectures named `PREFIX:REST` (e.g.
 /// `onnx:model.onnx`): wherever an architecture name is accepted, a name with this prefix is

@@ -154,6 +154,29 @@ impl<'a> Reader<'a> {
     }
 }
 
+/// The container on top of `stack` that `op` adds `added` to, after counting them against the
+/// budget ([`absorb`]); an error if the stack is empty.
+fn add_to_top<'s>(
+    stack: &'s mut [Item],
+    op: &str,
+    added: &[&Item],
+    at: usize,
+) -> Result<&'s mut Value, String> {
+    let kind = if op.starts_with("SET") {
+        "dict"
+    } else {
+        "list"
+    };
+    let top = stack.last_mut().ok_or_else(|| outside(op, kind, at))?;
+    absorb(top, added, at)?;
+    Ok(&mut top.v)
+}
+
+/// The error of `op` (at byte `at`) without a `kind` (dict or list) to add to.
+fn outside(op: &str, kind: &str, at: usize) -> String {
+    format!("{op} at byte {at} outside a {kind}")
+}
+
 fn pop_mark(stack: &mut Vec<Item>) -> Result<Vec<Item>, String> {
     let at = stack
         .iter()
@@ -323,23 +346,21 @@ pub(super) fn run(data: &[u8]) -> Result<Value, String> {
             b's' => {
                 let v = pop(&mut stack)?;
                 let k = pop(&mut stack)?;
-                let Some(top) = stack.last_mut() else {
-                    return Err(format!("SETITEM at byte {at} outside a dict"));
-                };
-                absorb(top, &[&k, &v], at)?;
-                match &mut top.v {
+                match add_to_top(&mut stack, "SETITEM", &[&k, &v], at)? {
                     Value::Dict(d) => d.push((k.v, v.v)),
-                    _ => return Err(format!("SETITEM at byte {at} outside a dict")),
+                    _ => return Err(outside("SETITEM", "dict", at)),
                 }
             }
             b'u' => {
                 let items = pop_mark(&mut stack)?;
-                let Some(top) = stack.last_mut() else {
-                    return Err(format!("SETITEMS at byte {at} outside a dict"));
-                };
-                absorb(top, &items.iter().collect::<Vec<_>>(), at)?;
-                let Value::Dict(d) = &mut top.v else {
-                    return Err(format!("SETITEMS at byte {at} outside a dict"));
+                let Value::Dict(d) = add_to_top(
+                    &mut stack,
+                    "SETITEMS",
+                    &items.iter().collect::<Vec<_>>(),
+                    at,
+                )?
+                else {
+                    return Err(outside("SETITEMS", "dict", at));
                 };
                 let mut it = items.into_iter();
                 while let (Some(k), Some(v)) = (it.next(), it.next()) {
@@ -348,24 +369,16 @@ pub(super) fn run(data: &[u8]) -> Result<Value, String> {
             }
             b'a' => {
                 let v = pop(&mut stack)?;
-                let Some(top) = stack.last_mut() else {
-                    return Err(format!("APPEND at byte {at} outside a list"));
-                };
-                absorb(top, &[&v], at)?;
-                match &mut top.v {
+                match add_to_top(&mut stack, "APPEND", &[&v], at)? {
                     Value::List(l) => l.push(v.v),
-                    _ => return Err(format!("APPEND at byte {at} outside a list")),
+                    _ => return Err(outside("APPEND", "list", at)),
                 }
             }
             b'e' => {
                 let items = pop_mark(&mut stack)?;
-                let Some(top) = stack.last_mut() else {
-                    return Err(format!("APPENDS at byte {at} outside a list"));
-                };
-                absorb(top, &items.iter().collect::<Vec<_>>(), at)?;
-                match &mut top.v {
+                match add_to_top(&mut stack, "APPENDS", &items.iter().collect::<Vec<_>>(), at)? {
                     Value::List(l) => l.extend(items.into_iter().map(|i| i.v)),
-                    _ => return Err(format!("APPENDS at byte {at} outside a list")),
+                    _ => return Err(outside("APPENDS", "list", at)),
                 }
             }
             other => {

@@ -289,31 +289,6 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
-    /// The true optimum by trying every choice.
-    fn brute_force(p: &McKpProblem) -> Option<f64> {
-        let n = p.classes();
-        let mut best: Option<f64> = None;
-        let mut choice = vec![0usize; n];
-        loop {
-            let (cost, value) = p.evaluate(&choice);
-            if cost <= p.budget && value.is_finite() {
-                best = Some(best.map_or(value, |b: f64| b.min(value)));
-            }
-            let mut i = 0;
-            loop {
-                if i == n {
-                    return best;
-                }
-                choice[i] += 1;
-                if choice[i] < p.class(i).0.len() {
-                    break;
-                }
-                choice[i] = 0;
-                i += 1;
-            }
-        }
-    }
-
     fn problems() -> impl Strategy<Value = McKpProblem> {
         let class = prop::collection::vec((0u64..20, 0.0f64..10.0), 1..5);
         (prop::collection::vec(class, 1..5), 0u64..60)
@@ -323,7 +298,7 @@ mod tests {
     proptest! {
         #[test]
         fn answers_are_feasible_and_bounds_hold(p in problems()) {
-            let opt = brute_force(&p);
+            let opt = p.exhaustive_optimum();
             match RatioGreedy.solve(&p, &SolveLimits::default()) {
                 Ok(s) => {
                     let opt = opt.expect("the greedy found a feasible choice, so one exists");
@@ -386,11 +361,7 @@ mod tests {
     #[test]
     fn tinynet_honours_its_options() {
         let t = TinyNet.layer_table(&ArchOptions::default()).unwrap();
-        let shapes: Vec<_> = t
-            .layers
-            .iter()
-            .map(|l| (l.name.as_str(), l.channels, l.height, l.width))
-            .collect();
+        let shapes = t.shapes();
         assert_eq!(
             shapes,
             [

@@ -319,28 +319,9 @@ mod tests {
     use super::*;
     use knapsec_core::Reduction;
 
+    /// The optimum by trying every choice (infinite when nothing fits).
     fn brute(p: &McKpProblem) -> f64 {
-        let n = p.classes();
-        let mut best = f64::INFINITY;
-        let mut choice = vec![0usize; n];
-        loop {
-            let (c, v) = p.evaluate(&choice);
-            if c <= p.budget {
-                best = best.min(v);
-            }
-            let mut i = 0;
-            loop {
-                if i == n {
-                    return best;
-                }
-                choice[i] += 1;
-                if choice[i] < p.class(i).0.len() {
-                    break;
-                }
-                choice[i] = 0;
-                i += 1;
-            }
-        }
+        p.exhaustive_optimum().unwrap_or(f64::INFINITY)
     }
 
     #[test]

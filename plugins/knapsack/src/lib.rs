@@ -71,33 +71,24 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 const PROVIDER: &str = "knapsec-knapsack";
 
-knapsec_core::inventory::submit! {
-    knapsec_core::registry::StrategyRegistration {
-        name: exact::NAME,
-        provider: PROVIDER,
-        make: || std::sync::Arc::new(exact::McKpExact),
-    }
+/// Registers each `NAME => strategy` with the registry at link time.
+macro_rules! register {
+    ($($name:expr => $make:expr),* $(,)?) => {$(
+        knapsec_core::inventory::submit! {
+            knapsec_core::registry::StrategyRegistration {
+                name: $name,
+                provider: PROVIDER,
+                make: || std::sync::Arc::new($make),
+            }
+        }
+    )*};
 }
-knapsec_core::inventory::submit! {
-    knapsec_core::registry::StrategyRegistration {
-        name: dp::NAME,
-        provider: PROVIDER,
-        make: || std::sync::Arc::new(dp::McKpDp::default()),
-    }
-}
-knapsec_core::inventory::submit! {
-    knapsec_core::registry::StrategyRegistration {
-        name: greedy::NAME,
-        provider: PROVIDER,
-        make: || std::sync::Arc::new(greedy::McKpGreedy),
-    }
-}
-knapsec_core::inventory::submit! {
-    knapsec_core::registry::StrategyRegistration {
-        name: uniform::NAME,
-        provider: PROVIDER,
-        make: || std::sync::Arc::new(uniform::Uniform),
-    }
+
+register! {
+    exact::NAME => exact::McKpExact,
+    dp::NAME => dp::McKpDp::default(),
+    greedy::NAME => greedy::McKpGreedy,
+    uniform::NAME => uniform::Uniform,
 }
 
 /// Runs `solve` on `p` reduced at `level`: directly when `p` already is in that form (as after

@@ -330,14 +330,7 @@ fn read_from<R: Read + Seek>(reader: R, path: &Path, budget: u64) -> Result<McKp
             format!("counts has shape {nshape:?}, expected [{n}]"),
         ));
     }
-    let mut p = McKpProblem {
-        costs: Vec::new(),
-        values: Vec::new(),
-        offsets: vec![0],
-        budget,
-        blocks: None,
-        maps: None,
-    };
+    let mut p = McKpProblem::empty(budget);
     for i in 0..n {
         let count = counts[i];
         if count < 1 || count as usize > k {
@@ -384,42 +377,37 @@ pub fn instance_bytes(p: &McKpProblem) -> Result<Vec<u8>> {
             values[i * k + j] = v[j];
         }
     }
-    let io = |e: std::io::Error| Error::Invalid(format!("writing .npz: {e}"));
     let mut w = npyz::npz::NpzWriter::new(Cursor::new(Vec::new()));
-    let opts =
-        zip::write::FileOptions::default().compression_method(zip::CompressionMethod::Stored);
-    let mut a = w
-        .array::<i64>("costs", opts)
-        .map_err(io)?
-        .default_dtype()
-        .shape(&[n as u64, k as u64])
-        .begin_nd()
-        .map_err(io)?;
-    a.extend(costs).map_err(io)?;
-    a.finish().map_err(io)?;
-    let mut a = w
-        .array::<f64>("values", opts)
-        .map_err(io)?
-        .default_dtype()
-        .shape(&[n as u64, k as u64])
-        .begin_nd()
-        .map_err(io)?;
-    a.extend(values).map_err(io)?;
-    a.finish().map_err(io)?;
-    let mut a = w
-        .array::<i32>("counts", opts)
-        .map_err(io)?
-        .default_dtype()
-        .shape(&[n as u64])
-        .begin_nd()
-        .map_err(io)?;
-    a.extend(counts).map_err(io)?;
-    a.finish().map_err(io)?;
+    write_array(&mut w, "costs", &[n, k], costs)?;
+    write_array(&mut w, "values", &[n, k], values)?;
+    write_array(&mut w, "counts", &[n], counts)?;
     let cursor = w
         .zip_writer()
         .finish()
         .map_err(|e| Error::Invalid(format!("writing .npz: {e}")))?;
     Ok(cursor.into_inner())
+}
+
+/// Adds the array `name` of `shape` (C order) to the archive, uncompressed.
+fn write_array<T: npyz::AutoSerialize>(
+    w: &mut npyz::npz::NpzWriter<Cursor<Vec<u8>>>,
+    name: &str,
+    shape: &[usize],
+    data: Vec<T>,
+) -> Result<()> {
+    let io = |e: std::io::Error| Error::Invalid(format!("writing .npz: {e}"));
+    let opts =
+        zip::write::FileOptions::default().compression_method(zip::CompressionMethod::Stored);
+    let shape: Vec<u64> = shape.iter().map(|&d| d as u64).collect();
+    let mut a = w
+        .array::<T>(name, opts)
+        .map_err(io)?
+        .default_dtype()
+        .shape(&shape)
+        .begin_nd()
+        .map_err(io)?;
+    a.extend(data).map_err(io)?;
+    a.finish().map_err(io)
 }
 
 /// Writes an instance as `.npz`, atomically.

@@ -64,11 +64,7 @@ fn calls_cross_the_abi_with_options_candidates_and_typed_errors() {
         ..Default::default()
     };
     let t = tiny.layer_table(&o).unwrap();
-    let shapes: Vec<_> = t
-        .layers
-        .iter()
-        .map(|l| (l.name.as_str(), l.channels, l.height, l.width))
-        .collect();
+    let shapes = t.shapes();
     assert_eq!(
         shapes,
         [("conv1", 2, 9, 5), ("conv2", 4, 5, 3), ("fc1", 8, 1, 1)]
@@ -198,24 +194,20 @@ fn panics_and_malformed_answers_become_errors() {
             .all(|p| matches!(p, DynamicPlugin::Arch(_) | DynamicPlugin::Strategy(_)))
     );
 
-    let e = r
-        .arch("faulty-panics")
-        .unwrap()
-        .layer_table(&ArchOptions::default())
-        .unwrap_err()
-        .to_string();
+    let table_error = || {
+        r.arch("faulty-panics")
+            .unwrap()
+            .layer_table(&ArchOptions::default())
+            .unwrap_err()
+            .to_string()
+    };
+    let e = table_error();
     assert!(
         e.contains("panicked") && e.contains("exploded on purpose") && e.contains("faulty-panics"),
         "{e}"
     );
     // The process survives, and the plugin can be called again.
-    let e2 = r
-        .arch("faulty-panics")
-        .unwrap()
-        .layer_table(&ArchOptions::default())
-        .unwrap_err()
-        .to_string();
-    assert_eq!(e, e2);
+    assert_eq!(e, table_error());
 
     let p = McKpProblem::from_classes(&[vec![(1, 2.0), (3, 1.0)], vec![(1, 2.0), (5, 0.0)]], 4);
     let e = r
