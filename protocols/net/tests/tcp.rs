@@ -44,10 +44,27 @@ impl Mesh {
         a_key: &KeyPair,
         max: [usize; 2],
     ) -> Result<(SecureChannel, SecureChannel), NetError> {
+        let (ra, rb) = self.handshake(a, b, a_key, &self.peers, max);
+        Ok((ra?, rb?))
+    }
+
+    /// Both ends of a handshake over loopback, `a` (with `a_key`) initiating, `b` answering
+    /// with the public keys `b_peers`: (initiator's outcome, responder's).
+    fn handshake(
+        &self,
+        a: Role,
+        b: Role,
+        a_key: &KeyPair,
+        b_peers: &PeerKeys,
+        max: [usize; 2],
+    ) -> (
+        Result<SecureChannel, NetError>,
+        Result<SecureChannel, NetError>,
+    ) {
         self.rt.block_on(async {
             let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
             let addr = listener.local_addr().unwrap();
-            let (ra, rb) = tokio::join!(
+            tokio::join!(
                 async {
                     let s = TcpStream::connect(addr).await.unwrap();
                     SecureChannel::initiate(a, b, s, a_key, &self.keys[b.index()].public, max[0])
@@ -55,11 +72,9 @@ impl Mesh {
                 },
                 async {
                     let (s, _) = listener.accept().await.unwrap();
-                    SecureChannel::respond(b, s, &self.keys[b.index()], &self.peers, &[a], max[1])
-                        .await
+                    SecureChannel::respond(b, s, &self.keys[b.index()], b_peers, &[a], max[1]).await
                 }
-            );
-            Ok((ra?, rb?))
+            )
         })
     }
 
@@ -135,41 +150,9 @@ fn wrong_key_is_refused_at_connection_time() {
     // A client that holds the wrong public key for the server is refused too.
     let mut wrong = mesh.peers.clone();
     wrong.keys[0] = Some(impostor.public);
-    let err = mesh
-        .rt
-        .block_on(async {
-            let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-            let addr = listener.local_addr().unwrap();
-            let (ra, rb) = tokio::join!(
-                async {
-                    let s = TcpStream::connect(addr).await.unwrap();
-                    SecureChannel::initiate(
-                        Role::Client,
-                        Role::Server,
-                        s,
-                        &mesh.keys[0],
-                        &mesh.keys[1].public,
-                        BIG,
-                    )
-                    .await
-                },
-                async {
-                    let (s, _) = listener.accept().await.unwrap();
-                    SecureChannel::respond(
-                        Role::Server,
-                        s,
-                        &mesh.keys[1],
-                        &wrong,
-                        &[Role::Client],
-                        BIG,
-                    )
-                    .await
-                }
-            );
-            assert!(rb.is_err());
-            ra
-        })
-        .unwrap_err();
+    let (ra, rb) = mesh.handshake(Role::Client, Role::Server, &mesh.keys[0], &wrong, [BIG; 2]);
+    assert!(rb.is_err());
+    let err = ra.unwrap_err();
     assert!(
         matches!(
             err,
@@ -282,6 +265,16 @@ fn silent_party_times_out_and_oversized_frames_are_rejected() {
     assert!(e.contains("2000 bytes exceeds the maximum of 1000"), "{e}");
 }
 
+/// A connection to `listener` on which `bytes` were sent: (the sender's end, the listener's).
+async fn raw_connection(listener: &TcpListener, bytes: &[u8]) -> (TcpStream, TcpStream) {
+    let mut s = TcpStream::connect(listener.local_addr().unwrap())
+        .await
+        .unwrap();
+    s.write_all(bytes).await.unwrap();
+    let (stream, _) = listener.accept().await.unwrap();
+    (s, stream)
+}
+
 /// Reads one record (`len: u16 BE | bytes`) of the connection format.
 async fn read_record(s: &mut TcpStream) -> std::io::Result<Vec<u8>> {
     let mut len = [0u8; 2];
@@ -320,11 +313,8 @@ fn a_replayed_first_handshake_message_is_dropped_without_an_answer() {
         let recorded = capture_first_message(&mesh).await;
         let guard = ReplayGuard::new();
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
         for attempt in 0..2 {
-            let mut s = TcpStream::connect(addr).await.unwrap();
-            s.write_all(&recorded).await.unwrap();
-            let (stream, _) = listener.accept().await.unwrap();
+            let (mut s, stream) = raw_connection(&listener, &recorded).await;
             let start = Instant::now();
             let r = SecureChannel::respond_guarded(
                 Role::Server,
@@ -360,11 +350,7 @@ fn a_refusal_before_authentication_names_no_role_version_or_key() {
         let mesh = &mesh;
         mesh.rt.block_on(async move {
             let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-            let addr = listener.local_addr().unwrap();
-            let mut s = TcpStream::connect(addr).await.unwrap();
-            s.write_all(&preamble).await.unwrap();
-            s.write_all(&then).await.unwrap();
-            let (stream, _) = listener.accept().await.unwrap();
+            let (mut s, stream) = raw_connection(&listener, &[preamble, then].concat()).await;
             let local = SecureChannel::respond(
                 Role::Server,
                 stream,
