@@ -165,15 +165,7 @@ pub fn run(args: Args, ctx: &Context) -> anyhow::Result<()> {
                 crate::cmd::calibrate::guard(&model, drelu.choice(), args.strict)?;
             }
             let refs: Vec<&[f32]> = inputs.iter().map(Vec::as_slice).collect();
-            let r = knapsec_runtime::simulate_batch(
-                backend.as_ref(),
-                &model,
-                &weights,
-                &refs,
-                &options,
-                Some(TIMEOUT),
-            )
-            .with_context(|| format!("backend {name}"))?;
+            let r = simulate_with(backend.as_ref(), &model, &weights, &refs, &options)?;
             if args.json {
                 return ctx.print_json(&BatchJson {
                     report: &r,
@@ -213,6 +205,19 @@ struct BatchJson<'a> {
     #[serde(flatten)]
     report: &'a knapsec_runtime::SimReport,
     outputs: &'a [PartyOutput],
+}
+
+/// One inference of the images `xs` (a batch when more than one) by `backend`, with its three
+/// parties in this process.
+fn simulate_with(
+    backend: &dyn knapsec_core::backend::SecureBackend,
+    model: &SecureModel,
+    weights: &ModelWeights,
+    xs: &[&[f32]],
+    options: &str,
+) -> anyhow::Result<knapsec_runtime::SimReport> {
+    knapsec_runtime::simulate_batch(backend, model, weights, xs, options, Some(TIMEOUT))
+        .with_context(|| format!("backend {}", backend.name()))
 }
 
 fn print_output(out: &mut impl Write, output: &PartyOutput) -> anyhow::Result<()> {
@@ -444,15 +449,7 @@ pub fn bench(ctx: &Context, args: BenchArgs) -> anyhow::Result<()> {
         .collect();
     let refs: Vec<&[f32]> = xs.iter().map(Vec::as_slice).collect();
     let drelus = knapsec_securenn::Plan::new(&model, Options::default())?.drelus();
-    let r = knapsec_runtime::simulate_batch(
-        backend.as_ref(),
-        &model,
-        &weights,
-        &refs,
-        &options,
-        Some(TIMEOUT),
-    )
-    .with_context(|| format!("backend {}", args.graph.backend))?;
+    let r = simulate_with(backend.as_ref(), &model, &weights, &refs, &options)?;
     let mut comm = r.offline.comm.clone();
     comm.merge(&r.online.comm);
     let drelu_bytes = comm.op("drelu").bytes;

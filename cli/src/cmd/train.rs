@@ -619,7 +619,7 @@ pub struct ExportArgs {
     #[arg(long, value_name = "SPEC")]
     pub calibrate: Option<String>,
     /// With --calibrate: how the windows are chosen (as for `knapsec calibrate`).
-    #[command(flatten)]
+    #[command(flatten, next_help_heading = "With --calibrate")]
     pub window: crate::cmd::calibrate::WindowArgs,
 }
 

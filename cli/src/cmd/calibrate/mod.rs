@@ -209,18 +209,7 @@ pub fn load_images(
             })
             .collect();
     }
-    load_data_set(data, part, shape, classes, limit)
-}
-
-/// A data set of `knapsec train` (see [`load_images`]); this build needs the `torch` feature
-/// for them.
-fn load_data_set(
-    data: &str,
-    part: Part,
-    shape: [u32; 3],
-    classes: usize,
-    limit: usize,
-) -> anyhow::Result<Vec<Sample>> {
+    // A data set of `knapsec train`: this build needs the `torch` feature for them.
     #[cfg(not(feature = "torch"))]
     {
         let _ = (part, shape, classes, limit);
