@@ -199,37 +199,36 @@ impl RingTensor {
 
     // ----- element-wise arithmetic (wrapping) -----
 
-    /// `self + other` element-wise.
-    pub fn add(&self, other: &Self) -> Result<Self> {
-        self.same_shape(other, "add")?;
+    /// A tensor of `self`'s shape holding `f(self[i], other[i])`; `op` names the operation in
+    /// a shape mismatch.
+    fn zip_with(
+        &self,
+        other: &Self,
+        op: &'static str,
+        f: impl Fn(u64, u64) -> u64 + Sync,
+    ) -> Result<Self> {
+        self.same_shape(other, op)?;
         let mut out = vec![0; self.len()];
-        zip_map(&mut out, &self.data, &other.data, u64::wrapping_add);
+        zip_map(&mut out, &self.data, &other.data, f);
         Ok(RingTensor {
             dims: self.dims.clone(),
             data: out,
         })
+    }
+
+    /// `self + other` element-wise.
+    pub fn add(&self, other: &Self) -> Result<Self> {
+        self.zip_with(other, "add", u64::wrapping_add)
     }
 
     /// `self - other` element-wise.
     pub fn sub(&self, other: &Self) -> Result<Self> {
-        self.same_shape(other, "sub")?;
-        let mut out = vec![0; self.len()];
-        zip_map(&mut out, &self.data, &other.data, u64::wrapping_sub);
-        Ok(RingTensor {
-            dims: self.dims.clone(),
-            data: out,
-        })
+        self.zip_with(other, "sub", u64::wrapping_sub)
     }
 
     /// `self * other` element-wise (no truncation).
     pub fn mul(&self, other: &Self) -> Result<Self> {
-        self.same_shape(other, "mul")?;
-        let mut out = vec![0; self.len()];
-        zip_map(&mut out, &self.data, &other.data, u64::wrapping_mul);
-        Ok(RingTensor {
-            dims: self.dims.clone(),
-            data: out,
-        })
+        self.zip_with(other, "mul", u64::wrapping_mul)
     }
 
     /// `self += other` element-wise.
