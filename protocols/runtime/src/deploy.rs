@@ -410,20 +410,19 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("does not match the server public key"), "{e}");
-        std::fs::write(&path, CONFIG.replace("format: 1", "format: 9")).unwrap();
-        assert!(
-            Deployment::load(&path, Role::Server)
-                .unwrap_err()
-                .to_string()
-                .contains("format 9")
-        );
-        std::fs::write(&path, CONFIG.replace("address: \"127.0.0.1:7101\", ", "")).unwrap();
-        assert!(
-            Deployment::load(&path, Role::Client)
-                .unwrap_err()
-                .to_string()
-                .contains("needs an `address`")
-        );
+        for (from, to, role, says) in [
+            ("format: 1", "format: 9", Role::Server, "format 9"),
+            (
+                "address: \"127.0.0.1:7101\", ",
+                "",
+                Role::Client,
+                "needs an `address`",
+            ),
+        ] {
+            std::fs::write(&path, CONFIG.replace(from, to)).unwrap();
+            let e = Deployment::load(&path, role).unwrap_err().to_string();
+            assert!(e.contains(says), "{e}");
+        }
         std::fs::write(&path, CONFIG.replace("backend", "bakend")).unwrap();
         assert!(Deployment::load(&path, Role::Client).is_err());
     }

@@ -210,22 +210,20 @@ fn panics_and_malformed_answers_become_errors() {
     assert_eq!(e, table_error());
 
     let p = McKpProblem::from_classes(&[vec![(1, 2.0), (3, 1.0)], vec![(1, 2.0), (5, 0.0)]], 4);
-    let e = r
-        .strategy("faulty-garbage")
-        .unwrap()
-        .solve(&p, &SolveLimits::default())
-        .unwrap_err();
+    let solve_err = |name: &str| {
+        r.strategy(name)
+            .unwrap()
+            .solve(&p, &SolveLimits::default())
+            .unwrap_err()
+    };
+    let e = solve_err("faulty-garbage");
     assert!(
         matches!(&e, KnapsackError::Strategy { strategy, .. } if strategy == "faulty-garbage"),
         "{e}"
     );
     assert!(e.to_string().contains("malformed answer"), "{e}");
 
-    let e = r
-        .strategy("faulty-overspends")
-        .unwrap()
-        .solve(&p, &SolveLimits::default())
-        .unwrap_err();
+    let e = solve_err("faulty-overspends");
     assert!(
         e.to_string().contains("malformed answer")
             && e.to_string().contains("over the budget of 4"),
