@@ -3,8 +3,9 @@
 //! A **session** is one client's visit: the client connects to the server and the helper,
 //! the server connects to the helper, every connection is authenticated
 //! ([`knapsec_net::secure_channel`]) and starts with a hello exchange ([`crate::handshake`]);
-//! then the client runs its inputs one after another (a [`Control::Infer`] to both others
-//! before each, [`Control::Done`] at the end) and everybody closes cleanly. Server and
+//! then the client runs its inputs one after another, alone or in batches (a
+//! [`Control::Infer`] or [`Control::Batch`] to both others before each, [`Control::Done`] at
+//! the end) and everybody closes cleanly. Server and
 //! helper serve sessions one after another, any number of inferences each. Every party drives
 //! the backend through its phases: the once-per-session phase at the session's first
 //! inference, then each inference's offline and online phases
@@ -46,10 +47,13 @@ use link::{
 };
 use listen::{Arrival, Gate, listen};
 
+use crate::batch::run_lanes;
 use crate::deploy::Deployment;
 use crate::handshake::{self, Control, Hello};
 use knapsec_core::Role;
-use knapsec_core::backend::{PartyOutput, PartySession, SecureBackend, SessionJob, SessionKeys};
+use knapsec_core::backend::{
+    BackendError, PartyOutput, PartySession, SecureBackend, SessionJob, SessionKeys,
+};
 use knapsec_core::graph::{ModelWeights, SecureModel};
 use knapsec_core::transport::Transport;
 use knapsec_net::error::{NetError, Result, peer_text};
@@ -63,12 +67,14 @@ use std::time::{Duration, Instant};
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 
-/// Per-inference figures of one party.
+/// Per-inference figures of one party (of a whole batch, for the images of a batch).
 #[derive(Clone, Debug, PartialEq, serde::Serialize)]
 pub struct InferenceStats {
-    /// The inference's index in the session.
+    /// The inference's index in the session (of the batch's first image).
     pub index: u64,
-    /// Wall-clock time of the inference at this party.
+    /// Images in the inference: 1, or the size of its batch.
+    pub images: u64,
+    /// Wall-clock time of the inference (the whole batch) at this party.
     pub seconds: f64,
     /// What this party sent; `rounds` are its flights (see [`knapsec_net::metered`]).
     pub comm: CommReport,
@@ -142,10 +148,13 @@ impl Party {
             .max_message(&model, &dep.options)
             .map_err(|e| NetError::Invalid(format!("backend {}: {e}", backend.name())))?
         {
-            Some(m) => usize::try_from(m)
-                .unwrap_or(usize::MAX)
-                .max(MIN_FRAME)
-                .min(dep.max_frame),
+            Some(m) => {
+                let m = crate::batch::max_bundle(dep.max_batch as usize, m);
+                usize::try_from(m)
+                    .unwrap_or(usize::MAX)
+                    .max(MIN_FRAME)
+                    .min(dep.max_frame)
+            }
             None => dep.max_frame,
         };
         tracing::debug!(max_frame, "frame limit");
@@ -253,24 +262,31 @@ impl Party {
         Ok((t, pairs))
     }
 
-    /// Runs inference `index` through the backend's phases: at the session's first
-    /// inference its once-per-session phase ([`SecureBackend::open_session`], kept in
-    /// `session` for the following inferences), then the offline and the online phase. The
-    /// session's `keys` are one value for the whole session, so that the backend sees every
-    /// contribution of it. The first inference's figures include the once-per-session work.
-    fn run_one<'s>(
+    /// Runs inferences `index … index + n − 1` (`n` = `inputs.len()`, the client's images or
+    /// `None`s) through the backend's phases, one image per lane ([`crate::batch`]; a single
+    /// image runs on this thread as it is): for every lane without a session yet, its
+    /// once-per-session phase ([`SecureBackend::open_session`], kept in `sessions` for the
+    /// following inferences), then the offline and the online phase. The session's `keys` are
+    /// one value for the whole session, so that the backend sees every contribution of it.
+    /// The figures are the batch's; the first inference's include the once-per-session work.
+    fn run_batch<'s>(
         &'s self,
         transport: &mut TcpTransport,
-        session: &mut Option<Box<dyn PartySession + 's>>,
+        sessions: &mut Vec<Box<dyn PartySession + 's>>,
         keys: &'s SessionKeys,
         index: u64,
-        input: Option<&[f32]>,
-    ) -> Result<(PartyOutput, InferenceStats)> {
+        inputs: Vec<Option<&[f32]>>,
+    ) -> Result<(Vec<PartyOutput>, InferenceStats)> {
         transport.set_scope("", "");
         let start = Instant::now();
         let mut metered = Metered::new(transport);
         let err = |source| NetError::Backend { index, source };
-        if session.is_none() {
+        let diverged = |source| BackendError::Transport {
+            layer: "batch".into(),
+            source,
+        };
+        let images = inputs.len();
+        if sessions.len() < images {
             let job = SessionJob {
                 role: self.dep.role,
                 model: &self.model,
@@ -278,34 +294,64 @@ impl Party {
                 options: &self.options,
                 keys,
             };
-            *session = Some(self.backend.open_session(job, &mut metered).map_err(err)?);
+            let backend = &*self.backend;
+            let opened = run_lanes(
+                &mut metered,
+                vec![(); images - sessions.len()],
+                |_, (), lane| backend.open_session(job, lane),
+                diverged,
+            )
+            .map_err(err)?;
+            sessions.extend(opened);
         }
-        let s = session.as_mut().expect("opened above");
-        s.offline(index, &mut metered).map_err(err)?;
-        let out = s.online(index, input, &mut metered).map_err(err)?;
+        let lanes = &mut sessions[..images];
+        run_lanes(
+            &mut metered,
+            lanes.iter_mut().collect(),
+            |j, s, lane| s.offline(index + j as u64, lane),
+            diverged,
+        )
+        .map_err(err)?;
+        let outputs = run_lanes(
+            &mut metered,
+            lanes.iter_mut().zip(inputs).collect(),
+            |j, (s, x), lane| s.online(index + j as u64, x, lane),
+            diverged,
+        )
+        .map_err(err)?;
         let stats = InferenceStats {
             index,
+            images: images as u64,
             seconds: start.elapsed().as_secs_f64(),
             comm: metered.report(),
         };
-        tracing::debug!(role = %self.dep.role, index, seconds = stats.seconds, bytes = stats.comm.bytes, "inference done");
-        Ok((out, stats))
+        tracing::debug!(role = %self.dep.role, index, images, seconds = stats.seconds, bytes = stats.comm.bytes, "inference done");
+        Ok((outputs, stats))
     }
 
-    /// Runs a client session: one inference per input, in order; `on_output` gets each
-    /// result as soon as it is known (and may stop the session with an error).
+    /// Runs a client session over `inputs`, in order, `batch` images per inference (the
+    /// last inference takes what is left); `on_output` gets each image's result, with its
+    /// inference's figures, as soon as it is known (and may stop the session with an error).
     ///
     /// # Errors
     /// Any failure of the session; the server and helper are told why before this returns.
+    /// A `batch` of 0 or above the deployment's `max_batch` is refused before connecting.
     pub fn run_client(
         &self,
         inputs: &[Vec<f32>],
+        batch: usize,
         mut on_output: impl FnMut(usize, PartyOutput, &InferenceStats) -> Result<()>,
     ) -> Result<Vec<InferenceStats>> {
         if self.dep.role != Role::Client {
             return Err(NetError::Invalid(format!(
                 "run_client needs the client role, not the {}",
                 self.dep.role
+            )));
+        }
+        if batch == 0 || batch > self.dep.max_batch as usize {
+            return Err(NetError::Invalid(format!(
+                "a batch of {batch} images: the deployment allows 1 to {} (`max_batch` in its config)",
+                self.dep.max_batch
             )));
         }
         let session: [u8; 16] = handshake::random_bytes()?;
@@ -342,22 +388,27 @@ impl Party {
         tracing::info!(server = %knapsec_net::error::clean_text(&s.peer_hello.software), helper = %knapsec_net::error::clean_text(&h.peer_hello.software), "session established");
         let (mut transport, pairs) = self.transport(vec![s, h])?;
         let keys = handshake::session_keys(self.dep.role, &pairs)?;
-        let mut backend_session = None;
+        let mut sessions = Vec::new();
         let mut stats = Vec::new();
         let result = (|| {
-            for (i, input) in inputs.iter().enumerate() {
-                let index = i as u64;
+            for (k, chunk) in inputs.chunks(batch).enumerate() {
+                let first = k * batch;
+                let index = first as u64;
+                let control = match chunk.len() {
+                    1 => Control::Infer { index },
+                    n => Control::Batch {
+                        index,
+                        count: n as u32,
+                    },
+                };
                 for p in Role::Client.others() {
-                    transport.send(p, Control::Infer { index }.to_bytes())?;
+                    transport.send(p, control.to_bytes())?;
                 }
-                let (out, st) = self.run_one(
-                    &mut transport,
-                    &mut backend_session,
-                    &keys,
-                    index,
-                    Some(input),
-                )?;
-                on_output(i, out, &st)?;
+                let xs = chunk.iter().map(|x| Some(x.as_slice())).collect();
+                let (outs, st) = self.run_batch(&mut transport, &mut sessions, &keys, index, xs)?;
+                for (j, out) in outs.into_iter().enumerate() {
+                    on_output(first + j, out, &st)?;
+                }
                 stats.push(st);
             }
             for p in Role::Client.others() {
@@ -574,8 +625,9 @@ impl Party {
         })?;
         let (mut transport, pairs) = self.transport(links)?;
         let keys = handshake::session_keys(me, &pairs)?;
-        let mut backend_session = None;
+        let mut sessions = Vec::new();
         let mut expected = 0u64;
+        let max_batch = self.dep.max_batch;
         let result = (|| {
             loop {
                 // The client may think between inferences: its own timeout, not `recv_s`.
@@ -583,10 +635,38 @@ impl Party {
                 match Control::from_bytes(&msg, Role::Client)? {
                     Control::Done => return Ok(expected),
                     Control::Infer { index } if index == expected => {
-                        let (_, st) =
-                            self.run_one(&mut transport, &mut backend_session, &keys, index, None)?;
+                        let (_, st) = self.run_batch(
+                            &mut transport,
+                            &mut sessions,
+                            &keys,
+                            index,
+                            vec![None],
+                        )?;
                         tracing::info!(role = %me, index, seconds = st.seconds, bytes_sent = st.comm.bytes, "inference served");
                         expected += 1;
+                    }
+                    Control::Batch { index, count }
+                        if index == expected && (2..=max_batch).contains(&count) =>
+                    {
+                        let none = vec![None; count as usize];
+                        let (_, st) =
+                            self.run_batch(&mut transport, &mut sessions, &keys, index, none)?;
+                        tracing::info!(role = %me, index, images = count, seconds = st.seconds, bytes_sent = st.comm.bytes, "batch served");
+                        expected += u64::from(count);
+                    }
+                    Control::Batch { index, count } if index == expected => {
+                        return Err(NetError::Protocol {
+                            peer: Role::Client,
+                            message: format!(
+                                "asked for a batch of {count} images; this deployment allows 2 to {max_batch} (`max_batch`)"
+                            ),
+                        });
+                    }
+                    Control::Batch { index, .. } => {
+                        return Err(NetError::Protocol {
+                            peer: Role::Client,
+                            message: format!("asked for inference {index}, expected {expected}"),
+                        });
                     }
                     Control::Ready => {
                         return Err(NetError::Protocol {
