@@ -48,6 +48,24 @@ impl Mesh {
         Ok((ra?, rb?))
     }
 
+    /// The server's side of a connection from a client, remembering first messages in `guard`.
+    async fn server_answers(
+        &self,
+        stream: TcpStream,
+        guard: &ReplayGuard,
+    ) -> Result<SecureChannel, NetError> {
+        SecureChannel::respond_guarded(
+            Role::Server,
+            stream,
+            &self.keys[1],
+            &self.peers,
+            &[Role::Client],
+            BIG,
+            guard,
+        )
+        .await
+    }
+
     /// Both ends of a handshake over loopback, `a` (with `a_key`) initiating, `b` answering
     /// with the public keys `b_peers`: (initiator's outcome, responder's).
     fn handshake(
@@ -316,16 +334,7 @@ fn a_replayed_first_handshake_message_is_dropped_without_an_answer() {
         for attempt in 0..2 {
             let (mut s, stream) = raw_connection(&listener, &recorded).await;
             let start = Instant::now();
-            let r = SecureChannel::respond_guarded(
-                Role::Server,
-                stream,
-                &mesh.keys[1],
-                &mesh.peers,
-                &[Role::Client],
-                BIG,
-                &guard,
-            )
-            .await;
+            let r = mesh.server_answers(stream, &guard).await;
             if attempt == 0 {
                 // The first time it authenticates (KK cannot tell a recording) and is answered.
                 assert!(r.is_ok(), "{:?}", r.err());
@@ -351,17 +360,11 @@ fn a_refusal_before_authentication_names_no_role_version_or_key() {
         mesh.rt.block_on(async move {
             let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
             let (mut s, stream) = raw_connection(&listener, &[preamble, then].concat()).await;
-            let local = SecureChannel::respond(
-                Role::Server,
-                stream,
-                &mesh.keys[1],
-                &mesh.peers,
-                &[Role::Client],
-                BIG,
-            )
-            .await
-            .unwrap_err()
-            .to_string();
+            let local = mesh
+                .server_answers(stream, &ReplayGuard::new())
+                .await
+                .unwrap_err()
+                .to_string();
             assert!(read_record(&mut s).await.unwrap().is_empty());
             let public = String::from_utf8(read_record(&mut s).await.unwrap()).unwrap();
             (local, public)
