@@ -31,6 +31,20 @@ pub struct ArchOptions {
 }
 
 impl ArchOptions {
+    /// The options of the demo and the committed Fashion-MNIST experiment: greyscale
+    /// 28×28 inputs, 10 classes, base width 16 (the reference's `resnet18-cifar` setting
+    /// for that data set).
+    pub fn fashion_mnist() -> Self {
+        ArchOptions {
+            input_channels: Some(1),
+            input_height: Some(28),
+            input_width: Some(28),
+            classes: Some(10),
+            base_width: Some(16),
+            variant: None,
+        }
+    }
+
     /// Input size `(C, H, W)` with the given defaults.
     pub fn input_or(&self, c: u32, h: u32, w: u32) -> (u32, u32, u32) {
         (

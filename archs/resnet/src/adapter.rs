@@ -111,14 +111,7 @@ mod tests {
 
     #[test]
     fn fashion_mnist_options() {
-        let o = ArchOptions {
-            input_channels: Some(1),
-            input_height: Some(28),
-            input_width: Some(28),
-            classes: Some(10),
-            base_width: Some(16),
-            variant: None,
-        };
+        let o = ArchOptions::fashion_mnist();
         let t = ResNet18Cifar.layer_table(&o).unwrap();
         let hw: Vec<u32> = t.layers.iter().map(|l| l.height).collect();
         assert_eq!(

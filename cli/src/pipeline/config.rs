@@ -165,14 +165,7 @@ impl Default for PipelineConfig {
     fn default() -> Self {
         PipelineConfig {
             arch: "resnet18-cifar".into(),
-            options: ArchOptions {
-                input_channels: Some(1),
-                input_height: Some(28),
-                input_width: Some(28),
-                classes: Some(10),
-                base_width: Some(16),
-                variant: None,
-            },
+            options: ArchOptions::fashion_mnist(),
             data: "fashion-mnist".into(),
             eval_subset: None,
             baseline: Baseline::Train(TrainSettings {

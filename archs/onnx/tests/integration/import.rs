@@ -1,28 +1,15 @@
 //! ONNX import without libtorch: layer tables, secure graphs, refusals (fixtures made by
 //! `fixtures/make_fixtures.py`).
 
+use crate::support::fixture;
 use knapsec_arch_onnx::proto::{GraphProto, ModelProto, OperatorSetIdProto};
 use knapsec_arch_onnx::{OnnxError, import, load};
 use knapsec_core::graph::Op;
 use knapsec_core::{ArchOptions, Registry};
 use prost::Message;
-use std::path::PathBuf;
-
-fn fixture(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures")
-        .join(name)
-}
 
 fn cifar_options() -> ArchOptions {
-    ArchOptions {
-        input_channels: Some(1),
-        input_height: Some(28),
-        input_width: Some(28),
-        classes: Some(10),
-        base_width: Some(16),
-        variant: None,
-    }
+    ArchOptions::fashion_mnist()
 }
 
 #[test]

@@ -4,34 +4,15 @@
 //! stacked pass, and the conformance of the three views (layer table, slots, secure graph)
 //! with export → load → fixed-point evaluation.
 
+use crate::support::{arch, fixture, max_abs, test_input};
 use knapsec_arch_onnx as _;
 use knapsec_arch_resnet as _;
 use knapsec_core::ArchOptions;
 use knapsec_core::graph::{ModelWeights, Op, SecureModel};
 use knapsec_nn::net::{ChannelChange, forward_stacked};
-use knapsec_nn::tch::{Device, Kind, Tensor};
+use knapsec_nn::tch::{Device, Tensor};
 use knapsec_nn::{Network, eval_graph};
-use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
-
-fn fixture(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures")
-        .join(name)
-}
-
-fn arch(name: &str) -> String {
-    format!("onnx:{}", fixture(name).display())
-}
-
-/// The fixtures' test input: x[i] = ((i·7919) mod 1000)/500 − 1 over the flattened batch.
-fn test_input(shape: [i64; 4]) -> Tensor {
-    let n: i64 = shape.iter().product();
-    let v: Vec<f32> = (0..n)
-        .map(|i| ((i * 7919) % 1000) as f32 / 500.0 - 1.0)
-        .collect();
-    Tensor::from_slice(&v).reshape(shape)
-}
 
 fn reference(name: &str) -> (Vec<i64>, Vec<f64>) {
     let text = std::fs::read_to_string(fixture(name)).unwrap();
@@ -49,15 +30,6 @@ fn reference(name: &str) -> (Vec<i64>, Vec<f64>) {
         .map(|x| x.as_f64().unwrap())
         .collect();
     (shape, out)
-}
-
-fn max_abs(a: &Tensor, b: &Tensor) -> f64 {
-    f64::try_from(
-        (a.to_kind(Kind::Double) - b.to_kind(Kind::Double))
-            .abs()
-            .max(),
-    )
-    .unwrap()
 }
 
 fn check_against_onnxruntime(fixture_name: &str) -> Network {
@@ -78,14 +50,7 @@ fn check_against_onnxruntime(fixture_name: &str) -> Network {
 #[test]
 fn resnet18_cifar_logits_equal_the_builtin_on_the_same_weights() {
     let imported = check_against_onnxruntime("resnet18_cifar_w16.onnx");
-    let options = ArchOptions {
-        input_channels: Some(1),
-        input_height: Some(28),
-        input_width: Some(28),
-        classes: Some(10),
-        base_width: Some(16),
-        variant: None,
-    };
+    let options = ArchOptions::fashion_mnist();
     let mut builtin = Network::build("resnet18-cifar", &options, Device::Cpu).unwrap();
     // The ONNX initializers carry the built-in's state_dict names.
     let info = knapsec_arch_onnx::load(&fixture("resnet18_cifar_w16.onnx")).unwrap();

@@ -14,8 +14,7 @@
 //!   torchvision's within 1e-4, and the plain fixed-point oracle's top-1 labels equal them;
 //! * a graph-only file refuses to run without weights.
 
-#![cfg(feature = "torch")]
-
+use crate::support::{arch, fixture, max_abs, test_input};
 use knapsec_arch_mobilenet as _;
 use knapsec_arch_onnx as _;
 use knapsec_arch_resnet as _;
@@ -23,25 +22,6 @@ use knapsec_core::ArchOptions;
 use knapsec_nn::Network;
 use knapsec_nn::tch::{self, Device, Kind, Tensor};
 use std::path::{Path, PathBuf};
-
-fn fixture(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures")
-        .join(name)
-}
-
-fn arch(name: &str) -> String {
-    format!("onnx:{}", fixture(name).display())
-}
-
-/// The fixtures' test input: x[i] = ((i·7919) mod 1000)/500 − 1 over the flattened batch.
-fn test_input(shape: [i64; 4]) -> Tensor {
-    let n: i64 = shape.iter().product();
-    let v: Vec<f32> = (0..n)
-        .map(|i| ((i * 7919) % 1000) as f32 / 500.0 - 1.0)
-        .collect();
-    Tensor::from_slice(&v).reshape(shape)
-}
 
 /// PyTorch's outputs in `NAME.ref.json`.
 fn reference(name: &str) -> Tensor {
@@ -60,15 +40,6 @@ fn reference(name: &str) -> Tensor {
         .map(|x| x.as_f64().unwrap() as f32)
         .collect();
     Tensor::from_slice(&out).reshape(shape)
-}
-
-fn max_abs(a: &Tensor, b: &Tensor) -> f64 {
-    f64::try_from(
-        (a.to_kind(Kind::Double) - b.to_kind(Kind::Double))
-            .abs()
-            .max(),
-    )
-    .unwrap()
 }
 
 fn logits(network: &Network, x: &Tensor) -> Tensor {
@@ -108,14 +79,7 @@ fn graph_only_files_need_weights() {
 fn resnet18_cifar_exported_by_torch_equals_the_builtin() {
     let name = "resnet18_cifar_w16_torch.onnx";
     let mut imported = Network::build(&arch(name), &ArchOptions::default(), Device::Cpu).unwrap();
-    let options = ArchOptions {
-        input_channels: Some(1),
-        input_height: Some(28),
-        input_width: Some(28),
-        classes: Some(10),
-        base_width: Some(16),
-        variant: None,
-    };
+    let options = ArchOptions::fashion_mnist();
     let mut builtin = Network::build("resnet18-cifar", &options, Device::Cpu).unwrap();
     assert_eq!(
         imported.net.slots().layer_table().unwrap().layers,
