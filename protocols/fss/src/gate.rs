@@ -60,6 +60,36 @@ fn for_each(groups: &Groups, g: usize, mut f: impl FnMut(usize)) {
     }
 }
 
+/// Adds this party's share of `b·v` for every selected pixel to `acc`, from the opened
+/// masked bits `b̂` of the patches: `r_b·v̂ − r_b·r` where `b̂ = 0`, and
+/// `own(i) − r_b·v̂ + r_b·r` where `b̂ = 1`, `own(i)` being the party's share of `v̂ − r`
+/// (so that the two parties' shares add up to `b·v`, see the module documentation).
+fn add_selection(
+    groups: &Groups,
+    bhat: &[u8],
+    rb: &[u64],
+    vhat: &[u64],
+    rbr: &[u64],
+    own: impl Fn(usize) -> u64,
+    acc: &mut [u64],
+) {
+    for (g, (&b, &rbg)) in bhat.iter().zip(rb).enumerate() {
+        if b == 0 {
+            for_each(groups, g, |i| {
+                let y = rbg.wrapping_mul(vhat[i]).wrapping_sub(rbr[i]);
+                acc[i] = acc[i].wrapping_add(y);
+            });
+        } else {
+            for_each(groups, g, |i| {
+                let y = own(i)
+                    .wrapping_sub(rbg.wrapping_mul(vhat[i]))
+                    .wrapping_add(rbr[i]);
+                acc[i] = acc[i].wrapping_add(y);
+            });
+        }
+    }
+}
+
 fn sel(spec: &SelectSpec) -> &Groups {
     spec.sel.as_ref().unwrap_or(&spec.cmp)
 }
@@ -353,24 +383,8 @@ pub fn online(
                 .chunks_exact(8)
                 .map(|c| u64::from_le_bytes(c.try_into().expect("8 bytes")))
                 .collect();
-            let s = sel(spec);
-            for g in 0..np {
-                let rbg = rb[g];
-                if bhat[g] == 0 {
-                    for_each(s, g, |i| {
-                        let y = rbg.wrapping_mul(vhat[i]).wrapping_sub(rbr[i]);
-                        out[i] = out[i].wrapping_add(y);
-                    });
-                } else {
-                    for_each(s, g, |i| {
-                        let y = vhat[i]
-                            .wrapping_sub(rs[i])
-                            .wrapping_sub(rbg.wrapping_mul(vhat[i]))
-                            .wrapping_add(rbr[i]);
-                        out[i] = out[i].wrapping_add(y);
-                    });
-                }
-            }
+            let own = |i: usize| vhat[i].wrapping_sub(rs[i]);
+            add_selection(sel(spec), &bhat, rb, &vhat, rbr, own, &mut out);
             Ok(out)
         }
         (Role::Client, GatePre::Client { keys }) => {
@@ -406,24 +420,8 @@ pub fn online(
             drop(cmp_span);
             let _sel = span(OpKind::Selection);
             let mut z = kappa;
-            let s = sel(spec);
-            for g in 0..np {
-                let rbg = rb[g];
-                if bhat[g] == 0 {
-                    for_each(s, g, |i| {
-                        let y = rbg.wrapping_mul(vhat[i]).wrapping_sub(rbr[i]);
-                        z[i] = z[i].wrapping_add(y);
-                    });
-                } else {
-                    for_each(s, g, |i| {
-                        let y = rc[i]
-                            .wrapping_neg()
-                            .wrapping_sub(rbg.wrapping_mul(vhat[i]))
-                            .wrapping_add(rbr[i]);
-                        z[i] = z[i].wrapping_add(y);
-                    });
-                }
-            }
+            let own = |i: usize| rc[i].wrapping_neg();
+            add_selection(sel(spec), &bhat, &rb, &vhat, &rbr, own, &mut z);
             let mut back = pack_bits(&bhat);
             back.reserve(8 * m_len);
             for v in &z {
