@@ -660,3 +660,47 @@ fn a_client_announcing_a_frame_beyond_the_plan_ends_the_session_naming_it() {
     );
     let _ = helper.wait(20.0);
 }
+
+/// `backend: "fss"` over TCP, in batches: the client's five images go as two batches of two
+/// and one image (every result close to the cleartext evaluation, each row carrying its
+/// inference's size), and a client asking for a larger batch than the server's `max_batch`
+/// is refused with the limit named.
+#[test]
+fn three_processes_run_fss_in_batches_up_to_max_batch() {
+    let d = Deploy::new([2, 6, 6], 6);
+    let with = |max_batch: u32| {
+        let text = std::fs::read_to_string(d.path("deploy.ron"))
+            .unwrap()
+            .replace("backend: \"securenn\"", "backend: \"fss\"");
+        let text = text.trim_end().strip_suffix(')').unwrap().to_string();
+        format!("{text}    max_batch: {max_batch},\n)\n")
+    };
+    std::fs::write(d.path("fss.ron"), with(2)).unwrap();
+    std::fs::write(d.path("fss-client4.ron"), with(4)).unwrap();
+    let (server, helper) = d.serve("fss.ron", &[]);
+    let inputs = d.inputs(5, 21);
+    let out = d.path("batched.json");
+    let mut args = client_args(&inputs, &out).to_vec();
+    args.extend(["--batch".to_string(), "2".to_string()]);
+    let mut client = d.spawn("client", "fss.ron", &args, "client");
+    expect_success(&mut client, &[&server, &helper]);
+    d.check_results(&out, 5, false);
+    let sizes: Vec<u64> = result_rows(&out, &d.model.public_hash(), 5)
+        .iter()
+        .map(|r| r["stats"]["images"].as_u64().unwrap())
+        .collect();
+    assert_eq!(sizes, [2, 2, 2, 2, 1]);
+    // A client whose own config allows 4 asks for 3: server and helper refuse the batch.
+    let out = d.path("refused.json");
+    let mut args = client_args(&inputs, &out).to_vec();
+    args.extend(["--batch".to_string(), "3".to_string()]);
+    let mut client = d.spawn("client", "fss-client4.ron", &args, "client-refused");
+    let status = client.exits(60.0, "client");
+    assert!(!status.success(), "a batch above max_batch must fail");
+    let log = client.log();
+    assert!(
+        log.contains("batch of 3 images") && log.contains("max_batch"),
+        "{log}"
+    );
+    assert!(!out.exists(), "no results file after a failed session");
+}
