@@ -45,23 +45,13 @@ pub(super) fn secure_stage(
         ),
     );
     if !calibrated {
-        child(
+        export_run(
             ctx,
-            &[
-                "export",
-                "--arch",
-                &config.arch,
-                "--arch-options",
-                path_str(options_file)?,
-                "--weights",
-                path_str(&run_dir.join("weights.safetensors"))?,
-                "--spec",
-                path_str(&run_dir.join("spec.ron"))?,
-                "--frac-bits",
-                &config.secure.frac_bits.to_string(),
-                "-o",
-                path_str(&model)?,
-            ],
+            config,
+            options_file,
+            run_dir,
+            config.secure.frac_bits,
+            &model,
         )?;
     }
     let inputs = crate::cmd::train::write_test_inputs(
@@ -78,21 +68,19 @@ pub(super) fn secure_stage(
         images: inputs.len(),
         ..Default::default()
     };
+    // `knapsec simulate --json` of one input with `backend` (and its extra flags).
+    let simulate = |path: &Path, backend: &str, extra: &[&str]| -> anyhow::Result<_> {
+        let mut args = vec!["simulate", "--model", path_str(&model)?, "--input"];
+        args.extend([path_str(path)?, "--backend", backend]);
+        args.extend(extra);
+        args.push("--json");
+        child_json(ctx, &args)
+    };
     for (path, label) in &inputs {
-        let secure = child_json(
-            ctx,
-            &[
-                "simulate",
-                "--model",
-                path_str(&model)?,
-                "--input",
-                path_str(path)?,
-                "--backend",
-                &config.secure.backend,
-                "--drelu",
-                &config.secure.drelu,
-                "--json",
-            ],
+        let secure = simulate(
+            path,
+            &config.secure.backend,
+            &["--drelu", &config.secure.drelu],
         )?;
         r.true_labels.push(*label);
         r.secure_labels.push(
@@ -114,19 +102,7 @@ pub(super) fn secure_stage(
             r.plain_labels
                 .push(i64::from(out.labels().first().copied().unwrap_or(0)));
         } else {
-            let plain = child_json(
-                ctx,
-                &[
-                    "simulate",
-                    "--model",
-                    path_str(&model)?,
-                    "--input",
-                    path_str(path)?,
-                    "--backend",
-                    "plain",
-                    "--json",
-                ],
-            )?;
+            let plain = simulate(path, "plain", &[])?;
             r.plain_labels.push(
                 label_of(&plain)
                     .with_context(|| format!("plain simulate output for {}", path.display()))?,
@@ -195,24 +171,7 @@ pub(super) fn calibration_stage(
             c.samples
         ),
     );
-    child(
-        ctx,
-        &[
-            "export",
-            "--arch",
-            &config.arch,
-            "--arch-options",
-            path_str(options_file)?,
-            "--weights",
-            path_str(&run_dir.join("weights.safetensors"))?,
-            "--spec",
-            path_str(&run_dir.join("spec.ron"))?,
-            "--frac-bits",
-            &c.frac_bits.to_string(),
-            "-o",
-            path_str(&model)?,
-        ],
-    )?;
+    export_run(ctx, config, options_file, run_dir, c.frac_bits, &model)?;
     let target = CalibrationTarget {
         margin_bits: c.margin_bits,
         target_error: c.target_error,
@@ -296,4 +255,34 @@ fn label_of(v: &serde_json::Value) -> anyhow::Result<i64> {
         .max_by(|a, b| a.1.total_cmp(b.1))
         .map(|(i, _)| i as i64)
         .context("empty logits")
+}
+
+/// `knapsec export` of the fine-tuned weights of `run_dir` at its block spec, with
+/// `frac_bits` fractional bits, to the model folder `model`.
+fn export_run(
+    ctx: &Context,
+    config: &PipelineConfig,
+    options_file: &Path,
+    run_dir: &Path,
+    frac_bits: u32,
+    model: &Path,
+) -> anyhow::Result<()> {
+    child(
+        ctx,
+        &[
+            "export",
+            "--arch",
+            &config.arch,
+            "--arch-options",
+            path_str(options_file)?,
+            "--weights",
+            path_str(&run_dir.join("weights.safetensors"))?,
+            "--spec",
+            path_str(&run_dir.join("spec.ron"))?,
+            "--frac-bits",
+            &frac_bits.to_string(),
+            "-o",
+            path_str(model)?,
+        ],
+    )
 }
