@@ -21,9 +21,10 @@
 //! receivers. One convolution runs online (server), two offline (client and helper). The
 //! online one multiplies by the plaintext weights, whose fixed-point entries are small
 //! (`|w| < 2³⁹`): the ring product detects that and needs two 52-bit multiply-adds per product
-//! instead of three (`knapsec_ring::gemm`, small left operands). The server's `W` and the
-//! helper's `F` are held for the session prepared for the ring kernel ([`LayerWeights`]); the
-//! client's `B` is drawn anew per inference and used as it is.
+//! instead of three (`knapsec_ring::gemm`, small left operands). The server's `W` is held for
+//! the session prepared for the ring kernel ([`LayerWeights`]); the helper's `F` is held as it
+//! came (used once per inference, prepared when used: half the memory); the client's `B` is
+//! drawn anew per inference and used as it is.
 //!
 //! **Truncation** (digest §6.7): products carry `2f` fractional bits; each party shifts its
 //! own share right by `f` (arithmetic shift, SecureML style). With `Y₀` uniform, the result
@@ -132,8 +133,12 @@ const B_LABEL: &str = "securenn/linear/b";
 const A_LABEL: &str = "securenn/linear/a";
 const R_LABEL: &str = "securenn/linear/r";
 
-/// The helper's per-session state of one layer: `F = W − B`, prepared.
-pub type HelperWeights = LayerWeights;
+/// The helper's per-session state of one layer: `F = W − B`, as received. It is used once
+/// per inference (the product `conv(A, F)` of the offline phase), so it is kept as it came
+/// rather than prepared for the ring kernel: the prepared form takes about twice the memory
+/// for the whole session, and preparing a layer's `F` when it is used costs little against
+/// its product.
+pub type HelperWeights = RingTensor;
 
 /// Server side of the setup: sends `F = W − B` to the helper.
 pub fn setup_server(ctx: &mut Ctx<'_>, spec: &LinearSpec, w: &LayerWeights) -> Result<()> {
@@ -144,11 +149,10 @@ pub fn setup_server(ctx: &mut Ctx<'_>, spec: &LinearSpec, w: &LayerWeights) -> R
     ctx.send_u64(Role::Helper, f.data())
 }
 
-/// Helper side of the setup: receives `F` and prepares it.
+/// Helper side of the setup: receives `F`.
 pub fn setup_helper(ctx: &mut Ctx<'_>, spec: &LinearSpec) -> Result<HelperWeights> {
     let f = ctx.recv_u64(Role::Server, LinearSpec::numel(&spec.w_dims))?;
-    let f = RingTensor::from_vec(&spec.w_dims, f).map_err(|e| ctx.ring_err(e))?;
-    LayerWeights::new(spec, f).map_err(|e| ctx.ring_err(e))
+    RingTensor::from_vec(&spec.w_dims, f).map_err(|e| ctx.ring_err(e))
 }
 
 /// One party's preprocessing of one linear layer.
@@ -209,7 +213,7 @@ pub fn offline(
                 .ring(&spec.out_dims);
             drop(prg);
             let lin = span(OpKind::Linear);
-            let mut m = spec.apply(&a, f).map_err(|e| ctx.ring_err(e))?;
+            let mut m = spec.apply_once(&a, f).map_err(|e| ctx.ring_err(e))?;
             m.add_assign(&r).map_err(|e| ctx.ring_err(e))?;
             drop((a, r, lin));
             ctx.send_u64(Role::Client, m.data())?;

@@ -103,7 +103,7 @@ impl LinearStep<'_> {
                 let x = input(ctx)?;
                 let r = mask_r(ctx)?;
                 let lin = span(OpKind::Linear);
-                let mut m = apply(&x, fw).map_err(|e| ring(ctx, e))?;
+                let mut m = apply_once(l, &x, fw).map_err(|e| ring(ctx, e))?;
                 m.add_assign(&r).map_err(|e| ring(ctx, e))?;
                 drop(lin);
                 ctx.send_u64(Role::Client, m.data())?;
