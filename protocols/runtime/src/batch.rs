@@ -22,6 +22,7 @@
 //! waiting lane returns an error at once instead of waiting for a message that will never be
 //! sent. [`run_lanes`] reports the first failure in time, not its consequences.
 
+use knapsec_core::backend::BackendError;
 use knapsec_core::transport::{Role, Transport, TransportError};
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::{Condvar, Mutex, MutexGuard};
@@ -413,6 +414,15 @@ impl Transport for Lane<'_, '_> {
 
     fn set_scope(&mut self, layer: &str, op: &str) {
         self.lanes.set_scope(self.index, layer, op);
+    }
+}
+
+/// The backend error of lanes that did not follow one message schedule (for
+/// [`run_lanes`]' `on_divergence` when the lanes run a backend).
+pub fn diverged(source: TransportError) -> BackendError {
+    BackendError::Transport {
+        layer: "batch".into(),
+        source,
     }
 }
 

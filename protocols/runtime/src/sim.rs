@@ -12,7 +12,7 @@
 
 #![allow(unsafe_code)]
 
-use crate::batch::run_lanes;
+use crate::batch::{diverged, run_lanes};
 use knapsec_core::backend::{
     BackendError, ExpectedCost, PartyJob, PartyOutput, PartySession, SecureBackend, SessionJob,
     SessionKeys,
@@ -178,14 +178,6 @@ struct PartyRun<'a> {
     keys: &'a SessionKeys,
     tracker: &'a RoundTracker,
     barrier: &'a PhaseBarrier,
-}
-
-/// The error of lanes that did not follow one message schedule.
-fn diverged(source: TransportError) -> BackendError {
-    BackendError::Transport {
-        layer: "batch".into(),
-        source,
-    }
 }
 
 impl PartyRun<'_> {

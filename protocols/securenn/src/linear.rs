@@ -93,7 +93,7 @@ impl LayerWeights {
 
 impl LinearSpec {
     /// The layer's product with weights held for the session.
-    fn apply(&self, x: &RingTensor, w: &LayerWeights) -> Result<RingTensor, RingError> {
+    pub fn apply(&self, x: &RingTensor, w: &LayerWeights) -> Result<RingTensor, RingError> {
         match w {
             LayerWeights::Conv(p) => conv2d_prepared(x, p),
             LayerWeights::Dense(w) => linear(x, w),
@@ -102,7 +102,7 @@ impl LinearSpec {
 
     /// The layer's product with weights used once (the client's mask `B`, drawn anew from
     /// the session PRG for each inference rather than kept).
-    fn apply_once(&self, x: &RingTensor, w: &RingTensor) -> Result<RingTensor, RingError> {
+    pub fn apply_once(&self, x: &RingTensor, w: &RingTensor) -> Result<RingTensor, RingError> {
         match &self.conv {
             Some(p) => conv2d(x, w, p),
             None => linear(x, w),

@@ -98,31 +98,6 @@ pub fn min_finite_cost(p: &McKpProblem) -> u64 {
         .sum()
 }
 
-/// The optimum by enumeration (`None`: infeasible). Only for tiny problems.
-pub fn optimum(p: &McKpProblem) -> Option<f64> {
-    let n = p.classes();
-    let mut best: Option<f64> = None;
-    let mut choice = vec![0usize; n];
-    loop {
-        let (cost, value) = p.evaluate(&choice);
-        if cost <= p.budget && value.is_finite() {
-            best = Some(best.map_or(value, |b| b.min(value)));
-        }
-        let mut i = 0;
-        loop {
-            if i == n {
-                return best;
-            }
-            choice[i] += 1;
-            if choice[i] < p.class(i).0.len() {
-                break;
-            }
-            choice[i] = 0;
-            i += 1;
-        }
-    }
-}
-
 /// Rules 2 and 3 for one answer.
 pub fn check_answer(
     name: &str,
@@ -205,7 +180,7 @@ pub fn check(strategy: &dyn KnapsackStrategy, expect: Expect) -> KitResult {
     })?;
     let limits = SolveLimits::default();
     for p in problems() {
-        match (strategy.solve(&p, &limits), optimum(&p)) {
+        match (strategy.solve(&p, &limits), p.exhaustive_optimum()) {
             (Ok(s), Some(opt)) => check_answer(name, &p, &s, opt, expect)?,
             (Ok(_), None) => {
                 return Err(format!("strategy {name:?}: answered an infeasible problem"));

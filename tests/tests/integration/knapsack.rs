@@ -54,7 +54,7 @@ proptest! {
     #[test]
     fn exact_strategies_equal_brute_force_and_all_respect_the_budget(p in arb_problem()) {
         let r = registry();
-        let opt = strategy::optimum(&p);
+        let opt = p.exhaustive_optimum();
         for name in r.strategy_names() {
             let s = r.strategy(&name).unwrap();
             match (s.solve(&p, &SolveLimits::default()), opt) {

@@ -11,10 +11,10 @@ use super::session::Session;
 use super::walk::Phase;
 use crate::error::{FssError, Result};
 use knapsec_core::transport::Role;
-use knapsec_ring::{RingError, RingTensor, conv2d, conv2d_prepared, linear};
+use knapsec_ring::RingTensor;
 use knapsec_securenn::SecureNnError;
 use knapsec_securenn::ctx::{Ctx, Pair};
-use knapsec_securenn::linear::{LayerWeights, LinearSpec};
+use knapsec_securenn::linear::LinearSpec;
 use knapsec_securenn::profile::{OpKind, span};
 
 const LIN_R_LABEL: &str = "fss/linear/r";
@@ -22,24 +22,6 @@ const LIN_KAPPA_LABEL: &str = "fss/linear/kappa";
 /// The label of the client–server session mask `B` of `securenn`'s linear setup, whose
 /// setup this backend reuses.
 const LIN_B_LABEL: &str = "securenn/linear/b";
-
-fn apply(x: &RingTensor, w: &LayerWeights) -> std::result::Result<RingTensor, RingError> {
-    match w {
-        LayerWeights::Conv(p) => conv2d_prepared(x, p),
-        LayerWeights::Dense(w) => linear(x, w),
-    }
-}
-
-fn apply_once(
-    spec: &LinearSpec,
-    x: &RingTensor,
-    w: &RingTensor,
-) -> std::result::Result<RingTensor, RingError> {
-    match &spec.conv {
-        Some(p) => conv2d(x, w, p),
-        None => linear(x, w),
-    }
-}
 
 /// What one linear node does in one phase for one party.
 pub(super) struct LinearStep<'a> {
@@ -103,7 +85,7 @@ impl LinearStep<'_> {
                 let x = input(ctx)?;
                 let r = mask_r(ctx)?;
                 let lin = span(OpKind::Linear);
-                let mut m = apply_once(l, &x, fw).map_err(|e| ring(ctx, e))?;
+                let mut m = l.apply_once(&x, fw).map_err(|e| ring(ctx, e))?;
                 m.add_assign(&r).map_err(|e| ring(ctx, e))?;
                 drop(lin);
                 ctx.send_u64(Role::Client, m.data())?;
@@ -117,7 +99,7 @@ impl LinearStep<'_> {
                         .ring(&l.w_dims)
                 };
                 let lin = span(OpKind::Linear);
-                let mut y = apply_once(l, &x, &b).map_err(|e| ring(ctx, e))?;
+                let mut y = l.apply_once(&x, &b).map_err(|e| ring(ctx, e))?;
                 drop((b, lin));
                 let m = ctx.recv_u64(Role::Helper, out_numel)?;
                 let kappa = neg_kappa(ctx)?;
@@ -155,7 +137,7 @@ impl LinearStep<'_> {
                 let x = input(ctx)?;
                 let r = mask_r(ctx)?;
                 let _lin = span(OpKind::Linear);
-                let mut y = apply(&x, w).map_err(|e| ring(ctx, e))?;
+                let mut y = l.apply(&x, w).map_err(|e| ring(ctx, e))?;
                 y.sub_assign(&r).map_err(|e| ring(ctx, e))?;
                 y.shr_arith_in_place(f);
                 if let Some(b) = bias {

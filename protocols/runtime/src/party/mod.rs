@@ -47,13 +47,11 @@ use link::{
 };
 use listen::{Arrival, Gate, listen};
 
-use crate::batch::run_lanes;
+use crate::batch::{diverged, run_lanes};
 use crate::deploy::Deployment;
 use crate::handshake::{self, Control, Hello};
 use knapsec_core::Role;
-use knapsec_core::backend::{
-    BackendError, PartyOutput, PartySession, SecureBackend, SessionJob, SessionKeys,
-};
+use knapsec_core::backend::{PartyOutput, PartySession, SecureBackend, SessionJob, SessionKeys};
 use knapsec_core::graph::{ModelWeights, SecureModel};
 use knapsec_core::transport::Transport;
 use knapsec_net::error::{NetError, Result, peer_text};
@@ -281,10 +279,6 @@ impl Party {
         let start = Instant::now();
         let mut metered = Metered::new(transport);
         let err = |source| NetError::Backend { index, source };
-        let diverged = |source| BackendError::Transport {
-            layer: "batch".into(),
-            source,
-        };
         let images = inputs.len();
         if sessions.len() < images {
             let job = SessionJob {
