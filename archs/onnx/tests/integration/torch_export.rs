@@ -11,7 +11,8 @@
 //! * torchvision's MobileNetV2, filled with torchvision's ImageNet weights (the safetensors
 //!   file `./setup.sh` installs): 35 layers, 15,552 channels, 6,105,792 DReLUs as the
 //!   built-in's table, logits on the two photographs of `archs/mobilenet`'s fixtures equal
-//!   torchvision's within 1e-4, and the plain fixed-point oracle's top-1 labels equal them;
+//!   torchvision's within 1e-4, the plain fixed-point oracle's top-1 labels equal them, and so
+//!   does a securenn inference with exact DReLUs on the first;
 //! * a graph-only file refuses to run without weights.
 
 use crate::support::{arch, fixture, max_abs, test_input};
@@ -259,13 +260,38 @@ fn mobilenet_v2_with_torchvision_weights_matches_torchvision() {
     assert_eq!(Vec::<i64>::try_from(got.argmax(1, false)).unwrap(), top1);
     assert_eq!(top1[0], 698, "china.jpg is a palace (ImageNet class 698)");
 
-    // The exported secure model in the plain fixed-point oracle: the same labels.
+    // The exported secure model in the plain fixed-point oracle: the same labels; and one
+    // secure inference (securenn, exact DReLUs, every ReLU6 kept): the same label too.
     let (model, weights) = network.export(16).unwrap();
     for (i, &want) in top1.iter().enumerate() {
         let input: Vec<f32> = Vec::try_from(x.get(i as i64).flatten(0, -1)).unwrap();
         let out = knapsec_plain::evaluate(&model, &weights, &input).unwrap();
         assert_eq!(i64::from(out.labels()[0]), want, "photograph {i}");
     }
+    let first: Vec<f32> = Vec::try_from(x.get(0).flatten(0, -1)).unwrap();
+    let options = knapsec_securenn::Options {
+        drelu: knapsec_securenn::DreluMode::Exact,
+        reveal: knapsec_securenn::Reveal::Logits,
+    };
+    let report = knapsec_securenn::simulate(
+        &model,
+        &weights,
+        &first,
+        options,
+        Some(std::time::Duration::from_secs(1200)),
+    )
+    .unwrap();
+    let knapsec_core::backend::PartyOutput::Logits(secure) = report.output else {
+        panic!("securenn revealed {:?}, not logits", report.output);
+    };
+    let secure = Tensor::from_slice(&secure);
+    let diff = max_abs(&secure, &golden.get(0));
+    println!("mobilenet_v2: max |securenn - torchvision| = {diff:e}");
+    assert!(
+        diff < 0.5,
+        "securenn and torchvision logits differ by {diff}"
+    );
+    assert_eq!(i64::try_from(secure.argmax(0, false)).unwrap(), top1[0]);
 }
 
 #[test]
