@@ -12,7 +12,8 @@
 use crate::block::BlockSize;
 use crate::error::{CoreError, Result};
 use crate::graph::{
-    FixedTensor, MODEL_FORMAT, ModelWeights, Node, Op, OutputKind, SecureModel, Shape, encode_fixed,
+    FixedTensor, MODEL_FORMAT, ModelWeights, Node, Op, OutputKind, PoolGeometry, ResizeMode,
+    SecureModel, Shape, encode_fixed, infer_shape,
 };
 
 /// Index of a node in the graph being built.
@@ -252,27 +253,6 @@ impl GraphBuilder {
         ))
     }
 
-    fn pool_shape(
-        &self,
-        name: &str,
-        input: NodeId,
-        kernel: [u32; 2],
-        stride: [u32; 2],
-        padding: [u32; 2],
-    ) -> Result<Shape> {
-        let [c, h, w] = self.check_id(name, input)?;
-        match (
-            window_out(h, kernel[0], stride[0], padding[0], 1),
-            window_out(w, kernel[1], stride[1], padding[1], 1),
-        ) {
-            (Some(oh), Some(ow)) => Ok([c, oh, ow]),
-            _ => Err(self.err(
-                name,
-                format!("pooling window {kernel:?} does not fit a {h}x{w} input"),
-            )),
-        }
-    }
-
     /// Average pooling (`count_include_pad` as in PyTorch).
     pub fn avg_pool(
         &mut self,
@@ -283,18 +263,8 @@ impl GraphBuilder {
         padding: [u32; 2],
         count_include_pad: bool,
     ) -> Result<NodeId> {
-        let shape = self.pool_shape(name, input, kernel, stride, padding)?;
-        Ok(self.push(
-            name,
-            Op::AvgPool {
-                kernel,
-                stride,
-                padding,
-                count_include_pad,
-            },
-            vec![input],
-            shape,
-        ))
+        let geo = PoolGeometry::symmetric(kernel, stride, padding);
+        self.pool(name, input, geo, Some(count_include_pad))
     }
 
     /// Max pooling.
@@ -306,17 +276,91 @@ impl GraphBuilder {
         stride: [u32; 2],
         padding: [u32; 2],
     ) -> Result<NodeId> {
-        let shape = self.pool_shape(name, input, kernel, stride, padding)?;
-        Ok(self.push(
-            name,
-            Op::MaxPool {
+        let geo = PoolGeometry::symmetric(kernel, stride, padding);
+        self.pool(name, input, geo, None)
+    }
+
+    /// Pooling with any window ([`PoolGeometry`]: asymmetric pads, ceil mode): average with
+    /// `count_include_pad` (`Some`), or max (`None`). A `ceil_mode` that does not change the
+    /// output size is dropped, so the node is the floor-mode one (the same windows and
+    /// divisors) and needs no newer format.
+    pub fn pool(
+        &mut self,
+        name: &str,
+        input: NodeId,
+        mut geo: PoolGeometry,
+        average: Option<bool>,
+    ) -> Result<NodeId> {
+        let [c, h, w] = self.check_id(name, input)?;
+        let (oh, ow) = geo.output_hw(h, w).map_err(|e| self.err(name, e))?;
+        if geo.ceil_mode {
+            let floor = PoolGeometry {
+                ceil_mode: false,
+                ..geo
+            };
+            if floor.output_hw(h, w).ok() == Some((oh, ow)) {
+                geo = floor;
+            }
+        }
+        let (padding, pad_end) = geo.padding_fields();
+        let (kernel, stride, ceil_mode) = (geo.kernel, geo.stride, geo.ceil_mode);
+        let op = match average {
+            Some(count_include_pad) => Op::AvgPool {
                 kernel,
                 stride,
                 padding,
+                pad_end,
+                ceil_mode,
+                count_include_pad,
             },
-            vec![input],
-            shape,
-        ))
+            None => Op::MaxPool {
+                kernel,
+                stride,
+                padding,
+                pad_end,
+                ceil_mode,
+            },
+        };
+        Ok(self.push(name, op, vec![input], [c, oh, ow]))
+    }
+
+    /// Zero padding `[top, left, bottom, right]`; all zero pads give the input back, with no
+    /// node.
+    pub fn pad(&mut self, name: &str, input: NodeId, pads: [u32; 4]) -> Result<NodeId> {
+        let shape = self.check_id(name, input)?;
+        if pads == [0; 4] {
+            return Ok(input);
+        }
+        let op = Op::Pad { pads };
+        let out = infer_shape(&op, &[shape], shape).map_err(|e| self.err(name, e))?;
+        Ok(self.push(name, op, vec![input], out))
+    }
+
+    /// Resizes every channel to `height × width`: a `1 × 1` map becomes a [`Op::Broadcast`]
+    /// (what both modes compute from one pixel), a map already of that size is given back
+    /// with no node (both modes are then the identity), anything else an [`Op::Resize`].
+    pub fn resize(
+        &mut self,
+        name: &str,
+        input: NodeId,
+        height: u32,
+        width: u32,
+        mode: ResizeMode,
+    ) -> Result<NodeId> {
+        let shape = self.check_id(name, input)?;
+        match (shape[1], shape[2]) {
+            (1, 1) => self.broadcast(name, input, height, width),
+            (h, w) if (h, w) == (height, width) => Ok(input),
+            _ => {
+                let op = Op::Resize {
+                    height,
+                    width,
+                    mode,
+                };
+                let out = infer_shape(&op, &[shape], shape).map_err(|e| self.err(name, e))?;
+                Ok(self.push(name, op, vec![input], out))
+            }
+        }
     }
 
     /// Mean over H·W per channel.

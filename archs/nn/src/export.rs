@@ -14,7 +14,7 @@
 use crate::block_relu::{BlockRelu, relu6};
 use crate::error::{NnError, Result};
 use crate::net::{BlockNet, Network};
-use knapsec_core::graph::{FixedTensor, ModelWeights, Op, SecureModel};
+use knapsec_core::graph::{FixedTensor, ModelWeights, Op, ResizeMode, SecureModel};
 use knapsec_core::graph_build::ParamSource;
 use std::collections::{BTreeMap, HashMap};
 use tch::{Device, Kind, Tensor};
@@ -159,29 +159,48 @@ pub fn eval_graph(model: &SecureModel, weights: &ModelWeights, x: &Tensor) -> Re
             Op::BlockRelu { blocks, .. } => BlockRelu::new(blocks.clone())?.forward(input(0))?,
             Op::Relu6 { .. } => relu6(input(0)),
             Op::AvgPool {
-                kernel,
-                stride,
-                padding,
-                count_include_pad,
-            } => input(0).avg_pool2d(
-                [i64::from(kernel[0]), i64::from(kernel[1])],
-                [i64::from(stride[0]), i64::from(stride[1])],
-                [i64::from(padding[0]), i64::from(padding[1])],
-                false,
-                *count_include_pad,
-                None::<i64>,
-            ),
-            Op::MaxPool {
-                kernel,
-                stride,
-                padding,
-            } => input(0).max_pool2d(
-                [i64::from(kernel[0]), i64::from(kernel[1])],
-                [i64::from(stride[0]), i64::from(stride[1])],
-                [i64::from(padding[0]), i64::from(padding[1])],
-                [1, 1],
-                false,
-            ),
+                count_include_pad, ..
+            } => {
+                // The padding explicit (zeros), then PyTorch's window clipped to the padded
+                // map; without `count_include_pad` divided by the count of real pixels.
+                let geo = node.op.pool_geometry().expect("a pooling op");
+                let (k, s) = (to(&geo.kernel), to(&geo.stride));
+                let pads = pad_lrtb(&geo.pads);
+                let x = input(0);
+                let sum = x.constant_pad_nd(pads).avg_pool2d(
+                    k,
+                    s,
+                    [0, 0],
+                    geo.ceil_mode,
+                    true,
+                    None::<i64>,
+                );
+                if *count_include_pad {
+                    sum
+                } else {
+                    let count = x.ones_like().constant_pad_nd(pads).avg_pool2d(
+                        k,
+                        s,
+                        [0, 0],
+                        geo.ceil_mode,
+                        true,
+                        None::<i64>,
+                    );
+                    sum / count
+                }
+            }
+            Op::MaxPool { .. } => {
+                let geo = node.op.pool_geometry().expect("a pooling op");
+                input(0)
+                    .pad(pad_lrtb(&geo.pads), "constant", f64::NEG_INFINITY)
+                    .max_pool2d(
+                        to(&geo.kernel),
+                        to(&geo.stride),
+                        [0, 0],
+                        [1, 1],
+                        geo.ceil_mode,
+                    )
+            }
             Op::GlobalAvgPool => input(0).mean_dim([2i64, 3].as_slice(), true, Kind::Double),
             Op::Add => {
                 let mut acc = input(0).shallow_clone();
@@ -204,8 +223,33 @@ pub fn eval_graph(model: &SecureModel, weights: &ModelWeights, x: &Tensor) -> Re
                     .expand([s[0], s[1], i64::from(*height), i64::from(*width)], false)
                     .contiguous()
             }
+            Op::Pad { pads } => input(0).constant_pad_nd(pad_lrtb(pads)),
+            Op::Resize {
+                height,
+                width,
+                mode,
+            } => {
+                let size = [i64::from(*height), i64::from(*width)];
+                match mode {
+                    ResizeMode::Nearest => input(0).upsample_nearest2d(size, None, None),
+                    ResizeMode::Bilinear { align_corners } => {
+                        input(0).upsample_bilinear2d(size, *align_corners, None, None)
+                    }
+                }
+            }
         };
         values.push(y);
     }
     Ok(values.pop().expect("a validated graph has nodes"))
+}
+
+/// `[top, left, bottom, right]` pads in the order of `constant_pad_nd` on the last two
+/// dimensions (left, right, top, bottom).
+fn pad_lrtb(p: &[u32; 4]) -> [i64; 4] {
+    [p[1], p[3], p[0], p[2]].map(i64::from)
+}
+
+/// A window parameter pair as tch takes it.
+fn to(a: &[u32; 2]) -> [i64; 2] {
+    [i64::from(a[0]), i64::from(a[1])]
 }

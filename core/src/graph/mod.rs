@@ -29,8 +29,10 @@ pub use shape::{infer_shape, weight_len, window_out};
 pub use weights::{FixedTensor, ModelWeights, decode_fixed, encode_fixed};
 
 /// The secure-model format version this build writes. Version 2 added the optional
-/// per-site DReLU windows (`calibration`); version 1 files (without them) still load.
-pub const MODEL_FORMAT: u32 = 2;
+/// per-site DReLU windows (`calibration`); version 3 the ops of imported networks ([`Op::Pad`],
+/// [`Op::Resize`], and pooling with `pad_end` or `ceil_mode`). Files of versions 1 and 2
+/// (without them) still load.
+pub const MODEL_FORMAT: u32 = 3;
 /// The oldest secure-model format version this build reads.
 pub const MODEL_FORMAT_OLDEST: u32 = 1;
 /// Most fractional bits a model may use: a product of two encodings carries `2f` of them and
@@ -100,25 +102,40 @@ pub enum Op {
         /// The slot's name.
         layer: String,
     },
-    /// Average pooling; `count_include_pad` as in PyTorch.
+    /// Average pooling; `count_include_pad` as in PyTorch (the window geometry:
+    /// [`PoolGeometry`]).
     AvgPool {
         /// Window height and width.
         kernel: [u32; 2],
         /// Stride, vertical and horizontal.
         stride: [u32; 2],
-        /// Zero padding on each side, vertical and horizontal.
+        /// Zero padding at the top and left, and at the bottom and right unless `pad_end`
+        /// says otherwise.
         padding: [u32; 2],
+        /// Zero padding at the bottom and right where it differs from `padding` (format 3).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pad_end: Option<[u32; 2]>,
+        /// Output size rounded up, as PyTorch's and ONNX's `ceil_mode` (format 3).
+        #[serde(default, skip_serializing_if = "is_false")]
+        ceil_mode: bool,
         /// Whether padded positions count in the divisor.
         count_include_pad: bool,
     },
-    /// Max pooling (padding counts as −∞).
+    /// Max pooling (padding counts as −∞; the window geometry: [`PoolGeometry`]).
     MaxPool {
         /// Window height and width.
         kernel: [u32; 2],
         /// Stride, vertical and horizontal.
         stride: [u32; 2],
-        /// Padding on each side, vertical and horizontal.
+        /// Padding at the top and left, and at the bottom and right unless `pad_end` says
+        /// otherwise.
         padding: [u32; 2],
+        /// Padding at the bottom and right where it differs from `padding` (format 3).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pad_end: Option<[u32; 2]>,
+        /// Output size rounded up, as PyTorch's and ONNX's `ceil_mode` (format 3).
+        #[serde(default, skip_serializing_if = "is_false")]
+        ceil_mode: bool,
     },
     /// Mean over H·W per channel, giving `[C, 1, 1]`.
     GlobalAvgPool,
@@ -133,6 +150,110 @@ pub enum Op {
         /// Output width.
         width: u32,
     },
+    /// Zero padding `[top, left, bottom, right]` (format 3): the asymmetric part of a
+    /// convolution's padding, or an ONNX `Pad` with constant 0.
+    Pad {
+        /// Rows and columns of zeros added at the top, left, bottom and right.
+        pads: [u32; 4],
+    },
+    /// Resizes every channel to `height × width` (format 3): nearest neighbour (an index map)
+    /// or bilinear (public weights at `frac_bits`, then one truncation like a convolution).
+    Resize {
+        /// Output height.
+        height: u32,
+        /// Output width.
+        width: u32,
+        /// Interpolation.
+        mode: ResizeMode,
+    },
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
+}
+
+/// How [`Op::Resize`] interpolates; source coordinates as PyTorch's `F.interpolate` with an
+/// output size (and ONNX `Resize` in the modes PyTorch exports).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ResizeMode {
+    /// Nearest neighbour: output `o` reads input `⌊o · in / out⌋` (ONNX `nearest` with
+    /// `asymmetric` coordinates and `floor`, PyTorch's `mode="nearest"`).
+    Nearest,
+    /// Bilinear. Output `o` reads source coordinate `o · (in − 1)/(out − 1)` with
+    /// `align_corners` (ONNX `align_corners`), else `(o + ½) · in/out − ½` clamped at 0
+    /// (ONNX `half_pixel` / `pytorch_half_pixel`, PyTorch's default).
+    Bilinear {
+        /// PyTorch's `align_corners`.
+        align_corners: bool,
+    },
+}
+
+/// The window of a pooling op ([`Op::pool_geometry`]), as PyTorch and ONNX define it: output
+/// `o` covers rows `o·stride − pads[0] .. + kernel` (columns likewise with `pads[1]`);
+/// positions outside the map are padding; with `ceil_mode` the output size is rounded up, a
+/// window that would start in the bottom/right padding being dropped. Every pad is smaller
+/// than the window, so every window holds at least one pixel of the map.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PoolGeometry {
+    /// Window height and width.
+    pub kernel: [u32; 2],
+    /// Stride, vertical and horizontal.
+    pub stride: [u32; 2],
+    /// Padding `[top, left, bottom, right]`.
+    pub pads: [u32; 4],
+    /// Output size rounded up.
+    pub ceil_mode: bool,
+}
+
+impl PoolGeometry {
+    /// A window with the same padding on both sides and the output size rounded down.
+    pub fn symmetric(kernel: [u32; 2], stride: [u32; 2], padding: [u32; 2]) -> Self {
+        PoolGeometry {
+            kernel,
+            stride,
+            pads: [padding[0], padding[1], padding[0], padding[1]],
+            ceil_mode: false,
+        }
+    }
+
+    /// Output height and width on an `h × w` map, or why there is none: a zero kernel or
+    /// stride, a pad not smaller than the window, a window that does not fit.
+    pub fn output_hw(&self, h: u32, w: u32) -> std::result::Result<(u32, u32), String> {
+        let [kh, kw] = self.kernel;
+        let [t, l, b, r] = self.pads;
+        if self.kernel.contains(&0) || self.stride.contains(&0) {
+            return Err(format!(
+                "pooling kernel {:?} and stride {:?} must be at least 1",
+                self.kernel, self.stride
+            ));
+        }
+        if t >= kh || b >= kh || l >= kw || r >= kw {
+            return Err(format!(
+                "pooling pads {:?} must be smaller than the window {:?}",
+                self.pads, self.kernel
+            ));
+        }
+        let side = |size, k, s, p0, p1| {
+            crate::netdesc::window_out_padded(size, k, s, p0, p1, 1, self.ceil_mode)
+        };
+        match (
+            side(h, kh, self.stride[0], t, b),
+            side(w, kw, self.stride[1], l, r),
+        ) {
+            (Some(oh), Some(ow)) => Ok((oh, ow)),
+            _ => Err(format!(
+                "pooling window {:?} (pads {:?}) does not fit a {h}x{w} input",
+                self.kernel, self.pads
+            )),
+        }
+    }
+
+    /// The pooling fields of a graph op: `padding`, and `pad_end` where the bottom/right
+    /// padding differs.
+    pub fn padding_fields(&self) -> ([u32; 2], Option<[u32; 2]>) {
+        let [t, l, b, r] = self.pads;
+        ([t, l], ((b, r) != (t, l)).then_some([b, r]))
+    }
 }
 
 /// The window of a convolution ([`Op::conv_geometry`]): what its output shape and its
@@ -152,6 +273,50 @@ pub struct ConvGeometry {
 }
 
 impl Op {
+    /// The window of a pooling op; `None` for every other op.
+    pub fn pool_geometry(&self) -> Option<PoolGeometry> {
+        match *self {
+            Op::AvgPool {
+                kernel,
+                stride,
+                padding,
+                pad_end,
+                ceil_mode,
+                ..
+            }
+            | Op::MaxPool {
+                kernel,
+                stride,
+                padding,
+                pad_end,
+                ceil_mode,
+            } => {
+                let [b, r] = pad_end.unwrap_or(padding);
+                Some(PoolGeometry {
+                    kernel,
+                    stride,
+                    pads: [padding[0], padding[1], b, r],
+                    ceil_mode,
+                })
+            }
+            _ => None,
+        }
+    }
+
+    /// Whether the op needs format 3 (see [`MODEL_FORMAT`]).
+    pub fn needs_format_3(&self) -> bool {
+        match self {
+            Op::Pad { .. } | Op::Resize { .. } => true,
+            Op::AvgPool {
+                pad_end, ceil_mode, ..
+            }
+            | Op::MaxPool {
+                pad_end, ceil_mode, ..
+            } => pad_end.is_some() || *ceil_mode,
+            _ => false,
+        }
+    }
+
     /// The window of a convolution; `None` for every other op.
     pub fn conv_geometry(&self) -> Option<ConvGeometry> {
         match *self {
@@ -277,6 +442,12 @@ impl SecureModel {
                 return Err(bad(format!(
                     "wrong number of inputs ({})",
                     node.inputs.len()
+                )));
+            }
+            if self.format < 3 && node.op.needs_format_3() {
+                return Err(bad(format!(
+                    "format version {} has no padding, resize or ceil-mode pooling ops (version 3 and later)",
+                    self.format
                 )));
             }
             inputs.clear();

@@ -104,37 +104,10 @@ pub fn infer_shape(
             first
         }
         Op::Relu6 { .. } => first,
-        Op::AvgPool {
-            kernel,
-            stride,
-            padding,
-            ..
-        }
-        | Op::MaxPool {
-            kernel,
-            stride,
-            padding,
-        } => {
-            positive("kernel", *kernel)?;
-            positive("stride", *stride)?;
-            // PyTorch's rule: every window then holds at least one real pixel (no division
-            // by zero without `count_include_pad`, no all-padding max).
-            if padding[0] > kernel[0] / 2 || padding[1] > kernel[1] / 2 {
-                return Err(format!(
-                    "padding {padding:?} is more than half the pooling window {kernel:?}"
-                ));
-            }
-            match (
-                window_out(h, kernel[0], stride[0], padding[0], 1),
-                window_out(w, kernel[1], stride[1], padding[1], 1),
-            ) {
-                (Some(oh), Some(ow)) => [c, oh, ow],
-                _ => {
-                    return Err(format!(
-                        "pooling window {kernel:?} does not fit a {h}x{w} input"
-                    ));
-                }
-            }
+        Op::AvgPool { .. } | Op::MaxPool { .. } => {
+            let geo = op.pool_geometry().expect("a pooling op");
+            let (oh, ow) = geo.output_hw(h, w)?;
+            [c, oh, ow]
         }
         Op::GlobalAvgPool => [c, 1, 1],
         Op::Add => {
@@ -164,6 +137,15 @@ pub fn infer_shape(
             }
             [c, *height, *width]
         }
+        Op::Pad { pads } => {
+            let grow = |size: u32, a: u32, b: u32| {
+                size.checked_add(a)
+                    .and_then(|v| v.checked_add(b))
+                    .ok_or_else(|| format!("padding {pads:?} overflows a {h}x{w} map"))
+            };
+            [c, grow(h, pads[0], pads[2])?, grow(w, pads[1], pads[3])?]
+        }
+        Op::Resize { height, width, .. } => [c, *height, *width],
     };
     if shape.contains(&0) {
         return Err(format!("shape {shape:?} has a zero side"));

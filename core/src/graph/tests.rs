@@ -221,12 +221,14 @@ fn every_op_is_shape_checked() {
             kernel: [2, 2],
             stride: [1, 1],
             padding: [2, 2],
+            pad_end: None,
+            ceil_mode: false,
         },
         inputs: vec![2],
         shape: [2, 7, 7],
     });
     let e = m.validate().unwrap_err().to_string();
-    assert!(e.contains("padding"), "{e}");
+    assert!(e.contains("pads"), "{e}");
     let (mut m, _) = tiny();
     m.nodes.push(Node {
         name: "cat".into(),
@@ -238,4 +240,80 @@ fn every_op_is_shape_checked() {
     m.nodes[3].shape = [4, 4, 4];
     let e = m.validate().unwrap_err().to_string();
     assert!(e.contains("[3, 4, 4]"), "{e}");
+}
+
+#[test]
+fn format_3_ops_validate_and_need_format_3() {
+    let (mut m, _) = tiny();
+    // pad → [2, 5, 7]; ceil max pool k2 s2 → [2, 3, 4]; bilinear resize → [2, 6, 8];
+    // avg pool with asymmetric pads → [2, 3, 4].
+    let ops = [
+        (Op::Pad { pads: [0, 1, 1, 2] }, [2, 5, 7]),
+        (
+            Op::MaxPool {
+                kernel: [2, 2],
+                stride: [2, 2],
+                padding: [0, 0],
+                pad_end: None,
+                ceil_mode: true,
+            },
+            [2, 3, 4],
+        ),
+        (
+            Op::Resize {
+                height: 6,
+                width: 8,
+                mode: ResizeMode::Bilinear {
+                    align_corners: false,
+                },
+            },
+            [2, 6, 8],
+        ),
+        (
+            Op::AvgPool {
+                kernel: [3, 3],
+                stride: [2, 2],
+                padding: [1, 0],
+                pad_end: Some([0, 1]),
+                ceil_mode: false,
+                count_include_pad: true,
+            },
+            [2, 3, 4],
+        ),
+    ];
+    for (k, (op, shape)) in ops.into_iter().enumerate() {
+        m.nodes.push(Node {
+            name: format!("n{k}"),
+            op,
+            inputs: vec![m.nodes.len() - 1],
+            shape,
+        });
+    }
+    m.validate().unwrap();
+    let text = ron::to_string(&m).unwrap();
+    let back = SecureModel::from_ron(&text).unwrap();
+    assert_eq!(back, m);
+    // A floor-mode symmetric pool writes no new field: older readers see the same text.
+    assert_eq!(text.matches("pad_end").count(), 1, "{text}");
+    assert_eq!(text.matches("ceil_mode").count(), 1, "{text}");
+    for version in [1, 2] {
+        m.format = version;
+        let e = m.validate().unwrap_err().to_string();
+        assert!(e.contains("node 3 (n0)") && e.contains("version 3"), "{e}");
+    }
+    m.format = MODEL_FORMAT;
+    // A wrong recorded shape and a pad as large as the window are named.
+    m.nodes[5].shape = [2, 6, 9];
+    assert!(
+        m.validate()
+            .unwrap_err()
+            .to_string()
+            .contains("node 5 (n2)")
+    );
+    m.nodes[5].shape = [2, 6, 8];
+    if let Op::AvgPool { pad_end, .. } = &mut m.nodes[6].op {
+        *pad_end = Some([3, 0]);
+    }
+    let e = m.validate().unwrap_err().to_string();
+    assert!(e.contains("smaller than the window"), "{e}");
 }

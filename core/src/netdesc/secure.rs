@@ -1,12 +1,15 @@
 //! The secure-model graph of a network description (digest §6.14; BatchNorm folded into the
 //! convolution it follows, digest §6.6): each description node becomes the graph op that
-//! computes it, built with the tch-free [`GraphBuilder`]; a node the graph has no form for
-//! is refused naming it.
+//! computes it, built with the tch-free [`GraphBuilder`]: a convolution's asymmetric padding
+//! becomes a zero-padding node before it (the symmetric part stays in the convolution),
+//! pooling keeps its pads and ceil mode ([`PoolGeometry`]), a resize becomes a broadcast (of a
+//! 1×1 map), nothing (to its own size) or a resize node. A node the graph has no form for (a
+//! lone BatchNorm, a flatten of a map larger than 1×1) is refused naming it.
 
-use super::{ActKind, DescNode, DescOp, NetDesc};
+use super::{ActKind, DescNode, DescOp, NetDesc, ResizeMode};
 use crate::block::BlockSize;
 use crate::error::{CoreError, Result};
-use crate::graph::SecureModel;
+use crate::graph::{PoolGeometry, ResizeMode as GraphResize, SecureModel};
 use crate::graph_build::{ConvSpec, GraphBuilder, ParamSource};
 use crate::spec::BlockSpec;
 
@@ -14,8 +17,8 @@ impl NetDesc {
     /// The secure-model graph with the block sizes of `spec` (slots it does not name keep
     /// their activation), and the `state_dict` sources of its weights. A BatchNorm folds into
     /// the convolution it reads when it is that convolution's only reader; ops the secure
-    /// graph has no form for (asymmetric padding, ceil-mode pooling that changes the size, a
-    /// lone BatchNorm, a resize other than a 1×1 map broadcast) are refused naming the node.
+    /// graph has no form for (a lone BatchNorm, a flatten of a map larger than 1×1) are
+    /// refused naming the node.
     pub fn secure_graph(
         &self,
         spec: Option<&BlockSpec>,
@@ -45,11 +48,18 @@ impl NetDesc {
                 n.op.kind()
             ))
         };
-        let symmetric = |n: &DescNode, p: [u32; 4]| {
-            if p[0] == p[2] && p[1] == p[3] {
-                Ok([p[0], p[1]])
+        let same_shape = |n: &DescNode, id: usize, g: &GraphBuilder| {
+            if g.shape(id) == n.shape {
+                Ok(id)
             } else {
-                Err(no_secure(n, &format!("asymmetric padding {p:?}")))
+                Err(no_secure(
+                    n,
+                    &format!(
+                        "the graph's window gives {:?}, the description {:?}",
+                        g.shape(id),
+                        n.shape
+                    ),
+                ))
             }
         };
         let mut g = GraphBuilder::new(self.arch.clone(), frac_bits, self.input_shape());
@@ -113,12 +123,13 @@ impl NetDesc {
                     pads,
                     ceil_mode,
                 } => {
-                    let padding = symmetric(n, *pads)?;
-                    let id = g.max_pool(&n.name, ins[0], *kernel, *stride, padding)?;
-                    if *ceil_mode && g.shape(id) != n.shape {
-                        return Err(no_secure(n, "ceil-mode pooling that changes the size"));
-                    }
-                    Some(id)
+                    let geo = PoolGeometry {
+                        kernel: *kernel,
+                        stride: *stride,
+                        pads: *pads,
+                        ceil_mode: *ceil_mode,
+                    };
+                    Some(same_shape(n, g.pool(&n.name, ins[0], geo, None)?, &g)?)
                 }
                 DescOp::AvgPool {
                     kernel,
@@ -127,19 +138,14 @@ impl NetDesc {
                     ceil_mode,
                     count_include_pad,
                 } => {
-                    let padding = symmetric(n, *pads)?;
-                    let id = g.avg_pool(
-                        &n.name,
-                        ins[0],
-                        *kernel,
-                        *stride,
-                        padding,
-                        *count_include_pad,
-                    )?;
-                    if *ceil_mode && g.shape(id) != n.shape {
-                        return Err(no_secure(n, "ceil-mode pooling that changes the size"));
-                    }
-                    Some(id)
+                    let geo = PoolGeometry {
+                        kernel: *kernel,
+                        stride: *stride,
+                        pads: *pads,
+                        ceil_mode: *ceil_mode,
+                    };
+                    let id = g.pool(&n.name, ins[0], geo, Some(*count_include_pad))?;
+                    Some(same_shape(n, id, &g)?)
                 }
                 DescOp::GlobalAvgPool => Some(g.global_avg_pool(&n.name, ins[0])?),
                 DescOp::Add => Some(g.add(&n.name, &ins)?),
@@ -159,14 +165,13 @@ impl NetDesc {
                     width,
                     mode,
                 } => {
-                    let [_, h, w] = self.nodes[n.inputs[0]].shape;
-                    if (h, w) != (1, 1) {
-                        return Err(no_secure(
-                            n,
-                            &format!("resize of a {h}x{w} map ({mode:?}); only 1x1 maps broadcast"),
-                        ));
-                    }
-                    Some(g.broadcast(&n.name, ins[0], *height, *width)?)
+                    let mode = match *mode {
+                        ResizeMode::Nearest => GraphResize::Nearest,
+                        ResizeMode::Bilinear { align_corners } => {
+                            GraphResize::Bilinear { align_corners }
+                        }
+                    };
+                    Some(g.resize(&n.name, ins[0], *height, *width, mode)?)
                 }
             };
             map.push(built);
@@ -195,17 +200,21 @@ impl NetDesc {
         else {
             unreachable!("called on convolutions only")
         };
-        if pads[0] != pads[2] || pads[1] != pads[3] {
-            return Err(CoreError::Graph(format!(
-                "{}: node {:?} (conv) has no secure-graph form: asymmetric padding {pads:?}",
-                self.arch, n.name
-            )));
-        }
+        // The symmetric part of the padding stays in the convolution (its kernels pad for
+        // free); the rest becomes a zero-padding node before it.
+        let sym = [pads[0].min(pads[2]), pads[1].min(pads[3])];
+        let extra = [
+            pads[0] - sym[0],
+            pads[1] - sym[1],
+            pads[2] - sym[0],
+            pads[3] - sym[1],
+        ];
+        let input = g.pad(&format!("{}.pad", n.name), input, extra)?;
         let spec = ConvSpec {
             out_channels: *out_channels,
             kernel: *kernel,
             stride: *stride,
-            padding: [pads[0], pads[1]],
+            padding: sym,
             dilation: *dilation,
             groups: *groups,
             bias: *bias,

@@ -105,27 +105,102 @@ fn residual_net_table_and_graph() {
 }
 
 #[test]
-fn unsupported_secure_forms_are_named() {
+fn asymmetric_padding_ceil_pooling_and_resize_lower_to_the_graph() {
+    use crate::graph::{Op, ResizeMode as GraphResize};
     let mut d = NetDesc::new("toy", [1, 6, 6]).unwrap();
     let mut op = conv("c", 2, 3, 1, 0);
     if let DescOp::Conv { pads, .. } = &mut op {
-        *pads = [0, 0, 1, 1];
+        *pads = [0, 1, 1, 2];
     }
     let c = d.push("c", op, &[0]).unwrap();
-    assert_eq!(d.nodes[c].shape, [2, 5, 5]);
-    let err = d.secure_graph(None, 12).unwrap_err().to_string();
-    assert!(err.contains("asymmetric"), "{err}");
-    assert!(NetDesc::new("x", [0, 1, 1]).is_err());
-    let mut d = NetDesc::new("toy", [1, 8, 8]).unwrap();
+    assert_eq!(d.nodes[c].shape, [2, 5, 7]);
+    let pool = DescOp::MaxPool {
+        kernel: [2, 2],
+        stride: [2, 2],
+        pads: [0; 4],
+        ceil_mode: true,
+    };
+    let p = d.push("pool", pool, &[c]).unwrap();
+    assert_eq!(d.nodes[p].shape, [2, 3, 4]);
+    let avg = DescOp::AvgPool {
+        kernel: [2, 2],
+        stride: [2, 2],
+        pads: [0, 1, 0, 0],
+        ceil_mode: true,
+        count_include_pad: false,
+    };
+    let a = d.push("avg", avg, &[p]).unwrap();
+    assert_eq!(d.nodes[a].shape, [2, 2, 3]);
+    let up = DescOp::Resize {
+        height: 4,
+        width: 6,
+        mode: ResizeMode::Bilinear {
+            align_corners: false,
+        },
+    };
+    d.push("up", up, &[a]).unwrap();
+    let (g, _) = d.secure_graph(None, 12).unwrap();
+    let ops: Vec<&Op> = g.nodes.iter().map(|n| &n.op).collect();
+    // The asymmetric part of the conv's padding is a pad node: [0, 1, 1, 2] = [0, 1, 0, 1]
+    // in the conv and [0, 0, 1, 1] before it.
+    assert_eq!(ops[1], &Op::Pad { pads: [0, 0, 1, 1] });
+    assert_eq!(g.nodes[1].name, "c.pad");
+    assert!(matches!(
+        ops[2],
+        Op::Conv2d {
+            padding: [0, 1],
+            ..
+        }
+    ));
+    assert!(matches!(
+        ops[3],
+        Op::MaxPool {
+            ceil_mode: true,
+            pad_end: None,
+            ..
+        }
+    ));
+    assert!(matches!(
+        ops[4],
+        Op::AvgPool {
+            padding: [0, 1],
+            pad_end: Some([0, 0]),
+            ceil_mode: true,
+            count_include_pad: false,
+            ..
+        }
+    ));
+    assert_eq!(
+        ops[5],
+        &Op::Resize {
+            height: 4,
+            width: 6,
+            mode: GraphResize::Bilinear {
+                align_corners: false
+            }
+        }
+    );
+    assert_eq!(g.output_shape(), [2, 4, 6]);
+    // A ceil mode that does not change the size is the floor-mode node.
+    let mut d = NetDesc::new("toy", [1, 7, 7]).unwrap();
     let pool = DescOp::MaxPool {
         kernel: [3, 3],
         stride: [2, 2],
         pads: [0; 4],
         ceil_mode: true,
     };
-    let p = d.push("pool", pool, &[0]).unwrap();
-    assert_eq!(d.nodes[p].shape, [1, 4, 4]);
+    d.push("pool", pool, &[0]).unwrap();
+    let (g, _) = d.secure_graph(None, 12).unwrap();
+    assert!(!g.nodes[1].op.needs_format_3(), "{:?}", g.nodes[1].op);
+}
+
+#[test]
+fn unsupported_secure_forms_are_named() {
+    let mut d = NetDesc::new("toy", [2, 6, 6]).unwrap();
+    d.push("flat", DescOp::Flatten, &[0]).unwrap();
     let err = d.secure_graph(None, 12).unwrap_err().to_string();
-    assert!(err.contains("ceil-mode"), "{err}");
+    assert!(err.contains("\"flat\""), "{err}");
+    assert!(err.contains("larger than 1x1"), "{err}");
+    assert!(NetDesc::new("x", [0, 1, 1]).is_err());
     assert!(d.push("g", conv("g", 3, 1, 1, 0), &[7]).is_err());
 }

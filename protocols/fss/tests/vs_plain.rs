@@ -130,6 +130,20 @@ fn linear_layers_are_within_one_truncation_and_free_online() {
     check(&cases::pooled_linear());
 }
 
+#[test]
+fn padding_ceil_pooling_and_resizing_match_the_oracle_and_their_bytes() {
+    // exact: zero padding, max pooling with asymmetric pads and in ceil mode, nearest
+    // resizing; within the case's bounds: average pooling, bilinear resizing
+    let r = check(&cases::padded_max_pool());
+    // 9 taps → 8 decisions for each of 3·4·4 outputs, 4 taps → 3 for each of 3·3·2
+    assert_eq!(r.drelus, 8 * 48 + 3 * 18);
+    check(&cases::padded_avg_pools());
+    for case in cases::resize_cases() {
+        let r = check(&case);
+        assert_eq!(r.drelus, 0, "{}", case.name);
+    }
+}
+
 // The labels of whole networks (and the logits under a window) against plain: the backend kit,
 // `check_networks`, for every private backend.
 

@@ -14,6 +14,7 @@
 
 use knapsec_core::block::BlockSize;
 use knapsec_core::drelu::{DreluWindow, SiteStats};
+use knapsec_core::graph::PoolGeometry;
 use knapsec_ring::{BlockLayout, ChannelBlock, RingTensor, TapPadding, window_taps};
 
 /// One site's evaluation context: its window, the mask stream and where to record.
@@ -102,12 +103,10 @@ pub(crate) fn relu6(x: &RingTensor, frac_bits: u32, site: &mut Site<'_>) -> Ring
 /// Max pooling as the secure pairwise tree over the window's taps (edge padding).
 pub(crate) fn max_pool(
     x: &RingTensor,
-    kernel: [usize; 2],
-    stride: [usize; 2],
-    padding: [usize; 2],
+    geo: &PoolGeometry,
     site: &mut Site<'_>,
 ) -> knapsec_ring::Result<RingTensor> {
-    let taps = window_taps(x, kernel, stride, padding, TapPadding::Edge)?;
+    let taps = window_taps(x, geo, TapPadding::Edge)?;
     let dims = taps[0].dims().to_vec();
     let mut cands: Vec<Vec<u64>> = taps.into_iter().map(|t| t.into_vec()).collect();
     let mut level = 0u64;

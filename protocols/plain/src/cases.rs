@@ -15,7 +15,7 @@ use knapsec_core::block::BlockSize;
 use knapsec_core::drelu::{
     Calibration, CalibrationTarget, DreluChoice, DreluWindow, SiteCalibration, SiteStats,
 };
-use knapsec_core::graph::{ModelWeights, OutputKind, SecureModel};
+use knapsec_core::graph::{ModelWeights, OutputKind, PoolGeometry, ResizeMode, SecureModel};
 use knapsec_core::graph_build::{ConvSpec, GraphBuilder, NodeId, random_weights};
 
 /// Fractional bits of every case.
@@ -236,11 +236,76 @@ pub fn pooled_linear() -> Case {
     case
 }
 
+/// Zero padding and max pooling with asymmetric pads and in ceil mode (the last windows run
+/// past the map, whose edge must win over the padding) on a `[3, 7, 6]` input: exact.
+pub fn padded_max_pool() -> Case {
+    let mut g = GraphBuilder::new("pad-maxpool", FRAC_BITS, [3, 7, 6]);
+    let p = g.pad("pad", g.input(), [1, 0, 0, 2]).expect("pad");
+    let geo = PoolGeometry {
+        kernel: [3, 3],
+        stride: [2, 2],
+        pads: [0, 1, 0, 0],
+        ceil_mode: true,
+    };
+    let m = g.pool("maxpool", p, geo, None).expect("pool");
+    let geo = PoolGeometry {
+        kernel: [2, 2],
+        stride: [2, 2],
+        pads: [1, 0, 0, 1],
+        ceil_mode: true,
+    };
+    g.pool("maxpool2", m, geo, None).expect("pool");
+    Case::new("padding, asymmetric and ceil-mode max pooling", g, (0, 0))
+}
+
+/// Average pooling in ceil mode with asymmetric pads, counting the padding and not, summed,
+/// on a `[2, 7, 6]` input: each pooling floors each share, `−2..0` ulp in all.
+pub fn padded_avg_pools() -> Case {
+    let mut g = GraphBuilder::new("pad-avgpool", FRAC_BITS, [2, 7, 6]);
+    let geo = PoolGeometry {
+        kernel: [3, 3],
+        stride: [2, 2],
+        pads: [1, 0, 0, 1],
+        ceil_mode: true,
+    };
+    let a = g.pool("avgpool", g.input(), geo, Some(true)).expect("pool");
+    let b = g
+        .pool("avgpool2", g.input(), geo, Some(false))
+        .expect("pool");
+    g.add("add", &[a, b]).expect("add");
+    Case::new("asymmetric and ceil-mode average pooling", g, (-2, 0))
+}
+
+/// Resizing a `[3, 4, 5]` input: nearest ×2 (exact), bilinear ×2 half-pixel, bilinear to
+/// 9×7 with aligned corners and bilinear ×8 (each one truncation, `−1..0` ulp).
+pub fn resize_cases() -> Vec<Case> {
+    let bilinear = |align_corners| ResizeMode::Bilinear { align_corners };
+    // name, output size, mode, bounds
+    type Resize = (&'static str, [u32; 2], ResizeMode, (i64, i64));
+    let cases: [Resize; 4] = [
+        ("nearest x2", [8, 10], ResizeMode::Nearest, (0, 0)),
+        ("bilinear x2", [8, 10], bilinear(false), (-1, 0)),
+        ("bilinear aligned 9x7", [9, 7], bilinear(true), (-1, 0)),
+        ("bilinear x8", [32, 40], bilinear(false), (-1, 0)),
+    ];
+    cases
+        .into_iter()
+        .map(|(name, [h, w], mode, ulps)| {
+            let mut g = GraphBuilder::new(name, FRAC_BITS, [3, 4, 5]);
+            g.resize("resize", g.input(), h, w, mode).expect("resize");
+            Case::new(name, g, ulps)
+        })
+        .collect()
+}
+
 /// Every case above.
 pub fn all() -> Vec<Case> {
     let mut v = vec![mixed_block_relu(), misc_ops(), broadcast()];
     v.extend(conv_cases());
     v.push(pooled_linear());
+    v.push(padded_max_pool());
+    v.push(padded_avg_pools());
+    v.extend(resize_cases());
     v
 }
 

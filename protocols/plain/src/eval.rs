@@ -4,10 +4,10 @@ use crate::approx::{self, Site};
 use crate::error::{PlainError, Result};
 use knapsec_core::block::BlockSize;
 use knapsec_core::drelu::{DreluChoice, DreluWindow, SiteStats};
-use knapsec_core::graph::{ModelWeights, Node, Op, OutputKind, SecureModel};
+use knapsec_core::graph::{ModelWeights, Node, Op, OutputKind, ResizeMode, SecureModel};
 use knapsec_ring::{
-    BlockLayout, Conv2dParams, RingTensor, TapPadding, conv2d, global_sum, linear, window_counts,
-    window_sums, window_taps,
+    BlockLayout, Conv2dParams, RingTensor, TapPadding, conv2d, global_sum, linear, pad, resize,
+    window_counts, window_sums, window_taps,
 };
 
 /// The result of one evaluation: the output node's fixed-point values.
@@ -227,10 +227,6 @@ fn weight(weights: &ModelWeights, name: &str, dims: &[usize]) -> Result<RingTens
     })
 }
 
-fn usz(a: [u32; 2]) -> [usize; 2] {
-    [a[0] as usize, a[1] as usize]
-}
-
 /// `floor(v / n)` on signed values, `n ≥ 1`.
 fn floor_div(v: u64, n: u64) -> u64 {
     (v as i64).div_euclid(n as i64) as u64
@@ -302,41 +298,21 @@ pub fn eval_node(
             y
         }
         Op::AvgPool {
-            kernel,
-            stride,
-            padding,
-            count_include_pad,
+            count_include_pad, ..
         } => {
+            let geo = node.op.pool_geometry().expect("a pooling op");
             let (_, h, w) = x.chw().map_err(err)?;
-            let mut s = window_sums(x, usz(*kernel), usz(*stride), usz(*padding)).map_err(err)?;
-            let counts = window_counts(
-                h,
-                w,
-                usz(*kernel),
-                usz(*stride),
-                usz(*padding),
-                *count_include_pad,
-            )
-            .map_err(err)?;
+            let mut s = window_sums(x, &geo).map_err(err)?;
+            let counts = window_counts(h, w, &geo, *count_include_pad).map_err(err)?;
             let plane = counts.len();
             for (i, v) in s.data_mut().iter_mut().enumerate() {
                 *v = floor_div(*v, counts[i % plane].max(1));
             }
             s
         }
-        Op::MaxPool {
-            kernel,
-            stride,
-            padding,
-        } => {
-            let taps = window_taps(
-                x,
-                usz(*kernel),
-                usz(*stride),
-                usz(*padding),
-                TapPadding::Edge,
-            )
-            .map_err(err)?;
+        Op::MaxPool { .. } => {
+            let geo = node.op.pool_geometry().expect("a pooling op");
+            let taps = window_taps(x, &geo, TapPadding::Edge).map_err(err)?;
             let mut m = taps[0].clone();
             for t in &taps[1..] {
                 m.data_mut().iter_mut().zip(t.data()).for_each(|(a, &b)| {
@@ -365,6 +341,18 @@ pub fn eval_node(
         Op::Broadcast { height, width } => x
             .broadcast_hw(*height as usize, *width as usize)
             .map_err(err)?,
+        Op::Pad { pads } => pad(x, pads.map(|v| v as usize)).map_err(err)?,
+        Op::Resize {
+            height,
+            width,
+            mode,
+        } => {
+            let mut y = resize(x, *height as usize, *width as usize, *mode, f).map_err(err)?;
+            if matches!(mode, ResizeMode::Bilinear { .. }) {
+                y.shr_arith_in_place(f);
+            }
+            y
+        }
     })
 }
 
@@ -380,11 +368,10 @@ fn eval_site(
     Ok(match &node.op {
         Op::BlockRelu { blocks, .. } => approx::block_relu(x, blocks, site).map_err(err)?,
         Op::Relu6 { .. } => approx::relu6(x, model.frac_bits, site),
-        Op::MaxPool {
-            kernel,
-            stride,
-            padding,
-        } => approx::max_pool(x, usz(*kernel), usz(*stride), usz(*padding), site).map_err(err)?,
+        Op::MaxPool { .. } => {
+            let geo = node.op.pool_geometry().expect("a pooling op");
+            approx::max_pool(x, &geo, site).map_err(err)?
+        }
         _ => return Err(node_err(index, node, "not a DReLU site")),
     })
 }
@@ -546,6 +533,8 @@ mod tests {
             kernel: [2, 2],
             stride: [1, 1],
             padding: [1, 1],
+            pad_end: None,
+            ceil_mode: false,
             count_include_pad: cip,
         };
         let with = run1(mk(true), [1, 2, 2], [1, 3, 3], &x);
@@ -591,6 +580,8 @@ mod tests {
                 kernel: [2, 2],
                 stride: [1, 1],
                 padding: [1, 1],
+                pad_end: None,
+                ceil_mode: false,
             },
             [1, 2, 2],
             [1, 3, 3],

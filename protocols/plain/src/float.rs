@@ -8,7 +8,7 @@
 
 use crate::error::{PlainError, Result};
 use knapsec_core::block::BlockSize;
-use knapsec_core::graph::{ModelWeights, Op, SecureModel, decode_fixed};
+use knapsec_core::graph::{ModelWeights, Op, ResizeMode, SecureModel, decode_fixed};
 
 /// A real-valued `[C, H, W]` activation.
 #[derive(Clone, Debug, PartialEq)]
@@ -150,31 +150,23 @@ pub fn evaluate_f64(
                 .iter_mut()
                 .zip(&x.data)
                 .for_each(|(o, &v)| *o = v.clamp(0.0, 6.0)),
-            Op::AvgPool {
-                kernel,
-                stride,
-                padding,
-                ..
-            }
-            | Op::MaxPool {
-                kernel,
-                stride,
-                padding,
-            } => {
-                // average: the window's sum over its size (or its in-bounds count); max: the
-                // largest in-bounds value
+            Op::AvgPool { .. } | Op::MaxPool { .. } => {
+                // average: the window's sum over its size clipped to the padded map (or its
+                // in-bounds count); max: the largest in-bounds value
+                let geo = node.op.pool_geometry().expect("a pooling op");
                 let average = match &node.op {
                     Op::AvgPool {
                         count_include_pad, ..
                     } => Some(*count_include_pad),
                     _ => None,
                 };
-                let [kh, kw] = kernel.map(|v| v as isize);
+                let [kh, kw] = geo.kernel.map(|v| v as isize);
+                let [t, l, b, r] = geo.pads.map(|v| v as isize);
                 for ch in 0..c {
                     for oy in 0..oh {
                         for ox in 0..ow {
-                            let y0 = (oy * stride[0] as usize) as isize - padding[0] as isize;
-                            let x0 = (ox * stride[1] as usize) as isize - padding[1] as isize;
+                            let y0 = (oy * geo.stride[0] as usize) as isize - t;
+                            let x0 = (ox * geo.stride[1] as usize) as isize - l;
                             let values = (y0..y0 + kh)
                                 .flat_map(|y| (x0..x0 + kw).map(move |xx| (y, xx)))
                                 .filter_map(|(y, xx)| x.at(ch, y, xx));
@@ -182,11 +174,9 @@ pub fn evaluate_f64(
                                 Some(count_include_pad) => {
                                     let (s, n) =
                                         values.fold((0.0, 0.0), |(s, n), v| (s + v, n + 1.0));
-                                    s / if count_include_pad {
-                                        (kh * kw) as f64
-                                    } else {
-                                        n
-                                    }
+                                    let padded = ((y0 + kh).min(h as isize + b) - y0)
+                                        * ((x0 + kw).min(w as isize + r) - x0);
+                                    s / if count_include_pad { padded as f64 } else { n }
                                 }
                                 None => values.fold(f64::NEG_INFINITY, f64::max),
                             };
@@ -215,6 +205,53 @@ pub fn evaluate_f64(
                 let plane = (*height * *width) as usize;
                 for (ch, &v) in x.data.iter().enumerate() {
                     out[ch * plane..(ch + 1) * plane].fill(v);
+                }
+            }
+            Op::Pad { pads } => {
+                let [t, l] = [pads[0] as usize, pads[1] as usize];
+                for ch in 0..c {
+                    for y in 0..h {
+                        let src = &x.data[(ch * h + y) * w..(ch * h + y + 1) * w];
+                        let at = (ch * oh + t + y) * ow + l;
+                        out[at..at + w].copy_from_slice(src);
+                    }
+                }
+            }
+            Op::Resize { mode, .. } => {
+                // Source coordinate and the two neighbours with their weights, per axis.
+                let axis = |n: usize, on: usize| -> Vec<(usize, usize, f64)> {
+                    (0..on)
+                        .map(|o| match mode {
+                            ResizeMode::Nearest => {
+                                ((o * n / on).min(n - 1), (o * n / on).min(n - 1), 0.0)
+                            }
+                            ResizeMode::Bilinear { align_corners } => {
+                                let src = if *align_corners {
+                                    if on == 1 {
+                                        0.0
+                                    } else {
+                                        o as f64 * (n - 1) as f64 / (on - 1) as f64
+                                    }
+                                } else {
+                                    ((o as f64 + 0.5) * n as f64 / on as f64 - 0.5).max(0.0)
+                                };
+                                let i0 = (src.floor() as usize).min(n - 1);
+                                let i1 = (i0 + 1).min(n - 1);
+                                (i0, i1, src - i0 as f64)
+                            }
+                        })
+                        .collect()
+                };
+                let (ys, xs) = (axis(h, oh), axis(w, ow));
+                for ch in 0..c {
+                    let p = |y: usize, xx: usize| x.data[(ch * h + y) * w + xx];
+                    for (oy, &(y0, y1, ly)) in ys.iter().enumerate() {
+                        for (ox, &(x0, x1, lx)) in xs.iter().enumerate() {
+                            out[(ch * oh + oy) * ow + ox] = (1.0 - ly)
+                                * ((1.0 - lx) * p(y0, x0) + lx * p(y0, x1))
+                                + ly * ((1.0 - lx) * p(y1, x0) + lx * p(y1, x1));
+                        }
+                    }
                 }
             }
         }
@@ -289,6 +326,8 @@ mod tests {
                     kernel: [3, 3],
                     stride: [1, 1],
                     padding: [1, 1],
+                    pad_end: None,
+                    ceil_mode: false,
                     count_include_pad: false,
                 },
                 vec![4],
@@ -300,6 +339,8 @@ mod tests {
                     kernel: [3, 3],
                     stride: [1, 1],
                     padding: [1, 1],
+                    pad_end: None,
+                    ceil_mode: false,
                 },
                 vec![4],
                 [4, h3, h3],
@@ -427,6 +468,39 @@ mod tests {
             evaluate(&m, &w, &x).unwrap_err().to_string(),
         ] {
             assert!(e.contains("groups"), "{e}");
+        }
+    }
+
+    /// The fixed-point padding, pooling windows and resizes of the oracle's cases against
+    /// their real values (an independent loop over each window and source coordinate): within
+    /// a few ulps, so the two agree on which positions are padding, which windows exist and
+    /// where bilinear samples.
+    #[test]
+    fn padding_pools_and_resizes_match_the_real_values() {
+        let mut cases = vec![
+            crate::cases::padded_max_pool(),
+            crate::cases::padded_avg_pools(),
+        ];
+        cases.extend(crate::cases::resize_cases());
+        for case in cases {
+            let f = case.model.frac_bits;
+            let real = evaluate_f64(&case.model, &case.weights, &case.input).unwrap();
+            let fixed = evaluate(&case.model, &case.weights, &case.input)
+                .unwrap()
+                .logits();
+            // The input's rounding (½ ulp) carried through, each floor (1 ulp per pool) and
+            // the rounding of the bilinear weights (≤ 1 ulp on inputs below 2).
+            let worst = real
+                .data
+                .iter()
+                .zip(&fixed)
+                .map(|(r, x)| (r - f64::from(*x)).abs())
+                .fold(0.0, f64::max);
+            assert!(
+                worst <= 4.0 / f64::from(1u32 << f),
+                "{}: {worst} from the real values",
+                case.name
+            );
         }
     }
 }

@@ -9,6 +9,7 @@
 //!   convolutions in one product (Beaver linear layers), fully connected layers, weights
 //!   prepared once for many convolutions.
 //! * [`pool`]: pooling window sums and taps, global sums, block-ReLU patch sums and expansion.
+//! * [`resize`]: zero padding and nearest / bilinear resizing (public geometry and weights).
 //! * [`prg`]: AES-CTR pseudo-random generators keyed per session with domain separation.
 //! * [`simd`]: the run-time choice of the byte-lane kernels (values mod 67, PrivateCompare).
 //!
@@ -20,6 +21,7 @@ pub mod fixed;
 pub mod gemm;
 pub mod pool;
 pub mod prg;
+pub mod resize;
 pub mod simd;
 pub mod tensor;
 
@@ -32,4 +34,5 @@ pub use pool::{
     BlockLayout, ChannelBlock, TapPadding, global_sum, window_counts, window_sums, window_taps,
 };
 pub use prg::Prg;
+pub use resize::{pad, resize};
 pub use tensor::RingTensor;

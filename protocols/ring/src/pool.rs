@@ -3,9 +3,9 @@
 //! Everything here is linear (sums, copies), so it applies equally to clear values and to
 //! additive shares; divisions are left to the caller (a truncation on shares).
 //!
-//! * [`window_sums`]: average-pooling window sums with zero padding (PyTorch geometry,
-//!   `ceil_mode = false`), and [`window_counts`]: each window's divisor with or without
-//!   `count_include_pad`.
+//! * [`window_sums`]: average-pooling window sums with zero padding (the window geometry of
+//!   PyTorch and ONNX, [`PoolGeometry`]: pads per side, `ceil_mode`), and [`window_counts`]:
+//!   each window's divisor with or without `count_include_pad`.
 //! * [`window_taps`]: the `kh·kw` strided taps of every window (for max pooling by successive
 //!   comparisons), padding with edge values or zeros.
 //! * [`global_sum`]: per-channel sum, `[C, H, W] → [C, 1, 1]`.
@@ -16,55 +16,65 @@
 //!   channel ascending, then patch row, then patch column; [`BlockLayout::expand`] writes each
 //!   patch's value to all its in-bounds pixels.
 
-use crate::conv::Conv2dParams;
 use crate::error::{Result, RingError};
 use crate::tensor::RingTensor;
 use knapsec_core::BlockSize;
+use knapsec_core::graph::PoolGeometry;
 use rayon::prelude::*;
 
-fn pool_geometry(
-    x: &RingTensor,
-    kernel: [usize; 2],
-    stride: [usize; 2],
-    padding: [usize; 2],
-) -> Result<(usize, usize, usize, usize, usize)> {
-    let (c, h, w) = x.chw()?;
-    if padding[0] * 2 > kernel[0] || padding[1] * 2 > kernel[1] {
-        return Err(RingError::invalid(
-            "pool",
-            format!(
-                "padding {padding:?} must be at most half the kernel {kernel:?} (as in PyTorch)"
-            ),
-        ));
-    }
-    let (ho, wo) = Conv2dParams::new(kernel)
-        .stride(stride)
-        .padding(padding)
-        .output_hw(h, w)?;
-    Ok((c, h, w, ho, wo))
+/// The windows of `geo` on an `h × w` map: `(ho, wo)` and, per output row and column, the
+/// window's first row (column) relative to the map, which may be negative (padding).
+struct Windows {
+    ho: usize,
+    wo: usize,
+    kernel: [isize; 2],
+    stride: [isize; 2],
+    begin: [isize; 2],
 }
 
-/// Sum of each pooling window (zero padding); `[C, H, W] → [C, Ho, Wo]`.
-pub fn window_sums(
-    x: &RingTensor,
-    kernel: [usize; 2],
-    stride: [usize; 2],
-    padding: [usize; 2],
-) -> Result<RingTensor> {
-    let (c, h, w, ho, wo) = pool_geometry(x, kernel, stride, padding)?;
+impl Windows {
+    fn new(h: usize, w: usize, geo: &PoolGeometry) -> Result<Self> {
+        let bad = |why: String| RingError::invalid("pool", why);
+        let (h32, w32) = (
+            u32::try_from(h).map_err(|_| bad(format!("height {h} is too large")))?,
+            u32::try_from(w).map_err(|_| bad(format!("width {w} is too large")))?,
+        );
+        let (ho, wo) = geo.output_hw(h32, w32).map_err(bad)?;
+        let i = |v: u32| v as isize;
+        Ok(Windows {
+            ho: ho as usize,
+            wo: wo as usize,
+            kernel: geo.kernel.map(i),
+            stride: geo.stride.map(i),
+            begin: [i(geo.pads[0]), i(geo.pads[1])],
+        })
+    }
+
+    /// First row (`axis` 0) or column (1) of window `o`.
+    fn start(&self, o: usize, axis: usize) -> isize {
+        o as isize * self.stride[axis] - self.begin[axis]
+    }
+}
+
+/// Sum of each pooling window over the pixels of the map (padding adds nothing);
+/// `[C, H, W] → [C, Ho, Wo]`.
+pub fn window_sums(x: &RingTensor, geo: &PoolGeometry) -> Result<RingTensor> {
+    let (c, h, w) = x.chw()?;
+    let win = Windows::new(h, w, geo)?;
+    let (ho, wo) = (win.ho, win.wo);
     let mut out = vec![0u64; c * ho * wo];
     out.par_chunks_mut(ho * wo)
         .enumerate()
         .for_each(|(ch, oplane)| {
             let plane = &x.data()[ch * h * w..(ch + 1) * h * w];
             for oy in 0..ho {
-                let y0 = (oy * stride[0]) as isize - padding[0] as isize;
+                let y0 = win.start(oy, 0);
                 for ox in 0..wo {
-                    let x0 = (ox * stride[1]) as isize - padding[1] as isize;
+                    let x0 = win.start(ox, 1);
                     let mut s = 0u64;
-                    for iy in y0.max(0)..(y0 + kernel[0] as isize).min(h as isize) {
+                    for iy in y0.max(0)..(y0 + win.kernel[0]).min(h as isize) {
                         let row = &plane[iy as usize * w..(iy as usize + 1) * w];
-                        for ix in x0.max(0)..(x0 + kernel[1] as isize).min(w as isize) {
+                        for ix in x0.max(0)..(x0 + win.kernel[1]).min(w as isize) {
                             s = s.wrapping_add(row[ix as usize]);
                         }
                     }
@@ -75,31 +85,29 @@ pub fn window_sums(
     RingTensor::from_vec(&[c, ho, wo], out)
 }
 
-/// Divisor of each window of an `h × w` map (`Ho · Wo` values, shared by all channels):
-/// `kh · kw` with `count_include_pad`, else the number of in-bounds pixels (PyTorch).
+/// Divisor of each window of an `h × w` map (`Ho · Wo` values, shared by all channels), as
+/// PyTorch and ONNX: with `count_include_pad` the window clipped to the padded map (in ceil
+/// mode a last window may run past it; that part never counts), else the number of pixels of
+/// the map it holds.
 pub fn window_counts(
     h: usize,
     w: usize,
-    kernel: [usize; 2],
-    stride: [usize; 2],
-    padding: [usize; 2],
+    geo: &PoolGeometry,
     count_include_pad: bool,
 ) -> Result<Vec<u64>> {
-    let (ho, wo) = Conv2dParams::new(kernel)
-        .stride(stride)
-        .padding(padding)
-        .output_hw(h, w)?;
-    let span = |o: usize, i: usize, n: usize| -> u64 {
-        let start = (o * stride[i]) as isize - padding[i] as isize;
-        let end = start + kernel[i] as isize;
+    let win = Windows::new(h, w, geo)?;
+    let end_pad = [geo.pads[2] as isize, geo.pads[3] as isize];
+    let span = |o: usize, axis: usize, n: usize| -> u64 {
+        let start = win.start(o, axis);
+        let end = start + win.kernel[axis];
         if count_include_pad {
-            // PyTorch clips the window to the padded map; with ceil_mode off it always fits.
-            (end.min((n + padding[i]) as isize) - start) as u64
+            (end.min(n as isize + end_pad[axis]) - start) as u64
         } else {
             (end.min(n as isize) - start.max(0)).max(0) as u64
         }
     };
-    Ok((0..ho * wo)
+    let wo = win.wo;
+    Ok((0..win.ho * wo)
         .map(|p| span(p / wo, 0, h) * span(p % wo, 1, w))
         .collect())
 }
@@ -109,8 +117,10 @@ pub fn window_counts(
 pub enum TapPadding {
     /// Zeros.
     Zero,
-    /// The nearest in-bounds value (edge replication). For max pooling with padding at most
-    /// half the kernel this gives the same maximum as −∞ padding.
+    /// The nearest in-bounds value (edge replication). Every window holds a pixel of the map
+    /// ([`PoolGeometry`]: each pad is smaller than the window), and the nearest one of a
+    /// position outside is then in the same window, so max pooling over the taps gives the
+    /// same maximum as −∞ padding.
     Edge,
 }
 
@@ -118,12 +128,13 @@ pub enum TapPadding {
 /// of the element at offset `(ky, kx)` in each window.
 pub fn window_taps(
     x: &RingTensor,
-    kernel: [usize; 2],
-    stride: [usize; 2],
-    padding: [usize; 2],
+    geo: &PoolGeometry,
     fill: TapPadding,
 ) -> Result<Vec<RingTensor>> {
-    let (c, h, w, ho, wo) = pool_geometry(x, kernel, stride, padding)?;
+    let (c, h, w) = x.chw()?;
+    let win = Windows::new(h, w, geo)?;
+    let (ho, wo) = (win.ho, win.wo);
+    let (kh, kw) = (win.kernel[0] as usize, win.kernel[1] as usize);
     let clamp = |v: isize, n: usize| -> Option<usize> {
         if (0..n as isize).contains(&v) {
             Some(v as usize)
@@ -133,17 +144,17 @@ pub fn window_taps(
             None
         }
     };
-    (0..kernel[0] * kernel[1])
+    (0..kh * kw)
         .into_par_iter()
         .map(|t| {
-            let (ky, kx) = (t / kernel[1], t % kernel[1]);
+            let (ky, kx) = ((t / kw) as isize, (t % kw) as isize);
             let mut out = vec![0u64; c * ho * wo];
             for ch in 0..c {
                 let plane = &x.data()[ch * h * w..(ch + 1) * h * w];
                 for oy in 0..ho {
-                    let iy = clamp((oy * stride[0] + ky) as isize - padding[0] as isize, h);
+                    let iy = clamp(win.start(oy, 0) + ky, h);
                     for ox in 0..wo {
-                        let ix = clamp((ox * stride[1] + kx) as isize - padding[1] as isize, w);
+                        let ix = clamp(win.start(ox, 1) + kx, w);
                         if let (Some(iy), Some(ix)) = (iy, ix) {
                             out[(ch * ho + oy) * wo + ox] = plane[iy * w + ix];
                         }
@@ -348,31 +359,86 @@ mod tests {
     #[test]
     fn avg_window_sums_and_counts() {
         let x = RingTensor::from_vec(&[1, 3, 3], (1..=9).collect()).unwrap();
-        let s = window_sums(&x, [3, 3], [2, 2], [1, 1]).unwrap();
+        let sym = |k, s, p| PoolGeometry::symmetric([k, k], [s, s], [p, p]);
+        let s = window_sums(&x, &sym(3, 2, 1)).unwrap();
         assert_eq!(s.dims(), &[1, 2, 2]);
         assert_eq!(
             s.data(),
             &[1 + 2 + 4 + 5, 2 + 3 + 5 + 6, 4 + 5 + 7 + 8, 5 + 6 + 8 + 9]
         );
         assert_eq!(
-            window_counts(3, 3, [3, 3], [2, 2], [1, 1], true).unwrap(),
+            window_counts(3, 3, &sym(3, 2, 1), true).unwrap(),
             vec![9; 4]
         );
         assert_eq!(
-            window_counts(3, 3, [3, 3], [2, 2], [1, 1], false).unwrap(),
+            window_counts(3, 3, &sym(3, 2, 1), false).unwrap(),
             vec![4; 4]
         );
         assert_eq!(
-            window_counts(5, 4, [3, 3], [2, 2], [1, 1], false).unwrap(),
+            window_counts(5, 4, &sym(3, 2, 1), false).unwrap(),
             vec![4, 6, 6, 9, 4, 6]
         );
-        assert!(window_sums(&x, [2, 2], [1, 1], [2, 2]).is_err());
+        assert!(window_sums(&x, &sym(2, 1, 2)).is_err());
+    }
+
+    #[test]
+    fn asymmetric_pads_and_ceil_mode() {
+        // 1×5×5, k2 s2 ceil: 3×3 windows, the last row and column hold one pixel each.
+        let x = RingTensor::from_vec(&[1, 5, 5], (1..=25).collect()).unwrap();
+        let ceil = PoolGeometry {
+            ceil_mode: true,
+            ..PoolGeometry::symmetric([2, 2], [2, 2], [0, 0])
+        };
+        let s = window_sums(&x, &ceil).unwrap();
+        assert_eq!(s.dims(), &[1, 3, 3]);
+        assert_eq!(s.data()[2], 5 + 10);
+        assert_eq!(s.data()[8], 25);
+        // The overhang never counts, with or without count_include_pad.
+        for cip in [true, false] {
+            assert_eq!(
+                window_counts(5, 5, &ceil, cip).unwrap(),
+                vec![4, 4, 2, 4, 4, 2, 2, 2, 1]
+            );
+        }
+        // Top/left padding only: the first windows hold one row/column of the map.
+        let begin = PoolGeometry {
+            pads: [1, 1, 0, 0],
+            ..ceil
+        };
+        assert_eq!(window_counts(5, 5, &begin, true).unwrap(), vec![4; 9]);
+        assert_eq!(
+            window_counts(5, 5, &begin, false).unwrap(),
+            vec![1, 2, 2, 2, 4, 4, 2, 4, 4]
+        );
+        assert_eq!(window_sums(&x, &begin).unwrap().data()[0], 1);
+        // Padded bottom/right with a ceil window past it: the declared pad counts, the
+        // overhang does not (5 + 1 padding, k3 s2 ceil: windows 0..3, 2..5, 4..7).
+        let end = PoolGeometry {
+            pads: [0, 0, 1, 1],
+            kernel: [3, 3],
+            ..ceil
+        };
+        assert_eq!(
+            window_counts(5, 5, &end, true).unwrap(),
+            vec![9, 9, 6, 9, 9, 6, 6, 6, 4]
+        );
+        assert_eq!(window_counts(5, 5, &end, false).unwrap()[8], 1);
+        // Edge taps of a window that runs past the map repeat its last pixel.
+        let row = RingTensor::from_vec(&[1, 1, 3], vec![1, 2, 3]).unwrap();
+        let g = PoolGeometry {
+            ceil_mode: true,
+            ..PoolGeometry::symmetric([1, 2], [1, 2], [0, 0])
+        };
+        let taps = window_taps(&row, &g, TapPadding::Edge).unwrap();
+        assert_eq!(taps[0].data(), &[1, 3]);
+        assert_eq!(taps[1].data(), &[2, 3]);
     }
 
     #[test]
     fn taps_with_edge_padding() {
         let x = RingTensor::from_vec(&[1, 2, 2], vec![1, 2, 3, 4]).unwrap();
-        let taps = window_taps(&x, [2, 2], [1, 1], [1, 1], TapPadding::Edge).unwrap();
+        let geo = PoolGeometry::symmetric([2, 2], [1, 1], [1, 1]);
+        let taps = window_taps(&x, &geo, TapPadding::Edge).unwrap();
         assert_eq!(taps.len(), 4);
         // Window (0, 0) covers padded rows −1..1, cols −1..1: taps are x[0,0] repeated.
         assert_eq!(
@@ -384,7 +450,7 @@ mod tests {
             taps.iter().map(|t| t.data()[8]).collect::<Vec<_>>(),
             vec![4, 4, 4, 4]
         );
-        let z = window_taps(&x, [2, 2], [1, 1], [1, 1], TapPadding::Zero).unwrap();
+        let z = window_taps(&x, &geo, TapPadding::Zero).unwrap();
         assert_eq!(
             z.iter().map(|t| t.data()[0]).collect::<Vec<_>>(),
             vec![0, 0, 0, 1]

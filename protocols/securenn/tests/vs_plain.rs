@@ -92,6 +92,19 @@ fn linear_layers_are_within_one_truncation() {
     check(&cases::pooled_linear());
 }
 
+#[test]
+fn padding_ceil_pooling_and_resizing_match_the_oracle_and_their_bytes() {
+    // exact: zero padding, max pooling with asymmetric pads and in ceil mode, nearest
+    // resizing; within the case's bounds: average pooling, bilinear resizing
+    let r = check(&cases::padded_max_pool());
+    // 9 taps → 8 decisions for each of 3·4·4 outputs, 4 taps → 3 for each of 3·3·2
+    assert_eq!(r.drelus, 8 * 48 + 3 * 18);
+    check(&cases::padded_avg_pools());
+    for case in cases::resize_cases() {
+        let r = check(&case);
+        assert_eq!(r.drelus, 0, "{}", case.name);
+    }
+}
 /// A ResNet18-CIFAR-shaped network of `width` with a random block spec keeping `ratio` of the
 /// DReLUs, random weights, and an input.
 fn resnet18(width: u32, ratio: f64, seeds: [u64; 3]) -> (SecureModel, ModelWeights, Vec<f32>) {

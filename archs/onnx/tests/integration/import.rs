@@ -76,13 +76,22 @@ fn concat_and_ceil_mode_pooling() {
     );
     let concat = imported.desc.find("features_features_3_Concat").unwrap();
     assert_eq!(imported.desc.nodes[concat].shape, [16, 10, 10]);
-    // Ceil mode makes 20 -> 10 where floor would give 9: no secure-graph form yet.
-    let err = imported
-        .desc
-        .secure_graph(None, 12)
-        .unwrap_err()
-        .to_string();
-    assert!(err.contains("ceil-mode"), "{err}");
+    // Ceil mode makes 20 -> 10 and 10 -> 5 where floor would give 9 and 4: the secure
+    // graph's max poolings keep their ceil mode.
+    let (model, _) = imported.desc.secure_graph(None, 12).unwrap();
+    let ceil: Vec<(&str, [u32; 3])> = model
+        .nodes
+        .iter()
+        .filter(|n| matches!(n.op, Op::MaxPool { ceil_mode: true, .. }))
+        .map(|n| (n.name.as_str(), n.shape))
+        .collect();
+    assert_eq!(
+        ceil,
+        vec![
+            ("features_features_2_MaxPool", [8, 10, 10]),
+            ("features_features_4_MaxPool", [16, 5, 5])
+        ]
+    );
 }
 
 #[test]
@@ -270,16 +279,21 @@ fn the_adapter_builds_the_secure_graph_without_libtorch() {
             )
             .is_err()
     );
-    // ops_zoo's nearest-neighbour upsampling of a 6x6 map has none: refused naming the node.
+    // ops_zoo's nearest-neighbour upsampling of a 6x6 map is a resize node.
     let zoo = registry
         .arch(&format!("onnx:{}", fixture("ops_zoo.onnx").display()))
         .unwrap();
-    let err = zoo
+    let model = zoo
         .secure_graph(&ArchOptions::default(), None, 12)
-        .unwrap_err()
-        .to_string();
-    assert!(
-        err.contains("node \"up_Resize\" (resize) has no secure-graph form"),
-        "{err}"
+        .unwrap()
+        .expect("an imported network has a secure graph");
+    let up = model.nodes.iter().find(|n| n.name == "up_Resize").unwrap();
+    assert_eq!(
+        up.op,
+        Op::Resize {
+            height: 12,
+            width: 12,
+            mode: knapsec_core::graph::ResizeMode::Nearest
+        }
     );
 }

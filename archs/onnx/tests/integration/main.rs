@@ -4,6 +4,8 @@
 mod import;
 #[cfg(feature = "torch")]
 mod interp;
+#[cfg(feature = "torch")]
+mod secure;
 mod support;
 #[cfg(feature = "torch")]
 mod torch_export;

@@ -188,15 +188,10 @@ pub(super) fn walk(
                     empty()
                 }
             }
-            NodePlan::MaxPool {
-                kernel,
-                stride,
-                padding,
-                tree,
-            } => {
+            NodePlan::MaxPool { window, tree } => {
                 ctx.scope(&gnode.name, op("maxpool"));
-                let taps = ops::pool_candidates(get(0), [*kernel, *stride, *padding], computing)
-                    .map_err(|e| ring(ctx, e))?;
+                let taps =
+                    ops::pool_candidates(get(0), window, computing).map_err(|e| ring(ctx, e))?;
                 let max = tree.run(taps, computing, |k, s, d| {
                     runner.gate(ctx, s, stream(i, k), d)
                 })?;

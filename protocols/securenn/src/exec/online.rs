@@ -123,15 +123,10 @@ impl Session<'_> {
                         RingTensor::zeros(&[0])
                     }
                 }
-                NodePlan::MaxPool {
-                    kernel,
-                    stride,
-                    padding,
-                    tree,
-                } => {
+                NodePlan::MaxPool { window, tree } => {
                     ctx.scope(&gnode.name, "maxpool");
-                    let taps = ops::pool_candidates(get(0), [*kernel, *stride, *padding], party)
-                        .map_err(|e| ring(ctx, e))?;
+                    let taps =
+                        ops::pool_candidates(get(0), window, party).map_err(|e| ring(ctx, e))?;
                     let sel = std::mem::take(&mut pre.select[i]);
                     let max = tree.online(ctx, &sel, taps, party)?;
                     drop(sel);

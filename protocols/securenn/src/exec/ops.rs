@@ -1,6 +1,7 @@
 //! The share-local parts of the graph's ops, the same for every executor over additive
 //! shares (DESIGN §5, digest §6.11, §6.14): the local ops (average and global average pooling
-//! by floor division of each share, add, concat, broadcast), the gathering and scattering
+//! by floor division of each share, add, concat, broadcast, zero padding, nearest resizing,
+//! and bilinear resizing with public weights truncated like a linear layer), the gathering and scattering
 //! around a block ReLU's selections, ReLU6's two halves, the candidates of max pooling and of
 //! the argmax, the client's input and the reveal of the output. `securenn`'s online
 //! phase and the `fss` backend's walks both call them, so both compute the same shares.
@@ -11,10 +12,10 @@ use crate::error::{Result, SecureNnError};
 use crate::profile::{OpKind, span};
 use knapsec_core::backend::PartyOutput;
 use knapsec_core::block::BlockSize;
-use knapsec_core::graph::SecureModel;
+use knapsec_core::graph::{PoolGeometry, ResizeMode, SecureModel};
 use knapsec_core::transport::Role;
 use knapsec_ring::{
-    RingError, RingTensor, TapPadding, fixed, global_sum, window_sums, window_taps,
+    RingError, RingTensor, TapPadding, fixed, global_sum, pad, resize, window_sums, window_taps,
 };
 
 /// A graph shape `[C, H, W]` as tensor dimensions.
@@ -54,18 +55,15 @@ pub fn local(
                 | NodePlan::Add
                 | NodePlan::Concat
                 | NodePlan::Broadcast { .. }
+                | NodePlan::Pad { .. }
+                | NodePlan::Resize { .. }
         )
         .then(|| Ok(RingTensor::zeros(&[0])));
     }
     let r = match node {
-        NodePlan::AvgPool {
-            kernel,
-            stride,
-            padding,
-            counts,
-        } => {
+        NodePlan::AvgPool { window, counts } => {
             let _pool = span(OpKind::Pooling);
-            window_sums(inputs[0], *kernel, *stride, *padding).map(|mut s| {
+            window_sums(inputs[0], window).map(|mut s| {
                 let plane = counts.len();
                 for (k, v) in s.data_mut().iter_mut().enumerate() {
                     *v = (*v as i64).div_euclid(counts[k % plane].max(1) as i64) as u64;
@@ -91,6 +89,21 @@ pub fn local(
         }
         NodePlan::Concat => RingTensor::concat_channels(inputs),
         NodePlan::Broadcast { h, w } => inputs[0].broadcast_hw(*h, *w),
+        NodePlan::Pad { pads } => pad(inputs[0], *pads),
+        NodePlan::Resize {
+            h,
+            w,
+            mode,
+            frac_bits,
+        } => {
+            let _pool = span(OpKind::Pooling);
+            resize(inputs[0], *h, *w, *mode, *frac_bits).map(|mut y| {
+                if matches!(mode, ResizeMode::Bilinear { .. }) {
+                    y.shr_arith_in_place(*frac_bits);
+                }
+                y
+            })
+        }
         _ => return None,
     };
     Some(r)
@@ -163,14 +176,14 @@ pub fn relu6_output(y: &[u64]) -> Vec<u64> {
 /// none where the party holds no values in this phase (`computing` false).
 pub fn pool_candidates(
     x: &RingTensor,
-    [kernel, stride, padding]: [[usize; 2]; 3],
+    window: &PoolGeometry,
     computing: bool,
 ) -> std::result::Result<Vec<Vec<Vec<u64>>>, RingError> {
     if !computing {
         return Ok(Vec::new());
     }
     let _pool = span(OpKind::Pooling);
-    Ok(window_taps(x, kernel, stride, padding, TapPadding::Edge)?
+    Ok(window_taps(x, window, TapPadding::Edge)?
         .into_iter()
         .map(|t| vec![t.into_vec()])
         .collect())

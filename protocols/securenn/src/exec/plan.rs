@@ -14,7 +14,7 @@ use crate::linear::LinearSpec;
 use crate::options::{DreluMode, Options, Reveal};
 use crate::select::{Groups, SelectSpec};
 use knapsec_core::block::BlockSize;
-use knapsec_core::graph::{Op, SecureModel};
+use knapsec_core::graph::{Op, PoolGeometry, ResizeMode, SecureModel};
 use knapsec_core::transport::Role;
 use knapsec_ring::{Conv2dParams, window_counts};
 
@@ -42,23 +42,15 @@ pub enum NodePlan {
     },
     /// Average pooling (floor division of the window sums).
     AvgPool {
-        /// Window height and width.
-        kernel: [usize; 2],
-        /// Stride.
-        stride: [usize; 2],
-        /// Zero padding.
-        padding: [usize; 2],
+        /// The window (zero padding).
+        window: PoolGeometry,
         /// The divisor of every output pixel of one plane.
         counts: Vec<u64>,
     },
     /// Max pooling as a knock-out over the window's taps (edge padding).
     MaxPool {
-        /// Window height and width.
-        kernel: [usize; 2],
-        /// Stride.
-        stride: [usize; 2],
-        /// Padding (edge-replicated).
-        padding: [usize; 2],
+        /// The window (padding edge-replicated).
+        window: PoolGeometry,
         /// The knock-out over the window's taps.
         tree: Tournament,
     },
@@ -78,6 +70,23 @@ pub enum NodePlan {
         /// Output width.
         w: usize,
     },
+    /// Zero padding `[top, left, bottom, right]`.
+    Pad {
+        /// Rows and columns added on each side.
+        pads: [usize; 4],
+    },
+    /// Nearest or bilinear resizing (bilinear: public weights at `frac_bits`, then each
+    /// party truncates its share by `frac_bits`, as after a linear layer).
+    Resize {
+        /// Output height.
+        h: usize,
+        /// Output width.
+        w: usize,
+        /// Interpolation.
+        mode: ResizeMode,
+        /// Fractional bits of the weights (and of the truncation): the model's.
+        frac_bits: u32,
+    },
 }
 
 /// The public plan of a model under some options.
@@ -87,10 +96,6 @@ pub struct Plan {
     /// The secure argmax over the output classes, when only the label is revealed.
     argmax: Option<Tournament>,
     options: Options,
-}
-
-fn usz(a: [u32; 2]) -> [usize; 2] {
-    [a[0] as usize, a[1] as usize]
 }
 
 /// Patches of a block-ReLU layer over its active (patch) channels, pixels numbered
@@ -234,35 +239,20 @@ impl Plan {
                     }
                 }
                 Op::AvgPool {
-                    kernel,
-                    stride,
-                    padding,
-                    count_include_pad,
+                    count_include_pad, ..
                 } => {
+                    let window = node.op.pool_geometry().expect("a pooling op");
                     let counts = window_counts(
                         input[1] as usize,
                         input[2] as usize,
-                        usz(*kernel),
-                        usz(*stride),
-                        usz(*padding),
+                        &window,
                         *count_include_pad,
                     )
                     .map_err(|e| unsupported(e.to_string()))?;
-                    NodePlan::AvgPool {
-                        kernel: usz(*kernel),
-                        stride: usz(*stride),
-                        padding: usz(*padding),
-                        counts,
-                    }
+                    NodePlan::AvgPool { window, counts }
                 }
-                Op::MaxPool {
-                    kernel,
-                    stride,
-                    padding,
-                } => NodePlan::MaxPool {
-                    kernel: usz(*kernel),
-                    stride: usz(*stride),
-                    padding: usz(*padding),
+                Op::MaxPool { kernel, .. } => NodePlan::MaxPool {
+                    window: node.op.pool_geometry().expect("a pooling op"),
                     tree: Tournament::new((kernel[0] * kernel[1]) as usize, c * h * w, 1, mode)?,
                 },
                 Op::GlobalAvgPool => NodePlan::GlobalAvgPool {
@@ -273,6 +263,19 @@ impl Plan {
                 Op::Broadcast { height, width } => NodePlan::Broadcast {
                     h: *height as usize,
                     w: *width as usize,
+                },
+                Op::Pad { pads } => NodePlan::Pad {
+                    pads: pads.map(|v| v as usize),
+                },
+                Op::Resize {
+                    height,
+                    width,
+                    mode,
+                } => NodePlan::Resize {
+                    h: *height as usize,
+                    w: *width as usize,
+                    mode: *mode,
+                    frac_bits: model.frac_bits,
                 },
             };
             nodes.push(plan);

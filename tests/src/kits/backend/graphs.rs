@@ -1,10 +1,11 @@
 //! The graphs of the secure-backend kit (see [`super`]): the small graphs of rule 6, each
 //! covering one kind of op of the networks knapsec runs (a ResNet basic block, a MobileNetV2
-//! inverted residual, pooling, concatenation, the argmax), the all-ops graph of rule 4, and
+//! inverted residual, pooling (also with asymmetric pads and in ceil mode), concatenation,
+//! the argmax, a segmentation head with bilinear resizing), the all-ops graph of rule 4, and
 //! the synthetic ResNet18-CIFAR-shaped networks of rule 10.
 
 use knapsec_core::block::BlockSize;
-use knapsec_core::graph::{ModelWeights, OutputKind, SecureModel};
+use knapsec_core::graph::{ModelWeights, OutputKind, PoolGeometry, ResizeMode, SecureModel};
 use knapsec_core::graph_build::{ConvSpec, GraphBuilder, NodeId, random_weights};
 use knapsec_securenn::nets;
 
@@ -155,18 +156,81 @@ fn avg_pools(g: &mut GraphBuilder, x: NodeId) -> NodeId {
         .expect("avgpool")
 }
 
+/// The pooling of imported networks: a convolution with asymmetric padding, max pooling in
+/// ceil mode (SqueezeNet's), average pooling with asymmetric pads in ceil mode.
+fn padded_pools(g: &mut GraphBuilder, x: NodeId) -> NodeId {
+    let x = g.pad("conv1.pad", x, [0, 0, 1, 1]).expect("pad");
+    let c = conv(g, "conv1", x, ConvSpec::square(4, 3, 2, 0), Some("bn1"));
+    let c = g
+        .block_relu("relu", c, vec![BlockSize::RELU; 4])
+        .expect("relu");
+    let ceil = |kernel, pads| PoolGeometry {
+        kernel,
+        stride: [2, 2],
+        pads,
+        ceil_mode: true,
+    };
+    let m = g
+        .pool("maxpool", c, ceil([3, 3], [0; 4]), None)
+        .expect("maxpool");
+    g.pool("avgpool1", m, ceil([2, 2], [1, 0, 0, 1]), Some(false))
+        .expect("avgpool")
+}
+
+/// A segmentation head of the kind torchvision and OpenMMLab export: a strided backbone,
+/// a ×2 bilinear resize (half-pixel) fused with a skip connection, a classifier and a ×8
+/// bilinear resize of its logits to a map larger than the input.
+fn segmentation(g: &mut GraphBuilder) -> NodeId {
+    let sq = ConvSpec::square;
+    let x = g.input();
+    let c1 = conv(g, "backbone.conv1", x, sq(6, 3, 1, 1), Some("backbone.bn1"));
+    let p = |h, w| BlockSize::Patch { h, w };
+    let blocks = vec![
+        BlockSize::RELU,
+        p(2, 2),
+        BlockSize::RELU,
+        p(1, 2),
+        BlockSize::RELU,
+        p(2, 2),
+    ];
+    let r1 = g.block_relu("relu1", c1, blocks).expect("relu");
+    let c2 = conv(
+        g,
+        "backbone.conv2",
+        r1,
+        sq(6, 3, 2, 1),
+        Some("backbone.bn2"),
+    );
+    let r2 = g
+        .block_relu("relu2", c2, vec![BlockSize::RELU; 6])
+        .expect("relu");
+    let bilinear = ResizeMode::Bilinear {
+        align_corners: false,
+    };
+    let up = g.resize("up2", r2, 6, 6, bilinear).expect("resize");
+    let fused = g.add("fuse", &[up, r1]).expect("add");
+    let head = ConvSpec {
+        bias: true,
+        ..sq(3, 1, 1, 0)
+    };
+    let logits = conv(g, "classifier", fused, head, None);
+    g.resize("up8", logits, 48, 48, bilinear).expect("resize")
+}
+
 /// The graphs of rule 6 (see the kit's documentation).
 pub fn kit_graphs() -> Vec<KitGraph> {
     let resnet: Body = |g, _| resnet_block(g);
     // every classifier ends in global average pooling and a linear head
     #[rustfmt::skip]
-    let classifiers: [Classifier; 6] = [
+    let classifiers: [Classifier; 7] = [
         ("resnet block", "kit-resnet-block", [3, 8, 8], "fc", 5, 21, false, resnet),
         ("mobilenetv2 block", "kit-mobilenetv2-block", [3, 8, 8], "classifier", 5, 22, false,
             mobilenet_block),
         ("max pooling", "kit-maxpool", [3, 9, 9], "fc", 4, 23, false, max_pools),
         ("concatenation", "kit-concat", [3, 8, 8], "fc", 4, 24, false, two_branches),
         ("average pooling", "kit-avgpool", [3, 9, 9], "fc", 4, 25, false, avg_pools),
+        ("padded and ceil-mode pooling", "kit-padded-pool", [3, 12, 11], "fc", 4, 28, false,
+            padded_pools),
         // the secure argmax: the label only
         ("argmax (label)", "kit-argmax", [3, 8, 8], "fc", 7, 26, true, resnet),
     ];
@@ -208,6 +272,16 @@ pub fn kit_graphs() -> Vec<KitGraph> {
         g,
         OutputKind::Segmentation,
         27,
+        true,
+    ));
+    // bilinear resizing ×2 and ×8 in a segmentation head: the label map only
+    let mut g = GraphBuilder::new("kit-segmentation", 12, [3, 6, 6]);
+    segmentation(&mut g);
+    out.push(kit_graph(
+        "segmentation (resize x2, x8)",
+        g,
+        OutputKind::Segmentation,
+        29,
         true,
     ));
     out

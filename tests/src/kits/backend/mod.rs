@@ -20,8 +20,10 @@
 //! phased harness ([`knapsec_runtime::simulate`]):
 //! 6. on each of the small graphs of [`kit_graphs`] — a ResNet basic block with mixed block
 //!    ReLUs and identity channels, a MobileNetV2 inverted residual (ReLU6, depthwise), max
-//!    pooling, concatenation, average and global pooling, and the secure argmax revealing
-//!    only the label (classification) or the label map (segmentation) — the client learns
+//!    pooling, concatenation, average and global pooling, padding and pooling with
+//!    asymmetric pads and in ceil mode, the secure argmax revealing only the label
+//!    (classification) or the label map (segmentation), and a segmentation head with ×2 and
+//!    ×8 bilinear resizing revealing its label map — the client learns
 //!    what `knapsec-plain` computes (logits within the tolerance; labels equal wherever
 //!    plain's two best logits are more than twice the tolerance apart), server and helper
 //!    nothing;
@@ -34,9 +36,10 @@
 //! contract of `knapsec-plain` (its crate documentation), on the oracle's shared cases
 //! ([`knapsec_plain::cases`]), which the backends' own tests run for their byte counts too:
 //! 8. ops without truncation (block ReLU with patch, identity and zero channels, ReLU6, max
-//!    pooling, add, concat, broadcast) agree bit for bit; each convolution within one
-//!    truncation (`−1..0` ulp); average pooling and a linear layer within the bounds the
-//!    weights give; metered traffic equals the closed forms (rule 7);
+//!    pooling also with asymmetric pads and in ceil mode, add, concat, broadcast, zero
+//!    padding, nearest resizing) agree bit for bit; each convolution and bilinear resize
+//!    within one truncation (`−1..0` ulp); average pooling and a linear layer within the
+//!    bounds the weights give; metered traffic equals the closed forms (rule 7);
 //! 9. under approximate DReLU windows (the options' `drelu` field: `Approx(bits,
 //!    lsb_ignored)`, uniform or `Calibrated` per site) the logits equal the oracle's emulation
 //!    ([`knapsec_plain::evaluate_with`]) bit for bit on inputs where no decision depends on
