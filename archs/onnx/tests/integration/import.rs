@@ -82,7 +82,15 @@ fn concat_and_ceil_mode_pooling() {
     let ceil: Vec<(&str, [u32; 3])> = model
         .nodes
         .iter()
-        .filter(|n| matches!(n.op, Op::MaxPool { ceil_mode: true, .. }))
+        .filter(|n| {
+            matches!(
+                n.op,
+                Op::MaxPool {
+                    ceil_mode: true,
+                    ..
+                }
+            )
+        })
         .map(|n| (n.name.as_str(), n.shape))
         .collect();
     assert_eq!(

@@ -9,8 +9,8 @@
 
 use crate::support::{arch, fixture, max_abs, test_input};
 use knapsec_arch_onnx::proto::{
-    AttributeProto, Dimension, GraphProto, ModelProto, NodeProto, OperatorSetIdProto,
-    TensorProto, TensorShapeProto, TypeProto, TypeProtoTensor, ValueInfoProto, data_type,
+    AttributeProto, Dimension, GraphProto, ModelProto, NodeProto, OperatorSetIdProto, TensorProto,
+    TensorShapeProto, TypeProto, TypeProtoTensor, ValueInfoProto, data_type,
 };
 use knapsec_core::ArchOptions;
 use knapsec_core::backend::PartyOutput;
@@ -99,13 +99,24 @@ fn fixture_runs_securely(name: &str, needs: impl Fn(&Op) -> bool) {
         let plain = knapsec_plain::evaluate(&model, &weights, &input).unwrap();
         let p = Tensor::from_slice(&plain.logits());
         let (d_interp, d_ort) = (max_abs(&p, &interp.get(b)), max_abs(&p, &ort.get(b)));
-        println!("{name}[{b}]: |plain - interpreter| {d_interp:e}, |plain - onnxruntime| {d_ort:e}");
-        assert!(d_interp < 1e-3 * scale && d_ort < 1e-3 * scale, "{name}[{b}]");
-        for (backend, got) in ["securenn", "fss"].iter().zip(secure_logits(&model, &weights, &input)) {
+        println!(
+            "{name}[{b}]: |plain - interpreter| {d_interp:e}, |plain - onnxruntime| {d_ort:e}"
+        );
+        assert!(
+            d_interp < 1e-3 * scale && d_ort < 1e-3 * scale,
+            "{name}[{b}]"
+        );
+        for (backend, got) in ["securenn", "fss"]
+            .iter()
+            .zip(secure_logits(&model, &weights, &input))
+        {
             let got = Tensor::from_slice(&got);
             let d = max_abs(&got, &p);
             println!("{name}[{b}]: |{backend} - plain| {d:e}");
-            assert!(d <= 64.0 * ulp, "{name}[{b}]: {backend} differs from plain by {d}");
+            assert!(
+                d <= 64.0 * ulp,
+                "{name}[{b}]: {backend} differs from plain by {d}"
+            );
             assert_eq!(
                 i64::try_from(got.argmax(0, false)).unwrap(),
                 i64::try_from(ort.get(b).argmax(0, false)).unwrap(),
@@ -119,7 +130,13 @@ fn fixture_runs_securely(name: &str, needs: impl Fn(&Op) -> bool) {
 fn small_concat_ceil_exports_and_runs_securely() {
     // Ceil-mode max pooling 20 → 10 (floor mode would give 9).
     fixture_runs_securely("small_concat_ceil.onnx", |op| {
-        matches!(op, Op::MaxPool { ceil_mode: true, .. })
+        matches!(
+            op,
+            Op::MaxPool {
+                ceil_mode: true,
+                ..
+            }
+        )
     });
 }
 
@@ -205,12 +222,18 @@ impl OnnxBuilder {
         self.seed += 1;
         let s = self.seed as f32;
         let data = (0..n)
-            .map(|i| ((i as f32 * 0.7071 + s * 1.618).sin()) / fan.sqrt())
+            .map(|i| ((i as f32 * 0.731 + s * 1.37).sin()) / fan.sqrt())
             .collect();
         self.tensor(name, dims, data)
     }
 
-    fn node(&mut self, op: &str, inputs: &[&str], name: &str, attrs: Vec<AttributeProto>) -> String {
+    fn node(
+        &mut self,
+        op: &str,
+        inputs: &[&str],
+        name: &str,
+        attrs: Vec<AttributeProto>,
+    ) -> String {
         let out = format!("{name}_out");
         self.graph.node.push(NodeProto {
             input: inputs.iter().map(|s| s.to_string()).collect(),
@@ -223,7 +246,15 @@ impl OnnxBuilder {
         out
     }
 
-    fn conv(&mut self, x: &str, name: &str, cin: i64, cout: i64, k: i64, stride: i64, pads: [i64; 4]) -> String {
+    /// A `k × k` convolution `[cin → cout]` with a bias.
+    fn conv(
+        &mut self,
+        x: &str,
+        name: &str,
+        [cin, cout, k]: [i64; 3],
+        stride: i64,
+        pads: [i64; 4],
+    ) -> String {
         let w = self.weights(&format!("{name}.weight"), &[cout, cin, k, k]);
         let b = self.weights(&format!("{name}.bias"), &[cout]);
         let attrs = vec![
@@ -235,7 +266,11 @@ impl OnnxBuilder {
     }
 
     fn resize(&mut self, x: &str, name: &str, scale: f32, coord: &str) -> String {
-        let scales = self.tensor(&format!("{name}.scales"), &[4], vec![1.0, 1.0, scale, scale]);
+        let scales = self.tensor(
+            &format!("{name}.scales"),
+            &[4],
+            vec![1.0, 1.0, scale, scale],
+        );
         let attrs = vec![
             string("mode", "linear"),
             string("coordinate_transformation_mode", coord),
@@ -268,7 +303,7 @@ impl OnnxBuilder {
 /// a skip connection, a classifier, and a bilinear ×8 resize (aligned corners) to the map.
 fn segmentation_onnx() -> Vec<u8> {
     let mut b = OnnxBuilder::new([1, 3, 15, 14]);
-    let c1 = b.conv("input", "stem", 3, 6, 3, 2, [0, 0, 1, 1]); // 8×7
+    let c1 = b.conv("input", "stem", [3, 6, 3], 2, [0, 0, 1, 1]); // 7×7
     let r1 = b.node("Relu", &[&c1], "stem_relu", vec![]);
     let p = b.node(
         "MaxPool",
@@ -280,8 +315,8 @@ fn segmentation_onnx() -> Vec<u8> {
             ints("pads", &[1, 0, 0, 0]),
             int("ceil_mode", 1),
         ],
-    ); // 5×4
-    let c2 = b.conv(&p, "mid", 6, 6, 3, 1, [1, 1, 1, 1]);
+    ); // 4×4
+    let c2 = b.conv(&p, "mid", [6, 6, 3], 1, [1, 1, 1, 1]);
     let r2 = b.node("Relu", &[&c2], "mid_relu", vec![]);
     let avg = |b: &mut OnnxBuilder, x: &str, name: &str, cip: i64| {
         b.node(
@@ -297,15 +332,15 @@ fn segmentation_onnx() -> Vec<u8> {
             ],
         )
     };
-    let a1 = avg(&mut b, &r2, "avg_in", 1); // 5×4
+    let a1 = avg(&mut b, &r2, "avg_in", 1); // 4×4
     let a2 = avg(&mut b, &r2, "avg_ex", 0);
     let s = b.node("Add", &[&a1, &a2], "avg_sum", vec![]);
-    let up = b.resize(&s, "up2", 2.0, "half_pixel"); // 10×8
-    let skip = b.conv(&r1, "skip", 6, 6, 1, 1, [1, 0, 1, 1]); // 10×8
+    let up = b.resize(&s, "up2", 2.0, "half_pixel"); // 8×8
+    let skip = b.conv(&r1, "skip", [6, 6, 1], 1, [1, 0, 0, 1]); // 8×8
     let fused = b.node("Add", &[&up, &skip], "fuse", vec![]);
     let r3 = b.node("Relu", &[&fused], "fuse_relu", vec![]);
-    let head = b.conv(&r3, "classifier", 6, 4, 1, 1, [0, 0, 0, 0]);
-    let out = b.resize(&head, "up8", 8.0, "align_corners"); // 80×64
+    let head = b.conv(&r3, "classifier", [6, 4, 1], 1, [0, 0, 0, 0]);
+    let out = b.resize(&head, "up8", 8.0, "align_corners"); // 64×64
     b.finish(&out)
 }
 
@@ -318,7 +353,7 @@ fn segmentation_with_asymmetric_pads_ceil_pools_and_bilinear_resizes_runs_secure
     let network = Network::build(&name, &ArchOptions::default(), Device::Cpu).unwrap();
     let x = test_input([1, 3, 15, 14]);
     let interp = tch::no_grad(|| network.net.forward_t(&x, false)).unwrap();
-    assert_eq!(interp.size(), vec![1, 4, 80, 64]);
+    assert_eq!(interp.size(), vec![1, 4, 64, 64]);
     let (model, weights) = network.export(FRAC_BITS).unwrap();
     let count = |f: &dyn Fn(&Op) -> bool| model.nodes.iter().filter(|n| f(&n.op)).count();
     assert_eq!(count(&|op| matches!(op, Op::Pad { .. })), 2, "{model:#?}");
@@ -329,27 +364,43 @@ fn segmentation_with_asymmetric_pads_ceil_pools_and_bilinear_resizes_runs_secure
     let scale = f64::try_from(interp.abs().max()).unwrap().max(1.0);
     let f = knapsec_nn::eval_graph(&model, &weights, &x).unwrap();
     let d = max_abs(&f, &interp);
-    assert!(d < 1e-4 * scale, "float evaluation of the export differs by {d}");
+    assert!(
+        d < 1e-4 * scale,
+        "float evaluation of the export differs by {d}"
+    );
     let plain = knapsec_plain::evaluate(&model, &weights, &input).unwrap();
-    let p = Tensor::from_slice(&plain.logits()).reshape([1, 4, 80, 64]);
+    let p = Tensor::from_slice(&plain.logits()).reshape([1, 4, 64, 64]);
     let d = max_abs(&p, &interp);
     println!("segmentation: |plain - interpreter| = {d:e} (scale {scale})");
-    assert!(d < 1e-3 * scale, "plain differs from the interpreter by {d}");
+    assert!(
+        d < 1e-3 * scale,
+        "plain differs from the interpreter by {d}"
+    );
     // The secure logits are within a few ulps of plain's, and the label maps the secure
     // argmax reveals equal plain's (a pixel may differ only where plain's two best logits are
     // within the truncation noise).
     let ulp = 1.0 / f64::from(1u32 << FRAC_BITS);
-    for (backend, got) in ["securenn", "fss"].iter().zip(secure_logits(&model, &weights, &input)) {
-        let d = max_abs(&Tensor::from_slice(&got).reshape([1, 4, 80, 64]), &p);
+    for (backend, got) in ["securenn", "fss"]
+        .iter()
+        .zip(secure_logits(&model, &weights, &input))
+    {
+        let d = max_abs(&Tensor::from_slice(&got).reshape([1, 4, 64, 64]), &p);
         println!("segmentation: |{backend} - plain| = {d:e}");
-        assert!(d <= 64.0 * ulp, "{backend}: logits differ from plain by {d}");
+        assert!(
+            d <= 64.0 * ulp,
+            "{backend}: logits differ from plain by {d}"
+        );
     }
     let maps = secure(&model, &weights, &input, knapsec_securenn::Reveal::Label);
     for (backend, got) in ["securenn", "fss"].iter().zip(maps) {
         let PartyOutput::Labels(labels) = got else {
             panic!("{backend}: expected a label map, got {got:?}");
         };
-        let differ = labels.iter().zip(plain.labels()).filter(|(a, b)| **a != *b).count();
+        let differ = labels
+            .iter()
+            .zip(plain.labels())
+            .filter(|(a, b)| **a != *b)
+            .count();
         println!("segmentation: {backend}'s label map differs from plain's in {differ} pixels");
         knapsec_plain::cases::check_label_map(&model, &weights, &input, &labels, 64, 0)
             .unwrap_or_else(|e| panic!("{backend}: {e}"));
