@@ -324,6 +324,7 @@ impl DescNet {
                 }
             }
             DescOp::GlobalAvgPool => x.mean_dim([2i64, 3].as_slice(), true, Kind::Float),
+            DescOp::Pad { pads } => x.constant_pad_nd(pad_lrtb(pads)),
             DescOp::Add => {
                 let mut y = x.shallow_clone();
                 for t in &ins[1..] {

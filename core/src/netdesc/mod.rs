@@ -129,6 +129,12 @@ pub enum DescOp {
         /// Output features.
         out: u32,
     },
+    /// Zero padding `[top, left, bottom, right]` (an ONNX constant-0 `Pad` read by anything
+    /// but a convolution, whose padding takes it instead).
+    Pad {
+        /// Rows and columns of zeros added on each side.
+        pads: [u32; 4],
+    },
     /// Resizes the map to `height × width`.
     Resize {
         /// Output height.
@@ -163,6 +169,7 @@ impl DescOp {
             DescOp::Flatten => "flatten",
             DescOp::Linear { .. } => "linear",
             DescOp::Resize { .. } => "resize",
+            DescOp::Pad { .. } => "pad",
         }
     }
 }
@@ -395,6 +402,7 @@ impl NetDesc {
                     stride[1],
                     if *ceil_mode { " ceil" } else { "" }
                 ),
+                DescOp::Pad { pads } => format!("  pads {pads:?}"),
                 _ => String::new(),
             };
             let _ = writeln!(

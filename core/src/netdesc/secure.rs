@@ -148,6 +148,7 @@ impl NetDesc {
                     Some(same_shape(n, id, &g)?)
                 }
                 DescOp::GlobalAvgPool => Some(g.global_avg_pool(&n.name, ins[0])?),
+                DescOp::Pad { pads } => Some(g.pad(&n.name, ins[0], *pads)?),
                 DescOp::Add => Some(g.add(&n.name, &ins)?),
                 DescOp::Concat => Some(g.concat(&n.name, &ins)?),
                 DescOp::Flatten => {

@@ -133,6 +133,14 @@ impl NetDesc {
                 let (oh, ow) = window(*kernel, *stride, *pads, [1, 1], *ceil_mode)?;
                 [c, oh, ow]
             }
+            DescOp::Pad { pads } => {
+                let grow = |size: u32, a: u32, b: u32| {
+                    size.checked_add(a)
+                        .and_then(|v| v.checked_add(b))
+                        .ok_or_else(|| self.err(name, format!("padding {pads:?} overflows")))
+                };
+                [c, grow(h, pads[0], pads[2])?, grow(w, pads[1], pads[3])?]
+            }
             DescOp::GlobalAvgPool => [c, 1, 1],
             DescOp::Concat => {
                 let mut total = 0u32;

@@ -195,6 +195,23 @@ fn asymmetric_padding_ceil_pooling_and_resize_lower_to_the_graph() {
 }
 
 #[test]
+fn a_pad_node_is_a_zero_padding_node_of_the_graph() {
+    let mut d = NetDesc::new("toy", [2, 5, 4]).unwrap();
+    let p = d
+        .push("p", DescOp::Pad { pads: [1, 0, 2, 3] }, &[0])
+        .unwrap();
+    assert_eq!(d.nodes[p].shape, [2, 8, 7]);
+    assert!(d.summary().contains("pads [1, 0, 2, 3]"));
+    let (g, _) = d.secure_graph(None, 12).unwrap();
+    assert_eq!(g.nodes[1].op, crate::graph::Op::Pad { pads: [1, 0, 2, 3] });
+    assert_eq!(g.output_shape(), [2, 8, 7]);
+    let big = DescOp::Pad {
+        pads: [u32::MAX, 0, 0, 0],
+    };
+    assert!(d.push("q", big, &[p]).is_err());
+}
+
+#[test]
 fn unsupported_secure_forms_are_named() {
     let mut d = NetDesc::new("toy", [2, 6, 6]).unwrap();
     d.push("flat", DescOp::Flatten, &[0]).unwrap();

@@ -48,12 +48,24 @@ impl Ctx<'_> {
         }
     }
 
+    /// The base of this node's names: its name sanitized, else its op type and index.
+    pub(super) fn base_name(&self) -> String {
+        let base = sanitize(&self.node.name);
+        if base.is_empty() {
+            format!("{}_{}", self.node.op_type, self.index)
+        } else {
+            base
+        }
+    }
+
     /// A unique module/slot name for this node.
     pub(super) fn unique_name(&mut self) -> String {
-        let mut base = sanitize(&self.node.name);
-        if base.is_empty() {
-            base = format!("{}_{}", self.node.op_type, self.index);
-        }
+        let base = self.base_name();
+        self.unique(base)
+    }
+
+    /// `base`, or `base_K` for the first `K ≥ 2` not yet used, now used.
+    pub(super) fn unique(&mut self, base: String) -> String {
         let mut name = base.clone();
         let mut k = 2;
         while self.used_names.contains(&name) {
@@ -86,11 +98,26 @@ impl Ctx<'_> {
     pub(super) fn net_input(&self, k: usize) -> Result<usize> {
         match self.input(k)? {
             Val::Net(i) | Val::MatMul(i) => Ok(*i),
-            Val::Padded(..) => Err(self.err("reads a Pad; only a convolution may read a Pad")),
+            Val::Padded(..) => Err(self.err("internal: a Pad was not made a node")),
             Val::Const(_) | Val::External(_) => Err(self.err(format!(
                 "input {k} is a constant where the image's data is expected"
             ))),
         }
+    }
+
+    /// Every input of this node that is a constant-0 `Pad` still waiting for a convolution
+    /// becomes a zero-padding node (once: the value then stands for that node), for readers
+    /// that are not convolutions.
+    pub(super) fn materialize_pads(&mut self) -> Result<()> {
+        for k in 0..self.node.input.len() {
+            let key = &self.node.input[k];
+            if let Some(Val::Padded(x, pads, base)) = self.vals.get(key).cloned() {
+                let name = self.unique(base);
+                let id = self.push(name, DescOp::Pad { pads }, &[x])?;
+                self.vals.insert(key.clone(), Val::Net(id));
+            }
+        }
+        Ok(())
     }
 
     pub(super) fn const_input(&self, k: usize) -> Result<Const> {

@@ -7,6 +7,10 @@ use super::*;
 impl Ctx<'_> {
     pub(super) fn node_step(&mut self) -> Result<()> {
         let op = self.node.op_type.clone();
+        // A convolution takes a `Pad` into its padding, and pass-through ops hand it on.
+        if !matches!(op.as_str(), "Conv" | "Identity" | "Dropout") {
+            self.materialize_pads()?;
+        }
         match op.as_str() {
             "Identity" | "Dropout" => {
                 let v = self.input(0)?.clone();

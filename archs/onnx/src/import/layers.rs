@@ -1,13 +1,14 @@
 //! The ONNX ops that become description ops (see the parent module): `Conv` (with a folded
 //! constant-0 `Pad` and asymmetric pads), the ReLU-family slots (`Relu`, `Clip`), pooling,
-//! `Add` (and a `MatMul`'s bias), `Gemm`, `Pad` and `Resize`/`Upsample`.
+//! `Add` (and a `MatMul`'s bias), `Gemm`, `Pad` (folded into a convolution, else a
+//! zero-padding node) and `Resize`/`Upsample`.
 
 use super::*;
 
 impl Ctx<'_> {
     pub(super) fn conv(&mut self) -> Result<()> {
         let (x, pre_pads) = match self.input(0)? {
-            Val::Padded(i, p) => (*i, *p),
+            Val::Padded(i, p, _) => (*i, *p),
             _ => (self.net_input(0)?, [0; 4]),
         };
         let dims = self.weight_dims(1)?;
@@ -267,7 +268,8 @@ impl Ctx<'_> {
             .iter()
             .map(|&v| u32::try_from(v).map_err(|_| self.err(format!("pad {v} is not supported"))))
             .collect::<Result<_>>()?;
-        self.set_output(Val::Padded(x, [p[0], p[1], p[2], p[3]]))
+        let base = self.base_name();
+        self.set_output(Val::Padded(x, [p[0], p[1], p[2], p[3]], base))
     }
 
     pub(super) fn resize(&mut self) -> Result<()> {

@@ -6,7 +6,8 @@
 //! with one error that lists each unsupported op type with its node names and the supported
 //! set. It then walks the nodes in order, folding constants (`Constant`, `Shape`, `Gather`,
 //! `Unsqueeze`, `Squeeze`, `Cast`, `Concat` of constants) and building a [`NetDesc`]:
-//! convolutions (a preceding constant-0 `Pad` folds into their padding), BatchNorm,
+//! convolutions (a preceding constant-0 `Pad` folds into their padding; before any other op
+//! it is a zero-padding node), BatchNorm,
 //! ReLU-family slots (`Relu`, `Clip` with lower bound 0 and upper bound 6 or none), pooling,
 //! `Add`, `Concat`, `Flatten`/`Reshape [N, -1]`, `Gemm` and `MatMul` (+ `Add` of a bias) as
 //! linear layers, `Resize`/`Upsample`. `Identity` and `Dropout` pass their input through.
@@ -100,8 +101,10 @@ struct Const {
 enum Val {
     /// Output of a description node.
     Net(usize),
-    /// A constant-0 `Pad` of a description node, waiting for the convolution that reads it.
-    Padded(usize, [u32; 4]),
+    /// A constant-0 `Pad` of a description node, waiting for the convolution that reads it
+    /// (which takes it into its padding); anything else that reads it gets a zero-padding node
+    /// named after the `Pad` (its base name, the third field).
+    Padded(usize, [u32; 4], String),
     /// A constant.
     Const(Const),
     /// An initializer whose values live in an external data file (a graph-only model): its

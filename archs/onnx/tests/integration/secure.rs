@@ -4,8 +4,8 @@
 //! logits in the `plain` fixed-point oracle, in `securenn` and in `fss` agree with the tch
 //! interpreter's and onnxruntime's; and a segmentation network built here as an ONNX file
 //! (convolutions with asymmetric pads, max and average pooling in ceil mode with asymmetric
-//! pads, bilinear resizes ×2 and ×8 in both coordinate modes PyTorch exports) reveals the
-//! label map of `plain` in both secure backends.
+//! pads and after constant-0 `Pad`s, bilinear resizes ×2 and ×8 in both coordinate modes
+//! PyTorch exports) reveals the label map of `plain` in both secure backends.
 
 use crate::support::{arch, fixture, max_abs, test_input};
 use knapsec_arch_onnx::proto::{
@@ -265,6 +265,20 @@ impl OnnxBuilder {
         self.node("Conv", &[x, &w, &b], name, attrs)
     }
 
+    /// A constant-0 `Pad` of the height and width (`[top, left, bottom, right]`).
+    fn pad(&mut self, x: &str, name: &str, [t, l, b, r]: [i64; 4]) -> String {
+        let pads = self.graph.initializer.len();
+        self.graph.initializer.push(TensorProto {
+            dims: vec![8],
+            data_type: data_type::INT64,
+            int64_data: vec![0, 0, t, l, 0, 0, b, r],
+            name: format!("{name}.pads"),
+            ..Default::default()
+        });
+        let pads = self.graph.initializer[pads].name.clone();
+        self.node("Pad", &[x, &pads], name, vec![string("mode", "constant")])
+    }
+
     fn resize(&mut self, x: &str, name: &str, scale: f32, coord: &str) -> String {
         let scales = self.tensor(
             &format!("{name}.scales"),
@@ -298,9 +312,10 @@ impl OnnxBuilder {
 }
 
 /// A segmentation network of the forms the secure graph lowers: a strided convolution with
-/// asymmetric (`SAME_UPPER`-like) pads, ceil-mode max pooling with top/left pads, ceil-mode
-/// average pooling counting the padding and not, a bilinear ×2 resize (half-pixel) added to
-/// a skip connection, a classifier, and a bilinear ×8 resize (aligned corners) to the map.
+/// asymmetric (`SAME_UPPER`-like) pads, ceil-mode max pooling with top/left pads, max pooling
+/// after a `Pad`, ceil-mode average pooling counting the padding (after a `Pad`) and not, a
+/// bilinear ×2 resize (half-pixel) added to a skip connection, a classifier, and a bilinear
+/// ×8 resize (aligned corners) to the map.
 fn segmentation_onnx() -> Vec<u8> {
     let mut b = OnnxBuilder::new([1, 3, 15, 14]);
     let c1 = b.conv("input", "stem", [3, 6, 3], 2, [0, 0, 1, 1]); // 7×7
@@ -317,7 +332,16 @@ fn segmentation_onnx() -> Vec<u8> {
         ],
     ); // 4×4
     let c2 = b.conv(&p, "mid", [6, 6, 3], 1, [1, 1, 1, 1]);
-    let r2 = b.node("Relu", &[&c2], "mid_relu", vec![]);
+    // A constant-0 Pad read by a max pooling: its zeros take part (and win where the
+    // window's values are negative).
+    let pc2 = b.pad(&c2, "mid_pad", [0, 0, 1, 1]);
+    let m2 = b.node(
+        "MaxPool",
+        &[&pc2],
+        "mid_pool",
+        vec![ints("kernel_shape", &[2, 2]), ints("strides", &[1, 1])],
+    ); // 4×4
+    let r2 = b.node("Relu", &[&m2], "mid_relu", vec![]);
     let avg = |b: &mut OnnxBuilder, x: &str, name: &str, cip: i64| {
         b.node(
             "AveragePool",
@@ -326,14 +350,16 @@ fn segmentation_onnx() -> Vec<u8> {
             vec![
                 ints("kernel_shape", &[3, 3]),
                 ints("strides", &[1, 1]),
-                ints("pads", &[1, 0, 1, 2]),
+                ints("pads", &[1, 0, 0, 2]),
                 int("ceil_mode", 1),
                 int("count_include_pad", cip),
             ],
         )
     };
-    let a1 = avg(&mut b, &r2, "avg_in", 1); // 4×4
-    let a2 = avg(&mut b, &r2, "avg_ex", 0);
+    // A Pad read by an average pooling: its zeros count as pixels.
+    let pr2 = b.pad(&r2, "avg_pad", [0, 0, 1, 0]);
+    let a1 = avg(&mut b, &pr2, "avg_in", 1); // 4×4
+    let a2 = avg(&mut b, &pr2, "avg_ex", 0);
     let s = b.node("Add", &[&a1, &a2], "avg_sum", vec![]);
     let up = b.resize(&s, "up2", 2.0, "half_pixel"); // 8×8
     let skip = b.conv(&r1, "skip", [6, 6, 1], 1, [1, 0, 0, 1]); // 8×8
@@ -356,9 +382,10 @@ fn segmentation_with_asymmetric_pads_ceil_pools_and_bilinear_resizes_runs_secure
     assert_eq!(interp.size(), vec![1, 4, 64, 64]);
     let (model, weights) = network.export(FRAC_BITS).unwrap();
     let count = |f: &dyn Fn(&Op) -> bool| model.nodes.iter().filter(|n| f(&n.op)).count();
-    assert_eq!(count(&|op| matches!(op, Op::Pad { .. })), 2, "{model:#?}");
+    // Two convolutions' asymmetric padding and the two Pads read by poolings.
+    assert_eq!(count(&|op| matches!(op, Op::Pad { .. })), 4, "{model:#?}");
     assert_eq!(count(&|op| matches!(op, Op::Resize { .. })), 2);
-    assert_eq!(count(&|op| op.needs_format_3()), 2 + 2 + 3);
+    assert_eq!(count(&|op| op.needs_format_3()), 4 + 2 + 3);
     let input: Vec<f32> = Vec::try_from(x.flatten(0, -1)).unwrap();
     // The float evaluator of the export and the plain oracle against the interpreter.
     let scale = f64::try_from(interp.abs().max()).unwrap().max(1.0);
