@@ -7,5 +7,6 @@ mod deploy;
 mod knapsack;
 mod netns;
 mod pipeline;
+mod secure_onnx;
 mod slurm;
 mod support;
