@@ -190,7 +190,7 @@ impl DeepLabPlan {
                 .into_iter()
                 .map(|(n, c, h, w)| ReluLayer::new(n, c, h, w))
                 .collect(),
-            Backbone::ResNet50(resnet) => resnet.layers(),
+            Backbone::ResNet50(resnet) => resnet.layers()?,
         })
     }
 

@@ -2,6 +2,7 @@
 //!
 //! * [`plan_adapter!`]: an architecture's `ArchAdapter` (name, description, layer table,
 //!   candidates, secure graph) and its registration in core's registry, from its plan.
+//! * [`desc`]: helpers for builders of network descriptions (conv + BatchNorm, activations).
 //! * [`options`]: the option checks every plan makes (positive sizes, maps that fit).
 //! * [`spec`]: block-spec checks against a layer list and the activation node of a layer.
 //! * [`reference_candidates`]: the reference's candidate preset for a map side (digest §1.4).
@@ -11,6 +12,7 @@
 //! The crate never sees tch, so the tch-free stages (and crates that must stay tch-free, such
 //! as the knapsack plugin) can take shapes from it.
 
+pub mod desc;
 pub mod options;
 pub mod resnet;
 pub mod spec;

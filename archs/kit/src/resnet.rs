@@ -26,10 +26,12 @@
 //! and in the dilated bottlenecks `relu_1` runs once, after conv1/bn1, and `relu_2` after
 //! conv2/bn2 (the reference's `MyBottleneck`, §10.2), so every `layerR_B_2` entry is live.
 
+use crate::desc::{conv_bn, relu};
 use crate::options::{invalid, out_hw, positive};
 use crate::spec::{activation_node, check_spec_layers};
-use knapsec_core::graph::{OutputKind, SecureModel};
+use knapsec_core::graph::SecureModel;
 use knapsec_core::graph_build::{ConvSpec, GraphBuilder, NodeId, ParamSource};
+use knapsec_core::netdesc::{DescOp, NetDesc};
 use knapsec_core::{ArchOptions, BlockSpec, CoreError, LayerTable, ReluLayer, Result};
 
 /// Registry name of the CIFAR ResNet-18.
@@ -393,18 +395,17 @@ impl ResNetPlan {
         }
     }
 
-    /// All ReLU layers in network order.
-    pub fn layers(&self) -> Vec<ReluLayer> {
-        let mut layers = self.stem_layers();
-        for u in &self.units {
-            layers.extend(self.unit_layers(u));
-        }
-        layers
+    /// All ReLU layers of the backbone in network order (from its description).
+    pub fn layers(&self) -> Result<Vec<ReluLayer>> {
+        let (c, h, w) = self.input;
+        let mut d = NetDesc::new(self.arch, [c, h, w])?;
+        self.describe_backbone(&mut d, 0)?;
+        Ok(d.layer_table()?.layers)
     }
 
-    /// The layer table.
+    /// The layer table (from [`Self::describe`]).
     pub fn layer_table(&self) -> Result<LayerTable> {
-        LayerTable::new(self.arch, self.layers())
+        self.describe()?.layer_table()
     }
 
     /// Channels and map size of the backbone's output (after the last unit).
@@ -413,6 +414,82 @@ impl ResNetPlan {
             Some(u) => (u.out_channels, u.out_hw),
             None => (self.stem_channels, self.stem_hw),
         }
+    }
+
+    /// Adds the backbone (stem, pooling, residual units) to description `d` on node `x` and
+    /// returns the last unit's output node. Node names are the `state_dict` modules
+    /// (`backbone.layer1.0.conv1`, …), `backbone.maxpool` for the stem's pooling,
+    /// `{unit}.add` for the residual additions, and the slot names for the activations; a
+    /// unit's projection shortcut comes before its branch (the secure graph's order). Blocks:
+    /// `stem` (with its pooling) and one per unit ([`Self::block_names`]).
+    pub fn describe_backbone(&self, d: &mut NetDesc, x: usize) -> Result<usize> {
+        let mut x = x;
+        for s in self.stem_convs() {
+            let (k, st, p) = (s.kernel, s.stride, s.padding);
+            x = conv_bn(d, &s.conv, &s.bn, x, s.layer.channels, [k, st, p, 1, 1])?;
+            x = relu(d, &s.layer.name, x)?;
+        }
+        let (kernel, stride, pads) = ([3, 3], [2, 2], [1; 4]);
+        let pool = match self.pool {
+            StemPool::None => None,
+            StemPool::Max => Some(DescOp::MaxPool {
+                kernel,
+                stride,
+                pads,
+                ceil_mode: false,
+            }),
+            StemPool::Avg => Some(DescOp::AvgPool {
+                kernel,
+                stride,
+                pads,
+                ceil_mode: false,
+                count_include_pad: true,
+            }),
+        };
+        if let Some(op) = pool {
+            x = d.push("backbone.maxpool", op, &[x])?;
+        }
+        d.end_block("stem");
+        for u in &self.units {
+            let m = &u.module;
+            let shortcut = if u.downsample {
+                let (conv, bn) = (format!("{m}.downsample.0"), format!("{m}.downsample.1"));
+                conv_bn(d, &conv, &bn, x, u.out_channels, [1, u.stride, 0, 1, 1])?
+            } else {
+                x
+            };
+            let convs = u.convs(self.kind);
+            let n = convs.len();
+            let mut y = x;
+            for (k, (out, size, stride, dil)) in convs.into_iter().enumerate() {
+                let (conv, bn) = (format!("{m}.conv{}", k + 1), format!("{m}.bn{}", k + 1));
+                let pad = if size == 1 { 0 } else { dil };
+                y = conv_bn(d, &conv, &bn, y, out, [size, stride, pad, dil, 1])?;
+                if k + 1 < n {
+                    y = relu(d, &format!("{}_{}", u.name, k + 1), y)?;
+                }
+            }
+            y = d.push(format!("{m}.add"), DescOp::Add, &[y, shortcut])?;
+            x = relu(d, &format!("{}_{n}", u.name), y)?;
+            d.end_block(&u.name);
+        }
+        Ok(x)
+    }
+
+    /// The classifier's description: the backbone, global average pooling (`neck`) and
+    /// `head.fc` (logits).
+    pub fn describe(&self) -> Result<NetDesc> {
+        let (c, h, w) = self.input;
+        let mut d = NetDesc::new(self.arch, [c, h, w])?;
+        let x = self.describe_backbone(&mut d, 0)?;
+        let pooled = d.push("neck", DescOp::GlobalAvgPool, &[x])?;
+        let head = DescOp::Linear {
+            module: "head.fc".into(),
+            bias: true,
+            out: self.classes,
+        };
+        d.push("head.fc", head, &[pooled])?;
+        Ok(d)
     }
 
     /// Adds the backbone (stem, pooling, units) to a secure graph on node `x`: layers named by
@@ -464,22 +541,18 @@ impl ResNetPlan {
         Ok(x)
     }
 
-    /// The classifier's secure-model graph (backbone, global average pooling `neck`, `head.fc`)
-    /// with the block sizes of `spec` (plain ReLU for layers it lacks, or everywhere when
-    /// `spec` is `None`). The spec is validated against the layer table.
+    /// The classifier's secure-model graph (from [`Self::describe`]: backbone, global average
+    /// pooling `neck`, `head.fc`) with the block sizes of `spec` (plain ReLU for layers it
+    /// lacks, or everywhere when `spec` is `None`). The spec is validated against the layer
+    /// table.
     pub fn secure_graph(
         &self,
         spec: Option<&BlockSpec>,
         frac_bits: u32,
     ) -> Result<(SecureModel, Vec<ParamSource>)> {
-        check_spec_layers(self.arch, &self.layers(), spec)?;
-        let (c, h, w) = self.input;
-        let mut g = GraphBuilder::new(self.arch, frac_bits, [c, h, w]);
-        let input = g.input();
-        let x = self.add_backbone(&mut g, input, spec)?;
-        let pooled = g.global_avg_pool("neck", x)?;
-        g.linear("head.fc", pooled, self.classes, true)?;
-        g.finish(OutputKind::Classification)
+        let desc = self.describe()?;
+        check_spec_layers(self.arch, &desc.layer_table()?.layers, spec)?;
+        desc.secure_graph(spec, frac_bits)
     }
 }
 
@@ -510,7 +583,7 @@ mod tests {
         assert_eq!(p.out_shape(), (2048, (64, 64)));
         let dil: Vec<u32> = p.units.iter().map(|u| u.dilation).collect();
         assert_eq!(dil, [1, 1, 1, 1, 1, 1, 1, 1, 2, 2, 2, 2, 2, 2, 4, 4]);
-        assert_eq!(p.layers().len(), 3 + 16 * 3);
+        assert_eq!(p.layers().unwrap().len(), 3 + 16 * 3);
     }
 
     #[test]

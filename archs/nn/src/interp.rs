@@ -5,7 +5,9 @@
 //! Blocks: the description is cut after every node past which only that node's value is
 //! live (the places where one tensor carries the whole state, e.g. between residual units);
 //! consecutive cuts are merged until a block holds a slot, so every block but the last has
-//! one. Parameters live in the `VarStore` under the description's `state_dict` names
+//! one, and a block is named after its last node. A description that names its own blocks
+//! ([`NetDesc::blocks`], e.g. a ResNet's `stem` and one per residual unit) is cut there
+//! instead, the nodes after its last block joining that block. Parameters live in the `VarStore` under the description's `state_dict` names
 //! (`{module}.weight`, …); BatchNorm runs in training or evaluation mode (`train`).
 //!
 //! Distortion fast path (digest §2; [`BlockNet::forward_after_channel_change`]): every
@@ -13,6 +15,7 @@
 //! from its clean output, cached per batch, plus the convolution of the one changed channel;
 //! other readers get the stacked rows, and the pass goes on to the end of the network.
 
+use crate::conv_bn::sub_path;
 use crate::error::{NnError, Result};
 use crate::net::{BlockNet, BlockNetParts, ChannelChange, GraphSource};
 use crate::slots::{SlotId, SlotKind, Slots};
@@ -22,7 +25,7 @@ use knapsec_core::netdesc::{ActKind, DescOp, NetDesc, ResizeMode};
 use knapsec_core::{ArchOptions, ReluLayer};
 use std::collections::HashMap;
 use std::ops::Range;
-use tch::{Kind, Tensor, nn};
+use tch::{Tensor, nn};
 
 /// A network description run by tch.
 #[derive(Debug)]
@@ -36,17 +39,44 @@ pub struct DescNet {
     bns: HashMap<usize, nn::BatchNorm>,
     slot_of_node: HashMap<usize, SlotId>,
     node_of_slot: Vec<usize>,
+    /// BatchNorm node of each BatchNorm module name.
+    bn_of_module: HashMap<String, usize>,
     import: HashMap<String, String>,
+    import_fn: Option<fn(&str) -> String>,
 }
 
-/// Node ranges of the blocks of `desc` (see the module documentation).
-pub fn block_ranges(desc: &NetDesc) -> Vec<Range<usize>> {
+/// Node ranges of the blocks of `desc` (see the module documentation): the description's own
+/// blocks when it names them, each checked to end where one value carries the state.
+pub fn block_ranges(desc: &NetDesc) -> Result<Vec<Range<usize>>> {
     let n = desc.nodes.len();
     let mut last_use: Vec<usize> = (0..n).collect();
     for (j, node) in desc.nodes.iter().enumerate() {
         for &i in &node.inputs {
             last_use[i] = last_use[i].max(j);
         }
+    }
+    if !desc.blocks().is_empty() {
+        let mut ranges = Vec::new();
+        let mut start = 1;
+        for (i, (name, end)) in desc.blocks().iter().enumerate() {
+            let end = if i + 1 == desc.blocks().len() {
+                n - 1
+            } else {
+                *end
+            };
+            if end < start || (0..end).any(|j| last_use[j] > end) {
+                return Err(NnError::BadOption {
+                    arch: desc.arch.clone(),
+                    option: "network description",
+                    reason: format!(
+                        "block {name:?} does not end where one value carries the state"
+                    ),
+                });
+            }
+            ranges.push(start..end + 1);
+            start = end + 1;
+        }
+        return Ok(ranges);
     }
     let mut ranges = Vec::new();
     // Largest last use of the nodes before `k` (the input included).
@@ -62,7 +92,7 @@ pub fn block_ranges(desc: &NetDesc) -> Vec<Range<usize>> {
         }
         live_until = live_until.max(last_use[k]);
     }
-    ranges
+    Ok(ranges)
 }
 
 impl DescNet {
@@ -75,19 +105,24 @@ impl DescNet {
         root: &nn::Path,
         import: HashMap<String, String>,
     ) -> Result<Self> {
-        let ranges = block_ranges(&desc);
+        let ranges = block_ranges(&desc)?;
         let mut block_of = vec![0usize; desc.nodes.len()];
         for (b, r) in ranges.iter().enumerate() {
             for i in r.clone() {
                 block_of[i] = b;
             }
         }
-        let blocks: Vec<String> = ranges
-            .iter()
-            .map(|r| desc.nodes[r.end - 1].name.clone())
-            .collect();
+        let blocks: Vec<String> = if desc.blocks().is_empty() {
+            ranges
+                .iter()
+                .map(|r| desc.nodes[r.end - 1].name.clone())
+                .collect()
+        } else {
+            desc.blocks().iter().map(|(name, _)| name.clone()).collect()
+        };
         let mut params = HashMap::new();
         let mut bns = HashMap::new();
+        let mut bn_of_module = HashMap::new();
         let mut slots = Slots::new(desc.arch.clone());
         let mut slot_of_node = HashMap::new();
         let mut node_of_slot = Vec::new();
@@ -105,7 +140,7 @@ impl DescNet {
                     },
                     Some(inp),
                 ) => {
-                    let p = root / module.as_str();
+                    let p = sub_path(root, module);
                     let fan_in = i64::from(inp[0] / groups) * i64::from(kernel[0] * kernel[1]);
                     let dims = [
                         i64::from(*out_channels),
@@ -139,11 +174,12 @@ impl DescNet {
                     };
                     bns.insert(
                         i,
-                        nn::batch_norm2d(root / module.as_str(), i64::from(inp[0]), cfg),
+                        nn::batch_norm2d(sub_path(root, module), i64::from(inp[0]), cfg),
                     );
+                    bn_of_module.insert(module.clone(), i);
                 }
                 (DescOp::Linear { module, bias, out }, Some(inp)) => {
-                    let p = root / module.as_str();
+                    let p = sub_path(root, module);
                     let lin = nn::linear(
                         &p,
                         i64::from(inp[0]),
@@ -187,8 +223,17 @@ impl DescNet {
             bns,
             slot_of_node,
             node_of_slot,
+            bn_of_module,
             import,
+            import_fn: None,
         })
+    }
+
+    /// Maps foreign checkpoint keys with `f` (after the exact `import` map of [`Self::new`]),
+    /// e.g. torchvision ResNet names to OpenMMLab ones.
+    pub fn with_import_fn(mut self, f: fn(&str) -> String) -> Self {
+        self.import_fn = Some(f);
+        self
     }
 
     /// Copies `value` into the parameter `key` (a description name, e.g. `conv1.weight` or a
@@ -198,8 +243,7 @@ impl DescNet {
         let target = match self.params.get(key) {
             Some(t) => Some(t.shallow_clone()),
             None => key.rsplit_once('.').and_then(|(module, field)| {
-                let i = self.desc.find(module)?;
-                let bn = self.bns.get(&i)?;
+                let bn = self.bns.get(self.bn_of_module.get(module)?)?;
                 match field {
                     "weight" => bn.ws.as_ref().map(Tensor::shallow_clone),
                     "bias" => bn.bs.as_ref().map(Tensor::shallow_clone),
@@ -323,7 +367,7 @@ impl DescNet {
                     }
                 }
             }
-            DescOp::GlobalAvgPool => x.mean_dim([2i64, 3].as_slice(), true, Kind::Float),
+            DescOp::GlobalAvgPool => x.mean_dim([2i64, 3].as_slice(), true, x.kind()),
             DescOp::Pad { pads } => x.constant_pad_nd(pad_lrtb(pads)),
             DescOp::Add => {
                 let mut y = x.shallow_clone();
@@ -595,9 +639,10 @@ impl BlockNet for DescNet {
     }
 
     fn import_key(&self, key: &str) -> String {
-        self.import
-            .get(key)
-            .cloned()
-            .unwrap_or_else(|| key.to_string())
+        match (self.import.get(key), self.import_fn) {
+            (Some(k), _) => k.clone(),
+            (None, Some(f)) => f(key),
+            (None, None) => key.to_string(),
+        }
     }
 }

@@ -1,18 +1,19 @@
 //! The tch networks of the ResNets (feature `torch`), registered in `knapsec-nn`.
 //!
-//! [`ResNetBackbone`] is the one tch ResNet: the stem (one convolution, or the V1c deep stem of
-//! three, each with its slot), the optional pooling, and the residual units, from a
-//! [`ResNetPlan`]. [`ResNet`], the classifier of both architectures of this crate, runs it as a
-//! stem block followed by one block per residual unit; the last block also runs global average
-//! pooling and `head.fc`, returning `[N, classes]` logits. `knapsec-arch-deeplab` runs the same
-//! backbone (dilated) under its ASPP head. Every ReLU is its own slot (`layer{R}_{B}_{K}`), as in
-//! the reference's `MyResNet` / `ResNet_CIFAR_V2` backbones.
+//! Both classifiers of this crate are the `knapsec-nn` interpreter ([`DescNet`]) running the
+//! plan's description ([`ResNetPlan::describe`]); its distortion fast path starts every variant
+//! at the convolution that reads the slot. Every ReLU is its own slot (`layer{R}_{B}_{K}`), as
+//! in the reference's `MyResNet` / `ResNet_CIFAR_V2` backbones.
+//!
+//! [`ResNetBackbone`] is the tch ResNet backbone that `knapsec-arch-deeplab` runs (dilated)
+//! under its ASPP head: the stem (one convolution, or the V1c deep stem of three, each with
+//! its slot), the optional pooling, and the residual units, from a [`ResNetPlan`].
 
-use crate::plan::{RESNET18_CIFAR, RESNET50_IMAGENET, ResNetPlan, StemPool};
+use crate::plan::{RESNET18_CIFAR, RESNET50_IMAGENET, ResNetPlan, StemPool, import_key};
 use knapsec_core::ArchOptions;
-use knapsec_nn::net::{BlockNet, BlockNetParts, ChannelChange, input_shape, plan_graph};
 use knapsec_nn::slots::{SlotId, SlotKind, Slots};
-use knapsec_nn::{ConvBn, Result};
+use knapsec_nn::{ConvBn, DescNet, Result};
+use std::collections::HashMap;
 use tch::Tensor;
 use tch::nn;
 
@@ -130,200 +131,17 @@ impl ResNetBackbone {
     }
 }
 
-/// A ResNet classifier as a block-structured network.
-#[derive(Debug)]
-pub struct ResNet {
-    plan: ResNetPlan,
-    backbone: ResNetBackbone,
-    fc: nn::Linear,
-    /// Name, options, input shape, blocks, slots and graph source.
-    parts: BlockNetParts,
-}
-
-impl ResNet {
-    /// Builds architecture `arch` at `options` under `root` (variables get mmcls names).
-    pub fn new(arch: &str, options: &ArchOptions, root: &nn::Path) -> Result<Self> {
-        let plan = ResNetPlan::new(arch, options)?;
-        let mut slots = Slots::new(plan.arch);
-        let backbone = ResNetBackbone::new(root, &plan, &mut slots)?;
-        let (last, _) = plan.out_shape();
-        let fc = nn::linear(
-            root / "head" / "fc",
-            last.into(),
-            plan.classes.into(),
-            Default::default(),
-        );
-        let parts = BlockNetParts::new(
-            plan.arch,
-            options.clone(),
-            input_shape(plan.input),
-            plan.block_names(),
-            slots,
-            plan_graph(plan.clone(), ResNetPlan::secure_graph),
-        );
-        Ok(ResNet {
-            plan,
-            backbone,
-            fc,
-            parts,
-        })
-    }
-
-    /// The network's output from block `index`'s output: the head after the last unit.
-    fn head(&self, index: usize, out: Tensor) -> Tensor {
-        if index == self.backbone.units.len() {
-            out.mean_dim([2i64, 3].as_slice(), false, out.kind())
-                .apply(&self.fc)
-        } else {
-            out
-        }
-    }
-
-    /// The plan the network was built from.
-    pub fn plan(&self) -> &ResNetPlan {
-        &self.plan
-    }
-
-    /// The single stem slot when the stem is one convolution (the classifiers').
-    fn stem_slot(&self) -> Option<SlotId> {
-        match self.backbone.stem.as_slice() {
-            [(_, slot)] => Some(*slot),
-            _ => None,
-        }
-    }
-}
-
-impl BlockNet for ResNet {
-    knapsec_nn::block_net_parts!(parts);
-
-    fn run_block(&self, index: usize, x: &Tensor, train: bool) -> Tensor {
-        let slots = &self.parts.slots;
-        if index == 0 {
-            return self.backbone.run_stem(slots, x, train);
-        }
-        let out = self.backbone.run_unit(slots, index - 1, x, train);
-        self.head(index, out)
-    }
-
-    /// Continues block `index` right after `slot` (distortion passes start at the layer); the
-    /// shortcut is computed once on the `N`-image `input` and broadcast over the `V` variants.
-    fn run_block_after_slot(
-        &self,
-        index: usize,
-        slot: SlotId,
-        act: &Tensor,
-        input: &Tensor,
-        train: bool,
-    ) -> Result<Tensor> {
-        let units = &self.backbone.units;
-        let unit = match index {
-            0 if Some(slot) == self.stem_slot() => {
-                return Ok(self.backbone.after_stem(act.shallow_clone()));
-            }
-            i if i >= 1 && i <= units.len() => &units[i - 1],
-            _ => return knapsec_nn::net::run_block_injected(self, index, slot, act, input, train),
-        };
-        let Some(pos) = unit.slots.iter().position(|&s| s == slot) else {
-            return knapsec_nn::net::run_block_injected(self, index, slot, act, input, train);
-        };
-        let slots = &self.parts.slots;
-        let n = unit.convs.len();
-        let out = if pos + 1 == n {
-            act.shallow_clone()
-        } else {
-            let y = self.backbone.branch_from(
-                slots,
-                index - 1,
-                pos + 1,
-                unit.convs[pos + 1].forward(act, train),
-                train,
-            );
-            let shortcut = match &unit.downsample {
-                Some(d) => d.forward(input, train),
-                None => input.shallow_clone(),
-            };
-            let v = knapsec_nn::net::stacked_variants(self.plan.arch, &y, &shortcut)?;
-            let mut grouped = y.size();
-            grouped.insert(0, v);
-            grouped[1] = shortcut.size()[0];
-            let sum =
-                (y.view(grouped.as_slice()) + shortcut.unsqueeze(0)).view(y.size().as_slice());
-            slots.run(unit.slots[n - 1], &sum)
-        };
-        Ok(self.head(index, out))
-    }
-
-    /// Starts at the convolution that reads the slot's output (the next in its unit, or the
-    /// first of the next unit and its downsampling shortcut), which each row only updates by
-    /// its changed channel ([`ChannelChange::conv2d`]); `cache` keeps the clean rows'
-    /// convolutions. Elsewhere (after a pooling stem, the last unit's output) the default.
-    fn forward_after_channel_change(
-        &self,
-        index: usize,
-        slot: SlotId,
-        change: &ChannelChange<'_>,
-        input: &Tensor,
-        cache: &mut Vec<Tensor>,
-    ) -> Result<Tensor> {
-        let default = || knapsec_nn::net::forward_stacked(self, index, slot, change, input);
-        let units = &self.backbone.units;
-        // (unit, its convolution that reads the slot, whether the slot output is the unit's input)
-        let (ui, k, unit_input) = if index == 0 {
-            if Some(slot) != self.stem_slot()
-                || self.plan.pool != StemPool::None
-                || units.is_empty()
-            {
-                return default();
-            }
-            (0, 0, true)
-        } else if index <= units.len() {
-            let unit = &units[index - 1];
-            match unit.slots.iter().position(|&s| s == slot) {
-                Some(pos) if pos + 1 < unit.convs.len() => (index - 1, pos + 1, false),
-                Some(_) if index < units.len() => (index, 0, true),
-                _ => return default(),
-            }
-        } else {
-            return default();
-        };
-        let unit = &units[ui];
-        let reads =
-            std::iter::once(&unit.convs[k]).chain(unit.downsample.iter().filter(|_| unit_input));
-        if !reads.clone().all(ConvBn::updates_by_channel) {
-            return default();
-        }
-        if cache.is_empty() {
-            cache.extend(reads.map(|c| c.conv(change.clean)));
-        }
-        let y = unit.convs[k].forward_changed(change, &cache[0])?;
-        let slots = &self.parts.slots;
-        let branch = self.backbone.branch_from(slots, ui, k, y, false);
-        let shortcut = match (unit_input, &unit.downsample) {
-            (true, Some(d)) => d.forward_changed(change, &cache[1])?,
-            (true, None) => change.stacked()?,
-            (false, Some(d)) => d.forward(input, false),
-            (false, None) => input.shallow_clone(),
-        };
-        let block = ui + 1;
-        let out = self.head(
-            block,
-            slots.run(unit.slots[unit.convs.len() - 1], &(branch + shortcut)),
-        );
-        if block + 1 < self.parts.blocks.len() {
-            self.forward_from(block + 1, &out, false)
-        } else {
-            Ok(out)
-        }
-    }
-
-    fn import_key(&self, key: &str) -> String {
-        crate::plan::import_key(key)
-    }
+/// The network of ResNet classifier `arch` at `options` under `root`: the interpreter
+/// ([`DescNet`]) running [`ResNetPlan::describe`], with OpenMMLab `state_dict` names
+/// (torchvision checkpoints load through [`import_key`]).
+pub fn build(arch: &str, options: &ArchOptions, root: &nn::Path) -> Result<DescNet> {
+    let desc = ResNetPlan::new(arch, options)?.describe()?;
+    Ok(DescNet::new(desc, options, root, HashMap::new())?.with_import_fn(import_key))
 }
 
 knapsec_nn::register_net!(RESNET18_CIFAR, "knapsec-arch-resnet", |options, root| {
-    ResNet::new(RESNET18_CIFAR, options, root)
+    build(RESNET18_CIFAR, options, root)
 });
 knapsec_nn::register_net!(RESNET50_IMAGENET, "knapsec-arch-resnet", |options, root| {
-    ResNet::new(RESNET50_IMAGENET, options, root)
+    build(RESNET50_IMAGENET, options, root)
 });

@@ -195,6 +195,8 @@ pub struct NetDesc {
     /// The nodes.
     pub nodes: Vec<DescNode>,
     names: HashMap<String, usize>,
+    /// Named blocks (name, last node), if the builder chose them ([`Self::end_block`]).
+    blocks: Vec<(String, usize)>,
 }
 
 impl NetDesc {
@@ -217,7 +219,21 @@ impl NetDesc {
                 shape: input,
             }],
             names,
+            blocks: Vec::new(),
         })
+    }
+
+    /// Ends block `name` at the last node pushed: where distortion passes may start (the
+    /// tch interpreter runs the network block by block; a block should end where one value
+    /// carries the whole state, e.g. after a residual unit). Nodes pushed after the last
+    /// block belong to it. Without blocks, the interpreter chooses its own.
+    pub fn end_block(&mut self, name: impl Into<String>) {
+        self.blocks.push((name.into(), self.nodes.len() - 1));
+    }
+
+    /// The blocks named by [`Self::end_block`]: name and last node, in order.
+    pub fn blocks(&self) -> &[(String, usize)] {
+        &self.blocks
     }
 
     /// The input node's shape.

@@ -43,13 +43,16 @@ fn decode_layers(hw: u32) -> impl Iterator<Item = ReluLayer> {
 pub fn reference_table(arch: &str) -> Result<LayerTable> {
     let layers: Vec<ReluLayer> = match arch {
         RESNET18_CIFAR | RESNET50_IMAGENET => {
-            ResNetPlan::new(arch, &ArchOptions::default())?.layers()
+            ResNetPlan::new(arch, &ArchOptions::default())?.layers()?
         }
         "deeplabv3-resnet50" => {
             let plan =
                 ResNetPlan::deeplab_v1c50("deeplabv3-resnet50", (3, 512, 512), StemPool::Avg)?;
             let (_, (hw, _)) = plan.out_shape();
-            plan.layers().into_iter().chain(decode_layers(hw)).collect()
+            plan.layers()?
+                .into_iter()
+                .chain(decode_layers(hw))
+                .collect()
         }
         "deeplabv3-mobilenetv2" => {
             let mut layers = Vec::new();

@@ -98,7 +98,7 @@ fn resnet18_cifar_plan(width: u32, classes: u32) -> knapsec_core::Result<ResNetP
 /// shapes, in order (none for width 0, which the plan refuses).
 pub fn resnet18_cifar_layers(width: u32) -> Vec<(String, Shape)> {
     resnet18_cifar_plan(width, 1)
-        .map(|p| p.layers())
+        .and_then(|p| p.layers())
         .unwrap_or_default()
         .into_iter()
         .map(|l| (l.name, [l.channels, l.height, l.width]))
@@ -123,7 +123,7 @@ pub fn resnet18_cifar(
     spec: Option<&[Vec<BlockSize>]>,
 ) -> knapsec_core::Result<SecureModel> {
     let plan = resnet18_cifar_plan(width, classes)?;
-    let layers = plan.layers();
+    let layers = plan.layers()?;
     let blocks = |i: usize| -> Vec<BlockSize> {
         spec.map(|s| s[i].clone())
             .unwrap_or_else(|| vec![BlockSize::RELU; layers[i].channels as usize])
