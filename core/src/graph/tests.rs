@@ -317,3 +317,27 @@ fn format_3_ops_validate_and_need_format_3() {
     let e = m.validate().unwrap_err().to_string();
     assert!(e.contains("smaller than the window"), "{e}");
 }
+
+/// `model.ron` texts as builds before format 3 wrote them load, and the ops they hold are
+/// written back as they were (their pooling fields unchanged); the format-3 fuzz seed loads.
+#[test]
+fn model_files_of_formats_1_and_2_still_load() {
+    let old = include_str!("../../../fuzz/seeds/secure_model/every_op.ron");
+    let m = SecureModel::from_ron(old).unwrap();
+    assert_eq!(m.format, 1);
+    let text = ron::to_string(&m.nodes).unwrap();
+    assert!(
+        text.contains("AvgPool(kernel:(3,3),stride:(1,1),padding:(1,1),count_include_pad:false)"),
+        "{text}"
+    );
+    assert!(
+        text.contains("MaxPool(kernel:(3,3),stride:(1,1),padding:(1,1))"),
+        "{text}"
+    );
+    let new = include_str!("../../../fuzz/seeds/secure_model/format3_ops.ron");
+    let m = SecureModel::from_ron(new).unwrap();
+    assert_eq!(m.output_shape(), [2, 8, 20]);
+    let mut old = SecureModel::from_ron(new).unwrap();
+    old.format = 2;
+    assert!(old.validate().is_err());
+}
