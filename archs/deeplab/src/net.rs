@@ -1,7 +1,9 @@
 //! The tch networks of `deeplabv3-mobilenetv2` and `deeplabv3-resnet50` (cargo feature
 //! `torch`), registered in `knapsec-nn`, with OpenMMLab `state_dict` names (see [`crate::plan`]).
 //!
-//! Blocks are the plan's: the backbone's blocks, then `decode`, which runs the ASPP head and
+//! `deeplabv3-resnet50` is the interpreter ([`DescNet`]) running the plan's description
+//! ([`DeepLabPlan::describe`]: the one ResNet, dilated, and the ASPP head). The MobileNetV2
+//! network below is still written by hand. Blocks are the plan's: the backbone's blocks, then `decode`, which runs the ASPP head and
 //! returns the segmentation logits `[N, classes, H/8, W/8]`. The image-pooling branch is
 //! repeated to H×W with `expand` (equal to mmseg's bilinear resize of a 1×1 map, and to the
 //! secure graph's `Op::Broadcast`).
@@ -11,24 +13,15 @@ use crate::plan::{
 };
 use knapsec_arch_mobilenet::geometry::Naming;
 use knapsec_arch_mobilenet::net::MobileNetV2Backbone;
-use knapsec_arch_resnet::net::ResNetBackbone;
 use knapsec_core::ArchOptions;
-use knapsec_nn::Result;
 use knapsec_nn::conv_bn::{ConvBn, sub_path};
 use knapsec_nn::net::{BlockNet, BlockNetParts, input_shape, plan_graph};
 use knapsec_nn::slots::{SlotId, SlotKind, Slots};
+use knapsec_nn::{DescNet, Result};
+use std::collections::HashMap;
 #[cfg(test)]
 use tch::Kind;
 use tch::{Tensor, nn};
-
-// One backbone per network: the size of the larger variant costs nothing.
-#[allow(clippy::large_enum_variant)]
-#[derive(Debug)]
-enum BackboneNet {
-    MobileNetV2(MobileNetV2Backbone),
-    /// The one tch ResNet of `knapsec-arch-resnet`, dilated by the plan.
-    ResNet50(ResNetBackbone),
-}
 
 #[derive(Debug)]
 struct AsppHead {
@@ -120,7 +113,7 @@ impl AsppHead {
 #[derive(Debug)]
 pub struct DeepLabV3 {
     plan: DeepLabPlan,
-    backbone: BackboneNet,
+    backbone: MobileNetV2Backbone,
     head: AsppHead,
     /// Name, options, input shape, blocks, slots and graph source.
     parts: BlockNetParts,
@@ -132,27 +125,26 @@ impl DeepLabV3 {
         let plan = DeepLabPlan::new(arch, options)?;
         let layers = plan.backbone_layers()?;
         let mut slots = Slots::new(plan.arch);
-        let backbone = match &plan.backbone {
-            Backbone::MobileNetV2 { geometry, relu6 } => {
-                let kind = if *relu6 {
-                    SlotKind::Relu6
-                } else {
-                    SlotKind::Relu
-                };
-                BackboneNet::MobileNetV2(MobileNetV2Backbone::new(
-                    root,
-                    geometry,
-                    Naming::OpenMmlab,
-                    &layers,
-                    kind,
-                    &mut slots,
-                    0,
-                )?)
-            }
-            Backbone::ResNet50(resnet) => {
-                BackboneNet::ResNet50(ResNetBackbone::new(root, resnet, &mut slots)?)
-            }
+        let Backbone::MobileNetV2 { geometry, relu6 } = &plan.backbone else {
+            return Err(knapsec_core::CoreError::Invalid(format!(
+                "{arch}: the ResNet-50 network is its description (`build_resnet50`)"
+            ))
+            .into());
         };
+        let kind = if *relu6 {
+            SlotKind::Relu6
+        } else {
+            SlotKind::Relu
+        };
+        let backbone = MobileNetV2Backbone::new(
+            root,
+            geometry,
+            Naming::OpenMmlab,
+            &layers,
+            kind,
+            &mut slots,
+            0,
+        )?;
         let blocks = plan.block_names();
         let head = AsppHead::new(root, &plan, &mut slots, blocks.len() - 1)?;
         let parts = BlockNetParts::new(
@@ -184,21 +176,11 @@ impl BlockNet for DeepLabV3 {
         if index + 1 == self.parts.blocks.len() {
             return self.head.forward(&self.parts, x, train);
         }
-        match &self.backbone {
-            BackboneNet::MobileNetV2(b) => {
-                if index == 0 {
-                    b.run_stem(&self.parts.slots, x, train)
-                } else {
-                    b.run_block(&self.parts.slots, index - 1, x, train)
-                }
-            }
-            BackboneNet::ResNet50(b) => {
-                if index == 0 {
-                    b.run_stem(&self.parts.slots, x, train)
-                } else {
-                    b.run_unit(&self.parts.slots, index - 1, x, train)
-                }
-            }
+        if index == 0 {
+            self.backbone.run_stem(&self.parts.slots, x, train)
+        } else {
+            self.backbone
+                .run_block(&self.parts.slots, index - 1, x, train)
         }
     }
 }
@@ -211,8 +193,10 @@ fn build_mobilenetv2(options: &ArchOptions, root: &nn::Path) -> Result<Box<dyn B
     )?))
 }
 
+/// `deeplabv3-resnet50`: the interpreter ([`DescNet`]) running [`DeepLabPlan::describe`].
 fn build_resnet50(options: &ArchOptions, root: &nn::Path) -> Result<Box<dyn BlockNet>> {
-    Ok(Box::new(DeepLabV3::new(DEEPLABV3_RESNET50, options, root)?))
+    let desc = DeepLabPlan::new(DEEPLABV3_RESNET50, options)?.describe()?;
+    Ok(Box::new(DescNet::new(desc, options, root, HashMap::new())?))
 }
 
 knapsec_nn::register_net!(

@@ -34,11 +34,13 @@
 //! Blocks (where distortion runs from): the backbone's (`conv1`, `layerR_B` for MobileNetV2;
 //! `stem`, `layerR_B` for the ResNet) and `decode` (the head).
 
+use knapsec_arch_kit::desc::{conv_bn, relu};
 use knapsec_arch_kit::options::{invalid as bad, positive};
 use knapsec_arch_kit::spec::{activation_node, check_spec_layers};
 use knapsec_arch_mobilenet::geometry::{MobileNetV2Geometry, Naming};
 use knapsec_core::graph::{OutputKind, SecureModel};
 use knapsec_core::graph_build::{ConvSpec, GraphBuilder, NodeId, ParamSource};
+use knapsec_core::netdesc::{DescOp, NetDesc, ResizeMode};
 use knapsec_core::{ArchOptions, BlockSpec, CoreError, LayerTable, ReluLayer, Result};
 
 pub use knapsec_arch_kit::resnet::{ResNetPlan, StemPool};
@@ -166,14 +168,6 @@ impl DeepLabPlan {
         names
     }
 
-    /// The ResNet stem's layers `stem_2`, `stem_5`, `stem_8` (empty for MobileNetV2).
-    pub fn stem_layers(&self) -> Vec<ReluLayer> {
-        match &self.backbone {
-            Backbone::ResNet50(resnet) => resnet.stem_layers(),
-            Backbone::MobileNetV2 { .. } => vec![],
-        }
-    }
-
     /// The decode head's layers `decode_0` (1×1 map) … `decode_5`.
     pub fn decode_layers(&self) -> Vec<ReluLayer> {
         let (h, w) = self.out_hw;
@@ -201,9 +195,78 @@ impl DeepLabPlan {
         Ok(layers)
     }
 
-    /// The layer table.
+    /// The layer table (from the description for the ResNet-50 backbone).
     pub fn layer_table(&self) -> Result<LayerTable> {
-        LayerTable::new(self.arch, self.layers()?)
+        match &self.backbone {
+            Backbone::ResNet50(_) => self.describe()?.layer_table(),
+            Backbone::MobileNetV2 { .. } => LayerTable::new(self.arch, self.layers()?),
+        }
+    }
+
+    /// The description of the network with the ResNet-50 backbone: the one ResNet
+    /// ([`ResNetPlan::describe_backbone`], blocks `stem` and one per unit), then the ASPP head
+    /// (block `decode`). An error for the MobileNetV2 backbone, whose network is still built
+    /// by hand.
+    pub fn describe(&self) -> Result<NetDesc> {
+        let Backbone::ResNet50(resnet) = &self.backbone else {
+            return Err(CoreError::Invalid(format!(
+                "{}: the MobileNetV2 backbone has no description yet",
+                self.arch
+            )));
+        };
+        let (c, h, w) = self.input;
+        let mut d = NetDesc::new(self.arch, [c, h, w])?;
+        let x = resnet.describe_backbone(&mut d, 0)?;
+        self.describe_head(&mut d, x)?;
+        d.end_block("decode");
+        Ok(d)
+    }
+
+    /// mmseg's `ASPPHead` on node `x` of `d` (see the module documentation); returns
+    /// `decode_head.conv_seg`, the logits.
+    fn describe_head(&self, d: &mut NetDesc, x: usize) -> Result<usize> {
+        let (h, w) = self.out_hw;
+        let c = ASPP_CHANNELS;
+        let pooled = d.push("decode_head.image_pool.0", DescOp::GlobalAvgPool, &[x])?;
+        let (conv, bn) = (
+            "decode_head.image_pool.1.conv",
+            "decode_head.image_pool.1.bn",
+        );
+        let ip = conv_bn(d, conv, bn, pooled, c, [1, 1, 0, 1, 1])?;
+        let ip = relu(d, "decode_0", ip)?;
+        // mmseg resizes the 1×1 map bilinearly, which repeats it: nearest does so exactly.
+        let up = DescOp::Resize {
+            height: h,
+            width: w,
+            mode: ResizeMode::Nearest,
+        };
+        let mut branches = vec![d.push("decode_head.image_pool.broadcast", up, &[ip])?];
+        for (i, &dil) in ASPP_DILATIONS.iter().enumerate() {
+            let m = format!("decode_head.aspp_modules.{i}");
+            let geometry = if dil == 1 {
+                [1, 1, 0, 1, 1]
+            } else {
+                [3, 1, dil, dil, 1]
+            };
+            let y = conv_bn(d, &format!("{m}.conv"), &format!("{m}.bn"), x, c, geometry)?;
+            branches.push(relu(d, &format!("decode_{}", i + 1), y)?);
+        }
+        let cat = d.push("decode_head.concat", DescOp::Concat, &branches)?;
+        let (conv, bn) = ("decode_head.bottleneck.conv", "decode_head.bottleneck.bn");
+        let y = conv_bn(d, conv, bn, cat, c, [3, 1, 1, 1, 1])?;
+        let y = relu(d, "decode_5", y)?;
+        let y = d.push("decode_head.dropout", DescOp::Dropout { p: 0.1 }, &[y])?;
+        let seg = DescOp::Conv {
+            module: "decode_head.conv_seg".into(),
+            bias: true,
+            out_channels: self.classes,
+            kernel: [1, 1],
+            stride: [1, 1],
+            pads: [0; 4],
+            dilation: [1, 1],
+            groups: 1,
+        };
+        d.push("decode_head.conv_seg", seg, &[y])
     }
 
     /// The secure-model graph with OpenMMLab module names: layers named by `spec` get its
@@ -214,20 +277,17 @@ impl DeepLabPlan {
         spec: Option<&BlockSpec>,
         frac_bits: u32,
     ) -> Result<(SecureModel, Vec<ParamSource>)> {
+        let Backbone::MobileNetV2 { geometry, relu6 } = &self.backbone else {
+            let desc = self.describe()?;
+            check_spec_layers(self.arch, &desc.layer_table()?.layers, spec)?;
+            return desc.secure_graph(spec, frac_bits);
+        };
         let layers = self.layers()?;
         check_spec_layers(self.arch, &layers, spec)?;
         let (c, h, w) = self.input;
         let mut g = GraphBuilder::new(self.arch, frac_bits, [c, h, w]);
         let backbone = self.backbone_layers()?;
-        let x = match &self.backbone {
-            Backbone::MobileNetV2 { geometry, relu6 } => {
-                geometry.add_to_graph(&mut g, Naming::OpenMmlab, &backbone, spec, *relu6)?
-            }
-            Backbone::ResNet50(resnet) => {
-                let input = g.input();
-                resnet.add_backbone(&mut g, input, spec)?
-            }
-        };
+        let x = geometry.add_to_graph(&mut g, Naming::OpenMmlab, &backbone, spec, *relu6)?;
         self.head_graph(&mut g, x, spec)?;
         g.finish(OutputKind::Segmentation)
     }

@@ -28,9 +28,9 @@
 
 use crate::desc::{conv_bn, relu};
 use crate::options::{invalid, out_hw, positive};
-use crate::spec::{activation_node, check_spec_layers};
+use crate::spec::check_spec_layers;
 use knapsec_core::graph::SecureModel;
-use knapsec_core::graph_build::{ConvSpec, GraphBuilder, NodeId, ParamSource};
+use knapsec_core::graph_build::ParamSource;
 use knapsec_core::netdesc::{DescOp, NetDesc};
 use knapsec_core::{ArchOptions, BlockSpec, CoreError, LayerTable, ReluLayer, Result};
 
@@ -120,15 +120,6 @@ impl Unit {
                 (self.out_channels, 1, 1, 1),
             ],
         }
-    }
-}
-
-/// The secure graph's form of a unit convolution `(out, k, stride, dilation)`.
-fn conv_spec((out, k, stride, d): (u32, u32, u32, u32)) -> ConvSpec {
-    let pad = if k == 1 { 0 } else { d };
-    ConvSpec {
-        dilation: [d, d],
-        ..ConvSpec::square(out, k, stride, pad)
     }
 }
 
@@ -374,27 +365,6 @@ impl ResNetPlan {
             .collect()
     }
 
-    /// The stem's ReLU layers.
-    pub fn stem_layers(&self) -> Vec<ReluLayer> {
-        self.stem_convs().into_iter().map(|c| c.layer).collect()
-    }
-
-    /// The ReLU layers of unit `u` with their shapes (`_1`, `_2`[, `_3`]).
-    pub fn unit_layers(&self, u: &Unit) -> Vec<ReluLayer> {
-        let (oh, ow) = u.out_hw;
-        match self.kind {
-            UnitKind::Basic => vec![
-                ReluLayer::new(format!("{}_1", u.name), u.planes, oh, ow),
-                ReluLayer::new(format!("{}_2", u.name), u.out_channels, oh, ow),
-            ],
-            UnitKind::Bottleneck => vec![
-                ReluLayer::new(format!("{}_1", u.name), u.planes, u.in_hw.0, u.in_hw.1),
-                ReluLayer::new(format!("{}_2", u.name), u.planes, oh, ow),
-                ReluLayer::new(format!("{}_3", u.name), u.out_channels, oh, ow),
-            ],
-        }
-    }
-
     /// All ReLU layers of the backbone in network order (from its description).
     pub fn layers(&self) -> Result<Vec<ReluLayer>> {
         let (c, h, w) = self.input;
@@ -492,55 +462,6 @@ impl ResNetPlan {
         Ok(d)
     }
 
-    /// Adds the backbone (stem, pooling, units) to a secure graph on node `x`: layers named by
-    /// `spec` get its block sizes, the others ReLU. Returns the last unit's output node.
-    pub fn add_backbone(
-        &self,
-        g: &mut GraphBuilder,
-        x: NodeId,
-        spec: Option<&BlockSpec>,
-    ) -> Result<NodeId> {
-        let mut x = x;
-        for s in self.stem_convs() {
-            let conv = ConvSpec::square(s.layer.channels, s.kernel, s.stride, s.padding);
-            x = g.conv(&s.conv, x, conv, Some(&s.bn))?;
-            x = activation_node(g, &s.layer, x, spec, false)?;
-        }
-        x = match self.pool {
-            StemPool::None => x,
-            StemPool::Max => g.max_pool("backbone.maxpool", x, [3, 3], [2, 2], [1, 1])?,
-            StemPool::Avg => g.avg_pool("backbone.maxpool", x, [3, 3], [2, 2], [1, 1], true)?,
-        };
-        for u in &self.units {
-            let layers = self.unit_layers(u);
-            let m = &u.module;
-            let shortcut = if u.downsample {
-                let spec = ConvSpec::square(u.out_channels, 1, u.stride, 0);
-                g.conv(
-                    &format!("{m}.downsample.0"),
-                    x,
-                    spec,
-                    Some(&format!("{m}.downsample.1")),
-                )?
-            } else {
-                x
-            };
-            let convs = u.convs(self.kind);
-            let n = convs.len();
-            let mut y = x;
-            for (k, c) in convs.into_iter().enumerate() {
-                let (conv, bn) = (format!("{m}.conv{}", k + 1), format!("{m}.bn{}", k + 1));
-                y = g.conv(&conv, y, conv_spec(c), Some(&bn))?;
-                if k + 1 < n {
-                    y = activation_node(g, &layers[k], y, spec, false)?;
-                }
-            }
-            y = g.add(&format!("{m}.add"), &[y, shortcut])?;
-            x = activation_node(g, &layers[n - 1], y, spec, false)?;
-        }
-        Ok(x)
-    }
-
     /// The classifier's secure-model graph (from [`Self::describe`]: backbone, global average
     /// pooling `neck`, `head.fc`) with the block sizes of `spec` (plain ReLU for layers it
     /// lacks, or everywhere when `spec` is `None`). The spec is validated against the layer
@@ -577,7 +498,8 @@ mod tests {
     fn deeplab_backbone_is_dilated_for_output_stride_8() {
         let p =
             ResNetPlan::deeplab_v1c50("deeplabv3-resnet50", (3, 512, 512), StemPool::Avg).unwrap();
-        let names: Vec<String> = p.stem_layers().into_iter().map(|l| l.name).collect();
+        let layers = p.layers().unwrap();
+        let names: Vec<&str> = layers[..3].iter().map(|l| l.name.as_str()).collect();
         assert_eq!(names, ["stem_2", "stem_5", "stem_8"]);
         assert_eq!(p.stem_hw, (256, 256));
         assert_eq!(p.out_shape(), (2048, (64, 64)));
@@ -601,9 +523,7 @@ mod tests {
             downsample: true,
         };
         let c = u.convs(UnitKind::Bottleneck);
-        let s = conv_spec(c[1]);
-        assert_eq!((s.padding, s.dilation, s.kernel), ([4, 4], [4, 4], [3, 3]));
-        assert_eq!(conv_spec(c[0]), ConvSpec::square(4, 1, 1, 0));
+        assert_eq!(c, [(4, 1, 1, 1), (4, 3, 1, 4), (16, 1, 1, 1)]);
         assert_eq!(import_key("fc.weight"), "head.fc.weight");
         assert_eq!(
             import_key("layer1.0.conv1.weight"),

@@ -377,6 +377,7 @@ impl DescNet {
                 y
             }
             DescOp::Concat => Tensor::cat(ins, 1),
+            DescOp::Dropout { p } => self.parts.dropout(x, *p, train),
             DescOp::Flatten => {
                 let n = x.size()[0];
                 x.reshape([n, -1, 1, 1])

@@ -135,6 +135,12 @@ pub enum DescOp {
         /// Rows and columns of zeros added on each side.
         pads: [u32; 4],
     },
+    /// Dropout with probability `p` in training (the identity at inference, and in the
+    /// secure graph), as PyTorch's `nn.Dropout`.
+    Dropout {
+        /// Probability of zeroing an element.
+        p: f64,
+    },
     /// Resizes the map to `height × width`.
     Resize {
         /// Output height.
@@ -169,6 +175,7 @@ impl DescOp {
             DescOp::Flatten => "flatten",
             DescOp::Linear { .. } => "linear",
             DescOp::Resize { .. } => "resize",
+            DescOp::Dropout { .. } => "dropout",
             DescOp::Pad { .. } => "pad",
         }
     }

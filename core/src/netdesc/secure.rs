@@ -158,6 +158,8 @@ impl NetDesc {
                     }
                     Some(ins[0])
                 }
+                // Dropout is the identity at inference.
+                DescOp::Dropout { .. } => Some(ins[0]),
                 DescOp::Linear { module, bias, out } => {
                     Some(g.linear(module, ins[0], *out, *bias)?)
                 }

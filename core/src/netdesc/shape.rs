@@ -176,6 +176,12 @@ impl NetDesc {
                 }
                 [*out, 1, 1]
             }
+            DescOp::Dropout { p } => {
+                if !(0.0..1.0).contains(p) {
+                    return Err(self.err(name, format!("dropout probability {p} is not in [0, 1)")));
+                }
+                shapes[0]
+            }
             DescOp::Resize { height, width, .. } => {
                 if *height == 0 || *width == 0 {
                     return Err(self.err(name, "resize to a zero size"));
