@@ -8,15 +8,16 @@
 //! channels, conv2 `2w`). `variant` is refused. Weights use the `state_dict` names
 //! `conv1.weight`, `conv1.bias`, `conv2.*`, `fc.*`.
 //!
-//! An architecture crate has two halves:
+//! An architecture crate is one builder of a network description:
 //!
-//! 1. **Description** (this file, no tch): a plan built from `ArchOptions` that gives the
-//!    layer table and the secure-model graph ([`TinyCnnPlan`]), and one
-//!    `knapsec_arch_kit::plan_adapter!` that declares the `ArchAdapter` ([`TinyCnn`]) and
+//! 1. **Description** (this file, no tch): a plan built from `ArchOptions` whose
+//!    [`TinyCnnPlan::describe`] pushes the ops (`knapsec_arch_kit::desc`) under `state_dict`
+//!    names; the layer table and the secure-model graph come from the description. One
+//!    `knapsec_arch_kit::plan_adapter!` declares the `ArchAdapter` ([`TinyCnn`]) and
 //!    registers it.
-//! 2. **Network** (`net`, behind the cargo feature `torch`): a type implementing
-//!    `knapsec_nn::BlockNet` (named blocks, one named slot per ReLU, the secure graph with the
-//!    current activations) and one `knapsec_nn::register_net!` under the same name.
+//! 2. **Network** (`net`, behind the cargo feature `torch`): one `knapsec_nn::register_net!`
+//!    under the same name, building the interpreter (`knapsec_nn::DescNet`) on the
+//!    description.
 //!
 //! Then one `use knapsec_arch_example as _;` line (behind a feature) in the
 //! `knapsec-builtin` facade links it into the CLI and the tests.
@@ -24,10 +25,12 @@
 #[cfg(feature = "torch")]
 pub mod net;
 
-use knapsec_arch_kit::spec::{activation_node, check_spec_layers};
-use knapsec_core::graph::{OutputKind, SecureModel};
-use knapsec_core::graph_build::{ConvSpec, GraphBuilder, ParamSource, window_out};
-use knapsec_core::{ArchOptions, BlockSpec, CoreError, LayerTable, ReluLayer, Result};
+use knapsec_arch_kit::desc::{conv, linear, relu};
+use knapsec_arch_kit::spec::check_spec_layers;
+use knapsec_core::graph::SecureModel;
+use knapsec_core::graph_build::{ParamSource, window_out};
+use knapsec_core::netdesc::{DescOp, NetDesc};
+use knapsec_core::{ArchOptions, BlockSpec, CoreError, LayerTable, Result};
 
 /// Registry name.
 pub const NAME: &str = "example-tinycnn";
@@ -73,46 +76,37 @@ impl TinyCnnPlan {
         })
     }
 
-    /// `relu1` at the input size, `relu2` at half of it.
-    pub fn layer_table(&self) -> Result<LayerTable> {
-        let (_, h, w) = self.input;
-        LayerTable::new(
-            NAME,
-            vec![
-                ReluLayer::new("relu1", self.width, h, w),
-                ReluLayer::new("relu2", 2 * self.width, self.out_hw.0, self.out_hw.1),
-            ],
-        )
+    /// The network's description: `conv1` → `relu1` (block `block1`), `conv2` → `relu2` →
+    /// global average pooling `pool` → `fc` (block `block2`).
+    pub fn describe(&self) -> Result<NetDesc> {
+        let (c, h, w) = self.input;
+        let mut d = NetDesc::new(NAME, [c, h, w])?;
+        let x = conv(&mut d, "conv1", 0, self.width, [3, 1, 1, 1, 1], true)?;
+        let x = relu(&mut d, "relu1", x)?;
+        d.end_block("block1");
+        let x = conv(&mut d, "conv2", x, 2 * self.width, [3, 2, 1, 1, 1], true)?;
+        let x = relu(&mut d, "relu2", x)?;
+        let x = d.push("pool", DescOp::GlobalAvgPool, &[x])?;
+        linear(&mut d, "fc", x, self.classes)?;
+        d.end_block("block2");
+        Ok(d)
     }
 
-    /// The secure-model graph; layers named by `spec` get its block sizes, the others ReLU.
+    /// `relu1` at the input size, `relu2` at half of it (from [`Self::describe`]).
+    pub fn layer_table(&self) -> Result<LayerTable> {
+        self.describe()?.layer_table()
+    }
+
+    /// The secure-model graph ([`Self::describe`]); layers named by `spec` get its block
+    /// sizes, the others ReLU.
     pub fn secure_graph(
         &self,
         spec: Option<&BlockSpec>,
         frac_bits: u32,
     ) -> Result<(SecureModel, Vec<ParamSource>)> {
-        let table = self.layer_table()?;
-        check_spec_layers(NAME, &table.layers, spec)?;
-        let (c, h, w) = self.input;
-        let mut g = GraphBuilder::new(NAME, frac_bits, [c, h, w]);
-        let with_bias = |s: ConvSpec| ConvSpec { bias: true, ..s };
-        let mut x = g.conv(
-            "conv1",
-            g.input(),
-            with_bias(ConvSpec::square(self.width, 3, 1, 1)),
-            None,
-        )?;
-        x = activation_node(&mut g, &table.layers[0], x, spec, false)?;
-        x = g.conv(
-            "conv2",
-            x,
-            with_bias(ConvSpec::square(2 * self.width, 3, 2, 1)),
-            None,
-        )?;
-        x = activation_node(&mut g, &table.layers[1], x, spec, false)?;
-        let pooled = g.global_avg_pool("pool", x)?;
-        g.linear("fc", pooled, self.classes, true)?;
-        g.finish(OutputKind::Classification)
+        let desc = self.describe()?;
+        check_spec_layers(NAME, &desc.layer_table()?.layers, spec)?;
+        desc.secure_graph(spec, frac_bits)
     }
 }
 
@@ -138,8 +132,8 @@ mod tests {
         assert_eq!(
             t.layers,
             vec![
-                ReluLayer::new("relu1", 8, 28, 28),
-                ReluLayer::new("relu2", 16, 14, 14)
+                knapsec_core::ReluLayer::new("relu1", 8, 28, 28),
+                knapsec_core::ReluLayer::new("relu2", 16, 14, 14)
             ]
         );
         assert_eq!(t.drelus(), 8 * 784 + 16 * 196);
