@@ -100,7 +100,7 @@ const PC_LABEL: &str = "securenn/select/pc";
 /// The offline phase of one selection (stream `stream` of the PRGs); the helper sends the
 /// server its bit shares.
 pub fn offline(ctx: &mut Ctx<'_>, spec: &SelectSpec, stream: u64) -> Result<SelectPre> {
-    let (m_len, np, n) = (spec.pixels, spec.patches(), spec.n as usize);
+    let (np, n) = (spec.patches(), spec.n as usize);
     match ctx.role {
         Role::Client => Ok(SelectPre::Client { stream }),
         Role::Server => {
@@ -119,7 +119,8 @@ pub fn offline(ctx: &mut Ctx<'_>, spec: &SelectSpec, stream: u64) -> Result<Sele
         }
         Role::Helper => {
             let prg = span(OpKind::Prg);
-            let m = helper_masks(ctx, stream, m_len)?;
+            let e = spec.opened();
+            let m = helper_masks(ctx, stream, e)?;
             let mut u1 = ctx
                 .prg(Pair::ClientHelper, U_LABEL, stream)?
                 .mod_p(np * n, P as u8)
@@ -131,7 +132,8 @@ pub fn offline(ctx: &mut Ctx<'_>, spec: &SelectSpec, stream: u64) -> Result<Sele
             for g in 0..np {
                 let u = &mut u1[g * n..(g + 1) * n];
                 let mut x = 0u64;
-                spec.cmp.for_each(g, |i| x = x.wrapping_add(m[i]));
+                spec.cmp
+                    .for_each(g, |i| x = x.wrapping_add(m[if i >= e { i - e } else { i }]));
                 let t = u32::from(spec.shift[g]);
                 xj[g] = ((x >> (t + n as u32)) & 1) as u8;
                 // The window's bits from the most significant, then the server's share
@@ -240,7 +242,7 @@ pub fn online(
             let (m, mut h1, hm0) = {
                 let _prg = span(OpKind::Prg);
                 (
-                    helper_masks(ctx, *stream, m_len)?,
+                    helper_masks(ctx, *stream, spec.opened())?,
                     ctx.prg(Pair::ClientHelper, H_LABEL, *stream)?.u64s(np),
                     ctx.prg(Pair::ClientHelper, HM_LABEL, *stream)?.u64s(m_len),
                 )
@@ -248,11 +250,16 @@ pub fn online(
             let sel_span = span(OpKind::Selection);
             let mut hm1 = vec![0u64; m_len];
             let sel = spec.sel();
+            // A twinned spec's second half is masked by the first half's masks.
+            let e = m.len();
             for g in 0..np {
                 // h1 = h − h0 (in place of the client's share h0), hm1 = h·m − hm0
                 let h = u64::from(xj[g] ^ found[g]);
                 h1[g] = h.wrapping_sub(h1[g]);
-                sel.for_each(g, |i| hm1[i] = h.wrapping_mul(m[i]).wrapping_sub(hm0[i]));
+                sel.for_each(g, |i| {
+                    let mi = m[if i >= e { i - e } else { i }];
+                    hm1[i] = h.wrapping_mul(mi).wrapping_sub(hm0[i]);
+                });
             }
             drop((hm0, sel_span));
             ctx.send_u64(Role::Server, &h1)?;

@@ -35,7 +35,8 @@ pub enum NodePlan {
         /// The selections over the patch channels (pixels channel-major among them).
         spec: Option<SelectSpec>,
     },
-    /// ReLU6 as `ReLU(x) − ReLU(x − 6)`: one batch over `[x, x − 6]`.
+    /// ReLU6 as `ReLU(x) − ReLU(x − 6)`: one batch over `[x, x − 6]`, twinned (the second
+    /// half shares the first half's masks and opening).
     Relu6 {
         /// The selections over both halves.
         spec: SelectSpec,
@@ -235,7 +236,8 @@ impl Plan {
                 Op::Relu6 { .. } => {
                     let m = c * h * w;
                     NodePlan::Relu6 {
-                        spec: SelectSpec::new(2 * m, Groups::Singles(2 * m), None, 0, mode)?,
+                        spec: SelectSpec::new(2 * m, Groups::Singles(2 * m), None, 0, mode)?
+                            .twinned(6u64 << model.frac_bits)?,
                     }
                 }
                 Op::AvgPool {

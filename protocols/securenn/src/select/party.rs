@@ -65,8 +65,10 @@ pub(super) fn client_server(
     }
     let j = u32::from(ctx.role == Role::Server);
     let peer = if j == 0 { Role::Server } else { Role::Client };
-    // 1. open v + m
+    // 1. open v + m (a twinned spec opens its first half only: the second half's
+    // `w = v + m` is the first half's minus the public constant)
     ctx.scope(&layer, "select-open");
+    let e = spec.opened();
     let m = {
         let _prg = span(OpKind::Prg);
         let pair = if j == 0 {
@@ -74,23 +76,27 @@ pub(super) fn client_server(
         } else {
             Pair::ServerHelper
         };
-        ctx.prg(pair, M_LABEL, stream)?.u64s(m_len)
+        ctx.prg(pair, M_LABEL, stream)?.u64s(e)
     };
     let m = &m[..];
     // `v + m` goes out as the message itself (little-endian), and is added again to the
     // peer's half rather than kept: one pass less over memory than a copy for sending.
     let sel_span = span(OpKind::Selection);
-    let mut mine = Vec::with_capacity(m_len * 8);
-    for (v, m) in values.iter().zip(m) {
+    let mut mine = Vec::with_capacity(e * 8);
+    for (v, m) in values[..e].iter().zip(m) {
         mine.extend_from_slice(&v.wrapping_add(*m).to_le_bytes());
     }
     drop(sel_span);
     ctx.send_bytes(peer, mine)?;
-    let mut w = ctx.recv_u64(peer, m_len)?;
+    let mut w = ctx.recv_u64(peer, e)?;
     let sel_span = span(OpKind::Selection);
     w.iter_mut()
         .zip(values.iter().zip(m))
         .for_each(|(a, (v, m))| *a = a.wrapping_add(v.wrapping_add(*m)));
+    if let Some(c) = spec.twin {
+        w.extend_from_within(..);
+        w[e..].iter_mut().for_each(|a| *a = a.wrapping_sub(c));
+    }
     drop(sel_span);
     // 2. PrivateCompare messages, with the randomness of this layer drawn now. The common
     // randomness comes whole (its parts follow each other in one stream), `ρ` drawn into the
@@ -191,7 +197,7 @@ pub(super) fn client_server(
         sel.for_each(g, |i| {
             let mut v = b.wrapping_mul(w[i]);
             if notp == 1 {
-                v = v.wrapping_sub(m[i]);
+                v = v.wrapping_sub(m[if i >= e { i - e } else { i }]);
             }
             let hm_i = if in_place { y[i] } else { hm[i] };
             y[i] = if neg {

@@ -69,6 +69,11 @@ pub struct SelectSpec {
     pub n: u32,
     /// Ignored low bits `t'` of each patch.
     pub shift: Vec<u8>,
+    /// `Some(c)`: the pixels are two halves and pixel `E + i` (`E = M / 2`) holds pixel
+    /// `i`'s value minus the public constant `c` (ReLU6's `[x, x − 6]`). The second half
+    /// then shares the first half's masks, so only the first half is opened (see
+    /// [`crate::select`]).
+    pub twin: Option<u64>,
 }
 
 impl SelectSpec {
@@ -121,7 +126,31 @@ impl SelectSpec {
             offset,
             n: k - 1,
             shift,
+            twin: None,
         })
+    }
+
+    /// This spec with its second half of pixels declared to be the first half minus the
+    /// public constant `c` (see [`SelectSpec::twin`]); refused for an odd pixel count.
+    pub fn twinned(mut self, c: u64) -> Result<Self> {
+        if !self.pixels.is_multiple_of(2) {
+            return Err(SecureNnError::Options(format!(
+                "a twinned selection needs an even pixel count, not {}",
+                self.pixels
+            )));
+        }
+        self.twin = Some(c);
+        Ok(self)
+    }
+
+    /// Pixels opened (and masked by a mask of their own): the first half of a twinned spec,
+    /// every pixel otherwise.
+    pub fn opened(&self) -> usize {
+        if self.twin.is_some() {
+            self.pixels / 2
+        } else {
+            self.pixels
+        }
     }
 
     /// Number of decisions (DReLUs).
@@ -133,9 +162,14 @@ impl SelectSpec {
         self.sel.as_ref().unwrap_or(&self.cmp)
     }
 
-    /// Bytes of one call (online + offline), the closed form of the module docs.
+    /// Bytes of one call (online + offline), the closed form of the module docs: 16 bytes
+    /// per opened pixel, 8 per pixel, `3n + 8` per patch.
     pub fn bytes(&self) -> u64 {
-        let (m, n) = (self.pixels as u64, self.patches() as u64);
-        24 * m + (3 * u64::from(self.n) + 8) * n
+        let (m, o, n) = (
+            self.pixels as u64,
+            self.opened() as u64,
+            self.patches() as u64,
+        );
+        16 * o + 8 * m + (3 * u64::from(self.n) + 8) * n
     }
 }
