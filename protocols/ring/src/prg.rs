@@ -21,9 +21,23 @@ use crate::error::{Result, RingError};
 use crate::simd::ByteLevel;
 use crate::tensor::RingTensor;
 use aes::Aes128;
-use ctr::cipher::{KeyIvInit, StreamCipher};
+use ctr::cipher::{KeyIvInit, StreamCipherCore};
 
-type Cipher = ctr::Ctr64LE<Aes128>;
+/// AES-128-CTR with a 64-bit little-endian counter (`ctr::Ctr64LE`'s keystream), driven
+/// block-wise: keystream blocks are written over a buffer, not XORed into a cleared one.
+type Cipher = ctr::CtrCore<Aes128, ctr::flavors::Ctr64LE>;
+
+/// One keystream block.
+type Block = ctr::cipher::Block<Cipher>;
+
+const _: () = assert!(std::mem::size_of::<Block>() == 16 && std::mem::align_of::<Block>() == 1);
+
+/// The whole 16-byte blocks at the start of `bytes`.
+fn as_blocks(bytes: &mut [u8]) -> &mut [Block] {
+    // SAFETY: a block is 16 bytes with alignment 1 (asserted above), so the first
+    // `len / 16 · 16` bytes are exactly that many blocks, borrowed mutably once.
+    unsafe { std::slice::from_raw_parts_mut(bytes.as_mut_ptr().cast::<Block>(), bytes.len() / 16) }
+}
 
 /// Size of the internal buffer for small draws.
 const BUF: usize = 4096;
@@ -68,26 +82,19 @@ impl Prg {
 
     /// Fills `out` with keystream bytes.
     pub fn fill_bytes(&mut self, out: &mut [u8]) {
-        self.fill(out, false);
-    }
-
-    /// Fills `out` with keystream bytes; `zeroed`: `out` holds only zeros already (a fresh
-    /// zeroed allocation), so the keystream is XORed in without clearing it first.
-    fn fill(&mut self, out: &mut [u8], zeroed: bool) {
         // Serve from the buffer first so that the stream is independent of draw sizes.
         let from_buf = out.len().min(BUF - self.pos);
         out[..from_buf].copy_from_slice(&self.buf[self.pos..self.pos + from_buf]);
         self.pos += from_buf;
-        let rest = &mut out[from_buf..];
-        if rest.is_empty() {
-            return;
-        }
+        let mut rest = &mut out[from_buf..];
         if rest.len() >= BUF {
-            if !zeroed {
-                rest.fill(0);
-            }
-            self.cipher.apply_keystream(rest);
-        } else {
+            // Whole blocks straight into `out`; a partial last block comes from the buffer.
+            let whole = rest.len() / 16 * 16;
+            self.cipher
+                .write_keystream_blocks(as_blocks(&mut rest[..whole]));
+            rest = &mut rest[whole..];
+        }
+        if !rest.is_empty() {
             self.refill();
             rest.copy_from_slice(&self.buf[..rest.len()]);
             self.pos = rest.len();
@@ -95,8 +102,8 @@ impl Prg {
     }
 
     fn refill(&mut self) {
-        self.buf.fill(0);
-        self.cipher.apply_keystream(&mut self.buf[..]);
+        self.cipher
+            .write_keystream_blocks(as_blocks(&mut self.buf[..]));
         self.pos = 0;
     }
 
@@ -117,10 +124,10 @@ impl Prg {
 
     /// `n` uniform ring elements.
     pub fn u64s(&mut self, n: usize) -> Vec<u64> {
-        // A zeroed allocation of this size comes from fresh zero pages: not clearing it
-        // again saves a pass over memory.
+        // The keystream is written over the allocation (a zeroed one may come from fresh
+        // zero pages without a pass over memory).
         let mut v = vec![0u64; n];
-        self.fill(bytemuck::cast_slice_mut(&mut v), true);
+        self.fill_bytes(bytemuck::cast_slice_mut(&mut v));
         if cfg!(target_endian = "big") {
             v.iter_mut().for_each(|x| *x = u64::from_le(*x));
         }
@@ -136,7 +143,7 @@ impl Prg {
     /// `n` uniform bits (each `0` or `1`), eight per keystream byte.
     pub fn bits(&mut self, n: usize) -> Vec<u8> {
         let mut bytes = vec![0u8; n.div_ceil(8)];
-        self.fill(&mut bytes, true);
+        self.fill_bytes(&mut bytes);
         (0..n).map(|i| (bytes[i / 8] >> (i % 8)) & 1).collect()
     }
 
@@ -203,6 +210,7 @@ impl Prg {
             return Err(RingError::invalid("below", "bound must be at least 1"));
         }
         let zone = u64::MAX - (u64::MAX - bound + 1) % bound;
+        let rem = FastRem::new(bound);
         let mut out = Vec::with_capacity(count);
         let mut draw = vec![0u64; count];
         while out.len() < count {
@@ -212,7 +220,7 @@ impl Prg {
                 draw[..missing]
                     .iter()
                     .filter(|&&v| v <= zone)
-                    .map(|&v| v % bound),
+                    .map(|&v| rem.of(v)),
             );
         }
         Ok(out)
@@ -231,6 +239,34 @@ impl Prg {
             let j = self.below(i as u64 + 1).expect("bound ≥ 1") as usize;
             items.swap(i, j);
         }
+    }
+}
+
+/// `v mod d` for a fixed `d ≥ 1` by multiplications instead of a division (Lemire, Kaser and
+/// Kurz, "Faster remainder by direct computation", 2019, with a 128-bit `c` for 64-bit `v`):
+/// `c = ⌈2^128 / d⌉`, `v mod d = ⌊((c·v) mod 2^128) · d / 2^128⌋`, exact for every `v`.
+struct FastRem {
+    d: u64,
+    c: u128,
+}
+
+impl FastRem {
+    fn new(d: u64) -> Self {
+        debug_assert!(d >= 1);
+        // ⌈2^128 / d⌉ mod 2^128 (d = 1 gives 0, and then every remainder is 0)
+        FastRem {
+            d,
+            c: (u128::MAX / u128::from(d)).wrapping_add(1),
+        }
+    }
+
+    #[inline(always)]
+    fn of(&self, v: u64) -> u64 {
+        let low = self.c.wrapping_mul(u128::from(v));
+        let d = u128::from(self.d);
+        // ⌊low · d / 2^128⌋ from the two 64-bit halves of `low`
+        let lo = ((low as u64 as u128) * d) >> 64;
+        (((low >> 64) * d + lo) >> 64) as u64
     }
 }
 
@@ -424,6 +460,62 @@ mod tests {
         assert_ne!(a, Prg::new(&K, "cs/inputs").u64s(100));
         assert_ne!(a, Prg::with_stream(&K, "cs/input", 1).u64s(100));
         assert_ne!(a, Prg::new(&[8; 32], "cs/input").u64s(100));
+    }
+
+    #[test]
+    fn the_keystream_is_aes_128_ctr64le() {
+        use ctr::cipher::StreamCipher;
+        let mut h = blake3::Hasher::new_keyed(&K);
+        h.update(b"knapsec-prg-v1");
+        h.update(&1u64.to_le_bytes());
+        h.update(b"x");
+        h.update(&0u64.to_le_bytes());
+        let d = h.finalize();
+        let mut want = vec![0u8; 3 * BUF + 100];
+        ctr::Ctr64LE::<Aes128>::new(d.as_bytes()[..16].into(), d.as_bytes()[16..].into())
+            .apply_keystream(&mut want);
+        // draws of every size, past the buffer and straight into the output, unaligned
+        for split in [[1usize, 5000, 17], [4096, 4097, 3], [15, 33, 8200]] {
+            let mut p = Prg::new(&K, "x");
+            let mut got = vec![0xA5u8; want.len()];
+            let (a, rest) = got.split_at_mut(split[0]);
+            let (b, rest) = rest.split_at_mut(split[1]);
+            let (c, d) = rest.split_at_mut(split[2]);
+            for part in [a, b, c, d] {
+                p.fill_bytes(part);
+            }
+            assert_eq!(got, want, "{split:?}");
+        }
+    }
+
+    #[test]
+    fn fast_remainders_are_exact() {
+        let mut p = Prg::new(&K, "rem");
+        let bounds = [
+            1u64,
+            2,
+            3,
+            7,
+            13,
+            63,
+            64,
+            67,
+            1000,
+            1 << 32,
+            (1 << 32) + 1,
+            u64::MAX / 3,
+            u64::MAX - 1,
+            u64::MAX,
+        ];
+        for d in bounds {
+            let r = FastRem::new(d);
+            for v in [0, 1, d - 1, d, d.wrapping_add(1), u64::MAX, u64::MAX - 1]
+                .into_iter()
+                .chain(p.u64s(2000))
+            {
+                assert_eq!(r.of(v), v % d, "{v} mod {d}");
+            }
+        }
     }
 
     #[test]

@@ -174,7 +174,7 @@ const SPREAD: [u64; 256] = {
 fn window_bits(w: u64, n: usize, out: &mut [u8; 64]) {
     // Bit n − 1 − i moves to bit i.
     let r = (w << (64 - n)).reverse_bits();
-    for (k, chunk) in out.chunks_exact_mut(8).enumerate() {
+    for (k, chunk) in out.chunks_exact_mut(8).enumerate().take(n.div_ceil(8)) {
         let byte = (r >> (8 * k)) as u8;
         chunk.copy_from_slice(&SPREAD[usize::from(byte)].to_le_bytes());
     }
@@ -252,14 +252,22 @@ pub fn online(
             let sel = spec.sel();
             // A twinned spec's second half is masked by the first half's masks.
             let e = m.len();
-            for g in 0..np {
-                // h1 = h − h0 (in place of the client's share h0), hm1 = h·m − hm0
-                let h = u64::from(xj[g] ^ found[g]);
-                h1[g] = h.wrapping_sub(h1[g]);
-                sel.for_each(g, |i| {
-                    let mi = m[if i >= e { i - e } else { i }];
-                    hm1[i] = h.wrapping_mul(mi).wrapping_sub(hm0[i]);
-                });
+            // h1 = h − h0 (in place of the client's share h0)
+            for ((h1, &x), &f) in h1.iter_mut().zip(xj).zip(&found) {
+                *h1 = u64::from(x ^ f).wrapping_sub(*h1);
+            }
+            // hm1 = h·m − hm0, h = h0 + h1 ∈ {0, 1}
+            let hm = |g: usize, i: usize| {
+                let all = 0u64.wrapping_sub(u64::from(xj[g] ^ found[g]));
+                (m[if i >= e { i - e } else { i }] & all).wrapping_sub(hm0[i])
+            };
+            match sel {
+                Groups::Singles(_) => hm1
+                    .iter_mut()
+                    .enumerate()
+                    .take(np)
+                    .for_each(|(g, v)| *v = hm(g, g)),
+                _ => (0..np).for_each(|g| sel.for_each(g, |i| hm1[i] = hm(g, i))),
             }
             drop((hm0, sel_span));
             ctx.send_u64(Role::Server, &h1)?;

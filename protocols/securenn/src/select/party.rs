@@ -121,13 +121,22 @@ pub(super) fn client_server(
     let mut zbit = vec![0u8; np];
     let mut r = vec![0u64; np];
     let mask = if n == 64 { u64::MAX } else { (1u64 << n) - 1 };
-    for g in 0..np {
-        let mut z = 0u64;
-        spec.cmp.for_each(g, |i| z = z.wrapping_add(w[i]));
-        z = z.wrapping_sub(spec.offset);
-        let t = u32::from(spec.shift[g]);
-        r[g] = (z >> t) & mask;
-        zbit[g] = ((z >> (t + n as u32)) & 1) as u8;
+    let window = |z: u64, t: u8| {
+        let z = z.wrapping_sub(spec.offset);
+        let t = u32::from(t);
+        ((z >> t) & mask, ((z >> (t + n as u32)) & 1) as u8)
+    };
+    if let Groups::Singles(_) = &spec.cmp {
+        // One pixel a patch: patch g is pixel g (a loop without the groups' indirection).
+        for (((r, zb), &z), &t) in r.iter_mut().zip(&mut zbit).zip(&w).zip(&spec.shift) {
+            (*r, *zb) = window(z, t);
+        }
+    } else {
+        for g in 0..np {
+            let mut z = 0u64;
+            spec.cmp.for_each(g, |i| z = z.wrapping_add(w[i]));
+            (r[g], zbit[g]) = window(z, spec.shift[g]);
+        }
     }
     if n > 0 {
         let chunk = CHUNK.min(np) * n;
@@ -177,35 +186,49 @@ pub(super) fn client_server(
         (h, ctx.recv_u64(Role::Helper, m_len)?)
     };
     // 4. local products: output `i` needs `h·m` of pixel `i` only, so when every pixel is
-    // selected (one patch a pixel) the outputs overwrite the shares of `h·m`.
+    // selected (one patch a pixel) the outputs overwrite the shares of `h·m`. With
+    // `¬p = 1 ⊕ z_j ⊕ β`: `b_j = [j = 0]·¬p + h_j·(1 − 2¬p)` and
+    // `y_j = b_j·w − ¬p·m_j ± (h·m)_j` (`+` when `¬p = 1`, `m_j` this party's mask), computed
+    // without branches on the random `¬p`.
     let _sel = span(OpKind::Selection);
     let sel = spec.sel();
-    let in_place = matches!(sel, Groups::Singles(len) if *len == m_len);
-    let mut y = if in_place {
-        std::mem::take(&mut hm)
-    } else {
-        vec![0u64; m_len]
+    let lead = 1 - u64::from(j);
+    let decision = |g: usize| {
+        let notp = u64::from(1 ^ zbit[g] ^ beta[g]);
+        // all ones when ¬p = 1
+        let all = 0u64.wrapping_sub(notp);
+        let hg = h[g];
+        let b = hg ^ ((hg ^ lead.wrapping_sub(hg)) & all);
+        (b, all)
     };
-    for g in 0..np {
-        let notp = 1 ^ zbit[g] ^ beta[g];
-        // b_j = [j = 0]·¬p + h_j·(1 − 2¬p); sign = 1 − 2¬p = ±1
-        let (b, neg) = if notp == 1 {
-            ((1 - u64::from(j)).wrapping_sub(h[g]), true)
-        } else {
-            (h[g], false)
-        };
-        sel.for_each(g, |i| {
-            let mut v = b.wrapping_mul(w[i]);
-            if notp == 1 {
-                v = v.wrapping_sub(m[if i >= e { i - e } else { i }]);
+    // y = b·w − (m if ¬p) − hm + (2·hm if ¬p)
+    let product = |(b, all): (u64, u64), w: u64, m: u64, hm: u64| {
+        b.wrapping_mul(w)
+            .wrapping_sub(m & all)
+            .wrapping_sub(hm)
+            .wrapping_add((hm & all) << 1)
+    };
+    let y = match sel {
+        Groups::Singles(len) if *len == m_len => {
+            // Pixel g is patch g: the outputs overwrite the shares of h·m in place; the
+            // second half of a twinned spec takes the first half's masks.
+            let mut y = std::mem::take(&mut hm);
+            for (g, (y, &w)) in y.iter_mut().zip(&w).enumerate() {
+                let mi = m[if g >= e { g - e } else { g }];
+                *y = product(decision(g), w, mi, *y);
             }
-            let hm_i = if in_place { y[i] } else { hm[i] };
-            y[i] = if neg {
-                v.wrapping_add(hm_i)
-            } else {
-                v.wrapping_sub(hm_i)
-            };
-        });
-    }
+            y
+        }
+        _ => {
+            let mut y = vec![0u64; m_len];
+            for g in 0..np {
+                let d = decision(g);
+                sel.for_each(g, |i| {
+                    y[i] = product(d, w[i], m[if i >= e { i - e } else { i }], hm[i]);
+                });
+            }
+            y
+        }
+    };
     Ok(y)
 }
