@@ -639,9 +639,10 @@ pub fn run_export(a: ExportArgs, ctx: &Context) -> anyhow::Result<()> {
     let mut out = ctx.stdout();
     writeln!(
         out,
-        "wrote {}: {} nodes, {} DReLUs, public hash {}",
+        "wrote {}: {} nodes, {} DReLUs ({} in ReLU layers), public hash {}",
         a.output.display(),
         model.nodes.len(),
+        model.all_drelus(),
         model.drelus(),
         &model.public_hash()[..16]
     )?;

@@ -558,7 +558,10 @@ impl SecureModel {
         blake3::hash(&self.canonical_bytes()).to_hex().to_string()
     }
 
-    /// Total DReLUs of the activation nodes.
+    /// DReLUs of the (block) ReLU layers only: the count the knapsack's budget is a share
+    /// of, equal to the layer table's. ReLU6's bounds and max pooling's comparisons are not
+    /// in it (a MobileNetV2 with every ReLU6 kept has 0): [`Self::all_drelus`] counts every
+    /// DReLU an inference's network runs.
     pub fn drelus(&self) -> u64 {
         self.nodes
             .iter()
@@ -570,6 +573,13 @@ impl SecureModel {
                 _ => 0,
             })
             .sum()
+    }
+
+    /// Every DReLU of the network, summed over all DReLU sites ([`Self::site_drelus`]): block
+    /// ReLU patches, two per ReLU6 element, `taps − 1` per max-pool output (a secure argmax
+    /// over the output adds its own, counted by the backend's plan).
+    pub fn all_drelus(&self) -> u64 {
+        (0..self.nodes.len()).map(|i| self.site_drelus(i)).sum()
     }
 
     /// Reads `dir/model.ron` and validates it.

@@ -341,3 +341,32 @@ fn model_files_of_formats_1_and_2_still_load() {
     old.format = 2;
     assert!(old.validate().is_err());
 }
+
+#[test]
+fn all_drelus_counts_every_site_and_drelus_only_the_relu_layers() {
+    let (mut model, _) = tiny();
+    model.nodes.push(Node {
+        name: "relu6".into(),
+        op: Op::Relu6 {
+            layer: "relu6".into(),
+        },
+        inputs: vec![2],
+        shape: [2, 4, 4],
+    });
+    model.nodes.push(Node {
+        name: "pool".into(),
+        op: Op::MaxPool {
+            kernel: [2, 2],
+            stride: [2, 2],
+            padding: [0, 0],
+            pad_end: None,
+            ceil_mode: false,
+        },
+        inputs: vec![3],
+        shape: [2, 2, 2],
+    });
+    model.validate().unwrap();
+    // one ReLU channel of 4×4; 2 per ReLU6 value; 3 comparisons per max-pool output
+    assert_eq!(model.drelus(), 16);
+    assert_eq!(model.all_drelus(), 16 + 2 * 32 + 3 * 8);
+}

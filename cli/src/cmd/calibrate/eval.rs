@@ -54,6 +54,7 @@ pub struct ModelEvalSummary {
     pub model: String,
     pub data: String,
     pub count: usize,
+    /// Every DReLU of the network (ReLU, ReLU6 bounds, max-pool comparisons).
     pub drelus: u64,
     /// Top-1 of the floating-point network (with --weights and labelled data).
     pub reference_top1: Option<f64>,
@@ -251,7 +252,7 @@ pub fn eval_model(
         model: dir.display().to_string(),
         data: data.to_string(),
         count: images.len(),
-        drelus: model.drelus(),
+        drelus: model.all_drelus(),
         reference_top1,
         modes: out,
     })
