@@ -27,10 +27,20 @@
 //! 4. With `p = z_j ⊕ β` (known to client and server) the decision is `b = ¬p ⊕ h`, and
 //!    `b·v = b·w − b·m` with `b·m = ¬p·m + (1 − 2¬p)·h·m`: all local.
 //!
-//! Bytes per call: `24·M + (3n + 8)·N` (M pixels, N patches, `n` compared bits), in 3
-//! rounds; the helper's `n·N` bytes of bit shares are offline. For a plain ReLU (M = N,
-//! exact, n = 63) that is 221 bytes per element including the multiplication, against the
-//! reference's 536 (digest §6.13).
+//! **Twinned halves** (ReLU6's `[x, x − 6]`, [`SelectSpec::twin`]): when the second half of
+//! the pixels is the first half minus a public constant `c`, pixel `E + i` takes pixel `i`'s
+//! masks `m₀, m₁` (so the helper's `x` and `m` are the same for both), and only the first
+//! half is opened: `w_{E+i} = w_i − c` is computed locally. This reveals nothing new: client
+//! and server learn `x + m`, from which `x − c + m` follows for the public `c`. The two
+//! comparisons of a value keep their own PrivateCompare randomness (`β`, `s`, `ρ`, rotation),
+//! bit shares of the mask's window and shares of `h` and `h·m`, so the helper's view of each
+//! is as before: a uniform bit and uniform non-zero values at uniform positions.
+//!
+//! Bytes per call: `16·O + 8·M + (3n + 8)·N` (M pixels of which O opened, O = M except for
+//! twinned halves, N patches, `n` compared bits), in 3 rounds; the helper's `n·N` bytes of
+//! bit shares are offline. For a plain ReLU (M = O = N, exact, n = 63) that is 221 bytes per
+//! element including the multiplication, against the reference's 536 (digest §6.13); a
+//! ReLU6 element costs `16 + 2·8 + 2·(3n + 8)`.
 //!
 //! **Approximate DReLU** (`bits = k`, `lsb_ignored = t`, digest §6.12): only the `n = k − 1`
 //! bits `[t', t' + n)` of `mid` are compared and the sign bit is `j = t' + n`, where
