@@ -212,7 +212,7 @@ fn below_p(bytes: &[u8]) -> bool {
 }
 
 /// The online phase: `values` is this party's share of the `M` pixel values (client and
-/// server; the helper passes an empty slice). Returns this party's share of the `M` outputs
+/// server; the helper passes an empty slice; for a twinned spec the first half suffices). Returns this party's share of the `M` outputs
 /// (empty for the helper).
 #[allow(clippy::needless_range_loop)]
 pub fn online(
@@ -258,7 +258,8 @@ pub fn online(
                 )
             };
             let sel_span = span(OpKind::Selection);
-            let mut hm1 = vec![0u64; m_len];
+            // hm1 is written as the message itself (little-endian), not copied for sending.
+            let mut hm1 = vec![0u8; m_len * 8];
             let sel = spec.sel();
             // A twinned spec's second half is masked by the first half's masks.
             let e = m.len();
@@ -269,20 +270,24 @@ pub fn online(
             // hm1 = h·m − hm0, h = h0 + h1 ∈ {0, 1}
             let hm = |g: usize, i: usize| {
                 let all = 0u64.wrapping_sub(u64::from(xj[g] ^ found[g]));
-                (m[if i >= e { i - e } else { i }] & all).wrapping_sub(hm0[i])
+                (m[if i >= e { i - e } else { i }] & all)
+                    .wrapping_sub(hm0[i])
+                    .to_le_bytes()
             };
             match sel {
                 Groups::Singles(_) => hm1
-                    .iter_mut()
+                    .chunks_exact_mut(8)
                     .enumerate()
                     .take(np)
-                    .for_each(|(g, v)| *v = hm(g, g)),
-                _ => (0..np).for_each(|g| sel.for_each(g, |i| hm1[i] = hm(g, i))),
+                    .for_each(|(g, v)| v.copy_from_slice(&hm(g, g))),
+                _ => (0..np).for_each(|g| {
+                    sel.for_each(g, |i| hm1[8 * i..8 * i + 8].copy_from_slice(&hm(g, i)))
+                }),
             }
             drop((hm0, sel_span));
             ctx.send_u64(Role::Server, &h1)?;
             ctx.scope(&layer, "select-mult");
-            ctx.send_u64(Role::Server, &hm1)?;
+            ctx.send_bytes(Role::Server, hm1)?;
             Ok(Vec::new())
         }
         (Role::Client, SelectPre::Client { stream }) => {

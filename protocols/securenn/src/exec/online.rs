@@ -107,15 +107,11 @@ impl Session<'_> {
                 }
                 NodePlan::Relu6 { spec } => {
                     ctx.scope(&gnode.name, "relu6");
-                    let v = if party {
-                        let six = if role == Role::Client { 6u64 << f } else { 0 };
-                        ops::relu6_values(get(0).data(), six)
-                    } else {
-                        Vec::new()
-                    };
+                    // The spec is twinned: `x − 6` is not needed, only `x`.
+                    let v: &[u64] = if party { get(0).data() } else { &[] };
                     let sel = std::mem::take(&mut pre.select[i]);
-                    let y = select::online(ctx, spec, &sel[0], &v)?;
-                    drop((sel, v));
+                    let y = select::online(ctx, spec, &sel[0], v)?;
+                    drop(sel);
                     if party {
                         RingTensor::from_vec(&shape, ops::relu6_output(&y))
                             .map_err(|e| ring(ctx, e))?

@@ -54,7 +54,9 @@ pub(super) fn client_server(
 ) -> Result<Vec<u64>> {
     let (m_len, np, n) = (spec.pixels, spec.patches(), spec.n as usize);
     let layer = ctx.layer().to_string();
-    if values.len() != m_len {
+    // A twinned spec reads only the first half (its second half follows from it).
+    let e = spec.opened();
+    if values.len() != m_len && values.len() != e {
         return Err(SecureNnError::Input {
             role: ctx.role,
             message: format!(
@@ -68,7 +70,6 @@ pub(super) fn client_server(
     // 1. open v + m (a twinned spec opens its first half only: the second half's
     // `w = v + m` is the first half's minus the public constant)
     ctx.scope(&layer, "select-open");
-    let e = spec.opened();
     let m = {
         let _prg = span(OpKind::Prg);
         let pair = if j == 0 {
