@@ -504,3 +504,79 @@ pub(crate) mod tests {
         assert_eq!(rep.op("drelu").bytes, (3 * 63 + 8) * 3);
     }
 }
+
+#[cfg(test)]
+mod patch_tests {
+    use super::tests::run_select;
+    use super::*;
+    use crate::options::DreluMode;
+    use knapsec_ring::Prg;
+
+    /// Patches of mixed sizes under a short window: sums well inside the window and away
+    /// from zero decide exactly; every pixel of a kept patch passes, the others are 0.
+    #[test]
+    fn short_window_patches_of_mixed_sizes() {
+        let mut prg = Prg::new(&[5; 32], "patches");
+        let (mut ptr, mut idx, mut v, mut keep) = (vec![0usize], Vec::new(), Vec::new(), vec![]);
+        for g in 0..300usize {
+            let size = 1 + g % 5;
+            let positive = prg.next_u64() & 1 == 1;
+            for _ in 0..size {
+                idx.push(v.len() as u32);
+                let mag = 1000 + (prg.next_u64() % 1000) as i64;
+                v.push(if positive { mag } else { -mag } as u64);
+            }
+            keep.push(positive);
+            ptr.push(idx.len());
+        }
+        let mode = DreluMode::Approx {
+            bits: 14,
+            lsb_ignored: 3,
+        };
+        let cmp = Groups::Csr {
+            ptr: ptr.clone(),
+            idx,
+        };
+        let spec = SelectSpec::new(v.len(), cmp, None, 1, mode).unwrap();
+        let (y, rep) = run_select(&spec, &v);
+        assert_eq!(rep.bytes, spec.bytes());
+        for (g, &k) in keep.iter().enumerate() {
+            for i in ptr[g]..ptr[g + 1] {
+                assert_eq!(y[i], if k { v[i] } else { 0 }, "patch {g} pixel {i}");
+            }
+        }
+    }
+
+    /// A twinned spec (ReLU6's halves) given only its first half: `[x ≥ 0]·x` and
+    /// `[x − c ≥ 0]·(x − c)`, one opening (16 bytes per value less than two).
+    #[test]
+    fn twinned_halves_share_one_opening() {
+        let c = 6u64 << 12;
+        let x: Vec<i64> = (-40..40).map(|k| k * 1000 + 7).collect();
+        let e = x.len();
+        let spec = SelectSpec::new(2 * e, Groups::Singles(2 * e), None, 0, DreluMode::Exact)
+            .unwrap()
+            .twinned(c)
+            .unwrap();
+        assert_eq!(spec.opened(), e);
+        let v: Vec<u64> = x.iter().map(|&a| a as u64).collect();
+        let (y, rep) = run_select(&spec, &v);
+        assert_eq!(rep.bytes, spec.bytes());
+        assert_eq!(spec.bytes() + 16 * e as u64, {
+            let mut plain = spec.clone();
+            plain.twin = None;
+            plain.bytes()
+        });
+        for (k, &a) in x.iter().enumerate() {
+            assert_eq!(y[k], if a >= 0 { a as u64 } else { 0 }, "x = {a}");
+            let b = a - c as i64;
+            assert_eq!(y[e + k], if b >= 0 { b as u64 } else { 0 }, "x − c = {b}");
+        }
+        assert!(
+            SelectSpec::new(3, Groups::Singles(3), None, 0, DreluMode::Exact)
+                .unwrap()
+                .twinned(c)
+                .is_err()
+        );
+    }
+}
