@@ -1,202 +1,32 @@
 //! The tch networks of `deeplabv3-mobilenetv2` and `deeplabv3-resnet50` (cargo feature
-//! `torch`), registered in `knapsec-nn`, with OpenMMLab `state_dict` names (see [`crate::plan`]).
+//! `torch`), registered in `knapsec-nn`, with OpenMMLab `state_dict` names (see [`crate::plan`]):
+//! the interpreter ([`DescNet`]) running the plan's description ([`DeepLabPlan::describe`]:
+//! the MobileNetV2 backbone or the one ResNet, dilated, and the ASPP head).
 //!
-//! `deeplabv3-resnet50` is the interpreter ([`DescNet`]) running the plan's description
-//! ([`DeepLabPlan::describe`]: the one ResNet, dilated, and the ASPP head). The MobileNetV2
-//! network below is still written by hand. Blocks are the plan's: the backbone's blocks, then `decode`, which runs the ASPP head and
+//! Blocks are the plan's: the backbone's blocks, then `decode`, which runs the ASPP head and
 //! returns the segmentation logits `[N, classes, H/8, W/8]`. The image-pooling branch is
-//! repeated to H×W with `expand` (equal to mmseg's bilinear resize of a 1×1 map, and to the
-//! secure graph's `Op::Broadcast`).
+//! repeated to H×W (nearest resize of a 1×1 map: equal to mmseg's bilinear resize of it, and to
+//! the secure graph's `Op::Broadcast`); dropout 0.1 before `conv_seg` in training.
 
-use crate::plan::{
-    ASPP_CHANNELS, ASPP_DILATIONS, Backbone, DEEPLABV3_MOBILENETV2, DEEPLABV3_RESNET50, DeepLabPlan,
-};
-use knapsec_arch_mobilenet::geometry::Naming;
-use knapsec_arch_mobilenet::net::MobileNetV2Backbone;
+use crate::plan::{DEEPLABV3_MOBILENETV2, DEEPLABV3_RESNET50, DeepLabPlan};
 use knapsec_core::ArchOptions;
-use knapsec_nn::conv_bn::{ConvBn, sub_path};
-use knapsec_nn::net::{BlockNet, BlockNetParts, input_shape, plan_graph};
-use knapsec_nn::slots::{SlotId, SlotKind, Slots};
+use knapsec_nn::net::BlockNet;
 use knapsec_nn::{DescNet, Result};
 use std::collections::HashMap;
-#[cfg(test)]
-use tch::Kind;
-use tch::{Tensor, nn};
+use tch::nn;
 
-#[derive(Debug)]
-struct AsppHead {
-    image_pool: ConvBn,
-    branches: Vec<ConvBn>,
-    bottleneck: ConvBn,
-    conv_seg: nn::Conv2D,
-    /// `decode_0` … `decode_5`.
-    slots: Vec<SlotId>,
-}
-
-impl AsppHead {
-    fn new(root: &nn::Path, plan: &DeepLabPlan, slots: &mut Slots, block: usize) -> Result<Self> {
-        let c = ASPP_CHANNELS;
-        let mut ids = Vec::with_capacity(6);
-        for layer in plan.decode_layers() {
-            ids.push(slots.add(layer, block, SlotKind::Relu)?);
-        }
-        let image_pool = ConvBn::new(
-            root,
-            "decode_head.image_pool.1.conv",
-            "decode_head.image_pool.1.bn",
-            plan.head_in,
-            c,
-            1,
-            1,
-            0,
-            1,
-            1,
-        );
-        let branches = ASPP_DILATIONS
-            .iter()
-            .enumerate()
-            .map(|(i, &d)| {
-                let m = format!("decode_head.aspp_modules.{i}");
-                let (conv, bn) = (format!("{m}.conv"), format!("{m}.bn"));
-                if d == 1 {
-                    ConvBn::new(root, &conv, &bn, plan.head_in, c, 1, 1, 0, 1, 1)
-                } else {
-                    ConvBn::new(root, &conv, &bn, plan.head_in, c, 3, 1, d, d, 1)
-                }
-            })
-            .collect();
-        let n = ASPP_DILATIONS.len() as u32 + 1;
-        let bottleneck = ConvBn::new(
-            root,
-            "decode_head.bottleneck.conv",
-            "decode_head.bottleneck.bn",
-            n * c,
-            c,
-            3,
-            1,
-            1,
-            1,
-            1,
-        );
-        let conv_seg = nn::conv2d(
-            sub_path(root, "decode_head.conv_seg"),
-            c.into(),
-            plan.classes.into(),
-            1,
-            Default::default(),
-        );
-        Ok(AsppHead {
-            image_pool,
-            branches,
-            bottleneck,
-            conv_seg,
-            slots: ids,
-        })
-    }
-
-    fn forward(&self, parts: &BlockNetParts, x: &Tensor, train: bool) -> Tensor {
-        let slots = &parts.slots;
-        let (n, _, h, w) = x.size4().expect("the head's input is 4-D");
-        let pooled = x.mean_dim([2i64, 3].as_slice(), true, x.kind());
-        let ip = slots.run(self.slots[0], &self.image_pool.forward(&pooled, train));
-        let mut outs = vec![ip.expand([n, i64::from(ASPP_CHANNELS), h, w], false)];
-        for (i, b) in self.branches.iter().enumerate() {
-            outs.push(slots.run(self.slots[i + 1], &b.forward(x, train)));
-        }
-        let cat = Tensor::cat(&outs, 1);
-        let y = slots.run(self.slots[5], &self.bottleneck.forward(&cat, train));
-        parts.dropout(&y, 0.1, train).apply(&self.conv_seg)
-    }
-}
-
-/// A DeepLabV3 (either backbone) as a block-structured network.
-#[derive(Debug)]
-pub struct DeepLabV3 {
-    plan: DeepLabPlan,
-    backbone: MobileNetV2Backbone,
-    head: AsppHead,
-    /// Name, options, input shape, blocks, slots and graph source.
-    parts: BlockNetParts,
-}
-
-impl DeepLabV3 {
-    /// Builds architecture `arch` at `options` under `root`.
-    pub fn new(arch: &str, options: &ArchOptions, root: &nn::Path) -> Result<Self> {
-        let plan = DeepLabPlan::new(arch, options)?;
-        let layers = plan.backbone_layers()?;
-        let mut slots = Slots::new(plan.arch);
-        let Backbone::MobileNetV2 { geometry, relu6 } = &plan.backbone else {
-            return Err(knapsec_core::CoreError::Invalid(format!(
-                "{arch}: the ResNet-50 network is its description (`build_resnet50`)"
-            ))
-            .into());
-        };
-        let kind = if *relu6 {
-            SlotKind::Relu6
-        } else {
-            SlotKind::Relu
-        };
-        let backbone = MobileNetV2Backbone::new(
-            root,
-            geometry,
-            Naming::OpenMmlab,
-            &layers,
-            kind,
-            &mut slots,
-            0,
-        )?;
-        let blocks = plan.block_names();
-        let head = AsppHead::new(root, &plan, &mut slots, blocks.len() - 1)?;
-        let parts = BlockNetParts::new(
-            plan.arch,
-            options.clone(),
-            input_shape(plan.input),
-            blocks,
-            slots,
-            plan_graph(plan.clone(), DeepLabPlan::secure_graph),
-        );
-        Ok(DeepLabV3 {
-            plan,
-            backbone,
-            head,
-            parts,
-        })
-    }
-
-    /// The plan the network was built from.
-    pub fn plan(&self) -> &DeepLabPlan {
-        &self.plan
-    }
-}
-
-impl BlockNet for DeepLabV3 {
-    knapsec_nn::block_net_parts!(parts);
-
-    fn run_block(&self, index: usize, x: &Tensor, train: bool) -> Tensor {
-        if index + 1 == self.parts.blocks.len() {
-            return self.head.forward(&self.parts, x, train);
-        }
-        if index == 0 {
-            self.backbone.run_stem(&self.parts.slots, x, train)
-        } else {
-            self.backbone
-                .run_block(&self.parts.slots, index - 1, x, train)
-        }
-    }
+/// The network of DeepLabV3 `arch` at `options` under `root`.
+fn build(arch: &str, options: &ArchOptions, root: &nn::Path) -> Result<Box<dyn BlockNet>> {
+    let desc = DeepLabPlan::new(arch, options)?.describe()?;
+    Ok(Box::new(DescNet::new(desc, options, root, HashMap::new())?))
 }
 
 fn build_mobilenetv2(options: &ArchOptions, root: &nn::Path) -> Result<Box<dyn BlockNet>> {
-    Ok(Box::new(DeepLabV3::new(
-        DEEPLABV3_MOBILENETV2,
-        options,
-        root,
-    )?))
+    build(DEEPLABV3_MOBILENETV2, options, root)
 }
 
-/// `deeplabv3-resnet50`: the interpreter ([`DescNet`]) running [`DeepLabPlan::describe`].
 fn build_resnet50(options: &ArchOptions, root: &nn::Path) -> Result<Box<dyn BlockNet>> {
-    let desc = DeepLabPlan::new(DEEPLABV3_RESNET50, options)?.describe()?;
-    Ok(Box::new(DescNet::new(desc, options, root, HashMap::new())?))
+    build(DEEPLABV3_RESNET50, options, root)
 }
 
 knapsec_nn::register_net!(
@@ -213,7 +43,7 @@ mod tests {
     use knapsec_core::{ArchAdapter, BlockSize, BlockSpec};
     use knapsec_nn::export::eval_graph;
     use knapsec_nn::net::{NetBuilder, Network};
-    use tch::Device;
+    use tch::{Device, Kind};
 
     fn at65() -> ArchOptions {
         ArchOptions {

@@ -36,10 +36,10 @@
 
 use knapsec_arch_kit::desc::{conv_bn, relu};
 use knapsec_arch_kit::options::{invalid as bad, positive};
-use knapsec_arch_kit::spec::{activation_node, check_spec_layers};
+use knapsec_arch_kit::spec::check_spec_layers;
 use knapsec_arch_mobilenet::geometry::{MobileNetV2Geometry, Naming};
-use knapsec_core::graph::{OutputKind, SecureModel};
-use knapsec_core::graph_build::{ConvSpec, GraphBuilder, NodeId, ParamSource};
+use knapsec_core::graph::SecureModel;
+use knapsec_core::graph_build::ParamSource;
 use knapsec_core::netdesc::{DescOp, NetDesc, ResizeMode};
 use knapsec_core::{ArchOptions, BlockSpec, CoreError, LayerTable, ReluLayer, Result};
 
@@ -168,55 +168,33 @@ impl DeepLabPlan {
         names
     }
 
-    /// The decode head's layers `decode_0` (1×1 map) … `decode_5`.
-    pub fn decode_layers(&self) -> Vec<ReluLayer> {
-        let (h, w) = self.out_hw;
-        std::iter::once(ReluLayer::new("decode_0", ASPP_CHANNELS, 1, 1))
-            .chain((1..=5).map(|i| ReluLayer::new(format!("decode_{i}"), ASPP_CHANNELS, h, w)))
-            .collect()
-    }
-
-    /// The backbone's layers in network order.
-    pub fn backbone_layers(&self) -> Result<Vec<ReluLayer>> {
-        Ok(match &self.backbone {
-            Backbone::MobileNetV2 { geometry, .. } => geometry
-                .relu_layers(self.arch, self.input.1, self.input.2)?
-                .into_iter()
-                .map(|(n, c, h, w)| ReluLayer::new(n, c, h, w))
-                .collect(),
-            Backbone::ResNet50(resnet) => resnet.layers()?,
-        })
-    }
-
-    /// All ReLU layers in network order.
+    /// All ReLU layers in network order (from [`Self::describe`]).
     pub fn layers(&self) -> Result<Vec<ReluLayer>> {
-        let mut layers = self.backbone_layers()?;
-        layers.extend(self.decode_layers());
-        Ok(layers)
+        Ok(self.describe()?.layer_table()?.layers)
     }
 
-    /// The layer table (from the description for the ResNet-50 backbone).
+    /// The layer table (from [`Self::describe`]).
     pub fn layer_table(&self) -> Result<LayerTable> {
-        match &self.backbone {
-            Backbone::ResNet50(_) => self.describe()?.layer_table(),
-            Backbone::MobileNetV2 { .. } => LayerTable::new(self.arch, self.layers()?),
-        }
+        self.describe()?.layer_table()
     }
 
-    /// The description of the network with the ResNet-50 backbone: the one ResNet
-    /// ([`ResNetPlan::describe_backbone`], blocks `stem` and one per unit), then the ASPP head
-    /// (block `decode`). An error for the MobileNetV2 backbone, whose network is still built
-    /// by hand.
+    /// The network's description: the backbone (the one ResNet of
+    /// [`ResNetPlan::describe_backbone`], or [`MobileNetV2Geometry::describe_backbone`] with
+    /// OpenMMLab names), then the ASPP head (block `decode`).
     pub fn describe(&self) -> Result<NetDesc> {
-        let Backbone::ResNet50(resnet) = &self.backbone else {
-            return Err(CoreError::Invalid(format!(
-                "{}: the MobileNetV2 backbone has no description yet",
-                self.arch
-            )));
-        };
         let (c, h, w) = self.input;
         let mut d = NetDesc::new(self.arch, [c, h, w])?;
-        let x = resnet.describe_backbone(&mut d, 0)?;
+        let x = match &self.backbone {
+            Backbone::ResNet50(resnet) => resnet.describe_backbone(&mut d, 0)?,
+            Backbone::MobileNetV2 { geometry, relu6 } => geometry.describe_backbone(
+                &mut d,
+                0,
+                Naming::OpenMmlab,
+                *relu6,
+                self.arch,
+                (h, w),
+            )?,
+        };
         self.describe_head(&mut d, x)?;
         d.end_block("decode");
         Ok(d)
@@ -269,72 +247,18 @@ impl DeepLabPlan {
         d.push("decode_head.conv_seg", seg, &[y])
     }
 
-    /// The secure-model graph with OpenMMLab module names: layers named by `spec` get its
-    /// block sizes, the others the network's activation (ReLU6 in a ReLU6 MobileNetV2
-    /// backbone, else ReLU). The output node is `decode_head.conv_seg`, `[classes, H/8, W/8]`.
+    /// The secure-model graph with OpenMMLab module names ([`Self::describe`]): layers named
+    /// by `spec` get its block sizes, the others the network's activation (ReLU6 in a ReLU6
+    /// MobileNetV2 backbone, else ReLU). The output node is `decode_head.conv_seg`,
+    /// `[classes, H/8, W/8]`.
     pub fn secure_graph(
         &self,
         spec: Option<&BlockSpec>,
         frac_bits: u32,
     ) -> Result<(SecureModel, Vec<ParamSource>)> {
-        let Backbone::MobileNetV2 { geometry, relu6 } = &self.backbone else {
-            let desc = self.describe()?;
-            check_spec_layers(self.arch, &desc.layer_table()?.layers, spec)?;
-            return desc.secure_graph(spec, frac_bits);
-        };
-        let layers = self.layers()?;
-        check_spec_layers(self.arch, &layers, spec)?;
-        let (c, h, w) = self.input;
-        let mut g = GraphBuilder::new(self.arch, frac_bits, [c, h, w]);
-        let backbone = self.backbone_layers()?;
-        let x = geometry.add_to_graph(&mut g, Naming::OpenMmlab, &backbone, spec, *relu6)?;
-        self.head_graph(&mut g, x, spec)?;
-        g.finish(OutputKind::Segmentation)
-    }
-
-    fn head_graph(
-        &self,
-        g: &mut GraphBuilder,
-        x: NodeId,
-        spec: Option<&BlockSpec>,
-    ) -> Result<NodeId> {
-        let layers = self.decode_layers();
-        let (h, w) = self.out_hw;
-        let pooled = g.global_avg_pool("decode_head.image_pool.0", x)?;
-        let mut ip = g.conv(
-            "decode_head.image_pool.1.conv",
-            pooled,
-            ConvSpec::square(ASPP_CHANNELS, 1, 1, 0),
-            Some("decode_head.image_pool.1.bn"),
-        )?;
-        ip = activation_node(g, &layers[0], ip, spec, false)?;
-        let mut branches = vec![g.broadcast("decode_head.image_pool.broadcast", ip, h, w)?];
-        for (i, &d) in ASPP_DILATIONS.iter().enumerate() {
-            let m = format!("decode_head.aspp_modules.{i}");
-            let s = if d == 1 {
-                ConvSpec::square(ASPP_CHANNELS, 1, 1, 0)
-            } else {
-                ConvSpec {
-                    dilation: [d, d],
-                    ..ConvSpec::square(ASPP_CHANNELS, 3, 1, d)
-                }
-            };
-            let y = g.conv(&format!("{m}.conv"), x, s, Some(&format!("{m}.bn")))?;
-            branches.push(activation_node(g, &layers[i + 1], y, spec, false)?);
-        }
-        let cat = g.concat("decode_head.concat", &branches)?;
-        let mut y = g.conv(
-            "decode_head.bottleneck.conv",
-            cat,
-            ConvSpec::square(ASPP_CHANNELS, 3, 1, 1),
-            Some("decode_head.bottleneck.bn"),
-        )?;
-        y = activation_node(g, &layers[5], y, spec, false)?;
-        let seg = ConvSpec {
-            bias: true,
-            ..ConvSpec::square(self.classes, 1, 1, 0)
-        };
-        g.conv("decode_head.conv_seg", y, seg, None)
+        let desc = self.describe()?;
+        check_spec_layers(self.arch, &desc.layer_table()?.layers, spec)?;
+        desc.secure_graph(spec, frac_bits)
     }
 }
 
@@ -432,7 +356,10 @@ mod tests {
                 "{arch}"
             );
             assert_eq!(model.output_shape(), [plan.classes, 9, 9]);
-            assert_eq!(model.output_kind, OutputKind::Segmentation);
+            assert_eq!(
+                model.output_kind,
+                knapsec_core::graph::OutputKind::Segmentation
+            );
             assert_eq!(model.nodes[1].name, first_conv);
             let relu6 = model
                 .nodes

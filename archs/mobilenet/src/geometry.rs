@@ -7,8 +7,9 @@
 //! `knapsec-arch-deeplab` reuses them for the DeepLabV3 backbone (OpenMMLab names, strides
 //! `(1,2,2,1,1,1,1)`, dilations `(1,1,1,2,2,4,4)`).
 
-use knapsec_core::graph_build::{ConvSpec, GraphBuilder, NodeId};
-use knapsec_core::{BlockSpec, CoreError, ReluLayer, Result};
+use knapsec_arch_kit::desc::{act, conv_bn};
+use knapsec_core::netdesc::{ActKind, DescOp, NetDesc};
+use knapsec_core::{CoreError, Result};
 
 /// Output side of a convolution or pooling window (PyTorch's floor formula), with checked
 /// arithmetic; the same function as the graph validator's.
@@ -295,76 +296,59 @@ impl Naming {
     }
 }
 
-/// The activation node of a layer and the spec check, shared by every built-in.
-pub use knapsec_arch_kit::spec::{activation_node, check_spec_layers};
-
 impl MobileNetV2Geometry {
-    /// Adds the backbone to a secure graph: stem, inverted residuals (with their additions),
-    /// and the last 1×1 convolution if any. `layers` are [`Self::relu_layers`] at the graph's
-    /// input size, as `ReluLayer`s. Returns the backbone's output node.
-    pub fn add_to_graph(
+    /// Adds the backbone to description `d` on node `x` (an `height × width` input of
+    /// architecture `arch`), modules named by `naming`, activations ReLU6 when `relu6`; returns
+    /// the last node. Blocks: `conv1` (the stem), `layer{S}_{I}` per inverted residual, and
+    /// `conv2` after the final 1×1 convolution if any.
+    #[allow(clippy::too_many_arguments)]
+    pub fn describe_backbone(
         &self,
-        g: &mut GraphBuilder,
+        d: &mut NetDesc,
+        x: usize,
         naming: Naming,
-        layers: &[ReluLayer],
-        spec: Option<&BlockSpec>,
         relu6: bool,
-    ) -> Result<NodeId> {
-        let mut it = layers.iter();
+        arch: &str,
+        (height, width): (u32, u32),
+    ) -> Result<usize> {
+        let kind = if relu6 { ActKind::Relu6 } else { ActKind::Relu };
+        let layers = self.relu_layers(arch, height, width)?;
+        let mut it = layers.into_iter().map(|l| l.0);
         let mut next_layer = || {
             it.next().ok_or_else(|| {
                 CoreError::Graph("MobileNetV2: fewer layers than activations".into())
             })
         };
         let n = naming.stem();
-        let mut x = g.conv(
-            &n.conv,
-            g.input(),
-            ConvSpec::square(STEM_CHANNELS, 3, self.stem_stride, 1),
-            Some(&n.bn),
-        )?;
-        x = activation_node(g, next_layer()?, x, spec, relu6)?;
+        let geometry = [3, self.stem_stride, 1, 1, 1];
+        let mut x = conv_bn(d, &n.conv, &n.bn, x, STEM_CHANNELS, geometry)?;
+        x = act(d, &next_layer()?, x, kind)?;
+        d.end_block("conv1");
         for b in &self.blocks {
             let input = x;
             let mut y = x;
             if let Some(n) = naming.expand(b) {
-                y = g.conv(
-                    &n.conv,
-                    y,
-                    ConvSpec::square(b.mid_channels, 1, 1, 0),
-                    Some(&n.bn),
-                )?;
-                y = activation_node(g, next_layer()?, y, spec, relu6)?;
+                y = conv_bn(d, &n.conv, &n.bn, y, b.mid_channels, [1, 1, 0, 1, 1])?;
+                y = act(d, &next_layer()?, y, kind)?;
             }
             let n = naming.depthwise(b);
-            let dw = ConvSpec {
-                out_channels: b.mid_channels,
-                kernel: [3, 3],
-                stride: [b.stride, b.stride],
-                padding: [b.dilation, b.dilation],
-                dilation: [b.dilation, b.dilation],
-                groups: b.mid_channels,
-                bias: false,
-            };
-            y = g.conv(&n.conv, y, dw, Some(&n.bn))?;
-            y = activation_node(g, next_layer()?, y, spec, relu6)?;
+            let dw = [3, b.stride, b.dilation, b.dilation, b.mid_channels];
+            y = conv_bn(d, &n.conv, &n.bn, y, b.mid_channels, dw)?;
+            y = act(d, &next_layer()?, y, kind)?;
             let n = naming.project(b);
-            y = g.conv(
-                &n.conv,
-                y,
-                ConvSpec::square(b.out_channels, 1, 1, 0),
-                Some(&n.bn),
-            )?;
+            y = conv_bn(d, &n.conv, &n.bn, y, b.out_channels, [1, 1, 0, 1, 1])?;
             x = if b.residual() {
-                g.add(&format!("{}.add", naming.block(b)), &[input, y])?
+                d.push(format!("{}.add", naming.block(b)), DescOp::Add, &[input, y])?
             } else {
                 y
             };
+            d.end_block(format!("layer{}_{}", b.stage, b.index));
         }
         if let Some(c) = self.last_channels {
             let n = naming.last(self);
-            x = g.conv(&n.conv, x, ConvSpec::square(c, 1, 1, 0), Some(&n.bn))?;
-            x = activation_node(g, next_layer()?, x, spec, relu6)?;
+            x = conv_bn(d, &n.conv, &n.bn, x, c, [1, 1, 0, 1, 1])?;
+            x = act(d, &next_layer()?, x, kind)?;
+            d.end_block("conv2");
         }
         Ok(x)
     }

@@ -41,8 +41,10 @@ pub mod geometry;
 #[cfg(feature = "torch")]
 pub mod net;
 
-use knapsec_core::graph::{OutputKind, SecureModel};
-use knapsec_core::graph_build::{GraphBuilder, ParamSource};
+use knapsec_arch_kit::desc::linear;
+use knapsec_core::graph::SecureModel;
+use knapsec_core::graph_build::ParamSource;
+use knapsec_core::netdesc::{DescOp, NetDesc};
 use knapsec_core::{ArchOptions, BlockSpec, CoreError, LayerTable, ReluLayer, Result};
 
 pub use geometry::{MobileNetV2Geometry, Naming};
@@ -120,39 +122,44 @@ impl ImageNetConfig {
 
     /// The ReLU layers in network order.
     pub fn layers(&self) -> Result<Vec<ReluLayer>> {
-        let layers = self.geometry().relu_layers(NAME, self.height, self.width)?;
-        Ok(layers
-            .into_iter()
-            .map(|(n, c, h, w)| ReluLayer::new(n, c, h, w))
-            .collect())
+        Ok(self.describe()?.layer_table()?.layers)
     }
 
-    /// The layer table.
+    /// The layer table (from [`Self::describe`]).
     pub fn layer_table(&self) -> Result<LayerTable> {
-        LayerTable::new(NAME, self.layers()?)
+        self.describe()?.layer_table()
     }
 
-    /// The secure-model graph with torchvision's module names: layers named by `spec` get
-    /// its block sizes, the others the network's activation (ReLU6 or ReLU). The classifier
-    /// is global average pooling and `classifier.1` (dropout is the identity at inference).
+    /// The network's description with torchvision's module names: the backbone
+    /// ([`MobileNetV2Geometry::describe_backbone`]), global average pooling `avgpool`, dropout
+    /// 0.2 (`classifier.0`, training only) and `classifier.1`.
+    pub fn describe(&self) -> Result<NetDesc> {
+        let mut d = NetDesc::new(NAME, [self.input_channels, self.height, self.width])?;
+        let relu6 = self.activation == Activation::Relu6;
+        let x = self.geometry().describe_backbone(
+            &mut d,
+            0,
+            Naming::Torchvision,
+            relu6,
+            NAME,
+            (self.height, self.width),
+        )?;
+        let x = d.push("avgpool", DescOp::GlobalAvgPool, &[x])?;
+        let x = d.push("classifier.0", DescOp::Dropout { p: 0.2 }, &[x])?;
+        linear(&mut d, "classifier.1", x, self.classes)?;
+        Ok(d)
+    }
+
+    /// The secure-model graph ([`Self::describe`]): layers named by `spec` get its block
+    /// sizes, the others the network's activation (ReLU6 or ReLU); dropout is the identity.
     pub fn secure_graph(
         &self,
         spec: Option<&BlockSpec>,
         frac_bits: u32,
     ) -> Result<(SecureModel, Vec<ParamSource>)> {
-        let layers = self.layers()?;
-        knapsec_arch_kit::check_spec_layers(NAME, &layers, spec)?;
-        let geometry = self.geometry();
-        let mut g = GraphBuilder::new(
-            NAME,
-            frac_bits,
-            [self.input_channels, self.height, self.width],
-        );
-        let relu6 = self.activation == Activation::Relu6;
-        let x = geometry.add_to_graph(&mut g, Naming::Torchvision, &layers, spec, relu6)?;
-        let pooled = g.global_avg_pool("avgpool", x)?;
-        g.linear("classifier.1", pooled, self.classes, true)?;
-        g.finish(OutputKind::Classification)
+        let desc = self.describe()?;
+        knapsec_arch_kit::check_spec_layers(NAME, &desc.layer_table()?.layers, spec)?;
+        desc.secure_graph(spec, frac_bits)
     }
 }
 

@@ -1,7 +1,7 @@
 //! The tch network of `mobilenetv2-imagenet` (cargo feature `torch`), registered in
-//! `knapsec-nn`, and the MobileNetV2 backbone module that `knapsec-arch-deeplab` reuses.
+//! `knapsec-nn`: the interpreter ([`DescNet`]) running [`ImageNetConfig::describe`].
 //!
-//! Variables carry the checkpoint's `state_dict` names ([`Naming`]), so torchvision's
+//! Variables carry the checkpoint's `state_dict` names ([`crate::Naming`]), so torchvision's
 //! ImageNet weights load as they are (their `num_batches_tracked` entries are ignored).
 //! Every activation is its own slot (layer names in the crate documentation); a slot built
 //! as ReLU6 that gets a block ReLU loses the clamp at 6, as in the reference, where `BlockRelu`
@@ -11,254 +11,33 @@
 //! convolution, global average pooling, dropout 0.2 in training, `classifier.1`), returning
 //! `[N, classes]` logits.
 
-use crate::geometry::{MobileNetV2Geometry, Naming, STEM_CHANNELS};
-use crate::{Activation, ImageNetConfig, NAME};
-use knapsec_core::{ArchOptions, ReluLayer};
-use knapsec_nn::net::{BlockNet, BlockNetParts, input_shape, plan_graph};
-use knapsec_nn::slots::{SlotId, SlotKind, Slots};
-use knapsec_nn::{NnError, Result};
+use crate::ImageNetConfig;
+use knapsec_core::ArchOptions;
+use knapsec_nn::net::BlockNet;
+use knapsec_nn::{DescNet, Result};
+use std::collections::HashMap;
 use tch::nn;
-use tch::{Kind, Tensor};
 
 /// The convolution + BatchNorm unit and the dotted-path helper, shared with every built-in.
 pub use knapsec_nn::conv_bn::{ConvBn, sub_path};
 
-#[derive(Debug)]
-struct InvertedResidualModule {
-    expand: Option<(ConvBn, SlotId)>,
-    depthwise: ConvBn,
-    depthwise_slot: SlotId,
-    project: ConvBn,
-    residual: bool,
-}
-
-/// A MobileNetV2 backbone (stem, inverted residuals, optional last 1×1 convolution) whose
-/// activations live in a [`Slots`] owned by the network that holds the backbone.
-#[derive(Debug)]
-pub struct MobileNetV2Backbone {
-    stem: ConvBn,
-    stem_slot: SlotId,
-    blocks: Vec<InvertedResidualModule>,
-    last: Option<(ConvBn, SlotId)>,
-}
-
-impl MobileNetV2Backbone {
-    /// Builds the backbone under `root` with `naming`'s variable names and adds one slot per
-    /// activation to `slots`. `layers` are the geometry's ReLU layers (in network order) at
-    /// the network's input size; the stem's slot lives in network block `first_block`, block
-    /// `k`'s in `first_block + 1 + k`, the last convolution's in `first_block + 1 + #blocks`.
-    pub fn new(
-        root: &nn::Path,
-        geometry: &MobileNetV2Geometry,
-        naming: Naming,
-        layers: &[ReluLayer],
-        kind: SlotKind,
-        slots: &mut Slots,
-        first_block: usize,
-    ) -> Result<Self> {
-        let mut layer_iter = layers.iter().cloned();
-        let mut add_slot = |slots: &mut Slots, block: usize| -> Result<SlotId> {
-            let layer = layer_iter.next().ok_or_else(|| NnError::Export {
-                arch: "MobileNetV2".into(),
-                message: "fewer layers than activations".into(),
-            })?;
-            slots.add(layer, block, kind)
-        };
-        let stem_names = naming.stem();
-        let stem = ConvBn::new(
-            root,
-            &stem_names.conv,
-            &stem_names.bn,
-            geometry.in_channels,
-            STEM_CHANNELS,
-            3,
-            geometry.stem_stride,
-            1,
-            1,
-            1,
-        );
-        let stem_slot = add_slot(slots, first_block)?;
-        let mut blocks = Vec::with_capacity(geometry.blocks.len());
-        for (k, b) in geometry.blocks.iter().enumerate() {
-            let block = first_block + 1 + k;
-            let expand = match naming.expand(b) {
-                Some(n) => {
-                    let conv = ConvBn::new(
-                        root,
-                        &n.conv,
-                        &n.bn,
-                        b.in_channels,
-                        b.mid_channels,
-                        1,
-                        1,
-                        0,
-                        1,
-                        1,
-                    );
-                    Some((conv, add_slot(slots, block)?))
-                }
-                None => None,
-            };
-            let (m, d) = (b.mid_channels, b.dilation);
-            let n = naming.depthwise(b);
-            let depthwise = ConvBn::new(root, &n.conv, &n.bn, m, m, 3, b.stride, d, d, m);
-            let depthwise_slot = add_slot(slots, block)?;
-            let n = naming.project(b);
-            let project = ConvBn::new(root, &n.conv, &n.bn, m, b.out_channels, 1, 1, 0, 1, 1);
-            blocks.push(InvertedResidualModule {
-                expand,
-                depthwise,
-                depthwise_slot,
-                project,
-                residual: b.residual(),
-            });
-        }
-        let last = match geometry.last_channels {
-            Some(c) => {
-                let cin = geometry
-                    .blocks
-                    .last()
-                    .map_or(STEM_CHANNELS, |b| b.out_channels);
-                let n = naming.last(geometry);
-                let conv = ConvBn::new(root, &n.conv, &n.bn, cin, c, 1, 1, 0, 1, 1);
-                Some((
-                    conv,
-                    add_slot(slots, first_block + 1 + geometry.blocks.len())?,
-                ))
-            }
-            None => None,
-        };
-        Ok(MobileNetV2Backbone {
-            stem,
-            stem_slot,
-            blocks,
-            last,
-        })
-    }
-
-    /// Number of inverted-residual blocks.
-    pub fn num_blocks(&self) -> usize {
-        self.blocks.len()
-    }
-
-    /// The stem: convolution, BN, `conv1` slot.
-    pub fn run_stem(&self, slots: &Slots, x: &Tensor, train: bool) -> Tensor {
-        slots.run(self.stem_slot, &self.stem.forward(x, train))
-    }
-
-    /// Inverted-residual block `k` (0-based).
-    pub fn run_block(&self, slots: &Slots, k: usize, x: &Tensor, train: bool) -> Tensor {
-        let b = &self.blocks[k];
-        let mut y = match &b.expand {
-            Some((conv, slot)) => slots.run(*slot, &conv.forward(x, train)),
-            None => x.shallow_clone(),
-        };
-        y = slots.run(b.depthwise_slot, &b.depthwise.forward(&y, train));
-        y = b.project.forward(&y, train);
-        if b.residual { y + x } else { y }
-    }
-
-    /// The last 1×1 convolution and its slot (the identity if the backbone has none).
-    pub fn run_last(&self, slots: &Slots, x: &Tensor, train: bool) -> Tensor {
-        match &self.last {
-            Some((conv, slot)) => slots.run(*slot, &conv.forward(x, train)),
-            None => x.shallow_clone(),
-        }
-    }
-}
-
-/// torchvision's ImageNet MobileNetV2 as a block-structured network.
-#[derive(Debug)]
-pub struct MobileNetV2 {
-    backbone: MobileNetV2Backbone,
-    classifier: nn::Linear,
-    /// Name, options, input shape, blocks, slots and graph source.
-    parts: BlockNetParts,
-}
-
-impl MobileNetV2 {
-    /// Builds the network at `options` under `root` (torchvision variable names).
-    pub fn new(options: &ArchOptions, root: &nn::Path) -> Result<Self> {
-        let config = ImageNetConfig::from_options(options)?;
-        let geometry = config.geometry();
-        let layers = config.layers()?;
-        let kind = match config.activation {
-            Activation::Relu6 => SlotKind::Relu6,
-            Activation::Relu => SlotKind::Relu,
-        };
-        let mut slots = Slots::new(NAME);
-        let backbone = MobileNetV2Backbone::new(
-            root,
-            &geometry,
-            Naming::Torchvision,
-            &layers,
-            kind,
-            &mut slots,
-            0,
-        )?;
-        let classifier = nn::linear(
-            root / "classifier" / "1",
-            geometry.out_channels().into(),
-            config.classes.into(),
-            Default::default(),
-        );
-        let mut blocks = vec!["conv1".to_string()];
-        blocks.extend(
-            geometry
-                .blocks
-                .iter()
-                .map(|b| format!("layer{}_{}", b.stage, b.index)),
-        );
-        blocks.push("conv2".into());
-        let parts = BlockNetParts::new(
-            NAME,
-            options.clone(),
-            input_shape((config.input_channels, config.height, config.width)),
-            blocks,
-            slots,
-            plan_graph(config, ImageNetConfig::secure_graph),
-        );
-        Ok(MobileNetV2 {
-            backbone,
-            classifier,
-            parts,
-        })
-    }
-}
-
-impl BlockNet for MobileNetV2 {
-    knapsec_nn::block_net_parts!(parts);
-
-    fn run_block(&self, index: usize, x: &Tensor, train: bool) -> Tensor {
-        let n = self.backbone.num_blocks();
-        if index == 0 {
-            self.backbone.run_stem(&self.parts.slots, x, train)
-        } else if index <= n {
-            self.backbone
-                .run_block(&self.parts.slots, index - 1, x, train)
-        } else {
-            let y = self.backbone.run_last(&self.parts.slots, x, train);
-            let pooled = y.mean_dim([2i64, 3].as_slice(), false, Kind::Float);
-            self.parts
-                .dropout(&pooled, 0.2, train)
-                .apply(&self.classifier)
-        }
-    }
-}
-
 fn build(options: &ArchOptions, root: &nn::Path) -> Result<Box<dyn BlockNet>> {
-    Ok(Box::new(MobileNetV2::new(options, root)?))
+    let desc = ImageNetConfig::from_options(options)?.describe()?;
+    Ok(Box::new(DescNet::new(desc, options, root, HashMap::new())?))
 }
 
-knapsec_nn::register_net!(NAME, "knapsec-arch-mobilenet", build);
+knapsec_nn::register_net!(crate::NAME, "knapsec-arch-mobilenet", build);
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::NAME;
     use knapsec_core::{BlockSize, BlockSpec};
+    use knapsec_nn::NnError;
     use knapsec_nn::export::eval_graph;
     use knapsec_nn::net::Network;
     use tch::Device;
+    use tch::{Kind, Tensor};
 
     fn small(variant: &str) -> ArchOptions {
         ArchOptions {

@@ -369,13 +369,9 @@ impl DescNet {
             }
             DescOp::GlobalAvgPool => x.mean_dim([2i64, 3].as_slice(), true, x.kind()),
             DescOp::Pad { pads } => x.constant_pad_nd(pad_lrtb(pads)),
-            DescOp::Add => {
-                let mut y = x.shallow_clone();
-                for t in &ins[1..] {
-                    y += *t;
-                }
-                y
-            }
+            // Not in place: the inputs may be a block's input, which callers keep (cached
+            // block outputs, the rows of a distortion pass) and autograd may need.
+            DescOp::Add => ins[1..].iter().fold(x.shallow_clone(), |y, t| y + *t),
             DescOp::Concat => Tensor::cat(ins, 1),
             DescOp::Dropout { p } => self.parts.dropout(x, *p, train),
             DescOp::Flatten => {
