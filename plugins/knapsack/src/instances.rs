@@ -1,12 +1,10 @@
 //! Synthetic but realistic knapsack instances shaped exactly like the reference networks.
 //!
 //! * [`reference_table`]: the layer tables of the four networks the reference ships (digest
-//!   §4.2–4.5), without the architecture plugins (and without tch): the three ResNets come from
-//!   the one ResNet plan (`knapsec_arch_kit::resnet`, tch-free, which the ResNet and DeepLab
-//!   architectures build from); `deeplabv3-mobilenetv2`'s backbone is transcribed from the
-//!   reference's parameter files (its geometry lives in `knapsec-arch-mobilenet`, whose tch
-//!   network this crate must not pull in). The conformance tests check that all four agree with
-//!   the registered adapters.
+//!   §4.2–4.5), from the architectures' own descriptions (tch-free: `ResNetPlan` of
+//!   `knapsec-arch-kit`, `DeepLabPlan` of `knapsec-arch-deeplab` without its `torch` feature),
+//!   without registering them. The conformance tests check that all four agree with the
+//!   registered adapters.
 //! * [`reference_candidates`]: the reference's candidate preset for a layer (its
 //!   `BLOCK_SIZES_<H>x<H>` list, digest §1.4, via [`candidates::preset_for_side`]).
 //! * [`synthetic_distortion`]: a seeded distortion table on such a network. The model: a
@@ -18,7 +16,8 @@
 //!   preset (e.g. `7x7` twice in `14x14`) are dropped, keeping the first.
 
 use crate::{Error, Result};
-use knapsec_arch_kit::resnet::{RESNET18_CIFAR, RESNET50_IMAGENET, ResNetPlan, StemPool};
+use knapsec_arch_deeplab::{DEEPLABV3_MOBILENETV2, DEEPLABV3_RESNET50, DeepLabPlan};
+use knapsec_arch_kit::resnet::{RESNET18_CIFAR, RESNET50_IMAGENET, ResNetPlan};
 use knapsec_core::distortion::{DistortionTable, Provenance};
 use knapsec_core::{ArchOptions, BlockSize, LayerTable, ReluLayer, candidates};
 use rand::{Rng, SeedableRng};
@@ -28,60 +27,19 @@ use rand_chacha::ChaCha8Rng;
 pub const REFERENCE_ARCHS: [&str; 4] = [
     RESNET18_CIFAR,
     RESNET50_IMAGENET,
-    "deeplabv3-mobilenetv2",
-    "deeplabv3-resnet50",
+    DEEPLABV3_MOBILENETV2,
+    DEEPLABV3_RESNET50,
 ];
 
-/// The DeepLabV3 decode head's layers: `decode_0` (image pooling, 1×1) and `decode_1`…`decode_5`
-/// (512 channels at the backbone's output side `hw`).
-fn decode_layers(hw: u32) -> impl Iterator<Item = ReluLayer> {
-    std::iter::once(ReluLayer::new("decode_0", 512, 1, 1))
-        .chain((1..=5).map(move |k| ReluLayer::new(format!("decode_{k}"), 512, hw, hw)))
-}
-
-/// The reference's layer table of `arch` (one of [`REFERENCE_ARCHS`]).
+/// The reference's layer table of `arch` (one of [`REFERENCE_ARCHS`]): the registered
+/// architecture's, from its description at the default options.
 pub fn reference_table(arch: &str) -> Result<LayerTable> {
-    let layers: Vec<ReluLayer> = match arch {
+    let table = match arch {
         RESNET18_CIFAR | RESNET50_IMAGENET => {
-            ResNetPlan::new(arch, &ArchOptions::default())?.layers()?
+            ResNetPlan::new(arch, &ArchOptions::default())?.layer_table()?
         }
-        "deeplabv3-resnet50" => {
-            let plan =
-                ResNetPlan::deeplab_v1c50("deeplabv3-resnet50", (3, 512, 512), StemPool::Avg)?;
-            let (_, (hw, _)) = plan.out_shape();
-            plan.layers()?
-                .into_iter()
-                .chain(decode_layers(hw))
-                .collect()
-        }
-        "deeplabv3-mobilenetv2" => {
-            let mut layers = Vec::new();
-            let mut add =
-                |name: String, c: u32, hw: u32| layers.push(ReluLayer::new(name, c, hw, hw));
-            add("conv1".into(), 32, 256);
-            add("layer1_0_0".into(), 32, 256);
-            // (stage, blocks, in channels of block 0, out channels, input side, output side)
-            for (stage, blocks, cin, cout, hin, hout) in [
-                (2, 2, 16, 24, 256, 128),
-                (3, 3, 24, 32, 128, 64),
-                (4, 4, 32, 64, 64, 64),
-                (5, 3, 64, 96, 64, 64),
-                (6, 3, 96, 160, 64, 64),
-                (7, 1, 160, 320, 64, 64),
-            ] {
-                for b in 0..blocks {
-                    // expansion 6: hidden width = 6 × the block's input channels
-                    let hidden = 6 * if b == 0 { cin } else { cout };
-                    add(
-                        format!("layer{stage}_{b}_0"),
-                        hidden,
-                        if b == 0 { hin } else { hout },
-                    );
-                    add(format!("layer{stage}_{b}_1"), hidden, hout);
-                }
-            }
-            layers.extend(decode_layers(64));
-            layers
+        DEEPLABV3_MOBILENETV2 | DEEPLABV3_RESNET50 => {
+            DeepLabPlan::new(arch, &ArchOptions::default())?.layer_table()?
         }
         other => {
             return Err(Error::Invalid(format!(
@@ -90,7 +48,7 @@ pub fn reference_table(arch: &str) -> Result<LayerTable> {
             )));
         }
     };
-    Ok(LayerTable::new(arch, layers)?)
+    Ok(table)
 }
 
 /// The reference's candidate list for a layer: the preset named after its map side, without
