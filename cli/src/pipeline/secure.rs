@@ -119,12 +119,26 @@ pub(super) fn secure_stage(
     r.labels_agree = r.secure_labels == r.plain_labels;
     write_text(&results, &serde_json::to_string_pretty(&r)?)?;
     if !r.labels_agree {
-        bail!(
-            "secure labels {:?} differ from plaintext labels {:?} (see {})",
-            r.secure_labels,
-            r.plain_labels,
-            results.display()
-        );
+        if calibrated {
+            // The oracle emulates the windows bit for bit, but the sign of a value within the
+            // ignored low bits of 0 depends on the parties' random shares, which the emulation
+            // draws independently: with t > 0 a label can differ without anything being wrong.
+            tracing::warn!(
+                "secure labels {:?} differ from the plain oracle's emulation {:?} of the calibrated windows \
+                 (values within a window's ignored low bits of 0 take a random sign; a smaller \
+                 calibration.target_error makes this rarer; see {})",
+                r.secure_labels,
+                r.plain_labels,
+                results.display()
+            );
+        } else {
+            bail!(
+                "secure labels {:?} differ from plaintext labels {:?} (see {})",
+                r.secure_labels,
+                r.plain_labels,
+                results.display()
+            );
+        }
     }
     Ok(r)
 }
