@@ -11,8 +11,9 @@
 //! (`{module}.weight`, …); BatchNorm runs in training or evaluation mode (`train`).
 //!
 //! Distortion fast path (digest §2; [`BlockNet::forward_after_channel_change`]): every
-//! convolution that reads a slot directly (no groups, no dilation, symmetric padding) starts
-//! from its clean output, cached per batch, plus the convolution of the one changed channel;
+//! convolution that reads a slot directly (any stride, padding, dilation or groups,
+//! depthwise included) starts from its clean output, cached per batch, plus the convolution
+//! of the one changed channel with its group's filters ([`ChannelChange::conv2d_general`]);
 //! other readers get the stacked rows, and the pass goes on to the end of the network.
 
 use crate::conv_bn::sub_path;
@@ -460,31 +461,28 @@ impl DescNet {
     fn apply_changed(&self, j: usize, f: &mut FastPath<'_, '_>) -> Result<Tensor> {
         if let DescOp::Conv {
             module,
-            bias,
             stride,
             pads,
             dilation,
             groups,
             ..
         } = &self.desc.nodes[j].op
-            && *groups == 1
-            && *dilation == [1, 1]
-            && pads[0] == pads[2]
-            && pads[1] == pads[3]
         {
             let w = self.param(&format!("{module}.weight"));
-            let b = bias.then(|| self.param(&format!("{module}.bias")));
             let s = [i64::from(stride[0]), i64::from(stride[1])];
-            let p = [i64::from(pads[0]), i64::from(pads[1])];
+            let d = [i64::from(dilation[0]), i64::from(dilation[1])];
+            let g = i64::from(*groups);
             let pos = match f.conv_nodes.iter().position(|&c| c == j) {
                 Some(pos) => pos,
                 None => {
-                    f.cache.push(f.change.clean.conv2d(w, b, s, p, [1, 1], 1));
+                    f.cache.push(self.apply(j, &[f.change.clean], false));
                     f.conv_nodes.push(j);
                     f.cache.len() - 1
                 }
             };
-            return f.change.conv2d(&f.cache[pos], w, s, p);
+            let p = pads.map(i64::from);
+            // The cached clean output carries the bias; the change has none.
+            return f.change.conv2d_general(&f.cache[pos], w, s, p, d, g);
         }
         if f.stacked.is_none() {
             f.stacked = Some(f.change.stacked()?);
@@ -618,9 +616,11 @@ impl BlockNet for DescNet {
         }
         // Readers of the slot other than fast-path convolutions see the stacked rows.
         vals[slot_node] = None;
-        let needs_stacked = self.desc.consumers(slot_node).iter().any(|&j| {
-            !matches!(&self.desc.nodes[j].op, DescOp::Conv { groups: 1, dilation: [1, 1], pads, .. } if pads[0] == pads[2] && pads[1] == pads[3])
-        });
+        let needs_stacked = self
+            .desc
+            .consumers(slot_node)
+            .iter()
+            .any(|&j| !matches!(&self.desc.nodes[j].op, DescOp::Conv { .. }));
         if needs_stacked {
             let s = change.stacked()?;
             fast.stacked = Some(s.shallow_clone());

@@ -386,12 +386,41 @@ impl ChannelChange<'_> {
         stride: [i64; 2],
         padding: [i64; 2],
     ) -> Result<Tensor> {
+        let pads = [padding[0], padding[1], padding[0], padding[1]];
+        self.conv2d_general(clean_out, weight, stride, pads, [1, 1], 1)
+    }
+
+    /// [`Self::conv2d`] for any geometry: `pads` per side `[top, left, bottom, right]`,
+    /// `dilation` and `groups` (a depthwise convolution included). A changed input channel
+    /// `c` reaches only the output channels of its group, through the filters' input
+    /// channel `c mod (C / groups)`; the rest of each row is the clean output.
+    pub fn conv2d_general(
+        &self,
+        clean_out: &Tensor,
+        weight: &Tensor,
+        stride: [i64; 2],
+        pads: [i64; 4],
+        dilation: [i64; 2],
+        groups: i64,
+    ) -> Result<Tensor> {
         let index = self.channel_index()?;
-        let delta = self.values
+        let mut delta = self.values
             - self
                 .clean
                 .index_select(0, self.images)
                 .gather(1, &index, false);
+        let symmetric = pads[0] == pads[2] && pads[1] == pads[3];
+        let padding = if symmetric {
+            [pads[0], pads[1]]
+        } else {
+            // Zero padding is linear: pad the change as the clean input was padded.
+            delta = delta.constant_pad_nd([pads[1], pads[3], pads[0], pads[2]]);
+            [0, 0]
+        };
+        let groups = groups.max(1);
+        let in_per_group = self.clean.size()[1] / groups;
+        let out_per_group = weight.size()[0] / groups;
+        let mut out = clean_out.index_select(0, self.images);
         let mut parts = Vec::new();
         let mut start = 0;
         while start < self.channels.len() {
@@ -400,17 +429,35 @@ impl ChannelChange<'_> {
                 .iter()
                 .take_while(|&&x| x == c)
                 .count();
-            parts.push(delta.narrow(0, start as i64, len as i64).conv2d(
-                &weight.narrow(1, c, 1),
+            let (group, local) = (c / in_per_group, c % in_per_group);
+            let filters = weight
+                .narrow(0, group * out_per_group, out_per_group)
+                .narrow(1, local, 1);
+            let part = delta.narrow(0, start as i64, len as i64).conv2d(
+                &filters,
                 None::<&Tensor>,
                 stride,
                 padding,
-                [1, 1],
+                dilation,
                 1,
-            ));
+            );
+            if groups == 1 {
+                parts.push(part);
+            } else {
+                // Only this group's output channels change; the view writes into `out`.
+                let mut rows = out.narrow(0, start as i64, len as i64).narrow(
+                    1,
+                    group * out_per_group,
+                    out_per_group,
+                );
+                rows += part;
+            }
             start += len;
         }
-        Ok(clean_out.index_select(0, self.images) + Tensor::cat(&parts, 0))
+        if groups == 1 {
+            out += Tensor::cat(&parts, 0);
+        }
+        Ok(out)
     }
 }
 

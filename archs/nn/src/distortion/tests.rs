@@ -471,4 +471,26 @@ fn channel_change_convolution_equals_the_stacked_one() {
         let direct = stacked.conv2d(&weight, None::<&Tensor>, stride, padding, [1, 1], 1);
         assert!(fast.allclose(&direct, 1e-12, 1e-12, false));
     }
+    // Grouped (2 groups of 2 channels; depthwise: 4 groups, 2 filters each), dilated, and
+    // asymmetrically padded convolutions: only the changed channel's group moves.
+    let pad = |x: &Tensor, p: [i64; 4]| x.constant_pad_nd([p[1], p[3], p[0], p[2]]);
+    for (groups, out, stride, pads, dilation) in [
+        (2i64, 6i64, [1i64, 1i64], [1i64, 1, 1, 1], [1i64, 1]),
+        (4, 8, [2, 2], [0, 0, 1, 1], [1, 1]),
+        (4, 4, [1, 1], [2, 2, 2, 2], [2, 2]),
+        (1, 5, [1, 2], [0, 1, 2, 0], [2, 1]),
+    ] {
+        let weight = crate::random::randn(&mut rng, &[out, 4 / groups, 3, 3], opts);
+        let conv = |x: &Tensor| {
+            pad(x, pads).conv2d(&weight, None::<&Tensor>, stride, [0, 0], dilation, groups)
+        };
+        let fast = change
+            .conv2d_general(&conv(&clean), &weight, stride, pads, dilation, groups)
+            .unwrap();
+        let direct = conv(&stacked);
+        assert!(
+            fast.allclose(&direct, 1e-12, 1e-12, false),
+            "groups {groups}, pads {pads:?}, dilation {dilation:?}"
+        );
+    }
 }

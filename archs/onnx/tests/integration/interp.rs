@@ -5,6 +5,7 @@
 //! with export → load → fixed-point evaluation.
 
 use crate::support::{arch, fixture, max_abs, test_input};
+use knapsec_arch_mobilenet as _;
 use knapsec_arch_onnx as _;
 use knapsec_arch_resnet as _;
 use knapsec_core::ArchOptions;
@@ -98,8 +99,12 @@ fn small_networks_equal_onnxruntime() {
 /// against the stacked pass on three changed rows. Returns (slots checked, slots whose pass
 /// used the cache, i.e. started at a convolution reading the slot).
 fn fast_path_agrees(fixture_name: &str) -> (usize, usize) {
-    let network =
-        Network::build(&arch(fixture_name), &ArchOptions::default(), Device::Cpu).unwrap();
+    fast_path_agrees_on(&arch(fixture_name), &ArchOptions::default())
+}
+
+/// [`fast_path_agrees`] for any registered architecture at `options`.
+fn fast_path_agrees_on(fixture_name: &str, options: &ArchOptions) -> (usize, usize) {
+    let network = Network::build(fixture_name, options, Device::Cpu).unwrap();
     let net = network.net.as_ref();
     let [c, h, w] = net.input_shape();
     let x = test_input([2, c, h, w]);
@@ -163,8 +168,23 @@ fn distortion_fast_path_equals_the_stacked_pass() {
     assert_eq!(fast_path_agrees("resnet18_cifar_w16.onnx"), (17, 16));
     // The first slot feeds a max pooling, the expands a Concat, the last a global pooling.
     assert_eq!(fast_path_agrees("small_concat_ceil.onnx"), (5, 1));
-    // Depthwise convolution, pooling, resize, global pooling: none has the fast form.
-    assert_eq!(fast_path_agrees("ops_zoo.onnx"), (4, 0));
+    // A depthwise convolution (the fast form, by its group), pooling, resize, global pooling.
+    assert_eq!(fast_path_agrees("ops_zoo.onnx"), (4, 1));
+}
+
+#[test]
+fn distortion_fast_path_equals_the_stacked_pass_on_mobilenet_v2() {
+    let small = |h: u32, classes: u32| ArchOptions {
+        input_height: Some(h),
+        input_width: Some(h),
+        classes: Some(classes),
+        ..ArchOptions::default()
+    };
+    // MobileNetV2: every slot but the last feeds a convolution (expansions feed depthwise ones).
+    assert_eq!(
+        fast_path_agrees_on("mobilenetv2-imagenet", &small(32, 10)),
+        (35, 34)
+    );
 }
 
 #[test]
