@@ -58,6 +58,24 @@ fn write_weights(dir: &Path, tensors: &[(String, Vec<i64>, Vec<f32>)]) -> PathBu
     path
 }
 
+/// The logits of one securenn inference (three parties in this process, exact DReLUs).
+fn securenn_exact_logits(
+    model: &knapsec_core::graph::SecureModel,
+    weights: &knapsec_core::graph::ModelWeights,
+    input: &[f32],
+) -> Tensor {
+    let options = knapsec_securenn::Options {
+        drelu: knapsec_securenn::DreluMode::Exact,
+        reveal: knapsec_securenn::Reveal::Logits,
+    };
+    let timeout = Some(std::time::Duration::from_secs(1200));
+    let report = knapsec_securenn::simulate(model, weights, input, options, timeout).unwrap();
+    let knapsec_core::backend::PartyOutput::Logits(secure) = report.output else {
+        panic!("securenn revealed {:?}, not logits", report.output);
+    };
+    Tensor::from_slice(&secure)
+}
+
 #[test]
 fn graph_only_files_need_weights() {
     let imported = knapsec_arch_onnx::load(&fixture("resnet18_cifar_w16_torch.onnx")).unwrap();
@@ -181,22 +199,7 @@ fn squeezenet_plain_and_secure_logits_agree_with_pytorch() {
         diff < 1e-3 * scale,
         "plain and PyTorch logits differ by {diff}"
     );
-    let options = knapsec_securenn::Options {
-        drelu: knapsec_securenn::DreluMode::Exact,
-        reveal: knapsec_securenn::Reveal::Logits,
-    };
-    let report = knapsec_securenn::simulate(
-        &model,
-        &weights,
-        &first,
-        options,
-        Some(std::time::Duration::from_secs(600)),
-    )
-    .unwrap();
-    let knapsec_core::backend::PartyOutput::Logits(secure) = report.output else {
-        panic!("securenn revealed {:?}, not logits", report.output);
-    };
-    let secure = Tensor::from_slice(&secure);
+    let secure = securenn_exact_logits(&model, &weights, &first);
     let diff = max_abs(&secure, &want);
     println!("squeezenet: max |securenn - PyTorch| = {diff:e}");
     assert!(
@@ -269,22 +272,7 @@ fn mobilenet_v2_with_torchvision_weights_matches_torchvision() {
         assert_eq!(i64::from(out.labels()[0]), want, "photograph {i}");
     }
     let first: Vec<f32> = Vec::try_from(x.get(0).flatten(0, -1)).unwrap();
-    let options = knapsec_securenn::Options {
-        drelu: knapsec_securenn::DreluMode::Exact,
-        reveal: knapsec_securenn::Reveal::Logits,
-    };
-    let report = knapsec_securenn::simulate(
-        &model,
-        &weights,
-        &first,
-        options,
-        Some(std::time::Duration::from_secs(1200)),
-    )
-    .unwrap();
-    let knapsec_core::backend::PartyOutput::Logits(secure) = report.output else {
-        panic!("securenn revealed {:?}, not logits", report.output);
-    };
-    let secure = Tensor::from_slice(&secure);
+    let secure = securenn_exact_logits(&model, &weights, &first);
     let diff = max_abs(&secure, &golden.get(0));
     println!("mobilenet_v2: max |securenn - torchvision| = {diff:e}");
     assert!(
