@@ -309,7 +309,7 @@ impl Rejection {
         {
             // The vector kernels reduce by conditional subtraction: only for p above 255/4.
             if self.steps() <= 3 {
-                if level == ByteLevel::Avx512Bw {
+                if level.has_avx512bw() {
                     // SAFETY: `byte_level` (or the caller's test) found AVX-512 F/BW/VL.
                     (i, m) = unsafe { reject_avx512(self.p, self.limit, self.steps(), src, dst) };
                 } else if level == ByteLevel::Avx2 {

@@ -4,8 +4,8 @@
 //!
 //! The level follows [`crate::gemm::kernel_level`] (so `KNAPSEC_RING_KERNEL`, which forces
 //! the ring kernels, caps these too: `portable` gives the portable copy, `avx2` the AVX2 one)
-//! and adds the one feature the byte kernels need beyond it: AVX-512 BW (byte and word lanes
-//! of 512-bit vectors). Every level computes the same values
+//! and adds what the byte kernels need beyond it: AVX-512 BW (byte and word lanes of 512-bit
+//! vectors), and VBMI (byte permutes) above it. Every level computes the same values
 //! as the scalar code; the tests of each kernel run every level this CPU has.
 
 use crate::gemm::{KernelLevel, kernel_level};
@@ -19,6 +19,16 @@ pub enum ByteLevel {
     Avx2,
     /// AVX-512 F + BW + VL: 64 byte lanes, mask registers.
     Avx512Bw,
+    /// AVX-512 BW with VBMI: byte permutes across the whole vector (table lookups of 128
+    /// bytes, rotations of byte lanes).
+    Avx512Vbmi,
+}
+
+impl ByteLevel {
+    /// Whether this level has AVX-512 BW (every level from [`ByteLevel::Avx512Bw`] up).
+    pub fn has_avx512bw(self) -> bool {
+        self >= ByteLevel::Avx512Bw
+    }
 }
 
 /// The best byte-kernel level of this CPU (detected once), never above the ring kernels'.
@@ -34,7 +44,11 @@ fn level_for(ring: KernelLevel) -> ByteLevel {
             && std::is_x86_feature_detected!("avx512bw")
             && std::is_x86_feature_detected!("avx512vl")
         {
-            return ByteLevel::Avx512Bw;
+            return if std::is_x86_feature_detected!("avx512vbmi") {
+                ByteLevel::Avx512Vbmi
+            } else {
+                ByteLevel::Avx512Bw
+            };
         }
         if matches!(ring, KernelLevel::Avx2) || ring.has_avx512() {
             // AVX-512 without BW still has AVX2.
@@ -50,10 +64,15 @@ fn level_for(ring: KernelLevel) -> ByteLevel {
 /// Every level this CPU can run, lowest first (for tests that compare them).
 pub fn available_levels() -> Vec<ByteLevel> {
     let best = byte_level();
-    [ByteLevel::Generic, ByteLevel::Avx2, ByteLevel::Avx512Bw]
-        .into_iter()
-        .filter(|&l| l <= best)
-        .collect()
+    [
+        ByteLevel::Generic,
+        ByteLevel::Avx2,
+        ByteLevel::Avx512Bw,
+        ByteLevel::Avx512Vbmi,
+    ]
+    .into_iter()
+    .filter(|&l| l <= best)
+    .collect()
 }
 
 #[cfg(test)]

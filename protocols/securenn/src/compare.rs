@@ -47,7 +47,7 @@ pub(crate) struct Messages<'a> {
     /// Per patch and bit: the common mask (`< 67`).
     pub rho: &'a [u8],
     /// Per patch: the common rotation (`< n`).
-    pub rot: &'a [u32],
+    pub rot: &'a [u8],
 }
 
 impl Messages<'_> {
@@ -63,11 +63,12 @@ impl Messages<'_> {
         );
         match level {
             #[cfg(target_arch = "x86_64")]
-            // SAFETY: `byte_level` (or a test running the levels it lists) found AVX-512 BW.
-            ByteLevel::Avx512Bw if packs(self.n) => unsafe { packed::messages(self, out) },
+            // SAFETY: `byte_level` (or a test running the levels it lists) found AVX-512 BW
+            // and VBMI.
+            ByteLevel::Avx512Vbmi if packs(self.n) => unsafe { packed::messages(self, out) },
             #[cfg(target_arch = "x86_64")]
-            // SAFETY: as above.
-            ByteLevel::Avx512Bw => unsafe { messages_avx512(self, out) },
+            // SAFETY: as above (BW at least).
+            ByteLevel::Avx512Bw | ByteLevel::Avx512Vbmi => unsafe { messages_avx512(self, out) },
             #[cfg(target_arch = "x86_64")]
             // SAFETY: as above, AVX2.
             ByteLevel::Avx2 => unsafe { messages_avx2(self, out) },
@@ -310,10 +311,12 @@ pub(crate) fn zero_found(level: ByteLevel, n: usize, d0: &[u8], d1: &[u8], found
     match level {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: `byte_level` (or a test running the levels it lists) found AVX-512 BW.
-        ByteLevel::Avx512Bw if packs(n) => unsafe { packed::zero_found(n, d0, d1, found) },
+        level if level.has_avx512bw() && packs(n) => unsafe {
+            packed::zero_found(n, d0, d1, found)
+        },
         #[cfg(target_arch = "x86_64")]
         // SAFETY: as above.
-        ByteLevel::Avx512Bw => unsafe { zero_found_avx512(n, d0, d1, found) },
+        level if level.has_avx512bw() => unsafe { zero_found_avx512(n, d0, d1, found) },
         #[cfg(target_arch = "x86_64")]
         // SAFETY: as above, AVX2.
         ByteLevel::Avx2 => unsafe { zero_found_avx2(n, d0, d1, found) },
@@ -377,7 +380,7 @@ mod tests {
         u: &[u8],
         s: &[u8],
         rho: &[u8],
-        rot: u32,
+        rot: u8,
         out: &mut [u8],
     ) {
         let all_ones = n == 64 || r == (1u64 << n) - 1;
@@ -432,7 +435,7 @@ mod tests {
         u: Vec<u8>,
         s: Vec<u8>,
         rho: Vec<u8>,
-        rot: Vec<u32>,
+        rot: Vec<u8>,
     }
 
     /// Random inputs for `np` patches of `n` bits, with all-ones and zero windows mixed in.
@@ -457,7 +460,7 @@ mod tests {
             .collect();
         let rho = prg.mod_p(np * n, P as u8).unwrap();
         let rot = (0..np)
-            .map(|_| prg.below(n as u64).unwrap() as u32)
+            .map(|_| prg.below(n as u64).unwrap() as u8)
             .collect();
         Inputs {
             r,

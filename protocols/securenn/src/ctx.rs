@@ -187,20 +187,23 @@ impl<'a> Ctx<'a> {
 
     /// Sends ring elements (8 bytes each, little-endian).
     pub fn send_u64(&mut self, to: Role, values: &[u64]) -> Result<()> {
-        let mut bytes = Vec::with_capacity(values.len() * 8);
-        for v in values {
-            bytes.extend_from_slice(&v.to_le_bytes());
-        }
+        let bytes = if cfg!(target_endian = "little") {
+            bytemuck::cast_slice::<u64, u8>(values).to_vec()
+        } else {
+            values.iter().flat_map(|v| v.to_le_bytes()).collect()
+        };
         self.send_bytes(to, bytes)
     }
 
     /// Receives exactly `n` ring elements.
     pub fn recv_u64(&mut self, from: Role, n: usize) -> Result<Vec<u64>> {
         let bytes = self.recv_bytes(from, n * 8)?;
-        Ok(bytes
-            .chunks_exact(8)
-            .map(|c| u64::from_le_bytes(c.try_into().expect("8 bytes")))
-            .collect())
+        let mut values = vec![0u64; n];
+        bytemuck::cast_slice_mut::<u64, u8>(&mut values).copy_from_slice(&bytes);
+        if cfg!(target_endian = "big") {
+            values.iter_mut().for_each(|v| *v = u64::from_le(*v));
+        }
+        Ok(values)
     }
 
     /// Wraps a ring-kernel error with this party's context.

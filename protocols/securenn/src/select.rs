@@ -268,20 +268,27 @@ pub fn online(
                 *h1 = u64::from(x ^ f).wrapping_sub(*h1);
             }
             // hm1 = h·m − hm0, h = h0 + h1 ∈ {0, 1}
-            let hm = |g: usize, i: usize| {
+            let hm = |g: usize, i: usize, mi: u64| {
                 let all = 0u64.wrapping_sub(u64::from(xj[g] ^ found[g]));
-                (m[if i >= e { i - e } else { i }] & all)
-                    .wrapping_sub(hm0[i])
-                    .to_le_bytes()
+                (mi & all).wrapping_sub(hm0[i]).to_le_bytes()
             };
             match sel {
-                Groups::Singles(_) => hm1
-                    .chunks_exact_mut(8)
-                    .enumerate()
-                    .take(np)
-                    .for_each(|(g, v)| v.copy_from_slice(&hm(g, g))),
+                Groups::Singles(_) => {
+                    // pixel g is patch g; the second half of a twinned spec (g ≥ e) takes
+                    // the first half's masks
+                    let (first, second) = hm1[..np * 8].split_at_mut(e.min(np) * 8);
+                    for (g, v) in first.chunks_exact_mut(8).enumerate() {
+                        v.copy_from_slice(&hm(g, g, m[g]));
+                    }
+                    for (i, v) in second.chunks_exact_mut(8).enumerate() {
+                        v.copy_from_slice(&hm(e + i, e + i, m[i]));
+                    }
+                }
                 _ => (0..np).for_each(|g| {
-                    sel.for_each(g, |i| hm1[8 * i..8 * i + 8].copy_from_slice(&hm(g, i)))
+                    sel.for_each(g, |i| {
+                        let mi = m[if i >= e { i - e } else { i }];
+                        hm1[8 * i..8 * i + 8].copy_from_slice(&hm(g, i, mi))
+                    })
                 }),
             }
             drop((hm0, sel_span));

@@ -162,13 +162,15 @@ fn transcripts_are_pinned() {
     // The first three changed once, on purpose, when ReLU6's second half (`x − 6`) began to
     // share the first half's masks and opening (one opened value per element instead of
     // two, equally secure: `x − 6 + m` is `x + m` minus a public constant); the ResNet-18
-    // ones (no ReLU6) did not.
+    // ones (no ReLU6) did not. All five changed once more, on purpose, when PrivateCompare's
+    // rotations began to be drawn from one keystream byte each (rejection below the largest
+    // multiple of `n`, uniform as before) instead of one 64-bit element.
     let want = [
-        "a9728a803d505a1d",
-        "111a561fce73c333",
-        "764154059a83ed87",
-        "31aec2fb53a3dfdb",
-        "6212633055b2c7ef",
+        "e459c9caee444808",
+        "358b822e64571488",
+        "b8c75d01bdfb0c73",
+        "b9453537b16bfb8c",
+        "7b687653e55e3f34",
     ];
     assert_eq!(got, want);
 }

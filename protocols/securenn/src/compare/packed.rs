@@ -3,9 +3,11 @@
 //! another in every input and in the messages, so one vector holds `⌊64/n⌋` whole patches
 //! (four at `n = 13`) instead of one. The prefix sums are segmented (each doubling step adds
 //! only into lanes at least that far into their patch), the per-patch choices (`q`, `β`, the
-//! all-ones case) become lane masks built from the patches' scalars, and the rotation is one
-//! two-source permute whose index adds each lane's patch base to its rotated position. The
-//! values are those of the one-patch copy and of the scalar reference (tested in `super`).
+//! all-ones case) become lane masks built from the patches' scalars, the products mod 67 are
+//! two lookups in tables of logarithms and powers, and the rotation is one byte permute
+//! whose index adds each lane's patch base to its rotated position: everything stays in byte
+//! lanes (the messages need AVX-512 VBMI; the helper's search only BW). The values are those
+//! of the one-patch copy and of the scalar reference (tested in `super`).
 
 #![cfg(target_arch = "x86_64")]
 #![allow(unsafe_code)]
@@ -29,12 +31,27 @@ fn first_lanes(len: usize) -> u64 {
     }
 }
 
+/// Powers of 2, a generator of Z_67^*, and their logarithms (`EXP[e] = 2^e`, `LOG[2^e] = e`
+/// for `e < 66`; `LOG[0]` is unused), padded to the 128 bytes of a two-source byte permute:
+/// for `s, c ≠ 0`, `s·c mod 67 = EXP[(LOG[s] + LOG[c]) mod 66]`, a product in byte lanes.
+static LOG_EXP: [[u8; 128]; 2] = {
+    let (mut log, mut exp) = ([0u8; 128], [0u8; 128]);
+    let (mut x, mut e) = (1u32, 0);
+    while e < 66 {
+        exp[e] = x as u8;
+        log[x as usize] = e as u8;
+        x = x * 2 % P;
+        e += 1;
+    }
+    [log, exp]
+};
+
 /// Where each lane sits for patches of `n` lanes: its position in its patch, its patch's
-/// index in the vector and first lane (16-bit lanes, for the permutes).
+/// index in the vector and first lane (byte lanes, for the permutes).
 struct Lanes {
-    pos: [u16; 64],
-    patch: [u16; 64],
-    base: [u16; 64],
+    pos: [u8; 64],
+    patch: [u8; 64],
+    base: [u8; 64],
 }
 
 impl Lanes {
@@ -48,15 +65,15 @@ impl Lanes {
         for i in 0..64 {
             // Lanes past the last whole patch are never stored: keep them in range.
             let t = (i / n).min(per - 1);
-            l.pos[i] = (i - t * n).min(n - 1) as u16;
-            l.patch[i] = t as u16;
-            l.base[i] = (t * n) as u16;
+            l.pos[i] = (i - t * n).min(n - 1) as u8;
+            l.patch[i] = t as u8;
+            l.base[i] = (t * n) as u8;
         }
         l
     }
 
     /// Lanes at position `≥ k` of their patch.
-    fn at_least(&self, k: u16) -> u64 {
+    fn at_least(&self, k: u8) -> u64 {
         self.pos
             .iter()
             .enumerate()
@@ -64,8 +81,10 @@ impl Lanes {
     }
 }
 
-/// Every patch's message, `⌊64/n⌋` patches a vector (`packs(n)`; `write` checked the sizes).
-#[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+/// Every patch's message, `⌊64/n⌋` patches a vector (`packs(n)`; `write` checked the sizes),
+/// all in byte lanes: the products mod 67 by logarithm tables, the rotation by one byte
+/// permute (AVX-512 VBMI).
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vbmi")]
 pub(super) fn messages(m: &Messages<'_>, out: &mut [u8]) {
     use std::arch::x86_64::*;
     let (j, n) = (m.j, m.n);
@@ -75,67 +94,49 @@ pub(super) fn messages(m: &Messages<'_>, out: &mut [u8]) {
     let lanes = Lanes::new(n);
     let first = !lanes.at_least(1);
     // Doubling steps of the segmented prefix sum: shift k adds into lanes at position ≥ k.
-    let steps = [1u16, 2, 4, 8, 16].map(|k| lanes.at_least(k));
+    let steps = [1u8, 2, 4, 8, 16].map(|k| lanes.at_least(k));
     let zero = _mm512_setzero_si512();
     let p8 = _mm512_set1_epi8(P as i8);
+    let m66 = _mm512_set1_epi8(P as i8 - 1);
+    let n8 = _mm512_set1_epi8(n as i8);
     let one8 = _mm512_set1_epi8(1);
     let c68 = _mm512_set1_epi8(P as i8 + 1);
     let one_minus = _mm512_set1_epi8(if j == 0 { P as i8 + 1 } else { P as i8 });
-    let p16 = _mm512_set1_epi16(P as i16);
-    let m16 = _mm512_set1_epi16(978);
-    let n16 = _mm512_set1_epi16(n as i16);
     // The all-ones case with β = 1: the client's c is (0, 1, 1, …), the server's 0.
     let special = if j == 0 {
         _mm512_maskz_mov_epi8(!first, one8)
     } else {
         zero
     };
-    // SAFETY: each table holds 64 u16 = two 64-byte vectors.
-    let load2 = |t: &[u16; 64]| unsafe {
-        (
-            _mm512_loadu_si512(t.as_ptr().cast()),
-            _mm512_loadu_si512(t.as_ptr().add(32).cast()),
-        )
-    };
-    let (pos_lo, pos_hi) = load2(&lanes.pos);
-    let (patch_lo, patch_hi) = load2(&lanes.patch);
-    let (base_lo, base_hi) = load2(&lanes.base);
+    // SAFETY: each table holds 64 or 128 bytes, one or two vectors.
+    let load = |t: &[u8], k: usize| unsafe { _mm512_loadu_si512(t.as_ptr().add(64 * k).cast()) };
+    let (log_lo, log_hi) = (load(&LOG_EXP[0], 0), load(&LOG_EXP[0], 1));
+    let (exp_lo, exp_hi) = (load(&LOG_EXP[1], 0), load(&LOG_EXP[1], 1));
+    let (pos, patch, base) = (
+        load(&lanes.pos, 0),
+        load(&lanes.patch, 0),
+        load(&lanes.base, 0),
+    );
     let red8 = |x: __m512i| _mm512_min_epu8(x, _mm512_sub_epi8(x, p8));
-    let red16 = |x: __m512i| {
-        let q = _mm512_mulhi_epu16(x, m16);
-        let x = _mm512_sub_epi16(x, _mm512_mullo_epi16(q, p16));
-        _mm512_min_epu16(x, _mm512_sub_epi16(x, p16))
-    };
     let up16 = |x: __m512i| _mm512_alignr_epi32::<12>(x, zero);
     let up1 = |x: __m512i| _mm512_alignr_epi8::<15>(x, up16(x));
     let up2 = |x: __m512i| _mm512_alignr_epi8::<14>(x, up16(x));
     let up4 = |x: __m512i| _mm512_alignr_epi32::<15>(x, zero);
     let up8 = |x: __m512i| _mm512_alignr_epi32::<14>(x, zero);
-    let widen = |x: __m512i| {
-        (
-            _mm512_cvtepu8_epi16(_mm512_castsi512_si256(x)),
-            _mm512_cvtepu8_epi16(_mm512_extracti64x4_epi64::<1>(x)),
-        )
-    };
-    // out lane o takes lane base + (pos − rot) mod n of its patch
-    let index = |pos: __m512i, base: __m512i, rot: __m512i| {
-        let t = _mm512_sub_epi16(pos, rot);
-        let t = _mm512_mask_add_epi16(t, _mm512_cmplt_epu16_mask(pos, rot), t, n16);
-        _mm512_add_epi16(t, base)
-    };
     let np = m.r.len();
     let mut g0 = 0;
     while g0 < np {
         let cnt = per.min(np - g0);
         let live = first_lanes(cnt * n);
         let off = g0 * n;
-        // SAFETY: `write` checked n bytes per patch in u, s, rho and out, and patches
-        // g0..g0 + cnt exist; masked loads and stores touch only their cnt·n lanes.
-        let (ub, sb, rb) = unsafe {
+        // SAFETY: `write` checked n bytes per patch in u, s, rho and out and a rotation per
+        // patch, and patches g0..g0 + cnt exist; masked loads and stores touch only theirs.
+        let (ub, sb, rb, rot) = unsafe {
             (
                 _mm512_maskz_loadu_epi8(live, m.u.as_ptr().add(off).cast()),
                 _mm512_maskz_loadu_epi8(live, m.s.as_ptr().add(off).cast()),
                 _mm512_maskz_loadu_epi8(live, m.rho.as_ptr().add(off).cast()),
+                _mm512_maskz_loadu_epi8(first_lanes(cnt), m.rot.as_ptr().add(g0).cast()),
             )
         };
         // The patches' scalars as lane masks: q's bits (lane i ↔ bit n − 1 − i of its
@@ -188,40 +189,20 @@ pub(super) fn messages(m: &Messages<'_>, out: &mut [u8]) {
         };
         let c = red8(_mm512_add_epi8(_mm512_mask_blend_epi8(kb, b0, b1), acc));
         let c = _mm512_mask_blend_epi8(ks, c, special);
-        // s·c ± ρ mod 67 in 16-bit lanes (at most 66·66 + 67)
-        let (s_lo, s_hi) = widen(sb);
-        let (c_lo, c_hi) = widen(c);
-        let (r_lo, r_hi) = widen(rb);
-        let (mk_lo, mk_hi) = if j == 0 {
-            (r_lo, r_hi)
-        } else {
-            (_mm512_sub_epi16(p16, r_lo), _mm512_sub_epi16(p16, r_hi))
-        };
-        let v_lo = red16(_mm512_add_epi16(_mm512_mullo_epi16(s_lo, c_lo), mk_lo));
-        let v_hi = red16(_mm512_add_epi16(_mm512_mullo_epi16(s_hi, c_hi), mk_hi));
-        // The patches' rotations (cnt ≤ 32 of them) in 16-bit lanes, then one per lane.
-        // SAFETY: rot holds a value per patch; the masked loads touch patches g0..g0 + cnt.
-        let rot = unsafe {
-            let rp = m.rot.as_ptr().add(g0);
-            let a = _mm512_maskz_loadu_epi32(first_lanes(cnt) as u16, rp.cast());
-            let b = if cnt > 16 {
-                _mm512_maskz_loadu_epi32(first_lanes(cnt - 16) as u16, rp.add(16).cast())
-            } else {
-                zero
-            };
-            _mm512_inserti64x4::<1>(
-                _mm512_castsi256_si512(_mm512_cvtepi32_epi16(a)),
-                _mm512_cvtepi32_epi16(b),
-            )
-        };
-        let rot_lo = _mm512_permutexvar_epi16(patch_lo, rot);
-        let rot_hi = _mm512_permutexvar_epi16(patch_hi, rot);
-        let o_lo = _mm512_permutex2var_epi16(v_lo, index(pos_lo, base_lo, rot_lo), v_hi);
-        let o_hi = _mm512_permutex2var_epi16(v_lo, index(pos_hi, base_hi, rot_hi), v_hi);
-        let bytes = _mm512_inserti64x4::<1>(
-            _mm512_castsi256_si512(_mm512_cvtepi16_epi8(o_lo)),
-            _mm512_cvtepi16_epi8(o_hi),
+        // s·c by logarithms (s ≥ 1; c = 0 gives 0), then ± ρ mod 67
+        let e = _mm512_add_epi8(
+            _mm512_permutex2var_epi8(log_lo, sb, log_hi),
+            _mm512_permutex2var_epi8(log_lo, c, log_hi),
         );
+        let e = _mm512_min_epu8(e, _mm512_sub_epi8(e, m66));
+        let sc = _mm512_maskz_permutex2var_epi8(_mm512_test_epi8_mask(c, c), exp_lo, e, exp_hi);
+        let mask = if j == 0 { rb } else { _mm512_sub_epi8(p8, rb) };
+        let v = red8(_mm512_add_epi8(sc, mask));
+        // out lane o takes lane base + (pos − rot) mod n of its patch
+        let rot = _mm512_permutexvar_epi8(patch, rot);
+        let t = _mm512_sub_epi8(pos, rot);
+        let t = _mm512_mask_add_epi8(t, _mm512_cmplt_epu8_mask(pos, rot), t, n8);
+        let bytes = _mm512_permutexvar_epi8(_mm512_add_epi8(t, base), v);
         // SAFETY: as for the loads.
         unsafe { _mm512_mask_storeu_epi8(out.as_mut_ptr().add(off).cast(), live, bytes) };
         g0 += cnt;

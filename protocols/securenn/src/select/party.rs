@@ -22,23 +22,25 @@ pub(super) const CHUNK: usize = 1 << 14;
 struct PcRand {
     beta: Vec<u8>,
     s: Vec<u8>,
-    rot: Vec<u32>,
+    rot: Vec<u8>,
 }
 
 impl PcRand {
     /// Draws `β`, `s`, then `ρ` into `rho` (`patches · n` bytes), then the rotations: the
-    /// order of the common stream.
+    /// order of the common stream. A rotation is one keystream byte, rejected at or above the
+    /// largest multiple of `n` (`n ≤ 64`), like the values mod 67: uniform in `0..n`, and an
+    /// eighth of the bytes of a 64-bit draw.
     fn draw(mut prg: Prg, patches: usize, n: usize, rho: &mut [u8]) -> Self {
         let beta = prg.bits(patches);
         let mut s = prg.mod_p(patches * n, (P - 1) as u8).expect("p ≥ 2");
         s.iter_mut().for_each(|v| *v += 1);
         prg.mod_p_into(rho, P as u8).expect("p ≥ 2");
-        let rot = prg
-            .below_many(n as u64, patches)
-            .expect("n ≥ 1")
-            .into_iter()
-            .map(|v| v as u32)
-            .collect();
+        let rot = if n >= 2 {
+            prg.mod_p(patches, n as u8).expect("n ≥ 2")
+        } else {
+            // One compared bit: the only rotation is 0.
+            vec![0; patches]
+        };
         PcRand { beta, s, rot }
     }
 }
@@ -83,9 +85,9 @@ pub(super) fn client_server(
     // `v + m` goes out as the message itself (little-endian), and is added again to the
     // peer's half rather than kept: one pass less over memory than a copy for sending.
     let sel_span = span(OpKind::Selection);
-    let mut mine = Vec::with_capacity(e * 8);
-    for (v, m) in values[..e].iter().zip(m) {
-        mine.extend_from_slice(&v.wrapping_add(*m).to_le_bytes());
+    let mut mine = vec![0u8; e * 8];
+    for (out, (v, m)) in mine.chunks_exact_mut(8).zip(values[..e].iter().zip(m)) {
+        out.copy_from_slice(&v.wrapping_add(*m).to_le_bytes());
     }
     drop(sel_span);
     ctx.send_bytes(peer, mine)?;
@@ -214,9 +216,12 @@ pub(super) fn client_server(
             // Pixel g is patch g: the outputs overwrite the shares of h·m in place; the
             // second half of a twinned spec takes the first half's masks.
             let mut y = std::mem::take(&mut hm);
-            for (g, (y, &w)) in y.iter_mut().zip(&w).enumerate() {
-                let mi = m[if g >= e { g - e } else { g }];
-                *y = product(decision(g), w, mi, *y);
+            let (first, second) = y.split_at_mut(e);
+            for (g, (y, &w)) in first.iter_mut().zip(&w).enumerate() {
+                *y = product(decision(g), w, m[g], *y);
+            }
+            for (i, (y, &w)) in second.iter_mut().zip(&w[e..]).enumerate() {
+                *y = product(decision(e + i), w, m[i], *y);
             }
             y
         }
