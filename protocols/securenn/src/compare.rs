@@ -301,6 +301,65 @@ fn messages_avx512(m: &Messages<'_>, out: &mut [u8]) {
     }
 }
 
+/// The helper's bit shares for the server, per patch: given each patch's compared window
+/// `windows[g]` (bit `i` from the most significant is bit `n − 1 − i` of the value; higher
+/// bits are ignored) and, in `u`, the client's shares `u₀ < 67` (`n` per patch, drawn from
+/// the client–helper stream), writes the server's `bit − u₀ mod 67` in their place.
+pub(crate) fn server_bit_shares(level: ByteLevel, n: usize, windows: &[u64], u: &mut [u8]) {
+    assert!(
+        (1..=64).contains(&n) && u.len() == windows.len() * n,
+        "bit shares of mismatched sizes"
+    );
+    match level {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: `byte_level` (or a test running the levels it lists) found AVX-512 BW.
+        level if level.has_avx512bw() && packs(n) => unsafe {
+            packed::server_bit_shares(n, windows, u)
+        },
+        _ => server_bit_shares_portable(n, windows, u),
+    }
+}
+
+/// Byte `j` of entry `b` is bit `j` of `b`: eight bits spread to eight bytes by one lookup.
+const SPREAD: [u64; 256] = {
+    let mut t = [0u64; 256];
+    let mut b = 0;
+    while b < 256 {
+        let mut j = 0;
+        while j < 8 {
+            t[b] |= (((b >> j) & 1) as u64) << (8 * j);
+            j += 1;
+        }
+        b += 1;
+    }
+    t
+};
+
+/// Writes the low `n` bits of `w` (`1 ≤ n ≤ 64`) to `out[..n]`, one per byte, the most
+/// significant first: `out[i]` = bit `n − 1 − i`.
+#[inline]
+fn window_bits(w: u64, n: usize, out: &mut [u8; 64]) {
+    // Bit n − 1 − i moves to bit i.
+    let r = if n == 64 { w } else { w << (64 - n) }.reverse_bits();
+    for (k, chunk) in out.chunks_exact_mut(8).enumerate().take(n.div_ceil(8)) {
+        let byte = (r >> (8 * k)) as u8;
+        chunk.copy_from_slice(&SPREAD[usize::from(byte)].to_le_bytes());
+    }
+}
+
+fn server_bit_shares_portable(n: usize, windows: &[u64], u: &mut [u8]) {
+    let mut bits = [0u8; 64];
+    for (&w, u) in windows.iter().zip(u.chunks_exact_mut(n)) {
+        window_bits(w, n, &mut bits);
+        // u₀ < 67: bit + 67 − u₀ ∈ [1, 68] needs one conditional subtraction, a minimum
+        // (below 67 the subtraction wraps above).
+        for (a, &bit) in u.iter_mut().zip(&bits[..n]) {
+            let v = bit + P as u8 - *a;
+            *a = v.min(v.wrapping_sub(P as u8));
+        }
+    }
+}
+
 /// The helper's test per patch: does some position of the two messages sum to 0 mod 67?
 /// Both messages must hold values below 67 (checked on receipt), `n` per patch.
 pub(crate) fn zero_found(level: ByteLevel, n: usize, d0: &[u8], d1: &[u8], found: &mut [u8]) {
@@ -516,6 +575,47 @@ mod tests {
                     let mut got = vec![0u8; np * n];
                     m.write(level, &mut got);
                     assert_eq!(got, want, "{level:?} n {n} j {j}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn window_bits_are_the_bits_from_the_most_significant() {
+        let mut prg = Prg::new(&[7; 32], "bits");
+        let mut out = [0u8; 64];
+        for n in 1..=64 {
+            for _ in 0..20 {
+                let w = prg.next_u64();
+                window_bits(w, n, &mut out);
+                for (i, &b) in out[..n].iter().enumerate() {
+                    assert_eq!(u64::from(b), (w >> (n - 1 - i)) & 1, "n {n} i {i}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn every_level_makes_the_same_bit_shares() {
+        for n in [1usize, 2, 3, 5, 8, 13, 16, 17, 31, 32, 33, 63, 64] {
+            let np = 150;
+            let mut prg = Prg::with_stream(&[5; 32], "bit-shares", n as u64);
+            let windows: Vec<u64> = (0..np).map(|_| prg.next_u64()).collect();
+            let u0 = prg.mod_p(np * n, P as u8).unwrap();
+            for level in available_levels() {
+                let mut u1 = u0.clone();
+                server_bit_shares(level, n, &windows, &mut u1);
+                for g in 0..np {
+                    for i in 0..n {
+                        let bit = ((windows[g] >> (n - 1 - i)) & 1) as u32;
+                        let k = g * n + i;
+                        assert_eq!(
+                            (u32::from(u0[k]) + u32::from(u1[k])) % P,
+                            bit,
+                            "{level:?} n {n} patch {g} bit {i}"
+                        );
+                        assert!(u32::from(u1[k]) < P);
+                    }
                 }
             }
         }

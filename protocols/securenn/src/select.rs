@@ -138,55 +138,31 @@ pub fn offline(ctx: &mut Ctx<'_>, spec: &SelectSpec, stream: u64) -> Result<Sele
             drop(prg);
             let _cmp = span(OpKind::Comparison);
             let mut xj = vec![0u8; np];
-            let mut bits = [0u8; 64];
-            for g in 0..np {
-                let u = &mut u1[g * n..(g + 1) * n];
-                let mut x = 0u64;
-                spec.cmp
-                    .for_each(g, |i| x = x.wrapping_add(m[if i >= e { i - e } else { i }]));
-                let t = u32::from(spec.shift[g]);
-                xj[g] = ((x >> (t + n as u32)) & 1) as u8;
-                // The window's bits from the most significant, then the server's share
-                // bit − u₀ mod 67 in place of u₀ (u₀ < 67: bit + 67 − u₀ ∈ [1, 68] needs one
-                // conditional subtraction, a minimum: below 67 the subtraction wraps above).
-                if n > 0 {
-                    window_bits(x >> t, n, &mut bits);
+            // Per chunk of patches: the sign bit and the compared window of each masked sum,
+            // then the server's bit shares of the windows in place of the client's.
+            let mut windows = [0u64; 4096];
+            for start in (0..np).step_by(windows.len()) {
+                let end = (start + windows.len()).min(np);
+                for (g, w) in (start..end).zip(windows.iter_mut()) {
+                    let mut x = 0u64;
+                    spec.cmp
+                        .for_each(g, |i| x = x.wrapping_add(m[if i >= e { i - e } else { i }]));
+                    let t = u32::from(spec.shift[g]);
+                    xj[g] = ((x >> (t + n as u32)) & 1) as u8;
+                    *w = x >> t;
                 }
-                for (a, &bit) in u.iter_mut().zip(&bits[..n]) {
-                    let v = bit + P as u8 - *a;
-                    *a = v.min(v.wrapping_sub(P as u8));
+                if n > 0 {
+                    compare::server_bit_shares(
+                        byte_level(),
+                        n,
+                        &windows[..end - start],
+                        &mut u1[start * n..end * n],
+                    );
                 }
             }
             ctx.send_bytes(Role::Server, u1)?;
             Ok(SelectPre::Helper { stream, xj })
         }
-    }
-}
-
-/// Byte `j` of entry `b` is bit `j` of `b`: eight bits spread to eight bytes by one lookup.
-const SPREAD: [u64; 256] = {
-    let mut t = [0u64; 256];
-    let mut b = 0;
-    while b < 256 {
-        let mut j = 0;
-        while j < 8 {
-            t[b] |= (((b >> j) & 1) as u64) << (8 * j);
-            j += 1;
-        }
-        b += 1;
-    }
-    t
-};
-
-/// Writes the low `n` bits of `w` (`1 ≤ n ≤ 63`) to `out[..n]`, one per byte, the most
-/// significant first: `out[i]` = bit `n − 1 − i`.
-#[inline]
-fn window_bits(w: u64, n: usize, out: &mut [u8; 64]) {
-    // Bit n − 1 − i moves to bit i.
-    let r = (w << (64 - n)).reverse_bits();
-    for (k, chunk) in out.chunks_exact_mut(8).enumerate().take(n.div_ceil(8)) {
-        let byte = (r >> (8 * k)) as u8;
-        chunk.copy_from_slice(&SPREAD[usize::from(byte)].to_le_bytes());
     }
 }
 
@@ -437,21 +413,6 @@ pub(crate) mod tests {
     #[test]
     fn exact_drelu_on_random_values_of_every_magnitude() {
         check_exact_drelu(4, 2000);
-    }
-
-    #[test]
-    fn window_bits_are_the_bits_from_the_most_significant() {
-        let mut prg = Prg::new(&[7; 32], "bits");
-        let mut out = [0u8; 64];
-        for n in 1..64 {
-            for _ in 0..20 {
-                let w = prg.next_u64();
-                window_bits(w, n, &mut out);
-                for (i, &b) in out[..n].iter().enumerate() {
-                    assert_eq!(u64::from(b), (w >> (n - 1 - i)) & 1, "n {n} i {i}");
-                }
-            }
-        }
     }
 
     #[test]

@@ -209,6 +209,40 @@ pub(super) fn messages(m: &Messages<'_>, out: &mut [u8]) {
     }
 }
 
+/// The helper's bit shares for the server, `⌊64/n⌋` patches a vector (`packs(n)`; the
+/// caller checked the sizes): each patch's window bits as a lane mask, then
+/// `bit + 67 − u₀` reduced by one minimum.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+pub(super) fn server_bit_shares(n: usize, windows: &[u64], u: &mut [u8]) {
+    use std::arch::x86_64::*;
+    debug_assert!(packs(n));
+    let per = 64 / n;
+    let p8 = _mm512_set1_epi8(P as i8);
+    let one8 = _mm512_set1_epi8(1);
+    let mut g0 = 0;
+    while g0 < windows.len() {
+        let cnt = per.min(windows.len() - g0);
+        let live = first_lanes(cnt * n);
+        // lane i of patch t ↔ bit n − 1 − i of its window
+        let bits = windows[g0..g0 + cnt]
+            .iter()
+            .enumerate()
+            .fold(0u64, |k, (t, w)| {
+                k | ((w.reverse_bits() >> (64 - n)) << (t * n))
+            });
+        // SAFETY: n bytes per patch in u; the masked load and store touch patches
+        // g0..g0 + cnt only.
+        unsafe {
+            let at = u.as_mut_ptr().add(g0 * n);
+            let u0 = _mm512_maskz_loadu_epi8(live, at.cast());
+            let v = _mm512_sub_epi8(_mm512_mask_add_epi8(p8, bits, p8, one8), u0);
+            let v = _mm512_min_epu8(v, _mm512_sub_epi8(v, p8));
+            _mm512_mask_storeu_epi8(at.cast(), live, v);
+        }
+        g0 += cnt;
+    }
+}
+
 /// The helper's search for a zero, `⌊64/n⌋` patches a vector (`packs(n)`; the caller
 /// checked the sizes).
 #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
