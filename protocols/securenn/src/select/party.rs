@@ -85,9 +85,9 @@ pub(super) fn client_server(
     // `v + m` goes out as the message itself (little-endian), and is added again to the
     // peer's half rather than kept: one pass less over memory than a copy for sending.
     let sel_span = span(OpKind::Selection);
-    let mut mine = vec![0u8; e * 8];
-    for (out, (v, m)) in mine.chunks_exact_mut(8).zip(values[..e].iter().zip(m)) {
-        out.copy_from_slice(&v.wrapping_add(*m).to_le_bytes());
+    let mut mine = Vec::with_capacity(e * 8);
+    for (v, m) in values[..e].iter().zip(m) {
+        mine.extend_from_slice(&v.wrapping_add(*m).to_le_bytes());
     }
     drop(sel_span);
     ctx.send_bytes(peer, mine)?;
