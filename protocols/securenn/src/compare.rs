@@ -605,9 +605,9 @@ mod tests {
             for level in available_levels() {
                 let mut u1 = u0.clone();
                 server_bit_shares(level, n, &windows, &mut u1);
-                for g in 0..np {
+                for (g, w) in windows.iter().enumerate() {
                     for i in 0..n {
-                        let bit = ((windows[g] >> (n - 1 - i)) & 1) as u32;
+                        let bit = ((w >> (n - 1 - i)) & 1) as u32;
                         let k = g * n + i;
                         assert_eq!(
                             (u32::from(u0[k]) + u32::from(u1[k])) % P,
