@@ -19,8 +19,8 @@ pub enum ByteLevel {
     Avx2,
     /// AVX-512 F + BW + VL: 64 byte lanes, mask registers.
     Avx512Bw,
-    /// AVX-512 BW with VBMI: byte permutes across the whole vector (table lookups of 128
-    /// bytes, rotations of byte lanes).
+    /// AVX-512 BW with VBMI and GFNI: byte permutes across the whole vector (table lookups
+    /// of 128 bytes, rotations of byte lanes) and bit reversal by an affine map.
     Avx512Vbmi,
 }
 
@@ -44,7 +44,9 @@ fn level_for(ring: KernelLevel) -> ByteLevel {
             && std::is_x86_feature_detected!("avx512bw")
             && std::is_x86_feature_detected!("avx512vl")
         {
-            return if std::is_x86_feature_detected!("avx512vbmi") {
+            return if std::is_x86_feature_detected!("avx512vbmi")
+                && std::is_x86_feature_detected!("gfni")
+            {
                 ByteLevel::Avx512Vbmi
             } else {
                 ByteLevel::Avx512Bw

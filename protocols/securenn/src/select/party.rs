@@ -91,16 +91,26 @@ pub(super) fn client_server(
     }
     drop(sel_span);
     ctx.send_bytes(peer, mine)?;
-    let mut w = ctx.recv_u64(peer, e)?;
+    let theirs = ctx.recv_bytes(peer, e * 8)?;
     let sel_span = span(OpKind::Selection);
-    w.iter_mut()
-        .zip(values.iter().zip(m))
-        .for_each(|(a, (v, m))| *a = a.wrapping_add(v.wrapping_add(*m)));
-    if let Some(c) = spec.twin {
-        w.extend_from_within(..);
-        w[e..].iter_mut().for_each(|a| *a = a.wrapping_sub(c));
-    }
-    drop(sel_span);
+    // w = v + m from both halves, in one pass over the message. A twinned spec's second
+    // half `w − c` is not stored: it is computed where it is read.
+    let w: Vec<u64> = theirs
+        .chunks_exact(8)
+        .zip(values[..e].iter().zip(m))
+        .map(|(b, (v, m))| {
+            u64::from_le_bytes(b.try_into().expect("8 bytes")).wrapping_add(v.wrapping_add(*m))
+        })
+        .collect();
+    drop((theirs, sel_span));
+    let twin = spec.twin.unwrap_or(0);
+    let w_at = |i: usize| {
+        if i >= e {
+            w[i - e].wrapping_sub(twin)
+        } else {
+            w[i]
+        }
+    };
     // 2. PrivateCompare messages, with the randomness of this layer drawn now. The common
     // randomness comes whole (its parts follow each other in one stream), `ρ` drawn into the
     // message buffer and overwritten chunk by chunk; the client's bit shares, a stream of
@@ -130,14 +140,22 @@ pub(super) fn client_server(
         ((z >> t) & mask, ((z >> (t + n as u32)) & 1) as u8)
     };
     if let Groups::Singles(_) = &spec.cmp {
-        // One pixel a patch: patch g is pixel g (a loop without the groups' indirection).
-        for (((r, zb), &z), &t) in r.iter_mut().zip(&mut zbit).zip(&w).zip(&spec.shift) {
+        // One pixel a patch: patch g is pixel g (loops without the groups' indirection),
+        // pixels from e on those of a twinned spec's second half.
+        let half = e.min(np);
+        let (r1, r2) = r.split_at_mut(half);
+        let (zb1, zb2) = zbit.split_at_mut(half);
+        let (t1, t2) = spec.shift.split_at(half);
+        for (((r, zb), &z), &t) in r1.iter_mut().zip(zb1).zip(&w).zip(t1) {
             (*r, *zb) = window(z, t);
+        }
+        for (((r, zb), &z), &t) in r2.iter_mut().zip(zb2).zip(&w).zip(t2) {
+            (*r, *zb) = window(z.wrapping_sub(twin), t);
         }
     } else {
         for g in 0..np {
             let mut z = 0u64;
-            spec.cmp.for_each(g, |i| z = z.wrapping_add(w[i]));
+            spec.cmp.for_each(g, |i| z = z.wrapping_add(w_at(i)));
             (r[g], zbit[g]) = window(z, spec.shift[g]);
         }
     }
@@ -220,8 +238,8 @@ pub(super) fn client_server(
             for (g, (y, &w)) in first.iter_mut().zip(&w).enumerate() {
                 *y = product(decision(g), w, m[g], *y);
             }
-            for (i, (y, &w)) in second.iter_mut().zip(&w[e..]).enumerate() {
-                *y = product(decision(e + i), w, m[i], *y);
+            for (i, (y, &w)) in second.iter_mut().zip(&w).enumerate() {
+                *y = product(decision(e + i), w.wrapping_sub(twin), m[i], *y);
             }
             y
         }
@@ -230,7 +248,7 @@ pub(super) fn client_server(
             for g in 0..np {
                 let d = decision(g);
                 sel.for_each(g, |i| {
-                    y[i] = product(d, w[i], m[if i >= e { i - e } else { i }], hm[i]);
+                    y[i] = product(d, w_at(i), m[if i >= e { i - e } else { i }], hm[i]);
                 });
             }
             y
