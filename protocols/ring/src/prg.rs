@@ -23,6 +23,21 @@ use crate::tensor::RingTensor;
 use aes::Aes128;
 use ctr::cipher::{KeyIvInit, StreamCipherCore};
 
+/// Byte `j` of entry `b` is bit `j` of `b`: eight bits spread to eight bytes by one lookup.
+pub const BIT_SPREAD: [u64; 256] = {
+    let mut t = [0u64; 256];
+    let mut b = 0;
+    while b < 256 {
+        let mut j = 0;
+        while j < 8 {
+            t[b] |= (((b >> j) & 1) as u64) << (8 * j);
+            j += 1;
+        }
+        b += 1;
+    }
+    t
+};
+
 /// AES-128-CTR with a 64-bit little-endian counter (`ctr::Ctr64LE`'s keystream), driven
 /// block-wise: keystream blocks are written over a buffer, not XORed into a cleared one.
 type Cipher = ctr::CtrCore<Aes128, ctr::flavors::Ctr64LE>;
@@ -144,7 +159,14 @@ impl Prg {
     pub fn bits(&mut self, n: usize) -> Vec<u8> {
         let mut bytes = vec![0u8; n.div_ceil(8)];
         self.fill_bytes(&mut bytes);
-        (0..n).map(|i| (bytes[i / 8] >> (i % 8)) & 1).collect()
+        // Bit i of the keystream (bit i % 8 of byte i / 8) is value i: a byte's eight bits by
+        // one table lookup.
+        let mut out = Vec::with_capacity(bytes.len() * 8);
+        for &b in &bytes {
+            out.extend_from_slice(&BIT_SPREAD[usize::from(b)].to_le_bytes());
+        }
+        out.truncate(n);
+        out
     }
 
     /// `n` uniform values in `0..p` (`2 ≤ p ≤ 255`, e.g. 67 for PrivateCompare), unbiased:
@@ -532,6 +554,17 @@ mod tests {
         let mut reused = vec![0xAAAA_AAAA_AAAA_AAAAu64; 3000];
         Prg::new(&K, "x").fill_u64(&mut reused);
         assert_eq!(reused, whole);
+    }
+
+    #[test]
+    fn bits_are_the_keystream_bits_in_order() {
+        for n in [0usize, 1, 7, 8, 9, 63, 1000] {
+            let bits = Prg::new(&[6; 32], "bits-order").bits(n);
+            let mut bytes = vec![0u8; n.div_ceil(8)];
+            Prg::new(&[6; 32], "bits-order").fill_bytes(&mut bytes);
+            let want: Vec<u8> = (0..n).map(|i| (bytes[i / 8] >> (i % 8)) & 1).collect();
+            assert_eq!(bits, want, "n {n}");
+        }
     }
 
     #[test]

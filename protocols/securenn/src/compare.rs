@@ -26,6 +26,7 @@
 mod packed;
 
 use crate::select::P;
+use knapsec_ring::prg::BIT_SPREAD;
 use knapsec_ring::simd::ByteLevel;
 #[cfg(target_arch = "x86_64")]
 use packed::packs;
@@ -320,21 +321,6 @@ pub(crate) fn server_bit_shares(level: ByteLevel, n: usize, windows: &[u64], u: 
     }
 }
 
-/// Byte `j` of entry `b` is bit `j` of `b`: eight bits spread to eight bytes by one lookup.
-const SPREAD: [u64; 256] = {
-    let mut t = [0u64; 256];
-    let mut b = 0;
-    while b < 256 {
-        let mut j = 0;
-        while j < 8 {
-            t[b] |= (((b >> j) & 1) as u64) << (8 * j);
-            j += 1;
-        }
-        b += 1;
-    }
-    t
-};
-
 /// Writes the low `n` bits of `w` (`1 ≤ n ≤ 64`) to `out[..n]`, one per byte, the most
 /// significant first: `out[i]` = bit `n − 1 − i`.
 #[inline]
@@ -343,7 +329,7 @@ fn window_bits(w: u64, n: usize, out: &mut [u8; 64]) {
     let r = if n == 64 { w } else { w << (64 - n) }.reverse_bits();
     for (k, chunk) in out.chunks_exact_mut(8).enumerate().take(n.div_ceil(8)) {
         let byte = (r >> (8 * k)) as u8;
-        chunk.copy_from_slice(&SPREAD[usize::from(byte)].to_le_bytes());
+        chunk.copy_from_slice(&BIT_SPREAD[usize::from(byte)].to_le_bytes());
     }
 }
 
