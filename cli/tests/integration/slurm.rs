@@ -196,6 +196,32 @@ fn submit(cluster: &Cluster, run: &Path) -> (String, String) {
     (array, merge)
 }
 
+/// Stops (`SIGSTOP`) every process that has `output` among its arguments; returns how many.
+fn freeze_processes_writing(output: &Path) -> usize {
+    let want = output.as_os_str().as_encoded_bytes();
+    let mut frozen = 0;
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
+            continue;
+        };
+        if cmdline.split(|&b| b == 0).any(|arg| arg == want) {
+            let stopped = Command::new("kill")
+                .args(["-STOP", &pid.to_string()])
+                .status()
+                .is_ok_and(|s| s.success());
+            frozen += usize::from(stopped);
+        }
+    }
+    frozen
+}
+
 /// Work units of shard `index/count` in a checkpoint: (done, total).
 fn units_done(partial: &Path, chunk: usize, index: usize, count: usize) -> (usize, usize) {
     let (table, _) = store::load(partial).unwrap();
@@ -281,6 +307,13 @@ fn distortion_job_array_on_a_local_slurm_cluster() {
             partial.exists()
         },
         || format!("task 3 wrote no checkpoint\n{}", job_logs(&run2)),
+    );
+    // Freeze the task at once, then kill it through Slurm: `scancel` goes through slurmctld
+    // and slurmd, which can take long enough for the rest of a small shard to finish.
+    assert!(
+        freeze_processes_writing(&run2.join("part-3.safetensors")) > 0,
+        "task 3's process not found\n{}",
+        job_logs(&run2)
     );
     assert_eq!(cluster.state(&task), "RUNNING");
     cluster.run("scancel", &["--signal=KILL", &task]);
