@@ -223,31 +223,6 @@ impl Prg {
         }
     }
 
-    /// `count` uniform integers in `0..bound`, the values of `count` calls of
-    /// [`Prg::below`] in a row (the same ring elements consumed), drawn in bulk: each round
-    /// draws as many elements as values are still missing, which the one-by-one draw would
-    /// consume anyway.
-    pub fn below_many(&mut self, bound: u64, count: usize) -> Result<Vec<u64>> {
-        if bound == 0 {
-            return Err(RingError::invalid("below", "bound must be at least 1"));
-        }
-        let zone = u64::MAX - (u64::MAX - bound + 1) % bound;
-        let rem = FastRem::new(bound);
-        let mut out = Vec::with_capacity(count);
-        let mut draw = vec![0u64; count];
-        while out.len() < count {
-            let missing = count - out.len();
-            self.fill_u64(&mut draw[..missing]);
-            out.extend(
-                draw[..missing]
-                    .iter()
-                    .filter(|&&v| v <= zone)
-                    .map(|&v| rem.of(v)),
-            );
-        }
-        Ok(out)
-    }
-
     /// A uniform random permutation of `0..n` (Fisher–Yates).
     pub fn permutation(&mut self, n: usize) -> Vec<usize> {
         let mut p: Vec<usize> = (0..n).collect();
@@ -261,34 +236,6 @@ impl Prg {
             let j = self.below(i as u64 + 1).expect("bound ≥ 1") as usize;
             items.swap(i, j);
         }
-    }
-}
-
-/// `v mod d` for a fixed `d ≥ 1` by multiplications instead of a division (Lemire, Kaser and
-/// Kurz, "Faster remainder by direct computation", 2019, with a 128-bit `c` for 64-bit `v`):
-/// `c = ⌈2^128 / d⌉`, `v mod d = ⌊((c·v) mod 2^128) · d / 2^128⌋`, exact for every `v`.
-struct FastRem {
-    d: u64,
-    c: u128,
-}
-
-impl FastRem {
-    fn new(d: u64) -> Self {
-        debug_assert!(d >= 1);
-        // ⌈2^128 / d⌉ mod 2^128 (d = 1 gives 0, and then every remainder is 0)
-        FastRem {
-            d,
-            c: (u128::MAX / u128::from(d)).wrapping_add(1),
-        }
-    }
-
-    #[inline(always)]
-    fn of(&self, v: u64) -> u64 {
-        let low = self.c.wrapping_mul(u128::from(v));
-        let d = u128::from(self.d);
-        // ⌊low · d / 2^128⌋ from the two 64-bit halves of `low`
-        let lo = ((low as u64 as u128) * d) >> 64;
-        (((low >> 64) * d + lo) >> 64) as u64
     }
 }
 
@@ -511,36 +458,6 @@ mod tests {
     }
 
     #[test]
-    fn fast_remainders_are_exact() {
-        let mut p = Prg::new(&K, "rem");
-        let bounds = [
-            1u64,
-            2,
-            3,
-            7,
-            13,
-            63,
-            64,
-            67,
-            1000,
-            1 << 32,
-            (1 << 32) + 1,
-            u64::MAX / 3,
-            u64::MAX - 1,
-            u64::MAX,
-        ];
-        for d in bounds {
-            let r = FastRem::new(d);
-            for v in [0, 1, d - 1, d, d.wrapping_add(1), u64::MAX, u64::MAX - 1]
-                .into_iter()
-                .chain(p.u64s(2000))
-            {
-                assert_eq!(r.of(v), v % d, "{v} mod {d}");
-            }
-        }
-    }
-
-    #[test]
     fn stream_is_independent_of_draw_sizes() {
         let whole = Prg::new(&K, "x").u64s(3000);
         let mut p = Prg::new(&K, "x");
@@ -664,20 +581,6 @@ mod tests {
                 assert!((chi2 - dof).abs() < band, "{level:?} p {p} pairs: {chi2}");
             }
         }
-    }
-
-    #[test]
-    fn below_many_equals_below_one_by_one() {
-        // bounds with a large rejection zone too (2^63 + 1 rejects almost half)
-        for bound in [1u64, 3, 63, 1 << 40, (1 << 63) + 1, u64::MAX] {
-            let mut a = Prg::new(&K, "below");
-            let mut b = Prg::new(&K, "below");
-            let many = a.below_many(bound, 1000).unwrap();
-            let one: Vec<u64> = (0..1000).map(|_| b.below(bound).unwrap()).collect();
-            assert_eq!(many, one, "bound {bound}");
-            assert_eq!(a.next_u64(), b.next_u64(), "bound {bound}");
-        }
-        assert!(Prg::new(&K, "x").below_many(0, 3).is_err());
     }
 
     #[test]

@@ -1,6 +1,6 @@
 //! The PrivateCompare arithmetic of [`crate::select`] (SecureNN's Algorithm 3, digest §6.10)
-//! over Z_67, for many patches at once: each party's masked, rotated message, and the
-//! helper's search for a zero.
+//! over Z_67, for many patches at once: each party's masked, rotated message, the helper's
+//! bit shares of the compared windows for the server, and its search for a zero.
 //!
 //! Per patch with public `r` (the `n`-bit window of `z`, bit `i` counted from the most
 //! significant), common bit `β`, this party's shares `u_i` of the bits of `x`, common
@@ -17,8 +17,9 @@
 //! two-source permute); and a portable copy (prefix sums without reduction in the dependency
 //! chain, the rest in loops the compiler vectorises), compiled plain and with AVX2. Short
 //! windows (`2 ≤ n ≤ 32`, the approximate DReLU's) take a fourth, [`packed`]: `⌊64/n⌋`
-//! patches in one AVX-512 vector, so that the cost of a patch falls with `n`. All give the
-//! values of the scalar reference in the tests.
+//! patches in one AVX-512 vector, so that the cost of a patch falls with `n` (the messages in
+//! byte lanes throughout, which needs VBMI and GFNI; the bit shares and the search need BW).
+//! All give the values of the scalar reference in the tests.
 
 #![allow(unsafe_code)]
 

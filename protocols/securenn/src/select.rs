@@ -146,7 +146,7 @@ pub fn offline(ctx: &mut Ctx<'_>, spec: &SelectSpec, stream: u64) -> Result<Sele
                 for (g, w) in (start..end).zip(windows.iter_mut()) {
                     let mut x = 0u64;
                     spec.cmp
-                        .for_each(g, |i| x = x.wrapping_add(m[if i >= e { i - e } else { i }]));
+                        .for_each(g, |i| x = x.wrapping_add(m[spec.opened_pixel(i)]));
                     let t = u32::from(spec.shift[g]);
                     xj[g] = ((x >> (t + n as u32)) & 1) as u8;
                     *w = x >> t;
@@ -262,8 +262,7 @@ pub fn online(
                 }
                 _ => (0..np).for_each(|g| {
                     sel.for_each(g, |i| {
-                        let mi = m[if i >= e { i - e } else { i }];
-                        hm1[8 * i..8 * i + 8].copy_from_slice(&hm(g, i, mi))
+                        hm1[8 * i..8 * i + 8].copy_from_slice(&hm(g, i, m[spec.opened_pixel(i)]))
                     })
                 }),
             }

@@ -105,10 +105,11 @@ pub(super) fn client_server(
     drop((theirs, sel_span));
     let twin = spec.twin.unwrap_or(0);
     let w_at = |i: usize| {
-        if i >= e {
-            w[i - e].wrapping_sub(twin)
-        } else {
+        let o = spec.opened_pixel(i);
+        if o == i {
             w[i]
+        } else {
+            w[o].wrapping_sub(twin)
         }
     };
     // 2. PrivateCompare messages, with the randomness of this layer drawn now. The common
@@ -248,7 +249,7 @@ pub(super) fn client_server(
             for g in 0..np {
                 let d = decision(g);
                 sel.for_each(g, |i| {
-                    y[i] = product(d, w_at(i), m[if i >= e { i - e } else { i }], hm[i]);
+                    y[i] = product(d, w_at(i), m[spec.opened_pixel(i)], hm[i]);
                 });
             }
             y

@@ -153,6 +153,13 @@ impl SelectSpec {
         }
     }
 
+    /// The opened pixel whose masks pixel `i` takes: `i` itself, or `i − E` in a twinned
+    /// spec's second half.
+    pub fn opened_pixel(&self, i: usize) -> usize {
+        let e = self.opened();
+        if i >= e { i - e } else { i }
+    }
+
     /// Number of decisions (DReLUs).
     pub fn patches(&self) -> usize {
         self.cmp.len()
